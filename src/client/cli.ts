@@ -1,0 +1,147 @@
+// The `verity` command line. `verity run` takes llama2.c run.c's flags and prints exactly what
+// run.c prints on stdout; stderr ends with the throughput and the trace fingerprint.
+import { basename } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import {
+  EngineError,
+  KERNEL_PATHS,
+  ModelFileError,
+  canonicalTensors,
+  createFingerprint,
+  detectFormat,
+  generate,
+  loadModel,
+  modelIdentity,
+  printableBytes,
+  type KernelPath,
+  type Model,
+} from '../engine/index.js';
+import { parseRunFlags, type RunFlags } from './run-flags.js';
+
+function load(modelPath: string, tokenizer: string | undefined): Model {
+  // run.c's default tokenizer is ./tokenizer.bin; a GGUF file carries its own.
+  const tokenizerPath = tokenizer ?? (detectFormat(modelPath) === 'llama2c' ? 'tokenizer.bin' : undefined);
+  return loadModel(modelPath, { tokenizer: tokenizerPath });
+}
+
+async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | string): Promise<void> {
+  if (!stream.write(bytes)) await new Promise((resolve) => stream.once('drain', resolve));
+}
+
+async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPath }): Promise<void> {
+  const model = load(modelPath, raw.tokenizer);
+  const flags = parseRunFlags(raw, model.config.seqLen);
+  if (flags.seedFromClock) process.stderr.write(`seed: ${flags.seed} (from the clock, as run.c does for seed 0)\n`);
+  const fingerprint = createFingerprint();
+  const run = generate(model, {
+    prompt: flags.prompt,
+    steps: flags.steps,
+    sampling: { temperature: flags.temperature, topp: flags.topp },
+    seed: flags.seed,
+    kernels: raw.kernels,
+    observer: fingerprint,
+  });
+  // Like run.c, the clock starts after the first position, which is slower.
+  const begin = performance.now();
+  let start = 0;
+  let positions = 0;
+  for (;;) {
+    const next = run.next();
+    if (next.done) {
+      positions = next.value.positions;
+      break;
+    }
+    await write(process.stdout, printableBytes(next.value.piece));
+    if (start === 0) start = performance.now();
+  }
+  await write(process.stdout, '\n');
+  const end = performance.now();
+  const rate = positions > 1 && end > start ? (positions - 1) / ((end - start) / 1000) : positions / ((end - begin) / 1000);
+  process.stderr.write(`tok/s: ${rate.toFixed(2)}\nfingerprint: ${fingerprint.hex()}\n`);
+}
+
+function inspectCommand(modelPath: string, options: { tokenizer?: string; json?: boolean }): void {
+  const model = load(modelPath, options.tokenizer);
+  const c = model.config;
+  const tensors = canonicalTensors(c, model.weights);
+  const shared = model.weights.classifier === model.weights.tokenEmbedding;
+  const stored = shared ? tensors.filter((t) => t.name !== 'output.weight') : tensors;
+  const parameters = stored.reduce((n, t) => n + t.bytes / 4, 0);
+  const id = modelIdentity(model);
+  const info = {
+    file: modelPath,
+    format: model.format === 'gguf' ? 'GGUF' : 'llama2.c checkpoint',
+    architecture: 'llama',
+    config: c,
+    classifier: shared ? 'shared with the token embedding' : 'separate',
+    parameters,
+    weightBytes: parameters * 4,
+    tokenizer: { vocabSize: model.tokenizer.vocab.length, bosId: model.tokenizer.bosId, eosId: model.tokenizer.eosId },
+    tensors: tensors.map((t) => ({ name: t.name, shape: t.shape, bytes: t.bytes })),
+    ...id,
+  };
+  if (options.json) {
+    process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
+    return;
+  }
+  const lines = [
+    `file          ${basename(modelPath)} (${info.format})`,
+    `architecture  llama: dim ${c.dim}, hidden ${c.hiddenDim}, layers ${c.nLayers}, heads ${c.nHeads} (kv ${c.nKvHeads}), head size ${c.headSize}`,
+    `              vocab ${c.vocabSize}, seq_len ${c.seqLen}, rms eps ${c.normEps}, rope theta ${c.ropeTheta}`,
+    `classifier    ${info.classifier}`,
+    `parameters    ${parameters.toLocaleString('en-US')}`,
+    `weight bytes  ${info.weightBytes.toLocaleString('en-US')} (f32)`,
+    `tokenizer     ${info.tokenizer.vocabSize} tokens, bos ${info.tokenizer.bosId}, eos ${info.tokenizer.eosId}`,
+    `tensors       ${tensors.length}:`,
+    ...tensors.map((t) => `  ${t.name.padEnd(28)} [${t.shape.join(', ')}]`),
+    `config hash   ${id.configHash}`,
+    `tokenizer     ${id.tokenizerHash}`,
+    `weights root  ${id.weightsRoot} (${id.chunks} chunks)`,
+    `model id      ${id.modelId}`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function kernelPath(value: string): KernelPath {
+  if (!(KERNEL_PATHS as readonly string[]).includes(value)) throw new InvalidArgumentError(`use one of ${KERNEL_PATHS.join(', ')}`);
+  return value as KernelPath;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('verity')
+    .description('Verity: trustless, bit-exact AI inference')
+    .showSuggestionAfterError(false)
+    .configureOutput({ outputError: (text, out) => out(text.split('\n')[0] + '\n') });
+  program
+    .command('run')
+    .description('generate text like llama2.c run.c (stdout identical to run.c for the same flags)')
+    .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
+    .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models; GGUF has its own)')
+    .option('-i, --prompt <text>', 'prompt', '')
+    .option('-t, --temperature <t>', 'temperature, 0 = greedy', '1.0')
+    .option('-p, --topp <p>', 'top-p (nucleus) threshold in [0, 1]', '0.9')
+    .option('-s, --seed <n>', 'random seed (0 = from the clock)', '0')
+    .option('-n, --steps <n>', 'positions to run, prompt included (0 = seq_len)', '256')
+    .addOption(new Option('--kernels <path>', 'kernel build').choices([...KERNEL_PATHS]).default('simd').argParser(kernelPath))
+    .action(runCommand);
+  program
+    .command('inspect')
+    .description('show architecture, shapes, parameter count, bytes and the model id')
+    .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
+    .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
+    .option('--json', 'print JSON')
+    .action(inspectCommand);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    const known = e instanceof ModelFileError || e instanceof EngineError || e instanceof InvalidArgumentError;
+    const message = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`verity: ${known ? '' : 'internal error: '}${message.split('\n')[0]}\n`);
+    process.exitCode = known ? 1 : 2;
+  }
+}

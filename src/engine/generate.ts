@@ -1,0 +1,84 @@
+// Generation exactly as llama2.c's run.c `generate`: feed the prompt (BOS first) one position at
+// a time, sample once the prompt is consumed, stop after `steps` positions or when BOS is sampled.
+import { EngineError } from './errors.js';
+import type { Model } from './model.js';
+import type { KernelPath } from './numerics/index.js';
+import type { SamplingParams } from './sampler.js';
+import { createSession, disposeSession, embed, headStep, keyRow, layerStep, valueRow } from './steps.js';
+import { decodePiece, encode } from './tokenizer.js';
+
+/** Sees every step's outputs, in the canonical order (position, layer; then the head step). */
+export interface StepObserver {
+  layer?(pos: number, layer: number, out: { x: Float32Array; key: Float32Array; value: Float32Array }): void;
+  head?(pos: number, token: number, rngState: bigint): void;
+}
+
+export interface GenerateRequest {
+  prompt: string | Uint8Array;
+  /** Positions to run, prompt included (run.c's -n), 1..seq_len. */
+  steps: number;
+  sampling: SamplingParams;
+  /** Initial xorshift state (run.c's seed). */
+  seed: bigint;
+  kernels?: KernelPath;
+  observer?: StepObserver;
+}
+
+export interface GeneratedToken {
+  pos: number;
+  token: number;
+  /** The bytes run.c's decode gives for this token after the previous one. */
+  piece: Uint8Array;
+}
+
+export interface GenerationSummary {
+  promptTokens: number[];
+  /** Every token after BOS: the rest of the prompt, then the sampled ones. */
+  tokens: number[];
+  /** Forward passes run (run.c's final `pos`). */
+  positions: number;
+}
+
+export function* generate(model: Model, request: GenerateRequest): Generator<GeneratedToken, GenerationSummary> {
+  const { config, tokenizer, arena } = model;
+  const { steps, sampling, observer } = request;
+  if (!Number.isInteger(steps) || steps < 1 || steps > config.seqLen) {
+    throw new EngineError(`steps must be an integer in 1..${config.seqLen} (the model's seq_len), got ${steps}`);
+  }
+  const promptTokens = encode(tokenizer, request.prompt, true, false);
+  if (promptTokens.length > config.seqLen) {
+    throw new EngineError(`prompt too long: ${promptTokens.length} tokens, the model's context is ${config.seqLen}`);
+  }
+  const s = createSession(model, { maxPositions: steps, kernels: request.kernels });
+  const tokens: number[] = [];
+  let rngState = request.seed;
+  let token = promptTokens[0];
+  let pos = 0;
+  try {
+    while (pos < steps) {
+      embed(s, token);
+      for (let l = 0; l < config.nLayers; l++) {
+        layerStep(s, l, pos);
+        observer?.layer?.(pos, l, {
+          x: arena.f32(s.x, config.dim),
+          key: arena.f32(keyRow(s, l, pos), config.kvDim),
+          value: arena.f32(valueRow(s, l, pos), config.kvDim),
+        });
+      }
+      let next: number;
+      if (pos < promptTokens.length - 1) next = promptTokens[pos + 1];
+      else {
+        ({ token: next, rngState } = headStep(s, sampling, rngState));
+        observer?.head?.(pos, next, rngState);
+      }
+      pos++;
+      if (next === tokenizer.bosId) break;
+      tokens.push(next);
+      yield { pos, token: next, piece: decodePiece(tokenizer, token, next) };
+      token = next;
+    }
+  } finally {
+    disposeSession(s);
+  }
+  return { promptTokens, tokens, positions: pos };
+}

@@ -1,0 +1,295 @@
+// GGUF (versions 2 and 3, little-endian) for the llama architecture with F32 tensors and the
+// SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
+// read straight into the engine's memory.
+import { ModelFileError } from '../errors.js';
+import { createArena } from '../memory.js';
+import { configProblem, deriveConfig, type LayerWeights, type ModelConfig } from '../model.js';
+import { createTokenizer, type Tokenizer } from '../tokenizer.js';
+import { readBytes, readExact, withFile, type OpenFile } from './file.js';
+import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
+
+const MAGIC = 0x46554747; // "GGUF"
+const GGML_TYPE_NAMES: Record<number, string> = {
+  0: 'F32', 1: 'F16', 2: 'Q4_0', 3: 'Q4_1', 6: 'Q5_0', 7: 'Q5_1', 8: 'Q8_0', 9: 'Q8_1', 10: 'Q2_K', 11: 'Q3_K',
+  12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K', 15: 'Q8_K', 16: 'IQ2_XXS', 17: 'IQ2_XS', 18: 'IQ3_XXS', 19: 'IQ1_S',
+  20: 'IQ4_NL', 21: 'IQ3_S', 22: 'IQ2_S', 23: 'IQ4_XS', 24: 'I8', 25: 'I16', 26: 'I32', 27: 'I64', 28: 'F64',
+  29: 'IQ1_M', 30: 'BF16',
+};
+const GGML_F32 = 0;
+
+export type GgufValue = number | bigint | boolean | Uint8Array | GgufValue[] | Float32Array | Int32Array;
+
+export interface GgufTensorInfo {
+  name: string;
+  dims: number[]; // ne[0] first: the fastest-varying dimension
+  type: number;
+  offset: number; // absolute file offset of the data
+}
+
+export interface GgufFile {
+  version: number;
+  metadata: Map<string, GgufValue>;
+  tensors: GgufTensorInfo[];
+}
+
+/** Signals that the parser ran past the bytes read so far (not necessarily past the file). */
+class NeedMore extends Error {}
+
+const decoder = new TextDecoder('utf-8', { fatal: false });
+const text = (v: GgufValue | undefined): string | undefined => (v instanceof Uint8Array ? decoder.decode(v) : undefined);
+/** Integers may be stored in any integer type, including 64-bit ones. */
+const integer = (v: GgufValue | undefined): number | undefined =>
+  typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= 0n ? Number(v) : undefined) : typeof v === 'number' && Number.isInteger(v) ? v : undefined;
+
+function parseHeader(bytes: Uint8Array, fileSize: number, path: string): GgufFile {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 0;
+  const fail = (problem: string): never => {
+    throw new ModelFileError(path, problem);
+  };
+  const need = (n: number, what: string): void => {
+    if (at + n <= bytes.length) return;
+    if (bytes.length < fileSize) throw new NeedMore();
+    fail(`truncated: ended at byte ${at} while reading ${what}`);
+  };
+  const u32 = (what: string): number => {
+    need(4, what);
+    const v = view.getUint32(at, true);
+    at += 4;
+    return v;
+  };
+  const u64 = (what: string): number => {
+    need(8, what);
+    const v = view.getBigUint64(at, true);
+    at += 8;
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`bad ${what}: ${v} at byte ${at - 8} is out of range`);
+    return Number(v);
+  };
+  const str = (what: string): Uint8Array => {
+    const n = u64(`${what} length`);
+    if (n > fileSize) fail(`bad ${what}: length ${n} exceeds the file`);
+    need(n, what);
+    const s = bytes.subarray(at, at + n);
+    at += n;
+    return s;
+  };
+  const SCALAR_SIZE: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+  const value = (type: number, key: string): GgufValue => {
+    switch (type) {
+      case 0: need(1, key); return view.getUint8(at++);
+      case 1: need(1, key); return view.getInt8(at++);
+      case 2: need(2, key); at += 2; return view.getUint16(at - 2, true);
+      case 3: need(2, key); at += 2; return view.getInt16(at - 2, true);
+      case 4: return u32(key);
+      case 5: need(4, key); at += 4; return view.getInt32(at - 4, true);
+      case 6: need(4, key); at += 4; return view.getFloat32(at - 4, true);
+      case 7: need(1, key); return view.getUint8(at++) !== 0;
+      case 8: return str(key);
+      case 10: need(8, key); at += 8; return view.getBigUint64(at - 8, true);
+      case 11: need(8, key); at += 8; return view.getBigInt64(at - 8, true);
+      case 12: need(8, key); at += 8; return view.getFloat64(at - 8, true);
+      case 9: {
+        const itemType = u32(`${key} item type`);
+        const count = u64(`${key} count`);
+        const min = itemType === 8 ? 8 : SCALAR_SIZE[itemType];
+        if (min === undefined) fail(`bad metadata ${key}: unknown array item type ${itemType}`);
+        if (count * min > fileSize) fail(`bad metadata ${key}: ${count} items exceed the file`);
+        if (itemType === 6) {
+          need(4 * count, key);
+          const out = new Float32Array(count);
+          for (let i = 0; i < count; i++) out[i] = view.getFloat32(at + 4 * i, true);
+          at += 4 * count;
+          return out;
+        }
+        if (itemType === 5) {
+          need(4 * count, key);
+          const out = new Int32Array(count);
+          for (let i = 0; i < count; i++) out[i] = view.getInt32(at + 4 * i, true);
+          at += 4 * count;
+          return out;
+        }
+        const items: GgufValue[] = [];
+        for (let i = 0; i < count; i++) items.push(value(itemType, key));
+        return items;
+      }
+      default:
+        return fail(`bad metadata ${key}: unknown value type ${type}`);
+    }
+  };
+
+  if (u32('the magic') !== MAGIC) fail('not a GGUF file (bad magic)');
+  const version = u32('the version');
+  if (version !== 2 && version !== 3) fail(`unsupported GGUF version ${version} (only 2 and 3)`);
+  const tensorCount = u64('the tensor count');
+  const kvCount = u64('the metadata count');
+  if (tensorCount > fileSize || kvCount > fileSize) fail(`bad header: ${tensorCount} tensors, ${kvCount} metadata entries`);
+
+  const metadata = new Map<string, GgufValue>();
+  for (let i = 0; i < kvCount; i++) {
+    const key = decoder.decode(str('a metadata key'));
+    const type = u32(`the type of ${key}`);
+    metadata.set(key, value(type, key));
+  }
+  const infos: Omit<GgufTensorInfo, 'offset'>[] = [];
+  const relative: number[] = [];
+  for (let i = 0; i < tensorCount; i++) {
+    const name = decoder.decode(str('a tensor name'));
+    const nDims = u32(`the rank of ${name}`);
+    if (nDims < 1 || nDims > 4) fail(`bad tensor ${name}: rank ${nDims}`);
+    const dims = Array.from({ length: nDims }, () => u64(`a dimension of ${name}`));
+    const type = u32(`the type of ${name}`);
+    infos.push({ name, dims, type });
+    relative.push(u64(`the offset of ${name}`));
+  }
+  const alignment = integer(metadata.get('general.alignment') ?? 32) ?? 0;
+  if (alignment <= 0 || alignment > 1 << 20 || (alignment & (alignment - 1)) !== 0) {
+    fail(`bad metadata general.alignment: ${String(metadata.get('general.alignment'))}`);
+  }
+  const dataStart = Math.ceil(at / alignment) * alignment;
+  const tensors = infos.map((info, i) => ({ ...info, offset: dataStart + relative[i] }));
+  return { version, metadata, tensors };
+}
+
+/** Parses the metadata and tensor table, reading a growing prefix of the file as needed. */
+export function readGgufHeader(file: OpenFile): GgufFile {
+  for (let prefix = Math.min(file.size, 1 << 22); ; prefix = Math.min(file.size, prefix * 4)) {
+    const bytes = readBytes(file, 0, prefix, 'the GGUF header');
+    try {
+      return parseHeader(bytes, file.size, file.path);
+    } catch (e) {
+      if (!(e instanceof NeedMore)) throw e;
+    }
+  }
+}
+
+const GGUF_SPACE = new Uint8Array([0xe2, 0x96, 0x81]); // "▁", SentencePiece's space
+
+/** SentencePiece pieces spell spaces as "▁"; llama2.c's tokenizer (and its BPE) use " ". */
+function withSpaces(piece: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  for (let i = 0; i < piece.length; i++) {
+    if (piece[i] === GGUF_SPACE[0] && piece[i + 1] === GGUF_SPACE[1] && piece[i + 2] === GGUF_SPACE[2]) {
+      out.push(0x20);
+      i += 2;
+    } else out.push(piece[i]);
+  }
+  return Uint8Array.from(out);
+}
+
+function ggufTokenizer(gguf: GgufFile, fail: (p: string) => never): Tokenizer {
+  const m = gguf.metadata;
+  const model = text(m.get('tokenizer.ggml.model'));
+  if (model === undefined) fail('no tokenizer inside (tokenizer.ggml.model is missing)');
+  if (model !== 'llama') fail(`unsupported tokenizer model '${model}' (only SentencePiece 'llama')`);
+  const tokens = m.get('tokenizer.ggml.tokens');
+  if (!Array.isArray(tokens) || !tokens.every((t) => t instanceof Uint8Array)) fail('bad metadata tokenizer.ggml.tokens');
+  const scores = m.get('tokenizer.ggml.scores');
+  if (!(scores instanceof Float32Array) || scores.length !== (tokens as GgufValue[]).length) {
+    fail('bad metadata tokenizer.ggml.scores (missing, or not one f32 per token)');
+  }
+  const id = (key: string, fallback: number): number => {
+    const v = integer(m.get(key) ?? fallback);
+    if (v === undefined || v >= (tokens as GgufValue[]).length) fail(`bad metadata ${key}: ${String(m.get(key))}`);
+    return v as number;
+  };
+  const vocab = (tokens as Uint8Array[]).map(withSpaces);
+  return createTokenizer(vocab, scores as Float32Array, id('tokenizer.ggml.bos_token_id', 1), id('tokenizer.ggml.eos_token_id', 2));
+}
+
+export function loadGguf(path: string): LoadedWeights {
+  return withFile(path, (file) => {
+    const fail = (problem: string): never => {
+      throw new ModelFileError(path, problem);
+    };
+    const gguf = readGgufHeader(file);
+    const m = gguf.metadata;
+    const arch = text(m.get('general.architecture'));
+    if (arch !== 'llama') fail(`unsupported architecture '${arch ?? '(missing)'}' (only llama)`);
+    const int = (key: string, fallback?: number): number => {
+      const v = integer(m.get(key) ?? fallback);
+      if (v === undefined) fail(`bad or missing metadata ${key}`);
+      return v as number;
+    };
+    const float = (key: string, fallback: number): number => {
+      const v = m.get(key) ?? fallback;
+      if (typeof v !== 'number') fail(`bad metadata ${key}`);
+      return Math.fround(v as number);
+    };
+    const byName = new Map(gguf.tensors.map((t) => [t.name, t]));
+    const embedding = byName.get('token_embd.weight') ?? fail('missing tensor token_embd.weight');
+    const nHeads = int('llama.attention.head_count');
+    const config: ModelConfig = deriveConfig({
+      dim: int('llama.embedding_length'),
+      hiddenDim: int('llama.feed_forward_length'),
+      nLayers: int('llama.block_count'),
+      nHeads,
+      nKvHeads: int('llama.attention.head_count_kv', nHeads),
+      vocabSize: embedding.dims[1] ?? 0,
+      seqLen: int('llama.context_length'),
+      normEps: float('llama.attention.layer_norm_rms_epsilon', 1e-5),
+      ropeTheta: float('llama.rope.freq_base', 10000),
+    });
+    const problem = configProblem(config);
+    if (problem) fail(problem);
+    const ropeDims = m.get('llama.rope.dimension_count');
+    if (ropeDims !== undefined && integer(ropeDims) !== config.headSize) {
+      fail(`unsupported: llama.rope.dimension_count ${String(ropeDims)} differs from the head size ${config.headSize}`);
+    }
+    const tokenizer = ggufTokenizer(gguf, fail);
+    if (tokenizer.vocab.length !== config.vocabSize) {
+      fail(`vocab mismatch: the tokenizer has ${tokenizer.vocab.length} tokens, token_embd.weight has ${config.vocabSize} rows`);
+    }
+
+    const { dim, hiddenDim, kvDim, vocabSize } = config;
+    // Expected shapes, as GGUF writes them: [columns, rows].
+    const expected = new Map<string, number[]>([['token_embd.weight', [dim, vocabSize]], ['output_norm.weight', [dim]]]);
+    if (byName.has('output.weight')) expected.set('output.weight', [dim, vocabSize]);
+    for (let l = 0; l < config.nLayers; l++) {
+      const shapes: [string, number[]][] = [
+        ['attn_norm', [dim]], ['attn_q', [dim, dim]], ['attn_k', [dim, kvDim]], ['attn_v', [dim, kvDim]],
+        ['attn_output', [dim, dim]], ['ffn_norm', [dim]], ['ffn_gate', [dim, hiddenDim]], ['ffn_down', [hiddenDim, dim]],
+        ['ffn_up', [dim, hiddenDim]],
+      ];
+      for (const [kind, shape] of shapes) expected.set(`blk.${l}.${kind}.weight`, shape);
+    }
+    for (const t of gguf.tensors) if (!expected.has(t.name)) fail(`unsupported tensor ${t.name}`);
+    let totalBytes = 0;
+    for (const [name, shape] of expected) {
+      const t = byName.get(name) ?? fail(`missing tensor ${name}`);
+      if (t.type !== GGML_F32) {
+        fail(`unsupported tensor type ${GGML_TYPE_NAMES[t.type] ?? `#${t.type}`} for ${name} (only F32)`);
+      }
+      if (t.dims.length !== shape.length || t.dims.some((d, i) => d !== shape[i])) {
+        fail(`bad tensor ${name}: shape [${t.dims.join(', ')}], expected [${shape.join(', ')}]`);
+      }
+      const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+      if (t.offset + bytes > file.size) fail(`truncated: tensor ${name} ends at byte ${t.offset + bytes}, the file has ${file.size}`);
+      totalBytes += bytes;
+    }
+    if (totalBytes > MAX_WEIGHT_BYTES) fail(`too large: ${totalBytes} bytes of weights exceed the WebAssembly engine's ${MAX_WEIGHT_BYTES} bytes`);
+
+    const arena = createArena(totalBytes + 64 * expected.size);
+    const load = (name: string): number => {
+      const t = byName.get(name)!;
+      const bytes = 4 * t.dims.reduce((a, b) => a * b, 1);
+      const ptr = arena.alloc(bytes);
+      readExact(file, arena.u8(ptr, bytes), t.offset, `tensor ${name}`);
+      return ptr;
+    };
+    const tokenEmbedding = load('token_embd.weight');
+    const layers: LayerWeights[] = Array.from({ length: config.nLayers }, (_, l) => ({
+      attnNorm: load(`blk.${l}.attn_norm.weight`),
+      wq: load(`blk.${l}.attn_q.weight`),
+      wk: load(`blk.${l}.attn_k.weight`),
+      wv: load(`blk.${l}.attn_v.weight`),
+      wo: load(`blk.${l}.attn_output.weight`),
+      ffnNorm: load(`blk.${l}.ffn_norm.weight`),
+      w1: load(`blk.${l}.ffn_gate.weight`),
+      w2: load(`blk.${l}.ffn_down.weight`),
+      w3: load(`blk.${l}.ffn_up.weight`),
+    }));
+    const finalNorm = load('output_norm.weight');
+    const classifier = byName.has('output.weight') ? load('output.weight') : tokenEmbedding;
+    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier }, arena, tokenizer };
+  });
+}

@@ -1,0 +1,34 @@
+import { ModelFileError } from '../errors.js';
+import type { Model, ModelFormat } from '../model.js';
+import { instantiateKernels } from '../numerics/index.js';
+import { readBytes, withFile } from './file.js';
+import { loadGguf } from './gguf.js';
+import { loadLlama2c } from './llama2c.js';
+import { loadTokenizerBin } from './tokenizer-bin.js';
+
+export interface LoadOptions {
+  /** A llama2.c tokenizer.bin; required for llama2.c checkpoints, overrides a GGUF's own tokenizer. */
+  tokenizer?: string;
+}
+
+/** The format is told by the file's first bytes, not its name. */
+export function detectFormat(path: string): ModelFormat {
+  return withFile(path, (file) => {
+    if (file.size >= 4 && Buffer.from(readBytes(file, 0, 4, 'the magic')).toString('latin1') === 'GGUF') return 'gguf';
+    return 'llama2c';
+  });
+}
+
+/** Loads a llama2.c checkpoint or a GGUF file; every problem is a ModelFileError naming the file. */
+export function loadModel(path: string, options: LoadOptions = {}): Model {
+  const format = detectFormat(path);
+  const loaded = format === 'gguf' ? loadGguf(path) : loadLlama2c(path);
+  let tokenizer = loaded.tokenizer;
+  if (options.tokenizer !== undefined) tokenizer = loadTokenizerBin(options.tokenizer, loaded.config.vocabSize);
+  if (!tokenizer) throw new ModelFileError(path, 'a llama2.c checkpoint needs a tokenizer file (tokenizer.bin)');
+
+  const { arena, config } = loaded;
+  const ropeFrequencies = arena.alloc(4 * (config.headSize / 2));
+  instantiateKernels(arena.memory).ropeFrequencies(ropeFrequencies, config.headSize, config.ropeTheta);
+  return { file: path, format, config: loaded.config, weights: loaded.weights, tokenizer, arena, ropeFrequencies };
+}

@@ -1,0 +1,58 @@
+// The canonical kernels (docs/numerics.md), compiled from ./wasm/kernels.ts in two builds that
+// must agree bit for bit: `simd` (WebAssembly SIMD, the default) and `scalar` (the fallback).
+import { readFileSync } from 'node:fs';
+import type { Ptr } from '../memory.js';
+
+/** Version of the numerics spec the kernels implement; part of every job commitment. */
+export const NUMERICS_SPEC_VERSION = 'verity-numerics/1';
+
+export const KERNEL_PATHS = ['simd', 'scalar'] as const;
+export type KernelPath = (typeof KERNEL_PATHS)[number];
+
+export interface Kernels {
+  readonly path: KernelPath;
+  exp32(x: number): number;
+  sin32(x: number): number;
+  cos32(x: number): number;
+  pow32(b: number, e: number): number;
+  mapExp32(out: Ptr, x: Ptr, n: number): void;
+  mapSin32(out: Ptr, x: Ptr, n: number): void;
+  mapCos32(out: Ptr, x: Ptr, n: number): void;
+  dot16(a: Ptr, b: Ptr, n: number): number;
+  sum16(a: Ptr, n: number): number;
+  matvec(out: Ptr, w: Ptr, x: Ptr, n: number, d: number): void;
+  rmsnorm(out: Ptr, x: Ptr, w: Ptr, n: number, eps: number): void;
+  add(x: Ptr, y: Ptr, n: number): void;
+  softmax(x: Ptr, n: number): void;
+  siluMul(h1: Ptr, h3: Ptr, n: number): void;
+  ropeFrequencies(freqs: Ptr, headSize: number, theta: number): void;
+  ropeTable(table: Ptr, freqs: Ptr, headSize: number, pos: number): void;
+  rope(vec: Ptr, n: number, table: Ptr, headSize: number): void;
+  attention(
+    out: Ptr, q: Ptr, keys: Ptr, values: Ptr, att: Ptr,
+    pos: number, nHeads: number, nKvHeads: number, headSize: number,
+  ): void;
+  canonicalizeNaN(x: Ptr, n: number): void;
+}
+
+const compiled = new Map<KernelPath, WebAssembly.Module>();
+
+function wasmModule(path: KernelPath): WebAssembly.Module {
+  let module = compiled.get(path);
+  if (!module) {
+    const bytes = readFileSync(new URL(`./kernels-${path}.wasm`, import.meta.url));
+    module = new WebAssembly.Module(bytes);
+    compiled.set(path, module);
+  }
+  return module;
+}
+
+/** Instantiates one kernel build over `memory`. Instances are cheap; modules are compiled once. */
+export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath = 'simd'): Kernels {
+  const instance = new WebAssembly.Instance(wasmModule(path), { env: { memory } });
+  return { path, ...(instance.exports as object) } as Kernels;
+}
+
+export function isKernelPath(value: string): value is KernelPath {
+  return (KERNEL_PATHS as readonly string[]).includes(value);
+}

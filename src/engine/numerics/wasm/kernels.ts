@@ -1,0 +1,438 @@
+// AssemblyScript source of the canonical kernels, numerics spec version 1 (docs/numerics.md).
+//
+// One source, two builds: `kernels-simd.wasm` (ASC_FEATURE_SIMD) and `kernels-scalar.wasm`.
+// Both builds perform the same IEEE-754 operations in the same order, so they return the same
+// bits; the SIMD build only computes several independent lanes at once. Every f32 operation
+// rounds to f32 (wasm has no implicit FMA or reassociation; binaryen's optimiser preserves IEEE
+// semantics). All pointers are byte offsets into the memory the host imports.
+
+// ---------------------------------------------------------------------------------------------
+// Special functions (spec §3): a fixed f64 algorithm built from + − × ÷ only, rounded once to f32.
+
+const INV_LN2: f64 = 1.4426950408889634;
+const LN2_HI: f64 = 0.6931471806019545; // 0x1.62e42ffp-1: k·LN2_HI is exact for |k| < 2^20
+const LN2_LO: f64 = -4.2009150726810846e-11; // ln 2 − LN2_HI
+const TWO_OVER_PI: f64 = 0.6366197723675814;
+const PIO2_1: f64 = 1.5707963267341256; // 0x1.921fb544p+0 (33 bits)
+const PIO2_2: f64 = 6.077100506303966e-11; // 0x1.0b4611a6p-34 (33 bits)
+const PIO2_3: f64 = 2.0222662487959506e-21; // π/2 − PIO2_1 − PIO2_2, rounded
+const SQRT2: f64 = 1.4142135623730951;
+const TRIG_LIMIT: f64 = 1048576.0; // 2^20: sin32/cos32 are defined on |x| ≤ 2^20
+
+/** e^x for x in [-110, 100]; Taylor series to degree 13 on |r| ≤ ln2/2. */
+export function exp64(x: f64): f64 {
+  if (x != x) return x;
+  if (x > 100.0) return Infinity;
+  if (x < -110.0) return 0.0;
+  const k = nearest<f64>(x * INV_LN2);
+  const r = x - k * LN2_HI - k * LN2_LO;
+  let p: f64 = 1.6059043836821613e-10; // 1/13!
+  p = 2.08767569878681e-9 + r * p; // 1/12!
+  p = 2.505210838544172e-8 + r * p;
+  p = 2.755731922398589e-7 + r * p;
+  p = 0.0000027557319223985893 + r * p;
+  p = 0.0000248015873015873 + r * p;
+  p = 0.0001984126984126984 + r * p;
+  p = 0.001388888888888889 + r * p;
+  p = 0.008333333333333333 + r * p;
+  p = 0.041666666666666664 + r * p;
+  p = 0.16666666666666666 + r * p;
+  p = 0.5 + r * p;
+  p = 1.0 + r * p;
+  p = 1.0 + r * p;
+  return p * reinterpret<f64>((<i64>k + 1023) << 52);
+}
+
+/** ln y for positive normal y: y = m·2^e with m in [√½, √2], ln m = 2·atanh((m−1)/(m+1)). */
+export function log64(y: f64): f64 {
+  const bits = reinterpret<i64>(y);
+  let e = <i32>((bits >> 52) & 0x7ff) - 1023;
+  let m = reinterpret<f64>((bits & 0x000fffffffffffff) | 0x3ff0000000000000);
+  if (m > SQRT2) {
+    m = m * 0.5;
+    e = e + 1;
+  }
+  const s = (m - 1.0) / (m + 1.0);
+  const z = s * s;
+  let p: f64 = 0.047619047619047616; // 1/21
+  p = 0.05263157894736842 + z * p;
+  p = 0.058823529411764705 + z * p;
+  p = 0.06666666666666667 + z * p;
+  p = 0.07692307692307693 + z * p;
+  p = 0.09090909090909091 + z * p;
+  p = 0.1111111111111111 + z * p;
+  p = 0.14285714285714285 + z * p;
+  p = 0.2 + z * p;
+  p = 0.3333333333333333 + z * p;
+  const twoS = s + s;
+  const lnM = twoS + twoS * (z * p);
+  const fe = <f64>e;
+  return fe * LN2_HI + (fe * LN2_LO + lnM);
+}
+
+function sinPoly(r: f64, z: f64): f64 {
+  let p: f64 = 2.8114572543455206e-15; // 1/17!
+  p = -7.647163731819816e-13 + z * p;
+  p = 1.6059043836821613e-10 + z * p;
+  p = -2.505210838544172e-8 + z * p;
+  p = 0.0000027557319223985893 + z * p;
+  p = -0.0001984126984126984 + z * p;
+  p = 0.008333333333333333 + z * p;
+  p = -0.16666666666666666 + z * p;
+  return r + r * (z * p);
+}
+
+function cosPoly(z: f64): f64 {
+  let p: f64 = -1.5619206968586225e-16; // −1/18!
+  p = 4.779477332387385e-14 + z * p;
+  p = -1.1470745597729725e-11 + z * p;
+  p = 2.08767569878681e-9 + z * p;
+  p = -2.755731922398589e-7 + z * p;
+  p = 0.0000248015873015873 + z * p;
+  p = -0.001388888888888889 + z * p;
+  p = 0.041666666666666664 + z * p;
+  p = -0.5 + z * p;
+  return 1.0 + z * p;
+}
+
+// sin and cos of one f32 angle share a single range reduction; results land in these globals.
+let sinOut: f32 = 0;
+let cosOut: f32 = 0;
+
+function sincos32(a: f32): void {
+  const x = <f64>a;
+  if (!(x >= -TRIG_LIMIT && x <= TRIG_LIMIT)) {
+    sinOut = <f32>NaN;
+    cosOut = <f32>NaN;
+    return;
+  }
+  const k = nearest<f64>(x * TWO_OVER_PI);
+  const r = x - k * PIO2_1 - k * PIO2_2 - k * PIO2_3;
+  const z = r * r;
+  const s = sinPoly(r, z);
+  const c = cosPoly(z);
+  const q = <i32>k & 3;
+  if (q == 0) {
+    sinOut = <f32>s;
+    cosOut = <f32>c;
+  } else if (q == 1) {
+    sinOut = <f32>c;
+    cosOut = <f32>-s;
+  } else if (q == 2) {
+    sinOut = <f32>-s;
+    cosOut = <f32>-c;
+  } else {
+    sinOut = <f32>-c;
+    cosOut = <f32>s;
+  }
+}
+
+export function exp32(x: f32): f32 {
+  return <f32>exp64(<f64>x);
+}
+
+export function sin32(x: f32): f32 {
+  sincos32(x);
+  return sinOut;
+}
+
+export function cos32(x: f32): f32 {
+  sincos32(x);
+  return cosOut;
+}
+
+/** b^e for positive normal b: exp(e · ln b) in f64, rounded once. */
+export function pow32(b: f32, e: f32): f32 {
+  return <f32>exp64(<f64>e * log64(<f64>b));
+}
+
+/** Elementwise maps over arrays, for the accuracy sweeps in the tests. */
+export function mapExp32(out: usize, x: usize, n: i32): void {
+  for (let i = 0; i < n; i++) store<f32>(out + (<usize>i << 2), exp32(load<f32>(x + (<usize>i << 2))));
+}
+export function mapSin32(out: usize, x: usize, n: i32): void {
+  for (let i = 0; i < n; i++) store<f32>(out + (<usize>i << 2), sin32(load<f32>(x + (<usize>i << 2))));
+}
+export function mapCos32(out: usize, x: usize, n: i32): void {
+  for (let i = 0; i < n; i++) store<f32>(out + (<usize>i << 2), cos32(load<f32>(x + (<usize>i << 2))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions (spec §2): element j goes into accumulator j mod 16 (all start at +0), then the 16
+// accumulators are combined by the fixed tree t[i] = a[i] + a[i+8], u[i] = t[i] + t[i+4],
+// v[i] = u[i] + u[i+2], result = v[0] + v[1]. In the SIMD build, lane l of vector s_k holds a[4k+l].
+
+@inline function laneMask(count: i32): v128 {
+  return i32x4.gt_s(i32x4.splat(count), i32x4(0, 1, 2, 3));
+}
+
+@inline function combine16(s0: v128, s1: v128, s2: v128, s3: v128): f32 {
+  const u = f32x4.add(f32x4.add(s0, s2), f32x4.add(s1, s3));
+  const v0 = f32x4.extract_lane(u, 0) + f32x4.extract_lane(u, 2);
+  const v1 = f32x4.extract_lane(u, 1) + f32x4.extract_lane(u, 3);
+  return v0 + v1;
+}
+
+/** Σ a[j]·b[j] in the canonical order. */
+// Masked tail lanes contribute +0, which leaves an accumulator unchanged: an accumulator that
+// starts at +0 can never become −0 under round-to-nearest, so padding equals skipping.
+export function dot16(a: usize, b: usize, n: i32): f32 {
+  const n16 = n & ~15;
+  if (ASC_FEATURE_SIMD) {
+    let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+    for (let j = 0; j < n16; j += 16) {
+      const pa = a + (<usize>j << 2), pb = b + (<usize>j << 2);
+      s0 = f32x4.add(s0, f32x4.mul(v128.load(pa), v128.load(pb)));
+      s1 = f32x4.add(s1, f32x4.mul(v128.load(pa, 16), v128.load(pb, 16)));
+      s2 = f32x4.add(s2, f32x4.mul(v128.load(pa, 32), v128.load(pb, 32)));
+      s3 = f32x4.add(s3, f32x4.mul(v128.load(pa, 48), v128.load(pb, 48)));
+    }
+    const rem = n - n16;
+    if (rem > 0) {
+      const pa = a + (<usize>n16 << 2), pb = b + (<usize>n16 << 2);
+      const m0 = laneMask(rem), m1 = laneMask(rem - 4), m2 = laneMask(rem - 8), m3 = laneMask(rem - 12);
+      s0 = f32x4.add(s0, f32x4.mul(v128.and(v128.load(pa), m0), v128.and(v128.load(pb), m0)));
+      s1 = f32x4.add(s1, f32x4.mul(v128.and(v128.load(pa, 16), m1), v128.and(v128.load(pb, 16), m1)));
+      s2 = f32x4.add(s2, f32x4.mul(v128.and(v128.load(pa, 32), m2), v128.and(v128.load(pb, 32), m2)));
+      s3 = f32x4.add(s3, f32x4.mul(v128.and(v128.load(pa, 48), m3), v128.and(v128.load(pb, 48), m3)));
+    }
+    return combine16(s0, s1, s2, s3);
+  } else {
+    let a0: f32 = 0, a1: f32 = 0, a2: f32 = 0, a3: f32 = 0, a4: f32 = 0, a5: f32 = 0, a6: f32 = 0, a7: f32 = 0;
+    let a8: f32 = 0, a9: f32 = 0, a10: f32 = 0, a11: f32 = 0, a12: f32 = 0, a13: f32 = 0, a14: f32 = 0, a15: f32 = 0;
+    for (let j = 0; j < n; j += 16) {
+      const pa = a + (<usize>j << 2), pb = b + (<usize>j << 2);
+      const r = n - j; // elements left; every accumulator beyond it is skipped
+      a0 += load<f32>(pa) * load<f32>(pb);
+      if (r > 1) a1 += load<f32>(pa, 4) * load<f32>(pb, 4);
+      if (r > 2) a2 += load<f32>(pa, 8) * load<f32>(pb, 8);
+      if (r > 3) a3 += load<f32>(pa, 12) * load<f32>(pb, 12);
+      if (r > 4) a4 += load<f32>(pa, 16) * load<f32>(pb, 16);
+      if (r > 5) a5 += load<f32>(pa, 20) * load<f32>(pb, 20);
+      if (r > 6) a6 += load<f32>(pa, 24) * load<f32>(pb, 24);
+      if (r > 7) a7 += load<f32>(pa, 28) * load<f32>(pb, 28);
+      if (r > 8) a8 += load<f32>(pa, 32) * load<f32>(pb, 32);
+      if (r > 9) a9 += load<f32>(pa, 36) * load<f32>(pb, 36);
+      if (r > 10) a10 += load<f32>(pa, 40) * load<f32>(pb, 40);
+      if (r > 11) a11 += load<f32>(pa, 44) * load<f32>(pb, 44);
+      if (r > 12) a12 += load<f32>(pa, 48) * load<f32>(pb, 48);
+      if (r > 13) a13 += load<f32>(pa, 52) * load<f32>(pb, 52);
+      if (r > 14) a14 += load<f32>(pa, 56) * load<f32>(pb, 56);
+      if (r > 15) a15 += load<f32>(pa, 60) * load<f32>(pb, 60);
+    }
+    const u0 = (a0 + a8) + (a4 + a12), u1 = (a1 + a9) + (a5 + a13);
+    const u2 = (a2 + a10) + (a6 + a14), u3 = (a3 + a11) + (a7 + a15);
+    return (u0 + u2) + (u1 + u3);
+  }
+}
+
+/** Σ a[j] in the canonical order (same layout as dot16). */
+export function sum16(a: usize, n: i32): f32 {
+  const n16 = n & ~15;
+  if (ASC_FEATURE_SIMD) {
+    let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+    for (let j = 0; j < n16; j += 16) {
+      const pa = a + (<usize>j << 2);
+      s0 = f32x4.add(s0, v128.load(pa));
+      s1 = f32x4.add(s1, v128.load(pa, 16));
+      s2 = f32x4.add(s2, v128.load(pa, 32));
+      s3 = f32x4.add(s3, v128.load(pa, 48));
+    }
+    const rem = n - n16;
+    if (rem > 0) {
+      const pa = a + (<usize>n16 << 2);
+      s0 = f32x4.add(s0, v128.and(v128.load(pa), laneMask(rem)));
+      s1 = f32x4.add(s1, v128.and(v128.load(pa, 16), laneMask(rem - 4)));
+      s2 = f32x4.add(s2, v128.and(v128.load(pa, 32), laneMask(rem - 8)));
+      s3 = f32x4.add(s3, v128.and(v128.load(pa, 48), laneMask(rem - 12)));
+    }
+    return combine16(s0, s1, s2, s3);
+  } else {
+    let a0: f32 = 0, a1: f32 = 0, a2: f32 = 0, a3: f32 = 0, a4: f32 = 0, a5: f32 = 0, a6: f32 = 0, a7: f32 = 0;
+    let a8: f32 = 0, a9: f32 = 0, a10: f32 = 0, a11: f32 = 0, a12: f32 = 0, a13: f32 = 0, a14: f32 = 0, a15: f32 = 0;
+    for (let j = 0; j < n; j += 16) {
+      const pa = a + (<usize>j << 2);
+      const r = n - j;
+      a0 += load<f32>(pa);
+      if (r > 1) a1 += load<f32>(pa, 4);
+      if (r > 2) a2 += load<f32>(pa, 8);
+      if (r > 3) a3 += load<f32>(pa, 12);
+      if (r > 4) a4 += load<f32>(pa, 16);
+      if (r > 5) a5 += load<f32>(pa, 20);
+      if (r > 6) a6 += load<f32>(pa, 24);
+      if (r > 7) a7 += load<f32>(pa, 28);
+      if (r > 8) a8 += load<f32>(pa, 32);
+      if (r > 9) a9 += load<f32>(pa, 36);
+      if (r > 10) a10 += load<f32>(pa, 40);
+      if (r > 11) a11 += load<f32>(pa, 44);
+      if (r > 12) a12 += load<f32>(pa, 48);
+      if (r > 13) a13 += load<f32>(pa, 52);
+      if (r > 14) a14 += load<f32>(pa, 56);
+      if (r > 15) a15 += load<f32>(pa, 60);
+    }
+    const u0 = (a0 + a8) + (a4 + a12), u1 = (a1 + a9) + (a5 + a13);
+    const u2 = (a2 + a10) + (a6 + a14), u3 = (a3 + a11) + (a7 + a15);
+    return (u0 + u2) + (u1 + u3);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model operations (spec §4).
+
+/** out[i] = dot16(W[i, :], x) for a row-major d×n matrix W. */
+export function matvec(out: usize, w: usize, x: usize, n: i32, d: i32): void {
+  const rowBytes = <usize>n << 2;
+  for (let i = 0; i < d; i++) {
+    store<f32>(out + (<usize>i << 2), dot16(w + <usize>i * rowBytes, x, n));
+  }
+}
+
+/** out[j] = w[j] · (r · x[j]) with r = 1 / sqrt(dot16(x, x) / n + eps). */
+export function rmsnorm(out: usize, x: usize, w: usize, n: i32, eps: f32): void {
+  let ss = dot16(x, x, n);
+  ss = ss / <f32>n;
+  ss = ss + eps;
+  const r: f32 = <f32>1.0 / sqrt<f32>(ss);
+  let j = 0;
+  if (ASC_FEATURE_SIMD) {
+    const rv = f32x4.splat(r);
+    for (; j + 4 <= n; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(out + o, f32x4.mul(v128.load(w + o), f32x4.mul(rv, v128.load(x + o))));
+    }
+  }
+  for (; j < n; j++) {
+    const o = <usize>j << 2;
+    store<f32>(out + o, load<f32>(w + o) * (r * load<f32>(x + o)));
+  }
+}
+
+/** x[i] = x[i] + y[i] (the residual connection). */
+export function add(x: usize, y: usize, n: i32): void {
+  let j = 0;
+  if (ASC_FEATURE_SIMD) {
+    for (; j + 4 <= n; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(x + o, f32x4.add(v128.load(x + o), v128.load(y + o)));
+    }
+  }
+  for (; j < n; j++) {
+    const o = <usize>j << 2;
+    store<f32>(x + o, load<f32>(x + o) + load<f32>(y + o));
+  }
+}
+
+/** In place: x[j] = exp32(x[j] − max) / sum16(...). Any NaN input makes every output NaN. */
+export function softmax(x: usize, n: i32): void {
+  let m = load<f32>(x);
+  for (let j = 1; j < n; j++) {
+    const v = load<f32>(x + (<usize>j << 2));
+    if (v > m) m = v;
+  }
+  for (let j = 0; j < n; j++) {
+    const o = <usize>j << 2;
+    store<f32>(x + o, exp32(load<f32>(x + o) - m));
+  }
+  const s = sum16(x, n);
+  for (let j = 0; j < n; j++) {
+    const o = <usize>j << 2;
+    store<f32>(x + o, load<f32>(x + o) / s);
+  }
+}
+
+/** SwiGLU gate: h1[i] = (h1[i] · (1 / (1 + exp32(−h1[i])))) · h3[i]. */
+export function siluMul(h1: usize, h3: usize, n: i32): void {
+  for (let j = 0; j < n; j++) {
+    const o = <usize>j << 2;
+    const v = load<f32>(h1 + o);
+    const silu = v * (<f32>1.0 / (<f32>1.0 + exp32(-v)));
+    store<f32>(h1 + o, silu * load<f32>(h3 + o));
+  }
+}
+
+/** freqs[i] = 1 / theta^((2i) / headSize) for i < headSize/2. */
+export function ropeFrequencies(freqs: usize, headSize: i32, theta: f32): void {
+  const half = headSize >> 1;
+  for (let i = 0; i < half; i++) {
+    const twoI: i32 = i << 1;
+    const e = <f32>twoI / <f32>headSize;
+    store<f32>(freqs + (<usize>i << 2), <f32>1.0 / pow32(theta, e));
+  }
+}
+
+/** table[2i] = cos(pos · freqs[i]), table[2i+1] = sin(pos · freqs[i]). */
+export function ropeTable(table: usize, freqs: usize, headSize: i32, pos: i32): void {
+  const half = headSize >> 1;
+  const p = <f32>pos;
+  for (let i = 0; i < half; i++) {
+    sincos32(p * load<f32>(freqs + (<usize>i << 2)));
+    store<f32>(table + (<usize>i << 3), cosOut);
+    store<f32>(table + (<usize>i << 3) + 4, sinOut);
+  }
+}
+
+/** Rotates each adjacent pair (v0, v1) of every head of vec (length n) by the table's angle. */
+export function rope(vec: usize, n: i32, table: usize, headSize: i32): void {
+  for (let h = 0; h < n; h += headSize) {
+    for (let i = 0; i < headSize; i += 2) {
+      const pv = vec + (<usize>(h + i) << 2);
+      const pt = table + (<usize>i << 2);
+      const c = load<f32>(pt), s = load<f32>(pt, 4);
+      const v0 = load<f32>(pv), v1 = load<f32>(pv, 4);
+      store<f32>(pv, v0 * c - v1 * s);
+      store<f32>(pv, v0 * s + v1 * c, 4);
+    }
+  }
+}
+
+/**
+ * Multi-head attention for one query position `pos` with grouped K/V heads.
+ * keys/values hold positions 0..pos, each a row of nKvHeads·headSize floats; att is scratch of
+ * pos+1 floats. For head h: score_t = dot16(q_h, k_t) / sqrt(headSize), softmax over t, then
+ * out_h[i] = Σ_t att[t] · v_t[i] accumulated in increasing t from +0.
+ */
+export function attention(
+  out: usize, q: usize, keys: usize, values: usize, att: usize,
+  pos: i32, nHeads: i32, nKvHeads: i32, headSize: i32,
+): void {
+  const kvDim = nKvHeads * headSize;
+  const kvMul = nHeads / nKvHeads;
+  const scale = sqrt<f32>(<f32>headSize);
+  const rowBytes = <usize>kvDim << 2;
+  for (let h = 0; h < nHeads; h++) {
+    const qh = q + (<usize>(h * headSize) << 2);
+    const headOffset = <usize>((h / kvMul) * headSize) << 2;
+    for (let t = 0; t <= pos; t++) {
+      const score = dot16(qh, keys + <usize>t * rowBytes + headOffset, headSize);
+      store<f32>(att + (<usize>t << 2), score / scale);
+    }
+    softmax(att, pos + 1);
+    const oh = out + (<usize>(h * headSize) << 2);
+    memory.fill(oh, 0, <usize>headSize << 2);
+    for (let t = 0; t <= pos; t++) {
+      const a = load<f32>(att + (<usize>t << 2));
+      const vt = values + <usize>t * rowBytes + headOffset;
+      let i = 0;
+      if (ASC_FEATURE_SIMD) {
+        const av = f32x4.splat(a);
+        for (; i + 4 <= headSize; i += 4) {
+          const o = <usize>i << 2;
+          v128.store(oh + o, f32x4.add(v128.load(oh + o), f32x4.mul(av, v128.load(vt + o))));
+        }
+      }
+      for (; i < headSize; i++) {
+        const o = <usize>i << 2;
+        store<f32>(oh + o, load<f32>(oh + o) + a * load<f32>(vt + o));
+      }
+    }
+  }
+}
+
+/** Replaces every NaN by the canonical quiet NaN 0x7fc00000 (NaN payloads differ across CPUs). */
+export function canonicalizeNaN(x: usize, n: i32): void {
+  for (let j = 0; j < n; j++) {
+    const o = <usize>j << 2;
+    const v = load<f32>(x + o);
+    if (v != v) store<u32>(x + o, 0x7fc00000);
+  }
+}

@@ -1,0 +1,202 @@
+// The forward pass as explicit steps. A step reads only its inputs and writes only its outputs, so
+// a referee can run any one of them alone:
+//   layerStep(layer, pos): residual x, that layer's K/V rows for positions < pos
+//                          → new residual x, the K/V rows for pos
+//   headStep:              residual x, sampling params, RNG state → token, RNG state
+// Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
+import { EngineError } from './errors.js';
+import type { Ptr } from './memory.js';
+import type { Model } from './model.js';
+import { instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
+import { sampleToken, type SamplingParams } from './sampler.js';
+
+export interface Session {
+  readonly model: Model;
+  readonly kernels: Kernels;
+  readonly maxPositions: number;
+  // Activations (f32 buffers in the model's arena).
+  readonly x: Ptr; // the residual stream
+  readonly xb: Ptr;
+  readonly xb2: Ptr;
+  readonly hb: Ptr;
+  readonly hb2: Ptr;
+  readonly q: Ptr;
+  readonly att: Ptr;
+  readonly logits: Ptr;
+  readonly ropeTable: Ptr;
+  /** Per layer: maxPositions rows of kvDim floats (0 for layers this session does not run). */
+  readonly keys: Ptr[];
+  readonly values: Ptr[];
+  ropePosition: number;
+  readonly arenaMark: number;
+}
+
+export interface SessionOptions {
+  maxPositions?: number;
+  kernels?: KernelPath;
+  /** Layers that get a K/V cache; all by default. A referee replaying one step needs one. */
+  layers?: number[];
+}
+
+export function createSession(model: Model, options: SessionOptions = {}): Session {
+  const c = model.config;
+  const maxPositions = options.maxPositions ?? c.seqLen;
+  if (!Number.isInteger(maxPositions) || maxPositions < 1 || maxPositions > c.seqLen) {
+    throw new EngineError(`positions must be between 1 and the model's seq_len ${c.seqLen}, got ${maxPositions}`);
+  }
+  const arena = model.arena;
+  const arenaMark = arena.mark();
+  const floats = (n: number): Ptr => arena.alloc(4 * n);
+  const cached = new Set(options.layers ?? Array.from({ length: c.nLayers }, (_, l) => l));
+  const cache = (): Ptr[] => Array.from({ length: c.nLayers }, (_, l) => (cached.has(l) ? floats(maxPositions * c.kvDim) : 0));
+  return {
+    model,
+    kernels: instantiateKernels(arena.memory, options.kernels ?? 'simd'),
+    maxPositions,
+    x: floats(c.dim),
+    xb: floats(c.dim),
+    xb2: floats(c.dim),
+    hb: floats(c.hiddenDim),
+    hb2: floats(c.hiddenDim),
+    q: floats(c.dim),
+    att: floats(maxPositions),
+    logits: floats(c.vocabSize),
+    ropeTable: floats(c.headSize),
+    keys: cache(),
+    values: cache(),
+    ropePosition: -1,
+    arenaMark,
+  };
+}
+
+/** Frees the session's buffers (and anything allocated in the arena after it). */
+export function disposeSession(s: Session): void {
+  s.model.arena.release(s.arenaMark);
+}
+
+/** x ← the token's embedding row. */
+export function embed(s: Session, token: number): void {
+  const { dim, vocabSize } = s.model.config;
+  if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
+  const row = s.model.arena.f32(s.model.weights.tokenEmbedding + 4 * token * dim, dim);
+  s.model.arena.f32(s.x, dim).set(row);
+}
+
+export function keyRow(s: Session, layer: number, pos: number): Ptr {
+  return s.keys[layer] + 4 * pos * s.model.config.kvDim;
+}
+
+export function valueRow(s: Session, layer: number, pos: number): Ptr {
+  return s.values[layer] + 4 * pos * s.model.config.kvDim;
+}
+
+/** One transformer block for one position: updates x and writes this position's K/V rows. */
+export function layerStep(s: Session, layer: number, pos: number): void {
+  const { dim, hiddenDim, kvDim, nHeads, nKvHeads, headSize, normEps } = s.model.config;
+  const w = s.model.weights.layers[layer];
+  const k = s.kernels;
+  if (pos < 0 || pos >= s.maxPositions || !s.keys[layer]) throw new EngineError(`layer ${layer} position ${pos} is outside this session`);
+  if (s.ropePosition !== pos) {
+    k.ropeTable(s.ropeTable, s.model.ropeFrequencies, headSize, pos);
+    s.ropePosition = pos;
+  }
+  const key = keyRow(s, layer, pos);
+  const value = valueRow(s, layer, pos);
+
+  // Attention.
+  k.rmsnorm(s.xb, s.x, w.attnNorm, dim, normEps);
+  k.matvec(s.q, w.wq, s.xb, dim, dim);
+  k.matvec(key, w.wk, s.xb, dim, kvDim);
+  k.matvec(value, w.wv, s.xb, dim, kvDim);
+  k.rope(s.q, dim, s.ropeTable, headSize);
+  k.rope(key, kvDim, s.ropeTable, headSize);
+  k.canonicalizeNaN(key, kvDim);
+  k.canonicalizeNaN(value, kvDim);
+  k.attention(s.xb, s.q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize);
+  k.matvec(s.xb2, w.wo, s.xb, dim, dim);
+  k.add(s.x, s.xb2, dim);
+
+  // Feed-forward (SwiGLU).
+  k.rmsnorm(s.xb, s.x, w.ffnNorm, dim, normEps);
+  k.matvec(s.hb, w.w1, s.xb, dim, hiddenDim);
+  k.matvec(s.hb2, w.w3, s.xb, dim, hiddenDim);
+  k.siluMul(s.hb, s.hb2, hiddenDim);
+  k.matvec(s.xb, w.w2, s.hb, hiddenDim, dim);
+  k.add(s.x, s.xb, dim);
+  k.canonicalizeNaN(s.x, dim);
+}
+
+/** Final norm and classifier: fills the session's logits from x. */
+export function classify(s: Session): Float32Array {
+  const { dim, vocabSize, normEps } = s.model.config;
+  s.kernels.rmsnorm(s.xb, s.x, s.model.weights.finalNorm, dim, normEps);
+  s.kernels.matvec(s.logits, s.model.weights.classifier, s.xb, dim, vocabSize);
+  return s.model.arena.f32(s.logits, vocabSize);
+}
+
+/** Final norm, classifier and sampling. */
+export function headStep(s: Session, params: SamplingParams, rngState: bigint): { token: number; rngState: bigint } {
+  const logits = classify(s);
+  return sampleToken(logits, params, rngState, () => s.kernels.softmax(s.logits, logits.length));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps as pure functions of their inputs, for re-execution by a referee (and the tests).
+
+export interface LayerStepInput {
+  layer: number;
+  pos: number;
+  x: Float32Array; // dim
+  keys: Float32Array; // pos × kvDim: the layer's K rows for positions 0..pos-1
+  values: Float32Array;
+}
+
+export interface LayerStepOutput {
+  x: Float32Array;
+  key: Float32Array;
+  value: Float32Array;
+}
+
+function withSession<T>(model: Model, options: SessionOptions, body: (s: Session) => T): T {
+  const s = createSession(model, options);
+  try {
+    return body(s);
+  } finally {
+    disposeSession(s);
+  }
+}
+
+export function runLayerStep(model: Model, input: LayerStepInput, kernels: KernelPath = 'simd'): LayerStepOutput {
+  const { dim, kvDim, nLayers } = model.config;
+  const { layer, pos } = input;
+  if (!Number.isInteger(layer) || layer < 0 || layer >= nLayers) throw new EngineError(`layer ${layer} is outside 0..${nLayers - 1}`);
+  if (input.x.length !== dim || input.keys.length !== pos * kvDim || input.values.length !== pos * kvDim) {
+    throw new EngineError(`layer step inputs have the wrong sizes for position ${pos}`);
+  }
+  return withSession(model, { maxPositions: pos + 1, kernels, layers: [layer] }, (s) => {
+    const arena = model.arena;
+    arena.f32(s.x, dim).set(input.x);
+    arena.f32(s.keys[layer], pos * kvDim).set(input.keys);
+    arena.f32(s.values[layer], pos * kvDim).set(input.values);
+    layerStep(s, layer, pos);
+    return {
+      x: arena.f32(s.x, dim).slice(),
+      key: arena.f32(keyRow(s, layer, pos), kvDim).slice(),
+      value: arena.f32(valueRow(s, layer, pos), kvDim).slice(),
+    };
+  });
+}
+
+export interface HeadStepInput {
+  x: Float32Array;
+  params: SamplingParams;
+  rngState: bigint;
+}
+
+export function runHeadStep(model: Model, input: HeadStepInput, kernels: KernelPath = 'simd'): { token: number; rngState: bigint } {
+  if (input.x.length !== model.config.dim) throw new EngineError('head step input has the wrong size');
+  return withSession(model, { maxPositions: 1, kernels, layers: [] }, (s) => {
+    model.arena.f32(s.x, model.config.dim).set(input.x);
+    return headStep(s, input.params, input.rngState);
+  });
+}

@@ -1,0 +1,179 @@
+// SentencePiece-style BPE exactly as llama2.c's run.c does it: a dummy-prefix space, one token per
+// UTF-8 code point where the vocabulary has it (else one token per byte, id = byte + 3), then
+// repeated merging of the adjacent pair whose merged string scores highest (leftmost on ties).
+// Strings are byte strings throughout: a token is whatever bytes the tokenizer file holds.
+import { EngineError } from './errors.js';
+
+export interface Tokenizer {
+  vocab: Uint8Array[];
+  scores: Float32Array;
+  maxTokenLength: number;
+  bosId: number;
+  eosId: number;
+  /** Token bytes (as a latin1 string) → id, the role of run.c's sorted vocabulary. */
+  index: Map<string, number>;
+}
+
+const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+
+export function createTokenizer(vocab: Uint8Array[], scores: Float32Array, bosId = 1, eosId = 2): Tokenizer {
+  const index = new Map<string, number>();
+  let maxTokenLength = 0;
+  vocab.forEach((piece, id) => {
+    const key = latin1(piece);
+    if (!index.has(key)) index.set(key, id);
+    maxTokenLength = Math.max(maxTokenLength, piece.length);
+  });
+  return { vocab, scores, maxTokenLength, bosId, eosId, index };
+}
+
+/** run.c only merges pairs that beat its initial best score of -1e10. */
+const MERGE_FLOOR = -1e10;
+
+interface Symbol {
+  id: number;
+  start: number; // index of the first initial token it covers: orders symbols left to right
+  prev: Symbol | null;
+  next: Symbol | null;
+  alive: boolean;
+}
+
+interface Candidate {
+  left: Symbol;
+  right: Symbol;
+  leftId: number;
+  rightId: number;
+  merged: number;
+  score: number;
+}
+
+/** Max-heap order: higher score first, then the leftmost pair. */
+const before = (a: Candidate, b: Candidate): boolean => a.score > b.score || (a.score === b.score && a.left.start < b.left.start);
+
+function heapPush(heap: Candidate[], c: Candidate): void {
+  heap.push(c);
+  let i = heap.length - 1;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (!before(heap[i], heap[parent])) break;
+    [heap[i], heap[parent]] = [heap[parent], heap[i]];
+    i = parent;
+  }
+}
+
+function heapPop(heap: Candidate[]): Candidate | undefined {
+  const top = heap[0];
+  const last = heap.pop();
+  if (heap.length > 0 && last) {
+    heap[0] = last;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let best = i;
+      if (l < heap.length && before(heap[l], heap[best])) best = l;
+      if (r < heap.length && before(heap[r], heap[best])) best = r;
+      if (best === i) break;
+      [heap[i], heap[best]] = [heap[best], heap[i]];
+      i = best;
+    }
+  }
+  return top;
+}
+
+function toBytes(text: string | Uint8Array): Uint8Array {
+  const bytes = typeof text === 'string' ? new TextEncoder().encode(text) : text;
+  const nul = bytes.indexOf(0);
+  return nul < 0 ? bytes : bytes.subarray(0, nul); // C strings end at the first NUL
+}
+
+/** Tokens of `text`, with BOS first if `bos` and EOS last if `eos` (run.c `encode`). */
+export function encode(t: Tokenizer, text: string | Uint8Array, bos = true, eos = false): number[] {
+  const bytes = toBytes(text);
+  const lookup = (b: Uint8Array): number => t.index.get(latin1(b)) ?? -1;
+  const initial: number[] = [];
+  if (bytes.length > 0) {
+    const space = lookup(Uint8Array.of(0x20));
+    if (space < 0) throw new EngineError('the tokenizer has no " " token for the dummy prefix');
+    initial.push(space);
+  }
+  // One code point at a time: a lead byte plus at most three continuation bytes.
+  for (let i = 0; i < bytes.length; ) {
+    let end = i + 1;
+    while (end < bytes.length && (bytes[end] & 0xc0) === 0x80 && end - i < 4) end++;
+    const unit = bytes.subarray(i, end);
+    const id = lookup(unit);
+    if (id >= 0) initial.push(id);
+    else {
+      for (const b of unit) {
+        if (b + 3 >= t.vocab.length) throw new EngineError(`byte 0x${b.toString(16)} has no byte-fallback token in a vocabulary of ${t.vocab.length}`);
+        initial.push(b + 3);
+      }
+    }
+    i = end;
+  }
+
+  const symbols: Symbol[] = initial.map((id, start) => ({ id, start, prev: null, next: null, alive: true }));
+  symbols.forEach((s, i) => {
+    s.prev = symbols[i - 1] ?? null;
+    s.next = symbols[i + 1] ?? null;
+  });
+  const heap: Candidate[] = [];
+  const consider = (left: Symbol | null, right: Symbol | null): void => {
+    if (!left || !right) return;
+    const pair = new Uint8Array(t.vocab[left.id].length + t.vocab[right.id].length);
+    pair.set(t.vocab[left.id]);
+    pair.set(t.vocab[right.id], t.vocab[left.id].length);
+    const merged = lookup(pair);
+    if (merged < 0) return;
+    const score = t.scores[merged];
+    if (score > MERGE_FLOOR) heapPush(heap, { left, right, leftId: left.id, rightId: right.id, merged, score });
+  };
+  for (let i = 0; i + 1 < symbols.length; i++) consider(symbols[i], symbols[i + 1]);
+
+  for (let c = heapPop(heap); c; c = heapPop(heap)) {
+    const { left, right } = c;
+    const stale = !left.alive || !right.alive || left.next !== right || left.id !== c.leftId || right.id !== c.rightId;
+    if (stale) continue;
+    left.id = c.merged;
+    right.alive = false;
+    left.next = right.next;
+    if (right.next) right.next.prev = left;
+    consider(left.prev, left);
+    consider(left, left.next);
+  }
+
+  const tokens: number[] = bos ? [t.bosId] : [];
+  for (let s: Symbol | null = symbols[0] ?? null; s; s = s.next) tokens.push(s.id);
+  if (eos) tokens.push(t.eosId);
+  return tokens;
+}
+
+const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{1,2})/;
+
+/** The bytes printed for `token` following `prev` (run.c `decode`). */
+export function decodePiece(t: Tokenizer, prev: number, token: number): Uint8Array {
+  let piece = t.vocab[token];
+  if (prev === t.bosId && piece[0] === 0x20) piece = piece.subarray(1);
+  const match = BYTE_TOKEN.exec(latin1(piece));
+  return match ? Uint8Array.of(parseInt(match[1], 16)) : piece;
+}
+
+const isPrintOrSpace = (b: number): boolean => (b >= 0x20 && b <= 0x7e) || (b >= 0x09 && b <= 0x0d);
+
+/**
+ * What run.c's `safe_printf` writes for a piece: the bytes up to the first NUL, and nothing for a
+ * lone byte that is neither printable nor whitespace (so raw bytes ≥ 0x80 are dropped).
+ */
+export function printableBytes(piece: Uint8Array): Uint8Array {
+  const nul = piece.indexOf(0);
+  const text = nul < 0 ? piece : piece.subarray(0, nul);
+  if (text.length === 1 && !isPrintOrSpace(text[0])) return text.subarray(0, 0);
+  return text;
+}
+
+/** Concatenated text of tokens (the pieces each token prints after its predecessor). */
+export function decode(t: Tokenizer, tokens: number[]): Uint8Array {
+  const parts = tokens.slice(1).map((tok, i) => decodePiece(t, tokens[i], tok));
+  return Buffer.concat(parts);
+}
