@@ -162,16 +162,24 @@ export function readGgufHeader(file: OpenFile): GgufFile {
   }
 }
 
-const GGUF_SPACE = new Uint8Array([0xe2, 0x96, 0x81]); // "▁", SentencePiece's space
+const SENTENCEPIECE_SPACE = [0xe2, 0x96, 0x81]; // "▁"
 
 /** SentencePiece pieces spell spaces as "▁"; llama2.c's tokenizer (and its BPE) use " ". */
-function withSpaces(piece: Uint8Array): Uint8Array {
+export function fromSentencePiece(piece: Uint8Array): Uint8Array {
   const out: number[] = [];
   for (let i = 0; i < piece.length; i++) {
-    if (piece[i] === GGUF_SPACE[0] && piece[i + 1] === GGUF_SPACE[1] && piece[i + 2] === GGUF_SPACE[2]) {
-      out.push(0x20);
-      i += 2;
-    } else out.push(piece[i]);
+    const isSpace = piece[i] === SENTENCEPIECE_SPACE[0] && piece[i + 1] === SENTENCEPIECE_SPACE[1] && piece[i + 2] === SENTENCEPIECE_SPACE[2];
+    out.push(isSpace ? 0x20 : piece[i]);
+    if (isSpace) i += 2;
+  }
+  return Uint8Array.from(out);
+}
+
+export function toSentencePiece(piece: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  for (const b of piece) {
+    if (b === 0x20) out.push(...SENTENCEPIECE_SPACE);
+    else out.push(b);
   }
   return Uint8Array.from(out);
 }
@@ -192,7 +200,7 @@ function ggufTokenizer(gguf: GgufFile, fail: (p: string) => never): Tokenizer {
     if (v === undefined || v >= (tokens as GgufValue[]).length) fail(`bad metadata ${key}: ${String(m.get(key))}`);
     return v as number;
   };
-  const vocab = (tokens as Uint8Array[]).map(withSpaces);
+  const vocab = (tokens as Uint8Array[]).map(fromSentencePiece);
   return createTokenizer(vocab, scores as Float32Array, id('tokenizer.ggml.bos_token_id', 1), id('tokenizer.ggml.eos_token_id', 2));
 }
 

@@ -11,10 +11,11 @@ export interface LoadOptions {
   tokenizer?: string;
 }
 
-/** The format is told by the file's first bytes, not its name. */
+/** The format is told by the file's first bytes; llama2.c checkpoints have no magic. */
 export function detectFormat(path: string): ModelFormat {
   return withFile(path, (file) => {
     if (file.size >= 4 && Buffer.from(readBytes(file, 0, 4, 'the magic')).toString('latin1') === 'GGUF') return 'gguf';
+    if (path.toLowerCase().endsWith('.gguf')) throw new ModelFileError(path, 'not a GGUF file (bad magic)');
     return 'llama2c';
   });
 }

@@ -106,6 +106,11 @@ function sincos32(a: f32): void {
     cosOut = <f32>NaN;
     return;
   }
+  if (x == 0) {
+    sinOut = a; // keeps the sign of zero
+    cosOut = 1;
+    return;
+  }
   const k = nearest<f64>(x * TWO_OVER_PI);
   const r = x - k * PIO2_1 - k * PIO2_2 - k * PIO2_3;
   const z = r * r;
