@@ -50,7 +50,7 @@ function parseHeader(bytes: Uint8Array, fileSize: number, path: string): GgufFil
   const need = (n: number, what: string): void => {
     if (at + n <= bytes.length) return;
     if (bytes.length < fileSize) throw new NeedMore();
-    fail(`truncated: ended at byte ${at} while reading ${what}`);
+    fail(`truncated: the file ends at byte ${fileSize}, inside ${what} (which starts at byte ${at})`);
   };
   const u32 = (what: string): number => {
     need(4, what);
@@ -93,7 +93,7 @@ function parseHeader(bytes: Uint8Array, fileSize: number, path: string): GgufFil
         const count = u64(`${key} count`);
         const min = itemType === 8 ? 8 : SCALAR_SIZE[itemType];
         if (min === undefined) fail(`bad metadata ${key}: unknown array item type ${itemType}`);
-        if (count * min > fileSize) fail(`bad metadata ${key}: ${count} items exceed the file`);
+        if (count * min > fileSize) fail(`truncated or corrupt: metadata ${key} claims ${count} items, more than the file's ${fileSize} bytes hold`);
         if (itemType === 6) {
           need(4 * count, key);
           const out = new Float32Array(count);
