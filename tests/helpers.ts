@@ -48,11 +48,18 @@ export async function pool<T, R>(items: T[], limit: number, work: (item: T) => P
   return results;
 }
 
+/** Runs `body` with a fresh temporary folder, removed when `body` (sync or async) is done. */
 export function withTempDir<T>(body: (dir: string) => T): T {
   const dir = mkdtempSync(join(tmpdir(), 'verity-test-'));
+  const remove = (): void => rmSync(dir, { recursive: true, force: true });
+  let result: T;
   try {
-    return body(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    result = body(dir);
+  } catch (e) {
+    remove();
+    throw e;
   }
+  if (result instanceof Promise) return result.finally(remove) as T;
+  remove();
+  return result;
 }

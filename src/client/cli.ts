@@ -7,6 +7,7 @@ import {
   EngineError,
   KERNEL_PATHS,
   ModelFileError,
+  CHUNK_BYTES,
   canonicalTensors,
   createFingerprint,
   detectFormat,
@@ -32,7 +33,6 @@ async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | string): Pr
 async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPath }): Promise<void> {
   const model = load(modelPath, raw.tokenizer);
   const flags = parseRunFlags(raw, model.config.seqLen);
-  if (flags.seedFromClock) process.stderr.write(`seed: ${flags.seed} (from the clock, as run.c does for seed 0)\n`);
   const fingerprint = createFingerprint();
   const run = generate(model, {
     prompt: flags.prompt,
@@ -58,7 +58,17 @@ async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPa
   await write(process.stdout, '\n');
   const end = performance.now();
   const rate = positions > 1 && end > start ? (positions - 1) / ((end - start) / 1000) : positions / ((end - begin) / 1000);
+  if (flags.seedFromClock) process.stderr.write(`seed: ${flags.seed} (from the clock, as run.c does for seed 0)\n`);
   process.stderr.write(`tok/s: ${rate.toFixed(2)}\nfingerprint: ${fingerprint.hex()}\n`);
+}
+
+/** The shortest decimal that reads back as the same f32 (1e-5 rather than 0.000009999999747…). */
+function shortestF32(v: number): string {
+  for (let digits = 1; digits < 9; digits++) {
+    const text = Number(v.toPrecision(digits));
+    if (Math.fround(text) === v) return String(text);
+  }
+  return String(v);
 }
 
 function inspectCommand(modelPath: string, options: { tokenizer?: string; json?: boolean }): void {
@@ -85,20 +95,21 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
     process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
     return;
   }
+  const row = (label: string, value: string): string => `${label.padEnd(15)}${value}`;
   const lines = [
-    `file          ${basename(modelPath)} (${info.format})`,
-    `architecture  llama: dim ${c.dim}, hidden ${c.hiddenDim}, layers ${c.nLayers}, heads ${c.nHeads} (kv ${c.nKvHeads}), head size ${c.headSize}`,
-    `              vocab ${c.vocabSize}, seq_len ${c.seqLen}, rms eps ${c.normEps}, rope theta ${c.ropeTheta}`,
-    `classifier    ${info.classifier}`,
-    `parameters    ${parameters.toLocaleString('en-US')}`,
-    `weight bytes  ${info.weightBytes.toLocaleString('en-US')} (f32)`,
-    `tokenizer     ${info.tokenizer.vocabSize} tokens, bos ${info.tokenizer.bosId}, eos ${info.tokenizer.eosId}`,
-    `tensors       ${tensors.length}:`,
+    row('file', `${basename(modelPath)} (${info.format})`),
+    row('architecture', `llama: dim ${c.dim}, hidden ${c.hiddenDim}, layers ${c.nLayers}, heads ${c.nHeads} (kv ${c.nKvHeads}), head size ${c.headSize}`),
+    row('', `vocab ${c.vocabSize}, seq_len ${c.seqLen}, rms eps ${shortestF32(c.normEps)}, rope theta ${shortestF32(c.ropeTheta)}`),
+    row('classifier', info.classifier),
+    row('parameters', parameters.toLocaleString('en-US')),
+    row('weight bytes', `${info.weightBytes.toLocaleString('en-US')} (f32)`),
+    row('tokenizer', `${info.tokenizer.vocabSize} tokens, bos ${info.tokenizer.bosId}, eos ${info.tokenizer.eosId}`),
+    row('tensors', `${tensors.length}, in canonical order:`),
     ...tensors.map((t) => `  ${t.name.padEnd(28)} [${t.shape.join(', ')}]`),
-    `config hash   ${id.configHash}`,
-    `tokenizer     ${id.tokenizerHash}`,
-    `weights root  ${id.weightsRoot} (${id.chunks} chunks)`,
-    `model id      ${id.modelId}`,
+    row('config hash', id.configHash),
+    row('tokenizer hash', id.tokenizerHash),
+    row('weights root', `${id.weightsRoot} (${id.chunks} chunks of up to ${CHUNK_BYTES / 1024} KiB)`),
+    row('model id', id.modelId),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 }
