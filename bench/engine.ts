@@ -3,9 +3,9 @@
 import { cpus, tmpdir } from 'node:os';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { createFingerprint, generate, loadModel, KERNEL_PATHS, type KernelPath, type Model } from '../src/engine/index.js';
+import { loadModel, KERNEL_PATHS, type KernelPath, type Model } from '../src/engine/index.js';
+import { runTimed, type TimedRun } from '../src/client/timed-run.js';
 import { SHAPES, writeRandomLlama2c } from './random-model.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -23,25 +23,8 @@ function cpuFlags(): string {
   }
 }
 
-function measure(model: Model, kernels: KernelPath, steps: number): { tokS: number; fingerprint: string; positions: number } {
-  const fingerprint = createFingerprint();
-  const run = generate(model, { prompt: PROMPT, steps, sampling: { temperature: 0, topp: 0.9 }, seed: 1n, kernels, observer: fingerprint });
-  let start = 0;
-  let first = 0;
-  let positions = 0;
-  for (;;) {
-    const next = run.next();
-    if (next.done) {
-      positions = next.value.positions;
-      break;
-    }
-    if (start === 0) {
-      start = performance.now();
-      first = next.value.pos;
-    }
-  }
-  const seconds = (performance.now() - start) / 1000;
-  return { tokS: (positions - first) / seconds, fingerprint: fingerprint.hex(), positions };
+async function measure(model: Model, kernels: KernelPath, steps: number): Promise<TimedRun> {
+  return runTimed(model, { prompt: PROMPT, steps, sampling: { temperature: 0, topp: 0.9 }, seed: 1n, kernels });
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'verity-bench-'));
@@ -54,9 +37,10 @@ try {
   console.log('');
   console.log('kernels  threads  positions  tok/s    fingerprint');
   for (const kernels of KERNEL_PATHS) {
-    measure(model, kernels, 16); // warm-up: compile and settle the JIT
-    const { tokS, fingerprint, positions } = measure(model, kernels, STEPS);
-    console.log(`${kernels.padEnd(8)} ${'1'.padEnd(8)} ${String(positions).padEnd(10)} ${tokS.toFixed(1).padEnd(8)} ${fingerprint.slice(0, 16)}…`);
+    await measure(model, kernels, 16); // warm-up: compile and settle the JIT
+    const { tokensPerSecond, fingerprint, summary } = await measure(model, kernels, STEPS);
+    const row = [kernels.padEnd(8), '1'.padEnd(8), String(summary.positions).padEnd(10), tokensPerSecond.toFixed(1).padEnd(8)];
+    console.log(`${row.join(' ')} ${fingerprint.slice(0, 16)}…`);
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

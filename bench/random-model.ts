@@ -1,18 +1,12 @@
 // Random-weight llama2.c checkpoints of real model shapes: they cost exactly what the trained
 // models cost to run, without shipping weights. Values come from a seeded xorshift generator.
 import { closeSync, openSync, writeSync } from 'node:fs';
+import type { ModelConfig } from '../src/engine/index.js';
 
-export interface ModelShape {
-  dim: number;
-  hiddenDim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  vocabSize: number;
-  seqLen: number;
+export type ModelShape = Pick<ModelConfig, 'dim' | 'hiddenDim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'vocabSize' | 'seqLen'> & {
   /** A separate classifier (llama2.c writes a negative vocab_size then). */
   separateClassifier?: boolean;
-}
+};
 
 export const SHAPES: Record<string, ModelShape> = {
   stories15M: { dim: 288, hiddenDim: 768, nLayers: 6, nHeads: 6, nKvHeads: 6, vocabSize: 32000, seqLen: 256 },

@@ -1,7 +1,6 @@
 // The `verity` command line. `verity run` takes llama2.c run.c's flags and prints exactly what
 // run.c prints on stdout; stderr ends with the throughput and the trace fingerprint.
 import { basename } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   EngineError,
@@ -9,9 +8,7 @@ import {
   ModelFileError,
   CHUNK_BYTES,
   canonicalTensors,
-  createFingerprint,
   detectFormat,
-  generate,
   loadModel,
   modelIdentity,
   printableBytes,
@@ -19,6 +16,7 @@ import {
   type Model,
 } from '../engine/index.js';
 import { parseRunFlags, type RunFlags } from './run-flags.js';
+import { runTimed } from './timed-run.js';
 
 function load(modelPath: string, tokenizer: string | undefined): Model {
   // run.c's default tokenizer is ./tokenizer.bin; a GGUF file carries its own.
@@ -33,33 +31,20 @@ async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | string): Pr
 async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPath }): Promise<void> {
   const model = load(modelPath, raw.tokenizer);
   const flags = parseRunFlags(raw, model.config.seqLen);
-  const fingerprint = createFingerprint();
-  const run = generate(model, {
-    prompt: flags.prompt,
-    steps: flags.steps,
-    sampling: { temperature: flags.temperature, topp: flags.topp },
-    seed: flags.seed,
-    kernels: raw.kernels,
-    observer: fingerprint,
-  });
-  // Like run.c, the clock starts after the first position, which is slower.
-  const begin = performance.now();
-  let start = 0;
-  let positions = 0;
-  for (;;) {
-    const next = run.next();
-    if (next.done) {
-      positions = next.value.positions;
-      break;
-    }
-    await write(process.stdout, printableBytes(next.value.piece));
-    if (start === 0) start = performance.now();
-  }
+  const result = await runTimed(
+    model,
+    {
+      prompt: flags.prompt,
+      steps: flags.steps,
+      sampling: { temperature: flags.temperature, topp: flags.topp },
+      seed: flags.seed,
+      kernels: raw.kernels,
+    },
+    (piece) => write(process.stdout, printableBytes(piece)),
+  );
   await write(process.stdout, '\n');
-  const end = performance.now();
-  const rate = positions > 1 && end > start ? (positions - 1) / ((end - start) / 1000) : positions / ((end - begin) / 1000);
   if (flags.seedFromClock) process.stderr.write(`seed: ${flags.seed} (from the clock, as run.c does for seed 0)\n`);
-  process.stderr.write(`tok/s: ${rate.toFixed(2)}\nfingerprint: ${fingerprint.hex()}\n`);
+  process.stderr.write(`tok/s: ${result.tokensPerSecond.toFixed(2)}\nfingerprint: ${result.fingerprint}\n`);
 }
 
 /** The shortest decimal that reads back as the same f32 (1e-5 rather than 0.000009999999747…). */

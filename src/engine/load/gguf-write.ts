@@ -36,25 +36,22 @@ class ByteSink {
     this.chunks.push(bytes);
     this.length += bytes.length;
   }
+  private scalar(bytes: number, set: (view: DataView) => void): void {
+    const view = new DataView(new ArrayBuffer(bytes));
+    set(view);
+    this.push(new Uint8Array(view.buffer));
+  }
   u32(v: number): void {
-    const b = new DataView(new ArrayBuffer(4));
-    b.setUint32(0, v, true);
-    this.push(new Uint8Array(b.buffer));
+    this.scalar(4, (b) => b.setUint32(0, v, true));
   }
   i32(v: number): void {
-    const b = new DataView(new ArrayBuffer(4));
-    b.setInt32(0, v, true);
-    this.push(new Uint8Array(b.buffer));
+    this.scalar(4, (b) => b.setInt32(0, v, true));
   }
   f32(v: number): void {
-    const b = new DataView(new ArrayBuffer(4));
-    b.setFloat32(0, v, true);
-    this.push(new Uint8Array(b.buffer));
+    this.scalar(4, (b) => b.setFloat32(0, v, true));
   }
   u64(v: number): void {
-    const b = new DataView(new ArrayBuffer(8));
-    b.setBigUint64(0, BigInt(v), true);
-    this.push(new Uint8Array(b.buffer));
+    this.scalar(8, (b) => b.setBigUint64(0, BigInt(v), true));
   }
   str(s: string | Uint8Array): void {
     const bytes = typeof s === 'string' ? new TextEncoder().encode(s) : s;
