@@ -7,7 +7,11 @@ const source = 'src/engine/numerics/wasm/kernels.ts';
 const outDir = 'dist/src/engine/numerics';
 mkdirSync(outDir, { recursive: true });
 
-const common = [source, '-O3', '--noAssert', '--runtime', 'stub', '--importMemory', '--use', 'abort=', '--disable', 'relaxed-simd'];
+// Shared memory (threads run kernels on the same tensors) of up to 4 GiB, the wasm32 limit.
+const common = [
+  source, '-O3', '--noAssert', '--runtime', 'stub', '--use', 'abort=',
+  '--importMemory', '--sharedMemory', '--maximumMemory', '65536', '--enable', 'threads', '--disable', 'relaxed-simd',
+];
 const builds = [
   { name: 'kernels-simd.wasm', flags: ['--enable', 'simd'] },
   { name: 'kernels-scalar.wasm', flags: ['--disable', 'simd'] },

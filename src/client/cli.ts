@@ -1,5 +1,6 @@
 // The `verity` command line. `verity run` takes llama2.c run.c's flags and prints exactly what
 // run.c prints on stdout; stderr ends with the throughput and the trace fingerprint.
+import { availableParallelism } from 'node:os';
 import { basename } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -28,7 +29,7 @@ async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | string): Pr
   if (!stream.write(bytes)) await new Promise((resolve) => stream.once('drain', resolve));
 }
 
-async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPath }): Promise<void> {
+async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPath; threads: number }): Promise<void> {
   const model = load(modelPath, raw.tokenizer);
   const flags = parseRunFlags(raw, model.config.seqLen);
   const result = await runTimed(
@@ -39,6 +40,7 @@ async function runCommand(modelPath: string, raw: RunFlags & { kernels: KernelPa
       sampling: { temperature: flags.temperature, topp: flags.topp },
       seed: flags.seed,
       kernels: raw.kernels,
+      threads: raw.threads,
     },
     (piece) => write(process.stdout, printableBytes(piece)),
   );
@@ -99,6 +101,12 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
+function threadCount(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 256) throw new InvalidArgumentError('use a whole number from 1 to 256');
+  return n;
+}
+
 function kernelPath(value: string): KernelPath {
   if (!(KERNEL_PATHS as readonly string[]).includes(value)) throw new InvalidArgumentError(`use one of ${KERNEL_PATHS.join(', ')}`);
   return value as KernelPath;
@@ -120,6 +128,7 @@ export function buildProgram(): Command {
     .option('-s, --seed <n>', 'random seed (0 = from the clock)', '0')
     .option('-n, --steps <n>', 'positions to run, prompt included (0 = seq_len)', '256')
     .addOption(new Option('--kernels <path>', 'kernel build').choices([...KERNEL_PATHS]).default('simd').argParser(kernelPath))
+    .option('--threads <n>', 'threads for matrix products and attention (results are identical for any count)', threadCount, availableParallelism())
     .action(runCommand);
   program
     .command('inspect')

@@ -21,6 +21,8 @@ export interface GenerateRequest {
   /** Initial xorshift state (run.c's seed). */
   seed: bigint;
   kernels?: KernelPath;
+  /** Threads for matrix products and attention; the output bits do not depend on it. */
+  threads?: number;
   observer?: StepObserver;
 }
 
@@ -49,7 +51,7 @@ export function* generate(model: Model, request: GenerateRequest): Generator<Gen
   if (promptTokens.length > config.seqLen) {
     throw new EngineError(`prompt too long: ${promptTokens.length} tokens, the model's context is ${config.seqLen}`);
   }
-  const s = createSession(model, { maxPositions: steps, kernels: request.kernels });
+  const s = createSession(model, { maxPositions: steps, kernels: request.kernels, threads: request.threads });
   const tokens: number[] = [];
   let rngState = request.seed;
   let token = promptTokens[0];

@@ -22,7 +22,8 @@ export interface Arena {
 
 export function createArena(initialBytes = 0): Arena {
   const initialPages = Math.min(MAX_PAGES, Math.max(1, Math.ceil((initialBytes + 2 * PAGE) / PAGE)));
-  const memory = new WebAssembly.Memory({ initial: initialPages, maximum: MAX_PAGES });
+  // Shared, so that worker threads run kernels on the same tensors without copies.
+  const memory = new WebAssembly.Memory({ initial: initialPages, maximum: MAX_PAGES, shared: true });
   let top = ALIGN; // offset 0 stays unused so that 0 is never a valid buffer
 
   function ensure(end: number): void {

@@ -16,24 +16,44 @@ export interface ModelConfig {
   ropeTheta: number;
 }
 
-export interface LayerWeights {
-  attnNorm: Ptr;
-  wq: Ptr;
-  wk: Ptr;
-  wv: Ptr;
-  wo: Ptr;
-  ffnNorm: Ptr;
-  w1: Ptr; // gate
-  w2: Ptr; // down
-  w3: Ptr; // up
+/** Weight storage types: f32, or GGUF's Q8_0 (blocks of 32 int8 with an f16 scale, 34 bytes). */
+export type DType = 'f32' | 'q8_0';
+
+export const Q8_BLOCK = 32;
+export const Q8_BLOCK_BYTES = 34;
+
+/** A row-major matrix in the model's arena. */
+export interface Matrix {
+  dtype: DType;
+  ptr: Ptr;
+  /** q8_0: one f32 per block, the block scales widened once at load; 0 for f32. */
+  scales: Ptr;
 }
 
-/** Pointers to f32 row-major tensors in the model's arena. */
+export interface LayerWeights {
+  attnNorm: Ptr; // vectors are always f32
+  wq: Matrix;
+  wk: Matrix;
+  wv: Matrix;
+  wo: Matrix;
+  ffnNorm: Ptr;
+  w1: Matrix; // gate
+  w2: Matrix; // down
+  w3: Matrix; // up
+}
+
 export interface Weights {
-  tokenEmbedding: Ptr;
+  tokenEmbedding: Matrix;
   layers: LayerWeights[];
   finalNorm: Ptr;
-  classifier: Ptr; // equals tokenEmbedding when the file shares them
+  classifier: Matrix; // the token embedding itself when the file shares them
+}
+
+export const f32Matrix = (ptr: Ptr): Matrix => ({ dtype: 'f32', ptr, scales: 0 });
+
+/** Bytes of a rows×cols matrix stored as dtype. */
+export function matrixBytes(dtype: DType, rows: number, cols: number): number {
+  return dtype === 'f32' ? 4 * rows * cols : (rows * cols * Q8_BLOCK_BYTES) / Q8_BLOCK;
 }
 
 export type ModelFormat = 'llama2c' | 'gguf';
@@ -53,7 +73,9 @@ export interface TensorRef {
   name: string;
   /** [rows, cols] for matrices, [n] for vectors; rows are contiguous. */
   shape: number[];
+  dtype: DType;
   ptr: Ptr;
+  /** Size in its storage type: the bytes the model id hashes. */
   bytes: number;
 }
 
@@ -64,12 +86,11 @@ export interface TensorRef {
  */
 export function canonicalTensors(config: ModelConfig, weights: Weights): TensorRef[] {
   const { dim, hiddenDim, kvDim, vocabSize } = config;
-  const t = (name: string, shape: number[], ptr: Ptr): TensorRef => ({
-    name,
-    shape,
-    ptr,
-    bytes: 4 * shape.reduce((a, b) => a * b, 1),
-  });
+  const t = (name: string, shape: number[], w: Ptr | Matrix): TensorRef => {
+    const m = typeof w === 'number' ? f32Matrix(w) : w;
+    const [rows, cols] = shape.length === 2 ? shape : [1, shape[0]];
+    return { name, shape, dtype: m.dtype, ptr: m.ptr, bytes: matrixBytes(m.dtype, rows, cols) };
+  };
   const list = [t('token_embd.weight', [vocabSize, dim], weights.tokenEmbedding)];
   weights.layers.forEach((w, l) => {
     list.push(

@@ -6,9 +6,10 @@
 // Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
 import { EngineError } from './errors.js';
 import type { Ptr } from './memory.js';
-import type { Model } from './model.js';
+import { Q8_BLOCK, Q8_BLOCK_BYTES, type Matrix, type Model } from './model.js';
 import { instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 import { sampleToken, type SamplingParams } from './sampler.js';
+import { createThreadPool, type MatvecJob, type ThreadPool } from './threads.js';
 
 export interface Session {
   readonly model: Model;
@@ -24,6 +25,11 @@ export interface Session {
   readonly att: Ptr;
   readonly logits: Ptr;
   readonly ropeTable: Ptr;
+  /** Q8_0 activations: int8 values and one f32 scale per block of 32 (for any input length). */
+  readonly xq: Ptr;
+  readonly xd: Ptr;
+  /** Worker threads sharing the matrix products and attention; null when single-threaded. */
+  readonly pool: ThreadPool | null;
   /** Per layer: maxPositions rows of kvDim floats (0 for layers this session does not run). */
   readonly keys: Ptr[];
   readonly values: Ptr[];
@@ -36,6 +42,30 @@ export interface SessionOptions {
   kernels?: KernelPath;
   /** Layers that get a K/V cache; all by default. A referee replaying one step needs one. */
   layers?: number[];
+  /** Threads for matrix products and attention (the result does not depend on it); default 1. */
+  threads?: number;
+}
+
+const pools = new WeakMap<Model, Map<string, ThreadPool>>();
+
+/** Thread pools live as long as their model and are shared by its sessions. */
+function threadPool(model: Model, path: KernelPath, threads: number): ThreadPool | null {
+  if (threads === 1) return null;
+  const byKey = pools.get(model) ?? new Map<string, ThreadPool>();
+  pools.set(model, byKey);
+  const key = `${path}:${threads}`;
+  let pool = byKey.get(key);
+  if (!pool) {
+    pool = createThreadPool(model.arena.memory, path, threads);
+    byKey.set(key, pool);
+  }
+  return pool;
+}
+
+/** Stops the model's worker threads (they do not keep the process alive, but a daemon may want them gone). */
+export function closeThreads(model: Model): void {
+  for (const pool of pools.get(model)?.values() ?? []) pool.close();
+  pools.delete(model);
 }
 
 export function createSession(model: Model, options: SessionOptions = {}): Session {
@@ -44,14 +74,18 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   if (!Number.isInteger(maxPositions) || maxPositions < 1 || maxPositions > c.seqLen) {
     throw new EngineError(`positions must be between 1 and the model's seq_len ${c.seqLen}, got ${maxPositions}`);
   }
+  const threads = options.threads ?? 1;
+  if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new EngineError(`threads must be an integer in 1..256, got ${threads}`);
+  const kernels = options.kernels ?? 'simd';
   const arena = model.arena;
   const arenaMark = arena.mark();
   const floats = (n: number): Ptr => arena.alloc(4 * n);
+  const widest = Math.max(c.dim, c.hiddenDim);
   const cached = new Set(options.layers ?? Array.from({ length: c.nLayers }, (_, l) => l));
   const cache = (): Ptr[] => Array.from({ length: c.nLayers }, (_, l) => (cached.has(l) ? floats(maxPositions * c.kvDim) : 0));
   return {
     model,
-    kernels: instantiateKernels(arena.memory, options.kernels ?? 'simd'),
+    kernels: instantiateKernels(arena.memory, kernels),
     maxPositions,
     x: floats(c.dim),
     xb: floats(c.dim),
@@ -59,9 +93,12 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     hb: floats(c.hiddenDim),
     hb2: floats(c.hiddenDim),
     q: floats(c.dim),
-    att: floats(maxPositions),
+    att: floats(threads * maxPositions),
     logits: floats(c.vocabSize),
     ropeTable: floats(c.headSize),
+    xq: arena.alloc(widest),
+    xd: floats(Math.ceil(widest / Q8_BLOCK)),
+    pool: threadPool(model, kernels, threads),
     keys: cache(),
     values: cache(),
     ropePosition: -1,
@@ -74,13 +111,31 @@ export function disposeSession(s: Session): void {
   s.model.arena.release(s.arenaMark);
 }
 
-/** x ← the token's embedding row. */
+/** x ← the token's embedding row (dequantised exactly for Q8_0). */
 export function embed(s: Session, token: number): void {
   const { dim, vocabSize } = s.model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
-  const row = s.model.arena.f32(s.model.weights.tokenEmbedding + 4 * token * dim, dim);
-  s.model.arena.f32(s.x, dim).set(row);
+  const table = s.model.weights.tokenEmbedding;
+  if (table.dtype === 'q8_0') {
+    const blocks = dim / Q8_BLOCK;
+    s.kernels.dequantizeRowQ8(s.x, table.ptr + token * blocks * Q8_BLOCK_BYTES, table.scales + 4 * token * blocks, dim);
+  } else {
+    s.model.arena.f32(s.x, dim).set(s.model.arena.f32(table.ptr + 4 * token * dim, dim));
+  }
 }
+
+/** out_j = W_j · x for each job, all sharing the input x of length n. */
+function matvecs(s: Session, x: Ptr, n: number, jobs: MatvecJob[]): void {
+  const k = s.kernels;
+  if (jobs.some((j) => j.w.dtype === 'q8_0')) k.quantizeQ8(s.xq, s.xd, x, n);
+  if (s.pool) return s.pool.matvecs(x, s.xq, s.xd, n, jobs);
+  for (const { out, w, rows } of jobs) {
+    if (w.dtype === 'q8_0') k.matvecQ8(out, w.ptr, w.scales, s.xq, s.xd, n, rows);
+    else k.matvec(out, w.ptr, x, n, rows);
+  }
+}
+
+const job = (out: Ptr, w: Matrix, rows: number): MatvecJob => ({ out, w, rows });
 
 export function keyRow(s: Session, layer: number, pos: number): Ptr {
   return s.keys[layer] + 4 * pos * s.model.config.kvDim;
@@ -105,23 +160,25 @@ export function layerStep(s: Session, layer: number, pos: number): void {
 
   // Attention.
   k.rmsnorm(s.xb, s.x, w.attnNorm, dim, normEps);
-  k.matvec(s.q, w.wq, s.xb, dim, dim);
-  k.matvec(key, w.wk, s.xb, dim, kvDim);
-  k.matvec(value, w.wv, s.xb, dim, kvDim);
+  matvecs(s, s.xb, dim, [job(s.q, w.wq, dim), job(key, w.wk, kvDim), job(value, w.wv, kvDim)]);
   k.rope(s.q, dim, s.ropeTable, headSize);
   k.rope(key, kvDim, s.ropeTable, headSize);
   k.canonicalizeNaN(key, kvDim);
   k.canonicalizeNaN(value, kvDim);
-  k.attention(s.xb, s.q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize);
-  k.matvec(s.xb2, w.wo, s.xb, dim, dim);
+  const attStride = 4 * s.maxPositions;
+  if (s.pool) {
+    s.pool.attention({ out: s.xb, q: s.q, keys: s.keys[layer], values: s.values[layer], att: s.att, attStride, pos, nHeads, nKvHeads, headSize });
+  } else {
+    k.attention(s.xb, s.q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize, 0, nHeads);
+  }
+  matvecs(s, s.xb, dim, [job(s.xb2, w.wo, dim)]);
   k.add(s.x, s.xb2, dim);
 
   // Feed-forward (SwiGLU).
   k.rmsnorm(s.xb, s.x, w.ffnNorm, dim, normEps);
-  k.matvec(s.hb, w.w1, s.xb, dim, hiddenDim);
-  k.matvec(s.hb2, w.w3, s.xb, dim, hiddenDim);
+  matvecs(s, s.xb, dim, [job(s.hb, w.w1, hiddenDim), job(s.hb2, w.w3, hiddenDim)]);
   k.siluMul(s.hb, s.hb2, hiddenDim);
-  k.matvec(s.xb, w.w2, s.hb, hiddenDim, dim);
+  matvecs(s, s.hb, hiddenDim, [job(s.xb, w.w2, dim)]);
   k.add(s.x, s.xb, dim);
   k.canonicalizeNaN(s.x, dim);
 }
@@ -130,7 +187,7 @@ export function layerStep(s: Session, layer: number, pos: number): void {
 export function classify(s: Session): Float32Array {
   const { dim, vocabSize, normEps } = s.model.config;
   s.kernels.rmsnorm(s.xb, s.x, s.model.weights.finalNorm, dim, normEps);
-  s.kernels.matvec(s.logits, s.model.weights.classifier, s.xb, dim, vocabSize);
+  matvecs(s, s.xb, dim, [job(s.logits, s.model.weights.classifier, vocabSize)]);
   return s.model.arena.f32(s.logits, vocabSize);
 }
 

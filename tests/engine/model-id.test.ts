@@ -33,7 +33,7 @@ test('stories260K.gguf has the .bin\'s weights but another config and tokenizer,
 test('changing one weight bit changes the weights root and the id', () => {
   const model = loadModel(stories260K, { tokenizer: tok512 });
   const before = modelIdentity(model);
-  const w = model.arena.u8(model.weights.layers[3].w2 + 1000, 1);
+  const w = model.arena.u8(model.weights.layers[3].w2.ptr + 1000, 1);
   w[0] ^= 1;
   const after = modelIdentity(model);
   assert.notEqual(after.weightsRoot, before.weightsRoot);

@@ -172,7 +172,7 @@ test('SIMD and scalar builds give identical bits for every model operation', () 
     const kv = kvHeads * hs;
     agree(
       `attention pos ${pos} heads ${heads}/${kvHeads} hs ${hs}`,
-      outputsPerBuild([dim, dim, (pos + 1) * kv, (pos + 1) * kv, pos + 1], pos, (k, [o, q, keys, values, att]) => k.attention(o, q, keys, values, att, pos, heads, kvHeads, hs), [0]),
+      outputsPerBuild([dim, dim, (pos + 1) * kv, (pos + 1) * kv, pos + 1], pos, (k, [o, q, keys, values, att]) => k.attention(o, q, keys, values, att, pos, heads, kvHeads, hs, 0, heads), [0]),
     );
     agree(
       `rope hs ${hs}`,

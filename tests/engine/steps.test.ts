@@ -63,7 +63,7 @@ function replayAll(model: Model, rec: Recording, kernels: KernelPath, request: O
     for (let layer = 0; layer < nLayers; layer++) {
       const x =
         layer === 0
-          ? model.arena.f32(model.weights.tokenEmbedding + 4 * dim * inputToken(rec, pos), dim).slice()
+          ? model.arena.f32(model.weights.tokenEmbedding.ptr + 4 * dim * inputToken(rec, pos), dim).slice()
           : rec.layers.get(`${pos}:${layer - 1}`)!.x;
       const keys = new Float32Array(pos * kvDim);
       const values = new Float32Array(pos * kvDim);

@@ -1,9 +1,10 @@
-// GGUF (versions 2 and 3, little-endian) for the llama architecture with F32 tensors and the
-// SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
+// GGUF (versions 2 and 3, little-endian) for the llama architecture with F32, F16 or Q8_0 tensors
+// and the SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
 // read straight into the engine's memory.
 import { ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
-import { configProblem, deriveConfig, type LayerWeights, type ModelConfig } from '../model.js';
+import { Q8_BLOCK, Q8_BLOCK_BYTES, configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
+import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
 import { readBytes, readExact, withFile, type OpenFile } from './file.js';
 import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
@@ -16,6 +17,8 @@ const GGML_TYPE_NAMES: Record<number, string> = {
   29: 'IQ1_M', 30: 'BF16',
 };
 const GGML_F32 = 0;
+const GGML_F16 = 1;
+const GGML_Q8_0 = 8;
 
 export type GgufValue = number | bigint | boolean | Uint8Array | GgufValue[] | Float32Array | Int32Array;
 
@@ -261,42 +264,66 @@ export function loadGguf(path: string): LoadedWeights {
       for (const [kind, shape] of shapes) expected.set(`blk.${l}.${kind}.weight`, shape);
     }
     for (const t of gguf.tensors) if (!expected.has(t.name)) fail(`unsupported tensor ${t.name}`);
+    /** Bytes in the file and in memory (F16 is widened to f32 at load; Q8_0 adds f32 block scales). */
+    const sizes = (t: GgufTensorInfo): { file: number; memory: number } => {
+      const count = t.dims.reduce((a, b) => a * b, 1);
+      if (t.type === GGML_F32) return { file: 4 * count, memory: 4 * count };
+      if (t.type === GGML_F16) return { file: 2 * count, memory: 4 * count };
+      return { file: (count / Q8_BLOCK) * Q8_BLOCK_BYTES, memory: (count / Q8_BLOCK) * (Q8_BLOCK_BYTES + 4) };
+    };
     let totalBytes = 0;
     for (const [name, shape] of expected) {
       const t = byName.get(name) ?? fail(`missing tensor ${name}`);
-      if (t.type !== GGML_F32) {
-        fail(`unsupported tensor type ${GGML_TYPE_NAMES[t.type] ?? `#${t.type}`} for ${name} (only F32)`);
+      const supported = t.type === GGML_F32 || t.type === GGML_F16 || (t.type === GGML_Q8_0 && shape.length === 2);
+      if (!supported) {
+        const allowed = shape.length === 2 ? 'F32, F16 or Q8_0' : 'F32 or F16';
+        fail(`unsupported tensor type ${GGML_TYPE_NAMES[t.type] ?? `#${t.type}`} for ${name} (only ${allowed})`);
       }
       if (t.dims.length !== shape.length || t.dims.some((d, i) => d !== shape[i])) {
         fail(`bad tensor ${name}: shape [${t.dims.join(', ')}], expected [${shape.join(', ')}]`);
       }
-      const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+      if (t.type === GGML_Q8_0 && shape[0] % Q8_BLOCK !== 0) fail(`bad tensor ${name}: Q8_0 rows of ${shape[0]} are not whole blocks of 32`);
+      const { file: bytes, memory } = sizes(t);
       if (t.offset + bytes > file.size) fail(`truncated: tensor ${name} ends at byte ${t.offset + bytes}, the file has ${file.size}`);
-      totalBytes += bytes;
+      totalBytes += memory;
     }
     if (totalBytes > MAX_WEIGHT_BYTES) fail(`too large: ${totalBytes} bytes of weights exceed the WebAssembly engine's ${MAX_WEIGHT_BYTES} bytes`);
 
-    const arena = createArena(totalBytes + 64 * expected.size);
-    const load = (name: string): number => {
+    const arena = createArena(totalBytes + 128 * expected.size);
+    const kernels = instantiateKernels(arena.memory);
+    const load = (name: string): Matrix => {
       const t = byName.get(name)!;
-      const bytes = 4 * t.dims.reduce((a, b) => a * b, 1);
-      const ptr = arena.alloc(bytes);
-      readExact(file, arena.u8(ptr, bytes), t.offset, `tensor ${name}`);
-      return ptr;
+      const { file: bytes, memory } = sizes(t);
+      if (t.type === GGML_Q8_0) {
+        const ptr = arena.alloc(bytes);
+        readExact(file, arena.u8(ptr, bytes), t.offset, `tensor ${name}`);
+        const blocks = bytes / Q8_BLOCK_BYTES;
+        const scales = arena.alloc(4 * blocks);
+        kernels.f16ToF32(scales, ptr, blocks, Q8_BLOCK_BYTES);
+        return { dtype: 'q8_0', ptr, scales };
+      }
+      const ptr = arena.alloc(memory);
+      const count = memory / 4;
+      // F16 is read into the upper half and widened in place, front to back.
+      const at = t.type === GGML_F16 ? ptr + 2 * count : ptr;
+      readExact(file, arena.u8(at, bytes), t.offset, `tensor ${name}`);
+      if (t.type === GGML_F16) kernels.f16ToF32(ptr, at, count, 2);
+      return { dtype: 'f32', ptr, scales: 0 };
     };
+    const vector = (name: string): number => load(name).ptr;
     const tokenEmbedding = load('token_embd.weight');
     const layers: LayerWeights[] = Array.from({ length: config.nLayers }, (_, l) => ({
-      attnNorm: load(`blk.${l}.attn_norm.weight`),
+      attnNorm: vector(`blk.${l}.attn_norm.weight`),
       wq: load(`blk.${l}.attn_q.weight`),
       wk: load(`blk.${l}.attn_k.weight`),
       wv: load(`blk.${l}.attn_v.weight`),
       wo: load(`blk.${l}.attn_output.weight`),
-      ffnNorm: load(`blk.${l}.ffn_norm.weight`),
+      ffnNorm: vector(`blk.${l}.ffn_norm.weight`),
       w1: load(`blk.${l}.ffn_gate.weight`),
       w2: load(`blk.${l}.ffn_down.weight`),
       w3: load(`blk.${l}.ffn_up.weight`),
     }));
-    const finalNorm = load('output_norm.weight');
+    const finalNorm = vector('output_norm.weight');
     const classifier = byName.has('output.weight') ? load('output.weight') : tokenEmbedding;
     return { config, weights: { tokenEmbedding, layers, finalNorm, classifier }, arena, tokenizer };
   });

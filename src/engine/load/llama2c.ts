@@ -4,7 +4,7 @@
 // vocab_size < 0 (when > 0 the classifier is the token embedding).
 import { ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
-import { configProblem, deriveConfig, type LayerWeights, type ModelConfig, type Weights } from '../model.js';
+import { configProblem, deriveConfig, f32Matrix, type LayerWeights, type ModelConfig, type Weights } from '../model.js';
 import { readBytes, readExact, withFile } from './file.js';
 import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
 
@@ -85,22 +85,24 @@ export function loadLlama2c(path: string): LoadedWeights {
       at += 4 * count;
     }
     const perLayer = (kind: keyof typeof sizes, l: number): number => block[kind] + (4 * sizes[kind] * l) / L;
+    const matrix = (kind: keyof typeof sizes, l: number) => f32Matrix(perLayer(kind, l));
     const layers: LayerWeights[] = Array.from({ length: L }, (_, l) => ({
       attnNorm: perLayer('attnNorm', l),
-      wq: perLayer('wq', l),
-      wk: perLayer('wk', l),
-      wv: perLayer('wv', l),
-      wo: perLayer('wo', l),
+      wq: matrix('wq', l),
+      wk: matrix('wk', l),
+      wv: matrix('wv', l),
+      wo: matrix('wo', l),
       ffnNorm: perLayer('ffnNorm', l),
-      w1: perLayer('w1', l),
-      w2: perLayer('w2', l),
-      w3: perLayer('w3', l),
+      w1: matrix('w1', l),
+      w2: matrix('w2', l),
+      w3: matrix('w3', l),
     }));
+    const tokenEmbedding = f32Matrix(block.tokenEmbedding);
     const weights: Weights = {
-      tokenEmbedding: block.tokenEmbedding,
+      tokenEmbedding,
       layers,
       finalNorm: block.finalNorm,
-      classifier: shared ? block.tokenEmbedding : classifier,
+      classifier: shared ? tokenEmbedding : f32Matrix(classifier),
     };
     return { config, weights, arena, tokenizer: null };
   });

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { Ptr } from '../memory.js';
 
 /** Version of the numerics spec the kernels implement; part of every job commitment. */
-export const NUMERICS_SPEC_VERSION = 'verity-numerics/1';
+export const NUMERICS_SPEC_VERSION = 'verity-numerics/2';
 
 export const KERNEL_PATHS = ['simd', 'scalar'] as const;
 export type KernelPath = (typeof KERNEL_PATHS)[number];
@@ -30,14 +30,18 @@ export interface Kernels {
   rope(vec: Ptr, n: number, table: Ptr, headSize: number): void;
   attention(
     out: Ptr, q: Ptr, keys: Ptr, values: Ptr, att: Ptr,
-    pos: number, nHeads: number, nKvHeads: number, headSize: number,
+    pos: number, nHeads: number, nKvHeads: number, headSize: number, firstHead: number, endHead: number,
   ): void;
   canonicalizeNaN(x: Ptr, n: number): void;
+  quantizeQ8(qs: Ptr, scales: Ptr, x: Ptr, n: number): void;
+  matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number): void;
+  dequantizeRowQ8(out: Ptr, wq: Ptr, wd: Ptr, n: number): void;
+  f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
 }
 
 const compiled = new Map<KernelPath, WebAssembly.Module>();
 
-function wasmModule(path: KernelPath): WebAssembly.Module {
+export function wasmModule(path: KernelPath): WebAssembly.Module {
   let module = compiled.get(path);
   if (!module) {
     const bytes = readFileSync(new URL(`./kernels-${path}.wasm`, import.meta.url));

@@ -391,20 +391,21 @@ export function rope(vec: usize, n: i32, table: usize, headSize: i32): void {
 }
 
 /**
- * Multi-head attention for one query position `pos` with grouped K/V heads.
+ * Multi-head attention for one query position `pos` with grouped K/V heads, for the heads
+ * firstHead..endHead-1 (threads take disjoint ranges; a head's result never depends on the split).
  * keys/values hold positions 0..pos, each a row of nKvHeads·headSize floats; att is scratch of
  * pos+1 floats. For head h: score_t = dot16(q_h, k_t) / sqrt(headSize), softmax over t, then
  * out_h[i] = Σ_t att[t] · v_t[i] accumulated in increasing t from +0.
  */
 export function attention(
   out: usize, q: usize, keys: usize, values: usize, att: usize,
-  pos: i32, nHeads: i32, nKvHeads: i32, headSize: i32,
+  pos: i32, nHeads: i32, nKvHeads: i32, headSize: i32, firstHead: i32, endHead: i32,
 ): void {
   const kvDim = nKvHeads * headSize;
   const kvMul = nHeads / nKvHeads;
   const scale = sqrt<f32>(<f32>headSize);
   const rowBytes = <usize>kvDim << 2;
-  for (let h = 0; h < nHeads; h++) {
+  for (let h = firstHead; h < endHead; h++) {
     const qh = q + (<usize>(h * headSize) << 2);
     const headOffset = <usize>((h / kvMul) * headSize) << 2;
     for (let t = 0; t <= pos; t++) {
@@ -439,5 +440,171 @@ export function canonicalizeNaN(x: usize, n: i32): void {
     const o = <usize>j << 2;
     const v = load<f32>(x + o);
     if (v != v) store<u32>(x + o, 0x7fc00000);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0 (spec §4a): weights in GGUF blocks of 34 bytes (f16 scale, 32 int8), with their scales
+// widened once to an f32 array; activations quantized per block of 32 to int8 and an f32 scale.
+// Within a block the dot product is exact integer arithmetic; across blocks the terms
+// (dw ⊗ dx) ⊗ f32(isum) are summed in the sum16 layout.
+
+const Q8_BLOCK_BYTES: usize = 34;
+
+/** round(v) with ties away from zero (C's roundf), exact for |v| < 2^23. */
+@inline function roundHalfAway(v: f32): f32 {
+  const t = trunc<f32>(v);
+  const frac = v - t;
+  if (frac >= <f32>0.5) return t + 1;
+  if (frac <= <f32>-0.5) return t - 1;
+  return t;
+}
+
+/** qs[j] = round(x[j] / d) clamped to ±127 (NaN → 0), d = max|x| / 127 per block of 32. */
+export function quantizeQ8(qs: usize, scales: usize, x: usize, n: i32): void {
+  const blocks = n >> 5;
+  for (let b = 0; b < blocks; b++) {
+    const xb = x + (<usize>b << 7);
+    let amax: f32 = 0;
+    for (let j = 0; j < 32; j++) {
+      const a = abs<f32>(load<f32>(xb + (<usize>j << 2)));
+      if (a > amax) amax = a;
+    }
+    const d = amax / <f32>127;
+    const id: f32 = d != 0 ? <f32>1 / d : 0;
+    for (let j = 0; j < 32; j++) {
+      const v = load<f32>(xb + (<usize>j << 2)) * id;
+      let q: i32 = v != v ? 0 : <i32>roundHalfAway(min<f32>(max<f32>(v, -127), 127));
+      store<i8>(qs + (<usize>b << 5) + <usize>j, <i8>q);
+    }
+    store<f32>(scales + (<usize>b << 2), d);
+  }
+}
+
+/** Σ_j w[j]·x[j] over one block of 32 int8 pairs, exactly. */
+@inline function blockDotScalar(w: usize, x: usize): i32 {
+  let s: i32 = 0;
+  for (let j: usize = 0; j < 32; j++) s += <i32>load<i8>(w + j) * <i32>load<i8>(x + j);
+  return s;
+}
+
+@inline function blockDotSimd(w: usize, x: usize): v128 {
+  const w0 = v128.load(w), w1 = v128.load(w, 16);
+  const x0 = v128.load(x), x1 = v128.load(x, 16);
+  const a = i32x4.add(
+    i32x4.extadd_pairwise_i16x8_s(i16x8.extmul_low_i8x16_s(w0, x0)),
+    i32x4.extadd_pairwise_i16x8_s(i16x8.extmul_high_i8x16_s(w0, x0)),
+  );
+  const b = i32x4.add(
+    i32x4.extadd_pairwise_i16x8_s(i16x8.extmul_low_i8x16_s(w1, x1)),
+    i32x4.extadd_pairwise_i16x8_s(i16x8.extmul_high_i8x16_s(w1, x1)),
+  );
+  return i32x4.add(a, b); // four partial sums of one block
+}
+
+/** Lane i of the result = the total of vector vi (four block sums side by side). */
+@inline function transposeSum4(v0: v128, v1: v128, v2: v128, v3: v128): v128 {
+  const a = i32x4.add(i8x16.shuffle(v0, v1, 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23),
+    i8x16.shuffle(v0, v1, 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31));
+  const b = i32x4.add(i8x16.shuffle(v2, v3, 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23),
+    i8x16.shuffle(v2, v3, 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31));
+  // a = (v0a, v1a, v0b, v1b), b = (v2a, v3a, v2b, v3b) with a/b the two half-sums
+  return i32x4.add(i8x16.shuffle(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+    i8x16.shuffle(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+}
+
+/** One Q8_0 row: sum16 over blocks of (wd[b] ⊗ xd[b]) ⊗ f32(isum_b). */
+function rowDotQ8(wq: usize, wd: usize, xq: usize, xd: usize, blocks: i32): f32 {
+  if (ASC_FEATURE_SIMD) {
+    let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+    for (let b = 0; b < blocks; b += 4) {
+      const pw = wq + <usize>b * Q8_BLOCK_BYTES + 2, px = xq + (<usize>b << 5);
+      const left = blocks - b;
+      const i0 = blockDotSimd(pw, px);
+      const i1 = left > 1 ? blockDotSimd(pw + Q8_BLOCK_BYTES, px + 32) : i32x4.splat(0);
+      const i2 = left > 2 ? blockDotSimd(pw + 2 * Q8_BLOCK_BYTES, px + 64) : i32x4.splat(0);
+      const i3 = left > 3 ? blockDotSimd(pw + 3 * Q8_BLOCK_BYTES, px + 96) : i32x4.splat(0);
+      const sums = f32x4.convert_i32x4_s(transposeSum4(i0, i1, i2, i3));
+      const scales = f32x4.mul(v128.load(wd + (<usize>b << 2)), v128.load(xd + (<usize>b << 2)));
+      const term = v128.and(f32x4.mul(scales, sums), laneMask(left));
+      const lane = (b >> 2) & 3;
+      if (lane == 0) s0 = f32x4.add(s0, term);
+      else if (lane == 1) s1 = f32x4.add(s1, term);
+      else if (lane == 2) s2 = f32x4.add(s2, term);
+      else s3 = f32x4.add(s3, term);
+    }
+    return combine16(s0, s1, s2, s3);
+  } else {
+    let a0: f32 = 0, a1: f32 = 0, a2: f32 = 0, a3: f32 = 0, a4: f32 = 0, a5: f32 = 0, a6: f32 = 0, a7: f32 = 0;
+    let a8: f32 = 0, a9: f32 = 0, a10: f32 = 0, a11: f32 = 0, a12: f32 = 0, a13: f32 = 0, a14: f32 = 0, a15: f32 = 0;
+    for (let b = 0; b < blocks; b++) {
+      const isum = blockDotScalar(wq + <usize>b * Q8_BLOCK_BYTES + 2, xq + (<usize>b << 5));
+      const term = (load<f32>(wd + (<usize>b << 2)) * load<f32>(xd + (<usize>b << 2))) * <f32>isum;
+      switch (b & 15) {
+        case 0: a0 += term; break;
+        case 1: a1 += term; break;
+        case 2: a2 += term; break;
+        case 3: a3 += term; break;
+        case 4: a4 += term; break;
+        case 5: a5 += term; break;
+        case 6: a6 += term; break;
+        case 7: a7 += term; break;
+        case 8: a8 += term; break;
+        case 9: a9 += term; break;
+        case 10: a10 += term; break;
+        case 11: a11 += term; break;
+        case 12: a12 += term; break;
+        case 13: a13 += term; break;
+        case 14: a14 += term; break;
+        default: a15 += term;
+      }
+    }
+    const u0 = (a0 + a8) + (a4 + a12), u1 = (a1 + a9) + (a5 + a13);
+    const u2 = (a2 + a10) + (a6 + a14), u3 = (a3 + a11) + (a7 + a15);
+    return (u0 + u2) + (u1 + u3);
+  }
+}
+
+/** out[i] = rowDotQ8(W[i]) for a d×n Q8_0 matrix (n a multiple of 32). */
+export function matvecQ8(out: usize, wq: usize, wd: usize, xq: usize, xd: usize, n: i32, d: i32): void {
+  const blocks = n >> 5;
+  const rowBytes = <usize>blocks * Q8_BLOCK_BYTES;
+  const scaleBytes = <usize>blocks << 2;
+  for (let i = 0; i < d; i++) {
+    store<f32>(out + (<usize>i << 2), rowDotQ8(wq + <usize>i * rowBytes, wd + <usize>i * scaleBytes, xq, xd, blocks));
+  }
+}
+
+/** out[j] = wd[b] ⊗ f32(q_j): one dequantised row (exact: an f16 scale times an int8). */
+export function dequantizeRowQ8(out: usize, wq: usize, wd: usize, n: i32): void {
+  for (let j = 0; j < n; j++) {
+    const b = j >> 5;
+    const q = load<i8>(wq + <usize>b * Q8_BLOCK_BYTES + 2 + <usize>(j & 31));
+    store<f32>(out + (<usize>j << 2), load<f32>(wd + (<usize>b << 2)) * <f32>q);
+  }
+}
+
+/** f16 bit patterns to f32 (exact), e.g. Q8_0 block scales or F16 tensors; out and src may overlap forward. */
+export function f16ToF32(out: usize, src: usize, n: i32, srcStride: i32): void {
+  for (let j = 0; j < n; j++) {
+    const h = <u32>load<u16>(src + <usize>j * <usize>srcStride);
+    const sign = (h & 0x8000) << 16;
+    const exp = (h >> 10) & 0x1f;
+    const mant = h & 0x3ff;
+    let bits: u32;
+    if (exp == 0x1f) bits = sign | 0x7f800000 | (mant << 13);
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
+    else if (mant == 0) bits = sign;
+    else {
+      // subnormal f16: normalise
+      let e: u32 = 113;
+      let m = mant;
+      while ((m & 0x400) == 0) {
+        m <<= 1;
+        e--;
+      }
+      bits = sign | (e << 23) | ((m & 0x3ff) << 13);
+    }
+    store<u32>(out + (<usize>j << 2), bits);
   }
 }

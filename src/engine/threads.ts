@@ -1,0 +1,136 @@
+// Worker threads for the matrix-vector products and attention. Threads share the model's memory;
+// each output row (or attention head) is computed entirely by one thread with the canonical
+// kernel, so the bits do not depend on the thread count — only who computes which row does.
+//
+// Protocol (an Int32Array over a SharedArrayBuffer): the main thread writes an operation into the
+// control block, bumps GENERATION and notifies; every thread, the main one included, computes its
+// share; workers count themselves into DONE; the main thread waits until all have.
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { EngineError } from './errors.js';
+import type { Ptr } from './memory.js';
+import type { Matrix } from './model.js';
+import { instantiateKernels, wasmModule, type KernelPath, type Kernels } from './numerics/index.js';
+
+export const GENERATION = 0;
+export const DONE = 1;
+export const OP = 2;
+const THREADS = 3;
+export const FAILED = 4;
+const ARGS = 5;
+const JOBS = 16;
+const JOB_FIELDS = 5;
+const MAX_JOBS = 3;
+const CONTROL_INTS = JOBS + JOB_FIELDS * MAX_JOBS;
+
+export const OP_EXIT = -1;
+const OP_MATVECS = 1;
+const OP_ATTENTION = 2;
+
+export interface MatvecJob {
+  out: Ptr;
+  w: Matrix;
+  rows: number;
+}
+
+export interface AttentionArgs {
+  out: Ptr;
+  q: Ptr;
+  keys: Ptr;
+  values: Ptr;
+  /** Scratch of attStride bytes per thread. */
+  att: Ptr;
+  attStride: number;
+  pos: number;
+  nHeads: number;
+  nKvHeads: number;
+  headSize: number;
+}
+
+const share = (count: number, thread: number, threads: number): [number, number] => [
+  Math.floor((count * thread) / threads),
+  Math.floor((count * (thread + 1)) / threads),
+];
+
+/** Computes thread `thread`'s share of the operation in the control block. */
+export function runShare(k: Kernels, c: Int32Array, thread: number): void {
+  const threads = c[THREADS];
+  if (c[OP] === OP_MATVECS) {
+    const [x, xq, xd, n] = [c[ARGS], c[ARGS + 1], c[ARGS + 2], c[ARGS + 3]];
+    const jobs = c[ARGS + 4];
+    for (let j = 0; j < jobs; j++) {
+      const at = JOBS + JOB_FIELDS * j;
+      const [out, quantized, w, scales, rows] = [c[at], c[at + 1], c[at + 2], c[at + 3], c[at + 4]];
+      const [first, end] = share(rows, thread, threads);
+      if (end === first) continue;
+      if (quantized) {
+        const blockBytes = (n / 32) * 34;
+        k.matvecQ8(out + 4 * first, w + first * blockBytes, scales + first * (n / 32) * 4, xq, xd, n, end - first);
+      } else {
+        k.matvec(out + 4 * first, w + 4 * first * n, x, n, end - first);
+      }
+    }
+  } else if (c[OP] === OP_ATTENTION) {
+    const [out, q, keys, values, att, attStride, pos, nHeads, nKvHeads, headSize] = c.subarray(ARGS, ARGS + 10);
+    const [first, end] = share(nHeads, thread, threads);
+    if (end > first) k.attention(out, q, keys, values, att + thread * attStride, pos, nHeads, nKvHeads, headSize, first, end);
+  }
+}
+
+export interface ThreadPool {
+  readonly threads: number;
+  readonly kernels: Kernels;
+  matvecs(x: Ptr, xq: Ptr, xd: Ptr, n: number, jobs: MatvecJob[]): void;
+  attention(args: AttentionArgs): void;
+  close(): void;
+}
+
+/** Spin this many polls before sleeping on a futex: waking a sleeping thread costs tens of µs. */
+const SPINS = 20000;
+
+export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, threads: number): ThreadPool {
+  const kernels = instantiateKernels(memory, path);
+  const c = new Int32Array(new SharedArrayBuffer(4 * CONTROL_INTS));
+  c[THREADS] = threads;
+  const spins = threads <= availableParallelism() ? SPINS : 0;
+  const workers = Array.from({ length: threads - 1 }, (_, i) => {
+    const worker = new Worker(new URL('./worker.js', import.meta.url), {
+      workerData: { module: wasmModule(path), memory, control: c.buffer, thread: i + 1, spins },
+    });
+    worker.unref();
+    return worker;
+  });
+
+  function run(): void {
+    Atomics.store(c, DONE, 0);
+    Atomics.add(c, GENERATION, 1);
+    Atomics.notify(c, GENERATION);
+    runShare(kernels, c, 0);
+    const want = threads - 1;
+    for (let i = 0; i < spins && Atomics.load(c, DONE) < want; i++);
+    for (let done = Atomics.load(c, DONE); done < want; done = Atomics.load(c, DONE)) Atomics.wait(c, DONE, done);
+    if (Atomics.load(c, FAILED)) throw new EngineError('a kernel thread failed');
+  }
+
+  return {
+    threads,
+    kernels,
+    matvecs(x, xq, xd, n, jobs) {
+      c[OP] = OP_MATVECS;
+      c.set([x, xq, xd, n, jobs.length], ARGS);
+      jobs.forEach((job, j) => c.set([job.out, job.w.dtype === 'q8_0' ? 1 : 0, job.w.ptr, job.w.scales, job.rows], JOBS + JOB_FIELDS * j));
+      run();
+    },
+    attention(a) {
+      c[OP] = OP_ATTENTION;
+      c.set([a.out, a.q, a.keys, a.values, a.att, a.attStride, a.pos, a.nHeads, a.nKvHeads, a.headSize], ARGS);
+      run();
+    },
+    close() {
+      c[OP] = OP_EXIT;
+      Atomics.add(c, GENERATION, 1);
+      Atomics.notify(c, GENERATION);
+      for (const w of workers) void w.terminate();
+    },
+  };
+}
