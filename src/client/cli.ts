@@ -2,10 +2,13 @@
 // run.c prints on stdout; stderr ends with the throughput and the trace fingerprint.
 import { availableParallelism } from 'node:os';
 import { basename } from 'node:path';
+import { Presets, SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   EngineError,
   KERNEL_PATHS,
+  availableKernelPaths,
+  defaultKernelPath,
   ModelFileError,
   CHUNK_BYTES,
   canonicalTensors,
@@ -13,6 +16,10 @@ import {
   loadModel,
   modelIdentity,
   printableBytes,
+  GGML_TYPE,
+  ggufFromModel,
+  writeGguf,
+  type ExportType,
   type KernelPath,
   type Model,
 } from '../engine/index.js';
@@ -101,6 +108,20 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
+function quantizeCommand(input: string, output: string, options: { tokenizer?: string; type: ExportType }): void {
+  const model = load(input, options.tokenizer);
+  const contents = ggufFromModel(model, { type: options.type, name: basename(input) });
+  const bar = new SingleBar(
+    { format: `writing ${basename(output)} [{bar}] {value}/{total} tensors`, stream: process.stderr, hideCursor: true },
+    Presets.shades_classic,
+  );
+  bar.start(contents.tensors.length, 0);
+  writeGguf(output, contents, (i) => bar.update(i + 1));
+  bar.stop();
+  const converted = contents.tensors.filter((t) => t.type !== GGML_TYPE.F32).length;
+  process.stderr.write(`${output}: ${converted} of ${contents.tensors.length} tensors ${options.type.toUpperCase()}, the rest F32\n`);
+}
+
 function threadCount(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > 256) throw new InvalidArgumentError('use a whole number from 1 to 256');
@@ -108,7 +129,8 @@ function threadCount(value: string): number {
 }
 
 function kernelPath(value: string): KernelPath {
-  if (!(KERNEL_PATHS as readonly string[]).includes(value)) throw new InvalidArgumentError(`use one of ${KERNEL_PATHS.join(', ')}`);
+  const present = availableKernelPaths();
+  if (!(present as string[]).includes(value)) throw new InvalidArgumentError(`use one of ${present.join(', ')} (built here)`);
   return value as KernelPath;
 }
 
@@ -127,9 +149,17 @@ export function buildProgram(): Command {
     .option('-p, --topp <p>', 'top-p (nucleus) threshold in [0, 1]', '0.9')
     .option('-s, --seed <n>', 'random seed (0 = from the clock)', '0')
     .option('-n, --steps <n>', 'positions to run, prompt included (0 = seq_len)', '256')
-    .addOption(new Option('--kernels <path>', 'kernel build').choices([...KERNEL_PATHS]).default('simd').argParser(kernelPath))
+    .addOption(new Option('--kernels <path>', 'kernel build (default: the fastest built here)').choices([...KERNEL_PATHS]).default(defaultKernelPath()).argParser(kernelPath))
     .option('--threads <n>', 'threads for matrix products and attention (results are identical for any count)', threadCount, availableParallelism())
     .action(runCommand);
+  program
+    .command('quantize')
+    .description('write a model as GGUF, its matrices as Q8_0 (default), F16 or F32')
+    .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
+    .argument('<out>', 'GGUF file to write')
+    .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
+    .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'f16', 'f32']).default('q8_0'))
+    .action(quantizeCommand);
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')

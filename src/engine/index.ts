@@ -2,13 +2,19 @@
 // re-executable steps, run.c-exact tokenizer and sampler, and the model's content id.
 export { EngineError, ModelFileError } from './errors.js';
 export { loadModel, detectFormat, type LoadOptions } from './load/index.js';
-export { canonicalTensors, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
+export { canonicalTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
+export { GGML_TYPE, ggufBytes, ggufFromModel, writeGguf, type ExportType, type GgufContents, type GgufExportOptions } from './load/gguf-write.js';
+export { dequantizeQ8_0, f16ToF32, f32ToF16, quantizeQ8_0 } from './quantize.js';
 export { createArena, type Arena, type Ptr } from './memory.js';
-export { KERNEL_PATHS, NUMERICS_SPEC_VERSION, instantiateKernels, isKernelPath, type KernelPath, type Kernels } from './numerics/index.js';
+export {
+  KERNEL_PATHS, NUMERICS_SPEC_VERSION, availableKernelPaths, defaultKernelPath, instantiateKernels, isKernelPath,
+  type KernelPath, type Kernels,
+} from './numerics/index.js';
+export { nativeKernels } from './numerics/native.js';
 export { createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
 export { randomF32, rngNext, sampleArgmax, sampleMult, sampleToken, sampleTopp, type SamplingParams } from './sampler.js';
 export {
-  classify, createSession, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
+  classify, closeThreads, createSession, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
   type HeadStepInput, type LayerStepInput, type LayerStepOutput, type Session, type SessionOptions,
 } from './steps.js';
 export { generate, type GenerateRequest, type GeneratedToken, type GenerationSummary, type StepObserver } from './generate.js';

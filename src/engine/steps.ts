@@ -7,7 +7,7 @@
 import { EngineError } from './errors.js';
 import type { Ptr } from './memory.js';
 import { Q8_BLOCK, Q8_BLOCK_BYTES, type Matrix, type Model } from './model.js';
-import { instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
+import { defaultKernelPath, instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 import { sampleToken, type SamplingParams } from './sampler.js';
 import { createThreadPool, type MatvecJob, type ThreadPool } from './threads.js';
 
@@ -76,7 +76,7 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   }
   const threads = options.threads ?? 1;
   if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new EngineError(`threads must be an integer in 1..256, got ${threads}`);
-  const kernels = options.kernels ?? 'simd';
+  const kernels = options.kernels ?? defaultKernelPath();
   const arena = model.arena;
   const arenaMark = arena.mark();
   const floats = (n: number): Ptr => arena.alloc(4 * n);
@@ -223,7 +223,7 @@ function withSession<T>(model: Model, options: SessionOptions, body: (s: Session
   }
 }
 
-export function runLayerStep(model: Model, input: LayerStepInput, kernels: KernelPath = 'simd'): LayerStepOutput {
+export function runLayerStep(model: Model, input: LayerStepInput, kernels: KernelPath = defaultKernelPath()): LayerStepOutput {
   const { dim, kvDim, nLayers } = model.config;
   const { layer, pos } = input;
   if (!Number.isInteger(layer) || layer < 0 || layer >= nLayers) throw new EngineError(`layer ${layer} is outside 0..${nLayers - 1}`);
@@ -250,7 +250,7 @@ export interface HeadStepInput {
   rngState: bigint;
 }
 
-export function runHeadStep(model: Model, input: HeadStepInput, kernels: KernelPath = 'simd'): { token: number; rngState: bigint } {
+export function runHeadStep(model: Model, input: HeadStepInput, kernels: KernelPath = defaultKernelPath()): { token: number; rngState: bigint } {
   if (input.x.length !== model.config.dim) throw new EngineError('head step input has the wrong size');
   return withSession(model, { maxPositions: 1, kernels, layers: [] }, (s) => {
     model.arena.f32(s.x, model.config.dim).set(input.x);

@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { EngineError } from './errors.js';
 import type { Ptr } from './memory.js';
 import type { Matrix } from './model.js';
-import { instantiateKernels, wasmModule, type KernelPath, type Kernels } from './numerics/index.js';
+import { instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 
 export const GENERATION = 0;
 export const DONE = 1;
@@ -95,7 +95,7 @@ export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, t
   const spins = threads <= availableParallelism() ? SPINS : 0;
   const workers = Array.from({ length: threads - 1 }, (_, i) => {
     const worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { module: wasmModule(path), memory, control: c.buffer, thread: i + 1, spins },
+      workerData: { path, memory, control: c.buffer, thread: i + 1, spins },
     });
     worker.unref();
     return worker;

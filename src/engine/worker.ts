@@ -1,18 +1,18 @@
 // A kernel thread: waits for operations in the shared control block and computes its share.
 import { workerData } from 'node:worker_threads';
-import type { Kernels } from './numerics/index.js';
+import { instantiateKernels, type KernelPath } from './numerics/index.js';
 import { DONE, FAILED, GENERATION, OP, OP_EXIT, runShare } from './threads.js';
 
 interface WorkerData {
-  module: WebAssembly.Module;
+  path: KernelPath;
   memory: WebAssembly.Memory;
   control: SharedArrayBuffer;
   thread: number;
   spins: number;
 }
 
-const { module, memory, control, thread, spins } = workerData as WorkerData;
-const kernels = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Kernels;
+const { path, memory, control, thread, spins } = workerData as WorkerData;
+const kernels = instantiateKernels(memory, path);
 const c = new Int32Array(control);
 // Generations count from 0 at the pool's creation; work posted before this thread started is
 // still seen, because it compares against 0, not against the current value.

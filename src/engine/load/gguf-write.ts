@@ -1,7 +1,8 @@
 // Writes GGUF v3 files: used to export models (random-weight benchmark models, conversions) and
 // by the tests to build well-formed and deliberately malformed files.
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { canonicalTensors, type Model } from '../model.js';
+import { Q8_BLOCK, canonicalTensors, matrixBytes, type DType, type Model, type TensorRef } from '../model.js';
+import { dequantizeQ8_0, f32ToF16, quantizeQ8_0 } from '../quantize.js';
 import { toSentencePiece } from './gguf.js';
 
 export type GgufEntry =
@@ -18,8 +19,12 @@ export interface GgufTensorData {
   /** GGUF order: ne[0] (the contiguous dimension) first. */
   dims: number[];
   type: number;
-  data: Uint8Array;
+  bytes: number;
+  /** Produced when the file is written, one tensor at a time. */
+  data(): Uint8Array;
 }
+
+export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8 } as const;
 
 export interface GgufContents {
   metadata: [string, GgufEntry][];
@@ -88,8 +93,8 @@ function writeEntry(out: ByteSink, entry: GgufEntry): void {
   }
 }
 
-/** Serialises a GGUF v3 file (header, metadata, tensor table, 32-byte aligned data). */
-export function ggufBytes(contents: GgufContents): Uint8Array[] {
+/** The header, metadata and tensor table, padded to where the tensor data starts. */
+function ggufHeader(contents: GgufContents): Uint8Array[] {
   const out = new ByteSink();
   out.push(new TextEncoder().encode('GGUF'));
   out.u32(3);
@@ -106,27 +111,55 @@ export function ggufBytes(contents: GgufContents): Uint8Array[] {
     for (const d of t.dims) out.u64(d);
     out.u32(t.type);
     out.u64(offset);
-    offset += Math.ceil(t.data.length / ALIGNMENT) * ALIGNMENT;
+    offset += padded(t.bytes);
   }
   out.pad();
-  for (const t of contents.tensors) {
-    out.push(t.data);
-    out.pad();
-  }
   return out.bytes();
 }
 
-export function writeGguf(path: string, contents: GgufContents): void {
+const padded = (n: number): number => Math.ceil(n / ALIGNMENT) * ALIGNMENT;
+
+/** Every byte of the file, in order (header, then each tensor padded to the alignment). */
+export function* ggufChunks(contents: GgufContents): Generator<Uint8Array> {
+  yield* ggufHeader(contents);
+  for (const t of contents.tensors) {
+    const data = t.data();
+    if (data.length !== t.bytes) throw new Error(`tensor ${t.name}: ${data.length} bytes, declared ${t.bytes}`);
+    yield data;
+    if (padded(t.bytes) > t.bytes) yield new Uint8Array(padded(t.bytes) - t.bytes);
+  }
+}
+
+export const ggufBytes = (contents: GgufContents): Uint8Array => Buffer.concat([...ggufChunks(contents)]);
+
+/** Streams the file to disk; `onTensor` sees each tensor as it is written (for progress). */
+export function writeGguf(path: string, contents: GgufContents, onTensor?: (index: number) => void): void {
   const fd = openSync(path, 'w');
   try {
-    for (const chunk of ggufBytes(contents)) writeSync(fd, chunk);
+    for (const chunk of ggufHeader(contents)) writeSync(fd, chunk);
+    contents.tensors.forEach((t, i) => {
+      const data = t.data();
+      writeSync(fd, data);
+      if (padded(t.bytes) > t.bytes) writeSync(fd, new Uint8Array(padded(t.bytes) - t.bytes));
+      onTensor?.(i);
+    });
   } finally {
     closeSync(fd);
   }
 }
 
-/** A loaded model as GGUF contents (F32, tokenizer inside, spaces spelled "▁" as SentencePiece does). */
-export function ggufFromModel(model: Model, name = 'verity'): GgufContents {
+/** Weight types a GGUF export can write. */
+export type ExportType = DType | 'f16';
+
+export interface GgufExportOptions {
+  /** Weight type for matrices: 'f32', 'f16', or 'q8_0' for every matrix whose rows are whole blocks. */
+  type?: ExportType;
+  name?: string;
+}
+
+/** A loaded model as GGUF contents (tokenizer inside, spaces spelled "▁" as SentencePiece does). */
+export function ggufFromModel(model: Model, options: GgufExportOptions = {}): GgufContents {
+  const name = options.name ?? 'verity';
   const c = model.config;
   const t = model.tokenizer;
   const tokens = t.vocab.map(toSentencePiece);
@@ -151,11 +184,27 @@ export function ggufFromModel(model: Model, name = 'verity'): GgufContents {
   const shared = model.weights.classifier === model.weights.tokenEmbedding;
   const tensors = canonicalTensors(c, model.weights)
     .filter((ref) => !(shared && ref.name === 'output.weight'))
-    .map((ref) => ({
-      name: ref.name,
-      dims: [...ref.shape].reverse(),
-      type: 0,
-      data: model.arena.u8(ref.ptr, ref.bytes).slice(),
-    }));
+    .map((ref) => tensorData(model, ref, options.type ?? 'f32'));
   return { metadata, tensors };
+}
+
+/** A tensor as the requested weight type: matrices with whole 32-blocks become Q8_0 for 'q8_0'. */
+function tensorData(model: Model, ref: TensorRef, type: ExportType): GgufTensorData {
+  const dims = [...ref.shape].reverse();
+  const stored = (): Uint8Array => model.arena.u8(ref.ptr, ref.bytes).slice();
+  const count = ref.shape.reduce((a, b) => a * b, 1);
+  const asF32 = (): Float32Array =>
+    ref.dtype === 'q8_0' ? dequantizeQ8_0(model.arena.u8(ref.ptr, ref.bytes)) : model.arena.f32(ref.ptr, count).slice();
+  const quantizable = ref.shape.length === 2 && ref.shape[1] % Q8_BLOCK === 0;
+  if (type === 'q8_0' && quantizable) {
+    const bytes = matrixBytes('q8_0', ref.shape[0], ref.shape[1]);
+    const data = ref.dtype === 'q8_0' ? stored : () => quantizeQ8_0(asF32());
+    return { name: ref.name, dims, type: GGML_TYPE.Q8_0, bytes, data };
+  }
+  if (type === 'f16' && ref.shape.length === 2) {
+    const data = (): Uint8Array => new Uint8Array(Uint16Array.from(asF32(), f32ToF16).buffer);
+    return { name: ref.name, dims, type: GGML_TYPE.F16, bytes: 2 * count, data };
+  }
+  const data = ref.dtype === 'f32' ? stored : () => new Uint8Array(asF32().buffer);
+  return { name: ref.name, dims, type: GGML_TYPE.F32, bytes: 4 * count, data };
 }

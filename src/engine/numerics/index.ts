@@ -1,13 +1,23 @@
-// The canonical kernels (docs/numerics.md), compiled from ./wasm/kernels.ts in two builds that
-// must agree bit for bit: `simd` (WebAssembly SIMD, the default) and `scalar` (the fallback).
+// The canonical kernels (docs/numerics.md), in builds that must agree bit for bit: `simd`
+// (WebAssembly SIMD) and `scalar`, both compiled from ./wasm/kernels.ts, and `native` — the simd
+// build with its matrix-vector products replaced by the AVX-512 C kernels (native/), present
+// when the addon was built at install. The default is the fastest one present.
 import { readFileSync } from 'node:fs';
 import type { Ptr } from '../memory.js';
+import { nativeKernels } from './native.js';
 
 /** Version of the numerics spec the kernels implement; part of every job commitment. */
 export const NUMERICS_SPEC_VERSION = 'verity-numerics/2';
 
-export const KERNEL_PATHS = ['simd', 'scalar'] as const;
+export const KERNEL_PATHS = ['native', 'simd', 'scalar'] as const;
 export type KernelPath = (typeof KERNEL_PATHS)[number];
+
+/** The kernel builds present here, fastest first. */
+export function availableKernelPaths(): KernelPath[] {
+  return KERNEL_PATHS.filter((p) => p !== 'native' || nativeKernels() !== null);
+}
+
+export const defaultKernelPath = (): KernelPath => availableKernelPaths()[0];
 
 export interface Kernels {
   readonly path: KernelPath;
@@ -39,9 +49,9 @@ export interface Kernels {
   f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
 }
 
-const compiled = new Map<KernelPath, WebAssembly.Module>();
+const compiled = new Map<string, WebAssembly.Module>();
 
-export function wasmModule(path: KernelPath): WebAssembly.Module {
+function wasmModule(path: 'simd' | 'scalar'): WebAssembly.Module {
   let module = compiled.get(path);
   if (!module) {
     const bytes = readFileSync(new URL(`./kernels-${path}.wasm`, import.meta.url));
@@ -52,9 +62,19 @@ export function wasmModule(path: KernelPath): WebAssembly.Module {
 }
 
 /** Instantiates one kernel build over `memory`. Instances are cheap; modules are compiled once. */
-export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath = 'simd'): Kernels {
-  const instance = new WebAssembly.Instance(wasmModule(path), { env: { memory } });
-  return { path, ...(instance.exports as object) } as Kernels;
+export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath = defaultKernelPath()): Kernels {
+  const wasm = path === 'native' ? 'simd' : path;
+  const instance = new WebAssembly.Instance(wasmModule(wasm), { env: { memory } });
+  const kernels = { ...(instance.exports as object), path } as Kernels;
+  if (path !== 'native') return kernels;
+  const native = nativeKernels();
+  if (!native) throw new Error('the native kernels are not built on this machine (npm ci builds them where a C compiler is present)');
+  const handle = native.bind(new Uint8Array(memory.buffer));
+  return {
+    ...kernels,
+    matvec: (out, w, x, n, d) => native.matvec(handle, out, w, x, n, d),
+    matvecQ8: (out, wq, wd, xq, xd, n, d) => native.matvecQ8(handle, out, wq, wd, xq, xd, n, d),
+  };
 }
 
 export function isKernelPath(value: string): value is KernelPath {

@@ -182,6 +182,10 @@ export function mapCos32(out: usize, x: usize, n: i32): void {
 // Masked tail lanes contribute +0, which leaves an accumulator unchanged: an accumulator that
 // starts at +0 can never become −0 under round-to-nearest, so padding equals skipping.
 export function dot16(a: usize, b: usize, n: i32): f32 {
+  return dot16Inline(a, b, n);
+}
+
+@inline function dot16Inline(a: usize, b: usize, n: i32): f32 {
   const n16 = n & ~15;
   if (ASC_FEATURE_SIMD) {
     let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
@@ -409,7 +413,7 @@ export function attention(
     const qh = q + (<usize>(h * headSize) << 2);
     const headOffset = <usize>((h / kvMul) * headSize) << 2;
     for (let t = 0; t <= pos; t++) {
-      const score = dot16(qh, keys + <usize>t * rowBytes + headOffset, headSize);
+      const score = dot16Inline(qh, keys + <usize>t * rowBytes + headOffset, headSize);
       store<f32>(att + (<usize>t << 2), score / scale);
     }
     softmax(att, pos + 1);
@@ -461,24 +465,56 @@ const Q8_BLOCK_BYTES: usize = 34;
 }
 
 /** qs[j] = round(x[j] / d) clamped to ±127 (NaN → 0), d = max|x| / 127 per block of 32. */
+// max|x| ignores NaN (a NaN never compares greater); it is exact, so its order is free.
 export function quantizeQ8(qs: usize, scales: usize, x: usize, n: i32): void {
   const blocks = n >> 5;
   for (let b = 0; b < blocks; b++) {
     const xb = x + (<usize>b << 7);
-    let amax: f32 = 0;
-    for (let j = 0; j < 32; j++) {
-      const a = abs<f32>(load<f32>(xb + (<usize>j << 2)));
-      if (a > amax) amax = a;
+    const qb = qs + (<usize>b << 5);
+    if (ASC_FEATURE_SIMD) {
+      let m = f32x4.splat(0);
+      for (let j: usize = 0; j < 128; j += 16) m = f32x4.pmax(m, f32x4.abs(v128.load(xb + j)));
+      const amax = max<f32>(max<f32>(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max<f32>(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+      const d = amax / <f32>127;
+      const id: f32 = d != 0 ? <f32>1 / d : 0;
+      const idv = f32x4.splat(id);
+      const half = f32x4.splat(0.5);
+      const lo = f32x4.splat(-127), hi = f32x4.splat(127);
+      for (let j: usize = 0; j < 128; j += 64) {
+        const q0 = roundClampSimd(f32x4.mul(v128.load(xb + j), idv), half, lo, hi);
+        const q1 = roundClampSimd(f32x4.mul(v128.load(xb + j + 16), idv), half, lo, hi);
+        const q2 = roundClampSimd(f32x4.mul(v128.load(xb + j + 32), idv), half, lo, hi);
+        const q3 = roundClampSimd(f32x4.mul(v128.load(xb + j + 48), idv), half, lo, hi);
+        const bytes = i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3));
+        v128.store(qb + (j >> 2), bytes);
+      }
+      store<f32>(scales + (<usize>b << 2), d);
+    } else {
+      let amax: f32 = 0;
+      for (let j = 0; j < 32; j++) {
+        const a = abs<f32>(load<f32>(xb + (<usize>j << 2)));
+        if (a > amax) amax = a;
+      }
+      const d = amax / <f32>127;
+      const id: f32 = d != 0 ? <f32>1 / d : 0;
+      for (let j = 0; j < 32; j++) {
+        const v = load<f32>(xb + (<usize>j << 2)) * id;
+        const q: i32 = v != v ? 0 : <i32>roundHalfAway(min<f32>(max<f32>(v, -127), 127));
+        store<i8>(qb + <usize>j, <i8>q);
+      }
+      store<f32>(scales + (<usize>b << 2), d);
     }
-    const d = amax / <f32>127;
-    const id: f32 = d != 0 ? <f32>1 / d : 0;
-    for (let j = 0; j < 32; j++) {
-      const v = load<f32>(xb + (<usize>j << 2)) * id;
-      let q: i32 = v != v ? 0 : <i32>roundHalfAway(min<f32>(max<f32>(v, -127), 127));
-      store<i8>(qs + (<usize>b << 5) + <usize>j, <i8>q);
-    }
-    store<f32>(scales + (<usize>b << 2), d);
   }
+}
+
+/** Lanes of v clamped to ±127, rounded half away from zero, as i32 (NaN → 0). */
+@inline function roundClampSimd(v: v128, half: v128, lo: v128, hi: v128): v128 {
+  const c = f32x4.pmax(f32x4.pmin(v, hi), lo); // NaN stays NaN: pmin/pmax keep their first operand
+  const t = f32x4.trunc(c);
+  const frac = f32x4.sub(c, t);
+  const up = v128.and(f32x4.ge(frac, half), f32x4.splat(1));
+  const down = v128.and(f32x4.le(frac, f32x4.neg(half)), f32x4.splat(1));
+  return i32x4.trunc_sat_f32x4_s(f32x4.sub(f32x4.add(t, up), down));
 }
 
 /** Σ_j w[j]·x[j] over one block of 32 int8 pairs, exactly. */

@@ -1,0 +1,320 @@
+// Native matrix-vector kernels: the same numerics spec as the WebAssembly kernels
+// (docs/numerics.md), bit for bit, for CPUs with AVX-512. Built by node-gyp at install with
+// -ffp-contract=off (no FMA), and dispatched at run time: a CPU without AVX-512 gets the portable
+// C loops, which follow the same order. Arguments are a memory handle from `bind` and byte
+// offsets into that shared WebAssembly memory (shared memories never move).
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define MAX_MEMORIES 1024
+static uint8_t *bases[MAX_MEMORIES];
+static int memories = 0;
+static int use_avx512 = 0;      // avx512f: the f32 16-accumulator layout is one register
+static int use_avx512vnni = 0;  // + avx512bw + avx512vnni: int8 dot products
+
+#define Q8_BLOCK 32
+#define Q8_BLOCK_BYTES 34
+
+// ---------------------------------------------------------------------------------------------
+// Portable reference loops (spec §2 and §4a, written plainly).
+
+static float combine16(const float a[16]) {
+  float t[8], u[4];
+  for (int i = 0; i < 8; i++) t[i] = a[i] + a[i + 8];
+  for (int i = 0; i < 4; i++) u[i] = t[i] + t[i + 4];
+  float v0 = u[0] + u[2], v1 = u[1] + u[3];
+  return v0 + v1;
+}
+
+static void matvec_portable(float *out, const float *w, const float *x, int n, int d) {
+  for (int i = 0; i < d; i++) {
+    const float *row = w + (size_t)i * n;
+    float acc[16] = {0};
+    for (int j = 0; j < n; j++) {
+      float p = row[j] * x[j];
+      acc[j & 15] = acc[j & 15] + p;
+    }
+    out[i] = combine16(acc);
+  }
+}
+
+static void matvec_q8_portable(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
+  int blocks = n / Q8_BLOCK;
+  for (int i = 0; i < d; i++) {
+    const uint8_t *row = wq + (size_t)i * blocks * Q8_BLOCK_BYTES;
+    const float *scales = wd + (size_t)i * blocks;
+    float acc[16] = {0};
+    for (int b = 0; b < blocks; b++) {
+      const int8_t *qw = (const int8_t *)(row + (size_t)b * Q8_BLOCK_BYTES + 2);
+      int32_t isum = 0;
+      for (int j = 0; j < Q8_BLOCK; j++) isum += (int32_t)qw[j] * (int32_t)xq[b * Q8_BLOCK + j];
+      float scale = scales[b] * xd[b];
+      float term = scale * (float)isum;
+      acc[b & 15] = acc[b & 15] + term;
+    }
+    out[i] = combine16(acc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512: lane l of a 512-bit accumulator is the spec's accumulator l.
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static inline float reduce16(__m512 a) {
+  __m256 lo = _mm512_castps512_ps256(a);
+  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+  __m256 t = _mm256_add_ps(lo, hi);                                            // t[i] = a[i] + a[i+8]
+  __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)); // u[i] = t[i] + t[i+4]
+  __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));                                // v[i] = u[i] + u[i+2]
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));                // v[0] + v[1]
+}
+
+__attribute__((target("avx512f"))) static void matvec_avx512(float *out, const float *w, const float *x, int n, int d) {
+  const int n16 = n & ~15;
+  const __mmask16 tail = (__mmask16)((1u << (n - n16)) - 1);
+  int i = 0;
+  for (; i + 4 <= d; i += 4) {
+    const float *r0 = w + (size_t)i * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = 0; j < n16; j += 16) {
+      __m512 xv = _mm512_loadu_ps(x + j);
+      a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_loadu_ps(r0 + j), xv));
+      a1 = _mm512_add_ps(a1, _mm512_mul_ps(_mm512_loadu_ps(r1 + j), xv));
+      a2 = _mm512_add_ps(a2, _mm512_mul_ps(_mm512_loadu_ps(r2 + j), xv));
+      a3 = _mm512_add_ps(a3, _mm512_mul_ps(_mm512_loadu_ps(r3 + j), xv));
+    }
+    if (tail) {
+      __m512 xv = _mm512_maskz_loadu_ps(tail, x + n16);
+      a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r0 + n16), xv));
+      a1 = _mm512_add_ps(a1, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r1 + n16), xv));
+      a2 = _mm512_add_ps(a2, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r2 + n16), xv));
+      a3 = _mm512_add_ps(a3, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r3 + n16), xv));
+    }
+    out[i] = reduce16(a0);
+    out[i + 1] = reduce16(a1);
+    out[i + 2] = reduce16(a2);
+    out[i + 3] = reduce16(a3);
+  }
+  for (; i < d; i++) {
+    const float *r0 = w + (size_t)i * n;
+    __m512 a0 = _mm512_setzero_ps();
+    for (int j = 0; j < n16; j += 16) a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_loadu_ps(r0 + j), _mm512_loadu_ps(x + j)));
+    if (tail) a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r0 + n16), _mm512_maskz_loadu_ps(tail, x + n16)));
+    out[i] = reduce16(a0);
+  }
+}
+
+// Q8_0 with VNNI. vpdpbusd multiplies unsigned by signed bytes, so the weights are offset to
+// w + 128 (a xor with 0x80) and 128·Σx is subtracted per block: the integer sums stay exact.
+// Each 512-bit load covers two blocks; sixteen blocks are reduced to one vector of sums, so that
+// block b lands in lane b mod 16 — the spec's accumulator layout.
+
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+VNNI_TARGET static inline __m512i load_two_blocks(const uint8_t *w) {
+  // Two 34-byte blocks: their 32 quant bytes each, side by side.
+  __m256i b0 = _mm256_loadu_si256((const __m256i *)(w + 2));
+  __m256i b1 = _mm256_loadu_si256((const __m256i *)(w + Q8_BLOCK_BYTES + 2));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(b0), b1, 1);
+}
+
+/** Lane b of the result = the sum of the 8 lanes of block b (blocks 2k, 2k+1 in r[k]). */
+VNNI_TARGET static inline __m512i sum16blocks(const __m512i r[8]) {
+  __m512i s[4], v[2];
+  for (int k = 0; k < 4; k++) {
+    s[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]), _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]));
+  }
+  for (int k = 0; k < 2; k++) {
+    v[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(s[2 * k], s[2 * k + 1]), _mm512_unpackhi_epi64(s[2 * k], s[2 * k + 1]));
+  }
+  // v[0] chunk c lane k = sum of chunk c of r[k] (k < 4); v[1] likewise for r[4..7].
+  // Block 2k+h = chunks 2h and 2h+1 of r[k].
+  const __m512i ia = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 16, 24, 17, 25, 18, 26, 19, 27);
+  const __m512i ib = _mm512_setr_epi32(4, 12, 5, 13, 6, 14, 7, 15, 20, 28, 21, 29, 22, 30, 23, 31);
+  return _mm512_add_epi32(_mm512_permutex2var_epi32(v[0], ia, v[1]), _mm512_permutex2var_epi32(v[0], ib, v[1]));
+}
+
+VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
+  const int blocks = n / Q8_BLOCK;
+  const int groups = (blocks + 15) / 16;
+  // Per block of x: 128·Σx, and x padded to whole groups of 16 blocks.
+  int32_t *xsum = calloc((size_t)groups * 16, sizeof(int32_t));
+  int8_t *xpad = calloc((size_t)groups * 16 * Q8_BLOCK, 1);
+  float *xdpad = calloc((size_t)groups * 16, sizeof(float));
+  memcpy(xpad, xq, (size_t)blocks * Q8_BLOCK);
+  memcpy(xdpad, xd, (size_t)blocks * sizeof(float));
+  for (int b = 0; b < blocks; b++) {
+    int32_t s = 0;
+    for (int j = 0; j < Q8_BLOCK; j++) s += xq[b * Q8_BLOCK + j];
+    xsum[b] = 128 * s;
+  }
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (int i = 0; i < d; i++) {
+    const uint8_t *row = wq + (size_t)i * blocks * Q8_BLOCK_BYTES;
+    const float *scales = wd + (size_t)i * blocks;
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+      const int first = g * 16;
+      const int count = blocks - first < 16 ? blocks - first : 16;
+      __m512i r[8];
+      for (int k = 0; k < 8; k++) {
+        const int b = first + 2 * k;
+        if (b + 1 < blocks) {
+          __m512i wv = _mm512_xor_si512(load_two_blocks(row + (size_t)b * Q8_BLOCK_BYTES), flip);
+          r[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, _mm512_loadu_si512(xpad + (size_t)b * Q8_BLOCK));
+        } else if (b < blocks) {
+          __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + (size_t)b * Q8_BLOCK_BYTES + 2)), _mm256_set1_epi8((char)0x80));
+          __m512i wv = _mm512_castsi256_si512(w0);
+          wv = _mm512_inserti64x4(wv, _mm256_setzero_si256(), 1);
+          r[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, _mm512_loadu_si512(xpad + (size_t)b * Q8_BLOCK));
+        } else {
+          r[k] = _mm512_setzero_si512();
+        }
+      }
+      const __mmask16 live = (__mmask16)((1u << count) - 1);
+      __m512i isum = _mm512_sub_epi32(sum16blocks(r), _mm512_loadu_si512(xsum + first));
+      __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, scales + first), _mm512_loadu_ps(xdpad + first));
+      __m512 term = _mm512_maskz_mul_ps(live, scale, _mm512_cvtepi32_ps(isum));
+      acc = _mm512_add_ps(acc, term);
+    }
+    out[i] = reduce16(acc);
+  }
+  free(xsum);
+  free(xpad);
+  free(xdpad);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// N-API glue.
+
+static napi_value throw_error(napi_env env, const char *message) {
+  napi_throw_error(env, NULL, message);
+  return NULL;
+}
+
+static int read_args(napi_env env, napi_callback_info info, size_t want, uint32_t *out) {
+  napi_value argv[8];
+  size_t argc = 8;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return 0;
+  for (size_t i = 0; i < want; i++) {
+    if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) return 0;
+  }
+  return 1;
+}
+
+/** bind(view) → handle: the memory that `view` (a Uint8Array at offset 0) spans. Main thread only. */
+static napi_value Bind(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *data;
+  napi_value buffer;
+  if (argc < 1 || napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok || offset != 0) {
+    return throw_error(env, "bind expects a Uint8Array over the whole memory");
+  }
+  int id = 0;
+  while (id < memories && bases[id] != data) id++;
+  if (id == memories) {
+    if (memories == MAX_MEMORIES) return throw_error(env, "too many memories bound");
+    bases[memories] = (uint8_t *)data;
+    __atomic_store_n(&memories, memories + 1, __ATOMIC_RELEASE);
+  }
+  napi_value handle;
+  napi_create_uint32(env, (uint32_t)id, &handle);
+  return handle;
+}
+
+/** The base address for a handle, or NULL. */
+static uint8_t *memory_base(uint32_t id) {
+  return id < (uint32_t)__atomic_load_n(&memories, __ATOMIC_ACQUIRE) ? bases[id] : NULL;
+}
+
+/** matvec(memory, out, w, x, n, d) */
+static napi_value Matvec(napi_env env, napi_callback_info info) {
+  uint32_t a[6];
+  uint8_t *base = read_args(env, info, 6, a) ? memory_base(a[0]) : NULL;
+  if (!base) return throw_error(env, "matvec(memory, out, w, x, n, d): bad arguments");
+  float *out = (float *)(base + a[1]);
+  const float *w = (const float *)(base + a[2]), *x = (const float *)(base + a[3]);
+#if defined(__x86_64__)
+  if (use_avx512) {
+    matvec_avx512(out, w, x, (int)a[4], (int)a[5]);
+    return NULL;
+  }
+#endif
+  matvec_portable(out, w, x, (int)a[4], (int)a[5]);
+  return NULL;
+}
+
+/** matvecQ8(memory, out, wq, wd, xq, xd, n, d) */
+static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
+  uint32_t a[8];
+  uint8_t *base = read_args(env, info, 8, a) ? memory_base(a[0]) : NULL;
+  if (!base || a[6] % Q8_BLOCK != 0) return throw_error(env, "matvecQ8(memory, out, wq, wd, xq, xd, n, d): bad arguments");
+  float *out = (float *)(base + a[1]);
+  const uint8_t *wq = base + a[2];
+  const float *wd = (const float *)(base + a[3]);
+  const int8_t *xq = (const int8_t *)(base + a[4]);
+  const float *xd = (const float *)(base + a[5]);
+#if defined(__x86_64__)
+  if (use_avx512vnni) {
+    matvec_q8_vnni(out, wq, wd, xq, xd, (int)a[6], (int)a[7]);
+    return NULL;
+  }
+#endif
+  matvec_q8_portable(out, wq, wd, xq, xd, (int)a[6], (int)a[7]);
+  return NULL;
+}
+
+/** Which instruction set each kernel uses on this CPU. */
+static napi_value Features(napi_env env, napi_callback_info info) {
+  (void)info;
+  const char *text = use_avx512vnni ? "avx512 avx512vnni" : use_avx512 ? "avx512" : "portable";
+  napi_value result;
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &result);
+  return result;
+}
+
+static void detect(bool portable) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  use_avx512 = !portable && __builtin_cpu_supports("avx512f");
+  use_avx512vnni = use_avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512vnni");
+#else
+  (void)portable;
+#endif
+}
+
+/** setPortable(true) forces the portable loops (for the tests that compare the two). */
+static napi_value SetPortable(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  bool portable = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc > 0) napi_get_value_bool(env, argv[0], &portable);
+  detect(portable);
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  detect(false);
+  napi_property_descriptor props[] = {
+    {"bind", NULL, Bind, NULL, NULL, NULL, napi_default, NULL},
+    {"matvec", NULL, Matvec, NULL, NULL, NULL, napi_default, NULL},
+    {"matvecQ8", NULL, MatvecQ8, NULL, NULL, NULL, napi_default, NULL},
+    {"features", NULL, Features, NULL, NULL, NULL, napi_default, NULL},
+    {"setPortable", NULL, SetPortable, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}

@@ -1,0 +1,26 @@
+// The optional native kernels (native/verity_kernels.c), built by node-gyp at install.
+import { createRequire } from 'node:module';
+
+export interface NativeKernels {
+  /** A handle for the shared memory that `view` spans. */
+  bind(view: Uint8Array): number;
+  matvec(memory: number, out: number, w: number, x: number, n: number, d: number): void;
+  matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number): void;
+  /** The instruction sets in use, e.g. "avx512 avx512vnni", or "portable". */
+  features(): string;
+  /** Forces the portable C loops (true) or the CPU's best (false). */
+  setPortable(portable: boolean): void;
+}
+
+let loaded: NativeKernels | null | undefined;
+
+export function nativeKernels(): NativeKernels | null {
+  if (loaded === undefined) {
+    try {
+      loaded = createRequire(import.meta.url)('../../../../build/Release/verity_kernels.node') as NativeKernels;
+    } catch {
+      loaded = null;
+    }
+  }
+  return loaded;
+}
