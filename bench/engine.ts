@@ -1,47 +1,142 @@
-// npm run bench:engine — Verity's engine speed on a random-weight model of the stories15M shape
-// (greedy, 200+ generated tokens after a warm-up), for each kernel build.
+// npm run bench:engine — Verity against llama.cpp (node-llama-cpp, installed by this script into
+// bench/.peer, CPU binary only) on the same random-weight GGUF files of the stories15M and
+// stories110M shapes, F32 and Q8_0, greedy, 1 and 2 threads, 200 generated tokens after a
+// warm-up. Each engine runs in its own process; the best of several runs counts for both.
+//   npm run bench:engine [-- --shapes stories15M,stories110M --rounds 2 --tokens 200]
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { loadModel, KERNEL_PATHS, type KernelPath, type Model } from '../src/engine/index.js';
-import { runTimed, type TimedRun } from '../src/client/timed-run.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Presets, SingleBar } from 'cli-progress';
+import { ggufFromModel, loadModel, nativeKernels, defaultKernelPath, writeGguf } from '../src/engine/index.js';
 import { SHAPES, writeRandomLlama2c } from './random-model.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const tokenizer = join(root, '..', 'shared', 'models', 'llama2-tokenizer.bin');
-const PROMPT = 'Once upon a time';
-const STEPS = 220;
+const modelsDir = join(root, 'bench', '.models');
+const peerDir = join(root, 'bench', '.peer');
+
+const { values: opt } = parseArgs({
+  options: {
+    shapes: { type: 'string', default: 'stories15M,stories110M' },
+    rounds: { type: 'string', default: '2' },
+    runs: { type: 'string', default: '2' },
+    tokens: { type: 'string', default: '200' },
+    threads: { type: 'string', default: '1,2' },
+  },
+});
+const shapes = opt.shapes.split(',');
+const threadCounts = opt.threads.split(',').map(Number);
+const FORMATS = ['f32', 'q8_0'] as const;
+
+interface Measurement {
+  tokensPerSecond: number;
+  peakRssBytes?: number;
+  weightBytes?: number;
+  fingerprint?: string;
+}
 
 function cpuFlags(): string {
   try {
-    const info = readFileSync('/proc/cpuinfo', 'utf8');
-    const flags = /^flags\s*:\s*(.*)$/m.exec(info)?.[1].split(' ') ?? [];
-    return flags.filter((f) => /^(avx|avx2|avx512f|avx512bw|avx512vl|fma|sse4_2|neon|asimd)$/.test(f)).join(' ');
+    const flags = /^flags\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].split(' ') ?? [];
+    return flags.filter((f) => /^(sse4_2|avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|amx_int8)$/.test(f)).join(' ');
   } catch {
     return 'unknown';
   }
 }
 
-async function measure(model: Model, kernels: KernelPath, steps: number): Promise<TimedRun> {
-  return runTimed(model, { prompt: PROMPT, steps, sampling: { temperature: 0, topp: 0.9 }, seed: 1n, kernels });
+/** Random-weight GGUF files of a shape, F32 and Q8_0, cached in bench/.models. */
+function ensureModels(shape: string): Record<(typeof FORMATS)[number], string> {
+  const paths = { f32: join(modelsDir, `${shape}-f32.gguf`), q8_0: join(modelsDir, `${shape}-q8_0.gguf`) };
+  if (existsSync(paths.f32) && existsSync(paths.q8_0)) return paths;
+  mkdirSync(modelsDir, { recursive: true });
+  const bin = join(tmpdir(), `verity-bench-${process.pid}-${shape}.bin`);
+  try {
+    writeRandomLlama2c(bin, SHAPES[shape], 1);
+    const model = loadModel(bin, { tokenizer });
+    for (const format of FORMATS) {
+      const contents = ggufFromModel(model, { type: format, name: `${shape}-random` });
+      const bar = new SingleBar({ format: `  writing ${shape}-${format}.gguf [{bar}] {value}/{total} tensors`, stream: process.stderr }, Presets.shades_classic);
+      bar.start(contents.tensors.length, 0);
+      writeGguf(paths[format], contents, (i) => bar.update(i + 1));
+      bar.stop();
+    }
+  } finally {
+    rmSync(bin, { force: true });
+  }
+  return paths;
 }
 
-const dir = mkdtempSync(join(tmpdir(), 'verity-bench-'));
-try {
-  const path = join(dir, 'stories15M-random.bin');
-  const bytes = writeRandomLlama2c(path, SHAPES.stories15M, 15);
-  const model = loadModel(path, { tokenizer });
-  console.log(`machine: ${cpus().length} cores, ${cpus()[0]?.model ?? 'unknown cpu'}; flags: ${cpuFlags()}; node ${process.version}`);
-  console.log(`model: stories15M shape (random weights, ${(bytes / 2 ** 20).toFixed(1)} MiB f32), greedy, ${STEPS} positions, prompt "${PROMPT}"`);
-  console.log('');
-  console.log('kernels  threads  positions  tok/s    fingerprint');
-  for (const kernels of KERNEL_PATHS) {
-    await measure(model, kernels, 16); // warm-up: compile and settle the JIT
-    const { tokensPerSecond, fingerprint, summary } = await measure(model, kernels, STEPS);
-    const row = [kernels.padEnd(8), '1'.padEnd(8), String(summary.positions).padEnd(10), tokensPerSecond.toFixed(1).padEnd(8)];
-    console.log(`${row.join(' ')} ${fingerprint.slice(0, 16)}…`);
-  }
-} finally {
-  rmSync(dir, { recursive: true, force: true });
+function runJson(args: string[]): Promise<Measurement | null> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, args, { cwd: root, timeout: 600_000, maxBuffer: 1 << 24 }, (error, stdout, stderr) => {
+      const line = stdout.trim().split('\n').at(-1);
+      if (error || !line) {
+        process.stderr.write(`  ${args[0]} failed: ${(stderr || String(error)).trim().split('\n').at(-1)}\n`);
+        resolve(null);
+        return;
+      }
+      resolve(JSON.parse(line) as Measurement);
+    });
+  });
 }
+
+const best = (a: Measurement | null, b: Measurement | null): Measurement | null =>
+  !a ? b : !b ? a : b.tokensPerSecond > a.tokensPerSecond ? { ...b, peakRssBytes: Math.max(a.peakRssBytes ?? 0, b.peakRssBytes ?? 0) } : { ...a, peakRssBytes: Math.max(a.peakRssBytes ?? 0, b.peakRssBytes ?? 0) };
+
+async function main(): Promise<void> {
+  const native = nativeKernels();
+  console.log(`machine: ${cpus().length} cores, ${cpus()[0]?.model.trim() ?? 'unknown cpu'}; node ${process.version}`);
+  console.log(`cpu flags: ${cpuFlags()}`);
+  console.log(`verity kernels: ${defaultKernelPath()}${native ? ` (${native.features()})` : ''}`);
+
+  let peer = true;
+  try {
+    const { installPeer } = (await import(pathToFileURL(join(root, 'bench', 'peer', 'install.mjs')).href)) as { installPeer(dir: string): Promise<void> };
+    await installPeer(peerDir);
+  } catch (e) {
+    peer = false;
+    console.log(`llama.cpp peer unavailable (${e instanceof Error ? e.message : String(e)}): Verity alone`);
+  }
+
+  const rows: string[][] = [];
+  const bestOf = new Map<string, { verity: number; peer: number }>();
+  for (const shape of shapes) {
+    const files = ensureModels(shape);
+    for (const format of FORMATS) {
+      for (const threads of threadCounts) {
+        const common = ['--model', files[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt.runs];
+        let verity: Measurement | null = null;
+        let llama: Measurement | null = null;
+        for (let round = 0; round < Number(opt.rounds); round++) {
+          verity = best(verity, await runJson([join('dist', 'bench', 'verity-run.js'), ...common]));
+          if (peer) llama = best(llama, await runJson([join('bench', 'peer', 'llama-cpp-run.mjs'), '--peer-dir', peerDir, ...common]));
+        }
+        const v = verity?.tokensPerSecond ?? NaN;
+        const l = llama?.tokensPerSecond ?? NaN;
+        const rss = verity?.peakRssBytes ?? NaN;
+        const weights = verity?.weightBytes ?? NaN;
+        rows.push([shape, format.toUpperCase(), String(threads), v.toFixed(1), peer ? l.toFixed(1) : '-', peer ? (v / l).toFixed(2) : '-', `${(rss / 2 ** 20).toFixed(0)} MB (${(rss / weights).toFixed(2)}× weights)`, verity?.fingerprint?.slice(0, 12) ?? '-']);
+        const key = `${shape} ${format.toUpperCase()}`;
+        const prev = bestOf.get(key) ?? { verity: 0, peer: 0 };
+        bestOf.set(key, { verity: Math.max(prev.verity, v), peer: Math.max(prev.peer, l) });
+        printTable(rows);
+      }
+    }
+  }
+  console.log('\nbest vs best (each engine at its best thread count):');
+  for (const [key, b] of bestOf) console.log(`  ${key.padEnd(18)} Verity ${b.verity.toFixed(1)}  llama.cpp ${peer ? b.peer.toFixed(1) : '-'}  ratio ${peer ? (b.verity / b.peer).toFixed(2) : '-'}`);
+}
+
+let printed = 0;
+function printTable(rows: string[][]): void {
+  const header = ['model', 'format', 'threads', 'Verity tok/s', 'llama.cpp tok/s', 'ratio', 'Verity peak RSS', 'fingerprint'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
+  if (printed === 0) console.log(`\n${line(header)}`);
+  for (; printed < rows.length; printed++) console.log(line(rows[printed]));
+}
+
+await main();

@@ -12,6 +12,7 @@ import {
   ModelFileError,
   CHUNK_BYTES,
   canonicalTensors,
+  storedTensors,
   detectFormat,
   loadModel,
   modelIdentity,
@@ -24,6 +25,7 @@ import {
   type Model,
 } from '../engine/index.js';
 import { parseRunFlags, type RunFlags } from './run-flags.js';
+import { tuneRuntime } from './runtime.js';
 import { runTimed } from './timed-run.js';
 
 function load(modelPath: string, tokenizer: string | undefined): Model {
@@ -70,8 +72,9 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
   const c = model.config;
   const tensors = canonicalTensors(c, model.weights);
   const shared = model.weights.classifier === model.weights.tokenEmbedding;
-  const stored = shared ? tensors.filter((t) => t.name !== 'output.weight') : tensors;
-  const parameters = stored.reduce((n, t) => n + t.bytes / 4, 0);
+  const stored = storedTensors(c, model.weights);
+  const parameters = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+  const weightBytes = stored.reduce((n, t) => n + t.bytes, 0);
   const id = modelIdentity(model);
   const info = {
     file: modelPath,
@@ -80,7 +83,7 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
     config: c,
     classifier: shared ? 'shared with the token embedding' : 'separate',
     parameters,
-    weightBytes: parameters * 4,
+    weightBytes,
     tokenizer: { vocabSize: model.tokenizer.vocab.length, bosId: model.tokenizer.bosId, eosId: model.tokenizer.eosId },
     tensors: tensors.map((t) => ({ name: t.name, shape: t.shape, bytes: t.bytes })),
     ...id,
@@ -96,7 +99,7 @@ function inspectCommand(modelPath: string, options: { tokenizer?: string; json?:
     row('', `vocab ${c.vocabSize}, seq_len ${c.seqLen}, rms eps ${shortestF32(c.normEps)}, rope theta ${shortestF32(c.ropeTheta)}`),
     row('classifier', info.classifier),
     row('parameters', parameters.toLocaleString('en-US')),
-    row('weight bytes', `${info.weightBytes.toLocaleString('en-US')} (f32)`),
+    row('weight bytes', `${weightBytes.toLocaleString('en-US')} (${[...new Set(stored.map((t) => t.dtype))].join(', ')})`),
     row('tokenizer', `${info.tokenizer.vocabSize} tokens, bos ${info.tokenizer.bosId}, eos ${info.tokenizer.eosId}`),
     row('tensors', `${tensors.length}, in canonical order:`),
     ...tensors.map((t) => `  ${t.name.padEnd(28)} [${t.shape.join(', ')}]`),
@@ -171,6 +174,7 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  tuneRuntime();
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {

@@ -2,7 +2,7 @@
 // re-executable steps, run.c-exact tokenizer and sampler, and the model's content id.
 export { EngineError, ModelFileError } from './errors.js';
 export { loadModel, detectFormat, type LoadOptions } from './load/index.js';
-export { canonicalTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
+export { canonicalTensors, storedTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
 export { GGML_TYPE, ggufBytes, ggufFromModel, writeGguf, type ExportType, type GgufContents, type GgufExportOptions } from './load/gguf-write.js';
 export { dequantizeQ8_0, f16ToF32, f32ToF16, quantizeQ8_0 } from './quantize.js';
 export { createArena, type Arena, type Ptr } from './memory.js';

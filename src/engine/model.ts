@@ -109,6 +109,12 @@ export function canonicalTensors(config: ModelConfig, weights: Weights): TensorR
   return list;
 }
 
+/** The tensors a file stores: the canonical list without the classifier when it is shared. */
+export function storedTensors(config: ModelConfig, weights: Weights): TensorRef[] {
+  const shared = weights.classifier === weights.tokenEmbedding;
+  return canonicalTensors(config, weights).filter((t) => !(shared && t.name === 'output.weight'));
+}
+
 /** Checks the shape relations every loader relies on; returns a problem or null. */
 export function configProblem(c: ModelConfig): string | null {
   const positive = ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'vocabSize', 'seqLen'] as const;

@@ -1,7 +1,7 @@
 // Writes GGUF v3 files: used to export models (random-weight benchmark models, conversions) and
 // by the tests to build well-formed and deliberately malformed files.
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { Q8_BLOCK, canonicalTensors, matrixBytes, type DType, type Model, type TensorRef } from '../model.js';
+import { Q8_BLOCK, matrixBytes, storedTensors, type DType, type Model, type TensorRef } from '../model.js';
 import { dequantizeQ8_0, f32ToF16, quantizeQ8_0 } from '../quantize.js';
 import { toSentencePiece } from './gguf.js';
 
@@ -181,10 +181,7 @@ export function ggufFromModel(model: Model, options: GgufExportOptions = {}): Gg
     ['tokenizer.ggml.bos_token_id', { type: 'u32', value: t.bosId }],
     ['tokenizer.ggml.eos_token_id', { type: 'u32', value: t.eosId }],
   ];
-  const shared = model.weights.classifier === model.weights.tokenEmbedding;
-  const tensors = canonicalTensors(c, model.weights)
-    .filter((ref) => !(shared && ref.name === 'output.weight'))
-    .map((ref) => tensorData(model, ref, options.type ?? 'f32'));
+  const tensors = storedTensors(c, model.weights).map((ref) => tensorData(model, ref, options.type ?? 'f32'));
   return { metadata, tensors };
 }
 
