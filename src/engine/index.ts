@@ -14,7 +14,7 @@ export { nativeKernels } from './numerics/native.js';
 export { createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
 export { randomF32, rngNext, sampleArgmax, sampleMult, sampleToken, sampleTopp, type SamplingParams } from './sampler.js';
 export {
-  classify, closeThreads, createSession, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
+  classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
   type HeadStepInput, type LayerStepInput, type LayerStepOutput, type Session, type SessionOptions,
 } from './steps.js';
 export { generate, type GenerateRequest, type GeneratedToken, type GenerationSummary, type StepObserver } from './generate.js';

@@ -28,8 +28,9 @@ export interface Session {
   /** Q8_0 activations: int8 values and one f32 scale per block of 32 (for any input length). */
   readonly xq: Ptr;
   readonly xd: Ptr;
-  /** Worker threads sharing the matrix products and attention; null when single-threaded. */
-  readonly pool: ThreadPool | null;
+  /** Threads for the matrix products and attention (workers start on the first large one). */
+  readonly threads: number;
+  readonly kernelPath: KernelPath;
   /** Per layer: maxPositions rows of kvDim floats (0 for layers this session does not run). */
   readonly keys: Ptr[];
   readonly values: Ptr[];
@@ -48,9 +49,19 @@ export interface SessionOptions {
 
 const pools = new WeakMap<Model, Map<string, ThreadPool>>();
 
+/**
+ * Below this many multiply-adds an operation runs on the calling thread: waking workers costs a
+ * few microseconds, more than small products take (all of stories260K runs unthreaded).
+ */
+const PARALLEL_MIN_WORK = 1 << 16;
+
+/** The session's worker pool for an operation of `work` multiply-adds, or null to run it here. */
+function poolFor(s: Session, work: number): ThreadPool | null {
+  return s.threads > 1 && work >= PARALLEL_MIN_WORK ? threadPool(s.model, s.kernelPath, s.threads) : null;
+}
+
 /** Thread pools live as long as their model and are shared by its sessions. */
-function threadPool(model: Model, path: KernelPath, threads: number): ThreadPool | null {
-  if (threads === 1) return null;
+function threadPool(model: Model, path: KernelPath, threads: number): ThreadPool {
   const byKey = pools.get(model) ?? new Map<string, ThreadPool>();
   pools.set(model, byKey);
   const key = `${path}:${threads}`;
@@ -60,6 +71,11 @@ function threadPool(model: Model, path: KernelPath, threads: number): ThreadPool
     byKey.set(key, pool);
   }
   return pool;
+}
+
+/** How many worker pools the model has started (operations large enough to split start one). */
+export function threadPoolCount(model: Model): number {
+  return pools.get(model)?.size ?? 0;
 }
 
 /** Stops the model's worker threads (they do not keep the process alive, but a daemon may want them gone). */
@@ -98,7 +114,8 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     ropeTable: floats(c.headSize),
     xq: arena.alloc(widest),
     xd: floats(Math.ceil(widest / Q8_BLOCK)),
-    pool: threadPool(model, kernels, threads),
+    threads,
+    kernelPath: kernels,
     keys: cache(),
     values: cache(),
     ropePosition: -1,
@@ -128,7 +145,8 @@ export function embed(s: Session, token: number): void {
 function matvecs(s: Session, x: Ptr, n: number, jobs: MatvecJob[]): void {
   const k = s.kernels;
   if (jobs.some((j) => j.w.dtype === 'q8_0')) k.quantizeQ8(s.xq, s.xd, x, n);
-  if (s.pool) return s.pool.matvecs(x, s.xq, s.xd, n, jobs);
+  const pool = poolFor(s, n * jobs.reduce((rows, j) => rows + j.rows, 0));
+  if (pool) return pool.matvecs(x, s.xq, s.xd, n, jobs);
   for (const { out, w, rows } of jobs) {
     if (w.dtype === 'q8_0') k.matvecQ8(out, w.ptr, w.scales, s.xq, s.xd, n, rows);
     else k.matvec(out, w.ptr, x, n, rows);
@@ -166,8 +184,9 @@ export function layerStep(s: Session, layer: number, pos: number): void {
   k.canonicalizeNaN(key, kvDim);
   k.canonicalizeNaN(value, kvDim);
   const attStride = 4 * s.maxPositions;
-  if (s.pool) {
-    s.pool.attention({ out: s.xb, q: s.q, keys: s.keys[layer], values: s.values[layer], att: s.att, attStride, pos, nHeads, nKvHeads, headSize });
+  const pool = poolFor(s, 2 * nHeads * (pos + 1) * headSize);
+  if (pool) {
+    pool.attention({ out: s.xb, q: s.q, keys: s.keys[layer], values: s.values[layer], att: s.att, attStride, pos, nHeads, nKvHeads, headSize });
   } else {
     k.attention(s.xb, s.q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize, 0, nHeads);
   }

@@ -13,6 +13,7 @@ import {
   instantiateKernels,
   loadModel,
   nativeKernels,
+  threadPoolCount,
   writeGguf,
   type GenerateRequest,
   type Kernels,
@@ -35,22 +36,27 @@ test('fingerprints are equal across 1, 2 and 4 threads and every kernel build, F
     const f32 = loadModel(stories260K, { tokenizer: tok512 });
     const q8Path = join(dir, 'q8.gguf');
     writeGguf(q8Path, ggufFromModel(f32, { type: 'q8_0' }));
-    // Shapes with partial groups of Q8_0 blocks (96 = 3 blocks, 160 = 5) and a separate classifier.
-    const oddPath = join(dir, 'odd.bin');
-    writeRandomLlama2c(oddPath, { dim: 96, hiddenDim: 160, nLayers: 2, nHeads: 6, nKvHeads: 3, vocabSize: 512, seqLen: 64, separateClassifier: true }, 4);
-    const odd = loadModel(oddPath, { tokenizer: tok512 });
-    const oddQ8Path = join(dir, 'odd-q8.gguf');
-    writeGguf(oddQ8Path, ggufFromModel(odd, { type: 'q8_0' }));
-    const models = { f32, q8: loadModel(q8Path), odd, oddQ8: loadModel(oddQ8Path) };
+    // Matrices large enough to be split among threads (stories260K's are not), with tails: rows of
+    // 264 and 520 floats; for Q8_0, rows of 8 and 17 blocks (a partial group of 16) — and a
+    // separate classifier. 150 positions make attention large enough to be split too.
+    const widePath = join(dir, 'wide.bin');
+    writeRandomLlama2c(widePath, { dim: 264, hiddenDim: 520, nLayers: 2, nHeads: 6, nKvHeads: 3, vocabSize: 512, seqLen: 256, separateClassifier: true }, 4);
+    const wideQ8Source = join(dir, 'wide-q8-source.bin');
+    writeRandomLlama2c(wideQ8Source, { dim: 256, hiddenDim: 544, nLayers: 2, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 256 }, 5);
+    const wideQ8Path = join(dir, 'wide-q8.gguf');
+    writeGguf(wideQ8Path, ggufFromModel(loadModel(wideQ8Source, { tokenizer: tok512 }), { type: 'q8_0' }));
+    const models = { f32, q8: loadModel(q8Path), wide: loadModel(widePath, { tokenizer: tok512 }), wideQ8: loadModel(wideQ8Path) };
     assert.equal(models.q8.weights.layers[0].wq.dtype, 'q8_0');
-    assert.equal(models.oddQ8.weights.classifier.dtype, 'q8_0');
+    assert.equal(models.wideQ8.weights.layers[1].w2.dtype, 'q8_0');
     const prints = new Map<string, Set<string>>();
     for (const [name, model] of Object.entries(models)) {
       const seen = new Set<string>();
+      const steps = name.startsWith('wide') ? 150 : request.steps;
       for (const kernels of availableKernelPaths()) {
-        for (const threads of [1, 2, 4]) seen.add(fingerprint(model, { ...request, kernels, threads }));
+        for (const threads of [1, 2, 4]) seen.add(fingerprint(model, { ...request, steps, kernels, threads }));
       }
       prints.set(name, seen);
+      if (name.startsWith('wide')) assert.ok(threadPoolCount(model) > 0, `${name} ran on worker threads`);
       closeThreads(model);
     }
     for (const [name, seen] of prints) assert.equal(seen.size, 1, `${name}: ${[...seen].join(' ')}`);
