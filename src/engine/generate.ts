@@ -7,14 +7,19 @@ import type { SamplingParams } from './sampler.js';
 import { createSession, disposeSession, embed, headStep, keyRow, layerStep, valueRow } from './steps.js';
 import { decodePiece, encode } from './tokenizer.js';
 
-/** Sees every step's outputs, in the canonical order (position, layer; then the head step). */
+/**
+ * Sees every step's outputs, in the canonical order (position, layer; then the head step). The
+ * layer outputs are live views of the session's memory, and `head` may return a token to use
+ * instead of the sampled one: the dispute simulator plays a dishonest node that way.
+ */
 export interface StepObserver {
   layer?(pos: number, layer: number, out: { x: Float32Array; key: Float32Array; value: Float32Array }): void;
-  head?(pos: number, token: number, rngState: bigint): void;
+  head?(pos: number, token: number, rngState: bigint): number | void;
 }
 
 export interface GenerateRequest {
-  prompt: string | Uint8Array;
+  /** Text to encode (BOS is prepended), or the prompt's tokens as they are (BOS included). */
+  prompt: string | Uint8Array | number[];
   /** Positions to run, prompt included (run.c's -n), 1..seq_len. */
   steps: number;
   sampling: SamplingParams;
@@ -47,7 +52,10 @@ export function* generate(model: Model, request: GenerateRequest): Generator<Gen
   if (!Number.isInteger(steps) || steps < 1 || steps > config.seqLen) {
     throw new EngineError(`steps must be an integer in 1..${config.seqLen} (the model's seq_len), got ${steps}`);
   }
-  const promptTokens = encode(tokenizer, request.prompt, true, false);
+  const promptTokens = Array.isArray(request.prompt) ? request.prompt : encode(tokenizer, request.prompt, true, false);
+  if (promptTokens.length === 0 || promptTokens.some((t) => !Number.isInteger(t) || t < 0 || t >= config.vocabSize)) {
+    throw new EngineError(`prompt tokens must be 1 or more ids below the vocabulary size ${config.vocabSize}`);
+  }
   if (promptTokens.length > config.seqLen) {
     throw new EngineError(`prompt too long: ${promptTokens.length} tokens, the model's context is ${config.seqLen}`);
   }
@@ -71,7 +79,7 @@ export function* generate(model: Model, request: GenerateRequest): Generator<Gen
       if (pos < promptTokens.length - 1) next = promptTokens[pos + 1];
       else {
         ({ token: next, rngState } = headStep(s, sampling, rngState));
-        observer?.head?.(pos, next, rngState);
+        next = observer?.head?.(pos, next, rngState) ?? next;
       }
       pos++;
       if (next === tokenizer.bosId) break;

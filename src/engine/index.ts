@@ -2,7 +2,7 @@
 // re-executable steps, run.c-exact tokenizer and sampler, and the model's content id.
 export { EngineError, ModelFileError } from './errors.js';
 export { loadModel, detectFormat, type LoadOptions } from './load/index.js';
-export { canonicalTensors, storedTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
+export { Q8_BLOCK, Q8_BLOCK_BYTES, canonicalTensors, storedTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
 export { GGML_TYPE, ggufBytes, ggufFromModel, writeGguf, type ExportType, type GgufContents, type GgufExportOptions } from './load/gguf-write.js';
 export { dequantizeQ8_0, f16ToF32, f32ToF16, quantizeQ8_0 } from './quantize.js';
 export { createArena, type Arena, type Ptr } from './memory.js';
@@ -12,12 +12,17 @@ export {
 } from './numerics/index.js';
 export { nativeKernels } from './numerics/native.js';
 export { createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
-export { randomF32, rngNext, sampleArgmax, sampleMult, sampleToken, sampleTopp, type SamplingParams } from './sampler.js';
+export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {
   classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
   type HeadStepInput, type LayerStepInput, type LayerStepOutput, type Session, type SessionOptions,
 } from './steps.js';
 export { generate, type GenerateRequest, type GeneratedToken, type GenerationSummary, type StepObserver } from './generate.js';
 export { createFingerprint, headOutputBytes, layerOutputBytes } from './fingerprint.js';
-export { CHUNK_BYTES, MODEL_ID_VERSION, canonicalConfig, canonicalTokenizer, modelIdentity, type ModelIdentity } from './model-id.js';
-export { leafHash, merkleRoot, nodeHash, toHex, type Hash } from './merkle.js';
+export {
+  CHUNK_BYTES, MODEL_ID_VERSION, canonicalConfig, canonicalTokenizer, chunkLayout, modelIdentity, parseCanonicalConfig,
+  parseCanonicalTokenizer, tensorChunkLeaves, tensorSpecBytes,
+  type CanonicalConfig, type ModelIdentity, type TensorLeaves, type TensorSpec,
+} from './model-id.js';
+export { leafHash, merkleRoot, nodeHash, rangeProof, rootFromRange, toHex, type Hash } from './merkle.js';
+export { assembleModel, createSparseModel, type SparseModel } from './load/parts.js';

@@ -2,9 +2,13 @@
 // canonical order (model.ts canonicalTensors) cut into CHUNK_BYTES pieces. It depends on what the
 // model computes, not on the file format that carried it. See docs/model-id.md.
 import { createHash } from 'node:crypto';
-import { canonicalTensors, type Model } from './model.js';
+import { EngineError } from './errors.js';
+import {
+  Q8_BLOCK, canonicalTensors, configProblem, deriveConfig, f32Matrix, matrixBytes,
+  type DType, type Model, type ModelConfig, type Weights,
+} from './model.js';
 import { leafHash, merkleRoot, toHex, type Hash } from './merkle.js';
-import type { Tokenizer } from './tokenizer.js';
+import { createTokenizer, type Tokenizer } from './tokenizer.js';
 
 export const MODEL_ID_VERSION = 'verity-model/1';
 /** Arweave's chunk size, so that a published model's chunks are its storage chunks. */
@@ -32,7 +36,7 @@ export function canonicalConfig(model: Model): Uint8Array {
     norm_eps: f32Hex(c.normEps),
     rope_theta: f32Hex(c.ropeTheta),
     chunk_bytes: CHUNK_BYTES,
-    tensors: canonicalTensors(c, model.weights).map((t) => ({ name: t.name, dtype: 'f32', shape: t.shape })),
+    tensors: canonicalTensors(c, model.weights).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })),
   };
   return new TextEncoder().encode(JSON.stringify(doc));
 }
@@ -64,6 +68,7 @@ export interface ModelIdentity {
   chunks: number;
 }
 
+/** Leaf hashes of every tensor chunk, in canonical order (leaves 2.. of the model tree). */
 export function tensorChunkLeaves(model: Model): Hash[] {
   const leaves: Hash[] = [];
   for (const t of canonicalTensors(model.config, model.weights)) {
@@ -86,4 +91,120 @@ export function modelIdentity(model: Model): ModelIdentity {
     weightsRoot: toHex(merkleRoot(chunks)),
     chunks: chunks.length,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the canonical encodings back: a referee or a downloader rebuilds a model (or the part of
+// it a step needs) from the leaves it verified against the model id.
+
+export interface TensorSpec {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+export interface CanonicalConfig {
+  config: ModelConfig;
+  tensors: TensorSpec[];
+  chunkBytes: number;
+}
+
+const fromF32Hex = (hex: unknown): number => {
+  if (typeof hex !== 'string' || !/^0x[0-9a-f]{8}$/.test(hex)) throw new EngineError(`bad model config: ${String(hex)} is not an f32 bit pattern`);
+  const b = new DataView(new ArrayBuffer(4));
+  b.setUint32(0, parseInt(hex.slice(2), 16));
+  return b.getFloat32(0);
+};
+
+export function parseCanonicalConfig(bytes: Uint8Array): CanonicalConfig {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes)) as Record<string, unknown>;
+  } catch {
+    throw new EngineError('bad model config: not JSON');
+  }
+  if (doc.version !== MODEL_ID_VERSION || doc.architecture !== 'llama') throw new EngineError(`bad model config: version ${String(doc.version)}`);
+  const int = (key: string): number => {
+    const v = doc[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new EngineError(`bad model config: ${key}`);
+    return v;
+  };
+  const config = deriveConfig({
+    dim: int('dim'),
+    hiddenDim: int('hidden_dim'),
+    nLayers: int('n_layers'),
+    nHeads: int('n_heads'),
+    nKvHeads: int('n_kv_heads'),
+    vocabSize: int('vocab_size'),
+    seqLen: int('seq_len'),
+    normEps: fromF32Hex(doc.norm_eps),
+    ropeTheta: fromF32Hex(doc.rope_theta),
+  });
+  const problem = configProblem(config);
+  if (problem) throw new EngineError(`bad model config: ${problem}`);
+  const tensors = doc.tensors as TensorSpec[];
+  const expected = canonicalTensors(config, placeholderWeights(config.nLayers));
+  const valid =
+    Array.isArray(tensors) &&
+    tensors.length === expected.length &&
+    tensors.every(
+      (t, i) =>
+        typeof t === 'object' && t !== null && Array.isArray(t.shape) &&
+        t.name === expected[i].name &&
+        (t.dtype === 'f32' || (t.dtype === 'q8_0' && t.shape.length === 2 && t.shape[1] % Q8_BLOCK === 0)) &&
+        JSON.stringify(t.shape) === JSON.stringify(expected[i].shape),
+    );
+  if (!valid) throw new EngineError('bad model config: the tensor list does not match the shapes');
+  return { config, tensors: tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })), chunkBytes: int('chunk_bytes') };
+}
+
+function placeholderWeights(layers: number): Weights {
+  const m = f32Matrix(0);
+  const layer = { attnNorm: 0, wq: m, wk: m, wv: m, wo: m, ffnNorm: 0, w1: m, w2: m, w3: m };
+  return { tokenEmbedding: m, layers: Array.from({ length: layers }, () => layer), finalNorm: 0, classifier: m };
+}
+
+export function parseCanonicalTokenizer(bytes: Uint8Array): Tokenizer {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const fail = (): never => {
+    throw new EngineError('bad tokenizer encoding');
+  };
+  if (bytes.length < 12) fail();
+  const size = view.getUint32(0, true);
+  const vocab: Uint8Array[] = [];
+  const scores = new Float32Array(size);
+  let at = 12;
+  for (let i = 0; i < size; i++) {
+    if (at + 8 > bytes.length) fail();
+    scores[i] = view.getFloat32(at, true);
+    const len = view.getUint32(at + 4, true);
+    if (at + 8 + len > bytes.length) fail();
+    vocab.push(bytes.slice(at + 8, at + 8 + len));
+    at += 8 + len;
+  }
+  if (at !== bytes.length || view.getUint32(4, true) >= size || view.getUint32(8, true) >= size) fail();
+  return createTokenizer(vocab, scores, view.getUint32(4, true), view.getUint32(8, true));
+}
+
+export const tensorSpecBytes = (t: TensorSpec): number =>
+  t.shape.length === 2 ? matrixBytes(t.dtype, t.shape[0], t.shape[1]) : matrixBytes(t.dtype, 1, t.shape[0]);
+
+export interface TensorLeaves extends TensorSpec {
+  /** Index of the tensor's first chunk in the model tree (leaf 0 is the config, 1 the tokenizer). */
+  firstLeaf: number;
+  chunks: number;
+  bytes: number;
+}
+
+/** Where each tensor's chunks sit among the model tree's leaves, and the number of leaves. */
+export function chunkLayout(c: CanonicalConfig): { leaves: number; tensors: TensorLeaves[] } {
+  let next = 2;
+  const tensors = c.tensors.map((t) => {
+    const bytes = tensorSpecBytes(t);
+    const chunks = Math.ceil(bytes / c.chunkBytes);
+    const entry = { ...t, firstLeaf: next, chunks, bytes };
+    next += chunks;
+    return entry;
+  });
+  return { leaves: next, tensors };
 }

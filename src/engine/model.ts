@@ -56,7 +56,8 @@ export function matrixBytes(dtype: DType, rows: number, cols: number): number {
   return dtype === 'f32' ? 4 * rows * cols : (rows * cols * Q8_BLOCK_BYTES) / Q8_BLOCK;
 }
 
-export type ModelFormat = 'llama2c' | 'gguf';
+/** Where a model came from: a file format, or parts of its canonical encoding (model-id.ts). */
+export type ModelFormat = 'llama2c' | 'gguf' | 'parts';
 
 export interface Model {
   file: string;
@@ -125,6 +126,7 @@ export function configProblem(c: ModelConfig): string | null {
   if (c.nHeads % c.nKvHeads !== 0) return `bad header: n_heads ${c.nHeads} is not divisible by n_kv_heads ${c.nKvHeads}`;
   if (c.headSize % 2 !== 0) return `bad header: head size ${c.headSize} is odd (RoPE rotates pairs)`;
   if (c.seqLen > 1 << 20) return `unsupported: seq_len ${c.seqLen} exceeds 2^20 (the numerics spec's RoPE domain)`;
+  if (c.vocabSize > 1 << 20) return `unsupported: vocab_size ${c.vocabSize} exceeds 2^20 (the sampler's id space)`;
   if (!(c.normEps > 0 && Number.isFinite(c.normEps))) return `bad header: rms norm epsilon ${c.normEps}`;
   if (!(c.ropeTheta >= 1 && Number.isFinite(c.ropeTheta))) return `bad header: rope theta ${c.ropeTheta}`;
   return null;

@@ -1,7 +1,11 @@
-// The run.c sampler made canonical: xorshift64* RNG, temperature, top-p (nucleus) and greedy
-// decoding, with every arithmetic step rounded to f32 as C's float arithmetic does. A double
+// The run.c sampler made canonical (docs/numerics.md §7): xorshift64* RNG, temperature, top-p
+// (nucleus) and greedy decoding, every arithmetic step in f32 as C's float arithmetic. The passes
+// over the vocabulary are kernels; the RNG and the sort of the nucleus candidates are here. A double
 // operation on two f32 values followed by Math.fround equals the f32 operation for + − × ÷ (53 ≥
-// 2·24 + 2 bits), so Math.fround is exact here. Ties break to the lowest token id.
+// 2·24 + 2 bits), so Math.fround is exact. Ties break to the lowest token id.
+import type { Ptr } from './memory.js';
+import type { Kernels } from './numerics/index.js';
+
 
 const f32 = Math.fround;
 const MASK64 = (1n << 64n) - 1n;
@@ -29,63 +33,37 @@ export function randomF32(state: bigint): { state: bigint; value: number } {
   return { state: next, value: (u32 >>> 8) / 16777216 };
 }
 
-export function sampleArgmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
+/** Where sampling works: the logits (turned into probabilities in place) and room for one f64 key per id. */
+export interface SamplerBuffers {
+  logits: Ptr;
+  keys: Ptr;
+  vocab: number;
 }
 
-export function sampleMult(probs: Float32Array, coin: number): number {
-  let cdf = 0;
-  for (let i = 0; i < probs.length; i++) {
-    cdf = f32(cdf + probs[i]);
-    if (coin < cdf) return i;
-  }
-  return probs.length - 1;
-}
-
-export function sampleTopp(probs: Float32Array, topp: number, coin: number): number {
-  const n = probs.length;
-  const cutoff = f32(f32(1 - topp) / (n - 1));
-  const candidates: number[] = [];
-  for (let i = 0; i < n; i++) if (probs[i] >= cutoff) candidates.push(i);
-  // Array.prototype.sort is stable: equal probabilities stay in increasing id order.
-  candidates.sort((a, b) => (probs[a] > probs[b] ? -1 : probs[a] < probs[b] ? 1 : 0));
-
-  let cumulative = 0;
-  let last = candidates.length - 1;
-  for (let i = 0; i < candidates.length; i++) {
-    cumulative = f32(cumulative + probs[candidates[i]]);
-    if (cumulative > topp) {
-      last = i;
-      break;
-    }
-  }
-  const r = f32(coin * cumulative);
-  let cdf = 0;
-  for (let i = 0; i <= last; i++) {
-    cdf = f32(cdf + probs[candidates[i]]);
-    if (r < cdf) return candidates[i];
-  }
-  return candidates[last];
+/** run.c sample_topp on the probabilities at buf.logits: candidates sorted by the host, passes in the kernels. */
+export function pickTopp(k: Kernels, memory: WebAssembly.Memory, buf: SamplerBuffers, topp: number, coin: number): number {
+  const cutoff = f32(f32(1 - topp) / (buf.vocab - 1));
+  const count = k.toppKeys(buf.keys, buf.logits, buf.vocab, cutoff);
+  new Float64Array(memory.buffer, buf.keys, count).sort();
+  return k.toppPick(buf.keys, count, buf.logits, topp, coin);
 }
 
 /**
- * Picks the next token from `logits` (run.c `sample`). `softmaxInPlace` turns the logits into
- * probabilities with the canonical kernel. Returns the token and the RNG state after the draw;
- * greedy decoding draws nothing.
+ * Picks the next token from the logits at buf.logits (run.c `sample`), overwriting them. Returns
+ * the token and the RNG state after the draw; greedy decoding draws nothing.
  */
 export function sampleToken(
-  logits: Float32Array,
+  k: Kernels,
+  memory: WebAssembly.Memory,
+  buf: SamplerBuffers,
   params: SamplingParams,
   rngState: bigint,
-  softmaxInPlace: () => void,
 ): { token: number; rngState: bigint } {
-  if (params.temperature === 0) return { token: sampleArgmax(logits), rngState };
-  for (let i = 0; i < logits.length; i++) logits[i] = f32(logits[i] / params.temperature);
-  softmaxInPlace();
+  if (params.temperature === 0) return { token: k.argmax(buf.logits, buf.vocab), rngState };
+  k.divideBy(buf.logits, buf.vocab, params.temperature);
+  k.softmax(buf.logits, buf.vocab);
   const { state, value: coin } = randomF32(rngState);
   const token =
-    params.topp <= 0 || params.topp >= 1 ? sampleMult(logits, coin) : sampleTopp(logits, params.topp, coin);
+    params.topp <= 0 || params.topp >= 1 ? k.sampleMult(buf.logits, buf.vocab, coin) : pickTopp(k, memory, buf, params.topp, coin);
   return { token, rngState: state };
 }

@@ -24,6 +24,8 @@ export interface Session {
   readonly q: Ptr;
   readonly att: Ptr;
   readonly logits: Ptr;
+  /** The sampler's sort keys, one f64 per vocabulary entry. */
+  readonly sortKeys: Ptr;
   readonly ropeTable: Ptr;
   /** Q8_0 activations: int8 values and one f32 scale per block of 32 (for any input length). */
   readonly xq: Ptr;
@@ -111,6 +113,7 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     q: floats(c.dim),
     att: floats(threads * maxPositions),
     logits: floats(c.vocabSize),
+    sortKeys: arena.alloc(8 * c.vocabSize),
     ropeTable: floats(c.headSize),
     xq: arena.alloc(widest),
     xd: floats(Math.ceil(widest / Q8_BLOCK)),
@@ -212,8 +215,9 @@ export function classify(s: Session): Float32Array {
 
 /** Final norm, classifier and sampling. */
 export function headStep(s: Session, params: SamplingParams, rngState: bigint): { token: number; rngState: bigint } {
-  const logits = classify(s);
-  return sampleToken(logits, params, rngState, () => s.kernels.softmax(s.logits, logits.length));
+  classify(s);
+  const buffers = { logits: s.logits, keys: s.sortKeys, vocab: s.model.config.vocabSize };
+  return sampleToken(s.kernels, s.model.arena.memory, buffers, params, rngState);
 }
 
 // ---------------------------------------------------------------------------------------------

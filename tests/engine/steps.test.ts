@@ -33,7 +33,9 @@ function record(model: Model, request: Omit<GenerateRequest, 'observer'>): Recor
     ...request,
     observer: {
       layer: (pos, l, out) => layers.set(`${pos}:${l}`, { x: out.x.slice(), key: out.key.slice(), value: out.value.slice() }),
-      head: (pos, token, rngState) => heads.set(pos, { token, rngState }),
+      head: (pos, token, rngState) => {
+        heads.set(pos, { token, rngState });
+      },
     },
   });
   let r = run.next();

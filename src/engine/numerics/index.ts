@@ -47,6 +47,11 @@ export interface Kernels {
   matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number): void;
   dequantizeRowQ8(out: Ptr, wq: Ptr, wd: Ptr, n: number): void;
   f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
+  divideBy(x: Ptr, n: number, d: number): void;
+  argmax(x: Ptr, n: number): number;
+  sampleMult(p: Ptr, n: number, coin: number): number;
+  toppKeys(keys: Ptr, p: Ptr, n: number, cutoff: number): number;
+  toppPick(keys: Ptr, count: number, p: Ptr, topp: number, coin: number): number;
 }
 
 const compiled = new Map<string, WebAssembly.Module>();

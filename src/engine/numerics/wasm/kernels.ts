@@ -644,3 +644,83 @@ export function f16ToF32(out: usize, src: usize, n: i32, srcStride: i32): void {
     store<u32>(out + (<usize>j << 2), bits);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sampling loops (spec §7). The RNG and the sort stay with the host; these are the passes over
+// the vocabulary, kept here so that they run compiled from the first token on.
+
+/** x[i] = x[i] / d (the temperature). */
+export function divideBy(x: usize, n: i32, d: f32): void {
+  for (let i = 0; i < n; i++) {
+    const o = <usize>i << 2;
+    store<f32>(x + o, load<f32>(x + o) / d);
+  }
+}
+
+/** The first index of the largest value (a NaN never compares greater). */
+export function argmax(x: usize, n: i32): i32 {
+  let best = 0;
+  let top = load<f32>(x);
+  for (let i = 1; i < n; i++) {
+    const v = load<f32>(x + (<usize>i << 2));
+    if (v > top) {
+      top = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** The first i with coin < p[0] + … + p[i] (summed left to right in f32), else n − 1. */
+export function sampleMult(p: usize, n: i32, coin: f32): i32 {
+  let cdf: f32 = 0;
+  for (let i = 0; i < n; i++) {
+    cdf += load<f32>(p + (<usize>i << 2));
+    if (coin < cdf) return i;
+  }
+  return n - 1;
+}
+
+const ID_SPACE: f64 = 1048576; // 2^20 ids
+
+/**
+ * Writes one f64 key per id with p[id] ≥ cutoff: the f32 bit pattern of p (monotonic for p ≥ 0)
+ * times 2^20 plus (2^20 − 1 − id), exact in f64. Sorted ascending and read from the end, the keys
+ * give decreasing probability with ties in increasing id order. Returns the number of keys.
+ */
+export function toppKeys(keys: usize, p: usize, n: i32, cutoff: f32): i32 {
+  let count = 0;
+  for (let i = 0; i < n; i++) {
+    const v = load<f32>(p + (<usize>i << 2));
+    if (v >= cutoff) {
+      store<f64>(keys + (<usize>count << 3), <f64>reinterpret<u32>(v) * ID_SPACE + <f64>(1048575 - i));
+      count++;
+    }
+  }
+  return count;
+}
+
+@inline function idOf(key: f64): i32 {
+  return 1048575 - <i32>(<i64>key & 0xfffff);
+}
+
+/** The nucleus pick over keys sorted ascending (run.c sample_topp after its sort). */
+export function toppPick(keys: usize, count: i32, p: usize, topp: f32, coin: f32): i32 {
+  let cumulative: f32 = 0;
+  let last = count - 1;
+  for (let j = 0; j < count; j++) {
+    cumulative += load<f32>(p + (<usize>idOf(load<f64>(keys + (<usize>(count - 1 - j) << 3))) << 2));
+    if (cumulative > topp) {
+      last = j;
+      break;
+    }
+  }
+  const r = coin * cumulative;
+  let cdf: f32 = 0;
+  for (let j = 0; j <= last; j++) {
+    const id = idOf(load<f64>(keys + (<usize>(count - 1 - j) << 3)));
+    cdf += load<f32>(p + (<usize>id << 2));
+    if (r < cdf) return id;
+  }
+  return idOf(load<f64>(keys + (<usize>(count - 1 - last) << 3)));
+}
