@@ -128,6 +128,17 @@ async function main(): Promise<void> {
   }
   console.log('\nbest vs best (each engine at its best thread count):');
   for (const [key, b] of bestOf) console.log(`  ${key.padEnd(18)} Verity ${b.verity.toFixed(1)}  llama.cpp ${peer ? b.peer.toFixed(1) : '-'}  ratio ${peer ? (b.verity / b.peer).toFixed(2) : '-'}`);
+
+  console.log('\nproof trace overhead (whole greedy jobs with and without recording every step leaf; medians of 9 alternating runs):');
+  for (const shape of shapes) {
+    for (const format of FORMATS) {
+      const threads = Math.max(...threadCounts);
+      const r = (await runJson([join('dist', 'bench', 'verity-run.js'), '--model', ensureModels(shape)[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', '9', '--trace-overhead'])) as
+        | (Measurement & { plainMs: number; tracedMs: number; overhead: number; positions: number })
+        | null;
+      if (r) console.log(`  ${shape.padEnd(12)} ${format.toUpperCase().padEnd(5)} ${threads} threads  ${r.positions} positions: ${r.plainMs.toFixed(0)} ms → ${r.tracedMs.toFixed(0)} ms traced, overhead ${(100 * r.overhead).toFixed(1)}%`);
+    }
+  }
 }
 
 let printed = 0;

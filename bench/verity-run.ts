@@ -4,7 +4,8 @@
 import { parseArgs } from 'node:util';
 import { tuneRuntime } from '../src/client/runtime.js';
 import { performance } from 'node:perf_hooks';
-import { createFingerprint, defaultKernelPath, encode, generate, loadModel, storedTensors, type KernelPath } from '../src/engine/index.js';
+import { createFingerprint, defaultKernelPath, encode, generate, loadModel, modelIdentity, storedTensors, type KernelPath } from '../src/engine/index.js';
+import { describeJob, recordTrace } from '../src/proof/index.js';
 
 const { values: opt } = parseArgs({
   options: {
@@ -16,6 +17,8 @@ const { values: opt } = parseArgs({
     warmup: { type: 'string', default: '16' },
     runs: { type: 'string', default: '1' },
     kernels: { type: 'string', default: defaultKernelPath() },
+    /** Measure the cost of recording the proof trace instead (whole jobs, with and without it). */
+    'trace-overhead': { type: 'boolean', default: false },
   },
 });
 if (!opt.model) throw new Error('--model is required');
@@ -49,6 +52,40 @@ function measure(count: number): { rate: number; fingerprint: string; sampled: n
   return { rate: (sampled - 1) / seconds, fingerprint: fingerprint.hex(), sampled };
 }
 
+/** Whole-job seconds without any observer, and while recording the trace a node keeps. */
+function traceOverhead(): void {
+  const job = describeJob(modelIdentity(model), {
+    prompt: encode(model.tokenizer, opt.prompt),
+    steps: Math.min(model.config.seqLen, promptLength + tokens - 1),
+    sampling: { temperature: 0, topp: 0.9 },
+    seed: 1n,
+  });
+  const plain = (): number => {
+    const t0 = performance.now();
+    const run = generate(model, { prompt: job.promptTokens, steps: job.steps, sampling: { temperature: 0, topp: 0.9 }, seed: 1n, kernels, threads });
+    while (!run.next().done);
+    return performance.now() - t0;
+  };
+  const traced = (): number => {
+    const t0 = performance.now();
+    recordTrace(model, job, { kernels, threads });
+    return performance.now() - t0;
+  };
+  plain();
+  traced();
+  const times = { plain: [] as number[], traced: [] as number[] };
+  for (let r = 0; r < Number(opt.runs); r++) {
+    times.plain.push(plain());
+    times.traced.push(traced());
+  }
+  // Medians of alternating runs: the difference is a few percent, run-to-run noise is as large.
+  const median = (v: number[]): number => [...v].sort((a, b) => a - b)[v.length >> 1];
+  const [plainMs, tracedMs] = [median(times.plain), median(times.traced)];
+  process.stdout.write(`${JSON.stringify({ plainMs, tracedMs, overhead: tracedMs / plainMs - 1, positions: job.steps, threads, kernels })}\n`);
+  process.exit(0);
+}
+
+if (opt['trace-overhead']) traceOverhead();
 measure(Number(opt.warmup));
 const runs = Array.from({ length: Number(opt.runs) }, () => measure(tokens));
 const best = runs.reduce((a, b) => (b.rate > a.rate ? b : a));

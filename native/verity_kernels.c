@@ -4,6 +4,7 @@
 // C loops, which follow the same order. Arguments are a memory handle from `bind` and byte
 // offsets into that shared WebAssembly memory (shared memories never move).
 #include <node_api.h>
+#include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -275,6 +276,56 @@ static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/**
+ * traceLayer(memory, x, key, value, dim, kvDim, pos, layer, chain, acc, out): one layer step's trace
+ * leaf (docs/proofs.md), with OpenSSL's SHA-256 (Node's own, SHA-NI where the CPU has it). Reads the
+ * layer's K/V chain (32 bytes at `chain`) and the accumulator (at `acc`) and updates both in place;
+ * writes xHash, kvHash and the leaf to `out` (96 bytes).
+ */
+static napi_value TraceLayer(napi_env env, napi_callback_info info) {
+  uint32_t a[11];
+  napi_value argv[11];
+  size_t argc = 11;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 11) return throw_error(env, "traceLayer: bad arguments");
+  for (int i = 0; i < 11; i++) {
+    if (napi_get_value_uint32(env, argv[i], &a[i]) != napi_ok) return throw_error(env, "traceLayer: bad arguments");
+  }
+  uint8_t *base = memory_base(a[0]);
+  if (!base) return throw_error(env, "traceLayer: unknown memory");
+  const uint8_t *x = base + a[1], *key = base + a[2], *value = base + a[3];
+  size_t dim = a[4], kv_dim = a[5];
+  uint8_t *chain = base + a[8], *acc = base + a[9], *out = base + a[10];
+  uint8_t *x_hash = out, *kv_hash = out + 32, *leaf = out + 64;
+  SHA256_CTX c;
+  SHA256(x, 4 * dim, x_hash);
+  SHA256_Init(&c);
+  SHA256_Update(&c, key, 4 * kv_dim);
+  SHA256_Update(&c, value, 4 * kv_dim);
+  SHA256_Final(kv_hash, &c);
+  SHA256_Init(&c);
+  SHA256_Update(&c, chain, 32);
+  SHA256_Update(&c, kv_hash, 32);
+  SHA256_Final(chain, &c);
+  static const char tag[] = "verity-leaf/layer";
+  uint8_t pos_layer[8];
+  for (int i = 0; i < 4; i++) {
+    pos_layer[i] = (uint8_t)(a[6] >> (8 * i));
+    pos_layer[4 + i] = (uint8_t)(a[7] >> (8 * i));
+  }
+  SHA256_Init(&c);
+  SHA256_Update(&c, tag, sizeof tag - 1);
+  SHA256_Update(&c, pos_layer, 8);
+  SHA256_Update(&c, x_hash, 32);
+  SHA256_Update(&c, kv_hash, 32);
+  SHA256_Update(&c, chain, 32);
+  SHA256_Final(leaf, &c);
+  SHA256_Init(&c);
+  SHA256_Update(&c, acc, 32);
+  SHA256_Update(&c, leaf, 32);
+  SHA256_Final(acc, &c);
+  return NULL;
+}
+
 /** Which instruction set each kernel uses on this CPU. */
 static napi_value Features(napi_env env, napi_callback_info info) {
   (void)info;
@@ -313,6 +364,7 @@ NAPI_MODULE_INIT() {
     {"matvec", NULL, Matvec, NULL, NULL, NULL, napi_default, NULL},
     {"matvecQ8", NULL, MatvecQ8, NULL, NULL, NULL, napi_default, NULL},
     {"features", NULL, Features, NULL, NULL, NULL, napi_default, NULL},
+    {"traceLayer", NULL, TraceLayer, NULL, NULL, NULL, napi_default, NULL},
     {"setPortable", NULL, SetPortable, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

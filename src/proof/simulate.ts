@@ -70,7 +70,7 @@ function faultyTrace(model: Model, job: Job, honest: Trace, fault: Fault, kernel
   } else {
     return honest;
   }
-  const trace = recordTrace(runModel, runJob, { kernels, deviation });
+  const trace = recordTrace(runModel, runJob, { kernels, deviation, keepOutputs: true });
   // The faulty party claims the job it was given, whatever it ran.
   if (runJob === job) return trace;
   return { ...trace, job, commitment: honest.commitment, root: trace.leaves.reduce(accNext, traceStart(honest.commitment)) };
@@ -127,7 +127,7 @@ export function simulateDispute(
   const faultyRole: Party = options.faulty ?? 'asserter';
   const honestRole: Party = faultyRole === 'asserter' ? 'challenger' : 'asserter';
   const clock = options.clock ?? 1000;
-  const honest = honestTrace ?? recordTrace(model, job, { kernels: options.kernels });
+  const honest = honestTrace ?? recordTrace(model, job, { kernels: options.kernels, keepOutputs: true });
   const players: Record<Party, Player> = {
     [honestRole]: tracePlayer(honest, model.config.kvDim),
     [faultyRole]: faultyPlayer(model, job, honest, fault, options.kernels),

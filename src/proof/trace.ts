@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import {
   NUMERICS_SPEC_VERSION,
   generate,
+  nativeKernels,
   type KernelPath,
   type Model,
   type ModelIdentity,
@@ -200,8 +201,52 @@ export interface RecordOptions {
   kernels?: KernelPath;
   threads?: number;
   deviation?: Deviation;
-  /** Keep layer outputs for openings (a node does; a bare fingerprint does not). */
+  /**
+   * Keep every layer's outputs, to answer openings from memory. A node need not: the run is
+   * deterministic, so it can run the job again when a dispute asks for them.
+   */
   keepOutputs?: boolean;
+}
+
+/**
+ * Hashes layer steps into leaves, keeping each layer's K/V chain and the accumulator in the model's
+ * memory: with the native kernels one call per step (OpenSSL's SHA-256), else node:crypto — the
+ * same bytes either way.
+ */
+function layerHasher(model: Model, start: Hex) {
+  const { arena } = model;
+  const { dim, kvDim, nLayers } = model.config;
+  const mark = arena.mark();
+  const chains = arena.alloc(32 * nLayers);
+  const acc = arena.alloc(32);
+  const out = arena.alloc(96);
+  arena.u8(chains, 32 * nLayers).fill(0); // KV_CHAIN_START
+  arena.u8(acc, 32).set(unhex(start));
+  const native = nativeKernels();
+  const handle = native?.bind(new Uint8Array(arena.memory.buffer)) ?? -1;
+  const view = (ptr: number, n: number): Buffer => Buffer.from(arena.memory.buffer, ptr, n);
+  const hashInJs = (x: Float32Array, key: Float32Array, value: Float32Array, pos: number, layer: number): void => {
+    const chain = view(chains + 32 * layer, 32);
+    const xHash = sha256(f32Bytes(x));
+    const kvHash = sha256(f32Bytes(key), f32Bytes(value));
+    chain.set(sha256(chain, kvHash));
+    const leaf = sha256(text('verity-leaf/layer'), u32(pos, layer), xHash, kvHash, chain);
+    view(out, 96).set([...xHash, ...kvHash, ...leaf]);
+    view(acc, 32).set(sha256(view(acc, 32), leaf));
+  };
+  return {
+    layer(x: Float32Array, key: Float32Array, value: Float32Array, pos: number, layer: number) {
+      if (native) native.traceLayer(handle, x.byteOffset, key.byteOffset, value.byteOffset, dim, kvDim, pos, layer, chains + 32 * layer, acc, out);
+      else hashInJs(x, key, value, pos, layer);
+      const o = view(out, 96);
+      return { xHash: o.toString('hex', 0, 32), kvHash: o.toString('hex', 32, 64), kvChain: view(chains + 32 * layer, 32).toString('hex'), leaf: o.toString('hex', 64, 96) };
+    },
+    other(leaf: Hex): void {
+      view(acc, 32).set(sha256(view(acc, 32), unhex(leaf)));
+    },
+    acc: (): Hex => view(acc, 32).toString('hex'),
+    release: (): void => arena.release(mark),
+  };
 }
 
 export function recordTrace(model: Model, job: Job, options: RecordOptions = {}): Trace {
@@ -210,43 +255,46 @@ export function recordTrace(model: Model, job: Job, options: RecordOptions = {})
   const leaves: Hex[] = [];
   const preimages: LeafPreimage[] = [];
   const layers = new Map<number, LayerRecord>();
-  const kvChains: Hex[] = new Array(model.config.nLayers).fill(KV_CHAIN_START);
+  const hasher = layerHasher(model, traceStart(commitment));
   const { deviation } = options;
   const push = (p: LeafPreimage): void => {
+    const leaf = leafHash(p);
     preimages.push(p);
-    leaves.push(leafHash(p));
+    leaves.push(leaf);
+    hasher.other(leaf);
   };
-  const run = generate(model, {
-    prompt: job.promptTokens,
-    steps: job.steps,
-    sampling: samplingOf(job),
-    seed: BigInt(job.seed),
-    kernels: options.kernels,
-    threads: options.threads,
-    observer: {
-      layer(pos, layer, out) {
-        const a = deviation?.activation;
-        if (a && a.pos === pos && a.layer === layer) out.x[a.index] = Math.fround(out.x[a.index] + a.delta);
-        const kvHash = kvHashOf(out.key, out.value);
-        kvChains[layer] = kvChainNext(kvChains[layer], kvHash);
-        const preimage = { kind: 'layer' as const, pos, layer, xHash: xHashOf(out.x), kvHash, kvChain: kvChains[layer] };
-        push(preimage);
-        if (options.keepOutputs ?? true) {
-          layers.set(leaves.length, { x: out.x.slice(), key: out.key.slice(), value: out.value.slice(), preimage });
-        }
+  try {
+    const run = generate(model, {
+      prompt: job.promptTokens,
+      steps: job.steps,
+      sampling: samplingOf(job),
+      seed: BigInt(job.seed),
+      kernels: options.kernels,
+      threads: options.threads,
+      observer: {
+        layer(pos, layer, out) {
+          const a = deviation?.activation;
+          if (a && a.pos === pos && a.layer === layer) out.x[a.index] = Math.fround(out.x[a.index] + a.delta);
+          const { leaf, ...hashes } = hasher.layer(out.x, out.key, out.value, pos, layer);
+          const preimage = { kind: 'layer' as const, pos, layer, ...hashes };
+          preimages.push(preimage);
+          leaves.push(leaf);
+          if (options.keepOutputs) layers.set(leaves.length, { x: out.x.slice(), key: out.key.slice(), value: out.value.slice(), preimage });
+        },
+        head(pos, token, rngState) {
+          const chosen = deviation?.token?.pos === pos ? deviation.token.token : token;
+          push({ kind: 'head', pos, token: chosen, rng: rngState.toString() });
+          return chosen;
+        },
       },
-      head(pos, token, rngState) {
-        const chosen = deviation?.token?.pos === pos ? deviation.token.token : token;
-        push({ kind: 'head', pos, token: chosen, rng: rngState.toString() });
-        return chosen;
-      },
-    },
-  });
-  let r = run.next();
-  while (!r.done) r = run.next();
-  while (leaves.length < sched.steps) push({ kind: 'end', step: leaves.length + 1 });
-  const root = leaves.reduce(accNext, traceStart(commitment));
-  return { job, commitment, nLayers: model.config.nLayers, leaves, preimages, layers, root, tokens: r.value.tokens };
+    });
+    let r = run.next();
+    while (!r.done) r = run.next();
+    while (leaves.length < sched.steps) push({ kind: 'end', step: leaves.length + 1 });
+    return { job, commitment, nLayers: model.config.nLayers, leaves, preimages, layers, root: hasher.acc(), tokens: r.value.tokens };
+  } finally {
+    hasher.release();
+  }
 }
 
 /** acc after step s (acc 0 is the start). */

@@ -52,7 +52,7 @@ test('the trace is the same for every kernel build and thread count; it has a fi
 test('the referee reproduces every leaf of a trace, end steps after BOS included, from openings alone', () => {
   // Greedy from an empty prompt stops at BOS after 346 positions: the rest are end steps.
   const j = job({ prompt: '', steps: 360, temperature: 0 });
-  const trace = recordTrace(model, j);
+  const trace = recordTrace(model, j, { keepOutputs: true });
   const ends = trace.preimages.filter((p) => p.kind === 'end').length;
   assert.ok(ends > 0, 'the run stopped early');
   const firstEnd = trace.preimages.findIndex((p) => p.kind === 'end') + 1;
@@ -70,7 +70,7 @@ function expectProofError(code: ProofError['code'], body: () => void): void {
 
 test('forged openings and weights are rejected with a precise error', () => {
   const j = job();
-  const trace = recordTrace(model, j);
+  const trace = recordTrace(model, j, { keepOutputs: true });
   const s = schedule(j, model.config.nLayers).index({ kind: 'layer', pos: 20, layer: 3 });
   const agreed = accAt(trace, s - 1);
   const honest = buildOpening(trace, s, model.config);
@@ -110,7 +110,7 @@ test('two honest parties agree: their roots are equal and no game can open', () 
 
 test('property: the honest party always wins, in at most ⌈log_k N⌉ rounds plus the one-step proof', () => {
   const jobs = [job(), job({ steps: 90, seed: 7n, topp: 0.5 }), job({ prompt: 'Lily and Tom', steps: 30, temperature: 0 })];
-  const traces = jobs.map((j) => recordTrace(model, j));
+  const traces = jobs.map((j) => recordTrace(model, j, { keepOutputs: true }));
   const arbitraryFault = (trace: ReturnType<typeof recordTrace>): fc.Arbitrary<Fault> => {
     const heads = trace.preimages.flatMap((p, i) => (p.kind === 'head' ? [i + 1] : []));
     const layers = trace.preimages.flatMap((p, i) => (p.kind === 'layer' ? [i + 1] : []));

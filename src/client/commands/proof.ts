@@ -28,7 +28,7 @@ function jobFor(model: Model, raw: GenerationFlags): Job {
 export function traceCommand(modelPath: string, raw: GenerationFlags & { out: string }): void {
   const model = load(modelPath, raw.tokenizer);
   const job = jobFor(model, raw);
-  const trace = recordTrace(model, job, { kernels: raw.kernels, threads: raw.threads, keepOutputs: false });
+  const trace = recordTrace(model, job, { kernels: raw.kernels, threads: raw.threads });
   const doc = {
     job,
     commitment: trace.commitment,
@@ -90,7 +90,7 @@ export function disputeSimCommand(modelPath: string, raw: GenerationFlags & { fa
   const out = (line = ''): boolean => process.stdout.write(`${line}\n`);
 
   const t0 = performance.now();
-  const honest = recordTrace(model, job, { kernels: raw.kernels, threads: raw.threads });
+  const honest = recordTrace(model, job, { kernels: raw.kernels, threads: raw.threads, keepOutputs: true });
   const inferenceMs = performance.now() - t0;
   const problem = faultProblem(honest, fault);
   if (problem) throw new InvalidArgumentError(`--fault ${raw.fault}: ${problem}`);

@@ -6,6 +6,11 @@ export interface NativeKernels {
   bind(view: Uint8Array): number;
   matvec(memory: number, out: number, w: number, x: number, n: number, d: number): void;
   matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number): void;
+  /** One layer step's trace leaf (see src/proof/trace.ts, which also does it without the addon). */
+  traceLayer(
+    memory: number, x: number, key: number, value: number, dim: number, kvDim: number,
+    pos: number, layer: number, chain: number, acc: number, out: number,
+  ): void;
   /** The instruction sets in use, e.g. "avx512 avx512vnni", or "portable". */
   features(): string;
   /** Forces the portable C loops (true) or the CPU's best (false). */
