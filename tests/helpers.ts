@@ -20,12 +20,12 @@ export interface CliResult {
 }
 
 /** Runs the installed `verity` bin as a user would. */
-export function runCli(args: string[], timeoutMs = 60_000): Promise<CliResult> {
+export function runCli(args: string[], timeoutMs = 60_000, env: Record<string, string> = {}): Promise<CliResult> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [join(projectRoot, 'bin', 'verity.js'), ...args],
-      { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 1 << 26 },
+      { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 1 << 26, env: { ...process.env, ...env } },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
         resolve({ code, stdout, stderr: stderr.toString('utf8') });

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { availableKernelPaths, canonicalConfig, chunkLayout, encode, loadModel, modelIdentity, parseCanonicalConfig, type Model } from '../../src/engine/index.js';
 import {
-  ProofError, accAt, buildOpening, createReferee, decodeOpening, describeJob, encodeOpening, jobCommitment, modelWeightSource,
+  ProofError, accAt, accumulators, buildOpening, createReferee, decodeOpening, describeJob, encodeOpening, jobCommitment, modelWeightSource,
   recordTrace, roundsNeeded, schedule, simulateDispute, tamperedSource,
   type Fault, type Job, type Opening, type Party,
 } from '../../src/proof/index.js';
@@ -154,6 +154,12 @@ test('verity trace writes the commitment, leaves and root; verity dispute-sim pr
     const doc = JSON.parse((await import('node:fs')).readFileSync(out, 'utf8')) as { root: string; commitment: string; leaves: { step: number; leaf: string; kind: string }[] };
     const trace = recordTrace(model, job());
     assert.equal(doc.root, trace.root);
+    assert.equal(accumulators(trace).at(-1), trace.root);
+    // Without the native addon the leaves are hashed by node:crypto: the same trace.
+    const portable = join(dir, 'portable.json');
+    const again = await runCli(['trace', stories260K, '-z', tok512, ...flags, '--out', portable], 60_000, { VERITY_NATIVE: '0' });
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal((JSON.parse((await import('node:fs')).readFileSync(portable, 'utf8')) as { root: string }).root, trace.root);
     assert.equal(doc.commitment, trace.commitment);
     assert.deepEqual(doc.leaves.map((l) => l.leaf), trace.leaves);
     const sim = await runCli(['dispute-sim', stories260K, '-z', tok512, ...flags, '--fault', 'token@50', '--k', '4']);

@@ -19,7 +19,9 @@ export interface NativeKernels {
 
 let loaded: NativeKernels | null | undefined;
 
+/** The addon, or null when it was not built (or VERITY_NATIVE=0 turns it off). */
 export function nativeKernels(): NativeKernels | null {
+  if (loaded === undefined && process.env.VERITY_NATIVE === '0') loaded = null;
   if (loaded === undefined) {
     try {
       loaded = createRequire(import.meta.url)('../../../../build/Release/verity_kernels.node') as NativeKernels;
