@@ -280,7 +280,7 @@ static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
  * traceLayer(memory, x, key, value, dim, kvDim, pos, layer, chain, acc, out): one layer step's trace
  * leaf (docs/proofs.md), with OpenSSL's SHA-256 (Node's own, SHA-NI where the CPU has it). Reads the
  * layer's K/V chain (32 bytes at `chain`) and the accumulator (at `acc`) and updates both in place;
- * writes xHash, kvHash and the leaf to `out` (96 bytes).
+ * writes xHash, kvHash, the new kvChain and the leaf to `out` (128 bytes).
  */
 static napi_value TraceLayer(napi_env env, napi_callback_info info) {
   uint32_t a[11];
@@ -295,7 +295,7 @@ static napi_value TraceLayer(napi_env env, napi_callback_info info) {
   const uint8_t *x = base + a[1], *key = base + a[2], *value = base + a[3];
   size_t dim = a[4], kv_dim = a[5];
   uint8_t *chain = base + a[8], *acc = base + a[9], *out = base + a[10];
-  uint8_t *x_hash = out, *kv_hash = out + 32, *leaf = out + 64;
+  uint8_t *x_hash = out, *kv_hash = out + 32, *new_chain = out + 64, *leaf = out + 96;
   SHA256_CTX c;
   SHA256(x, 4 * dim, x_hash);
   SHA256_Init(&c);
@@ -305,7 +305,8 @@ static napi_value TraceLayer(napi_env env, napi_callback_info info) {
   SHA256_Init(&c);
   SHA256_Update(&c, chain, 32);
   SHA256_Update(&c, kv_hash, 32);
-  SHA256_Final(chain, &c);
+  SHA256_Final(new_chain, &c);
+  memcpy(chain, new_chain, 32);
   static const char tag[] = "verity-leaf/layer";
   uint8_t pos_layer[8];
   for (int i = 0; i < 4; i++) {

@@ -3,8 +3,9 @@
 // kernel, so the bits do not depend on the thread count — only who computes which row does.
 //
 // Protocol (an Int32Array over a SharedArrayBuffer): the main thread writes an operation into the
-// control block, bumps GENERATION and notifies; every thread, the main one included, computes its
-// share; workers count themselves into DONE; the main thread waits until all have.
+// control block, bumps GENERATION and notifies; every thread, the main one included, claims chunks
+// of rows (or heads) from a shared counter until none are left — a faster core takes more; workers
+// count themselves into DONE; the main thread waits until all have.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { EngineError } from './errors.js';
@@ -18,7 +19,8 @@ export const OP = 2;
 const THREADS = 3;
 export const FAILED = 4;
 const ARGS = 5;
-const JOBS = 16;
+const CLAIMED = 16; // one counter per job: the next unclaimed row (or head)
+const JOBS = 20;
 const JOB_FIELDS = 5;
 const MAX_JOBS = 3;
 const CONTROL_INTS = JOBS + JOB_FIELDS * MAX_JOBS;
@@ -47,33 +49,46 @@ export interface AttentionArgs {
   headSize: number;
 }
 
-const share = (count: number, thread: number, threads: number): [number, number] => [
-  Math.floor((count * thread) / threads),
-  Math.floor((count * (thread + 1)) / threads),
-];
+/** Claims chunks of [0, count) from counter `at` and runs `body` on each. */
+function claimAll(c: Int32Array, at: number, count: number, chunk: number, body: (first: number, end: number) => void): void {
+  for (let first = Atomics.add(c, at, chunk); first < count; first = Atomics.add(c, at, chunk)) {
+    body(first, Math.min(count, first + chunk));
+  }
+}
 
-/** Computes thread `thread`'s share of the operation in the control block. */
+/** Two claims per thread: a faster core can take a second one; each claim is one kernel call. */
+const chunkOf = (count: number, threads: number): number => Math.max(1, Math.ceil(count / (2 * threads)));
+
+/** Computes what thread `thread` claims of the operation in the control block. */
 export function runShare(k: Kernels, c: Int32Array, thread: number): void {
   const threads = c[THREADS];
   if (c[OP] === OP_MATVECS) {
-    const [x, xq, xd, n] = [c[ARGS], c[ARGS + 1], c[ARGS + 2], c[ARGS + 3]];
+    const x = c[ARGS];
+    const xq = c[ARGS + 1];
+    const xd = c[ARGS + 2];
+    const n = c[ARGS + 3];
     const jobs = c[ARGS + 4];
     for (let j = 0; j < jobs; j++) {
       const at = JOBS + JOB_FIELDS * j;
-      const [out, quantized, w, scales, rows] = [c[at], c[at + 1], c[at + 2], c[at + 3], c[at + 4]];
-      const [first, end] = share(rows, thread, threads);
-      if (end === first) continue;
-      if (quantized) {
-        const blockBytes = (n / 32) * 34;
-        k.matvecQ8(out + 4 * first, w + first * blockBytes, scales + first * (n / 32) * 4, xq, xd, n, end - first);
-      } else {
-        k.matvec(out + 4 * first, w + 4 * first * n, x, n, end - first);
-      }
+      const out = c[at];
+      const quantized = c[at + 1];
+      const w = c[at + 2];
+      const scales = c[at + 3];
+      const rows = c[at + 4];
+      claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => {
+        if (quantized) {
+          const blockBytes = (n / 32) * 34;
+          k.matvecQ8(out + 4 * first, w + first * blockBytes, scales + first * (n / 32) * 4, xq, xd, n, end - first);
+        } else {
+          k.matvec(out + 4 * first, w + 4 * first * n, x, n, end - first);
+        }
+      });
     }
   } else if (c[OP] === OP_ATTENTION) {
     const [out, q, keys, values, att, attStride, pos, nHeads, nKvHeads, headSize] = c.subarray(ARGS, ARGS + 10);
-    const [first, end] = share(nHeads, thread, threads);
-    if (end > first) k.attention(out, q, keys, values, att + thread * attStride, pos, nHeads, nKvHeads, headSize, first, end);
+    claimAll(c, CLAIMED, nHeads, 1, (first, end) =>
+      k.attention(out, q, keys, values, att + thread * attStride, pos, nHeads, nKvHeads, headSize, first, end),
+    );
   }
 }
 
@@ -102,6 +117,7 @@ export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, t
   });
 
   function run(): void {
+    for (let j = 0; j < MAX_JOBS; j++) Atomics.store(c, CLAIMED + j, 0);
     Atomics.store(c, DONE, 0);
     Atomics.add(c, GENERATION, 1);
     Atomics.notify(c, GENERATION);

@@ -73,7 +73,8 @@ function faultyTrace(model: Model, job: Job, honest: Trace, fault: Fault, kernel
   const trace = recordTrace(runModel, runJob, { kernels, deviation, keepOutputs: true });
   // The faulty party claims the job it was given, whatever it ran.
   if (runJob === job) return trace;
-  return { ...trace, job, commitment: honest.commitment, root: trace.leaves.reduce(accNext, traceStart(honest.commitment)) };
+  const { leaves, preimages, layers, tokens, nLayers } = trace;
+  return { job, commitment: honest.commitment, nLayers, leaves, preimages, layers, tokens, root: leaves.reduce(accNext, traceStart(honest.commitment)) };
 }
 
 function faultyPlayer(model: Model, job: Job, honest: Trace, fault: Fault, kernels?: KernelPath): Player {

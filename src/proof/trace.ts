@@ -172,21 +172,20 @@ export interface LayerRecord {
   x: Float32Array;
   key: Float32Array;
   value: Float32Array;
-  preimage: Extract<LeafPreimage, { kind: 'layer' }>;
 }
 
 export interface Trace {
   job: Job;
   commitment: Hex;
   nLayers: number;
-  /** leaves[s - 1] is step s's leaf; preimages likewise. */
-  leaves: Hex[];
-  preimages: LeafPreimage[];
-  /** Layer outputs by step index, kept to answer openings. */
-  layers: Map<number, LayerRecord>;
   root: Hex;
   /** The generated tokens (after the prompt), as the node reports them. */
   tokens: number[];
+  /** leaves[s − 1] is step s's leaf; preimages likewise (built on first use from the records). */
+  readonly leaves: Hex[];
+  readonly preimages: LeafPreimage[];
+  /** Layer outputs by step index, when kept to answer openings. */
+  layers: Map<number, LayerRecord>;
 }
 
 /** Ways to run a job dishonestly, for the dispute simulator and the tests. */
@@ -209,60 +208,86 @@ export interface RecordOptions {
 }
 
 /**
- * Hashes layer steps into leaves, keeping each layer's K/V chain and the accumulator in the model's
- * memory: with the native kernels one call per step (OpenSSL's SHA-256), else node:crypto — the
- * same bytes either way.
+ * One 128-byte record per step, so that recording costs one hashing call per layer step:
+ * layer: xHash ‖ kvHash ‖ kvChain ‖ leaf; head: u32 token ‖ u64 rng ‖ … ‖ leaf; end: … ‖ leaf.
  */
-function layerHasher(model: Model, start: Hex) {
-  const { arena } = model;
-  const { dim, kvDim, nLayers } = model.config;
-  const mark = arena.mark();
-  const chains = arena.alloc(32 * nLayers);
-  const acc = arena.alloc(32);
-  const out = arena.alloc(96);
-  arena.u8(chains, 32 * nLayers).fill(0); // KV_CHAIN_START
-  arena.u8(acc, 32).set(unhex(start));
-  const native = nativeKernels();
-  const handle = native?.bind(new Uint8Array(arena.memory.buffer)) ?? -1;
-  const view = (ptr: number, n: number): Buffer => Buffer.from(arena.memory.buffer, ptr, n);
-  const hashInJs = (x: Float32Array, key: Float32Array, value: Float32Array, pos: number, layer: number): void => {
-    const chain = view(chains + 32 * layer, 32);
-    const xHash = sha256(f32Bytes(x));
-    const kvHash = sha256(f32Bytes(key), f32Bytes(value));
-    chain.set(sha256(chain, kvHash));
-    const leaf = sha256(text('verity-leaf/layer'), u32(pos, layer), xHash, kvHash, chain);
-    view(out, 96).set([...xHash, ...kvHash, ...leaf]);
-    view(acc, 32).set(sha256(view(acc, 32), leaf));
+const RECORD = 128;
+const LEAF_AT = 96;
+const KIND = ['layer', 'head', 'end'] as const;
+
+const TAG = { head: text('verity-leaf/head'), end: text('verity-leaf/end') };
+
+function traceFrom(job: Job, commitment: Hex, nLayers: number, records: Uint8Array, kinds: Uint8Array, rest: Pick<Trace, 'root' | 'tokens' | 'layers'>): Trace {
+  const sched = schedule(job, nLayers);
+  const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
+  const at = (s: number, from: number, to: number): Hex => hex(records.subarray((s - 1) * RECORD + from, (s - 1) * RECORD + to));
+  const preimage = (s: number): LeafPreimage => {
+    const kind = KIND[kinds[s - 1]];
+    const ref = sched.at(s);
+    if (kind === 'layer' && ref.kind === 'layer') return { kind, pos: ref.pos, layer: ref.layer, xHash: at(s, 0, 32), kvHash: at(s, 32, 64), kvChain: at(s, 64, 96) };
+    const base = (s - 1) * RECORD;
+    if (kind === 'head') return { kind, pos: ref.pos, token: view.getUint32(base, true), rng: view.getBigUint64(base + 4, true).toString() };
+    return { kind: 'end', step: s };
   };
+  let leaves: Hex[] | undefined;
+  let preimages: LeafPreimage[] | undefined;
   return {
-    layer(x: Float32Array, key: Float32Array, value: Float32Array, pos: number, layer: number) {
-      if (native) native.traceLayer(handle, x.byteOffset, key.byteOffset, value.byteOffset, dim, kvDim, pos, layer, chains + 32 * layer, acc, out);
-      else hashInJs(x, key, value, pos, layer);
-      const o = view(out, 96);
-      return { xHash: o.toString('hex', 0, 32), kvHash: o.toString('hex', 32, 64), kvChain: view(chains + 32 * layer, 32).toString('hex'), leaf: o.toString('hex', 64, 96) };
+    job,
+    commitment,
+    nLayers,
+    ...rest,
+    get leaves() {
+      return (leaves ??= Array.from({ length: kinds.length }, (_, i) => at(i + 1, LEAF_AT, RECORD)));
     },
-    other(leaf: Hex): void {
-      view(acc, 32).set(sha256(view(acc, 32), unhex(leaf)));
+    get preimages() {
+      return (preimages ??= Array.from({ length: kinds.length }, (_, i) => preimage(i + 1)));
     },
-    acc: (): Hex => view(acc, 32).toString('hex'),
-    release: (): void => arena.release(mark),
   };
 }
 
 export function recordTrace(model: Model, job: Job, options: RecordOptions = {}): Trace {
-  const sched = schedule(job, model.config.nLayers);
+  const { arena } = model;
+  const { dim, kvDim, nLayers } = model.config;
+  const sched = schedule(job, nLayers);
   const commitment = jobCommitment(job);
-  const leaves: Hex[] = [];
-  const preimages: LeafPreimage[] = [];
-  const layers = new Map<number, LayerRecord>();
-  const hasher = layerHasher(model, traceStart(commitment));
   const { deviation } = options;
-  const push = (p: LeafPreimage): void => {
-    const leaf = leafHash(p);
-    preimages.push(p);
-    leaves.push(leaf);
-    hasher.other(leaf);
+  const layers = new Map<number, LayerRecord>();
+  const kinds = new Uint8Array(sched.steps);
+
+  // Records, the per-layer K/V chains and the accumulator live in the model's memory, where the
+  // native hasher writes; they are copied out when the run is over.
+  const mark = arena.mark();
+  const records = arena.alloc(RECORD * sched.steps);
+  const chains = arena.alloc(32 * nLayers);
+  const acc = arena.alloc(32);
+  const bytes = (ptr: number, n: number): Buffer => Buffer.from(arena.memory.buffer, ptr, n);
+  bytes(chains, 32 * nLayers).fill(0); // KV_CHAIN_START
+  bytes(acc, 32).set(unhex(traceStart(commitment)));
+  const native = nativeKernels();
+  const handle = native?.bind(new Uint8Array(arena.memory.buffer)) ?? -1;
+  let steps = 0;
+
+  const hashLayer = (x: Float32Array, key: Float32Array, value: Float32Array, pos: number, layer: number, out: number): void => {
+    if (native) {
+      native.traceLayer(handle, x.byteOffset, key.byteOffset, value.byteOffset, dim, kvDim, pos, layer, chains + 32 * layer, acc, out);
+      return;
+    }
+    const chain = bytes(chains + 32 * layer, 32);
+    const xHash = sha256(f32Bytes(x));
+    const kvHash = sha256(f32Bytes(key), f32Bytes(value));
+    chain.set(sha256(chain, kvHash));
+    const leaf = sha256(text('verity-leaf/layer'), u32(pos, layer), xHash, kvHash, chain);
+    bytes(out, RECORD).set(Buffer.concat([xHash, kvHash, chain, leaf]));
+    bytes(acc, 32).set(sha256(bytes(acc, 32), leaf));
   };
+  const pushOther = (kind: 'head' | 'end', fields: Uint8Array, leaf: Uint8Array): void => {
+    const out = records + RECORD * steps;
+    kinds[steps++] = KIND.indexOf(kind);
+    bytes(out, fields.length).set(fields);
+    bytes(out + LEAF_AT, 32).set(leaf);
+    bytes(acc, 32).set(sha256(bytes(acc, 32), leaf));
+  };
+
   try {
     const run = generate(model, {
       prompt: job.promptTokens,
@@ -275,25 +300,25 @@ export function recordTrace(model: Model, job: Job, options: RecordOptions = {})
         layer(pos, layer, out) {
           const a = deviation?.activation;
           if (a && a.pos === pos && a.layer === layer) out.x[a.index] = Math.fround(out.x[a.index] + a.delta);
-          const { leaf, ...hashes } = hasher.layer(out.x, out.key, out.value, pos, layer);
-          const preimage = { kind: 'layer' as const, pos, layer, ...hashes };
-          preimages.push(preimage);
-          leaves.push(leaf);
-          if (options.keepOutputs) layers.set(leaves.length, { x: out.x.slice(), key: out.key.slice(), value: out.value.slice(), preimage });
+          hashLayer(out.x, out.key, out.value, pos, layer, records + RECORD * steps);
+          kinds[steps++] = 0;
+          if (options.keepOutputs) layers.set(steps, { x: out.x.slice(), key: out.key.slice(), value: out.value.slice() });
         },
         head(pos, token, rngState) {
           const chosen = deviation?.token?.pos === pos ? deviation.token.token : token;
-          push({ kind: 'head', pos, token: chosen, rng: rngState.toString() });
+          const fields = Buffer.concat([u32(chosen), u64(rngState)]);
+          pushOther('head', fields, sha256(TAG.head, u32(pos), fields));
           return chosen;
         },
       },
     });
     let r = run.next();
     while (!r.done) r = run.next();
-    while (leaves.length < sched.steps) push({ kind: 'end', step: leaves.length + 1 });
-    return { job, commitment, nLayers: model.config.nLayers, leaves, preimages, layers, root: hasher.acc(), tokens: r.value.tokens };
+    while (steps < sched.steps) pushOther('end', new Uint8Array(0), sha256(TAG.end, u32(steps + 1)));
+    const recorded = new Uint8Array(bytes(records, RECORD * sched.steps));
+    return traceFrom(job, commitment, nLayers, recorded, kinds, { root: bytes(acc, 32).toString('hex'), tokens: r.value.tokens, layers });
   } finally {
-    hasher.release();
+    arena.release(mark);
   }
 }
 
