@@ -1,0 +1,153 @@
+// ANS-104 data items: every message, module, model chunk and result is one. Created and verified
+// with @dha-team/arbundles (the library aoconnect uses); parsed here first with bounds checks so
+// that a malformed, truncated or forged item gets a clear reason instead of an exception.
+import { createHash } from 'node:crypto';
+import { DataItem, createData, deserializeTags, type Signer } from '@dha-team/arbundles';
+import { b64url, ownerAddress } from './wallet.js';
+
+export interface Tag {
+  name: string;
+  value: string;
+}
+
+/** A verified data item. */
+export interface Item {
+  id: string;
+  signatureType: number;
+  signature: string;
+  /** The owner key, base64url, and its address. */
+  owner: string;
+  address: string;
+  target: string | null;
+  anchor: string | null;
+  tags: Tag[];
+  data: Buffer;
+  raw: Buffer;
+}
+
+export class ItemError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ItemError';
+  }
+}
+
+/** Signature types Verity accepts: Arweave RSA-PSS, Ed25519, Solana (Ed25519 too). */
+const SIGNATURES: Record<number, { sig: number; owner: number; name: string }> = {
+  1: { sig: 512, owner: 512, name: 'arweave' },
+  2: { sig: 64, owner: 32, name: 'ed25519' },
+  4: { sig: 64, owner: 32, name: 'solana' },
+};
+
+export const TAG_LIMITS = { count: 128, name: 1024, value: 3072, bytes: 4096 };
+
+/** Why a tag list breaks ANS-104's limits, or null. */
+export function tagProblem(tags: Tag[]): string | null {
+  if (tags.length > TAG_LIMITS.count) return `${tags.length} tags, at most ${TAG_LIMITS.count}`;
+  for (const [i, t] of tags.entries()) {
+    if (typeof t?.name !== 'string' || typeof t?.value !== 'string') return `tag ${i} is not a {name, value} pair of strings`;
+    const name = Buffer.byteLength(t.name);
+    const value = Buffer.byteLength(t.value);
+    if (name === 0 || name > TAG_LIMITS.name) return `tag ${i} name is ${name} bytes, must be 1..${TAG_LIMITS.name}`;
+    if (value === 0 || value > TAG_LIMITS.value) return `tag ${i} (${t.name}) value is ${value} bytes, must be 1..${TAG_LIMITS.value}`;
+  }
+  return null;
+}
+
+export interface ItemOptions {
+  tags?: Tag[];
+  /** base64url of 32 bytes: the process or wallet the item is for. */
+  target?: string;
+  /** 32 bytes, as AO uses it (a nonce). */
+  anchor?: string;
+}
+
+/** Creates and signs a data item. */
+export async function createItem(data: string | Uint8Array, signer: Signer, options: ItemOptions = {}): Promise<Item> {
+  const tags = options.tags ?? [];
+  const problem = tagProblem(tags);
+  if (problem) throw new ItemError(`bad tags: ${problem}`);
+  if (options.target !== undefined && Buffer.from(options.target, 'base64url').length !== 32) throw new ItemError('bad target: not 32 bytes of base64url');
+  if (options.anchor !== undefined && Buffer.byteLength(options.anchor) !== 32) throw new ItemError('bad anchor: must be 32 bytes');
+  const item = createData(typeof data === 'string' ? data : Buffer.from(data), signer, { tags, target: options.target, anchor: options.anchor });
+  await item.sign(signer);
+  return parseItem(item.getRaw());
+}
+
+/** Parses and verifies a data item; throws ItemError with the reason when it is not a valid one. */
+export async function verifyItem(raw: Uint8Array): Promise<Item> {
+  const item = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength));
+  let valid = false;
+  try {
+    valid = await DataItem.verify(item.raw);
+  } catch {
+    valid = false;
+  }
+  if (!valid) throw new ItemError(`bad signature: the ${SIGNATURES[item.signatureType].name} signature does not match the item`);
+  return item;
+}
+
+/** The structure of a data item, checked against its length at every field (no signature check). */
+export function parseItem(raw: Buffer): Item {
+  const fail = (why: string): never => {
+    throw new ItemError(why);
+  };
+  let at = 0;
+  const need = (n: number, what: string): void => {
+    if (at + n > raw.length) fail(`truncated: ${raw.length} bytes, ${what} needs ${at + n}`);
+  };
+  need(2, 'the signature type');
+  const signatureType = raw.readUInt16LE(0);
+  const config = SIGNATURES[signatureType] ?? fail(`unsupported signature type ${signatureType} (1 Arweave, 2 Ed25519, 4 Solana)`);
+  at = 2;
+  need(config.sig, 'the signature');
+  const signature = raw.subarray(at, at + config.sig);
+  at += config.sig;
+  need(config.owner, 'the owner');
+  const owner = raw.subarray(at, at + config.owner);
+  at += config.owner;
+  const optional = (what: string): Buffer | null => {
+    need(1, `the ${what} flag`);
+    const flag = raw[at++];
+    if (flag > 1) fail(`bad ${what} flag ${flag}`);
+    if (flag === 0) return null;
+    need(32, `the ${what}`);
+    at += 32;
+    return raw.subarray(at - 32, at);
+  };
+  const target = optional('target');
+  const anchor = optional('anchor');
+  need(16, 'the tag counts');
+  const count = Number(raw.readBigUInt64LE(at));
+  const tagBytes = Number(raw.readBigUInt64LE(at + 8));
+  at += 16;
+  if (count > TAG_LIMITS.count) fail(`bad tags: ${count} tags, at most ${TAG_LIMITS.count}`);
+  if (tagBytes > TAG_LIMITS.bytes) fail(`bad tags: ${tagBytes} bytes of tags, at most ${TAG_LIMITS.bytes}`);
+  need(tagBytes, 'the tags');
+  let tags: Tag[] = [];
+  if (count > 0) {
+    try {
+      tags = deserializeTags(Buffer.from(raw.subarray(at, at + tagBytes)));
+    } catch {
+      fail('bad tags: not an Avro array of {name, value} records');
+    }
+    if (tags.length !== count) fail(`bad tags: the header says ${count} tags, there are ${tags.length}`);
+    const problem = tagProblem(tags);
+    if (problem) fail(`bad tags: ${problem}`);
+  } else if (tagBytes !== 0) fail('bad tags: no tags but tag bytes');
+  at += tagBytes;
+  return {
+    id: b64url(createHash('sha256').update(signature).digest()),
+    signatureType,
+    signature: b64url(signature),
+    owner: b64url(owner),
+    address: ownerAddress(owner),
+    target: target ? b64url(target) : null,
+    anchor: anchor ? anchor.toString('utf8') : null,
+    tags,
+    data: raw.subarray(at),
+    raw,
+  };
+}
+
+export const tagValue = (item: Pick<Item, 'tags'>, name: string): string | undefined => item.tags.find((t) => t.name === name)?.value;

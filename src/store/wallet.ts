@@ -1,0 +1,103 @@
+// Wallets: Arweave RSA keys (JWK) and Ed25519 keys, the two signature types AO processes and
+// Verity nodes use. An address is what AO and Arweave make of the owner key: base64url(sha256(key)).
+import { createHash, createPrivateKey, generateKeyPairSync, sign as edSign, type KeyObject } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { ArweaveSigner, type JWKInterface, type Signer } from '@dha-team/arbundles';
+import Arweave from 'arweave';
+
+export type WalletType = 'arweave' | 'ed25519';
+
+export interface Ed25519Jwk {
+  kty: 'OKP';
+  crv: 'Ed25519';
+  x: string;
+  d: string;
+}
+
+export type Wallet = { type: 'arweave'; jwk: JWKInterface } | { type: 'ed25519'; jwk: Ed25519Jwk };
+
+export class WalletError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WalletError';
+  }
+}
+
+export const b64url = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64url');
+
+/** Owner key bytes → address (AO's and Arweave's rule for every signature type used here). */
+export const ownerAddress = (owner: Uint8Array): string => b64url(createHash('sha256').update(owner).digest());
+
+export async function generateWallet(type: WalletType): Promise<Wallet> {
+  if (type === 'arweave') {
+    const jwk = await Arweave.init({}).wallets.generate();
+    return { type, jwk };
+  }
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const jwk = privateKey.export({ format: 'jwk' }) as unknown as Ed25519Jwk;
+  return { type, jwk: { kty: 'OKP', crv: 'Ed25519', x: jwk.x, d: jwk.d } };
+}
+
+/** The owner key as it appears in data items: the RSA modulus, or the Ed25519 public key. */
+export function ownerKey(wallet: Wallet): Buffer {
+  return Buffer.from(wallet.type === 'arweave' ? wallet.jwk.n : wallet.jwk.x, 'base64url');
+}
+
+export const walletAddress = (wallet: Wallet): string => ownerAddress(ownerKey(wallet));
+
+function ed25519Key(jwk: Ed25519Jwk): KeyObject {
+  return createPrivateKey({ key: { ...jwk }, format: 'jwk' });
+}
+
+/** A signer for @dha-team/arbundles (and aoconnect): signature type 1 (Arweave) or 2 (Ed25519). */
+export function walletSigner(wallet: Wallet): Signer {
+  if (wallet.type === 'arweave') return new ArweaveSigner(wallet.jwk);
+  const key = ed25519Key(wallet.jwk);
+  return {
+    publicKey: ownerKey(wallet),
+    signatureType: 2,
+    signatureLength: 64,
+    ownerLength: 32,
+    sign: (message: Uint8Array) => edSign(null, message, key),
+  } as Signer;
+}
+
+/** Reads and checks a wallet file (an Arweave JWK, or an Ed25519 OKP JWK). */
+export function readWallet(path: string): Wallet {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new WalletError(`${path}: ${code === 'ENOENT' ? 'no such wallet file' : 'not a JSON wallet'}`);
+  }
+  const str = (k: string): boolean => typeof doc[k] === 'string' && (doc[k] as string).length > 0;
+  if (doc.kty === 'RSA' && ['n', 'e', 'd', 'p', 'q', 'dp', 'dq', 'qi'].every(str)) {
+    const n = Buffer.from(doc.n as string, 'base64url');
+    if (n.length !== 512) throw new WalletError(`${path}: an Arweave key has a 4096-bit modulus, this one has ${8 * n.length} bits`);
+    return { type: 'arweave', jwk: doc as unknown as JWKInterface };
+  }
+  if (doc.kty === 'OKP' && doc.crv === 'Ed25519' && str('x') && str('d')) {
+    const wallet: Wallet = { type: 'ed25519', jwk: { kty: 'OKP', crv: 'Ed25519', x: doc.x as string, d: doc.d as string } };
+    try {
+      ed25519Key(wallet.jwk);
+    } catch {
+      throw new WalletError(`${path}: not a valid Ed25519 key`);
+    }
+    return wallet;
+  }
+  throw new WalletError(`${path}: not an Arweave (RSA) or Ed25519 JWK`);
+}
+
+/** Writes a wallet file readable by its owner only (0600), atomically. */
+export function writeWallet(path: string, wallet: Wallet): void {
+  const temp = `${path}.${process.pid}.tmp`;
+  const fd = openSync(temp, 'wx', 0o600);
+  try {
+    writeSync(fd, `${JSON.stringify(wallet.jwk)}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(temp, path);
+}
