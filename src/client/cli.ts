@@ -1,9 +1,17 @@
 // The `verity` command line: one module per command under commands/.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { EngineError, ModelFileError } from '../engine/index.js';
+import { ProofError } from '../proof/index.js';
+import { ItemError } from '../store/items.js';
+import { ModelStoreError } from '../store/models.js';
+import { QueryError } from '../store/store.js';
+import { WalletError } from '../store/wallet.js';
 import { inspectCommand } from './commands/inspect.js';
 import { disputeSimCommand, traceCommand } from './commands/proof.js';
 import { quantizeCommand } from './commands/quantize.js';
+import {
+  gatewayCommand, modelFetchCommand, modelListCommand, modelPublishCommand, walletNewCommand, walletShowCommand,
+} from './commands/store.js';
 import { runCommand } from './commands/run.js';
 import { withGenerationOptions } from './commands/shared.js';
 import { tuneRuntime } from './runtime.js';
@@ -40,6 +48,37 @@ export function buildProgram(): Command {
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'f16', 'f32']).default('q8_0'))
     .action(quantizeCommand);
+  const storeOptions = (c: Command): Command =>
+    c
+      .option('--store <dir>', 'the embedded store (default ./.verity)')
+      .option('--gateway <url>', 'an Arweave gateway instead of the embedded store')
+      .option('--wallet <file>', 'wallet file (default <store>/wallet.json)')
+      .option('--json', 'print one JSON object');
+  const wallet = program.command('wallet').description('create and show wallets (Arweave RSA or Ed25519)');
+  storeOptions(wallet.command('new'))
+    .description('create a wallet file, readable by its owner only')
+    .addOption(new Option('--type <type>', 'key type').choices(['ed25519', 'arweave']).default('ed25519'))
+    .option('--force', 'replace an existing wallet file')
+    .action(walletNewCommand);
+  storeOptions(wallet.command('show')).description('show the wallet\'s type and address').action(walletShowCommand);
+  const model = program.command('model').description('publish models to permanent storage and fetch them by id');
+  storeOptions(model.command('publish'))
+    .description('split a model into chunk items plus a manifest, and store them (resumes an interrupted publish)')
+    .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
+    .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
+    .option('--name <name>', 'a name for the manifest (default the file name)')
+    .action(modelPublishCommand);
+  storeOptions(model.command('fetch'))
+    .description('download a model by id, verify every chunk against the id, and cache it as GGUF')
+    .argument('<model-id>', 'the model id (64 hex characters)')
+    .option('--cache <dir>', 'where fetched models go (default <store>/models)')
+    .action(modelFetchCommand);
+  storeOptions(model.command('list')).description('list the models in the store').action(modelListCommand);
+  storeOptions(program.command('gateway'))
+    .description('serve the embedded store over HTTP (GraphQL, raw items, data, uploads)')
+    .option('--port <n>', 'port', (v) => positive(v, 0, 65535), 1984)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .action(gatewayCommand);
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')
@@ -55,7 +94,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
-    const known = e instanceof ModelFileError || e instanceof EngineError || e instanceof InvalidArgumentError;
+    const known = [ModelFileError, EngineError, InvalidArgumentError, ProofError, WalletError, ItemError, ModelStoreError, QueryError].some((k) => e instanceof k);
     const message = e instanceof Error ? e.message : String(e);
     process.stderr.write(`verity: ${known ? '' : 'internal error: '}${message.split('\n')[0]}\n`);
     process.exitCode = known ? 1 : 2;

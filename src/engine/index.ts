@@ -21,7 +21,7 @@ export { generate, type GenerateRequest, type GeneratedToken, type GenerationSum
 export { createFingerprint, headOutputBytes, layerOutputBytes } from './fingerprint.js';
 export {
   CHUNK_BYTES, MODEL_ID_VERSION, canonicalConfig, canonicalTokenizer, chunkLayout, modelIdentity, parseCanonicalConfig,
-  parseCanonicalTokenizer, tensorChunkLeaves, tensorSpecBytes,
+  modelTreeLeaves, parseCanonicalTokenizer, tensorSpecBytes,
   type CanonicalConfig, type ModelIdentity, type TensorLeaves, type TensorSpec,
 } from './model-id.js';
 export { leafHash, merkleRoot, nodeHash, rangeProof, rootFromRange, toHex, type Hash } from './merkle.js';

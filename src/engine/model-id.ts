@@ -7,7 +7,7 @@ import {
   Q8_BLOCK, canonicalTensors, configProblem, deriveConfig, f32Matrix, matrixBytes,
   type DType, type Model, type ModelConfig, type Weights,
 } from './model.js';
-import { leafHash, merkleRoot, toHex, type Hash } from './merkle.js';
+import { leafHash, merkleRoot, toHex } from './merkle.js';
 import { createTokenizer, type Tokenizer } from './tokenizer.js';
 
 export const MODEL_ID_VERSION = 'verity-model/1';
@@ -68,27 +68,27 @@ export interface ModelIdentity {
   chunks: number;
 }
 
-/** Leaf hashes of every tensor chunk, in canonical order (leaves 2.. of the model tree). */
-export function tensorChunkLeaves(model: Model): Hash[] {
-  const leaves: Hash[] = [];
+/**
+ * The leaves of the model tree in order: config, tokenizer, then every tensor's chunks (views of
+ * the model's memory, not copies).
+ */
+export function modelTreeLeaves(model: Model): Uint8Array[] {
+  const leaves = [canonicalConfig(model), canonicalTokenizer(model.tokenizer)];
   for (const t of canonicalTensors(model.config, model.weights)) {
-    for (let at = 0; at < t.bytes; at += CHUNK_BYTES) {
-      leaves.push(leafHash(model.arena.u8(t.ptr + at, Math.min(CHUNK_BYTES, t.bytes - at))));
-    }
+    for (let at = 0; at < t.bytes; at += CHUNK_BYTES) leaves.push(model.arena.u8(t.ptr + at, Math.min(CHUNK_BYTES, t.bytes - at)));
   }
   return leaves;
 }
 
 export function modelIdentity(model: Model): ModelIdentity {
-  const config = canonicalConfig(model);
-  const tokenizer = canonicalTokenizer(model.tokenizer);
-  const chunks = tensorChunkLeaves(model);
+  const [config, tokenizer, ...chunks] = modelTreeLeaves(model);
+  const chunkHashes = chunks.map((c) => leafHash(c));
   const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
   return {
-    modelId: toHex(merkleRoot([leafHash(config), leafHash(tokenizer), ...chunks])),
+    modelId: toHex(merkleRoot([leafHash(config), leafHash(tokenizer), ...chunkHashes])),
     configHash: sha(config),
     tokenizerHash: sha(tokenizer),
-    weightsRoot: toHex(merkleRoot(chunks)),
+    weightsRoot: toHex(merkleRoot(chunkHashes)),
     chunks: chunks.length,
   };
 }

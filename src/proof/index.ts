@@ -7,7 +7,7 @@ export {
 } from './trace.js';
 export { ProofError, buildOpening, checkOpening, decodeOpening, encodeOpening, openingBytes, type Opening, type OpeningJson, type StepInputs } from './opening.js';
 export { createReferee, type Referee, type RefereeReport, type WeightSource } from './referee.js';
-export { modelLeaves, modelWeightSource, tamperedSource } from './weights.js';
+export { modelWeightSource, tamperedSource } from './weights.js';
 export {
   GameError, decide, disputedStep, openGame, outcome, post, roundsNeeded, splitPoints, tick,
   type GameParams, type GameState, type Outcome, type Party, type Round,

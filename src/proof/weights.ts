@@ -1,31 +1,12 @@
 // Weight sources for the referee. Storage will serve a published model's chunks by id; here a
 // loaded model serves its own, with range proofs against its model id.
-import {
-  canonicalConfig,
-  canonicalTensors,
-  canonicalTokenizer,
-  CHUNK_BYTES,
-  leafHash,
-  merkleRoot,
-  rangeProof,
-  type Hash,
-  type Model,
-} from '../engine/index.js';
+import { leafHash, merkleRoot, modelTreeLeaves, rangeProof, type Hash, type Model } from '../engine/index.js';
 import { hex } from './trace.js';
 import type { WeightSource } from './referee.js';
 
-/** The leaves of a model's tree in order: config, tokenizer, tensor chunks (views, not copies). */
-export function modelLeaves(model: Model): Uint8Array[] {
-  const leaves = [canonicalConfig(model), canonicalTokenizer(model.tokenizer)];
-  for (const t of canonicalTensors(model.config, model.weights)) {
-    for (let at = 0; at < t.bytes; at += CHUNK_BYTES) leaves.push(model.arena.u8(t.ptr + at, Math.min(CHUNK_BYTES, t.bytes - at)));
-  }
-  return leaves;
-}
-
 /** Serves a loaded model's chunks; hashes every leaf once, up front. */
 export function modelWeightSource(model: Model): WeightSource {
-  const leaves = modelLeaves(model);
+  const leaves = modelTreeLeaves(model);
   const hashes: Hash[] = leaves.map((l) => leafHash(l));
   return {
     modelId: hex(merkleRoot(hashes)),

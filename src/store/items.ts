@@ -1,7 +1,7 @@
 // ANS-104 data items: every message, module, model chunk and result is one. Created and verified
 // with @dha-team/arbundles (the library aoconnect uses); parsed here first with bounds checks so
 // that a malformed, truncated or forged item gets a clear reason instead of an exception.
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, verify as edVerify } from 'node:crypto';
 import { DataItem, createData, deserializeTags, type Signer } from '@dha-team/arbundles';
 import { b64url, ownerAddress } from './wallet.js';
 
@@ -67,11 +67,18 @@ export async function createItem(data: string | Uint8Array, signer: Signer, opti
   const tags = options.tags ?? [];
   const problem = tagProblem(tags);
   if (problem) throw new ItemError(`bad tags: ${problem}`);
-  if (options.target !== undefined && Buffer.from(options.target, 'base64url').length !== 32) throw new ItemError('bad target: not 32 bytes of base64url');
+  if (options.target !== undefined && (Buffer.from(options.target, 'base64url').length !== 32 || b64url(Buffer.from(options.target, 'base64url')) !== options.target)) throw new ItemError('bad target: not 32 bytes in canonical base64url');
   if (options.anchor !== undefined && Buffer.byteLength(options.anchor) !== 32) throw new ItemError('bad anchor: must be 32 bytes');
   const item = createData(typeof data === 'string' ? data : Buffer.from(data), signer, { tags, target: options.target, anchor: options.anchor });
   await item.sign(signer);
   return parseItem(item.getRaw());
+}
+
+/** Ed25519 with node:crypto (native) over arbundles' signature data: the same check, much faster. */
+async function verifyEd25519(item: Item): Promise<boolean> {
+  const message = await new DataItem(item.raw).getSignatureData();
+  const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: item.owner }, format: 'jwk' });
+  return edVerify(null, message, key, Buffer.from(item.signature, 'base64url'));
 }
 
 /** Parses and verifies a data item; throws ItemError with the reason when it is not a valid one. */
@@ -79,12 +86,48 @@ export async function verifyItem(raw: Uint8Array): Promise<Item> {
   const item = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength));
   let valid = false;
   try {
-    valid = await DataItem.verify(item.raw);
+    valid = item.signatureType === 1 ? await DataItem.verify(item.raw) : await verifyEd25519(item);
   } catch {
     valid = false;
   }
   if (!valid) throw new ItemError(`bad signature: the ${SIGNATURES[item.signatureType].name} signature does not match the item`);
   return item;
+}
+
+/**
+ * Walks an Avro tag block without trusting it: arbundles' reader believes every count and length
+ * (a huge count with a length of −1 makes it loop until memory runs out), so this runs first.
+ * Avro arrays are blocks of a zigzag-varint count (negative: then the block's byte size), then that
+ * many {name, value} pairs of length-prefixed bytes; a count of 0 ends the array.
+ */
+function avroProblem(block: Buffer): string | null {
+  let at = 0;
+  const varint = (): number => {
+    let n = 0;
+    for (let shift = 0; shift < 28; shift += 7) {
+      if (at >= block.length) return NaN;
+      const b = block[at++];
+      n += (b & 0x7f) * 2 ** shift;
+      if (!(b & 0x80)) return n % 2 ? -(n + 1) / 2 : n / 2;
+    }
+    return NaN; // no count or length is anywhere near 28 bits
+  };
+  for (let tags = 0; ; ) {
+    let count = varint();
+    if (Number.isNaN(count)) return 'bad tags: the Avro tag block ends early or has an oversized count';
+    if (count === 0) return at === block.length ? null : 'bad tags: bytes after the end of the Avro tag block';
+    if (count < 0) {
+      count = -count;
+      if (Number.isNaN(varint())) return 'bad tags: the Avro tag block has a bad block size';
+    }
+    tags += count;
+    if (tags > TAG_LIMITS.count) return `bad tags: the Avro tag block holds more than ${TAG_LIMITS.count} tags`;
+    for (let i = 0; i < 2 * count; i++) {
+      const length = varint();
+      if (!(length >= 0) || at + length > block.length) return 'bad tags: a tag length in the Avro block is out of range';
+      at += length;
+    }
+  }
 }
 
 /** The structure of a data item, checked against its length at every field (no signature check). */
@@ -126,6 +169,8 @@ export function parseItem(raw: Buffer): Item {
   need(tagBytes, 'the tags');
   let tags: Tag[] = [];
   if (count > 0) {
+    const avro = avroProblem(raw.subarray(at, at + tagBytes));
+    if (avro) fail(avro);
     try {
       tags = deserializeTags(Buffer.from(raw.subarray(at, at + tagBytes)));
     } catch {

@@ -148,8 +148,8 @@ export function writeGguf(path: string, contents: GgufContents, onTensor?: (inde
   }
 }
 
-/** Weight types a GGUF export can write. */
-export type ExportType = DType | 'f16';
+/** Weight types a GGUF export can write; 'keep' writes every tensor in the type it has. */
+export type ExportType = DType | 'f16' | 'keep';
 
 export interface GgufExportOptions {
   /** Weight type for matrices: 'f32', 'f16', or 'q8_0' for every matrix whose rows are whole blocks. */
@@ -193,7 +193,7 @@ function tensorData(model: Model, ref: TensorRef, type: ExportType): GgufTensorD
   const asF32 = (): Float32Array =>
     ref.dtype === 'q8_0' ? dequantizeQ8_0(model.arena.u8(ref.ptr, ref.bytes)) : model.arena.f32(ref.ptr, count).slice();
   const quantizable = ref.shape.length === 2 && ref.shape[1] % Q8_BLOCK === 0;
-  if (type === 'q8_0' && quantizable) {
+  if ((type === 'q8_0' && quantizable) || (type === 'keep' && ref.dtype === 'q8_0')) {
     const bytes = matrixBytes('q8_0', ref.shape[0], ref.shape[1]);
     const data = ref.dtype === 'q8_0' ? stored : () => quantizeQ8_0(asF32());
     return { name: ref.name, dims, type: GGML_TYPE.Q8_0, bytes, data };

@@ -1,0 +1,175 @@
+// Data items (interop with @dha-team/arbundles both ways, limits, malformed input), wallets, and
+// the embedded store (queries, idempotence, crash safety under kill -9).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ArweaveSigner, DataItem, createData } from '@dha-team/arbundles';
+import fc from 'fast-check';
+import { ItemError, createItem, parseItem, verifyItem, type Item } from '../../src/store/items.js';
+import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { generateWallet, readWallet, walletAddress, walletSigner, writeWallet, type Wallet } from '../../src/store/wallet.js';
+import { projectRoot, withTempDir } from '../helpers.js';
+
+const TARGET = Buffer.alloc(32, 7).toString('base64url');
+
+const wallets: Promise<Record<'ed25519' | 'arweave', Wallet>> = (async () => ({
+  ed25519: await generateWallet('ed25519'),
+  arweave: await generateWallet('arweave'),
+}))();
+
+test('items made here verify with arbundles, and items made by arbundles verify here, for both key types', async () => {
+  for (const [type, wallet] of Object.entries(await wallets)) {
+    const ours = await createItem('payload', walletSigner(wallet), { tags: [{ name: 'Type', value: 'Message' }], target: TARGET, anchor: 'a'.repeat(32) });
+    assert.ok(await DataItem.verify(ours.raw), `${type}: arbundles verifies ours`);
+    assert.equal(new DataItem(ours.raw).id, ours.id);
+    assert.equal(ours.address, walletAddress(wallet));
+    const signer = wallet.type === 'arweave' ? new ArweaveSigner(wallet.jwk) : walletSigner(wallet);
+    const theirs = createData(Buffer.from('theirs'), signer, { tags: [{ name: 'App', value: 'verity' }] });
+    await theirs.sign(signer);
+    const parsed = await verifyItem(theirs.getRaw());
+    assert.equal(parsed.id, theirs.id, `${type}: ours reads theirs`);
+    assert.deepEqual(parsed.tags, [{ name: 'App', value: 'verity' }]);
+    assert.equal(parsed.data.toString(), 'theirs');
+  }
+});
+
+test('tag limits are enforced when creating and when parsing', async () => {
+  const signer = walletSigner((await wallets).ed25519);
+  const cases: [object[], RegExp][] = [
+    [Array.from({ length: 129 }, (_, i) => ({ name: `t${i}`, value: 'v' })), /129 tags, at most 128/],
+    [[{ name: '', value: 'v' }], /name is 0 bytes/],
+    [[{ name: 'n', value: 'v'.repeat(3073) }], /value is 3073 bytes/],
+    [[{ name: 'n'.repeat(1025), value: 'v' }], /name is 1025 bytes/],
+  ];
+  for (const [tags, pattern] of cases) {
+    await assert.rejects(createItem('x', signer, { tags: tags as { name: string; value: string }[] }), (e: unknown) => e instanceof ItemError && pattern.test(e.message));
+  }
+  await assert.rejects(createItem('x', signer, { anchor: 'short' }), /anchor: must be 32 bytes/);
+  await assert.rejects(createItem('x', signer, { target: 'T'.repeat(43) }), /target: not 32 bytes in canonical base64url/);
+});
+
+test('property: malformed, truncated or forged items are rejected with a reason, never a crash', async () => {
+  const signer = walletSigner((await wallets).ed25519);
+  const valid = await createItem('some data for fuzzing', signer, { tags: [{ name: 'A', value: 'b' }, { name: 'Content-Type', value: 'text/plain' }], target: TARGET });
+  await fc.assert(
+    fc.asyncProperty(
+      fc.oneof(
+        fc.integer({ min: 0, max: valid.raw.length - 1 }).map((n) => valid.raw.subarray(0, n)),
+        fc.tuple(fc.integer({ min: 0, max: valid.raw.length - 1 }), fc.integer({ min: 1, max: 255 })).map(([i, x]) => {
+          const copy = Buffer.from(valid.raw);
+          copy[i] ^= x;
+          return copy;
+        }),
+        fc.uint8Array({ maxLength: 2000 }).map((b) => Buffer.from(b)),
+        fc.tuple(fc.integer({ min: 0, max: 7 }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })).map(([field, v]) => {
+          const copy = Buffer.from(valid.raw);
+          copy.writeBigUInt64LE(v, 2 + 64 + 32 + 1 + 32 + 1 + (field % 2) * 8); // the tag count or tag bytes
+          return copy;
+        }),
+      ),
+      async (bytes) => {
+        try {
+          const item: Item = await verifyItem(bytes);
+          assert.equal(Buffer.compare(item.raw, valid.raw), 0, 'only the untouched item verifies');
+        } catch (e) {
+          assert.ok(e instanceof ItemError, `unexpected ${String(e)}`);
+          assert.ok(!e.message.includes('\n'));
+        }
+      },
+    ),
+    { numRuns: 400, seed: 7 },
+  );
+  assert.throws(() => parseItem(Buffer.from([9, 0, 1, 2])), /unsupported signature type 9/);
+  // An Avro tag block claiming a huge count with a negative length: arbundles' reader would loop
+  // until memory runs out; the bounded walk refuses it.
+  const bomb = Buffer.concat([Buffer.from([2, 0]), Buffer.alloc(96), Buffer.from([0, 0]), Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([0xfe, 0xff, 0xff, 0x0f, 0x01, 0x00])]);
+  assert.throws(() => parseItem(bomb), /bad tags: /);
+});
+
+test('wallet files: 0600, read back with the same address; bad files give one clear error', async () => {
+  await withTempDir(async (dir) => {
+    for (const [type, w] of Object.entries(await wallets)) {
+      const path = join(dir, `${type}.json`);
+      writeWallet(path, w);
+      assert.equal(statSync(path).mode & 0o777, 0o600);
+      assert.equal(walletAddress(readWallet(path)), walletAddress(w));
+    }
+    const bad = join(dir, 'bad.json');
+    (await import('node:fs')).writeFileSync(bad, '{"kty":"EC"}');
+    assert.throws(() => readWallet(bad), /not an Arweave \(RSA\) or Ed25519 JWK/);
+    assert.throws(() => readWallet(join(dir, 'none.json')), /no such wallet file/);
+  });
+});
+
+test('the embedded store: put, get, duplicates, queries by ids, owners, recipients and tags with pages', async () => {
+  await withTempDir(async (dir) => {
+    const store = openSqliteStore(dir);
+    const { ed25519, arweave } = await wallets;
+    const items: Item[] = [];
+    for (let i = 0; i < 12; i++) {
+      const w = i % 3 === 0 ? arweave : ed25519;
+      const tags = [{ name: 'Type', value: i % 2 ? 'Message' : 'Process' }, { name: 'N', value: String(i) }];
+      items.push(await createItem(`item ${i}`, walletSigner(w), { tags, target: i % 4 === 0 ? TARGET : undefined }));
+    }
+    for (const item of items) assert.deepEqual(await store.put(item.raw), { id: item.id, duplicate: false });
+    assert.deepEqual(await store.put(items[3].raw), { id: items[3].id, duplicate: true });
+    const got = await store.get(items[5].id);
+    assert.ok(got && Buffer.compare(got.raw, items[5].raw) === 0);
+    assert.equal(await store.get('A'.repeat(43)), null);
+    assert.equal(await store.get('../../etc/passwd'), null);
+
+    const ids = async (q: Parameters<typeof store.query>[0]): Promise<string[]> => (await store.query(q)).edges.map((e) => e.node.id);
+    assert.deepEqual(await ids({ ids: [items[1].id, items[2].id], sort: 'HEIGHT_ASC' }), [items[1].id, items[2].id]);
+    assert.deepEqual(await ids({ owners: [walletAddress(arweave)], sort: 'HEIGHT_ASC' }), [0, 3, 6, 9].map((i) => items[i].id));
+    assert.deepEqual(await ids({ recipients: [TARGET], sort: 'HEIGHT_ASC' }), [0, 4, 8].map((i) => items[i].id));
+    const messagesOf3or5 = { tags: [{ name: 'Type', values: ['Message'] }, { name: 'N', values: ['3', '5', '6'] }], sort: 'HEIGHT_ASC' as const };
+    assert.deepEqual(await ids(messagesOf3or5), [3, 5].map((i) => items[i].id));
+    // Pages of 5, newest first, through cursors.
+    const seen: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await store.query({ first: 5, after });
+      seen.push(...page.edges.map((e) => e.node.id));
+      if (!page.hasNextPage) break;
+      after = page.edges.at(-1)!.cursor;
+    }
+    assert.deepEqual(seen, items.map((i) => i.id).reverse());
+    await assert.rejects(store.query({ first: 1000 }), /first must be an integer in 1..100/);
+    await assert.rejects(store.query({ after: 'bogus' }), /bad cursor/);
+    await store.close();
+    // Everything is still there after reopening.
+    const again = openSqliteStore(dir);
+    assert.equal((await again.query({ first: 100 })).edges.length, 12);
+    await again.close();
+  });
+});
+
+test('kill -9 during a burst of 1,000 puts loses no acknowledged item and leaves a readable store', { timeout: 60_000 }, async () => {
+  await withTempDir(async (dir) => {
+    const child = spawn(process.execPath, [join(projectRoot, 'dist', 'tests', 'store', 'fixtures', 'put-burst.js'), dir, '1000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const acknowledged: string[] = [];
+    let buffer = '';
+    await new Promise<void>((resolve) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        buffer += chunk.toString();
+        const lines = buffer.split('\n');
+        buffer = lines.pop()!;
+        acknowledged.push(...lines);
+        if (acknowledged.length >= 300 && !child.killed) child.kill('SIGKILL');
+      });
+      child.on('exit', () => resolve());
+    });
+    assert.ok(acknowledged.length >= 300 && acknowledged.length < 1000, `killed mid-burst after ${acknowledged.length}`);
+    const store = openSqliteStore(dir);
+    for (const id of acknowledged) {
+      const item = await store.get(id);
+      assert.ok(item, `acknowledged item ${id} survived`);
+    }
+    const all = await store.query({ tags: [{ name: 'Burst', values: ['0'] }] });
+    assert.equal(all.edges.length, 1);
+    assert.ok(readFileSync(join(dir, 'index.sqlite')).length > 0);
+    await store.close();
+  });
+});
