@@ -1,20 +1,33 @@
-// The `verity` command line: one module per command under commands/.
+// The `verity` command line: one module per command group under commands/, each loaded only when
+// its command runs (the store's and the network's dependencies cost time to load).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { EngineError, ModelFileError } from '../engine/index.js';
-import { ProofError } from '../proof/index.js';
-import { ItemError } from '../store/items.js';
-import { ModelStoreError } from '../store/models.js';
-import { QueryError } from '../store/store.js';
-import { WalletError } from '../store/wallet.js';
-import { inspectCommand } from './commands/inspect.js';
-import { disputeSimCommand, traceCommand } from './commands/proof.js';
-import { quantizeCommand } from './commands/quantize.js';
-import {
-  gatewayCommand, modelFetchCommand, modelListCommand, modelPublishCommand, walletNewCommand, walletShowCommand,
-} from './commands/store.js';
-import { runCommand } from './commands/run.js';
 import { withGenerationOptions } from './commands/shared.js';
 import { tuneRuntime } from './runtime.js';
+
+type Commands = typeof import('./commands/run.js') &
+  typeof import('./commands/inspect.js') &
+  typeof import('./commands/quantize.js') &
+  typeof import('./commands/proof.js') &
+  typeof import('./commands/store.js');
+
+const modules = {
+  run: () => import('./commands/run.js'),
+  inspect: () => import('./commands/inspect.js'),
+  quantize: () => import('./commands/quantize.js'),
+  proof: () => import('./commands/proof.js'),
+  store: () => import('./commands/store.js'),
+};
+
+/** An action that loads its module first. */
+function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
+  return async (...args: unknown[]): Promise<void> => {
+    const loaded = (await modules[module]()) as unknown as Record<K, (...a: unknown[]) => unknown>;
+    await loaded[name](...args);
+  };
+}
+
+/** Errors that are the user's input, not a bug: one line, exit code 1. */
+const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);
@@ -29,17 +42,17 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (text, out) => out(text.split('\n')[0] + '\n') });
   withGenerationOptions(program.command('run'))
     .description('generate text like llama2.c run.c (stdout identical to run.c for the same flags)')
-    .action(runCommand);
+    .action(lazy('run', 'runCommand'));
   withGenerationOptions(program.command('trace'))
     .description('run a job and write its commitment, every trace leaf and the trace root as JSON')
     .requiredOption('--out <file>', 'where to write the trace')
-    .action(traceCommand);
+    .action(lazy('proof', 'traceCommand'));
   withGenerationOptions(program.command('dispute-sim'))
     .description('play an honest party against a faulty one: every round, the verdict, bytes and the referee time')
     .requiredOption('--fault <kind@where>', `token@<step>, activation@<step>, weights@<layer>, prompt, inconsistent@<round> or silent@<round>`)
     .option('--k <n>', 'arity of the dissection', (v) => positive(v, 2, 64), 8)
     .addOption(new Option('--faulty <party>', 'which party cheats').choices(['asserter', 'challenger']).default('asserter'))
-    .action(disputeSimCommand);
+    .action(lazy('proof', 'disputeSimCommand'));
   program
     .command('quantize')
     .description('write a model as GGUF, its matrices as Q8_0 (default), F16 or F32')
@@ -47,7 +60,7 @@ export function buildProgram(): Command {
     .argument('<out>', 'GGUF file to write')
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'f16', 'f32']).default('q8_0'))
-    .action(quantizeCommand);
+    .action(lazy('quantize', 'quantizeCommand'));
   const storeOptions = (c: Command): Command =>
     c
       .option('--store <dir>', 'the embedded store (default ./.verity)')
@@ -59,33 +72,33 @@ export function buildProgram(): Command {
     .description('create a wallet file, readable by its owner only')
     .addOption(new Option('--type <type>', 'key type').choices(['ed25519', 'arweave']).default('ed25519'))
     .option('--force', 'replace an existing wallet file')
-    .action(walletNewCommand);
-  storeOptions(wallet.command('show')).description('show the wallet\'s type and address').action(walletShowCommand);
+    .action(lazy('store', 'walletNewCommand'));
+  storeOptions(wallet.command('show')).description('show the wallet\'s type and address').action(lazy('store', 'walletShowCommand'));
   const model = program.command('model').description('publish models to permanent storage and fetch them by id');
   storeOptions(model.command('publish'))
     .description('split a model into chunk items plus a manifest, and store them (resumes an interrupted publish)')
     .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .option('--name <name>', 'a name for the manifest (default the file name)')
-    .action(modelPublishCommand);
+    .action(lazy('store', 'modelPublishCommand'));
   storeOptions(model.command('fetch'))
     .description('download a model by id, verify every chunk against the id, and cache it as GGUF')
     .argument('<model-id>', 'the model id (64 hex characters)')
     .option('--cache <dir>', 'where fetched models go (default <store>/models)')
-    .action(modelFetchCommand);
-  storeOptions(model.command('list')).description('list the models in the store').action(modelListCommand);
+    .action(lazy('store', 'modelFetchCommand'));
+  storeOptions(model.command('list')).description('list the models in the store').action(lazy('store', 'modelListCommand'));
   storeOptions(program.command('gateway'))
     .description('serve the embedded store over HTTP (GraphQL, raw items, data, uploads)')
     .option('--port <n>', 'port', (v) => positive(v, 0, 65535), 1984)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
-    .action(gatewayCommand);
+    .action(lazy('store', 'gatewayCommand'));
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')
     .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .option('--json', 'print JSON')
-    .action(inspectCommand);
+    .action(lazy('inspect', 'inspectCommand'));
   return program;
 }
 
@@ -94,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
-    const known = [ModelFileError, EngineError, InvalidArgumentError, ProofError, WalletError, ItemError, ModelStoreError, QueryError].some((k) => e instanceof k);
+    const known = e instanceof InvalidArgumentError || (e instanceof Error && USER_ERRORS.has(e.name));
     const message = e instanceof Error ? e.message : String(e);
     process.stderr.write(`verity: ${known ? '' : 'internal error: '}${message.split('\n')[0]}\n`);
     process.exitCode = known ? 1 : 2;
