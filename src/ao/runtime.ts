@@ -1,0 +1,184 @@
+// The process runtime: a process module is JavaScript (compiled from TypeScript) exporting
+// `handle(state, message, env)`. The CU runs it in QuickJS (compiled to WebAssembly), a fresh
+// runtime per message, so every CU gets the same result, the same gas and the same limit hits: no
+// clock, no randomness, no timers, no network, no filesystem; a memory limit and a compute limit
+// counted in interpreter ticks (deterministic, unlike a wall-clock timeout). An error or a limit
+// hit leaves the state as it was and returns `Error`.
+import variant from '@jitl/quickjs-wasmfile-release-sync';
+import {
+  newQuickJSWASMModuleFromVariant, type QuickJSContext, type QuickJSHandle, type QuickJSSyncVariant, type QuickJSWASMModule,
+} from 'quickjs-emscripten-core';
+
+/** The Module-Format tag of Verity process modules. */
+export const MODULE_FORMAT = 'verity-js/1';
+
+export interface Tag {
+  name: string;
+  value: string;
+}
+
+/** A message as a process sees it (AO's CU message object). */
+export interface ProcessMessage {
+  Id: string;
+  Signature?: string;
+  Data: string;
+  Owner: string;
+  Anchor?: string | null;
+  /** The From-Process tag when a process sent it, else the owner. */
+  From: string;
+  'Forwarded-By'?: string;
+  Tags: Tag[];
+  Target: string;
+  Epoch?: number;
+  Nonce: number;
+  Timestamp: number;
+  'Block-Height': number;
+  'Hash-Chain'?: string;
+  Cron: boolean;
+  'Read-Only'?: boolean;
+}
+
+export interface ProcessEnv {
+  Process: { Id: string; Owner: string; Tags: Tag[] };
+  Module: { Id: string; Owner: string; Tags: Tag[] };
+}
+
+export interface OutboxMessage {
+  Target: string;
+  Data?: string;
+  Anchor?: string;
+  Tags: Tag[];
+}
+
+export interface Outcome {
+  Messages: OutboxMessage[];
+  Spawns: { Data?: string; Anchor?: string; Tags: Tag[] }[];
+  Assignments: { Processes: string[]; Message: string }[];
+  Output: unknown;
+  Error?: string;
+  GasUsed: number;
+}
+
+export interface Evaluation extends Outcome {
+  /** The new state (the old one when the message failed). */
+  state: unknown;
+}
+
+export interface Limits {
+  /** Bytes of QuickJS heap. */
+  memory: number;
+  /** Interrupt ticks (one every ~10,000 interpreter steps). */
+  compute: number;
+}
+
+export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 200_000 };
+
+/** Host functions a CU offers to processes (AO's extensions): string in, string out, deterministic. */
+export type Extensions = Record<string, (argument: string) => string>;
+
+let quickjs: QuickJSWASMModule | null = null;
+
+/** Loads QuickJS once per thread. */
+export async function loadRuntime(): Promise<void> {
+  quickjs ??= await newQuickJSWASMModuleFromVariant(variant as unknown as QuickJSSyncVariant);
+}
+
+// What a process may not use, with the reason it gets.
+const FORBIDDEN: Record<string, string> = {
+  Date: 'a process has no clock: use the message Timestamp',
+  setTimeout: 'a process has no timers',
+  setInterval: 'a process has no timers',
+  setImmediate: 'a process has no timers',
+  queueMicrotask: 'a process runs synchronously',
+  fetch: 'a process has no network',
+};
+
+const PRELUDE = `(() => {
+  for (const [name, why] of Object.entries(${JSON.stringify(FORBIDDEN)})) {
+    const blocked = function () { throw new Error(name + ' is not available in a process: ' + why); };
+    for (const member of ['now', 'parse', 'UTC']) blocked[member] = blocked; // Date.now() too
+    Object.defineProperty(globalThis, name, { value: blocked, writable: false, configurable: false });
+  }
+  Object.defineProperty(Math, 'random', {
+    value: function () { throw new Error('Math.random is not available in a process: draw randomness from the message (its Hash-Chain)'); },
+    writable: false, configurable: false,
+  });
+})();`;
+
+const CALL = `(ns, input) => {
+  if (typeof ns.handle !== 'function') throw new Error('the module does not export handle(state, message, env)');
+  const [state, message, env] = JSON.parse(input);
+  const out = ns.handle(state, message, env);
+  if (out === null || typeof out !== 'object') throw new Error('handle must return an object { state, Messages?, Spawns?, Assignments?, Output? }');
+  if (typeof out.then === 'function') throw new Error('handle must return synchronously, not a Promise');
+  return JSON.stringify({
+    state: out.state === undefined ? null : out.state,
+    Messages: out.Messages ?? [], Spawns: out.Spawns ?? [], Assignments: out.Assignments ?? [],
+    Output: out.Output ?? null,
+  });
+}`;
+
+function errorText(ctx: QuickJSContext, handle: QuickJSHandle): string {
+  const e = ctx.dump(handle) as { name?: string; message?: string } | string;
+  if (typeof e === 'object' && e !== null) return `${e.name ?? 'Error'}: ${e.message ?? ''}`;
+  return String(e);
+}
+
+/**
+ * Runs `handle(state, message, env)` of a module. Never throws for anything the module does: its
+ * errors (and limit hits) come back in `Error` with the state unchanged.
+ */
+export function evaluate(source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {}): Evaluation {
+  if (!quickjs) throw new Error('call loadRuntime() before evaluate()');
+  const runtime = quickjs.newRuntime();
+  let ticks = 0;
+  runtime.setMemoryLimit(limits.memory);
+  runtime.setMaxStackSize(1 << 20);
+  runtime.setInterruptHandler(() => ++ticks > limits.compute);
+  const ctx = runtime.newContext();
+  const failed = (why: string): Evaluation => ({ state, Messages: [], Spawns: [], Assignments: [], Output: null, Error: why, GasUsed: ticks });
+  const handles: QuickJSHandle[] = [];
+  const keep = <T extends QuickJSHandle>(h: T): T => {
+    handles.push(h);
+    return h;
+  };
+  try {
+    const host = keep(ctx.newObject());
+    for (const [name, fn] of Object.entries(extensions)) {
+      const f = keep(
+        ctx.newFunction(name, (arg) => {
+          const text = ctx.getString(arg);
+          try {
+            return ctx.newString(fn(text));
+          } catch (e) {
+            return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
+          }
+        }),
+      );
+      ctx.setProp(host, name, f);
+    }
+    ctx.setProp(ctx.global, 'host', host);
+    const prelude = ctx.evalCode(PRELUDE, 'prelude.js');
+    if (prelude.error) return failed(errorText(ctx, keep(prelude.error)));
+    keep(prelude.value);
+    const module = ctx.evalCode(source, 'process.js', { type: 'module' });
+    if (module.error) return failed(`the module does not load: ${errorText(ctx, keep(module.error))}`);
+    const ns = keep(module.value);
+    const call = keep(ctx.unwrapResult(ctx.evalCode(CALL, 'call.js')));
+    const input = keep(ctx.newString(JSON.stringify([state, message, env])));
+    const result = ctx.callFunction(call, ctx.undefined, ns, input);
+    if (result.error) {
+      const why = errorText(ctx, keep(result.error));
+      return failed(ticks > limits.compute ? `compute limit: more than ${limits.compute} ticks` : why);
+    }
+    const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Evaluation, 'GasUsed'>;
+    return { ...out, GasUsed: ticks };
+  } catch (e) {
+    // QuickJS itself ran out of memory.
+    return failed(`memory limit: ${(e as Error).message}`);
+  } finally {
+    for (const h of handles.reverse()) if (h.alive) h.dispose();
+    ctx.dispose();
+    runtime.dispose();
+  }
+}
