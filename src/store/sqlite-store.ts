@@ -82,6 +82,8 @@ export function openSqliteStore(dir: string): Store {
   const db = new Database(join(dir, 'index.sqlite'));
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
+  // Several processes (the units, a gateway) may share one store: wait for each other's writes.
+  db.pragma('busy_timeout = 10000');
   db.exec(SCHEMA);
   const fileOf = (id: string): string => join(dir, 'items', id.slice(0, 2), id);
   const find = db.prepare<[string], { seq: number }>('SELECT seq FROM items WHERE id = ?');

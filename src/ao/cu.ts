@@ -1,0 +1,425 @@
+// The Compute Unit: a process's state is nothing but its SU log evaluated in slot order, so the CU
+// replays the log through the process module (runtime.ts) and serves the results. It checks the
+// SU's hash chain as it reads, keeps every result and the state's hash in SQLite, writes state
+// checkpoints to the store so a restart does not replay from zero, and signs each result.
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import fastify, { type FastifyInstance } from 'fastify';
+import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import type { Store } from '../store/store.js';
+import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
+import { DEFAULT_LIMITS, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { LocateError } from './locate.js';
+
+export interface ComputeOptions {
+  /** Its SQLite (results, state hashes, checkpoint index). */
+  dir: string;
+  /** Where modules are read and checkpoints written. */
+  store: Store;
+  /** Read items the store does not hold from this gateway (`GET /raw/:id`). */
+  gateway?: string;
+  /** Signs every result (Ed25519 or Arweave). */
+  wallet: Wallet;
+  /** The SU URL for a process. */
+  scheduler: (processId: string) => Promise<string>;
+  limits?: Limits;
+  extensions?: Extensions;
+  /** A checkpoint every this many messages (and when asked). */
+  checkpointEvery?: number;
+}
+
+/** A result as the CU serves it: AO's shape plus the CU's signed attestation. */
+export interface Result extends Omit<Outcome, 'GasUsed'> {
+  GasUsed: number;
+  Attestation: { Process: string; Message: string; Nonce: number; 'Output-Hash': string; 'State-Hash': string; Address: string; Signature: string };
+}
+
+export class ComputeError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ComputeError';
+  }
+}
+
+interface SuMessage {
+  message: { id: string; owner: { address: string; key: string }; data: string | null; tags: Tag[]; signature: string; anchor: string | null; target: string | null } | null;
+  assignment: { id: string; tags: Tag[] };
+}
+
+interface Loaded {
+  processId: string;
+  env: ProcessEnv;
+  source: string;
+  limits: Limits;
+  nonce: number; // last evaluated slot, −1 before the Process itself
+  state: unknown;
+  stateHash: string;
+  hashChain: string | null;
+  lastAssignment: string | null;
+  timestamp: number;
+  blockHeight: number;
+  sinceCheckpoint: number;
+}
+
+const sha256hex = (text: string): string => createHash('sha256').update(text).digest('hex');
+const b64 = (s: string): Buffer => Buffer.from(s, 'base64url');
+
+function nextHashChain(processId: string, previous: { assignment: string; chain: string } | null): string {
+  const h = createHash('sha256');
+  if (previous) h.update(b64(previous.assignment)).update(b64(previous.chain));
+  else h.update(b64(processId));
+  return h.digest('base64url');
+}
+
+/** A module's Memory-Limit ("<n>-b") and Compute-Limit tags, capped by the CU's own limits. */
+function moduleLimits(module: Item, cap: Limits): Limits {
+  const memory = Number(/^(\d+)-b$/.exec(tagValue(module, 'Memory-Limit') ?? '')?.[1] ?? NaN);
+  const compute = Number(tagValue(module, 'Compute-Limit') ?? NaN);
+  return {
+    memory: Number.isSafeInteger(memory) && memory > 0 ? Math.min(memory, cap.memory) : cap.memory,
+    compute: Number.isSafeInteger(compute) && compute > 0 ? Math.min(compute, cap.compute) : cap.compute,
+  };
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS results (
+    process TEXT NOT NULL, nonce INTEGER NOT NULL, message TEXT NOT NULL, timestamp INTEGER NOT NULL,
+    result TEXT NOT NULL, state_hash TEXT NOT NULL,
+    PRIMARY KEY (process, nonce)
+  );
+  CREATE INDEX IF NOT EXISTS results_message ON results (message);
+  CREATE TABLE IF NOT EXISTS checkpoints (
+    process TEXT PRIMARY KEY, nonce INTEGER NOT NULL, item TEXT NOT NULL, state_hash TEXT NOT NULL
+  );
+`;
+
+export interface ComputeUnit {
+  address: string;
+  /** The result of message `messageId` of process `processId`, evaluating the log up to it. */
+  result(processId: string, messageId: string): Promise<Result>;
+  results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
+  /** Evaluates a message against the latest state without keeping anything. */
+  dryRun(processId: string, message: { Id?: string; Owner?: string; Data?: string; Tags?: Tag[]; Anchor?: string }): Promise<Omit<Result, 'Attestation'>>;
+  state(processId: string): Promise<{ state: unknown; nonce: number; stateHash: string; timestamp: number; blockHeight: number }>;
+  /** Writes a checkpoint of every process loaded now. */
+  checkpoint(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function openComputeUnit(options: ComputeOptions): Promise<ComputeUnit> {
+  await loadRuntime();
+  mkdirSync(options.dir, { recursive: true });
+  const db = new Database(join(options.dir, 'cu.sqlite'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec(SCHEMA);
+  const limits = options.limits ?? DEFAULT_LIMITS;
+  const checkpointEvery = options.checkpointEvery ?? 64;
+  const signer = walletSigner(options.wallet);
+  const address = walletAddress(options.wallet);
+  const loaded = new Map<string, Loaded>();
+  const locks = new Map<string, Promise<unknown>>();
+
+  const q = {
+    insertResult: db.prepare('INSERT OR REPLACE INTO results (process, nonce, message, timestamp, result, state_hash) VALUES (?, ?, ?, ?, ?, ?)'),
+    resultByMessage: db.prepare<[string, string], { nonce: number; result: string }>('SELECT nonce, result FROM results WHERE process = ? AND message = ?'),
+    checkpoint: db.prepare<[string], { nonce: number; item: string; state_hash: string }>('SELECT nonce, item, state_hash FROM checkpoints WHERE process = ?'),
+    saveCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (process, nonce, item, state_hash) VALUES (?, ?, ?, ?)'),
+  };
+
+  /** One evaluation at a time per process: the log is a sequence. */
+  function serial<T>(processId: string, work: () => Promise<T>): Promise<T> {
+    const previous = locks.get(processId) ?? Promise.resolve();
+    const next = previous.then(work, work);
+    locks.set(processId, next.catch(() => undefined));
+    return next;
+  }
+
+  async function suJson<T>(processId: string, path: string): Promise<T> {
+    const su = await options.scheduler(processId);
+    let res: Response;
+    try {
+      res = await fetch(`${su}${path}`);
+    } catch (e) {
+      throw new ComputeError(502, `the SU at ${su} is unreachable: ${(e as Error).message}`);
+    }
+    if (res.status === 404 || res.status === 400) throw new ComputeError(404, `the SU does not know ${path.split('?')[0].slice(1)} (${res.status})`);
+    if (!res.ok) throw new ComputeError(502, `the SU answered ${res.status} for ${path}`);
+    return (await res.json()) as T;
+  }
+
+  async function readItem(id: string): Promise<Item> {
+    const stored = await options.store.get(id);
+    if (stored) return stored;
+    if (options.gateway) {
+      const res = await fetch(`${options.gateway}/raw/${id}`).catch(() => null);
+      if (res?.ok) return verifyItem(new Uint8Array(await res.arrayBuffer()));
+    }
+    throw new ComputeError(404, `item ${id} is in neither the store nor the gateway`);
+  }
+
+  async function load(processId: string): Promise<Loaded> {
+    const cached = loaded.get(processId);
+    if (cached) return cached;
+    const p = await suJson<{ process_id: string; owner: { address: string }; tags: Tag[] }>(processId, `/processes/${processId}`);
+    const moduleId = tagValue(p, 'Module');
+    if (!moduleId) throw new ComputeError(400, `process ${processId} has no Module tag`);
+    const module = await readItem(moduleId);
+    if (tagValue(module, 'Type') !== 'Module') throw new ComputeError(400, `item ${moduleId} is not a Module`);
+    const env: ProcessEnv = {
+      Process: { Id: processId, Owner: p.owner.address, Tags: p.tags },
+      Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
+    };
+    const fresh: Loaded = {
+      processId, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits), nonce: -1, state: null, stateHash: sha256hex('null'),
+      hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0, sinceCheckpoint: 0,
+    };
+    const cp = q.checkpoint.get(processId);
+    if (cp) {
+      const item = await readItem(cp.item);
+      const saved = JSON.parse(item.data.toString('utf8')) as Pick<Loaded, 'nonce' | 'state' | 'stateHash' | 'hashChain' | 'lastAssignment' | 'timestamp' | 'blockHeight'>;
+      if (sha256hex(JSON.stringify(saved.state)) !== cp.state_hash || saved.stateHash !== cp.state_hash) throw new ComputeError(500, `checkpoint ${cp.item} of ${processId} is corrupt`);
+      Object.assign(fresh, saved);
+    }
+    loaded.set(processId, fresh);
+    return fresh;
+  }
+
+  async function writeCheckpoint(p: Loaded): Promise<void> {
+    if (p.nonce < 0 || q.checkpoint.get(p.processId)?.nonce === p.nonce) return;
+    const { nonce, state, stateHash, hashChain, lastAssignment, timestamp, blockHeight } = p;
+    const tags: Tag[] = [
+      { name: 'Data-Protocol', value: 'verity' },
+      { name: 'Type', value: 'Checkpoint' },
+      { name: 'Process', value: p.processId },
+      { name: 'Nonce', value: String(nonce) },
+      { name: 'State-Hash', value: stateHash },
+      { name: 'Content-Type', value: 'application/json' },
+    ];
+    const item = await createItem(JSON.stringify({ nonce, state, stateHash, hashChain, lastAssignment, timestamp, blockHeight }), signer, { tags });
+    await options.store.put(item.raw);
+    q.saveCheckpoint.run(p.processId, nonce, item.id, stateHash);
+    p.sinceCheckpoint = 0;
+  }
+
+  /** The CU's signature over (process, message, slot, output hash, state hash). */
+  async function attest(processId: string, messageId: string, nonce: number, outcome: Omit<Result, 'Attestation'>, stateHash: string): Promise<Result> {
+    const body = { Process: processId, Message: messageId, Nonce: nonce, 'Output-Hash': sha256hex(JSON.stringify(outcome)), 'State-Hash': stateHash, Address: address };
+    const signature = Buffer.from(await signer.sign(Buffer.from(JSON.stringify(body)))).toString('base64url');
+    return { ...outcome, Attestation: { ...body, Signature: signature } };
+  }
+
+  function toMessage(p: Loaded, m: SuMessage, readOnly = false): ProcessMessage {
+    const a = m.assignment.tags;
+    const tag = (name: string): string => a.find((t) => t.name === name)?.value ?? '';
+    const msg = m.message!;
+    const fromProcess = msg.tags.find((t) => t.name === 'From-Process')?.value;
+    return {
+      Id: msg.id,
+      Signature: msg.signature,
+      Data: msg.data ?? '',
+      Owner: msg.owner.address,
+      Anchor: msg.anchor,
+      From: fromProcess ?? msg.owner.address,
+      ...(fromProcess ? { 'Forwarded-By': msg.owner.address } : {}),
+      Tags: msg.tags,
+      Target: p.processId,
+      Epoch: Number(tag('Epoch') || 0),
+      Nonce: Number(tag('Nonce')),
+      Timestamp: Number(tag('Timestamp')),
+      'Block-Height': Number(tag('Block-Height')),
+      'Hash-Chain': tag('Hash-Chain'),
+      Cron: false,
+      ...(readOnly ? { 'Read-Only': true } : {}),
+    };
+  }
+
+  /**
+   * A slot made by an assignment carries no message: it is the stored item the assignment names,
+   * without the fields its Exclude tag lists.
+   */
+  async function assignedMessage(assignment: SuMessage['assignment']): Promise<NonNullable<SuMessage['message']>> {
+    const id = tagValue(assignment, 'Message');
+    if (!id) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
+    const item = await readItem(id);
+    const exclude = new Set((tagValue(assignment, 'Exclude') ?? '').split(',').map((s) => s.trim()));
+    return {
+      id: item.id,
+      owner: { address: item.address, key: item.owner },
+      data: exclude.has('Data') ? null : item.data.toString('utf8'),
+      tags: item.tags,
+      signature: item.signature,
+      anchor: exclude.has('Anchor') ? null : item.anchor,
+      target: item.target,
+    };
+  }
+
+  /** Evaluates the log of `p` up to slot `upTo` (or to its end). */
+  async function catchUp(p: Loaded, upTo = Number.MAX_SAFE_INTEGER): Promise<void> {
+    while (p.nonce < upTo) {
+      const page = await suJson<{ page_info: { has_next_page: boolean }; edges: { node: SuMessage }[] }>(
+        p.processId,
+        `/${p.processId}?process-id=${p.processId}&from-nonce=${p.nonce}&limit=100`, // from-nonce is exclusive
+      );
+      const edges = page.edges.filter((e) => Number(tagValue(e.node.assignment, 'Nonce')) > p.nonce);
+      if (edges.length === 0) return;
+      for (const { node } of edges) {
+        const nonce = Number(tagValue(node.assignment, 'Nonce'));
+        if (nonce !== p.nonce + 1) throw new ComputeError(502, `the SU skipped from slot ${p.nonce} to ${nonce} of ${p.processId}`);
+        const chain = nextHashChain(p.processId, p.lastAssignment && p.hashChain ? { assignment: p.lastAssignment, chain: p.hashChain } : null);
+        if (tagValue(node.assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
+        const message = toMessage(p, node.message ? node : { ...node, message: await assignedMessage(node.assignment) });
+        const evaluation: Evaluation = evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        const { state, ...outcome } = evaluation;
+        p.state = state;
+        p.stateHash = sha256hex(JSON.stringify(state));
+        p.nonce = nonce;
+        p.hashChain = chain;
+        p.lastAssignment = node.assignment.id;
+        p.timestamp = message.Timestamp;
+        p.blockHeight = message['Block-Height'];
+        const result = await attest(p.processId, message.Id, nonce, outcome, p.stateHash);
+        q.insertResult.run(p.processId, nonce, message.Id, message.Timestamp, JSON.stringify(result), p.stateHash);
+        if (++p.sinceCheckpoint >= checkpointEvery) await writeCheckpoint(p);
+        if (nonce >= upTo) return;
+      }
+      if (!page.page_info.has_next_page && edges.length < 100) return;
+    }
+  }
+
+  const cursorOf = (nonce: number): string => Buffer.from(JSON.stringify({ nonce })).toString('base64url');
+  const nonceOf = (cursor: string): number => {
+    try {
+      const n = (JSON.parse(Buffer.from(cursor, 'base64url').toString()) as { nonce: unknown }).nonce;
+      if (Number.isInteger(n)) return n as number;
+    } catch {
+      // fall through
+    }
+    throw new ComputeError(400, 'bad cursor');
+  };
+
+  return {
+    address,
+    result: (processId, messageId) =>
+      serial(processId, async () => {
+        const done = q.resultByMessage.get(processId, messageId);
+        if (done) return JSON.parse(done.result) as Result;
+        // The process itself is slot 0 (its boot message); the SU answers its id with the log.
+        const nonce = messageId === processId ? 0 : Number(tagValue((await suJson<SuMessage>(processId, `/${messageId}?process-id=${processId}`)).assignment, 'Nonce'));
+        const p = await load(processId);
+        await catchUp(p, nonce);
+        const row = q.resultByMessage.get(processId, messageId);
+        if (!row) throw new ComputeError(404, `message ${messageId} is not in the log of ${processId}`);
+        return JSON.parse(row.result) as Result;
+      }),
+    async results(processId, query) {
+      await serial(processId, async () => catchUp(await load(processId)));
+      const sort = query.sort === 'DESC' ? 'DESC' : 'ASC';
+      const limit = Math.min(Math.max(query.limit ?? 25, 1), 1000);
+      const where = ['process = ?'];
+      const params: (string | number)[] = [processId];
+      if (query.from !== undefined) {
+        where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
+        params.push(nonceOf(query.from));
+      }
+      if (query.to !== undefined) {
+        where.push(sort === 'ASC' ? 'nonce <= ?' : 'nonce >= ?');
+        params.push(nonceOf(query.to));
+      }
+      const rows = db
+        .prepare<(string | number)[], { nonce: number; result: string }>(`SELECT nonce, result FROM results WHERE ${where.join(' AND ')} ORDER BY nonce ${sort} LIMIT ?`)
+        .all(...params, limit + 1);
+      return {
+        pageInfo: { hasNextPage: rows.length > limit },
+        edges: rows.slice(0, limit).map((r) => ({ cursor: cursorOf(r.nonce), node: JSON.parse(r.result) as Result })),
+      };
+    },
+    dryRun: (processId, input) =>
+      serial(processId, async () => {
+        const p = await load(processId);
+        await catchUp(p);
+        const message: ProcessMessage = {
+          Id: input.Id ?? '1234', Data: input.Data ?? '', Owner: input.Owner ?? '1234', From: input.Owner ?? '1234',
+          Anchor: input.Anchor ?? null, Tags: input.Tags ?? [], Target: processId, Nonce: p.nonce + 1,
+          Timestamp: p.timestamp, 'Block-Height': p.blockHeight, Cron: false, 'Read-Only': true,
+        };
+        const { state: _state, ...outcome } = evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        return outcome;
+      }),
+    state: (processId) =>
+      serial(processId, async () => {
+        const p = await load(processId);
+        await catchUp(p);
+        return { state: p.state, nonce: p.nonce, stateHash: p.stateHash, timestamp: p.timestamp, blockHeight: p.blockHeight };
+      }),
+    async checkpoint() {
+      for (const p of loaded.values()) await serial(p.processId, () => writeCheckpoint(p));
+    },
+    async close() {
+      await Promise.all([...locks.values()]);
+      db.close();
+    },
+  };
+}
+
+/** AO's CU HTTP API (research/ao.md §2c) for a ComputeUnit. */
+export function createComputeServer(cu: ComputeUnit): FastifyInstance {
+  const app = fastify({ logger: false, bodyLimit: 4 * 2 ** 20 });
+  const ID = /^[A-Za-z0-9_-]{43}$/;
+  const fail = (reply: { code(n: number): { send(b: unknown): unknown } }, status: number, message: string): unknown => reply.code(status).send({ error: message });
+  app.setErrorHandler((e, _request, reply) => {
+    if (e instanceof ComputeError) return reply.code(e.status).send({ error: e.message });
+    if (e instanceof LocateError) return reply.code(404).send({ error: e.message });
+    const status = (e as { statusCode?: number }).statusCode;
+    if (status && status >= 400 && status < 500) return reply.code(status).send({ error: (e as Error).message });
+    return reply.code(500).send({ error: 'internal error' });
+  });
+  app.get('/', async () => ({ address: cu.address, timestamp: Date.now() }));
+  app.get<{ Params: { message: string }; Querystring: { 'process-id'?: string } }>('/result/:message', async (request, reply) => {
+    const pid = request.query['process-id'];
+    if (!pid || !ID.test(pid) || !ID.test(request.params.message)) return fail(reply, 400, 'GET /result/:message needs a message id and ?process-id=');
+    return cu.result(pid, request.params.message);
+  });
+  app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string } }>('/results/:process', async (request, reply) => {
+    if (!ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
+    const { from, to, sort, limit } = request.query;
+    if (limit !== undefined && !/^\d+$/.test(limit)) return fail(reply, 400, 'limit must be a whole number');
+    if (sort !== undefined && sort !== 'ASC' && sort !== 'DESC') return fail(reply, 400, 'sort must be ASC or DESC');
+    return cu.results(request.params.process, { from, to, sort, limit: limit === undefined ? undefined : Number(limit) });
+  });
+  app.post<{ Querystring: { 'process-id'?: string } }>('/dry-run', async (request, reply) => {
+    const pid = request.query['process-id'];
+    if (!pid || !ID.test(pid)) return fail(reply, 400, 'POST /dry-run needs ?process-id=');
+    const body = request.body as Record<string, unknown> | null;
+    if (!body || typeof body !== 'object') return fail(reply, 400, 'the body must be a JSON message');
+    const tags = Array.isArray(body.Tags) && body.Tags.every((t) => typeof t?.name === 'string' && typeof t?.value === 'string') ? (body.Tags as Tag[]) : null;
+    if (body.Tags !== undefined && !tags) return fail(reply, 400, 'Tags must be a list of {name, value}');
+    const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+    return cu.dryRun(pid, { Id: str(body.Id), Owner: str(body.Owner), Data: str(body.Data), Anchor: str(body.Anchor), Tags: tags ?? [] });
+  });
+  app.get<{ Params: { process: string } }>('/state/:process', async (request, reply) => {
+    if (!ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
+    const s = await cu.state(request.params.process);
+    return reply
+      .header('Last-Nonce', String(s.nonce))
+      .header('Last-Timestamp', String(s.timestamp))
+      .header('Last-Block-Height', String(s.blockHeight))
+      .header('State-Hash', s.stateHash)
+      .send(s.state ?? null);
+  });
+  return app;
+}
+
+export async function startComputeUnit(cu: ComputeUnit, options: { port: number; host?: string }): Promise<{ url: string; close(): Promise<void> }> {
+  const app = createComputeServer(cu);
+  await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  return { url: `http://${options.host ?? '127.0.0.1'}:${port}`, close: () => app.close() };
+}
+

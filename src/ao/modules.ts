@@ -1,0 +1,27 @@
+// Process modules as data items: JavaScript source (compiled from TypeScript) with AO's module tags,
+// so that aoconnect's spawn accepts them.
+import type { Signer } from '@dha-team/arbundles';
+import { createItem, type Tag } from '../store/items.js';
+import type { Store } from '../store/store.js';
+import { DEFAULT_LIMITS, MODULE_FORMAT, type Limits } from './runtime.js';
+
+export function moduleTags(name: string, limits: Limits = DEFAULT_LIMITS): Tag[] {
+  return [
+    { name: 'Data-Protocol', value: 'ao' },
+    { name: 'Variant', value: 'ao.TN.1' },
+    { name: 'Type', value: 'Module' },
+    { name: 'Module-Format', value: MODULE_FORMAT },
+    { name: 'Input-Encoding', value: 'JSON-1' },
+    { name: 'Output-Encoding', value: 'JSON-1' },
+    { name: 'Memory-Limit', value: `${limits.memory}-b` },
+    { name: 'Compute-Limit', value: String(limits.compute) },
+    { name: 'Content-Type', value: 'application/javascript' },
+    { name: 'Name', value: name },
+  ];
+}
+
+/** Stores a module and returns its id. */
+export async function publishModule(store: Store, signer: Signer, source: string, name: string, limits?: Limits): Promise<string> {
+  const item = await createItem(source, signer, { tags: moduleTags(name, limits) });
+  return (await store.put(item.raw)).id;
+}

@@ -1,0 +1,94 @@
+// The AO units wired together: a store and its gateway, a Scheduler, a Compute and a Messenger
+// Unit, each with its own wallet and folder under `dir`. `startUnits` runs them all in this process
+// (the embedded default); `verity su|cu|mu|gateway` runs one each (commands/ao.ts).
+import { existsSync, mkdirSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { startGateway } from '../store/gateway.js';
+import { openSqliteStore } from '../store/sqlite-store.js';
+import type { Store } from '../store/store.js';
+import { generateWallet, readWallet, writeWallet, type Wallet } from '../store/wallet.js';
+import { openComputeUnit, startComputeUnit, type ComputeUnit } from './cu.js';
+import { locator, type Locator } from './locate.js';
+import { openMessenger, startMessenger, type Messenger } from './mu.js';
+import type { Extensions, Limits } from './runtime.js';
+import { openScheduler, startScheduler, type Scheduler } from './su.js';
+
+/** A unit's wallet: `<dir>/<name>.json`, created (Ed25519) the first time. */
+export async function unitWallet(dir: string, name: string): Promise<Wallet> {
+  const path = join(dir, `${name}.json`);
+  if (existsSync(path)) return readWallet(path);
+  mkdirSync(dir, { recursive: true });
+  const wallet = await generateWallet('ed25519');
+  writeWallet(path, wallet);
+  return wallet;
+}
+
+/** A free loopback port (the SU must know its URL before it publishes its location). */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export interface UnitsOptions {
+  dir: string;
+  host?: string;
+  ports?: Partial<Record<'gateway' | 'su' | 'cu' | 'mu', number>>;
+  limits?: Limits;
+  extensions?: Extensions;
+}
+
+export interface RunningUnits {
+  urls: { gateway: string; su: string; cu: string; mu: string };
+  store: Store;
+  scheduler: Scheduler;
+  compute: ComputeUnit;
+  messenger: Messenger;
+  locate: Locator;
+  close(): Promise<void>;
+}
+
+export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
+  const { dir } = options;
+  const host = options.host ?? '127.0.0.1';
+  const port = async (name: 'gateway' | 'su' | 'cu' | 'mu'): Promise<number> => options.ports?.[name] ?? freePort(host);
+  const wallets = join(dir, 'wallets');
+  const store = openSqliteStore(join(dir, 'store'));
+  const gateway = await startGateway(store, { port: await port('gateway'), host });
+  const suUrl = `http://${host}:${await port('su')}`;
+  const scheduler = openScheduler({ dir: join(dir, 'su'), store, wallet: await unitWallet(wallets, 'su'), url: suUrl });
+  const su = await startScheduler(scheduler, { port: Number(new URL(suUrl).port), host });
+  const locate = locator(store);
+  const compute = await openComputeUnit({
+    dir: join(dir, 'cu'),
+    store,
+    wallet: await unitWallet(wallets, 'cu'),
+    scheduler: locate,
+    limits: options.limits,
+    extensions: options.extensions,
+  });
+  const cu = await startComputeUnit(compute, { port: await port('cu'), host });
+  const messenger = openMessenger({ dir: join(dir, 'mu'), wallet: await unitWallet(wallets, 'mu'), scheduler: locate, cu: cu.url });
+  const mu = await startMessenger(messenger, { port: await port('mu'), host });
+  return {
+    urls: { gateway: gateway.url, su: su.url, cu: cu.url, mu: mu.url },
+    store,
+    scheduler,
+    compute,
+    messenger,
+    locate,
+    async close() {
+      await mu.close();
+      await messenger.close();
+      await cu.close();
+      await compute.close();
+      await su.close();
+      await scheduler.close();
+      await gateway.close();
+      await store.close();
+    },
+  };
+}

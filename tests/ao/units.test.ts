@@ -1,0 +1,191 @@
+// The AO units together, driven by the unmodified @permaweb/aoconnect client in legacy mode.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { connect, createDataItemSigner } from '@permaweb/aoconnect';
+import { openComputeUnit } from '../../src/ao/cu.js';
+import { publishModule } from '../../src/ao/modules.js';
+import { startUnits, unitWallet, type RunningUnits } from '../../src/ao/units.js';
+import { createItem, tagValue, type Tag } from '../../src/store/items.js';
+import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+
+const COUNTER = `
+export function handle(state, msg, env) {
+  const s = state ?? { count: 0, owner: env.Process.Owner };
+  const action = (msg.Tags.find((t) => t.name === 'Action') || {}).value;
+  if (action === 'Inc') { s.count += Number(msg.Data || 1); return { state: s, Output: { count: s.count, from: msg.From } }; }
+  if (action === 'Get') return { state: s, Output: { count: s.count } };
+  if (action === 'Now') return { state: s, Output: Date.now() };
+  if (action === 'Rand') return { state: s, Output: Math.random() };
+  if (action === 'Later') { setTimeout(() => {}, 1); return { state: s }; }
+  if (action === 'Spin') { s.count = -1; for (;;); }
+  if (action === 'Fail') throw new Error('asked to fail');
+  return { state: s, Output: 'booted' };
+}`;
+
+// Each Ping carries a counter; the receiver answers with the counter + 1 until it reaches the limit.
+const PINGPONG = `
+export function handle(state, msg, env) {
+  const s = state ?? { seen: [] };
+  const tag = (n) => (msg.Tags.find((t) => t.name === n) || {}).value;
+  if (tag('Action') !== 'Ping') return { state: s, Output: 'booted' };
+  const n = Number(tag('N'));
+  s.seen.push(n);
+  const peer = tag('Peer') || msg.From;
+  const messages = n < Number(tag('Limit')) ? [{ Target: peer, Tags: [{ name: 'Action', value: 'Ping' }, { name: 'N', value: String(n + 1) }, { name: 'Limit', value: tag('Limit') }] }] : [];
+  return { state: s, Output: n, Messages: messages };
+}`;
+
+/** An aoconnect signer for an Ed25519 wallet: aoconnect accepts a signer that returns the signed item. */
+function ed25519Signer(wallet: Wallet) {
+  return async (create: (a: { passthrough: true }) => Promise<{ data: string | Uint8Array; tags: Tag[]; target?: string; anchor?: string }>) => {
+    const { data, tags, target, anchor } = await create({ passthrough: true });
+    const item = await createItem(data ?? '', walletSigner(wallet), { tags, target: target || undefined, anchor: anchor || undefined });
+    return { id: item.id, raw: item.raw };
+  };
+}
+
+/** The part of aoconnect's legacy API used here; its own typings cover the mainnet variant and omit the CU's Attestation. */
+type ResultReply = { Output: any; Error?: unknown; Attestation?: unknown };
+interface LegacyAo {
+  spawn(a: { module: string; scheduler: string; signer: unknown; tags?: Tag[] }): Promise<string>;
+  message(a: { process: string; signer: unknown; tags?: Tag[]; data?: string }): Promise<string>;
+  result(a: { process: string; message: string }): Promise<ResultReply>;
+  results(a: { process: string; sort?: 'ASC' | 'DESC'; limit?: number }): Promise<{ edges: { node: ResultReply }[] }>;
+  dryrun(a: { process: string; tags?: Tag[]; data?: string }): Promise<ResultReply>;
+}
+
+const AO = (type: string): Tag[] => [{ name: 'Data-Protocol', value: 'ao' }, { name: 'Variant', value: 'ao.TN.1' }, { name: 'Type', value: type }];
+
+describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
+  let dir: string;
+  let units: RunningUnits;
+  let ao: LegacyAo;
+  let ed: Wallet;
+  let rsa: Wallet;
+  let counter: string;
+  let pingpong: string;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'verity-units-'));
+    units = await startUnits({ dir });
+    ao = connect({ MODE: 'legacy', MU_URL: units.urls.mu, CU_URL: units.urls.cu, GATEWAY_URL: units.urls.gateway }) as unknown as LegacyAo;
+    [ed, rsa] = await Promise.all([generateWallet('ed25519'), generateWallet('arweave')]);
+    counter = await publishModule(units.store, walletSigner(ed), COUNTER, 'counter');
+    pingpong = await publishModule(units.store, walletSigner(ed), PINGPONG, 'pingpong');
+  });
+  after(async () => {
+    await units?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const kind of ['ed25519', 'arweave'] as const) {
+    test(`spawn, message, result, results and dryrun with an ${kind} signer`, async () => {
+      const wallet = kind === 'ed25519' ? ed : rsa;
+      const signer = kind === 'ed25519' ? ed25519Signer(wallet) : createDataItemSigner(rsa.type === 'arweave' ? rsa.jwk : undefined);
+      const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: `counter-${kind}` }] });
+      const sent: string[] = [];
+      for (const n of [1, 2, 3]) sent.push(await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(n) }));
+      const last = await ao.result({ process, message: sent[2] });
+      assert.deepEqual(last.Output, { count: 6, from: walletAddress(wallet) });
+      assert.ok(last.Attestation, 'the CU signs its results');
+      const all = await ao.results({ process, sort: 'ASC', limit: 10 });
+      assert.deepEqual(all.edges.map((e: { node: { Output: unknown } }) => e.node.Output), ['booted', { count: 1, from: walletAddress(wallet) }, { count: 3, from: walletAddress(wallet) }, { count: 6, from: walletAddress(wallet) }]);
+      const dry = await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] });
+      assert.deepEqual(dry.Output, { count: 6 });
+      // A dry run changes nothing.
+      assert.deepEqual((await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] })).Output, { count: 6 });
+      const failed = await ao.result({ process, message: await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Fail' }] }) });
+      assert.match(String(failed.Error), /asked to fail/);
+      assert.deepEqual((await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] })).Output, { count: 6 }, 'the failed message rolled back');
+    });
+  }
+
+  test('a process using a forbidden global or running past its compute limit fails with a clear error; its state is untouched', async () => {
+    const signer = ed25519Signer(ed);
+    const limited = await publishModule(units.store, walletSigner(ed), COUNTER, 'counter-limited', { memory: 16 * 2 ** 20, compute: 50 });
+    const process = await ao.spawn({ module: limited, scheduler: units.scheduler.address, signer });
+    await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '7' });
+    const cases: [string, RegExp][] = [
+      ['Now', /Date is not available in a process: a process has no clock/],
+      ['Rand', /Math.random is not available in a process/],
+      ['Later', /setTimeout is not available in a process/],
+      ['Spin', /compute limit: more than 50 ticks/],
+    ];
+    for (const [action, error] of cases) {
+      const r = await ao.result({ process, message: await ao.message({ process, signer, tags: [{ name: 'Action', value: action }] }) });
+      assert.match(String(r.Error), error, action);
+    }
+    assert.deepEqual((await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] })).Output, { count: 7 });
+  });
+
+  test('ping-pong: two processes message each other through the MU for 100 rounds; logs ordered, hash chains valid', async () => {
+    const signer = ed25519Signer(ed);
+    const a = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'a' }] });
+    const b = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'b' }] });
+    await ao.message({ process: a, signer, tags: [{ name: 'Action', value: 'Ping' }, { name: 'N', value: '1' }, { name: 'Limit', value: '100' }, { name: 'Peer', value: b }] });
+    await units.messenger.idle();
+    for (const [pid, parity] of [[a, 1], [b, 0]] as const) {
+      const page = (await units.scheduler.messages(pid, { limit: 1000 }))!;
+      const nodes = page.edges.map((e) => e.node);
+      const ns = nodes.slice(1).map((n) => Number(tagValue(n.message!, 'N')));
+      assert.deepEqual(ns, Array.from({ length: 50 }, (_, i) => 2 * i + (parity === 1 ? 1 : 2)), `log of ${pid === a ? 'a' : 'b'}`);
+      // The hash chain, recomputed independently.
+      let chain = createHash('sha256').update(Buffer.from(pid, 'base64url')).digest('base64url');
+      nodes.forEach((n, i) => {
+        assert.equal(tagValue(n.assignment, 'Nonce'), String(i));
+        assert.equal(tagValue(n.assignment, 'Hash-Chain'), chain);
+        chain = createHash('sha256').update(Buffer.from(n.assignment.id, 'base64url')).update(Buffer.from(chain, 'base64url')).digest('base64url');
+      });
+    }
+    const state = (await units.compute.state(b)).state as { seen: number[] };
+    assert.equal(state.seen.length, 50);
+  });
+
+  test('two CUs over the same log agree on every state hash; a restarted CU resumes from its checkpoint and agrees', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    for (let i = 0; i < 20; i++) await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(i) });
+    const reference = await units.compute.state(process);
+    const second = await openComputeUnit({ dir: join(dir, 'cu-2'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-2'), scheduler: units.locate, checkpointEvery: 8 });
+    assert.deepEqual(await second.state(process), reference);
+    await second.checkpoint();
+    await second.close();
+    for (let i = 0; i < 5; i++) await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '1' });
+    const resumed = await openComputeUnit({ dir: join(dir, 'cu-2'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-2'), scheduler: units.locate, checkpointEvery: 8 });
+    assert.deepEqual(await resumed.state(process), await units.compute.state(process));
+    await resumed.close();
+  });
+
+  test('bad input gets 4xx JSON: unsigned, forged, oversized, wrongly tagged items and unknown processes', async () => {
+    const { mu, cu, su } = units.urls;
+    const post = async (url: string, body: Uint8Array): Promise<{ status: number; json: unknown }> => {
+      const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body });
+      return { status: res.status, json: await res.json().catch(() => null) };
+    };
+    const good = await createItem('x', walletSigner(ed), { target: counter, tags: [...AO('Message'), { name: 'Action', value: 'Inc' }] });
+    const forged = Buffer.from(good.raw);
+    forged[forged.length - 1] ^= 1;
+    const unsigned = Buffer.from(good.raw);
+    unsigned.fill(0, 2, 66);
+    const noType = await createItem('x', walletSigner(ed), { target: counter, tags: [{ name: 'Data-Protocol', value: 'ao' }] });
+    const unknownProcess = await createItem('x', walletSigner(ed), { target: Buffer.alloc(32, 9).toString('base64url'), tags: AO('Message') });
+    for (const url of [mu, su]) {
+      for (const [label, body] of [['forged', forged], ['unsigned', unsigned], ['wrong tags', noType.raw], ['unknown process', unknownProcess.raw], ['garbage', Buffer.from('hello')]] as const) {
+        const r = await post(url, body);
+        assert.ok(r.status >= 400 && r.status < 500 && typeof (r.json as { error?: unknown })?.error === 'string', `${url} ${label}: ${r.status} ${JSON.stringify(r.json)}`);
+      }
+      const big = await post(url, Buffer.alloc(17 * 2 ** 20));
+      assert.equal(big.status, 413, `${url} oversized`);
+    }
+    const unknown = Buffer.alloc(32, 5).toString('base64url');
+    for (const path of [`/result/${unknown}?process-id=${unknown}`, `/results/not-an-id`, `/state/${unknown}`, `/result/x`]) {
+      const res = await fetch(`${cu}${path}`);
+      assert.ok(res.status >= 400 && res.status < 500, `${path}: ${res.status}`);
+      assert.equal(typeof ((await res.json()) as { error?: unknown }).error, 'string');
+    }
+  });
+});
