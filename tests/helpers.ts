@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,4 +62,44 @@ export function withTempDir<T>(body: (dir: string) => T): T {
   if (result instanceof Promise) return result.finally(remove) as T;
   remove();
   return result;
+}
+
+export interface ServingCli {
+  child: ChildProcess;
+  /** The JSON line the command printed once listening. */
+  info: Record<string, string>;
+  /** Everything it wrote to stderr so far. */
+  stderr(): string;
+  /** Ends it: SIGKILL (no cleanup) or SIGTERM; resolves when it has exited. */
+  stop(signal?: 'SIGKILL' | 'SIGTERM'): Promise<void>;
+}
+
+/** Starts a long-running `verity … --json` command and waits until it prints its JSON line. */
+export function serveCli(args: string[], timeoutMs = 30_000): Promise<ServingCli> {
+  const child = spawn(process.execPath, [join(projectRoot, 'bin', 'verity.js'), ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async (signal: 'SIGKILL' | 'SIGTERM' = 'SIGTERM'): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop('SIGKILL');
+      reject(new Error(`verity ${args[0]} did not start in ${timeoutMs} ms: ${err}`));
+    }, timeoutMs);
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString('utf8');
+      const line = out.split('\n');
+      if (line.length < 2) return;
+      clearTimeout(timer);
+      resolve({ child, info: JSON.parse(line[0]) as Record<string, string>, stderr: () => err, stop });
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`verity ${args[0]} exited with ${code} before listening: ${err}`));
+    });
+  });
 }

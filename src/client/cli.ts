@@ -8,7 +8,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/inspect.js') &
   typeof import('./commands/quantize.js') &
   typeof import('./commands/proof.js') &
-  typeof import('./commands/store.js');
+  typeof import('./commands/store.js') &
+  typeof import('./commands/ao.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -16,6 +17,7 @@ const modules = {
   quantize: () => import('./commands/quantize.js'),
   proof: () => import('./commands/proof.js'),
   store: () => import('./commands/store.js'),
+  ao: () => import('./commands/ao.js'),
 };
 
 /** An action that loads its module first. */
@@ -27,7 +29,7 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError']);
+const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);
@@ -92,6 +94,33 @@ export function buildProgram(): Command {
     .option('--port <n>', 'port', (v) => positive(v, 0, 65535), 1984)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .action(lazy('store', 'gatewayCommand'));
+  const unitOptions = (c: Command, port: number): Command =>
+    c
+      .option('--store <dir>', 'the embedded store folder it shares with the other units (default ./.verity/store)')
+      .option('--gateway <url>', 'reach the store through a Verity gateway (verity gateway) instead')
+      .option('--dir <dir>', 'the unit\'s own folder: its database and wallet')
+      .option('--port <n>', 'port', (v) => positive(v, 0, 65535), port)
+      .option('--host <host>', 'address to listen on', '127.0.0.1')
+      .option('--json', 'print one JSON object once listening');
+  program
+    .command('units')
+    .description('run a gateway, SU, CU and MU in this process on --port … --port+3 (AO\'s legacy HTTP protocol)')
+    .option('--dir <dir>', 'their folder (default ./.verity)')
+    .option('--port <n>', 'first of four ports (0: any free ones)', (v) => positive(v, 0, 65532), 4000)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--json', 'print one JSON object once listening')
+    .action(lazy('ao', 'unitsCommand'));
+  unitOptions(program.command('su'), 4001)
+    .description('run a Scheduler Unit: orders messages per process, signs assignments, publishes its location')
+    .option('--url <url>', 'the URL clients reach it at (default http://<host>:<port>)')
+    .action(lazy('ao', 'suCommand'));
+  unitOptions(program.command('cu'), 4002)
+    .description('run a Compute Unit: evaluates processes from their SU logs and signs the results')
+    .action(lazy('ao', 'cuCommand'));
+  unitOptions(program.command('mu'), 4003)
+    .description('run a Messenger Unit: forwards signed items to SUs and delivers every outbox message')
+    .requiredOption('--cu <url>', 'the Compute Unit it reads results from')
+    .action(lazy('ao', 'muCommand'));
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')

@@ -32,8 +32,12 @@ const SCHEMA = `
 
 const ID = /^[A-Za-z0-9_-]{43}$/;
 
-function writeDurably(path: string, bytes: Uint8Array): void {
-  mkdirSync(dirname(path), { recursive: true });
+function writeDurably(path: string, bytes: Uint8Array, folders: Set<string>): void {
+  // 256 shard folders at most: make each once instead of on every put.
+  if (!folders.has(dirname(path))) {
+    mkdirSync(dirname(path), { recursive: true });
+    folders.add(dirname(path));
+  }
   const temp = `${path}.${process.pid}.tmp`;
   const fd = openSync(temp, 'w');
   try {
@@ -86,6 +90,7 @@ export function openSqliteStore(dir: string): Store {
   db.pragma('busy_timeout = 10000');
   db.exec(SCHEMA);
   const fileOf = (id: string): string => join(dir, 'items', id.slice(0, 2), id);
+  const folders = new Set<string>();
   const find = db.prepare<[string], { seq: number }>('SELECT seq FROM items WHERE id = ?');
   const insertItem = db.prepare('INSERT INTO items (id, signature, owner, address, target, anchor, data_size) VALUES (?, ?, ?, ?, ?, ?, ?)');
   const tagsOf = db.prepare<[number], { name: string; value: string }>('SELECT name, value FROM tags WHERE seq = ? ORDER BY position');
@@ -106,7 +111,7 @@ export function openSqliteStore(dir: string): Store {
     async put(raw) {
       const item = await verifyItem(raw);
       if (find.get(item.id)) return { id: item.id, duplicate: true } satisfies PutResult;
-      writeDurably(fileOf(item.id), item.raw);
+      writeDurably(fileOf(item.id), item.raw, folders);
       // Another put of the same item may have finished while this one wrote the file.
       if (find.get(item.id)) return { id: item.id, duplicate: true };
       index(item);
