@@ -30,10 +30,39 @@ export interface ComputeOptions {
   checkpointEvery?: number;
 }
 
-/** A result as the CU serves it: AO's shape plus the CU's signed attestation. */
+/**
+ * A result as the CU serves it: AO's shape plus the CU's attestation, a data item signed by the CU
+ * (base64url of its bytes) whose tags name the process, message, slot, output hash and state hash.
+ */
 export interface Result extends Omit<Outcome, 'GasUsed'> {
   GasUsed: number;
-  Attestation: { Process: string; Message: string; Nonce: number; 'Output-Hash': string; 'State-Hash': string; Address: string; Signature: string };
+  Attestation: string;
+}
+
+export interface Attestation {
+  /** The CU's wallet address. */
+  address: string;
+  process: string;
+  message: string;
+  nonce: number;
+  stateHash: string;
+}
+
+const outputHash = (outcome: Omit<Result, 'Attestation'>): string => sha256hex(JSON.stringify(outcome));
+
+/** Checks a result's attestation (signature, and that it covers this very output); says who signed what. */
+export async function verifyAttestation(result: Result): Promise<Attestation> {
+  const { Attestation: raw, ...outcome } = result;
+  if (typeof raw !== 'string') throw new ComputeError(400, 'the result carries no attestation');
+  const item = await verifyItem(Buffer.from(raw, 'base64url'));
+  const tag = (name: string): string => {
+    const value = tagValue(item, name);
+    if (value === undefined) throw new ComputeError(400, `the attestation has no ${name} tag`);
+    return value;
+  };
+  if (tag('Type') !== 'Attestation') throw new ComputeError(400, 'the item is not an attestation');
+  if (tag('Output-Hash') !== outputHash(outcome)) throw new ComputeError(400, 'the attestation is for another output');
+  return { address: item.address, process: tag('Process'), message: tag('Message'), nonce: Number(tag('Nonce')), stateHash: tag('State-Hash') };
 }
 
 export class ComputeError extends Error {
@@ -108,6 +137,8 @@ export interface ComputeUnit {
   state(processId: string): Promise<{ state: unknown; nonce: number; stateHash: string; timestamp: number; blockHeight: number }>;
   /** Writes a checkpoint of every process loaded now. */
   checkpoint(): Promise<void>;
+  /** Messages evaluated since this CU was opened (a restart that resumes from a checkpoint evaluates only what follows it). */
+  evaluated(): number;
   close(): Promise<void>;
 }
 
@@ -126,6 +157,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   const address = walletAddress(options.wallet);
   const loaded = new Map<string, Loaded>();
   const locks = new Map<string, Promise<unknown>>();
+  let evaluatedCount = 0;
 
   const q = {
     insertResult: db.prepare('INSERT OR REPLACE INTO results (process, nonce, message, timestamp, result, state_hash) VALUES (?, ?, ?, ?, ?, ?)'),
@@ -209,11 +241,10 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     p.sinceCheckpoint = 0;
   }
 
-  /** The CU's signature over (process, message, slot, output hash, state hash). */
   async function attest(processId: string, messageId: string, nonce: number, outcome: Omit<Result, 'Attestation'>, stateHash: string): Promise<Result> {
-    const body = { Process: processId, Message: messageId, Nonce: nonce, 'Output-Hash': sha256hex(JSON.stringify(outcome)), 'State-Hash': stateHash, Address: address };
-    const signature = Buffer.from(await signer.sign(Buffer.from(JSON.stringify(body)))).toString('base64url');
-    return { ...outcome, Attestation: { ...body, Signature: signature } };
+    const values = { Type: 'Attestation', Process: processId, Message: messageId, Nonce: String(nonce), 'Output-Hash': outputHash(outcome), 'State-Hash': stateHash };
+    const item = await createItem('', signer, { tags: Object.entries(values).map(([name, value]) => ({ name, value })) });
+    return { ...outcome, Attestation: item.raw.toString('base64url') };
   }
 
   function toMessage(p: Loaded, m: SuMessage, readOnly = false): ProcessMessage {
@@ -277,6 +308,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         if (tagValue(node.assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
         const message = toMessage(p, node.message ? node : { ...node, message: await assignedMessage(node.assignment) });
         const evaluation: Evaluation = evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        evaluatedCount += 1;
         const { state, ...outcome } = evaluation;
         p.state = state;
         p.stateHash = sha256hex(JSON.stringify(state));
@@ -362,6 +394,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     async checkpoint() {
       for (const p of loaded.values()) await serial(p.processId, () => writeCheckpoint(p));
     },
+    evaluated: () => evaluatedCount,
     async close() {
       await Promise.all([...locks.values()]);
       db.close();

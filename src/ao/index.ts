@@ -4,6 +4,6 @@ export { DEFAULT_LIMITS, MODULE_FORMAT, evaluate, loadRuntime, type Evaluation, 
 export { moduleTags, publishModule } from './modules.js';
 export { LocateError, locator, type Locator } from './locate.js';
 export { MAX_ITEM_BYTES, SchedulerError, openScheduler, startScheduler, type Scheduler, type SchedulerOptions } from './su.js';
-export { ComputeError, openComputeUnit, startComputeUnit, type ComputeOptions, type ComputeUnit, type Result } from './cu.js';
+export { ComputeError, openComputeUnit, startComputeUnit, verifyAttestation, type Attestation, type ComputeOptions, type ComputeUnit, type Result } from './cu.js';
 export { MessengerError, openMessenger, startMessenger, type Messenger, type MessengerOptions } from './mu.js';
 export { freePort, startUnits, unitWallet, type RunningUnits, type UnitsOptions } from './units.js';

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { connect, createDataItemSigner } from '@permaweb/aoconnect';
-import { openComputeUnit } from '../../src/ao/cu.js';
+import { openComputeUnit, verifyAttestation, type Result } from '../../src/ao/cu.js';
 import { publishModule } from '../../src/ao/modules.js';
 import { startUnits, unitWallet, type RunningUnits } from '../../src/ao/units.js';
 import { createItem, tagValue, type Tag } from '../../src/store/items.js';
@@ -91,7 +91,11 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
       for (const n of [1, 2, 3]) sent.push(await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(n) }));
       const last = await ao.result({ process, message: sent[2] });
       assert.deepEqual(last.Output, { count: 6, from: walletAddress(wallet) });
-      assert.ok(last.Attestation, 'the CU signs its results');
+      const attestation = await verifyAttestation(last as unknown as Result);
+      assert.deepEqual(attestation, { address: units.compute.address, process, message: sent[2], nonce: 3, stateHash: attestation.stateHash });
+      assert.equal(attestation.stateHash, (await units.compute.state(process)).stateHash);
+      const altered = { ...last, Output: { count: 7, from: walletAddress(wallet) } } as unknown as Result;
+      await assert.rejects(verifyAttestation(altered), /another output/);
       const all = await ao.results({ process, sort: 'ASC', limit: 10 });
       assert.deepEqual(all.edges.map((e: { node: { Output: unknown } }) => e.node.Output), ['booted', { count: 1, from: walletAddress(wallet) }, { count: 3, from: walletAddress(wallet) }, { count: 6, from: walletAddress(wallet) }]);
       const dry = await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] });
@@ -152,11 +156,19 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     const reference = await units.compute.state(process);
     const second = await openComputeUnit({ dir: join(dir, 'cu-2'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-2'), scheduler: units.locate, checkpointEvery: 8 });
     assert.deepEqual(await second.state(process), reference);
+    // Every slot's state hash, as each CU signed it.
+    const stateHashes = async (cu: { results: typeof second.results }): Promise<string[]> =>
+      Promise.all((await cu.results(process, { limit: 100 })).edges.map(async (e) => (await verifyAttestation(e.node)).stateHash));
+    const mine = await stateHashes(second);
+    assert.equal(mine.length, 21);
+    assert.deepEqual(mine, await stateHashes(units.compute));
     await second.checkpoint();
     await second.close();
-    for (let i = 0; i < 5; i++) await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '1' });
+    // Distinct data: Ed25519 signatures are deterministic, so an identical message would be the same item, scheduled once.
+    for (let i = 0; i < 5; i++) await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(100 + i) });
     const resumed = await openComputeUnit({ dir: join(dir, 'cu-2'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-2'), scheduler: units.locate, checkpointEvery: 8 });
     assert.deepEqual(await resumed.state(process), await units.compute.state(process));
+    assert.equal(resumed.evaluated(), 5, `the restarted CU evaluated only the messages after its checkpoint, not ${resumed.evaluated()}`);
     await resumed.close();
   });
 
