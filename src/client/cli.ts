@@ -29,7 +29,7 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError']);
+const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);

@@ -22,13 +22,21 @@ interface Node {
   bundledIn: { id: string } | null;
 }
 
+/** The gateway could not be reached or answered with a server error. */
+export class GatewayError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GatewayError';
+  }
+}
+
 export function openGatewayStore(gateway: string): Store {
   const base = gateway.replace(/\/+$/, '');
   async function call(path: string, init?: RequestInit): Promise<Response> {
     try {
       return await fetch(`${base}${path}`, init);
     } catch (e) {
-      throw new Error(`gateway ${base}: ${init?.method ?? 'GET'} ${path} failed: ${(e as Error).message}`);
+      throw new GatewayError(`cannot reach the gateway at ${base} (${init?.method ?? 'GET'} ${path}): ${(e as Error).message}`);
     }
   }
   return {
@@ -36,13 +44,13 @@ export function openGatewayStore(gateway: string): Store {
       const res = await call('/tx', { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: raw });
       const body = (await res.json().catch(() => ({}))) as Partial<PutResult> & { error?: string; message?: string };
       if (res.status === 400) throw new ItemError(body.message ?? 'the gateway refused the item');
-      if (!res.ok || !body.id) throw new Error(`gateway ${base}: POST /tx answered ${res.status}: ${body.message ?? ''}`);
+      if (!res.ok || !body.id) throw new GatewayError(`gateway ${base}: POST /tx answered ${res.status}: ${body.message ?? ''}`);
       return { id: body.id, duplicate: Boolean(body.duplicate) };
     },
     async get(id): Promise<Item | null> {
       const res = await call(`/raw/${encodeURIComponent(id)}`);
       if (res.status === 404 || res.status === 400) return null;
-      if (!res.ok) throw new Error(`gateway ${base}: GET /raw/${id} answered ${res.status}`);
+      if (!res.ok) throw new GatewayError(`gateway ${base}: GET /raw/${id} answered ${res.status}`);
       const item = await verifyItem(new Uint8Array(await res.arrayBuffer()));
       if (item.id !== id) throw new ItemError(`the gateway served item ${item.id} for ${id}`);
       return item;
@@ -60,7 +68,7 @@ export function openGatewayStore(gateway: string): Store {
       });
       const body = (await res.json().catch(() => null)) as { data?: { transactions: { pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Node }[] } }; errors?: { message: string }[] } | null;
       if (body?.errors?.length) throw new QueryError(body.errors.map((e) => e.message).join('; '));
-      if (!res.ok || !body?.data) throw new Error(`gateway ${base}: GraphQL answered ${res.status}`);
+      if (!res.ok || !body?.data) throw new GatewayError(`gateway ${base}: GraphQL answered ${res.status}`);
       const t = body.data.transactions;
       return {
         hasNextPage: t.pageInfo.hasNextPage,

@@ -5,7 +5,7 @@ export { ItemError, TAG_LIMITS, createItem, parseItem, tagProblem, tagValue, ver
 export { MAX_PAGE, QueryError, checkQuery, type ItemSummary, type PutResult, type Store, type TransactionsPage, type TransactionsQuery } from './store.js';
 export { openSqliteStore } from './sqlite-store.js';
 export { openArweaveStore } from './arweave-store.js';
-export { openGatewayStore } from './gateway-store.js';
+export { GatewayError, openGatewayStore } from './gateway-store.js';
 export { createGateway, startGateway } from './gateway.js';
 export { executeGraphql } from './graphql.js';
 export { MANIFEST_VERSION, MAX_CHUNK_ITEM_BYTES, ModelStoreError, fetchModel, listModels, publishModel, type Manifest, type PublishResult } from './models.js';

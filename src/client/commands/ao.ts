@@ -7,7 +7,7 @@ import { locator } from '../../ao/locate.js';
 import { openComputeUnit, startComputeUnit } from '../../ao/cu.js';
 import { openMessenger, startMessenger } from '../../ao/mu.js';
 import { openScheduler, startScheduler } from '../../ao/su.js';
-import { startUnits, unitWallet } from '../../ao/units.js';
+import { freePort, startUnits, unitWallet } from '../../ao/units.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import type { Store } from '../../store/store.js';
@@ -60,10 +60,12 @@ export async function unitsCommand(flags: UnitFlags & { dir?: string }): Promise
 export async function suCommand(flags: UnitFlags): Promise<void> {
   const dir = flags.dir ?? join(DEFAULT_HOME, 'su');
   const store = unitStore(flags);
-  const url = flags.url ? urlFlag('url', flags.url) : `http://${flags.host}:${flags.port}`;
+  // The SU publishes its URL before it listens: pick the port now when any free one will do.
+  const port = flags.port === 0 ? await freePort(flags.host) : flags.port;
+  const url = flags.url ? urlFlag('url', flags.url) : `http://${flags.host}:${port}`;
   const scheduler = openScheduler({ dir, store, wallet: await unitWallet(dir, 'wallet'), url });
   await scheduler.ready;
-  const server = await startScheduler(scheduler, { port: flags.port, host: flags.host });
+  const server = await startScheduler(scheduler, { port, host: flags.host });
   serve(flags, 'su', { url: server.url, address: scheduler.address, dir }, async () => {
     await server.close();
     await scheduler.close();
