@@ -2,6 +2,7 @@
 // replays the log through the process module (runtime.ts) and serves the results. It checks the
 // SU's hash chain as it reads, keeps every result and the state's hash in SQLite, writes state
 // checkpoints to the store so a restart does not replay from zero, and signs each result.
+import { listen } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
@@ -451,10 +452,6 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
 }
 
 export async function startComputeUnit(cu: ComputeUnit, options: { port: number; host?: string }): Promise<{ url: string; close(): Promise<void> }> {
-  const app = createComputeServer(cu);
-  await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
-  const address = app.server.address();
-  const port = typeof address === 'object' && address ? address.port : options.port;
-  return { url: `http://${options.host ?? '127.0.0.1'}:${port}`, close: () => app.close() };
+  return listen(createComputeServer(cu), options.port, options.host);
 }
 

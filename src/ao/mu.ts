@@ -7,9 +7,9 @@
 // so a restart resumes where the last run stopped. Delivery is exactly-once without a two-phase
 // commit: an outbox item is signed once with Ed25519 (deterministic), its bytes are kept in its row
 // before they are sent, and the SU answers a repeated id with the assignment it already made.
+import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
@@ -662,11 +662,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
   return messenger;
 }
 
-export interface RunningMessenger {
-  url: string;
-  /** Stops the HTTP server; the messenger itself is closed by its owner. */
-  close(): Promise<void>;
-}
+/** `close` stops the HTTP server; the messenger itself is closed by its owner. */
+export type RunningMessenger = Listening;
 
 /** Serves AO's legacy MU HTTP API (research/ao.md §2) for a messenger. */
 export async function startMessenger(mu: Messenger, options: { port: number; host?: string; bodyLimit?: number }): Promise<RunningMessenger> {
@@ -717,11 +714,6 @@ export async function startMessenger(mu: Messenger, options: { port: number; hos
     return reply.code(200).send({ message: `stopped monitoring ${request.params.pid}; ${NO_CRON}`, id: request.params.pid });
   });
 
-  await app.listen({ port: options.port, host });
-  const { port } = app.server.address() as AddressInfo;
-  const shown = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return {
-    url: `http://${shown.includes(':') ? `[${shown}]` : shown}:${port}`,
-    close: () => app.close(),
-  };
+  return listen(app, options.port, host);
 }
+

@@ -4,9 +4,9 @@
 // it is committed to SQLite (WAL, synchronous=FULL) before the reply, and an id already in the log
 // gets its existing slot back. The HTTP API is AO's legacy SU API (research/ao.md §2b), so
 // aoconnect and AO's own CU and MU can use it as they use the real one.
+import { listen, type Listening } from '../store/listen.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
@@ -526,10 +526,7 @@ export interface SchedulerServerOptions {
   logger?: boolean;
 }
 
-export interface RunningScheduler {
-  url: string;
-  close(): Promise<void>;
-}
+export type RunningScheduler = Listening;
 
 // Messages may echo client input: keep them to one short line.
 const oneLine = (message: string): string => message.replace(/\s+/g, ' ').trim().slice(0, 300);
@@ -629,16 +626,5 @@ export function createSchedulerApp(scheduler: Scheduler, options: Omit<Scheduler
 /** Serves the SU's HTTP API on host:port (port 0: any free port) once the scheduler is ready. */
 export async function startScheduler(scheduler: Scheduler, options: SchedulerServerOptions): Promise<RunningScheduler> {
   await scheduler.ready;
-  const host = options.host ?? '127.0.0.1';
-  const app = createSchedulerApp(scheduler, options);
-  await app.listen({ port: options.port, host });
-  const { port } = app.server.address() as AddressInfo;
-  // A wildcard address is not one a client can dial; loopback reaches it.
-  const shown = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return {
-    url: `http://${shown.includes(':') ? `[${shown}]` : shown}:${port}`,
-    async close() {
-      await app.close();
-    },
-  };
+  return listen(createSchedulerApp(scheduler, options), options.port, options.host);
 }

@@ -2,7 +2,7 @@
 // (GraphQL, raw items, item data, uploads, network info), served from a Store. Everything a client
 // sends is untrusted: bad input gets a one-line JSON error with a 4xx status, never a 5xx, and an
 // unexpected failure a bare 500 with no internals.
-import type { AddressInfo } from 'node:net';
+import { listen, type Listening } from './listen.js';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { executeGraphql } from './graphql.js';
 import { ItemError, type Item } from './items.js';
@@ -16,10 +16,7 @@ export interface GatewayOptions {
   logger?: boolean;
 }
 
-export interface RunningGateway {
-  url: string;
-  close(): Promise<void>;
-}
+export type RunningGateway = Listening;
 
 const ID = /^[A-Za-z0-9_-]{43}$/;
 
@@ -129,16 +126,5 @@ export function createGateway(store: Store, options: GatewayOptions = {}): Fasti
 
 /** Starts a gateway on host:port (port 0: any free port); `url` is where clients reach it. */
 export async function startGateway(store: Store, options: GatewayOptions & { port: number; host?: string }): Promise<RunningGateway> {
-  const host = options.host ?? '127.0.0.1';
-  const app = createGateway(store, options);
-  await app.listen({ port: options.port, host });
-  const { port } = app.server.address() as AddressInfo;
-  // A wildcard address is not one a client can dial; loopback reaches it.
-  const shown = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return {
-    url: `http://${shown.includes(':') ? `[${shown}]` : shown}:${port}`,
-    async close() {
-      await app.close();
-    },
-  };
+  return listen(createGateway(store, options), options.port, options.host);
 }
