@@ -96,6 +96,10 @@ interface Loaded {
   sinceCheckpoint: number;
 }
 
+/** The wallets a process trusts to push messages from other processes: its `Authority` tags (comma-separated lists allowed). */
+const authorities = (tags: Tag[]): Set<string> =>
+  new Set(tags.filter((t) => t.name === 'Authority').flatMap((t) => t.value.split(',').map((a) => a.trim())));
+
 const sha256hex = (text: string): string => createHash('sha256').update(text).digest('hex');
 const b64 = (s: string): Buffer => Buffer.from(s, 'base64url');
 
@@ -252,7 +256,10 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     const a = m.assignment.tags;
     const tag = (name: string): string => a.find((t) => t.name === name)?.value ?? '';
     const msg = m.message!;
-    const fromProcess = msg.tags.find((t) => t.name === 'From-Process')?.value;
+    // A From-Process tag is a claim anyone can write: it names the sender only when the item is
+    // signed by one of the process's Authority wallets (its MUs), as in AO.
+    const claimed = msg.tags.find((t) => t.name === 'From-Process')?.value;
+    const fromProcess = claimed !== undefined && authorities(p.env.Process.Tags).has(msg.owner.address) ? claimed : undefined;
     return {
       Id: msg.id,
       Signature: msg.signature,
@@ -308,7 +315,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         const chain = nextHashChain(p.processId, p.lastAssignment && p.hashChain ? { assignment: p.lastAssignment, chain: p.hashChain } : null);
         if (tagValue(node.assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
         const message = toMessage(p, node.message ? node : { ...node, message: await assignedMessage(node.assignment) });
-        const evaluation: Evaluation = evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        const evaluation: Evaluation = await evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
         evaluatedCount += 1;
         const { state, ...outcome } = evaluation;
         p.state = state;
@@ -383,7 +390,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
           Anchor: input.Anchor ?? null, Tags: input.Tags ?? [], Target: processId, Nonce: p.nonce + 1,
           Timestamp: p.timestamp, 'Block-Height': p.blockHeight, Cron: false, 'Read-Only': true,
         };
-        const { state: _state, ...outcome } = evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        const { state: _state, ...outcome } = await evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
         return outcome;
       }),
     state: (processId) =>

@@ -4,9 +4,9 @@
 // clock, no randomness, no timers, no network, no filesystem; a memory limit and a compute limit
 // counted in interpreter ticks (deterministic, unlike a wall-clock timeout). An error or a limit
 // hit leaves the state as it was and returns `Error`.
-import variant from '@jitl/quickjs-wasmfile-release-sync';
+import variant from '@jitl/quickjs-wasmfile-release-asyncify';
 import {
-  newQuickJSWASMModuleFromVariant, type QuickJSContext, type QuickJSHandle, type QuickJSSyncVariant, type QuickJSWASMModule,
+  newQuickJSAsyncWASMModuleFromVariant, type QuickJSAsyncVariant, type QuickJSAsyncWASMModule, type QuickJSContext, type QuickJSHandle,
 } from 'quickjs-emscripten-core';
 
 /** The Module-Format tag of Verity process modules. */
@@ -73,14 +73,18 @@ export interface Limits {
 
 export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 200_000 };
 
-/** Host functions a CU offers to processes (AO's extensions): string in, string out, deterministic. */
-export type Extensions = Record<string, (argument: string) => string>;
+/**
+ * Host functions a CU offers to processes (AO's extensions, like WeaveDrive): string in, string out,
+ * and the same answer on every CU — they read content-addressed data or compute. A process calls
+ * them synchronously (`host.name(argument)`); the host side may be async (QuickJS is asyncified).
+ */
+export type Extensions = Record<string, (argument: string) => string | Promise<string>>;
 
-let quickjs: QuickJSWASMModule | null = null;
+let quickjs: QuickJSAsyncWASMModule | null = null;
 
 /** Loads QuickJS once per thread. */
 export async function loadRuntime(): Promise<void> {
-  quickjs ??= await newQuickJSWASMModuleFromVariant(variant as unknown as QuickJSSyncVariant);
+  quickjs ??= await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
 }
 
 // What a process may not use, with the reason it gets.
@@ -128,7 +132,9 @@ function errorText(ctx: QuickJSContext, handle: QuickJSHandle): string {
  * Runs `handle(state, message, env)` of a module. Never throws for anything the module does: its
  * errors (and limit hits) come back in `Error` with the state unchanged.
  */
-export function evaluate(source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {}): Evaluation {
+export async function evaluate(
+  source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {},
+): Promise<Evaluation> {
   if (!quickjs) throw new Error('call loadRuntime() before evaluate()');
   const runtime = quickjs.newRuntime();
   let ticks = 0;
@@ -146,10 +152,10 @@ export function evaluate(source: string, state: unknown, message: ProcessMessage
     const host = keep(ctx.newObject());
     for (const [name, fn] of Object.entries(extensions)) {
       const f = keep(
-        ctx.newFunction(name, (arg) => {
+        ctx.newAsyncifiedFunction(name, async (arg) => {
           const text = ctx.getString(arg);
           try {
-            return ctx.newString(fn(text));
+            return ctx.newString(await fn(text));
           } catch (e) {
             return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
           }
@@ -164,9 +170,10 @@ export function evaluate(source: string, state: unknown, message: ProcessMessage
     const module = ctx.evalCode(source, 'process.js', { type: 'module' });
     if (module.error) return failed(`the module does not load: ${errorText(ctx, keep(module.error))}`);
     const ns = keep(module.value);
-    const call = keep(ctx.unwrapResult(ctx.evalCode(CALL, 'call.js')));
-    const input = keep(ctx.newString(JSON.stringify([state, message, env])));
-    const result = ctx.callFunction(call, ctx.undefined, ns, input);
+    // Called through an async eval so that host functions may suspend it.
+    ctx.setProp(ctx.global, '__process', ns);
+    ctx.setProp(ctx.global, '__input', keep(ctx.newString(JSON.stringify([state, message, env]))));
+    const result = await ctx.evalCodeAsync(`(${CALL})(__process, __input)`, 'call.js');
     if (result.error) {
       const why = errorText(ctx, keep(result.error));
       return failed(ticks > limits.compute ? `compute limit: more than ${limits.compute} ticks` : why);

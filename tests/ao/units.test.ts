@@ -126,10 +126,22 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     assert.deepEqual((await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] })).Output, { count: 7 });
   });
 
+  test('a From-Process tag names the sender only when an Authority of the process signed the message', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer, tags: [{ name: 'Authority', value: walletAddress(rsa) }] });
+    const forged = await ao.result({ process, message: await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }, { name: 'From-Process', value: counter }], data: '1' }) });
+    assert.deepEqual(forged.Output, { count: 1, from: walletAddress(ed) });
+    const rsaSigner = createDataItemSigner(rsa.type === 'arweave' ? rsa.jwk : undefined);
+    const vouched = await ao.result({ process, message: await ao.message({ process, signer: rsaSigner, tags: [{ name: 'Action', value: 'Inc' }, { name: 'From-Process', value: counter }], data: '1' }) });
+    assert.deepEqual(vouched.Output, { count: 2, from: counter });
+  });
+
   test('ping-pong: two processes message each other through the MU for 100 rounds; logs ordered, hash chains valid', async () => {
     const signer = ed25519Signer(ed);
-    const a = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'a' }] });
-    const b = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'b' }] });
+    // Each trusts the MU to say which process a pushed message comes from.
+    const authority = { name: 'Authority', value: units.messenger.address };
+    const a = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'a' }, authority] });
+    const b = await ao.spawn({ module: pingpong, scheduler: units.scheduler.address, signer, tags: [{ name: 'Name', value: 'b' }, authority] });
     await ao.message({ process: a, signer, tags: [{ name: 'Action', value: 'Ping' }, { name: 'N', value: '1' }, { name: 'Limit', value: '100' }, { name: 'Peer', value: b }] });
     await units.messenger.idle();
     for (const [pid, parity] of [[a, 1], [b, 0]] as const) {
