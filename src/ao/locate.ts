@@ -5,9 +5,12 @@ import { tagValue } from '../store/items.js';
 import type { Store } from '../store/store.js';
 
 export class LocateError extends Error {
-  constructor(message: string) {
+  /** True when the id names no process at all (e.g. a wallet address): trying again will not help. */
+  readonly notAProcess: boolean;
+  constructor(message: string, notAProcess = false) {
     super(message);
     this.name = 'LocateError';
+    this.notAProcess = notAProcess;
   }
 }
 
@@ -40,9 +43,9 @@ export function locator(store: Store): Locator {
     if (!address) {
       const page = await store.query({ ids: [processId], first: 1 });
       const node = page.edges[0]?.node;
-      if (!node) throw new LocateError(`process ${processId} is unknown`);
+      if (!node) throw new LocateError(`process ${processId} is unknown`, true);
       address = tagValue(node, 'Scheduler');
-      if (!address) throw new LocateError(`item ${processId} has no Scheduler tag: it is not a process`);
+      if (!address) throw new LocateError(`item ${processId} has no Scheduler tag: it is not a process`, true);
       processes.set(processId, address);
     }
     return scheduler(address);

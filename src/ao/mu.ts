@@ -15,6 +15,7 @@ import Database from 'better-sqlite3';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
 import { createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
+import { LocateError } from './locate.js';
 
 export interface MessengerOptions {
   /** Where its SQLite queue lives. */
@@ -308,6 +309,17 @@ export function openMessenger(options: MessengerOptions): Messenger {
     }
   }
 
+  /** False only when the locator is sure the id names no process; unsure answers are retried. */
+  async function isProcess(id: string): Promise<boolean> {
+    try {
+      await options.scheduler(id);
+      return true;
+    } catch (e) {
+      if (e instanceof LocateError && e.notAProcess) return false;
+      throw new Transient(`cannot locate the SU of ${id}: ${(e as Error).message}`);
+    }
+  }
+
   async function locateScheduler(address: string, fallbackProcess: string): Promise<string> {
     const byAddress = options.scheduler.scheduler;
     if (!byAddress) return locate(fallbackProcess);
@@ -410,6 +422,9 @@ export function openMessenger(options: MessengerOptions): Messenger {
     const msg = (entry ?? {}) as { Target?: unknown; Anchor?: unknown; Data?: unknown; Tags?: unknown };
     if (typeof msg.Target !== 'string' || !ID.test(msg.Target)) throw new Permanent('an outbox message needs a Target process id (43 base64url characters)');
     const target = msg.Target;
+    // AO processes answer wallets (a requester, a node) through their outbox too: such a message has
+    // no SU to go to and stays readable in the sender's result.
+    if (!(await isProcess(target))) return { reason: `${target} is not a process: not delivered (it stays in the result of ${from})` };
     const item = await built(row, async () => {
       const tags = tagsOf(msg.Tags, 'outbox message');
       const anchor = anchorFor(msg.Anchor, row.key);

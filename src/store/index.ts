@@ -8,4 +8,4 @@ export { openArweaveStore } from './arweave-store.js';
 export { GatewayError, openGatewayStore } from './gateway-store.js';
 export { createGateway, startGateway } from './gateway.js';
 export { executeGraphql } from './graphql.js';
-export { MANIFEST_VERSION, MAX_CHUNK_ITEM_BYTES, ModelStoreError, fetchModel, listModels, publishModel, type Manifest, type PublishResult } from './models.js';
+export { MANIFEST_VERSION, MAX_CHUNK_ITEM_BYTES, ModelStoreError, fetchModel, listModels, publishModel, readModelHeader, type Manifest, type ModelHeader, type PublishResult } from './models.js';

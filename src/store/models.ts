@@ -2,6 +2,7 @@
 // items of at most 4 MiB and adds a manifest item that lists them with every leaf's hash. Fetching
 // checks the manifest's leaf hashes against the model id, then every chunk against them, before
 // anything is written to the cache — a corrupt or missing chunk is named, never cached.
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -17,7 +18,9 @@ import {
   writeGguf,
   ggufFromModel,
   loadModel,
+  type CanonicalConfig,
   type Model,
+  type Tokenizer,
 } from '../engine/index.js';
 import type { Signer } from '@dha-team/arbundles';
 import { createItem, tagValue, type Tag } from './items.js';
@@ -196,39 +199,79 @@ function parseManifest(data: Buffer, modelId: string, manifestId: string): Manif
   return m;
 }
 
-/**
- * Downloads a model by id, checks every leaf, and writes it to `cacheDir/<modelId>.gguf` (only
- * once all of it checked out). Returns the path; a cached model is returned as it is.
- */
-export async function fetchModel(store: Store, modelId: string, cacheDir: string, progress?: Progress): Promise<string> {
+/** The model's manifest, checked against its id. */
+async function findManifest(store: Store, modelId: string): Promise<Manifest> {
   if (!/^[0-9a-f]{64}$/.test(modelId)) throw new ModelStoreError(`${modelId} is not a model id (64 hex characters)`);
-  const path = join(cacheDir, `${modelId}.gguf`);
-  if (existsSync(path)) return path;
   const manifests = await store.query({ tags: [{ name: 'Type', values: ['Model-Manifest'] }, { name: 'Model-Id', values: [modelId] }], first: 10 });
   if (manifests.edges.length === 0) throw new ModelStoreError(`no manifest for model ${modelId} in the store`);
   const manifestId = manifests.edges[0].node.id;
   const manifestItem = await store.get(manifestId);
   if (!manifestItem) throw new ModelStoreError(`manifest ${manifestId} is missing from the store`);
-  const manifest = parseManifest(manifestItem.data, modelId, manifestId);
+  return parseManifest(manifestItem.data, modelId, manifestId);
+}
 
+/** One chunk item's leaves, each checked against the manifest's leaf hashes. */
+async function chunkLeaves(store: Store, manifest: Manifest, chunk: ManifestChunk): Promise<Buffer[]> {
+  const name = `chunk ${chunk.id} (leaves ${chunk.from}-${chunk.from + chunk.sizes.length - 1})`;
+  const item = await store.get(chunk.id).catch((e: Error) => {
+    throw new ModelStoreError(`${name} is corrupt: ${e.message}`);
+  });
+  if (!item) throw new ModelStoreError(`${name} is missing from the store`);
+  const leaves: Buffer[] = [];
+  let at = 0;
+  chunk.sizes.forEach((size, k) => {
+    const leaf = item.data.subarray(at, at + size);
+    at += size;
+    if (leaf.length !== size || toHex(leafHash(leaf)) !== manifest.leaves[chunk.from + k]) {
+      throw new ModelStoreError(`${name} is corrupt: leaf ${chunk.from + k} does not match the model id`);
+    }
+    leaves.push(leaf);
+  });
+  if (at !== item.data.length) throw new ModelStoreError(`${name} is corrupt: ${item.data.length - at} bytes too many`);
+  return leaves;
+}
+
+export interface ModelHeader {
+  modelId: string;
+  name: string;
+  config: CanonicalConfig;
+  tokenizer: Tokenizer;
+  /** sha256 of the tokenizer leaf, as in the job commitment. */
+  tokenizerHash: string;
+}
+
+/**
+ * A model's config and tokenizer without its weights: the manifest and the chunk holding leaves 0
+ * and 1, every byte checked against the id. What a coordinator needs to price and commit a job.
+ */
+export async function readModelHeader(store: Store, modelId: string): Promise<ModelHeader> {
+  const manifest = await findManifest(store, modelId);
+  const leaves: Buffer[] = [];
+  for (const chunk of manifest.chunks) {
+    if (leaves.length >= 2) break;
+    leaves.push(...(await chunkLeaves(store, manifest, chunk)));
+  }
+  if (leaves.length < 2) throw new ModelStoreError(`model ${modelId} has no tokenizer leaf`);
+  return {
+    modelId,
+    name: manifest.name,
+    config: parseCanonicalConfig(leaves[0]),
+    tokenizer: parseCanonicalTokenizer(leaves[1]),
+    tokenizerHash: createHash('sha256').update(leaves[1]).digest('hex'),
+  };
+}
+
+/**
+ * Downloads a model by id, checks every leaf, and writes it to `cacheDir/<modelId>.gguf` (only
+ * once all of it checked out). Returns the path; a cached model is returned as it is.
+ */
+export async function fetchModel(store: Store, modelId: string, cacheDir: string, progress?: Progress): Promise<string> {
+  const path = join(cacheDir, `${modelId}.gguf`);
+  if (existsSync(path)) return path;
+  const manifest = await findManifest(store, modelId);
   const leaves: Buffer[] = [];
   for (const [i, chunk] of manifest.chunks.entries()) {
-    const last = chunk.from + chunk.sizes.length - 1;
-    const name = `chunk ${chunk.id} (leaves ${chunk.from}-${last})`;
-    const item = await store.get(chunk.id).catch((e: Error) => {
-      throw new ModelStoreError(`${name} is corrupt: ${e.message}`);
-    });
-    if (!item) throw new ModelStoreError(`${name} is missing from the store`);
-    let at = 0;
-    chunk.sizes.forEach((size, k) => {
-      const leaf = item.data.subarray(at, at + size);
-      at += size;
-      if (leaf.length !== size || toHex(leafHash(leaf)) !== manifest.leaves[chunk.from + k]) {
-        throw new ModelStoreError(`${name} is corrupt: leaf ${chunk.from + k} does not match the model id`);
-      }
-      leaves.push(leaf);
-    });
-    if (at !== item.data.length) throw new ModelStoreError(`${name} is corrupt: ${item.data.length - at} bytes too many`);
+    leaves.push(...(await chunkLeaves(store, manifest, chunk)));
     progress?.(i + 1, manifest.chunks.length);
   }
 

@@ -4,6 +4,7 @@ import { createHash, createPrivateKey, generateKeyPairSync, sign as edSign, type
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { ArweaveSigner, type JWKInterface, type Signer } from '@dha-team/arbundles';
 import Arweave from 'arweave';
+import bs58 from 'bs58';
 
 export type WalletType = 'arweave' | 'ed25519';
 
@@ -44,6 +45,29 @@ export function ownerKey(wallet: Wallet): Buffer {
 }
 
 export const walletAddress = (wallet: Wallet): string => ownerAddress(ownerKey(wallet));
+
+// did:key for Ed25519 (W3C did:key method): "z" (base58btc multibase) + base58(0xed 0x01 ‖ public key).
+const DID_PREFIX = 'did:key:z';
+const ED25519_MULTICODEC = [0xed, 0x01];
+
+/** The wallet's decentralised identifier; only Ed25519 keys have one here. */
+export function walletDid(wallet: Wallet): string {
+  if (wallet.type !== 'ed25519') throw new WalletError('a did:key identity needs an Ed25519 wallet');
+  return DID_PREFIX + bs58.encode(Buffer.concat([Buffer.from(ED25519_MULTICODEC), ownerKey(wallet)]));
+}
+
+/** The AO address of an Ed25519 did:key, or a WalletError saying why it is not one. */
+export function didAddress(did: string): string {
+  if (!did.startsWith(DID_PREFIX) || did.length > 64) throw new WalletError('not an Ed25519 did:key');
+  let bytes: Uint8Array;
+  try {
+    bytes = bs58.decode(did.slice(DID_PREFIX.length));
+  } catch {
+    throw new WalletError('not an Ed25519 did:key: bad base58');
+  }
+  if (bytes.length !== 34 || bytes[0] !== ED25519_MULTICODEC[0] || bytes[1] !== ED25519_MULTICODEC[1]) throw new WalletError('not an Ed25519 did:key');
+  return ownerAddress(bytes.subarray(2));
+}
 
 function ed25519Key(jwk: Ed25519Jwk): KeyObject {
   return createPrivateKey({ key: { ...jwk }, format: 'jwk' });
