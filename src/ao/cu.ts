@@ -420,6 +420,7 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
     if (e instanceof LocateError) return reply.code(404).send({ error: e.message });
     const status = (e as { statusCode?: number }).statusCode;
     if (status && status >= 400 && status < 500) return reply.code(status).send({ error: (e as Error).message });
+    process.stderr.write(`cu: internal error: ${(e as Error).stack ?? String(e)}\n`);
     return reply.code(500).send({ error: 'internal error' });
   });
   app.get('/', async () => ({ address: cu.address, timestamp: Date.now() }));

@@ -84,7 +84,14 @@ let quickjs: QuickJSAsyncWASMModule | null = null;
 
 /** Loads QuickJS once per thread. */
 export async function loadRuntime(): Promise<void> {
-  quickjs ??= await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
+  if (quickjs) return;
+  quickjs = await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
+  // quickjs-emscripten 0.32's asyncified runtime forgets its callbacks *before* freeing the runtime
+  // (the sync one does it after), so host functions the final GC frees find no runtime and throw.
+  // Forgetting them a moment later restores the sync variant's order.
+  const callbacks = (quickjs as unknown as { callbacks: { deleteRuntime(rt: number): void } }).callbacks;
+  const forget = callbacks.deleteRuntime.bind(callbacks);
+  callbacks.deleteRuntime = (rt) => void Promise.resolve().then(() => forget(rt));
 }
 
 // What a process may not use, with the reason it gets.

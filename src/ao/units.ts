@@ -38,7 +38,8 @@ export interface UnitsOptions {
   host?: string;
   ports?: Partial<Record<'gateway' | 'su' | 'cu' | 'mu', number>>;
   limits?: Limits;
-  extensions?: Extensions;
+  /** Host extensions for the CU, or a function making them from the units' store. */
+  extensions?: Extensions | ((store: Store) => Extensions);
 }
 
 export interface RunningUnits {
@@ -68,7 +69,7 @@ export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
     wallet: await unitWallet(wallets, 'cu'),
     scheduler: locate,
     limits: options.limits,
-    extensions: options.extensions,
+    extensions: typeof options.extensions === 'function' ? options.extensions(store) : options.extensions,
   });
   const cu = await startComputeUnit(compute, { port: await port('cu'), host });
   const messenger = openMessenger({ dir: join(dir, 'mu'), wallet: await unitWallet(wallets, 'mu'), scheduler: locate, cu: cu.url });

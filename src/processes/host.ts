@@ -2,8 +2,8 @@
 // content-addressed data or computes, so every CU gives the same answer. A process calls them as
 // `host.model(id)`, `host.job(json)`, `host.didAddress(did)`; an error reaches it as a thrown Error.
 import type { Extensions } from '../ao/runtime.js';
-import { encode } from '../engine/index.js';
-import { describeJob, jobCommitment } from '../proof/index.js';
+import { encode, type Tokenizer } from '../engine/index.js';
+import { describeJob, jobCommitment, type Job } from '../proof/index.js';
 import { readModelHeader, type ModelHeader } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
@@ -28,6 +28,7 @@ export interface JobInput {
 
 export interface JobInfo {
   commitment: string;
+  /** The prompt's tokens, BOS not counted. */
   promptTokens: number;
   /** Positions to run, prompt included (run.c's -n). */
   steps: number;
@@ -36,17 +37,29 @@ export interface JobInfo {
 const MODEL_ID = /^[0-9a-f]{64}$/;
 const U64 = /^(0|[1-9][0-9]{0,19})$/;
 
+/** The prompt's own tokens, BOS not counted (what usage.prompt_tokens reports). */
+export const promptTokenCount = (promptWithBos: number[]): number => promptWithBos.length - 1;
+
 /** The job a request describes: the same function the node and the client use, so all three agree. */
-export function describeRequest(header: Pick<ModelHeader, 'modelId' | 'tokenizerHash' | 'tokenizer' | 'config'>, input: Omit<JobInput, 'model'>) {
+export interface JobModel {
+  modelId: string;
+  tokenizerHash: string;
+  tokenizer: Tokenizer;
+  seqLen: number;
+}
+
+export function describeRequest(model: JobModel, input: Omit<JobInput, 'model'>): Job {
   if (typeof input.prompt !== 'string') throw new Error('prompt must be text');
   if (!Number.isInteger(input.maxTokens) || input.maxTokens < 1) throw new Error('max_tokens must be a whole number ≥ 1');
   if (typeof input.seed !== 'string' || !U64.test(input.seed) || BigInt(input.seed) >= 2n ** 64n) throw new Error('seed must be an integer in [0, 2^64)');
   if (typeof input.temperature !== 'number' || typeof input.topP !== 'number') throw new Error('temperature and top_p must be numbers');
-  const prompt = encode(header.tokenizer, input.prompt);
-  const steps = prompt.length + input.maxTokens;
-  const context = header.config.config.seqLen;
-  if (steps > context) throw new Error(`prompt (${prompt.length} tokens) + max_tokens (${input.maxTokens}) exceeds the model's context of ${context}`);
-  return describeJob(header, { prompt, steps, sampling: { temperature: input.temperature, topp: input.topP }, seed: BigInt(input.seed) });
+  const prompt = encode(model.tokenizer, input.prompt);
+  // BOS then n prompt tokens then max_tokens sampled ones: the last prompt position samples the
+  // first new token, so n + max_tokens positions (run.c's -n) make exactly max_tokens.
+  const steps = promptTokenCount(prompt) + input.maxTokens;
+  const context = model.seqLen;
+  if (steps > context) throw new Error(`prompt (${promptTokenCount(prompt)} tokens) + max_tokens (${input.maxTokens}) exceeds the model's context of ${context}`);
+  return describeJob(model, { prompt, steps, sampling: { temperature: input.temperature, topp: input.topP }, seed: BigInt(input.seed) });
 }
 
 export function coordinatorExtensions(store: Store): Extensions {
@@ -75,8 +88,9 @@ export function coordinatorExtensions(store: Store): Extensions {
       } catch {
         throw new Error('the job is not JSON');
       }
-      const job = describeRequest(await header(String(input?.model)), input);
-      const info: JobInfo = { commitment: jobCommitment(job), promptTokens: job.promptTokens.length, steps: job.steps };
+      const h = await header(String(input?.model));
+      const job = describeRequest({ ...h, seqLen: h.config.config.seqLen }, input);
+      const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
       return JSON.stringify(info);
     },
     didAddress: (did) => didAddress(did),

@@ -1,0 +1,100 @@
+// A small AO client over the legacy HTTP protocol: sign a message, hand it to the MU, read its
+// result from the CU, dry-run. The node and the SDK use it; dApps may as well use aoconnect, which
+// speaks the same protocol (tests/ao/units.test.ts).
+import { randomBytes } from 'node:crypto';
+import { createItem, type Item, type Tag } from '../store/items.js';
+import { walletSigner, type Wallet } from '../store/wallet.js';
+import type { Result } from './cu.js';
+
+export class AoClientError extends Error {
+  constructor(
+    message: string,
+    readonly status = 0,
+  ) {
+    super(message);
+    this.name = 'AoClientError';
+  }
+}
+
+export interface MessageInput {
+  tags: Tag[];
+  data?: string;
+}
+
+export type DryRunResult = Omit<Result, 'Attestation'>;
+
+export interface AoClient {
+  /** Signs a message to `process` without sending it (to keep its bytes before they leave). */
+  sign(process: string, input: MessageInput): Promise<Item>;
+  /** Hands signed bytes to the MU; sending the same bytes again is harmless (same id, same slot). */
+  send(raw: Uint8Array): Promise<string>;
+  /** sign + send. */
+  message(process: string, input: MessageInput): Promise<string>;
+  result(process: string, message: string): Promise<Result>;
+  dryRun(process: string, input: MessageInput & { from?: string }): Promise<DryRunResult>;
+  /** Spawns a process from a module on the scheduler with address `scheduler`. */
+  spawn(module: string, scheduler: string, input: MessageInput): Promise<string>;
+}
+
+const AO_TAGS = (type: 'Message' | 'Process'): Tag[] => [
+  { name: 'Data-Protocol', value: 'ao' },
+  { name: 'Variant', value: 'ao.TN.1' },
+  { name: 'Type', value: type },
+];
+
+async function json<T>(res: Response, what: string): Promise<T> {
+  const body = (await res.json().catch(() => null)) as (T & { error?: string }) | null;
+  if (!res.ok || body === null) throw new AoClientError(`${what}: ${res.status} ${body?.error ?? res.statusText}`, res.status);
+  return body;
+}
+
+async function request(url: string, init: RequestInit | undefined, what: string): Promise<Response> {
+  try {
+    return await fetch(url, init);
+  } catch (e) {
+    throw new AoClientError(`${what}: cannot reach ${new URL(url).origin}: ${(e as Error).message}`);
+  }
+}
+
+export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): AoClient {
+  const mu = options.mu.replace(/\/+$/, '');
+  const cu = options.cu.replace(/\/+$/, '');
+  const signer = walletSigner(options.wallet);
+  // A fresh anchor per message: Ed25519 signatures are deterministic, and two identical messages
+  // (two heartbeats) must stay two messages.
+  const anchor = (): string => randomBytes(24).toString('base64url');
+  const client: AoClient = {
+    sign: (process, input) => createItem(input.data ?? '', signer, { target: process, anchor: anchor(), tags: [...AO_TAGS('Message'), ...input.tags] }),
+    async send(raw) {
+      const res = await request(`${mu}/`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: raw }, 'MU');
+      return (await json<{ id: string }>(res, 'MU')).id;
+    },
+    async message(process, input) {
+      return client.send((await client.sign(process, input)).raw);
+    },
+    async result(process, message) {
+      const res = await request(`${cu}/result/${message}?process-id=${process}`, undefined, 'CU result');
+      return json<Result>(res, 'CU result');
+    },
+    async dryRun(process, input) {
+      const body = JSON.stringify({ Id: '0', Owner: input.from ?? '', Target: process, Tags: input.tags, Data: input.data ?? '' });
+      const res = await request(`${cu}/dry-run?process-id=${process}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }, 'CU dry-run');
+      return json<DryRunResult>(res, 'CU dry-run');
+    },
+    async spawn(module, scheduler, input) {
+      const tags = [...AO_TAGS('Process'), { name: 'Module', value: module }, { name: 'Scheduler', value: scheduler }, ...input.tags];
+      const item = await createItem(input.data ?? '', signer, { anchor: anchor(), tags });
+      return client.send(item.raw);
+    },
+  };
+  return client;
+}
+
+/** The first outbox message of a result (or dry run) with this Action, as name → value. */
+export function replyOf(result: Pick<Result, 'Messages'>, action: string): { tags: Record<string, string>; data: string } | null {
+  for (const m of result.Messages) {
+    const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+    if (tags.Action === action) return { tags, data: m.Data ?? '' };
+  }
+  return null;
+}

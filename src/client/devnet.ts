@@ -1,0 +1,175 @@
+// The embedded default: a whole Verity network in one process with its state under one folder —
+// the store and gateway, SU, CU and MU, the token and coordinator processes, the bundled
+// stories260K model published and registered, and worker nodes funded, staked and running. A second
+// start on the same folder resumes it (the processes' logs, the nodes' tasks, the model).
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { aoClient, replyOf, type AoClient } from '../ao/client.js';
+import { publishModule } from '../ao/modules.js';
+import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
+import { loadModel } from '../engine/index.js';
+import { startNode, type RunningNode } from '../node/index.js';
+import { coordinatorExtensions, processModule } from '../processes/index.js';
+import { publishModel } from '../store/models.js';
+import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
+import { Verity } from './sdk.js';
+
+/** The model every devnet serves: llama2.c's stories260K from the shared models folder. */
+export const BUNDLED_MODEL = {
+  path: fileURLToPath(new URL('../../../../shared/models/stories260K.bin', import.meta.url)),
+  tokenizer: fileURLToPath(new URL('../../../../shared/models/tok512.bin', import.meta.url)),
+  name: 'stories260K',
+};
+
+export interface DevnetOptions {
+  dir: string;
+  nodes?: number;
+  /** First of four ports (gateway, SU, CU, MU); 0 or absent: any free ones. */
+  port?: number;
+  host?: string;
+  /** Coordinator parameters (spawn tags) for a new devnet. */
+  leaseMs?: number;
+  /** How often nodes poll for leases and send heartbeats. */
+  pollMs?: number;
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+}
+
+/** What `verity devnet --json` prints and `--devnet <dir>` reads: where the network is. */
+export interface DevnetInfo {
+  gateway: string;
+  su: string;
+  cu: string;
+  mu: string;
+  token: string;
+  coordinator: string;
+  model: string;
+}
+
+export interface Devnet {
+  info: DevnetInfo;
+  units: RunningUnits;
+  nodes: RunningNode[];
+  /** The wallet `verity infer --devnet <dir>` uses: `<dir>/wallet.json`, funded with a deposit. */
+  user: Wallet;
+  close(): Promise<void>;
+}
+
+export const DEVNET_FILE = 'devnet.json';
+const STAKE = 1_000n;
+const NODE_FUNDS = 10_000n;
+const USER_FUNDS = 10_000_000n;
+const USER_DEPOSIT = 1_000_000n;
+
+/** Reads `<dir>/devnet.json`, written by a running devnet. */
+export function readDevnetInfo(dir: string): DevnetInfo {
+  const path = join(dir, DEVNET_FILE);
+  if (!existsSync(path)) throw new Error(`no devnet at ${dir}: start one with verity devnet --dir ${dir}`);
+  return JSON.parse(readFileSync(path, 'utf8')) as DevnetInfo;
+}
+
+function writeJson(path: string, value: unknown): void {
+  writeFileSync(`${path}.tmp`, `${JSON.stringify(value, null, 1)}\n`);
+  renameSync(`${path}.tmp`, path);
+}
+
+async function userWallet(dir: string): Promise<Wallet> {
+  const path = join(dir, 'wallet.json');
+  if (existsSync(path)) return readWallet(path);
+  const wallet = await generateWallet('ed25519');
+  writeWallet(path, wallet);
+  return wallet;
+}
+
+/** Sends a message and returns the tags of the reply with `action`, or throws the refusal. */
+async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string, data?: string): Promise<Record<string, string>> {
+  const id = await ao.message(process, { tags, data });
+  const result = await ao.result(process, id);
+  const reply = replyOf(result, action);
+  if (!reply) throw new Error(`${tags[0].value} to ${process}: no ${action}${result.Error ? `: ${String(result.Error)}` : `: ${JSON.stringify(result.Messages.map((m) => m.Tags))}`}`);
+  return reply.tags;
+}
+
+export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
+  const { dir } = options;
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const count = options.nodes ?? 3;
+  const base = options.port ?? 0;
+  const step = (n: number, what: string): void => log(`devnet [${n}/6] ${what}`);
+
+  step(1, `starting the store, gateway, SU, CU and MU in ${dir}`);
+  const units = await startUnits({
+    dir,
+    host: options.host,
+    ports: base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3 },
+    extensions: coordinatorExtensions,
+  });
+  const nodes: RunningNode[] = [];
+  try {
+    const wallets = join(dir, 'wallets');
+    const owner = await unitWallet(wallets, 'owner');
+    const user = await userWallet(dir);
+    const ownerAo = aoClient({ mu: units.urls.mu, cu: units.urls.cu, wallet: owner });
+    const saved = join(dir, 'processes.json');
+    let ids: Pick<DevnetInfo, 'token' | 'coordinator' | 'model'>;
+    if (existsSync(saved)) {
+      ids = JSON.parse(readFileSync(saved, 'utf8')) as typeof ids;
+      step(2, `resuming token ${ids.token.slice(0, 8)}…, coordinator ${ids.coordinator.slice(0, 8)}…`);
+      step(3, 'model already published and registered');
+    } else {
+      const authority = { name: 'Authority', value: units.messenger.address };
+      step(2, 'spawning the token and coordinator processes');
+      const signer = walletSigner(owner);
+      const tokenModule = await publishModule(units.store, signer, processModule('token'), 'verity-token');
+      const coordinatorModule = await publishModule(units.store, signer, processModule('coordinator'), 'verity-coordinator');
+      const token = await ownerAo.spawn(tokenModule, units.scheduler.address, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
+      const coordinatorTags = [{ name: 'Token', value: token }, { name: 'Min-Stake', value: String(STAKE) }, authority];
+      if (options.leaseMs !== undefined) coordinatorTags.push({ name: 'Lease-Ms', value: String(options.leaseMs) });
+      const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler.address, { tags: coordinatorTags });
+      step(3, `publishing ${BUNDLED_MODEL.name} and registering it`);
+      const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
+      await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }], 'Register-Model-Response');
+      ids = { token, coordinator, model: published.modelId };
+    }
+
+    step(4, 'funding the nodes and the user wallet');
+    const nodeWallets = await Promise.all(Array.from({ length: count }, (_, i) => unitWallet(wallets, `node-${i + 1}`)));
+    const fresh = !existsSync(saved);
+    if (fresh) {
+      const total = NODE_FUNDS * BigInt(count) + USER_FUNDS;
+      await ask(ownerAo, ids.token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: total.toString() }], 'Mint-Response');
+      for (const [wallet, amount] of [...nodeWallets.map((w) => [w, NODE_FUNDS] as const), [user, USER_FUNDS] as const]) {
+        await ask(ownerAo, ids.token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(wallet) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
+      }
+      await Verity.connect({ mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token, wallet: user }).deposit(USER_DEPOSIT);
+      writeJson(saved, ids);
+    }
+
+    step(5, `starting ${count} nodes (stake ${STAKE} each)`);
+    const network = { mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token };
+    for (const [i, wallet] of nodeWallets.entries()) {
+      nodes.push(
+        await startNode({ dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake: STAKE, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log }),
+      );
+    }
+
+    const info: DevnetInfo = { ...units.urls, ...ids };
+    writeJson(join(dir, DEVNET_FILE), info);
+    step(6, `ready: coordinator ${ids.coordinator}, model ${ids.model.slice(0, 12)}…`);
+    return {
+      info,
+      units,
+      nodes,
+      user,
+      async close() {
+        for (const node of nodes) await node.close();
+        await units.close();
+      },
+    };
+  } catch (e) {
+    for (const node of nodes) await node.close();
+    await units.close();
+    throw e;
+  }
+}

@@ -1,0 +1,254 @@
+// The worker node: registers with the coordinator under its did:key, stakes, fetches and verifies
+// its models, then takes the leases the coordinator draws for it (polling `Tasks` with dry-runs),
+// runs each job while recording its trace, stores the trace and submits the result.
+//
+// Each task's progress is a row in the node's SQLite, written before the step it guards: a task
+// found `running` after a crash is run again while its lease is open (the run is deterministic, so
+// the result is the same) and released otherwise; a `submitting` one is re-sent from its stored,
+// signed bytes, never signed twice.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { aoClient, replyOf, type AoClient } from '../ao/client.js';
+import { loadModel, type KernelPath, type Model } from '../engine/index.js';
+import { createItem } from '../store/items.js';
+import { fetchModel } from '../store/models.js';
+import type { Store } from '../store/store.js';
+import { walletAddress, walletDid, walletSigner, type Wallet } from '../store/wallet.js';
+import { complete, traceDocument, type Assignment } from './work.js';
+
+export interface Network {
+  mu: string;
+  cu: string;
+  coordinator: string;
+  token: string;
+}
+
+export interface NodeOptions {
+  /** The node's database and model cache. */
+  dir: string;
+  /** Ed25519: its public key is the node's did:key. */
+  wallet: Wallet;
+  /** Where models are fetched from and traces stored. */
+  store: Store;
+  network: Network;
+  /** Tokens to keep staked. */
+  stake: bigint;
+  /** Model ids to serve; default every model the coordinator lists. */
+  models?: string[];
+  /** Leases at once (the node runs them one after another). */
+  capacity?: number;
+  pollMs?: number;
+  heartbeatMs?: number;
+  engine?: { kernels?: KernelPath; threads?: number };
+  log?: (line: string) => void;
+}
+
+export interface RunningNode {
+  address: string;
+  did: string;
+  models: string[];
+  /** Tasks whose result the coordinator accepted since start. */
+  completed(): number;
+  close(): Promise<void>;
+}
+
+export class NodeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NodeError';
+  }
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS tasks (
+    task TEXT PRIMARY KEY,
+    lease_end INTEGER NOT NULL,
+    status TEXT NOT NULL,            -- running | submitting | submitted | done | rejected | released
+    submit BLOB,                     -- the signed Submit-Result, kept before it is sent
+    submit_id TEXT,
+    note TEXT,
+    updated_at INTEGER NOT NULL
+  );`;
+
+interface Row {
+  task: string;
+  lease_end: number;
+  status: string;
+  submit: Buffer | null;
+  submit_id: string | null;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The reply to `message` with `action`, or a NodeError carrying the process's Code/Message. */
+async function expectReply(ao: AoClient, process: string, message: string, action: string): Promise<Record<string, string>> {
+  const result = await ao.result(process, message);
+  if (result.Error) throw new NodeError(`${action}: the process failed: ${String(result.Error)}`);
+  const ok = replyOf(result, action);
+  if (ok) return ok.tags;
+  const refusal = result.Messages.map((m) => Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>).find((t) => t.Code);
+  throw new NodeError(refusal ? `${refusal.Action}: ${refusal.Code} ${refusal.Message}` : `no ${action} in the result of ${message}`);
+}
+
+export async function startNode(options: NodeOptions): Promise<RunningNode> {
+  const { network, wallet, store } = options;
+  if (wallet.type !== 'ed25519') throw new NodeError('a node needs an Ed25519 wallet: its public key is its did:key');
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const address = walletAddress(wallet);
+  const did = walletDid(wallet);
+  const name = `node ${address.slice(0, 8)}`;
+  const ao = aoClient({ mu: network.mu, cu: network.cu, wallet });
+  const pollMs = options.pollMs ?? 500;
+  const heartbeatMs = options.heartbeatMs ?? 5000;
+  const capacity = options.capacity ?? 2;
+
+  const dryData = async <T>(action: string, tags: { name: string; value: string }[] = []): Promise<T> => {
+    const r = await ao.dryRun(network.coordinator, { tags: [{ name: 'Action', value: action }, ...tags], from: address });
+    const reply = replyOf(r, `${action}-Response`);
+    if (!reply) throw new NodeError(`${action}: the coordinator gave no ${action}-Response${r.Error ? `: ${String(r.Error)}` : ''}`);
+    return (reply.data === '' ? reply.tags : JSON.parse(reply.data)) as T;
+  };
+
+  // ---- models ----
+  const wanted = options.models ?? (await dryData<{ id: string }[]>('Models')).map((m) => m.id);
+  if (wanted.length === 0) throw new NodeError('the coordinator lists no models and none were given');
+  const models = new Map<string, Model>();
+  for (const id of wanted) {
+    log(`${name}: fetching model ${id.slice(0, 12)}…`);
+    const path = await fetchModel(store, id, join(options.dir, 'models'), (done, total) => log(`${name}: model ${id.slice(0, 12)} chunk ${done}/${total} verified`));
+    models.set(id, loadModel(path));
+  }
+
+  // ---- registration and stake ----
+  const registered = (await dryData<{ address: string; models: string[]; capacity: number }[]>('Nodes')).find((n) => n.address === address);
+  if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',')) {
+    const id = await ao.message(network.coordinator, {
+      tags: [
+        { name: 'Action', value: 'Register-Node' },
+        { name: 'DID', value: did },
+        { name: 'Models', value: wanted.join(',') },
+        { name: 'Capacity', value: String(capacity) },
+      ],
+    });
+    await expectReply(ao, network.coordinator, id, 'Register-Node-Response');
+    log(`${name}: registered as ${did}`);
+  }
+  const stakeOf = async (): Promise<bigint> => BigInt((await ao.dryRun(network.coordinator, { tags: [{ name: 'Action', value: 'Balance' }, { name: 'Target', value: address }] }).then((r) => replyOf(r, 'Balance-Response')))?.tags.Stake ?? '0');
+  const staked = await stakeOf();
+  if (staked < options.stake) {
+    const transfer = await ao.message(network.token, {
+      tags: [
+        { name: 'Action', value: 'Transfer' },
+        { name: 'Recipient', value: network.coordinator },
+        { name: 'Quantity', value: (options.stake - staked).toString() },
+        { name: 'X-Action', value: 'Stake' },
+      ],
+    });
+    await expectReply(ao, network.token, transfer, 'Debit-Notice');
+    // The Credit-Notice reaches the coordinator through the MU: wait until it counts.
+    for (let i = 0; (await stakeOf()) < options.stake; i++) {
+      if (i > 600) throw new NodeError('the stake did not arrive at the coordinator within a minute');
+      await sleep(100);
+    }
+    log(`${name}: staked ${options.stake}`);
+  }
+
+  // ---- tasks ----
+  mkdirSync(options.dir, { recursive: true });
+  const db = new Database(join(options.dir, 'node.sqlite'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec(SCHEMA);
+  const q = {
+    get: db.prepare<[string], Row>('SELECT * FROM tasks WHERE task = ?'),
+    start: db.prepare('INSERT INTO tasks (task, lease_end, status, updated_at) VALUES (?, ?, \'running\', ?) ON CONFLICT(task) DO UPDATE SET status = \'running\', lease_end = excluded.lease_end, updated_at = excluded.updated_at'),
+    submitting: db.prepare("UPDATE tasks SET status = 'submitting', submit = ?, submit_id = ?, updated_at = ? WHERE task = ?"),
+    set: db.prepare('UPDATE tasks SET status = ?, note = ?, updated_at = ? WHERE task = ?'),
+    unfinished: db.prepare<[], Row>("SELECT * FROM tasks WHERE status IN ('running', 'submitting', 'submitted') ORDER BY updated_at"),
+  };
+
+  let completed = 0;
+  async function confirm(row: Pick<Row, 'task' | 'submit_id'>): Promise<void> {
+    try {
+      await expectReply(ao, network.coordinator, row.submit_id!, 'Submit-Result-Response');
+      q.set.run('done', null, Date.now(), row.task);
+      completed += 1;
+    } catch (e) {
+      q.set.run('rejected', (e as Error).message, Date.now(), row.task);
+      log(`${name}: result for ${row.task} refused: ${(e as Error).message}`);
+    }
+  }
+
+  async function work(a: Assignment): Promise<void> {
+    const known = q.get.get(a.task);
+    if (known && known.status !== 'running') return;
+    const model = models.get(a.model);
+    if (!model) return log(`${name}: leased task ${a.task} for model ${a.model}, which this node does not serve`);
+    q.start.run(a.task, a.leaseEnd, Date.now());
+    const done = complete(model, a, options.engine);
+    const doc = traceDocument(a.task, done);
+    const trace = await createItem(doc.data, walletSigner(wallet), { tags: doc.tags });
+    await store.put(trace.raw);
+    const submit = await ao.sign(network.coordinator, {
+      tags: [
+        { name: 'Action', value: 'Submit-Result' },
+        { name: 'Task', value: a.task },
+        { name: 'Job-Commitment', value: done.trace.commitment },
+        { name: 'Trace-Root', value: done.trace.root },
+        { name: 'Trace', value: trace.id },
+        { name: 'Tokens', value: String(done.tokens.length) },
+      ],
+      data: JSON.stringify({ text: done.text, tokens: done.tokens }),
+    });
+    q.submitting.run(submit.raw, submit.id, Date.now(), a.task);
+    await ao.send(submit.raw);
+    q.set.run('submitted', null, Date.now(), a.task);
+    await confirm({ task: a.task, submit_id: submit.id });
+  }
+
+  // What a crash interrupted: results to re-send; running tasks are settled by the next poll.
+  for (const row of q.unfinished.all()) {
+    if (row.status === 'running') continue;
+    if (row.status === 'submitting') await ao.send(row.submit!);
+    await confirm(row);
+  }
+
+  let stopped = false;
+  const loop = (async () => {
+    let lastBeat = 0;
+    while (!stopped) {
+      try {
+        const leases = await dryData<Assignment[]>('Tasks', [{ name: 'Node', value: address }]);
+        const listed = new Set(leases.map((l) => l.task));
+        for (const row of q.unfinished.all()) {
+          if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
+        }
+        for (const lease of leases) {
+          if (stopped) break;
+          await work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
+        }
+        if (Date.now() - lastBeat >= heartbeatMs) {
+          lastBeat = Date.now();
+          await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
+        }
+      } catch (e) {
+        log(`${name}: ${(e as Error).message}`);
+      }
+      if (!stopped) await sleep(pollMs);
+    }
+  })();
+  log(`${name}: serving ${wanted.map((m) => m.slice(0, 12)).join(', ')}`);
+
+  return {
+    address,
+    did,
+    models: wanted,
+    completed: () => completed,
+    async close() {
+      stopped = true;
+      await loop;
+      db.close();
+    },
+  };
+}

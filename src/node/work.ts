@@ -1,0 +1,75 @@
+// One task's work, with no I/O: the job the task describes, the engine run that records its trace,
+// the completion as text, and the trace as the data item anyone can check later.
+import { decodePiece, printableBytes, type KernelPath, type Model, modelIdentity } from '../engine/index.js';
+import { jobCommitment, recordTrace, type Job, type Trace } from '../proof/index.js';
+import { describeRequest } from '../processes/host.js';
+import type { Tag } from '../store/items.js';
+
+/** A lease as the coordinator's `Tasks` reply lists it (docs/network.md). */
+export interface Assignment {
+  task: string;
+  model: string;
+  prompt: string;
+  options: { max_tokens: number; temperature: number; top_p: number; seed: string };
+  commitment: string;
+  steps: number;
+  leaseEnd: number;
+}
+
+export interface Completion {
+  job: Job;
+  trace: Trace;
+  /** The sampled tokens (the prompt's are not repeated). */
+  tokens: number[];
+  /** Their text, as run.c prints it after the prompt. */
+  text: string;
+}
+
+export class TaskError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TaskError';
+  }
+}
+
+/** The job a lease asks for, recomputed here: a node runs only what the coordinator committed to. */
+export function jobOf(model: Model, a: Assignment): Job {
+  const identity = modelIdentity(model);
+  if (identity.modelId !== a.model) throw new TaskError(`task ${a.task} is for model ${a.model}, not ${identity.modelId}`);
+  const job = describeRequest(
+    { ...identity, tokenizer: model.tokenizer, seqLen: model.config.seqLen },
+    { prompt: a.prompt, maxTokens: a.options.max_tokens, temperature: a.options.temperature, topP: a.options.top_p, seed: a.options.seed },
+  );
+  if (jobCommitment(job) !== a.commitment) throw new TaskError(`task ${a.task}: the job's commitment is not the one the coordinator gave`);
+  return job;
+}
+
+export function complete(model: Model, a: Assignment, engine: { kernels?: KernelPath; threads?: number } = {}): Completion {
+  const job = jobOf(model, a);
+  const trace = recordTrace(model, job, engine);
+  // trace.tokens holds every token after BOS: the rest of the prompt, then the sampled ones.
+  const tokens = trace.tokens.slice(job.promptTokens.length - 1);
+  let prev = job.promptTokens[job.promptTokens.length - 1];
+  const pieces: Uint8Array[] = [];
+  for (const token of tokens) {
+    pieces.push(printableBytes(decodePiece(model.tokenizer, prev, token)));
+    prev = token;
+  }
+  return { job, trace, tokens, text: Buffer.concat(pieces).toString('utf8') };
+}
+
+/** The trace as a stored item: the job, its commitment, the root and every leaf (docs/proofs.md §2). */
+export function traceDocument(task: string, c: Completion): { data: string; tags: Tag[] } {
+  const { trace } = c;
+  return {
+    data: JSON.stringify({ task, job: c.job, commitment: trace.commitment, root: trace.root, tokens: trace.tokens, leaves: trace.leaves }),
+    tags: [
+      { name: 'Data-Protocol', value: 'verity' },
+      { name: 'Type', value: 'Trace' },
+      { name: 'Task', value: task },
+      { name: 'Job-Commitment', value: trace.commitment },
+      { name: 'Trace-Root', value: trace.root },
+      { name: 'Content-Type', value: 'application/json' },
+    ],
+  };
+}
