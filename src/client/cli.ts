@@ -9,7 +9,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/quantize.js') &
   typeof import('./commands/proof.js') &
   typeof import('./commands/store.js') &
-  typeof import('./commands/ao.js');
+  typeof import('./commands/ao.js') &
+  typeof import('./commands/network.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -18,6 +19,7 @@ const modules = {
   proof: () => import('./commands/proof.js'),
   store: () => import('./commands/store.js'),
   ao: () => import('./commands/ao.js'),
+  network: () => import('./commands/network.js'),
 };
 
 /** An action that loads its module first. */
@@ -29,7 +31,7 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError']);
+const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'VerityError', 'NodeError', 'AoClientError', 'TaskError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);
@@ -121,6 +123,52 @@ export function buildProgram(): Command {
     .description('run a Messenger Unit: forwards signed items to SUs and delivers every outbox message')
     .requiredOption('--cu <url>', 'the Compute Unit it reads results from')
     .action(lazy('ao', 'muCommand'));
+  const networkOptions = (c: Command): Command =>
+    c
+      .option('--devnet <dir>', 'a running devnet\'s folder (default ./.verity; or VERITY_DEVNET)')
+      .option('--mu <url>', 'Messenger Unit (or VERITY_MU)')
+      .option('--cu <url>', 'Compute Unit (or VERITY_CU)')
+      .option('--coordinator <id>', 'coordinator process (or VERITY_COORDINATOR)')
+      .option('--token <id>', 'token process (or VERITY_TOKEN)')
+      .option('--wallet <file>', 'wallet (default <devnet>/wallet.json; or VERITY_WALLET)')
+      .option('--json', 'print one JSON object');
+  program
+    .command('devnet')
+    .description('run a whole network here: units, token and coordinator, the bundled model, funded and staked nodes')
+    .option('--dir <dir>', 'its state (default ./.verity); a second start resumes it')
+    .option('--nodes <n>', 'worker nodes', (v) => positive(v, 1, 16), 3)
+    .option('--port <n>', 'first of four ports for the gateway, SU, CU and MU (0: any free ones)', (v) => positive(v, 0, 65532), 0)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--lease-ms <ms>', 'lease length for a new coordinator', (v) => positive(v, 100, 86_400_000))
+    .option('--demo <prompt>', 'run one verified inference of the prompt, then stop')
+    .option('--json', 'print one JSON line once ready')
+    .action(lazy('network', 'devnetCommand'));
+  networkOptions(program.command('infer'))
+    .description('ask the network for a completion; prints the text and its receipt')
+    .argument('<prompt>', 'the prompt')
+    .option('--model <id>', 'model id (default: the coordinator\'s first)')
+    .option('--max-tokens <n>', 'tokens to generate (default 128)')
+    .option('--temperature <t>', 'sampling temperature, 0 = greedy (default 0)')
+    .option('--top-p <p>', 'nucleus threshold in (0, 1] (default 0.9)')
+    .option('--seed <n>', 'sampling seed (default 0)')
+    .option('--redundancy <n>', 'independent nodes to run it (1-3)')
+    .option('--nodes <addresses>', 'comma-separated node addresses to choose from')
+    .option('--reference <text>', 'your reference for the request (X-Reference)')
+    .action(lazy('network', 'inferCommand'));
+  networkOptions(program.command('task'))
+    .description('show a task: its status, result and receipt')
+    .argument('<id>', 'task id (the Infer message id)')
+    .action(lazy('network', 'taskCommand'));
+  const node = program.command('node').description('run a worker node');
+  networkOptions(node.command('start'))
+    .description('register, stake, fetch the models and take tasks until stopped')
+    .requiredOption('--stake <amount>', 'tokens to keep staked')
+    .option('--models <ids>', 'comma-separated model ids (default: every model the coordinator lists)')
+    .option('--capacity <n>', 'leases at once', (v) => positive(v, 1, 64), 2)
+    .option('--dir <dir>', 'the node\'s database and model cache (default ./.verity/node)')
+    .option('--gateway <url>', 'the gateway to fetch models from and store traces in (default: the devnet\'s)')
+    .option('--store <dir>', 'an embedded store folder instead of a gateway')
+    .action(lazy('network', 'nodeStartCommand'));
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')

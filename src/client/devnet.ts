@@ -13,7 +13,7 @@ import { startNode, type RunningNode } from '../node/index.js';
 import { coordinatorExtensions, processModule } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
-import { Verity } from './sdk.js';
+import { Verity, VerityError } from './sdk.js';
 
 /** The model every devnet serves: llama2.c's stories260K from the shared models folder. */
 export const BUNDLED_MODEL = {
@@ -65,7 +65,7 @@ const USER_DEPOSIT = 1_000_000n;
 /** Reads `<dir>/devnet.json`, written by a running devnet. */
 export function readDevnetInfo(dir: string): DevnetInfo {
   const path = join(dir, DEVNET_FILE);
-  if (!existsSync(path)) throw new Error(`no devnet at ${dir}: start one with verity devnet --dir ${dir}`);
+  if (!existsSync(path)) throw new VerityError(404, `no devnet at ${dir}: start one with verity devnet --dir ${dir}`);
   return JSON.parse(readFileSync(path, 'utf8')) as DevnetInfo;
 }
 

@@ -1,0 +1,207 @@
+// verity devnet | infer | task | node start: the inference network on the command line. A command
+// finds the network from --devnet <dir> (the devnet.json a running devnet writes), from --mu/--cu/
+// --coordinator flags, or from VERITY_* environment variables, in that order.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { InvalidArgumentError } from 'commander';
+import { startNode } from '../../node/index.js';
+import { openGatewayStore } from '../../store/gateway-store.js';
+import { openSqliteStore } from '../../store/sqlite-store.js';
+import { readWallet, WalletError, type Wallet } from '../../store/wallet.js';
+import { readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
+import { Verity, type InferResult, type TaskView } from '../sdk.js';
+import { verifyReceipt } from '../verify.js';
+import { DEFAULT_HOME } from './store.js';
+
+export interface NetworkFlags {
+  devnet?: string;
+  mu?: string;
+  cu?: string;
+  coordinator?: string;
+  token?: string;
+  gateway?: string;
+  wallet?: string;
+  json?: boolean;
+}
+
+const env = (name: string): string | undefined => process.env[`VERITY_${name}`] || undefined;
+
+/** Where the network is: explicit flags first, then a devnet folder, then the environment. */
+function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } {
+  const explicit = flags.mu ?? flags.cu ?? flags.coordinator;
+  const dir = flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
+  const devnet: Partial<DevnetInfo> & { dir?: string } = dir !== undefined && !explicit ? { ...readDevnetInfo(dir), dir } : {};
+  return {
+    ...devnet,
+    mu: flags.mu ?? env('MU') ?? devnet.mu,
+    cu: flags.cu ?? env('CU') ?? devnet.cu,
+    coordinator: flags.coordinator ?? env('COORDINATOR') ?? devnet.coordinator,
+    token: flags.token ?? env('TOKEN') ?? devnet.token,
+    gateway: flags.gateway ?? env('GATEWAY') ?? devnet.gateway,
+  };
+}
+
+function need<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new InvalidArgumentError(`no ${what}: give --devnet <dir>, --${what} or VERITY_${what.toUpperCase()}`);
+  return value;
+}
+
+function walletOf(flags: NetworkFlags, dir: string | undefined): Wallet {
+  const path = flags.wallet ?? env('WALLET') ?? join(dir ?? DEFAULT_HOME, 'wallet.json');
+  if (!existsSync(path)) throw new WalletError(`no wallet at ${path}: create one with verity wallet new, or pass --wallet`);
+  return readWallet(path);
+}
+
+function client(flags: NetworkFlags) {
+  const net = networkOf(flags);
+  return {
+    net,
+    verity: Verity.connect({ mu: need(net.mu, 'mu'), cu: need(net.cu, 'cu'), coordinator: need(net.coordinator, 'coordinator'), token: net.token, wallet: walletOf(flags, net.dir) }),
+  };
+}
+
+function integer(name: string, value: string | undefined, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min || n > max) throw new InvalidArgumentError(`--${name} must be a whole number from ${min} to ${max}`);
+  return n;
+}
+
+function decimal(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`--${name} must be a number`);
+  return n;
+}
+
+function receiptLines(r: InferResult): string {
+  const lines = [`status: ${r.status}`, `task: ${r.task}`, `tokens: ${r.usage.prompt_tokens} prompt, ${r.usage.completion_tokens} generated`];
+  if (r.receipt) {
+    const { model, commitment, traceRoot, node, result, trace } = r.receipt;
+    lines.push(`model: ${model}`, `job commitment: ${commitment}`, `trace root: ${traceRoot}`, `node: ${node}`, `result message: ${result}`, `trace item: ${trace}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** The text on stdout, the receipt on stderr; or one JSON object. */
+function printResult(flags: { json?: boolean }, r: InferResult): void {
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify({ task: r.task, text: r.text, status: r.status, usage: r.usage, receipt: r.receipt })}\n`);
+    return;
+  }
+  process.stdout.write(`${r.text}\n`);
+  process.stderr.write(receiptLines(r));
+}
+
+export interface InferFlags extends NetworkFlags {
+  model?: string;
+  maxTokens?: string;
+  temperature?: string;
+  topP?: string;
+  seed?: string;
+  redundancy?: string;
+  nodes?: string;
+  reference?: string;
+}
+
+export async function inferCommand(prompt: string, flags: InferFlags): Promise<void> {
+  const { verity } = client(flags);
+  const seed = flags.seed;
+  if (seed !== undefined && !/^\d{1,20}$/.test(seed)) throw new InvalidArgumentError('--seed must be a whole number');
+  const result = await verity.infer(prompt, {
+    model: flags.model,
+    maxTokens: integer('max-tokens', flags.maxTokens, 1, 1 << 20),
+    temperature: decimal('temperature', flags.temperature),
+    topP: decimal('top-p', flags.topP),
+    seed,
+    redundancy: integer('redundancy', flags.redundancy, 1, 3),
+    nodes: flags.nodes?.split(',').map((n) => n.trim()),
+    reference: flags.reference,
+  });
+  printResult(flags, result);
+}
+
+export async function taskCommand(id: string, flags: NetworkFlags): Promise<void> {
+  if (!/^[A-Za-z0-9_-]{43}$/.test(id)) throw new InvalidArgumentError(`${id} is not a task id (43 base64url characters)`);
+  const task: TaskView = await client(flags).verity.task(id);
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify(task)}\n`);
+    return;
+  }
+  printResult(flags, { task: task.task, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage });
+}
+
+export interface DevnetFlags {
+  dir?: string;
+  nodes: number;
+  port: number;
+  host: string;
+  leaseMs?: number;
+  json?: boolean;
+  demo?: string;
+}
+
+export async function devnetCommand(flags: DevnetFlags): Promise<void> {
+  const dir = flags.dir ?? DEFAULT_HOME;
+  const devnet = await startDevnet({ dir, nodes: flags.nodes, port: flags.port, host: flags.host, leaseMs: flags.leaseMs });
+  if (flags.demo !== undefined) {
+    // The Quick start: one inference through the network, then its receipt checked by re-running the job here.
+    try {
+      const { info } = devnet;
+      const verity = Verity.connect({ mu: info.mu, cu: info.cu, coordinator: info.coordinator, token: info.token, wallet: devnet.user });
+      const options = { maxTokens: 100, temperature: 0 };
+      const result = await verity.infer(flags.demo, options);
+      process.stdout.write(`${flags.demo}${result.text}\n`);
+      process.stderr.write(receiptLines(result));
+      const check = await verifyReceipt(devnet.units.store, result.receipt, { prompt: flags.demo, ...options }, join(dir, 'verify'));
+      process.stderr.write(`verified: re-running the job here gives the receipt's trace root ${check.traceRoot} (${check.steps} steps)\n`);
+    } finally {
+      await devnet.close();
+    }
+    return;
+  }
+  const line = flags.json ? JSON.stringify(devnet.info) : `devnet ready in ${dir}: ${Object.entries(devnet.info).map(([k, v]) => `${k}=${v}`).join(' ')}`;
+  process.stdout.write(`${line}\n`);
+  const stop = async (): Promise<void> => {
+    await devnet.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}
+
+export interface NodeFlags extends NetworkFlags {
+  stake: string;
+  models?: string;
+  capacity: number;
+  dir?: string;
+  store?: string;
+}
+
+export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
+  if (!/^\d{1,38}$/.test(flags.stake)) throw new InvalidArgumentError('--stake must be a whole number of tokens');
+  if (!flags.wallet) throw new InvalidArgumentError('a node needs --wallet <file> (an Ed25519 wallet: verity wallet new)');
+  const net = networkOf(flags);
+  if (flags.store && flags.gateway) throw new InvalidArgumentError('use --store or --gateway, not both');
+  const store = flags.store ? openSqliteStore(flags.store) : openGatewayStore(need(net.gateway, 'gateway'));
+  const wallet = readWallet(flags.wallet);
+  const node = await startNode({
+    dir: flags.dir ?? join(DEFAULT_HOME, 'node'),
+    wallet,
+    store,
+    network: { mu: need(net.mu, 'mu'), cu: need(net.cu, 'cu'), coordinator: need(net.coordinator, 'coordinator'), token: need(net.token, 'token') },
+    stake: BigInt(flags.stake),
+    models: flags.models?.split(',').map((m) => m.trim()),
+    capacity: flags.capacity,
+  });
+  const info = { node: node.address, did: node.did, models: node.models };
+  process.stdout.write(flags.json ? `${JSON.stringify(info)}\n` : `node ${node.address} (${node.did}) serving ${node.models.join(', ')}\n`);
+  const stop = async (): Promise<void> => {
+    await node.close();
+    await store.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}
+
