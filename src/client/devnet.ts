@@ -12,6 +12,7 @@ import { loadModel } from '../engine/index.js';
 import { startNode, type RunningNode } from '../node/index.js';
 import { coordinatorExtensions, processModule } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
+import type { Store } from '../store/store.js';
 import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
 import { Verity, VerityError } from './sdk.js';
 
@@ -91,12 +92,62 @@ async function ask(ao: AoClient, process: string, tags: { name: string; value: s
   return reply.tags;
 }
 
+/** The running units a network is set up on: embedded (startUnits) or separate processes. */
+export interface UnitsAt {
+  store: Store;
+  urls: { mu: string; cu: string };
+  /** The SU wallet's address (processes are spawned on it). */
+  scheduler: string;
+  /** The MU wallet's address: the processes trust it to say which process a message comes from. */
+  messenger: string;
+}
+
+export interface NetworkSetup {
+  owner: Wallet;
+  /** Funded with tokens and a deposit at the coordinator. */
+  users: Wallet[];
+  /** Funded with tokens to stake. */
+  nodes: Wallet[];
+  leaseMs?: number;
+  log?: (line: string) => void;
+}
+
+/**
+ * Spawns the token and coordinator, publishes and registers the bundled model, mints and hands out
+ * tokens, and deposits for the users: a new network, ready for nodes.
+ */
+export async function setupNetwork(units: UnitsAt, setup: NetworkSetup): Promise<Pick<DevnetInfo, 'token' | 'coordinator' | 'model'>> {
+  const log = setup.log ?? (() => {});
+  const ownerAo = aoClient({ ...units.urls, wallet: setup.owner });
+  const authority = { name: 'Authority', value: units.messenger };
+  const signer = walletSigner(setup.owner);
+  log('spawning the token and coordinator processes');
+  const tokenModule = await publishModule(units.store, signer, processModule('token'), 'verity-token');
+  const coordinatorModule = await publishModule(units.store, signer, processModule('coordinator'), 'verity-coordinator');
+  const token = await ownerAo.spawn(tokenModule, units.scheduler, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
+  const coordinatorTags = [{ name: 'Token', value: token }, { name: 'Min-Stake', value: String(STAKE) }, authority];
+  if (setup.leaseMs !== undefined) coordinatorTags.push({ name: 'Lease-Ms', value: String(setup.leaseMs) });
+  const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler, { tags: coordinatorTags });
+  log(`publishing ${BUNDLED_MODEL.name} and registering it`);
+  const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
+  await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }], 'Register-Model-Response');
+  log('funding the nodes and users');
+  const grants = [...setup.nodes.map((w) => [w, NODE_FUNDS] as const), ...setup.users.map((w) => [w, USER_FUNDS] as const)];
+  const total = grants.reduce((sum, [, amount]) => sum + amount, 0n);
+  await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: total.toString() }], 'Mint-Response');
+  for (const [wallet, amount] of grants) {
+    await ask(ownerAo, token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(wallet) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
+  }
+  for (const user of setup.users) await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(USER_DEPOSIT);
+  return { token, coordinator, model: published.modelId };
+}
+
 export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
   const { dir } = options;
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const count = options.nodes ?? 3;
   const base = options.port ?? 0;
-  const step = (n: number, what: string): void => log(`devnet [${n}/6] ${what}`);
+  const step = (n: number, what: string): void => log(`devnet [${n}/4] ${what}`);
 
   step(1, `starting the store, gateway, SU, CU and MU in ${dir}`);
   const units = await startUnits({
@@ -108,45 +159,21 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
   const nodes: RunningNode[] = [];
   try {
     const wallets = join(dir, 'wallets');
-    const owner = await unitWallet(wallets, 'owner');
     const user = await userWallet(dir);
-    const ownerAo = aoClient({ mu: units.urls.mu, cu: units.urls.cu, wallet: owner });
+    const nodeWallets = await Promise.all(Array.from({ length: count }, (_, i) => unitWallet(wallets, `node-${i + 1}`)));
     const saved = join(dir, 'processes.json');
     let ids: Pick<DevnetInfo, 'token' | 'coordinator' | 'model'>;
     if (existsSync(saved)) {
       ids = JSON.parse(readFileSync(saved, 'utf8')) as typeof ids;
-      step(2, `resuming token ${ids.token.slice(0, 8)}…, coordinator ${ids.coordinator.slice(0, 8)}…`);
-      step(3, 'model already published and registered');
+      step(2, `resuming token ${ids.token.slice(0, 8)}…, coordinator ${ids.coordinator.slice(0, 8)}…, model ${ids.model.slice(0, 12)}…`);
     } else {
-      const authority = { name: 'Authority', value: units.messenger.address };
-      step(2, 'spawning the token and coordinator processes');
-      const signer = walletSigner(owner);
-      const tokenModule = await publishModule(units.store, signer, processModule('token'), 'verity-token');
-      const coordinatorModule = await publishModule(units.store, signer, processModule('coordinator'), 'verity-coordinator');
-      const token = await ownerAo.spawn(tokenModule, units.scheduler.address, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
-      const coordinatorTags = [{ name: 'Token', value: token }, { name: 'Min-Stake', value: String(STAKE) }, authority];
-      if (options.leaseMs !== undefined) coordinatorTags.push({ name: 'Lease-Ms', value: String(options.leaseMs) });
-      const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler.address, { tags: coordinatorTags });
-      step(3, `publishing ${BUNDLED_MODEL.name} and registering it`);
-      const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
-      await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }], 'Register-Model-Response');
-      ids = { token, coordinator, model: published.modelId };
-    }
-
-    step(4, 'funding the nodes and the user wallet');
-    const nodeWallets = await Promise.all(Array.from({ length: count }, (_, i) => unitWallet(wallets, `node-${i + 1}`)));
-    const fresh = !existsSync(saved);
-    if (fresh) {
-      const total = NODE_FUNDS * BigInt(count) + USER_FUNDS;
-      await ask(ownerAo, ids.token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: total.toString() }], 'Mint-Response');
-      for (const [wallet, amount] of [...nodeWallets.map((w) => [w, NODE_FUNDS] as const), [user, USER_FUNDS] as const]) {
-        await ask(ownerAo, ids.token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(wallet) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
-      }
-      await Verity.connect({ mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token, wallet: user }).deposit(USER_DEPOSIT);
+      step(2, 'setting up the network');
+      const at: UnitsAt = { store: units.store, urls: units.urls, scheduler: units.scheduler.address, messenger: units.messenger.address };
+      ids = await setupNetwork(at, { owner: await unitWallet(wallets, 'owner'), users: [user], nodes: nodeWallets, leaseMs: options.leaseMs, log: (line) => log(`devnet [2/4] ${line}`) });
       writeJson(saved, ids);
     }
 
-    step(5, `starting ${count} nodes (stake ${STAKE} each)`);
+    step(3, `starting ${count} nodes (stake ${STAKE} each)`);
     const network = { mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token };
     for (const [i, wallet] of nodeWallets.entries()) {
       nodes.push(
@@ -156,7 +183,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
 
     const info: DevnetInfo = { ...units.urls, ...ids };
     writeJson(join(dir, DEVNET_FILE), info);
-    step(6, `ready: coordinator ${ids.coordinator}, model ${ids.model.slice(0, 12)}…`);
+    step(4, `ready: coordinator ${ids.coordinator}, model ${ids.model.slice(0, 12)}…`);
     return {
       info,
       units,

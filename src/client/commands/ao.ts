@@ -8,6 +8,7 @@ import { openComputeUnit, startComputeUnit } from '../../ao/cu.js';
 import { openMessenger, startMessenger } from '../../ao/mu.js';
 import { openScheduler, startScheduler } from '../../ao/su.js';
 import { freePort, startUnits, unitWallet } from '../../ao/units.js';
+import { coordinatorExtensions } from '../../processes/index.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import type { Store } from '../../store/store.js';
@@ -53,7 +54,7 @@ export async function unitsCommand(flags: UnitFlags & { dir?: string }): Promise
   const dir = flags.dir ?? DEFAULT_HOME;
   const base = flags.port;
   const ports = base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3 };
-  const units = await startUnits({ dir, host: flags.host, ports });
+  const units = await startUnits({ dir, host: flags.host, ports, extensions: coordinatorExtensions });
   serve(flags, 'units', { ...units.urls, scheduler: units.scheduler.address, dir }, () => units.close());
 }
 
@@ -77,7 +78,8 @@ export async function cuCommand(flags: UnitFlags): Promise<void> {
   const dir = flags.dir ?? join(DEFAULT_HOME, 'cu');
   const store = unitStore(flags);
   const wallet = await unitWallet(dir, 'wallet');
-  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store) });
+  // Verity's CUs offer the coordinator's extensions (docs/network.md) to every process.
+  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store), extensions: coordinatorExtensions(store) });
   const server = await startComputeUnit(compute, { port: flags.port, host: flags.host });
   serve(flags, 'cu', { url: server.url, address: walletAddress(wallet), dir }, async () => {
     await server.close();
