@@ -138,7 +138,7 @@ function connect(connection: Connection): VerityClient {
       if (refusal) throw refusal;
       if (!replyOf(answer, 'Infer-Accepted')) throw new VerityError(500, 'the coordinator did not accept the request');
       const deadline = Date.now() + (options.timeoutMs ?? 300_000);
-      for (let wait = 50; ; wait = Math.min(wait * 2, 500)) {
+      for (let wait = 25; ; wait = Math.min(wait * 2, 100)) {
         const task = await client.task(id);
         if (task.status === 'failed') throw new VerityError(504, `task ${id} failed: no node finished it`);
         if (task.status !== 'assigned') return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };

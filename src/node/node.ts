@@ -99,7 +99,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const did = walletDid(wallet);
   const name = `node ${address.slice(0, 8)}`;
   const ao = aoClient({ mu: network.mu, cu: network.cu, wallet });
-  const pollMs = options.pollMs ?? 500;
+  const pollMs = options.pollMs ?? 100;
   const heartbeatMs = options.heartbeatMs ?? 5000;
   const capacity = options.capacity ?? 2;
 

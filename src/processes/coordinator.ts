@@ -78,6 +78,8 @@ interface Task {
   status: TaskStatus;
   /** Leases still to be drawn (after an expiry, or when no node was free). */
   pending: number;
+  /** Since when a pending lease has waited for a node (Max-Wait-Ms counts from here). */
+  waitingSince: number;
   leases: Lease[];
   results: TaskResult[];
   createdAt: number;
@@ -118,6 +120,8 @@ interface Outcome {
 
 const AMOUNT = /^(0|[1-9][0-9]{0,37})$/;
 const ID = /^[A-Za-z0-9_-]{43}$/;
+/** Who may hold a deposit or stake: an Arweave/AO address or process id, or an Ethereum-style address. */
+const ACCOUNT = /^([A-Za-z0-9_-]{43}|0x[0-9a-fA-F]{40})$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 
 const tagOf = (msg: { Tags: Tag[] }, name: string): string | undefined => {
@@ -205,9 +209,18 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
   if (state === undefined || state === null) return boot(msg, env);
   const action = tagOf(msg, 'Action') ?? '';
   // Time passes for every message: expired leases are re-drawn before anything else.
-  const out: OutboxMessage[] = [];
+  let out: OutboxMessage[] = [];
+  let sweepFault: string | null = null;
   const draws = { next: 0 };
-  sweep(state, msg, out, draws);
+  const arrived = JSON.stringify(state);
+  try {
+    sweep(state, msg, out, draws);
+  } catch (e) {
+    // A fault in the sweep runs on every message: let it cost this sweep, never the process.
+    state = JSON.parse(arrived) as State;
+    out = [];
+    sweepFault = String(e);
+  }
   const swept = JSON.stringify(state);
   try {
     const handler = own(HANDLERS, action);
@@ -219,7 +232,8 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
     // A new task, or a lease the handler freed, may let waiting tasks start.
     const started: OutboxMessage[] = [];
     assignWaiting(state, msg, started, draws);
-    return { state, Messages: [...out, ...result.messages, ...started], Output: result.output ?? action };
+    const output = result.output ?? action;
+    return { state, Messages: [...out, ...result.messages, ...started], Output: sweepFault ? { output, sweepFault } : output };
   } catch (e) {
     if (!(e instanceof Refusal)) throw e;
     // Whatever the handler had begun is dropped: back to the state after the sweep.
@@ -292,7 +306,7 @@ const HANDLERS: Record<string, Handler> = {
     if (msg.From !== state.token) refuse(403, 'only the token process sends Credit-Notice');
     const sender = tagOf(msg, 'Sender') ?? '';
     const quantity = tagOf(msg, 'Quantity') ?? '';
-    if (!ID.test(sender) || !AMOUNT.test(quantity)) refuse(400, 'a Credit-Notice needs Sender and Quantity');
+    if (!ACCOUNT.test(sender) || !AMOUNT.test(quantity)) refuse(400, 'a Credit-Notice needs Sender and Quantity');
     const purpose = tagOf(msg, 'X-Action');
     if (purpose === 'Stake') state.stakes[sender] = add(state.stakes[sender], BigInt(quantity));
     else state.deposits[sender] = add(state.deposits[sender], BigInt(quantity));
@@ -441,7 +455,7 @@ const HANDLERS: Record<string, Handler> = {
     const task: Task = {
       id: msg.Id, requester: msg.From, reference, model: model.id, prompt: msg.Data, options, redundancy, nodes,
       commitment: job.commitment, promptTokens: job.promptTokens, steps: job.steps, escrow: escrow.toString(),
-      status: 'assigned', pending: redundancy, leases: [], results: [], createdAt: msg.Timestamp, endedAt: null,
+      status: 'assigned', pending: redundancy, waitingSince: msg.Timestamp, leases: [], results: [], createdAt: msg.Timestamp, endedAt: null,
     };
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
     const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
@@ -569,7 +583,8 @@ function assign(state: State, task: Task, msg: ProcessMessage, draws: { next: nu
   while (task.pending > 0) {
     const candidates = eligible(state, task);
     if (candidates.length === 0) break;
-    const weights = candidates.map((n) => big(state.stakes[n.address]) * BigInt(n.reputation));
+    // + 1: with Min-Stake 0 an unstaked node may serve, and a zero total would divide by zero.
+    const weights = candidates.map((n) => (big(state.stakes[n.address]) + 1n) * BigInt(n.reputation));
     const total = weights.reduce((a, b) => a + b, 0n);
     let r = draw(msg, draws.next++) % total;
     let chosen = candidates[candidates.length - 1];
@@ -607,6 +622,7 @@ function sweep(state: State, msg: ProcessMessage, out: OutboxMessage[], draws: {
       if (lease.status !== 'open' || lease.end >= msg.Timestamp) continue;
       lease.status = 'expired';
       task.pending += 1;
+      task.waitingSince = msg.Timestamp;
       const node = state.nodes.find((n) => n.address === lease.node)!;
       node.open -= 1;
       node.expired += 1;
@@ -625,14 +641,14 @@ function assignWaiting(state: State, msg: ProcessMessage, out: OutboxMessage[], 
     const task = state.tasks[id];
     if (task.pending === 0) continue;
     const expired = task.leases.filter((l) => l.status === 'expired').length;
-    const giveUp = expired >= state.config.maxAttempts * task.redundancy || msg.Timestamp > task.createdAt + state.config.maxWaitMs;
-    if (giveUp) out.push(...end(state, task, 'failed', msg.Timestamp));
+    const giveUp = expired >= state.config.maxAttempts * task.redundancy || msg.Timestamp > task.waitingSince + state.config.maxWaitMs;
+    if (giveUp) out.push(...end(state, task, 'failed', msg.Timestamp, expired >= state.config.maxAttempts * task.redundancy ? `${expired} leases expired` : `no node took it within ${state.config.maxWaitMs} ms`));
     else out.push(...assign(state, task, msg, draws));
   }
 }
 
 /** Ends a task: the rest of its escrow goes back to the requester, who gets the Infer-Response. */
-function end(state: State, task: Task, status: TaskStatus, now: number): OutboxMessage[] {
+function end(state: State, task: Task, status: TaskStatus, now: number, why = ''): OutboxMessage[] {
   task.status = status;
   task.endedAt = now;
   for (const lease of task.leases) {
@@ -651,7 +667,7 @@ function end(state: State, task: Task, status: TaskStatus, now: number): OutboxM
     { name: 'Task', value: task.id },
     { name: 'Status', value: status },
   ];
-  if (status === 'failed') tags.push({ name: 'Code', value: '504' }, { name: 'Message', value: `no node finished the task within ${state.config.maxAttempts} leases` });
+  if (status === 'failed') tags.push({ name: 'Code', value: '504' }, { name: 'Message', value: `no node finished the task: ${why}` });
   return [{ Target: task.requester, Tags: tags, Data: JSON.stringify(view) }];
 }
 
