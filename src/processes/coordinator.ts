@@ -86,7 +86,7 @@ interface Task {
   endedAt: number | null;
 }
 
-interface State {
+export interface State {
   owner: string;
   token: string;
   config: Config;

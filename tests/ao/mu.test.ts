@@ -9,12 +9,12 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { createServer } from 'node:net';
 import { fastify, type FastifyInstance } from 'fastify';
 import { openComputeUnit, startComputeUnit } from '../../src/ao/cu.js';
 import { locator } from '../../src/ao/locate.js';
 import { publishModule } from '../../src/ao/modules.js';
 import { openScheduler, startScheduler } from '../../src/ao/su.js';
+import { freePort } from '../../src/ao/units.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import { openMessenger, startMessenger, type Messenger, type MessengerOptions } from '../../src/ao/mu.js';
 import type { Outcome } from '../../src/ao/runtime.js';
@@ -553,16 +553,6 @@ export function handle(state, m) {
   }
 }`;
 
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-
 /** Plays PINGPONG's logic as a CU would, reading each message from the real SU over HTTP. */
 async function scriptedCu(suUrl: string): Promise<{ url: string; close(): Promise<void> }> {
   const app = fastify({ logger: false });
@@ -604,7 +594,8 @@ async function realStack(realCu: boolean): Promise<void> {
     const module = await publishModule(store, walletSigner(user), PINGPONG, 'pingpong');
     const spawnOne = async (name: string): Promise<string> => {
       const p = await createItem('', walletSigner(user), {
-        tags: [...AO, { name: 'Type', value: 'Process' }, { name: 'Module', value: module }, { name: 'Scheduler', value: su.address }, { name: 'Name', value: name }],
+        // Authority: the process trusts this MU to say which process a pushed message comes from.
+        tags: [...AO, { name: 'Type', value: 'Process' }, { name: 'Module', value: module }, { name: 'Scheduler', value: su.address }, { name: 'Name', value: name }, { name: 'Authority', value: mu.address }],
       });
       // A brand-new process is in no store yet: the MU finds its SU by the Scheduler tag.
       const r = await post(muServer.url, p.raw);

@@ -17,62 +17,11 @@ import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
 import { generateWallet, walletAddress, walletDid, walletSigner, type Wallet } from '../../src/store/wallet.js';
 import { stories260K, tok512 } from '../helpers.js';
+import type { State as CoordinatorState } from '../../src/processes/coordinator.js';
 import { START_TIMESTAMP, openProcess, processSource, tagOf, tagsOf, type OpenProcess, type SendOptions } from './harness.js';
 
-// ---- the coordinator's state, as far as these tests read it ----
-
-interface CModel {
-  id: string;
-  name: string;
-  contextLength: number;
-  tokenizerHash: string;
-}
-interface CNode {
-  address: string;
-  did: string;
-  models: string[];
-  capacity: number;
-  reputation: number;
-  open: number;
-  completed: number;
-  expired: number;
-}
-interface CLease {
-  node: string;
-  start: number;
-  end: number;
-  status: 'open' | 'submitted' | 'expired' | 'cancelled';
-}
-interface CTask {
-  id: string;
-  requester: string;
-  reference: string;
-  model: string;
-  prompt: string;
-  options: { max_tokens: number; temperature: number; top_p: number; seed: string };
-  redundancy: number;
-  commitment: string;
-  promptTokens: number;
-  steps: number;
-  escrow: string;
-  status: 'assigned' | 'completed' | 'mismatch' | 'failed';
-  pending: number;
-  leases: CLease[];
-  results: unknown[];
-}
-interface CState {
-  owner: string;
-  token: string;
-  models: CModel[];
-  nodes: CNode[];
-  deposits: Record<string, string>;
-  earnings: Record<string, string>;
-  stakes: Record<string, string>;
-  unstakeAt: Record<string, number>;
-  tasks: Record<string, CTask>;
-  open: string[];
-  references: Record<string, string>;
-}
+// The coordinator's state, as the process keeps it.
+type CState = CoordinatorState;
 
 // ---- identities ----
 

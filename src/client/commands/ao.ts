@@ -13,6 +13,7 @@ import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import type { Store } from '../../store/store.js';
 import { walletAddress } from '../../store/wallet.js';
+import { closeOnSignal } from './shared.js';
 import { DEFAULT_HOME } from './store.js';
 
 export interface UnitFlags {
@@ -42,12 +43,7 @@ function unitStore(flags: UnitFlags): Store {
 /** Prints where the unit listens and stops it cleanly on SIGINT/SIGTERM. */
 function serve(flags: UnitFlags, unit: string, facts: Record<string, string>, close: () => Promise<void>): void {
   process.stdout.write(flags.json ? `${JSON.stringify({ unit, ...facts })}\n` : `${unit} ${Object.entries(facts).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
-  const stop = async (): Promise<void> => {
-    await close();
-    process.exit(0);
-  };
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  closeOnSignal(close);
 }
 
 export async function unitsCommand(flags: UnitFlags & { dir?: string }): Promise<void> {

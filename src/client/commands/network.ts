@@ -11,6 +11,7 @@ import { readWallet, WalletError, type Wallet } from '../../store/wallet.js';
 import { readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
 import { Verity, type InferResult, type TaskView } from '../sdk.js';
 import { verifyReceipt } from '../verify.js';
+import { closeOnSignal } from './shared.js';
 import { DEFAULT_HOME } from './store.js';
 
 export interface NetworkFlags {
@@ -162,12 +163,7 @@ export async function devnetCommand(flags: DevnetFlags): Promise<void> {
   }
   const line = flags.json ? JSON.stringify(devnet.info) : `devnet ready in ${dir}: ${Object.entries(devnet.info).map(([k, v]) => `${k}=${v}`).join(' ')}`;
   process.stdout.write(`${line}\n`);
-  const stop = async (): Promise<void> => {
-    await devnet.close();
-    process.exit(0);
-  };
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  closeOnSignal(() => devnet.close());
 }
 
 export interface NodeFlags extends NetworkFlags {
@@ -196,12 +192,9 @@ export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
   });
   const info = { node: node.address, did: node.did, models: node.models };
   process.stdout.write(flags.json ? `${JSON.stringify(info)}\n` : `node ${node.address} (${node.did}) serving ${node.models.join(', ')}\n`);
-  const stop = async (): Promise<void> => {
+  closeOnSignal(async () => {
     await node.close();
     await store.close();
-    process.exit(0);
-  };
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  });
 }
 

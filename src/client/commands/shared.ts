@@ -11,6 +11,16 @@ export function load(modelPath: string, tokenizer: string | undefined): Model {
   return loadModel(modelPath, { tokenizer: tokenizerPath });
 }
 
+/** Keeps a serving command up until SIGINT or SIGTERM, then closes it and exits 0. */
+export function closeOnSignal(close: () => Promise<void>): void {
+  const stop = async (): Promise<void> => {
+    await close();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}
+
 export async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | string): Promise<void> {
   if (!stream.write(bytes)) await new Promise((resolve) => stream.once('drain', resolve));
 }

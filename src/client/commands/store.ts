@@ -10,7 +10,7 @@ import { fetchModel, listModels, publishModel } from '../../store/models.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import type { Store } from '../../store/store.js';
 import { generateWallet, readWallet, walletAddress, walletSigner, writeWallet, WalletError, type Wallet, type WalletType } from '../../store/wallet.js';
-import { load } from './shared.js';
+import { closeOnSignal, load } from './shared.js';
 
 export const DEFAULT_HOME = '.verity';
 
@@ -121,11 +121,8 @@ export async function gatewayCommand(flags: StoreFlags & { port: number; host: s
   const store = openStore(flags);
   const gateway = await startGateway(store, { port: flags.port, host: flags.host });
   print(flags, { url: gateway.url, store: flags.store ?? DEFAULT_HOME }, `gateway serving ${flags.store ?? DEFAULT_HOME} at ${gateway.url}`);
-  const stop = async (): Promise<void> => {
+  closeOnSignal(async () => {
     await gateway.close();
     await store.close();
-    process.exit(0);
-  };
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  });
 }
