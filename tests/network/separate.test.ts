@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import Database from 'better-sqlite3';
 import { aoClient, replyOf } from '../../src/ao/client.js';
 import { freePort } from '../../src/ao/units.js';
 import { setupNetwork } from '../../src/client/devnet.js';
@@ -101,6 +102,11 @@ test('separate processes: 50 concurrent requests from 5 wallets complete, a kill
       await startNode(nodeWallets[0], 0);
       const after = await clients[1].infer('The end', { maxTokens: 8, nodes: [victim] });
       assert.equal(after.receipt?.node, victim);
+      // Nothing the crash interrupted is left hanging in its database: finished or released.
+      const db = new Database(join(dir, 'node-0', 'node.sqlite'), { readonly: true });
+      const stuck = db.prepare("SELECT task, status FROM tasks WHERE status IN ('running', 'submitting')").all();
+      db.close();
+      assert.deepEqual(stuck, []);
     } finally {
       await Promise.all(started.map((s) => s.stop()));
     }
