@@ -1,6 +1,7 @@
-// The units as separate processes (`verity gateway|su|cu|mu`), killed with SIGKILL at random points
-// while 1,000 messages flow through them: no acknowledged message is lost, and every outbox message
-// reaches its target's SU log exactly once.
+// The units as separate processes (`verity gateway|su|cu|mu`, sharing one store folder), killed with
+// SIGKILL at random points while 1,000 messages flow through them: no acknowledged message is lost,
+// and every outbox message reaches its target's SU log exactly once. (The gateway-only wiring is
+// exercised by tests/network/separate.test.ts.)
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -84,9 +85,9 @@ test('kill -9 of the SU, CU or MU during a 1,000-message run loses nothing and d
     const url = (unit: keyof typeof ports): string => `http://127.0.0.1:${ports[unit]}`;
     const gateway = await serveCli(['gateway', '--store', join(dir, 'store'), '--port', String(ports.gateway)]);
     const args = {
-      su: ['su', '--gateway', url('gateway'), '--dir', join(dir, 'su'), '--port', String(ports.su)],
-      cu: ['cu', '--gateway', url('gateway'), '--dir', join(dir, 'cu'), '--port', String(ports.cu)],
-      mu: ['mu', '--gateway', url('gateway'), '--dir', join(dir, 'mu'), '--port', String(ports.mu), '--cu', url('cu')],
+      su: ['su', '--store', join(dir, 'store'), '--dir', join(dir, 'su'), '--port', String(ports.su)],
+      cu: ['cu', '--store', join(dir, 'store'), '--dir', join(dir, 'cu'), '--port', String(ports.cu)],
+      mu: ['mu', '--store', join(dir, 'store'), '--dir', join(dir, 'mu'), '--port', String(ports.mu), '--cu', url('cu')],
     };
     const units: Record<'su' | 'cu' | 'mu', ServingCli> = { su: await serveCli(args.su), cu: await serveCli(args.cu), mu: await serveCli(args.mu) };
     const kills = { su: 0, cu: 0, mu: 0 };
