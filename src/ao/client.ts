@@ -90,6 +90,29 @@ export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): A
   return client;
 }
 
+/** A process's refusal (its Code and Message tags), or an answer that did not come. */
+export class RefusedError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'RefusedError';
+  }
+}
+
+/** The reply with `action` in a result or dry run, or a RefusedError with the Code/Message it carries instead. */
+export function expectReply(result: Pick<Result, 'Messages' | 'Error'>, action: string): { tags: Record<string, string>; data: string } {
+  if (result.Error) throw new RefusedError(500, `the process failed: ${String(result.Error)}`);
+  const ok = replyOf(result, action);
+  if (ok) return ok;
+  for (const m of result.Messages) {
+    const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+    if (tags.Code) throw new RefusedError(Number(tags.Code), `${tags.Action}: ${tags.Message ?? 'refused'}`);
+  }
+  throw new RefusedError(500, `no ${action} in the answer`);
+}
+
 /** The first outbox message of a result (or dry run) with this Action, as name → value. */
 export function replyOf(result: Pick<Result, 'Messages'>, action: string): { tags: Record<string, string>; data: string } | null {
   for (const m of result.Messages) {

@@ -31,7 +31,7 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'VerityError', 'NodeError', 'AoClientError', 'TaskError']);
+const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'RefusedError', 'NodeError', 'AoClientError', 'TaskError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { aoClient, replyOf, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply, RefusedError, type AoClient } from '../ao/client.js';
 import { publishModule } from '../ao/modules.js';
 import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
 import { loadModel } from '../engine/index.js';
@@ -14,7 +14,7 @@ import { coordinatorExtensions, processModule } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
-import { Verity, VerityError } from './sdk.js';
+import { Verity } from './sdk.js';
 
 /** The model every devnet serves: llama2.c's stories260K from the shared models folder. */
 export const BUNDLED_MODEL = {
@@ -66,7 +66,7 @@ const USER_DEPOSIT = 1_000_000n;
 /** Reads `<dir>/devnet.json`, written by a running devnet. */
 export function readDevnetInfo(dir: string): DevnetInfo {
   const path = join(dir, DEVNET_FILE);
-  if (!existsSync(path)) throw new VerityError(404, `no devnet at ${dir}: start one with verity devnet --dir ${dir}`);
+  if (!existsSync(path)) throw new RefusedError(404, `no devnet at ${dir}: start one with verity devnet --dir ${dir}`);
   return JSON.parse(readFileSync(path, 'utf8')) as DevnetInfo;
 }
 
@@ -84,12 +84,8 @@ async function userWallet(dir: string): Promise<Wallet> {
 }
 
 /** Sends a message and returns the tags of the reply with `action`, or throws the refusal. */
-async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string, data?: string): Promise<Record<string, string>> {
-  const id = await ao.message(process, { tags, data });
-  const result = await ao.result(process, id);
-  const reply = replyOf(result, action);
-  if (!reply) throw new Error(`${tags[0].value} to ${process}: no ${action}${result.Error ? `: ${String(result.Error)}` : `: ${JSON.stringify(result.Messages.map((m) => m.Tags))}`}`);
-  return reply.tags;
+async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string): Promise<Record<string, string>> {
+  return expectReply(await ao.result(process, await ao.message(process, { tags })), action).tags;
 }
 
 /** The running units a network is set up on: embedded (startUnits) or separate processes. */

@@ -5,7 +5,7 @@
 //
 // `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the task with
 // dry-runs of `Task` until it has ended. The CLI uses exactly this.
-import { aoClient, replyOf, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply, RefusedError, type AoClient } from '../ao/client.js';
 import type { Wallet } from '../store/wallet.js';
 import { walletAddress } from '../store/wallet.js';
 
@@ -74,16 +74,8 @@ export interface Balance {
   stake: bigint;
 }
 
-/** A refusal from the coordinator (its Code and Message) or a task that did not complete. */
-export class VerityError extends Error {
-  constructor(
-    readonly code: number,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'VerityError';
-  }
-}
+/** A refusal from the coordinator (its Code and Message), or a task that did not complete. */
+export { RefusedError as VerityError };
 
 export interface VerityClient {
   readonly address: string;
@@ -97,19 +89,8 @@ export interface VerityClient {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-function refusalOf(messages: { Tags: { name: string; value: string }[] }[]): VerityError | null {
-  for (const m of messages) {
-    const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
-    if (tags.Code) return new VerityError(Number(tags.Code), `${tags.Action}: ${tags.Message ?? 'refused'}`);
-  }
-  return null;
-}
-
 async function dryData(ao: AoClient, process: string, from: string, action: string, tags: { name: string; value: string }[] = []): Promise<{ tags: Record<string, string>; data: string }> {
-  const r = await ao.dryRun(process, { tags: [{ name: 'Action', value: action }, ...tags], from });
-  const reply = replyOf(r, `${action}-Response`);
-  if (!reply) throw refusalOf(r.Messages) ?? new VerityError(500, `${action}: no answer${r.Error ? `: ${String(r.Error)}` : ''}`);
-  return reply;
+  return expectReply(await ao.dryRun(process, { tags: [{ name: 'Action', value: action }, ...tags], from }), `${action}-Response`);
 }
 
 function connect(connection: Connection): VerityClient {
@@ -132,17 +113,13 @@ function connect(connection: Connection): VerityClient {
       if (options.redundancy !== undefined) tags.push({ name: 'Redundancy', value: String(options.redundancy) });
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
       const id = await ao.message(coordinator, { tags, data: prompt });
-      const answer = await ao.result(coordinator, id);
-      if (answer.Error) throw new VerityError(500, `the coordinator failed: ${String(answer.Error)}`);
-      const refusal = refusalOf(answer.Messages);
-      if (refusal) throw refusal;
-      if (!replyOf(answer, 'Infer-Accepted')) throw new VerityError(500, 'the coordinator did not accept the request');
+      expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
       const deadline = Date.now() + (options.timeoutMs ?? 300_000);
       for (let wait = 25; ; wait = Math.min(wait * 2, 100)) {
         const task = await client.task(id);
-        if (task.status === 'failed') throw new VerityError(504, `task ${id} failed: no node finished it`);
+        if (task.status === 'failed') throw new RefusedError(504, `task ${id} failed: no node finished it`);
         if (task.status !== 'assigned') return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
-        if (Date.now() > deadline) throw new VerityError(504, `task ${id} did not end in time`);
+        if (Date.now() > deadline) throw new RefusedError(504, `task ${id} did not end in time`);
         await sleep(wait);
       }
     },
@@ -157,7 +134,7 @@ function connect(connection: Connection): VerityClient {
     },
 
     async deposit(amount) {
-      if (!connection.token) throw new VerityError(400, 'deposits need the token process id');
+      if (!connection.token) throw new RefusedError(400, 'deposits need the token process id');
       const before = (await client.balance()).deposit;
       const id = await ao.message(connection.token, {
         tags: [
@@ -167,12 +144,10 @@ function connect(connection: Connection): VerityClient {
           { name: 'X-Action', value: 'Deposit' },
         ],
       });
-      const result = await ao.result(connection.token, id);
-      const refusal = refusalOf(result.Messages);
-      if (refusal) throw refusal;
+      expectReply(await ao.result(connection.token, id), 'Debit-Notice');
       // The token's Credit-Notice reaches the coordinator through the MU.
       for (let i = 0; (await client.balance()).deposit < before + amount; i++) {
-        if (i > 600) throw new VerityError(504, 'the deposit did not reach the coordinator within a minute');
+        if (i > 600) throw new RefusedError(504, 'the deposit did not reach the coordinator within a minute');
         await sleep(100);
       }
     },

@@ -6,7 +6,8 @@ import { jobCommitment, recordTrace } from '../proof/index.js';
 import { describeRequest } from '../processes/host.js';
 import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
-import { VerityError, type Receipt } from './sdk.js';
+import { RefusedError } from '../ao/client.js';
+import type { Receipt } from './sdk.js';
 
 export interface ReceiptRequest {
   prompt: string;
@@ -17,18 +18,18 @@ export interface ReceiptRequest {
 }
 
 export async function verifyReceipt(store: Store, receipt: Receipt | null, request: ReceiptRequest, cacheDir: string): Promise<{ traceRoot: string; steps: number }> {
-  if (!receipt) throw new VerityError(409, 'the task has no receipt: it did not complete');
+  if (!receipt) throw new RefusedError(409, 'the task has no receipt: it did not complete');
   const item = await store.get(receipt.trace);
-  if (!item) throw new VerityError(404, `trace item ${receipt.trace} is not in the store`);
+  if (!item) throw new RefusedError(404, `trace item ${receipt.trace} is not in the store`);
   const stored = JSON.parse(item.data.toString('utf8')) as { root?: string; commitment?: string };
-  if (stored.root !== receipt.traceRoot || stored.commitment !== receipt.commitment) throw new VerityError(409, 'the stored trace is not the one the receipt names');
+  if (stored.root !== receipt.traceRoot || stored.commitment !== receipt.commitment) throw new RefusedError(409, 'the stored trace is not the one the receipt names');
   const model = loadModel(await fetchModel(store, receipt.model, cacheDir));
   const job = describeRequest(
     { ...modelIdentity(model), tokenizer: model.tokenizer, seqLen: model.config.seqLen },
     { prompt: request.prompt, maxTokens: request.maxTokens, temperature: request.temperature ?? 0, topP: request.topP ?? 0.9, seed: String(request.seed ?? 0) },
   );
-  if (jobCommitment(job) !== receipt.commitment) throw new VerityError(409, 'the receipt is for another job than this request');
+  if (jobCommitment(job) !== receipt.commitment) throw new RefusedError(409, 'the receipt is for another job than this request');
   const trace = recordTrace(model, job);
-  if (trace.root !== receipt.traceRoot) throw new VerityError(409, `a local re-run gives trace root ${trace.root}, the receipt says ${receipt.traceRoot}`);
+  if (trace.root !== receipt.traceRoot) throw new RefusedError(409, `a local re-run gives trace root ${trace.root}, the receipt says ${receipt.traceRoot}`);
   return { traceRoot: trace.root, steps: trace.leaves.length };
 }

@@ -9,7 +9,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { aoClient, replyOf, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
@@ -81,16 +81,6 @@ interface Row {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** The reply to `message` with `action`, or a NodeError carrying the process's Code/Message. */
-async function expectReply(ao: AoClient, process: string, message: string, action: string): Promise<Record<string, string>> {
-  const result = await ao.result(process, message);
-  if (result.Error) throw new NodeError(`${action}: the process failed: ${String(result.Error)}`);
-  const ok = replyOf(result, action);
-  if (ok) return ok.tags;
-  const refusal = result.Messages.map((m) => Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>).find((t) => t.Code);
-  throw new NodeError(refusal ? `${refusal.Action}: ${refusal.Code} ${refusal.Message}` : `no ${action} in the result of ${message}`);
-}
-
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { network, wallet, store } = options;
   if (wallet.type !== 'ed25519') throw new NodeError('a node needs an Ed25519 wallet: its public key is its did:key');
@@ -103,12 +93,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const heartbeatMs = options.heartbeatMs ?? 5000;
   const capacity = options.capacity ?? 2;
 
-  const dryData = async <T>(action: string, tags: { name: string; value: string }[] = []): Promise<T> => {
-    const r = await ao.dryRun(network.coordinator, { tags: [{ name: 'Action', value: action }, ...tags], from: address });
-    const reply = replyOf(r, `${action}-Response`);
-    if (!reply) throw new NodeError(`${action}: the coordinator gave no ${action}-Response${r.Error ? `: ${String(r.Error)}` : ''}`);
-    return (reply.data === '' ? reply.tags : JSON.parse(reply.data)) as T;
-  };
+  const ask = async (process: string, message: string, action: string): Promise<Record<string, string>> => expectReply(await ao.result(process, message), action).tags;
+  const dry = async (action: string, tags: { name: string; value: string }[] = []) =>
+    expectReply(await ao.dryRun(network.coordinator, { tags: [{ name: 'Action', value: action }, ...tags], from: address }), `${action}-Response`);
+  const dryData = async <T>(action: string, tags: { name: string; value: string }[] = []): Promise<T> => JSON.parse((await dry(action, tags)).data) as T;
 
   // ---- models ----
   const wanted = options.models ?? (await dryData<{ id: string }[]>('Models')).map((m) => m.id);
@@ -131,10 +119,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         { name: 'Capacity', value: String(capacity) },
       ],
     });
-    await expectReply(ao, network.coordinator, id, 'Register-Node-Response');
+    await ask(network.coordinator, id, 'Register-Node-Response');
     log(`${name}: registered as ${did}`);
   }
-  const stakeOf = async (): Promise<bigint> => BigInt((await ao.dryRun(network.coordinator, { tags: [{ name: 'Action', value: 'Balance' }, { name: 'Target', value: address }] }).then((r) => replyOf(r, 'Balance-Response')))?.tags.Stake ?? '0');
+  const stakeOf = async (): Promise<bigint> => BigInt((await dry('Balance', [{ name: 'Target', value: address }])).tags.Stake ?? '0');
   const staked = await stakeOf();
   if (staked < options.stake) {
     const transfer = await ao.message(network.token, {
@@ -145,7 +133,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         { name: 'X-Action', value: 'Stake' },
       ],
     });
-    await expectReply(ao, network.token, transfer, 'Debit-Notice');
+    await ask(network.token, transfer, 'Debit-Notice');
     // The Credit-Notice reaches the coordinator through the MU: wait until it counts.
     for (let i = 0; (await stakeOf()) < options.stake; i++) {
       if (i > 600) throw new NodeError('the stake did not arrive at the coordinator within a minute');
@@ -171,7 +159,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   let completed = 0;
   async function confirm(row: Pick<Row, 'task' | 'submit_id'>): Promise<void> {
     try {
-      await expectReply(ao, network.coordinator, row.submit_id!, 'Submit-Result-Response');
+      await ask(network.coordinator, row.submit_id!, 'Submit-Result-Response');
       q.set.run('done', null, Date.now(), row.task);
       completed += 1;
     } catch (e) {
