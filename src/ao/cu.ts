@@ -4,9 +4,7 @@
 // checkpoints to the store so a restart does not replay from zero, and signs each result.
 import { listen } from '../store/listen.js';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import { openDatabase } from '../store/database.js';
 import fastify, { type FastifyInstance } from 'fastify';
 import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
@@ -149,13 +147,9 @@ export interface ComputeUnit {
 
 export async function openComputeUnit(options: ComputeOptions): Promise<ComputeUnit> {
   await loadRuntime();
-  mkdirSync(options.dir, { recursive: true });
-  const db = new Database(join(options.dir, 'cu.sqlite'));
-  db.pragma('journal_mode = WAL');
-  // Everything here can be recomputed from the SU log, and WAL with NORMAL stays consistent after a
-  // crash (it may only lose the newest results, which a restart evaluates again): no fsync per result.
-  db.pragma('synchronous = NORMAL');
-  db.exec(SCHEMA);
+  // Everything here can be recomputed from the SU log: a crash may lose only the newest results,
+  // which a restart evaluates again, so no fsync per result.
+  const db = openDatabase(options.dir, 'cu.sqlite', SCHEMA, { durable: false });
   const limits = options.limits ?? DEFAULT_LIMITS;
   const checkpointEvery = options.checkpointEvery ?? 64;
   const signer = walletSigner(options.wallet);

@@ -9,9 +9,7 @@
 // before they are sent, and the SU answers a repeated id with the assignment it already made.
 import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openDatabase } from '../store/database.js';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
 import { createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
@@ -228,11 +226,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const timeoutMs = options.timeoutMs ?? 30_000;
   const log = options.log ?? ((line: string) => console.error(line));
 
-  mkdirSync(options.dir, { recursive: true });
-  const db = new Database(join(options.dir, 'mu.sqlite'));
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.exec(SCHEMA);
+  const db = openDatabase(options.dir, 'mu.sqlite', SCHEMA);
 
   const q = {
     insert: db.prepare('INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, updated_at) VALUES (?, ?, ?, ?, ?, ?)'),

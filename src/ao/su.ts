@@ -6,9 +6,7 @@
 // aoconnect and AO's own CU and MU can use it as they use the real one.
 import { listen, type Listening } from '../store/listen.js';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openDatabase } from '../store/database.js';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { ItemError, createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
@@ -242,11 +240,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   const now = (): number => Math.floor((options.now ?? Date.now)());
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
-  mkdirSync(options.dir, { recursive: true });
-  const db = new Database(join(options.dir, 'su.sqlite'));
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.exec(SCHEMA);
+  const db = openDatabase(options.dir, 'su.sqlite', SCHEMA);
   const q = {
     head: db.prepare<[string], Row>('SELECT * FROM slots WHERE process = ? ORDER BY nonce DESC LIMIT 1'),
     processes: db.prepare<[], { process: string }>('SELECT process FROM slots WHERE nonce = 0'),

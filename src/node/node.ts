@@ -6,9 +6,8 @@
 // found `running` after a crash is run again while its lease is open (the run is deterministic, so
 // the result is the same) and released otherwise; a `submitting` one is re-sent from its stored,
 // signed bytes, never signed twice.
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openDatabase } from '../store/database.js';
 import { aoClient, expectReply } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { createItem } from '../store/items.js';
@@ -143,11 +142,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
 
   // ---- tasks ----
-  mkdirSync(options.dir, { recursive: true });
-  const db = new Database(join(options.dir, 'node.sqlite'));
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.exec(SCHEMA);
+  const db = openDatabase(options.dir, 'node.sqlite', SCHEMA);
   const q = {
     get: db.prepare<[string], Row>('SELECT * FROM tasks WHERE task = ?'),
     start: db.prepare('INSERT INTO tasks (task, lease_end, status, updated_at) VALUES (?, ?, \'running\', ?) ON CONFLICT(task) DO UPDATE SET status = \'running\', lease_end = excluded.lease_end, updated_at = excluded.updated_at'),
