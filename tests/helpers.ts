@@ -74,9 +74,17 @@ export interface ServingCli {
   stop(signal?: 'SIGKILL' | 'SIGTERM'): Promise<void>;
 }
 
+// Served commands still running when a test file ends (a failure, a timeout) go with it.
+const serving = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of serving) child.kill('SIGKILL');
+});
+
 /** Starts a long-running `verity … --json` command and waits until it prints its JSON line. */
 export function serveCli(args: string[], timeoutMs = 30_000): Promise<ServingCli> {
   const child = spawn(process.execPath, [join(projectRoot, 'bin', 'verity.js'), ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  serving.add(child);
+  child.once('exit', () => serving.delete(child));
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString('utf8')));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
