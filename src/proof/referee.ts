@@ -124,6 +124,8 @@ export function createReferee(source: WeightSource, kernels: KernelPath = defaul
         throw new ProofError('model', `the weights served belong to model ${source.modelId.slice(0, 16)}…, the job's model is ${job.modelId.slice(0, 16)}…`);
       }
       const fetchedBefore = fetchedBytes;
+      // The clock only measures the referee for its report (fetchMs, checkMs, executeMs): no verdict
+      // or committed value depends on it.
       let fetchMs = 0;
       const fetching = <T>(work: () => T): T => {
         const t0 = performance.now();
