@@ -23,6 +23,11 @@ export interface MessageInput {
 
 export type DryRunResult = Omit<Result, 'Attestation'>;
 
+export interface ResultsPage {
+  pageInfo: { hasNextPage: boolean };
+  edges: { cursor: string; node: Result }[];
+}
+
 export interface AoClient {
   /** Signs a message to `process` without sending it (to keep its bytes before they leave). */
   sign(process: string, input: MessageInput): Promise<Item>;
@@ -31,6 +36,13 @@ export interface AoClient {
   /** sign + send. */
   message(process: string, input: MessageInput): Promise<string>;
   result(process: string, message: string): Promise<Result>;
+  /**
+   * Results after `from` in slot order; with `wait` the CU answers as soon as one exists (or empty
+   * when the time is up), so following a process needs no polling loop.
+   */
+  results(process: string, query: { from?: string; limit?: number; wait?: number; signal?: AbortSignal }): Promise<ResultsPage>;
+  /** The cursor of the process's newest result (undefined when it has none yet). */
+  latest(process: string): Promise<string | undefined>;
   dryRun(process: string, input: MessageInput & { from?: string }): Promise<DryRunResult>;
   /** Spawns a process from a module on the scheduler with address `scheduler`. */
   spawn(module: string, scheduler: string, input: MessageInput): Promise<string>;
@@ -52,6 +64,7 @@ async function request(url: string, init: RequestInit | undefined, what: string)
   try {
     return await fetch(url, init);
   } catch (e) {
+    if (init?.signal?.aborted) throw e;
     throw new AoClientError(`${what}: cannot reach ${new URL(url).origin}: ${(e as Error).message}`);
   }
 }
@@ -75,6 +88,17 @@ export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): A
     async result(process, message) {
       const res = await request(`${cu}/result/${message}?process-id=${process}`, undefined, 'CU result');
       return json<Result>(res, 'CU result');
+    },
+    async results(process, query) {
+      const params = new URLSearchParams({ sort: 'ASC', limit: String(query.limit ?? 100) });
+      if (query.from !== undefined) params.set('from', query.from);
+      if (query.wait !== undefined) params.set('wait', String(Math.round(query.wait)));
+      const res = await request(`${cu}/results/${process}?${params}`, { signal: query.signal }, 'CU results');
+      return json<ResultsPage>(res, 'CU results');
+    },
+    async latest(process) {
+      const res = await request(`${cu}/results/${process}?sort=DESC&limit=1`, undefined, 'CU results');
+      return (await json<ResultsPage>(res, 'CU results')).edges[0]?.cursor;
     },
     async dryRun(process, input) {
       const body = JSON.stringify({ Id: '0', Owner: input.from ?? '', Target: process, Tags: input.tags, Data: input.data ?? '' });
@@ -111,6 +135,19 @@ export function expectReply(result: Pick<Result, 'Messages' | 'Error'>, action: 
     if (tags.Code) throw new RefusedError(Number(tags.Code), `${tags.Action}: ${tags.Message ?? 'refused'}`);
   }
   throw new RefusedError(500, `no ${action} in the answer`);
+}
+
+/** The outbox messages of a page of results addressed to `target` with this Action, in slot order. */
+export function messagesTo(page: ResultsPage, target: string, action: string): { tags: Record<string, string>; data: string }[] {
+  const found: { tags: Record<string, string>; data: string }[] = [];
+  for (const { node } of page.edges) {
+    for (const m of node.Messages) {
+      if (m.Target !== target) continue;
+      const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+      if (tags.Action === action) found.push({ tags, data: m.Data ?? '' });
+    }
+  }
+  return found;
 }
 
 /** The first outbox message of a result (or dry run) with this Action, as name → value. */

@@ -29,6 +29,9 @@ export interface ComputeOptions {
   checkpointEvery?: number;
 }
 
+/** The longest a `results` call may wait for a new result. */
+export const MAX_WAIT_MS = 30_000;
+
 /**
  * A result as the CU serves it: AO's shape plus the CU's attestation, a data item signed by the CU
  * (base64url of its bytes) whose tags name the process, message, slot, output hash and state hash.
@@ -134,7 +137,11 @@ export interface ComputeUnit {
   address: string;
   /** The result of message `messageId` of process `processId`, evaluating the log up to it. */
   result(processId: string, messageId: string): Promise<Result>;
-  results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
+  /**
+   * A page of results. With `wait` (ms) and nothing after `from` yet, it answers as soon as a new
+   * result is stored, or empty when the time is up: a client follows a process without polling.
+   */
+  results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number; wait?: number }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
   /** Evaluates a message against the latest state without keeping anything. */
   dryRun(processId: string, message: { Id?: string; Owner?: string; Data?: string; Tags?: Tag[]; Anchor?: string }): Promise<Omit<Result, 'Attestation'>>;
   state(processId: string): Promise<{ state: unknown; nonce: number; stateHash: string; timestamp: number; blockHeight: number }>;
@@ -157,6 +164,12 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   const loaded = new Map<string, Loaded>();
   const locks = new Map<string, Promise<unknown>>();
   let evaluatedCount = 0;
+  let closing = false;
+  // Clients waiting for a process's next result (results with `wait`).
+  const waiting = new Map<string, Set<() => void>>();
+  const wake = (processId: string): void => {
+    for (const done of waiting.get(processId) ?? []) done();
+  };
 
   const q = {
     insertResult: db.prepare('INSERT OR REPLACE INTO results (process, nonce, message, timestamp, result, state_hash) VALUES (?, ?, ?, ?, ?, ?)'),
@@ -321,6 +334,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         p.blockHeight = message['Block-Height'];
         const result = await attest(p.processId, message.Id, nonce, outcome, p.stateHash);
         q.insertResult.run(p.processId, nonce, message.Id, message.Timestamp, JSON.stringify(result), p.stateHash);
+        wake(p.processId);
         if (++p.sinceCheckpoint >= checkpointEvery) await writeCheckpoint(p);
         if (nonce >= upTo) return;
       }
@@ -367,9 +381,24 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         where.push(sort === 'ASC' ? 'nonce <= ?' : 'nonce >= ?');
         params.push(nonceOf(query.to));
       }
-      const rows = db
-        .prepare<(string | number)[], { nonce: number; result: string }>(`SELECT nonce, result FROM results WHERE ${where.join(' AND ')} ORDER BY nonce ${sort} LIMIT ?`)
-        .all(...params, limit + 1);
+      const select = db.prepare<(string | number)[], { nonce: number; result: string }>(`SELECT nonce, result FROM results WHERE ${where.join(' AND ')} ORDER BY nonce ${sort} LIMIT ?`);
+      let rows = select.all(...params, limit + 1);
+      const wait = Math.min(Math.max(query.wait ?? 0, 0), MAX_WAIT_MS);
+      if (rows.length === 0 && wait > 0 && sort === 'ASC' && !closing) {
+        await new Promise<void>((resolve) => {
+          const set = waiting.get(processId) ?? new Set();
+          waiting.set(processId, set);
+          const done = (): void => {
+            clearTimeout(timer);
+            set.delete(done);
+            if (set.size === 0) waiting.delete(processId);
+            resolve();
+          };
+          const timer = setTimeout(done, wait);
+          set.add(done);
+        });
+        rows = select.all(...params, limit + 1);
+      }
       return {
         pageInfo: { hasNextPage: rows.length > limit },
         edges: rows.slice(0, limit).map((r) => ({ cursor: cursorOf(r.nonce), node: JSON.parse(r.result) as Result })),
@@ -398,6 +427,8 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     },
     evaluated: () => evaluatedCount,
     async close() {
+      closing = true;
+      for (const processId of [...waiting.keys()]) wake(processId);
       await Promise.all([...locks.values()]);
       db.close();
     },
@@ -423,12 +454,13 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
     if (!pid || !ID.test(pid) || !ID.test(request.params.message)) return fail(reply, 400, 'GET /result/:message needs a message id and ?process-id=');
     return cu.result(pid, request.params.message);
   });
-  app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string } }>('/results/:process', async (request, reply) => {
+  app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string; wait?: string } }>('/results/:process', async (request, reply) => {
     if (!ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
-    const { from, to, sort, limit } = request.query;
+    const { from, to, sort, limit, wait } = request.query;
     if (limit !== undefined && !/^\d+$/.test(limit)) return fail(reply, 400, 'limit must be a whole number');
+    if (wait !== undefined && !/^\d{1,6}$/.test(wait)) return fail(reply, 400, `wait must be a whole number of ms (at most ${MAX_WAIT_MS})`);
     if (sort !== undefined && sort !== 'ASC' && sort !== 'DESC') return fail(reply, 400, 'sort must be ASC or DESC');
-    return cu.results(request.params.process, { from, to, sort, limit: limit === undefined ? undefined : Number(limit) });
+    return cu.results(request.params.process, { from, to, sort, limit: limit === undefined ? undefined : Number(limit), wait: wait === undefined ? undefined : Number(wait) });
   });
   app.post<{ Querystring: { 'process-id'?: string } }>('/dry-run', async (request, reply) => {
     const pid = request.query['process-id'];

@@ -3,9 +3,9 @@
 //   const verity = Verity.connect({ mu, cu, coordinator, token, wallet });
 //   const { text, receipt } = await verity.infer('Once upon a time', { maxTokens: 150 });
 //
-// `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the task with
-// dry-runs of `Task` until it has ended. The CLI uses exactly this.
-import { aoClient, expectReply, RefusedError, type AoClient } from '../ao/client.js';
+// `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the
+// coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
+import { aoClient, expectReply, messagesTo, RefusedError, type AoClient } from '../ao/client.js';
 import type { Wallet } from '../store/wallet.js';
 import { walletAddress } from '../store/wallet.js';
 
@@ -112,15 +112,21 @@ function connect(connection: Connection): VerityClient {
       if (options.reference) tags.push({ name: 'X-Reference', value: options.reference });
       if (options.redundancy !== undefined) tags.push({ name: 'Redundancy', value: String(options.redundancy) });
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
+      // Follow the coordinator's results from here on: its Infer-Response to this wallet ends the wait.
+      let cursor = await ao.latest(coordinator);
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
       const deadline = Date.now() + (options.timeoutMs ?? 300_000);
-      for (let wait = 25; ; wait = Math.min(wait * 2, 100)) {
-        const task = await client.task(id);
-        if (task.status === 'failed') throw new RefusedError(504, `task ${id} failed: no node finished it`);
-        if (task.status !== 'assigned') return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
-        if (Date.now() > deadline) throw new RefusedError(504, `task ${id} did not end in time`);
-        await sleep(wait);
+      for (;;) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new RefusedError(504, `task ${id} did not end in time`);
+        const page = await ao.results(coordinator, { from: cursor, wait: Math.min(left, 10_000) });
+        cursor = page.edges.at(-1)?.cursor ?? cursor;
+        const response = messagesTo(page, address, 'Infer-Response').find((m) => m.tags.Task === id);
+        if (!response) continue;
+        if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
+        const task = JSON.parse(response.data) as TaskView;
+        return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
       }
     },
 

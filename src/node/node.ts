@@ -1,6 +1,7 @@
 // The worker node: registers with the coordinator under its did:key, stakes, fetches and verifies
-// its models, then takes the leases the coordinator draws for it (polling `Tasks` with dry-runs),
-// runs each job while recording its trace, stores the trace and submits the result.
+// its models, then takes the leases the coordinator draws for it (following the coordinator's
+// results for Task-Assigned messages), runs each job while recording its trace, stores the trace
+// and submits the result.
 //
 // Each task's progress is a row in the node's SQLite, written before the step it guards: a task
 // found `running` after a crash is run again while its lease is open (the run is deterministic, so
@@ -8,7 +9,7 @@
 // signed bytes, never signed twice.
 import { join } from 'node:path';
 import { openDatabase } from '../store/database.js';
-import { aoClient, expectReply } from '../ao/client.js';
+import { aoClient, expectReply, messagesTo } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
@@ -37,7 +38,9 @@ export interface NodeOptions {
   models?: string[];
   /** Leases at once (the node runs them one after another). */
   capacity?: number;
+  /** Pause after a failed round (the CU or MU unreachable). */
   pollMs?: number;
+  /** How often the node says it is alive and re-reads its open leases. */
   heartbeatMs?: number;
   engine?: { kernels?: KernelPath; threads?: number };
   log?: (line: string) => void;
@@ -88,7 +91,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const did = walletDid(wallet);
   const name = `node ${address.slice(0, 8)}`;
   const ao = aoClient({ mu: network.mu, cu: network.cu, wallet });
-  const pollMs = options.pollMs ?? 100;
+  const pollMs = options.pollMs ?? 500;
   const heartbeatMs = options.heartbeatMs ?? 5000;
   const capacity = options.capacity ?? 2;
 
@@ -190,35 +193,48 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     await confirm({ task: a.task, submit_id: submit.id });
   }
 
-  // What a crash interrupted: results to re-send; running tasks are settled by the next poll.
+  // What a crash interrupted: results to re-send; running tasks are settled by the first reconcile.
   for (const row of q.unfinished.all()) {
     if (row.status === 'running') continue;
     if (row.status === 'submitting') await ao.send(row.submit!);
     await confirm(row);
   }
 
+  /** The open leases as the coordinator lists them: work them, and release what it no longer lists. */
+  async function reconcile(): Promise<void> {
+    const leases = await dryData<Assignment[]>('Tasks', [{ name: 'Node', value: address }]);
+    const listed = new Set(leases.map((l) => l.task));
+    for (const row of q.unfinished.all()) {
+      if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
+    }
+    for (const lease of leases) if (!stopped) await attempt(lease);
+  }
+  const attempt = (lease: Assignment): Promise<void> => work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
+
+  // New leases arrive as Task-Assigned messages in the coordinator's results, which the node follows
+  // with the CU's waiting `results` call; a dry-run of `Tasks` with each heartbeat catches anything
+  // missed (a restart, a CU that was down).
   let stopped = false;
+  const stop = new AbortController();
   const loop = (async () => {
+    let cursor: string | undefined;
     let lastBeat = 0;
     while (!stopped) {
       try {
-        const leases = await dryData<Assignment[]>('Tasks', [{ name: 'Node', value: address }]);
-        const listed = new Set(leases.map((l) => l.task));
-        for (const row of q.unfinished.all()) {
-          if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
-        }
-        for (const lease of leases) {
-          if (stopped) break;
-          await work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
-        }
         if (Date.now() - lastBeat >= heartbeatMs) {
           lastBeat = Date.now();
+          cursor ??= await ao.latest(network.coordinator);
+          await reconcile();
           await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
         }
+        const page = await ao.results(network.coordinator, { from: cursor, wait: Math.min(heartbeatMs, 5000), signal: stop.signal });
+        cursor = page.edges.at(-1)?.cursor ?? cursor;
+        for (const { data } of messagesTo(page, address, 'Task-Assigned')) if (!stopped) await attempt(JSON.parse(data) as Assignment);
       } catch (e) {
+        if (stopped) break;
         log(`${name}: ${(e as Error).message}`);
+        await sleep(pollMs);
       }
-      if (!stopped) await sleep(pollMs);
     }
   })();
   log(`${name}: serving ${wanted.map((m) => m.slice(0, 12)).join(', ')}`);
@@ -230,6 +246,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     completed: () => completed,
     async close() {
       stopped = true;
+      stop.abort();
       await loop;
       db.close();
     },
