@@ -184,6 +184,25 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     await resumed.close();
   });
 
+  test('GET /results with wait answers as soon as the next result is stored, and empty when the time is up', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    const latest = async (): Promise<string> => {
+      const page = (await (await fetch(`${units.urls.cu}/results/${process}?sort=DESC&limit=1`)).json()) as { edges: { cursor: string }[] };
+      return page.edges[0].cursor;
+    };
+    const from = await latest();
+    const started = Date.now();
+    const waiting = fetch(`${units.urls.cu}/results/${process}?from=${from}&wait=20000`).then((r) => r.json() as Promise<{ edges: { node: { Output: unknown } }[] }>);
+    await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '5' });
+    const page = await waiting;
+    assert.deepEqual(page.edges.map((e) => e.node.Output), [{ count: 5, from: walletAddress(ed) }]);
+    assert.ok(Date.now() - started < 15_000, 'answered when the result came, not at the deadline');
+    const empty = (await (await fetch(`${units.urls.cu}/results/${process}?from=${await latest()}&wait=200`)).json()) as { edges: unknown[] };
+    assert.deepEqual(empty.edges, []);
+    assert.equal((await fetch(`${units.urls.cu}/results/${process}?wait=forever`)).status, 400);
+  });
+
   test('bad input gets 4xx JSON: unsigned, forged, oversized, wrongly tagged items and unknown processes', async () => {
     const { mu, cu, su } = units.urls;
     const post = async (url: string, body: Uint8Array): Promise<{ status: number; json: unknown }> => {
