@@ -9,7 +9,7 @@ import fastify, { type FastifyInstance } from 'fastify';
 import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
-import { DEFAULT_LIMITS, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { DEFAULT_LIMITS, HostUnavailable, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
 import { LocateError } from './locate.js';
 
 export interface ComputeOptions {
@@ -443,6 +443,8 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
   app.setErrorHandler((e, _request, reply) => {
     if (e instanceof ComputeError) return reply.code(e.status).send({ error: e.message });
     if (e instanceof LocateError) return reply.code(404).send({ error: e.message });
+    // A host extension could not read its data now: nothing was evaluated; ask again later.
+    if (e instanceof HostUnavailable) return reply.code(503).send({ error: e.message });
     const status = (e as { statusCode?: number }).statusCode;
     if (status && status >= 400 && status < 500) return reply.code(status).send({ error: (e as Error).message });
     process.stderr.write(`cu: internal error: ${(e as Error).stack ?? String(e)}\n`);

@@ -139,10 +139,33 @@ function errorText(ctx: QuickJSContext, handle: QuickJSHandle): string {
  * Runs `handle(state, message, env)` of a module. Never throws for anything the module does: its
  * errors (and limit hits) come back in `Error` with the state unchanged.
  */
-export async function evaluate(
+/**
+ * Thrown by an extension whose data cannot be had right now (a store out of reach): the message is
+ * not evaluated at all — evaluate() rethrows it — since a CU that answered "failed" here would part
+ * from one whose store answered. The CU tries again later.
+ */
+export class HostUnavailable extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'HostUnavailable';
+  }
+}
+
+// One evaluation at a time per QuickJS module: an asyncified module holds at most one suspended
+// call, so two processes waiting on host functions at once would corrupt it.
+let turn: Promise<unknown> = Promise.resolve();
+
+export function evaluate(
   source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {},
 ): Promise<Evaluation> {
+  const mine = turn.then(() => evaluateNow(source, state, message, env, limits, extensions));
+  turn = mine.catch(() => undefined);
+  return mine;
+}
+
+async function evaluateNow(source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits, extensions: Extensions): Promise<Evaluation> {
   if (!quickjs) throw new Error('call loadRuntime() before evaluate()');
+  let unavailable: HostUnavailable | null = null;
   const runtime = quickjs.newRuntime();
   let ticks = 0;
   runtime.setMemoryLimit(limits.memory);
@@ -164,6 +187,7 @@ export async function evaluate(
           try {
             return ctx.newString(await fn(text));
           } catch (e) {
+            if (e instanceof HostUnavailable) unavailable ??= e;
             return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
           }
         }),
@@ -181,6 +205,7 @@ export async function evaluate(
     ctx.setProp(ctx.global, '__process', ns);
     ctx.setProp(ctx.global, '__input', keep(ctx.newString(JSON.stringify([state, message, env]))));
     const result = await ctx.evalCodeAsync(`(${CALL})(__process, __input)`, 'call.js');
+    if (unavailable) throw unavailable;
     if (result.error) {
       const why = errorText(ctx, keep(result.error));
       return failed(ticks > limits.compute ? `compute limit: more than ${limits.compute} ticks` : why);
@@ -188,7 +213,8 @@ export async function evaluate(
     const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Evaluation, 'GasUsed'>;
     return { ...out, GasUsed: ticks };
   } catch (e) {
-    // QuickJS itself ran out of memory.
+    // QuickJS itself ran out of memory (a deterministic outcome); anything else is not the process's doing.
+    if (e instanceof HostUnavailable || !/memory/i.test((e as Error).message)) throw e;
     return failed(`memory limit: ${(e as Error).message}`);
   } finally {
     for (const h of handles.reverse()) if (h.alive) h.dispose();

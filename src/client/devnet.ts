@@ -126,7 +126,8 @@ export async function setupNetwork(units: UnitsAt, setup: NetworkSetup): Promise
   const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler, { tags: coordinatorTags });
   log(`publishing ${BUNDLED_MODEL.name} and registering it`);
   const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
-  await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }], 'Register-Model-Response');
+  const register = [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }, { name: 'Manifest', value: published.manifestId }];
+  await ask(ownerAo, coordinator, register, 'Register-Model-Response');
   log('funding the nodes and users');
   const grants = [...setup.nodes.map((w) => [w, NODE_FUNDS] as const), ...setup.users.map((w) => [w, USER_FUNDS] as const)];
   const total = grants.reduce((sum, [, amount]) => sum + amount, 0n);

@@ -19,6 +19,8 @@ interface Config {
 
 interface ModelEntry {
   id: string;
+  /** The manifest item registered with it: the one every CU reads. */
+  manifest: string;
   name: string;
   contextLength: number;
   tokenizerHash: string;
@@ -352,14 +354,16 @@ const HANDLERS: Record<string, Handler> = {
   'Register-Model': (state, msg) => {
     if (msg.From !== state.owner) refuse(403, 'only the owner registers models');
     const id = tagOf(msg, 'Model') ?? '';
+    const manifest = tagOf(msg, 'Manifest') ?? '';
     if (!HEX64.test(id)) refuse(400, 'Model must be a model id (64 hex characters)');
+    if (!ID.test(manifest)) refuse(400, 'Manifest must be the id of the model\'s manifest item');
     let info: { name: string; contextLength: number; tokenizerHash: string };
     try {
-      info = JSON.parse(host.model(id)) as typeof info;
+      info = JSON.parse(host.model(JSON.stringify({ model: id, manifest }))) as typeof info;
     } catch (e) {
-      return refuse(404, `model ${id} is not published: ${(e as Error).message}`);
+      return refuse(404, `model ${id} is not published with manifest ${manifest}: ${(e as Error).message}`);
     }
-    const entry: ModelEntry = { id, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash };
+    const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash };
     const at = state.models.findIndex((m) => m.id === id);
     if (at >= 0) state.models[at] = entry;
     else state.models.push(entry);
@@ -444,7 +448,7 @@ const HANDLERS: Record<string, Handler> = {
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
       job = JSON.parse(
-        host.job(JSON.stringify({ model: model.id, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed })),
+        host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed })),
       ) as typeof job;
     } catch (e) {
       return refuse(400, (e as Error).message.replace(/^(Error: )?host\.job: /, ''));

@@ -1,10 +1,10 @@
 // The host extensions the coordinator calls (AO's extension idea, like WeaveDrive): each reads
 // content-addressed data or computes, so every CU gives the same answer. A process calls them as
 // `host.model(id)`, `host.job(json)`, `host.didAddress(did)`; an error reaches it as a thrown Error.
-import type { Extensions } from '../ao/runtime.js';
+import { HostUnavailable, type Extensions } from '../ao/runtime.js';
 import { encode, type Tokenizer } from '../engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../proof/index.js';
-import { readModelHeader, type ModelHeader } from '../store/models.js';
+import { ModelStoreError, readModelHeader, type ModelHeader } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
 
@@ -16,8 +16,13 @@ export interface ModelInfo {
   tokenizerHash: string;
 }
 
-export interface JobInput {
+export interface ModelRef {
   model: string;
+  /** The manifest item the coordinator registered: every CU reads the same one. */
+  manifest: string;
+}
+
+export interface JobInput extends ModelRef {
   prompt: string;
   maxTokens: number;
   temperature: number;
@@ -35,6 +40,7 @@ export interface JobInfo {
 }
 
 const MODEL_ID = /^[0-9a-f]{64}$/;
+const ITEM_ID = /^[A-Za-z0-9_-]{43}$/;
 const U64 = /^(0|[1-9][0-9]{0,19})$/;
 
 /** The prompt's own tokens, BOS not counted (what usage.prompt_tokens reports). */
@@ -48,7 +54,7 @@ export interface JobModel {
   seqLen: number;
 }
 
-export function describeRequest(model: JobModel, input: Omit<JobInput, 'model'>): Job {
+export function describeRequest(model: JobModel, input: Omit<JobInput, keyof ModelRef>): Job {
   if (typeof input.prompt !== 'string') throw new Error('prompt must be text');
   if (!Number.isInteger(input.maxTokens) || input.maxTokens < 1) throw new Error('max_tokens must be a whole number ≥ 1');
   if (typeof input.seed !== 'string' || !U64.test(input.seed) || BigInt(input.seed) >= 2n ** 64n) throw new Error('seed must be an integer in [0, 2^64)');
@@ -63,32 +69,40 @@ export function describeRequest(model: JobModel, input: Omit<JobInput, 'model'>)
 }
 
 export function coordinatorExtensions(store: Store): Extensions {
-  // Model headers are immutable (content-addressed): cache them, failures included only while in flight.
+  // A pinned manifest and its chunk are content-addressed, so a header read once holds forever.
   const headers = new Map<string, Promise<ModelHeader>>();
-  const header = (id: string): Promise<ModelHeader> => {
-    if (!MODEL_ID.test(id)) return Promise.reject(new Error(`${id.slice(0, 80)} is not a model id`));
-    let known = headers.get(id);
+  const header = (ref: ModelRef): Promise<ModelHeader> => {
+    if (!MODEL_ID.test(String(ref?.model))) return Promise.reject(new Error(`${String(ref?.model).slice(0, 80)} is not a model id`));
+    if (!ITEM_ID.test(String(ref?.manifest))) return Promise.reject(new Error('the manifest must be an item id'));
+    const key = `${ref.model} ${ref.manifest}`;
+    let known = headers.get(key);
     if (!known) {
-      known = readModelHeader(store, id);
-      headers.set(id, known);
-      known.catch(() => headers.delete(id));
+      known = readModelHeader(store, ref.model, ref.manifest).catch((e: Error) => {
+        headers.delete(key);
+        // Out of reach is not "not there": the message waits for the store rather than failing here only.
+        throw e instanceof ModelStoreError ? e : new HostUnavailable(e.message);
+      });
+      headers.set(key, known);
     }
     return known;
   };
+  const parse = <T>(json: string, what: string): T => {
+    try {
+      return JSON.parse(json) as T;
+    } catch {
+      throw new Error(`the ${what} is not JSON`);
+    }
+  };
   return {
-    async model(id) {
-      const h = await header(id);
-      const info: ModelInfo = { id, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash };
+    async model(json) {
+      const ref = parse<ModelRef>(json, 'model reference');
+      const h = await header(ref);
+      const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash };
       return JSON.stringify(info);
     },
     async job(json) {
-      let input: JobInput;
-      try {
-        input = JSON.parse(json) as JobInput;
-      } catch {
-        throw new Error('the job is not JSON');
-      }
-      const h = await header(String(input?.model));
+      const input = parse<JobInput>(json, 'job');
+      const h = await header(input);
       const job = describeRequest({ ...h, seqLen: h.config.config.seqLen }, input);
       const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
       return JSON.stringify(info);

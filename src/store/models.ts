@@ -199,12 +199,18 @@ function parseManifest(data: Buffer, modelId: string, manifestId: string): Manif
   return m;
 }
 
-/** The model's manifest, checked against its id. */
-async function findManifest(store: Store, modelId: string): Promise<Manifest> {
+/**
+ * The model's manifest, checked against its id: the one named by `manifestId`, or else the newest
+ * the store lists (any valid manifest serves to fetch the bytes, which the id pins; where the choice
+ * must be the same everywhere, as for a coordinator, the manifest id is given).
+ */
+async function findManifest(store: Store, modelId: string, manifestId?: string): Promise<Manifest> {
   if (!/^[0-9a-f]{64}$/.test(modelId)) throw new ModelStoreError(`${modelId} is not a model id (64 hex characters)`);
-  const manifests = await store.query({ tags: [{ name: 'Type', values: ['Model-Manifest'] }, { name: 'Model-Id', values: [modelId] }], first: 10 });
-  if (manifests.edges.length === 0) throw new ModelStoreError(`no manifest for model ${modelId} in the store`);
-  const manifestId = manifests.edges[0].node.id;
+  if (manifestId === undefined) {
+    const manifests = await store.query({ tags: [{ name: 'Type', values: ['Model-Manifest'] }, { name: 'Model-Id', values: [modelId] }], first: 10 });
+    if (manifests.edges.length === 0) throw new ModelStoreError(`no manifest for model ${modelId} in the store`);
+    manifestId = manifests.edges[0].node.id;
+  }
   const manifestItem = await store.get(manifestId);
   if (!manifestItem) throw new ModelStoreError(`manifest ${manifestId} is missing from the store`);
   return parseManifest(manifestItem.data, modelId, manifestId);
@@ -244,8 +250,8 @@ export interface ModelHeader {
  * A model's config and tokenizer without its weights: the manifest and the chunk holding leaves 0
  * and 1, every byte checked against the id. What a coordinator needs to price and commit a job.
  */
-export async function readModelHeader(store: Store, modelId: string): Promise<ModelHeader> {
-  const manifest = await findManifest(store, modelId);
+export async function readModelHeader(store: Store, modelId: string, manifestId?: string): Promise<ModelHeader> {
+  const manifest = await findManifest(store, modelId, manifestId);
   const leaves: Buffer[] = [];
   for (const chunk of manifest.chunks) {
     if (leaves.length >= 2) break;

@@ -43,6 +43,7 @@ interface Fixture {
   dir: string;
   store: Store;
   modelId: string;
+  manifestId: string;
   tokenizerHash: string;
   ext: Extensions;
   wallets: Wallet[];
@@ -58,11 +59,11 @@ before(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'verity-coordinator-'));
   const store = openSqliteStore(dir);
   const publisher = await generateWallet('ed25519');
-  const { modelId } = await publishModel(store, walletSigner(publisher), loadModel(stories260K, { tokenizer: tok512 }), 'stories260K');
+  const { modelId, manifestId } = await publishModel(store, walletSigner(publisher), loadModel(stories260K, { tokenizer: tok512 }), 'stories260K');
   const ext = coordinatorExtensions(store);
-  const info = JSON.parse(await ext.model(modelId)) as { tokenizerHash: string };
+  const info = JSON.parse(await ext.model(JSON.stringify({ model: modelId, manifest: manifestId }))) as { tokenizerHash: string };
   const wallets = await Promise.all(Array.from({ length: 6 }, () => generateWallet('ed25519')));
-  fx = { dir, store, modelId, tokenizerHash: info.tokenizerHash, ext, wallets, addrs: wallets.map(walletAddress), dids: wallets.map(walletDid) };
+  fx = { dir, store, modelId, manifestId, tokenizerHash: info.tokenizerHash, ext, wallets, addrs: wallets.map(walletAddress), dids: wallets.map(walletDid) };
 });
 
 after(async () => {
@@ -126,7 +127,7 @@ class World {
   }
 
   async registerModel(): Promise<void> {
-    const r = await this.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId } });
+    const r = await this.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId } });
     assert.equal(tagOf(r.Messages[0], 'Action'), 'Register-Model-Response');
   }
 
@@ -217,19 +218,21 @@ const sum = (record: Record<string, string>): bigint => Object.values(record).re
 
 test('Register-Model: owner only, a 64-hex id, published; Models lists {id, name, contextLength, tokenizerHash}', async () => {
   const w = await World.open();
-  await refused(w, { from: ALICE, tags: { Action: 'Register-Model', Model: fx.modelId, 'X-Reference': 'm-1' } }, 403);
+  await refused(w, { from: ALICE, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-1' } }, 403);
   // An MU pushing for another process is not the owner either.
-  await refused(w, { from: ALICE, owner: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId } }, 403);
+  await refused(w, { from: ALICE, owner: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId } }, 403);
   for (const bad of ['', 'abc', fx.modelId.toUpperCase(), fx.modelId.slice(1), `${fx.modelId}0`, 'g'.repeat(64)]) {
-    await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: bad } }, 400, `Model=${bad}`);
+    await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: bad, Manifest: fx.manifestId } }, 400, `Model=${bad}`);
   }
   await refused(w, { from: OWNER, tags: { Action: 'Register-Model' } }, 400, 'no Model tag');
-  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: '0'.repeat(64), 'X-Reference': 'm-2' } }, 404);
-  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId.replace(/^./, (c) => (c === 'f' ? 'e' : 'f')) } }, 404, 'one hex digit off');
+  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId } }, 400, 'no Manifest tag');
+  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: '0'.repeat(64), Manifest: fx.manifestId, 'X-Reference': 'm-2' } }, 404);
+  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId.replace(/^./, (c) => (c === 'f' ? 'e' : 'f')), Manifest: fx.manifestId } }, 404, 'one hex digit off');
+  await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: 'A'.repeat(43) } }, 404, 'an unknown manifest');
 
-  const entry = { id: fx.modelId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash };
+  const entry = { id: fx.modelId, manifest: fx.manifestId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash };
   assert.match(fx.tokenizerHash, /^[0-9a-f]{64}$/);
-  const r = await w.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, 'X-Reference': 'm-3' } });
+  const r = await w.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-3' } });
   assert.equal(r.Messages.length, 1);
   assert.equal(r.Messages[0].Target, OWNER);
   assert.deepEqual(tagsOf(r.Messages[0]), { Action: 'Register-Model-Response', Reference: r.id, 'X-Reference': 'm-3', Model: fx.modelId });
@@ -365,7 +368,7 @@ test('Infer → Task-Assigned with the host.job commitment → Submit-Result →
   const assigned = one(r, 'Task-Assigned');
   const node = assigned.Target;
   assert.ok(w.nodes.includes(node));
-  const job = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, prompt: PROMPT, maxTokens: 20, temperature: 0, topP: 0.9, seed: '7' }))) as {
+  const job = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt: PROMPT, maxTokens: 20, temperature: 0, topP: 0.9, seed: '7' }))) as {
     commitment: string;
     promptTokens: number;
     steps: number;
@@ -512,7 +515,7 @@ test('Infer refusals change nothing: unknown model 404, unfunded 402, malformed 
 
   // The context is 512 positions, the prompt's tokens (BOS included) and max_tokens together.
   const prompt = 'The cat';
-  const { promptTokens } = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, prompt, maxTokens: 1, temperature: 0, topP: 0.9, seed: '0' }))) as { promptTokens: number };
+  const { promptTokens } = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt, maxTokens: 1, temperature: 0, topP: 0.9, seed: '0' }))) as { promptTokens: number };
   assert.ok(promptTokens >= 3, 'BOS + at least two tokens');
   await accepts(infer(ALICE, { max_tokens: 512 - promptTokens }, {}, prompt), 'exactly the context');
   await refused(w, infer(ALICE, { max_tokens: 513 - promptTokens }, {}, prompt), 400, 'one past the context');
