@@ -276,7 +276,9 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       From: fromProcess ?? msg.owner.address,
       ...(fromProcess ? { 'Forwarded-By': msg.owner.address } : {}),
       Tags: msg.tags,
-      Target: p.processId,
+      // The item's own target: an item assigned here from another process's log says so (slot 0,
+      // the process itself, has none). A process acts only on what is addressed to it.
+      Target: Number(tag('Nonce')) === 0 ? p.processId : (msg.target ?? ''),
       Epoch: Number(tag('Epoch') || 0),
       Nonce: Number(tag('Nonce')),
       Timestamp: Number(tag('Timestamp')),

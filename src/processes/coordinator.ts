@@ -209,6 +209,9 @@ const refuse = (code: number, message: string): never => {
 
 export function handle(state: State | undefined, msg: ProcessMessage, env: ProcessEnv): Outcome {
   if (state === undefined || state === null) return boot(msg, env);
+  // Anyone may assign any stored item to this process (AO's assignments): one addressed to another
+  // process — say, a token's Credit-Notice to someone else — must not count here.
+  if (msg.Target !== env.Process.Id) return { state, Output: { ignored: 'an item addressed to another process' } };
   const action = tagOf(msg, 'Action') ?? '';
   // Time passes for every message: expired leases are re-drawn before anything else.
   let out: OutboxMessage[] = [];

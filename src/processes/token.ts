@@ -102,6 +102,8 @@ export function handle(state: TokenState | null | undefined, msg: ProcessMessage
     if (msg.Id === env.Process.Id) return { state: fresh };
     state = fresh;
   }
+  // An item assigned here from another process's log (anyone may assign any item) is not ours to act on.
+  if (msg.Target !== env.Process.Id) return { state, Output: 'ignored an item addressed to another process' };
   const action = tag(msg, 'Action');
   // Answers and notices are never answered: two tokens (or a token and any process that refuses
   // what it does not know) would otherwise refuse each other's refusals forever.

@@ -18,6 +18,7 @@ export function handle(state, msg, env) {
   const action = (msg.Tags.find((t) => t.name === 'Action') || {}).value;
   if (action === 'Inc') { s.count += Number(msg.Data || 1); return { state: s, Output: { count: s.count, from: msg.From } }; }
   if (action === 'Get') return { state: s, Output: { count: s.count } };
+  if (action === 'Where') return { state: s, Output: { target: msg.Target } };
   if (action === 'Now') return { state: s, Output: Date.now() };
   if (action === 'Rand') return { state: s, Output: Math.random() };
   if (action === 'Later') { setTimeout(() => {}, 1); return { state: s }; }
@@ -56,6 +57,7 @@ interface LegacyAo {
   result(a: { process: string; message: string }): Promise<ResultReply>;
   results(a: { process: string; sort?: 'ASC' | 'DESC'; limit?: number }): Promise<{ edges: { node: ResultReply }[] }>;
   dryrun(a: { process: string; tags?: Tag[]; data?: string }): Promise<ResultReply>;
+  assign(a: { process: string; message: string }): Promise<string>;
 }
 
 const AO = (type: string): Tag[] => [{ name: 'Data-Protocol', value: 'ao' }, { name: 'Variant', value: 'ao.TN.1' }, { name: 'Type', value: type }];
@@ -134,6 +136,16 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     const rsaSigner = createDataItemSigner(rsa.type === 'arweave' ? rsa.jwk : undefined);
     const vouched = await ao.result({ process, message: await ao.message({ process, signer: rsaSigner, tags: [{ name: 'Action', value: 'Inc' }, { name: 'From-Process', value: counter }], data: '1' }) });
     assert.deepEqual(vouched.Output, { count: 2, from: counter });
+  });
+
+  test('an item assigned from another process\'s log reaches the process with its own Target', async () => {
+    const signer = ed25519Signer(ed);
+    const a = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    const b = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    const message = await ao.message({ process: a, signer, tags: [{ name: 'Action', value: 'Where' }] });
+    assert.deepEqual((await ao.result({ process: a, message })).Output, { target: a });
+    await ao.assign({ process: b, message });
+    assert.deepEqual((await ao.result({ process: b, message })).Output, { target: a });
   });
 
   test('ping-pong: two processes message each other through the MU for 100 rounds; logs ordered, hash chains valid', async () => {

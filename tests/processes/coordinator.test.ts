@@ -994,6 +994,20 @@ test('sender-chosen keys that are Object.prototype members get clean answers, ne
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":2}', 'X-Reference': '__proto__' } }, 409, 'the reference again');
 });
 
+// ---- assignments ----
+
+// Anyone may assign any stored item to any process: a token's Credit-Notice to someone else,
+// assigned here, must credit no one (it would mint deposits out of other people's transfers).
+test('an item addressed to another process and assigned here changes nothing', async () => {
+  const w = await network({ nodes: 1 });
+  const before = w.snapshot();
+  const elsewhere = id43('some other process');
+  const r = await w.p.send({ from: TOKEN, owner: MU, target: elsewhere, tags: { Action: 'Credit-Notice', Sender: ALICE, Quantity: '1000', 'X-Action': 'Deposit' }, timestamp: w.now + 1 });
+  assert.equal(r.Error, undefined);
+  assert.deepEqual(r.Messages, []);
+  assert.deepEqual(w.state(), before);
+});
+
 // ---- Min-Stake 0 ----
 
 // A node with no stake is eligible with Min-Stake 0: its draw weight must not be zero, or the draw

@@ -29,6 +29,8 @@ export interface SendOptions {
   timestamp?: number;
   id?: string;
   hashChain?: string;
+  /** The item's own target; defaults to this process (another one: an item assigned from elsewhere). */
+  target?: string;
 }
 
 export interface OpenProcess {
@@ -103,7 +105,7 @@ export async function openProcess(source: string, options: OpenOptions): Promise
       From: m.from,
       ...(pushed ? { 'Forwarded-By': owner } : {}),
       Tags: tags,
-      Target: id,
+      Target: m.target ?? id,
       Epoch: 0,
       Nonce: slot,
       Timestamp: m.timestamp ?? timestamp + 1000,
