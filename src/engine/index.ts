@@ -11,7 +11,7 @@ export {
   type KernelPath, type Kernels,
 } from './numerics/index.js';
 export { nativeKernels } from './numerics/native.js';
-export { createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
+export { completionText, createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
 export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {
   classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,

@@ -172,6 +172,21 @@ export function printableBytes(piece: Uint8Array): Uint8Array {
   return text;
 }
 
+/**
+ * What run.c prints for `tokens` generated after `prev`: each token's piece after its predecessor,
+ * unprintable lone bytes dropped. The text of a completion, the same for the node, the coordinator
+ * and anyone checking a receipt.
+ */
+export function completionText(t: Tokenizer, prev: number, tokens: number[]): string {
+  const pieces: Uint8Array[] = [];
+  for (const token of tokens) {
+    if (!Number.isInteger(token) || token < 0 || token >= t.vocab.length) throw new RangeError(`token ${token} is not in the vocabulary`);
+    pieces.push(printableBytes(decodePiece(t, prev, token)));
+    prev = token;
+  }
+  return Buffer.concat(pieces).toString('utf8');
+}
+
 /** Concatenated text of tokens (the pieces each token prints after its predecessor). */
 export function decode(t: Tokenizer, tokens: number[]): Uint8Array {
   const parts = tokens.slice(1).map((tok, i) => decodePiece(t, tokens[i], tok));

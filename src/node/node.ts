@@ -185,7 +185,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         { name: 'Trace', value: trace.id },
         { name: 'Tokens', value: String(done.tokens.length) },
       ],
-      data: JSON.stringify({ text: done.text, tokens: done.tokens }),
+      data: JSON.stringify({ tokens: done.tokens }),
     });
     q.submitting.run(submit.raw, submit.id, Date.now(), a.task);
     await ao.send(submit.raw);

@@ -1,6 +1,6 @@
 // One task's work, with no I/O: the job the task describes, the engine run that records its trace,
 // the completion as text, and the trace as the data item anyone can check later.
-import { decodePiece, printableBytes, type KernelPath, type Model, modelIdentity } from '../engine/index.js';
+import { completionText, modelIdentity, type KernelPath, type Model } from '../engine/index.js';
 import { jobCommitment, recordTrace, type Job, type Trace } from '../proof/index.js';
 import { describeRequest } from '../processes/host.js';
 import type { Tag } from '../store/items.js';
@@ -49,13 +49,7 @@ export function complete(model: Model, a: Assignment, engine: { kernels?: Kernel
   const trace = recordTrace(model, job, engine);
   // trace.tokens holds every token after BOS: the rest of the prompt, then the sampled ones.
   const tokens = trace.tokens.slice(job.promptTokens.length - 1);
-  let prev = job.promptTokens[job.promptTokens.length - 1];
-  const pieces: Uint8Array[] = [];
-  for (const token of tokens) {
-    pieces.push(printableBytes(decodePiece(model.tokenizer, prev, token)));
-    prev = token;
-  }
-  return { job, trace, tokens, text: Buffer.concat(pieces).toString('utf8') };
+  return { job, trace, tokens, text: completionText(model.tokenizer, job.promptTokens[job.promptTokens.length - 1], tokens) };
 }
 
 /** The trace as a stored item: the job, its commitment, the root and every leaf (docs/proofs.md §2). */

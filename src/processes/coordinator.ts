@@ -106,8 +106,9 @@ export interface State {
 }
 
 interface Host {
-  model(id: string): string;
+  model(json: string): string;
   job(json: string): string;
+  decode(json: string): string;
   didAddress(did: string): string;
 }
 declare const host: Host;
@@ -446,6 +447,7 @@ const HANDLERS: Record<string, Handler> = {
     const nodes = nodesTag === undefined ? null : nodesTag.split(',').map((n) => n.trim());
     if (nodes && (nodes.length === 0 || nodes.some((n) => !ID.test(n)))) refuse(400, 'Nodes must be comma-separated addresses');
     const reference = tagOf(msg, 'X-Reference') ?? msg.Id;
+    if (reference.length > 128) refuse(400, 'X-Reference is at most 128 characters');
     const key = `${msg.From} ${reference}`;
     if (own(state.references, key) !== undefined || own(state.tasks, msg.Id) !== undefined) refuse(409, `request ${reference.slice(0, 80)} was already made`);
     let job: { commitment: string; promptTokens: number; steps: number };
@@ -506,16 +508,24 @@ const HANDLERS: Record<string, Handler> = {
     const trace = tagOf(msg, 'Trace') ?? '';
     if (!HEX64.test(traceRoot)) refuse(400, 'Trace-Root must be 64 hex characters');
     if (!ID.test(trace)) refuse(400, 'Trace must be the id of the stored trace item');
-    let body: { text?: unknown; tokens?: unknown };
+    let body: { tokens?: unknown };
     try {
       body = JSON.parse(msg.Data) as typeof body;
     } catch {
-      return refuse(400, 'Data must be JSON {text, tokens}');
+      return refuse(400, 'Data must be JSON {tokens}');
     }
     const tokens = body?.tokens;
-    if (typeof body?.text !== 'string' || !Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && t >= 0)) refuse(400, 'Data must be JSON {text, tokens}');
-    const generated = (tokens as number[]).length;
+    if (!Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && t >= 0)) return refuse(400, 'Data must be JSON {tokens}');
+    const generated = tokens.length;
     if (generated > task.options.max_tokens || tagOf(msg, 'Tokens') !== String(generated)) refuse(400, `Tokens must count the ${generated} generated tokens, at most max_tokens`);
+    // The text is the tokens' text: decoded here, never taken from the node.
+    const model = state.models.find((m) => m.id === task.model)!;
+    let text: string;
+    try {
+      text = host.decode(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: task.prompt, tokens }));
+    } catch (e) {
+      return refuse(400, (e as Error).message.replace(/^(Error: )?host\.decode: /, ''));
+    }
 
     const node = state.nodes.find((n) => n.address === msg.From)!;
     lease.status = 'submitted';
@@ -525,7 +535,7 @@ const HANDLERS: Record<string, Handler> = {
     const pay = big(state.config.price) * BigInt(generated);
     state.earnings[node.address] = add(state.earnings[node.address], pay);
     task.escrow = (big(task.escrow) - pay).toString();
-    task.results.push({ node: node.address, message: msg.Id, traceRoot, trace, tokens: tokens as number[], text: body.text as string });
+    task.results.push({ node: node.address, message: msg.Id, traceRoot, trace, tokens: tokens as number[], text });
     const messages = [reply(msg, 'Submit-Result-Response', [{ name: 'Task', value: task.id }, { name: 'Paid', value: pay.toString() }])];
     if (task.results.length === task.redundancy) {
       const agree = task.results.every((r) => r.traceRoot === task.results[0].traceRoot);

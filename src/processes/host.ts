@@ -2,7 +2,7 @@
 // content-addressed data or computes, so every CU gives the same answer. A process calls them as
 // `host.model(id)`, `host.job(json)`, `host.didAddress(did)`; an error reaches it as a thrown Error.
 import { HostUnavailable, type Extensions } from '../ao/runtime.js';
-import { encode, type Tokenizer } from '../engine/index.js';
+import { completionText, encode, type Tokenizer } from '../engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../proof/index.js';
 import { ModelStoreError, readModelHeader, type ModelHeader } from '../store/models.js';
 import type { Store } from '../store/store.js';
@@ -106,6 +106,13 @@ export function coordinatorExtensions(store: Store): Extensions {
       const job = describeRequest({ ...h, seqLen: h.config.config.seqLen }, input);
       const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
       return JSON.stringify(info);
+    },
+    async decode(json) {
+      const input = parse<ModelRef & { prompt: string; tokens: number[] }>(json, 'completion');
+      const h = await header(input);
+      if (typeof input.prompt !== 'string' || !Array.isArray(input.tokens)) throw new Error('a completion needs its prompt and a list of tokens');
+      const prompt = encode(h.tokenizer, input.prompt);
+      return completionText(h.tokenizer, prompt[prompt.length - 1], input.tokens);
     },
     didAddress: (did) => didAddress(did),
   };

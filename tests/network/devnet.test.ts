@@ -4,6 +4,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import type { Receipt } from '../../src/client/sdk.js';
+import { verifyReceipt } from '../../src/client/verify.js';
+import { openGatewayStore } from '../../src/store/gateway-store.js';
 import { verifyItem } from '../../src/store/items.js';
 import { runCli, serveCli, stories260K, tok512, withTempDir } from '../helpers.js';
 
@@ -37,6 +40,15 @@ test('verity infer on the devnet gives verity run\'s text and a receipt whose tr
       const stored = JSON.parse(item.data.toString('utf8')) as { root: string; leaves: string[] };
       assert.equal(stored.root, local.root);
       assert.equal(stored.leaves.length, (JSON.parse(readFileSync(out, 'utf8')) as { steps: number }).steps);
+
+      // Anyone can check the answer from the store alone; a changed text or root does not pass.
+      const store = openGatewayStore(devnet.info.gateway);
+      const request = { prompt: PROMPT, maxTokens: 150, temperature: 0 };
+      const receipt = r.receipt as unknown as Receipt;
+      assert.equal((await verifyReceipt(store, { receipt, text: r.text }, request, join(dir, 'verify'))).traceRoot, local.root);
+      await assert.rejects(verifyReceipt(store, { receipt, text: `${r.text}!` }, request, join(dir, 'verify')), /the text is not what the job generates/);
+      await assert.rejects(verifyReceipt(store, { receipt: { ...receipt, traceRoot: 'a'.repeat(64) }, text: r.text }, request, join(dir, 'verify')), /not the one the receipt names/);
+      await assert.rejects(verifyReceipt(store, { receipt, text: r.text }, { ...request, maxTokens: 149 }, join(dir, 'verify')), /another job/);
 
       const task = await runCli(['task', r.task, '--devnet', join(dir, 'net'), '--json']);
       const view = JSON.parse(task.stdout.toString()) as { status: string; receipt: unknown; result: string };

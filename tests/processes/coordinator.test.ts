@@ -411,7 +411,8 @@ test('Infer → Task-Assigned with the host.job commitment → Submit-Result →
 
   // The result: 5 tokens generated.
   const tokens = [35, 260, 310, 41, 13];
-  const result = await w.submit(node, task, { commitment: job.commitment, root: ROOT_A, tokens, text: ' there was a dog.' });
+  // The node claims some text; the coordinator answers with the tokens' own text.
+  const result = await w.submit(node, task, { commitment: job.commitment, root: ROOT_A, tokens, text: 'anything a node likes' });
   assert.equal(result.Messages.length, 2, JSON.stringify(result.Messages));
   const ack = one(result, 'Submit-Result-Response');
   assert.equal(ack.Target, node);
@@ -425,7 +426,9 @@ test('Infer → Task-Assigned with the host.job commitment → Submit-Result →
   assert.equal(rt.Status, 'completed');
   assert.equal(rt.Code, undefined);
   const body = JSON.parse(response.Data!) as Record<string, unknown>;
-  assert.equal(body.result, ' there was a dog.');
+  const decoded = await fx.ext.decode(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt: PROMPT, tokens }));
+  assert.notEqual(decoded, 'anything a node likes');
+  assert.equal(body.result, decoded);
   assert.equal(body.status, 'completed');
   assert.deepEqual(body.usage, { prompt_tokens: job.promptTokens, completion_tokens: 5 });
   assert.deepEqual(body.receipt, { task, model: fx.modelId, commitment: job.commitment, traceRoot: ROOT_A, node, result: result.id, trace: TRACE });
@@ -558,7 +561,7 @@ test('Submit-Result refusals change nothing: not the leaseholder 403, wrong comm
     ['Tokens miscounted', { ...submitTags, Tokens: '3' }, good],
     ['Data not JSON', submitTags, 'ab'],
     ['tokens not ids', submitTags, JSON.stringify({ text: 'ab', tokens: [1, -2] })],
-    ['text missing', submitTags, JSON.stringify({ tokens: [1, 2] })],
+    ['a token outside the vocabulary', submitTags, JSON.stringify({ tokens: [1, 100000] })],
     ['more than max_tokens', { ...submitTags, Tokens: '9' }, JSON.stringify({ text: 'x', tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9] })],
   ];
   for (const [label, tags, data] of malformed) await refused(w, { from: node, tags, data }, 400, label);

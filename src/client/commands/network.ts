@@ -154,8 +154,8 @@ export async function devnetCommand(flags: DevnetFlags): Promise<void> {
       const result = await verity.infer(flags.demo, options);
       process.stdout.write(`${flags.demo}${result.text}\n`);
       process.stderr.write(receiptLines(result));
-      const check = await verifyReceipt(devnet.units.store, result.receipt, { prompt: flags.demo, ...options }, join(dir, 'verify'));
-      process.stderr.write(`verified: re-running the job here gives the receipt's trace root ${check.traceRoot} (${check.steps} steps)\n`);
+      const check = await verifyReceipt(devnet.units.store, result, { prompt: flags.demo, ...options }, join(dir, 'verify'));
+      process.stderr.write(`verified: re-running the job here gives the receipt's trace root ${check.traceRoot} (${check.steps} steps) and this text\n`);
     } finally {
       await devnet.close();
     }
