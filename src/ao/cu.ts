@@ -21,8 +21,8 @@ export interface ComputeOptions {
   gateway?: string;
   /** Signs every result (Ed25519 or Arweave). */
   wallet: Wallet;
-  /** The SU URL for a process. */
-  scheduler: (processId: string) => Promise<string>;
+  /** The SU URL for a process; `forget` drops what it cached (after the SU did not answer). */
+  scheduler: ((processId: string) => Promise<string>) & { forget?: () => void };
   limits?: Limits;
   extensions?: Extensions;
   /** A checkpoint every this many messages (and when asked). */
@@ -192,6 +192,8 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     try {
       res = await fetch(`${su}${path}`);
     } catch (e) {
+      // It may have moved: read its Scheduler-Location again next time.
+      options.scheduler.forget?.();
       throw new ComputeError(502, `the SU at ${su} is unreachable: ${(e as Error).message}`);
     }
     if (res.status === 404 || res.status === 400) throw new ComputeError(404, `the SU does not know ${path.split('?')[0].slice(1)} (${res.status})`);

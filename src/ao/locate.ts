@@ -19,6 +19,8 @@ export interface Locator {
   (processId: string): Promise<string>;
   /** The URL a scheduler wallet published. */
   scheduler(address: string): Promise<string>;
+  /** Forgets what it found: after an SU did not answer, its newest Scheduler-Location is read again. */
+  forget(): void;
 }
 
 export function locator(store: Store): Locator {
@@ -50,5 +52,9 @@ export function locator(store: Store): Locator {
     }
     return scheduler(address);
   };
-  return Object.assign(locate, { scheduler });
+  const forget = (): void => {
+    urls.clear();
+    processes.clear();
+  };
+  return Object.assign(locate, { scheduler, forget });
 }

@@ -25,10 +25,10 @@ export interface MessengerOptions {
    * locator does), a new process is sent to the SU its `Scheduler` tag names, as AO's MU does: a
    * process that is not yet stored anywhere cannot be located by its id.
    */
-  scheduler: ((processId: string) => Promise<string>) & { scheduler?: (address: string) => Promise<string> };
+  scheduler: ((processId: string) => Promise<string>) & { scheduler?: (address: string) => Promise<string>; forget?: () => void };
   /** The CU URL. */
   cu: string;
-  /** Tries per unit of work on transient failures (202, 5xx, network), with exponential backoff. */
+  /** Transient failures (202, 5xx, network) are retried with exponential backoff up to maxMs; `attempts` caps the tries (default: no cap, so nothing acknowledged is dropped). */
   retry?: { attempts?: number; baseMs?: number; maxMs?: number };
   /** Crank limits: how many hops from the client's message, and how many outbox entries per result. */
   limits?: { depth?: number; fanout?: number };
@@ -39,7 +39,7 @@ export interface MessengerOptions {
   log?: (line: string) => void;
 }
 
-export type JobKind = 'crank' | 'push' | 'spawn' | 'assign';
+export type JobKind = 'forward' | 'crank' | 'push' | 'spawn' | 'assign';
 
 /** A row of the queue, for inspection. */
 export interface Job {
@@ -134,6 +134,12 @@ interface NewJob {
   depth: number;
 }
 
+/** A client's item on its way to its SU; the bytes are in the row. */
+interface ForwardPayload {
+  process: string;
+  /** For a new process: the scheduler address its Scheduler tag names (it is in no store yet). */
+  scheduler?: string;
+}
 interface CrankPayload {
   message: string;
   process: string;
@@ -159,10 +165,14 @@ interface Done {
 
 /** Worth trying again later. */
 class Transient extends Error {}
+/** No answer at all from a unit (it may have moved): also worth locating it again. */
+class Unreachable extends Transient {}
 /** Will never work: recorded as failed. */
 class Permanent extends Error {}
 /** The messenger is closing: leave the row as it is. */
 class Stopped extends Error {}
+
+const PARKED = Number.MAX_SAFE_INTEGER;
 
 const crankJob = (message: string, process: string, root: string, depth: number): NewJob => ({
   kind: 'crank',
@@ -217,7 +227,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
   const cu = options.cu.replace(/\/+$/, '');
-  const attempts = Math.max(1, options.retry?.attempts ?? 10);
+  // Transient failures are retried until they pass: giving up would drop an acknowledged message.
+  const attempts = Math.max(1, options.retry?.attempts ?? Number.POSITIVE_INFINITY);
   const baseMs = options.retry?.baseMs ?? 250;
   const maxMs = options.retry?.maxMs ?? 30_000;
   const maxDepth = options.limits?.depth ?? 1024;
@@ -230,6 +241,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
 
   const q = {
     insert: db.prepare('INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, updated_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    // A forward the client is waiting on is parked (never due) while submit() hands it over itself.
+    park: db.prepare(`INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, next_at, item_id, item, updated_at) VALUES (?, 'forward', NULL, ?, 0, ${PARKED}, ?, ?, ?)`),
+    byKey: db.prepare<[string], Row>('SELECT * FROM work WHERE key = ?'),
+    // After a crash mid-submit: parked forwards are due now.
+    unpark: db.prepare(`UPDATE work SET next_at = 0 WHERE kind = 'forward' AND state = 'pending' AND next_at = ${PARKED}`),
     runnable: db.prepare<[{ now: number; busy: string; limit: number }], Row>(`
       SELECT * FROM work w
       WHERE w.state = 'pending' AND w.next_at <= @now AND w.id NOT IN (SELECT value FROM json_each(@busy))
@@ -259,6 +275,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     enqueue(done.children ?? []);
     q.done.run(done.itemId ?? null, done.reason ?? null, Date.now(), row.id);
   });
+  q.unpark.run();
 
   const stop = new AbortController();
   let closed = false;
@@ -275,7 +292,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       });
     } catch (e) {
       if (stop.signal.aborted) throw new Stopped('closing');
-      throw new Transient(`${method} ${url}: ${(e as Error).cause ? String((e as Error).cause) : (e as Error).message}`);
+      throw new Unreachable(`${method} ${url}: ${(e as Error).cause ? String((e as Error).cause) : (e as Error).message}`);
     }
     const text = await res.text().catch(() => '');
     let parsed: unknown = null;
@@ -489,7 +506,17 @@ export function openMessenger(options: MessengerOptions): Messenger {
     return { itemId: typeof id === 'string' ? id : undefined, children: [crankJob(message, pid, root, row.depth)] };
   }
 
-  const WORK: Record<JobKind, (row: Row) => Promise<Done>> = { crank, push, spawn, assign: assignment };
+  /** A client's item the SU has not acknowledged yet (the MU stopped, or the SU was away). */
+  async function forward(row: Row): Promise<Done> {
+    const { process: pid, scheduler } = JSON.parse(row.payload) as ForwardPayload;
+    const su = scheduler ? await locateScheduler(scheduler, pid) : await locate(pid);
+    const r = await http('POST', `${su}/`, row.item!);
+    if (r.status >= 400 && r.status < 500) throw new Permanent(`the SU of ${pid} refused it: ${errorText(r)}`);
+    expectOk(r, `SU of ${pid}`);
+    return { itemId: row.item_id!, children: [crankJob(row.item_id!, pid, row.item_id!, 0)] };
+  }
+
+  const WORK: Record<JobKind, (row: Row) => Promise<Done>> = { forward, crank, push, spawn, assign: assignment };
 
   // ---- the crank loop ----
 
@@ -514,14 +541,16 @@ export function openMessenger(options: MessengerOptions): Messenger {
     if (closed || e instanceof Stopped) return;
     const why = oneLine(e.message);
     const tries = row.attempts + 1;
+    if (e instanceof Unreachable) options.scheduler.forget?.();
     if (e instanceof Permanent || tries >= attempts) {
       const reason = e instanceof Permanent ? why : `gave up after ${tries} tries: ${why}`;
       q.failed.run(reason, Date.now(), row.id);
       log(`mu: ${row.key} failed: ${reason}`);
       return;
     }
-    const delay = Math.min(maxMs, baseMs * 2 ** (tries - 1));
+    const delay = Math.min(maxMs, baseMs * 2 ** Math.min(tries - 1, 30));
     q.retry.run(tries, Date.now() + delay, why, Date.now(), row.id);
+    if (tries % 10 === 0) log(`mu: ${row.key} still failing after ${tries} tries: ${why}`);
   }
 
   function pump(): void {
@@ -620,9 +649,24 @@ export function openMessenger(options: MessengerOptions): Messenger {
       } else {
         throw new MessengerError(400, `the Type tag must be Process or Message, not ${type === undefined ? 'missing' : JSON.stringify(type.slice(0, 40))}`);
       }
-      await toSu(`${su}/`, item.raw, `the SU of ${processId}`);
-      // Queued (durably) before the client hears 202: an accepted message is always cranked.
-      queue(crankJob(item.id, processId, item.id, 0));
+      // Kept before it leaves: if the MU stops between the SU's answer and queueing the crank, the
+      // restarted MU sends it again (the SU answers a repeated id with its slot) and cranks it.
+      const key = `forward:${item.id}`;
+      const payload: ForwardPayload = type === 'Process' ? { process: processId, scheduler: tagValue(item, 'Scheduler') } : { process: processId };
+      q.park.run(key, JSON.stringify(payload), item.id, item.raw, Date.now());
+      try {
+        await toSu(`${su}/`, item.raw, `the SU of ${processId}`);
+      } catch (e) {
+        const row = q.byKey.get(key)!;
+        if (e instanceof MessengerError && e.status >= 400 && e.status < 500) q.failed.run(oneLine(e.message), Date.now(), row.id);
+        // The SU is away: keep trying in the background; a client that sends the same bytes again is harmless.
+        else q.retry.run(row.attempts + 1, Date.now() + baseMs, oneLine((e as Error).message), Date.now(), row.id);
+        pump();
+        throw e;
+      }
+      // Done and its crank queued in one transaction, before the client hears 202.
+      finish(q.byKey.get(key)!, { itemId: item.id, children: [crankJob(item.id, processId, item.id, 0)] });
+      pump();
       return { id: item.id, processId };
     },
 
