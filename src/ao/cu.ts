@@ -6,11 +6,12 @@ import { listen } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { openDatabase } from '../store/database.js';
 import fastify, { type FastifyInstance } from 'fastify';
-import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import { ITEM_ID, createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { DEFAULT_LIMITS, HostUnavailable, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
 import { LocateError } from './locate.js';
+import { nextHashChain, serialQueues } from './protocol.js';
 
 export interface ComputeOptions {
   /** Its SQLite (results, state hashes, checkpoint index). */
@@ -102,14 +103,7 @@ const authorities = (tags: Tag[]): Set<string> =>
   new Set(tags.filter((t) => t.name === 'Authority').flatMap((t) => t.value.split(',').map((a) => a.trim())));
 
 const sha256hex = (text: string): string => createHash('sha256').update(text).digest('hex');
-const b64 = (s: string): Buffer => Buffer.from(s, 'base64url');
 
-function nextHashChain(processId: string, previous: { assignment: string; chain: string } | null): string {
-  const h = createHash('sha256');
-  if (previous) h.update(b64(previous.assignment)).update(b64(previous.chain));
-  else h.update(b64(processId));
-  return h.digest('base64url');
-}
 
 /** A module's Memory-Limit ("<n>-b") and Compute-Limit tags, capped by the CU's own limits. */
 function moduleLimits(module: Item, cap: Limits): Limits {
@@ -162,7 +156,8 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
   const loaded = new Map<string, Loaded>();
-  const locks = new Map<string, Promise<unknown>>();
+  // One evaluation at a time per process: the log is a sequence.
+  const locks = serialQueues();
   let evaluatedCount = 0;
   let closing = false;
   // Clients waiting for a process's next result (results with `wait`).
@@ -179,12 +174,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   };
 
   /** One evaluation at a time per process: the log is a sequence. */
-  function serial<T>(processId: string, work: () => Promise<T>): Promise<T> {
-    const previous = locks.get(processId) ?? Promise.resolve();
-    const next = previous.then(work, work);
-    locks.set(processId, next.catch(() => undefined));
-    return next;
-  }
+  const serial = locks.run;
 
   async function suJson<T>(processId: string, path: string): Promise<T> {
     const su = await options.scheduler(processId);
@@ -433,7 +423,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     async close() {
       closing = true;
       for (const processId of [...waiting.keys()]) wake(processId);
-      await Promise.all([...locks.values()]);
+      await locks.settled();
       db.close();
     },
   };
@@ -442,7 +432,6 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
 /** AO's CU HTTP API (research/ao.md §2c) for a ComputeUnit. */
 export function createComputeServer(cu: ComputeUnit): FastifyInstance {
   const app = fastify({ logger: false, bodyLimit: 4 * 2 ** 20 });
-  const ID = /^[A-Za-z0-9_-]{43}$/;
   const fail = (reply: { code(n: number): { send(b: unknown): unknown } }, status: number, message: string): unknown => reply.code(status).send({ error: message });
   app.setErrorHandler((e, _request, reply) => {
     if (e instanceof ComputeError) return reply.code(e.status).send({ error: e.message });
@@ -457,11 +446,11 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
   app.get('/', async () => ({ address: cu.address, timestamp: Date.now() }));
   app.get<{ Params: { message: string }; Querystring: { 'process-id'?: string } }>('/result/:message', async (request, reply) => {
     const pid = request.query['process-id'];
-    if (!pid || !ID.test(pid) || !ID.test(request.params.message)) return fail(reply, 400, 'GET /result/:message needs a message id and ?process-id=');
+    if (!pid || !ITEM_ID.test(pid) || !ITEM_ID.test(request.params.message)) return fail(reply, 400, 'GET /result/:message needs a message id and ?process-id=');
     return cu.result(pid, request.params.message);
   });
   app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string; wait?: string } }>('/results/:process', async (request, reply) => {
-    if (!ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
+    if (!ITEM_ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
     const { from, to, sort, limit, wait } = request.query;
     if (limit !== undefined && !/^\d+$/.test(limit)) return fail(reply, 400, 'limit must be a whole number');
     if (wait !== undefined && !/^\d{1,6}$/.test(wait)) return fail(reply, 400, `wait must be a whole number of ms (at most ${MAX_WAIT_MS})`);
@@ -470,7 +459,7 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
   });
   app.post<{ Querystring: { 'process-id'?: string } }>('/dry-run', async (request, reply) => {
     const pid = request.query['process-id'];
-    if (!pid || !ID.test(pid)) return fail(reply, 400, 'POST /dry-run needs ?process-id=');
+    if (!pid || !ITEM_ID.test(pid)) return fail(reply, 400, 'POST /dry-run needs ?process-id=');
     const body = request.body as Record<string, unknown> | null;
     if (!body || typeof body !== 'object') return fail(reply, 400, 'the body must be a JSON message');
     const tags = Array.isArray(body.Tags) && body.Tags.every((t) => typeof t?.name === 'string' && typeof t?.value === 'string') ? (body.Tags as Tag[]) : null;
@@ -479,7 +468,7 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
     return cu.dryRun(pid, { Id: str(body.Id), Owner: str(body.Owner), Data: str(body.Data), Anchor: str(body.Anchor), Tags: tags ?? [] });
   });
   app.get<{ Params: { process: string } }>('/state/:process', async (request, reply) => {
-    if (!ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
+    if (!ITEM_ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
     const s = await cu.state(request.params.process);
     return reply
       .header('Last-Nonce', String(s.nonce))

@@ -11,9 +11,10 @@ import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { openDatabase } from '../store/database.js';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
-import { createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import { ITEM_ID, createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { LocateError } from './locate.js';
+import { oneLine } from './protocol.js';
 
 export interface MessengerOptions {
   /** Where its SQLite queue lives. */
@@ -84,7 +85,6 @@ export class MessengerError extends Error {
   }
 }
 
-const ID = /^[A-Za-z0-9_-]{43}$/;
 
 // Tags a process may not set on what the MU pushes for it: the MU vouches for these.
 const PUSH_RESERVED = new Set(['Data-Protocol', 'Type', 'Variant', 'From-Process', 'From-Module', 'Pushed-For', 'Assignments']);
@@ -206,8 +206,6 @@ function dataOf(value: unknown): string {
   if (value === undefined || value === null) return '';
   return typeof value === 'string' ? value : JSON.stringify(value);
 }
-
-const oneLine = (text: string): string => text.replace(/\s+/g, ' ').trim().slice(0, 300);
 
 interface Reply {
   status: number;
@@ -431,7 +429,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
   async function push(row: Row): Promise<Done> {
     const { from, root, entry } = JSON.parse(row.payload) as PushPayload;
     const msg = (entry ?? {}) as { Target?: unknown; Anchor?: unknown; Data?: unknown; Tags?: unknown };
-    if (typeof msg.Target !== 'string' || !ID.test(msg.Target)) throw new Permanent('an outbox message needs a Target process id (43 base64url characters)');
+    if (typeof msg.Target !== 'string' || !ITEM_ID.test(msg.Target)) throw new Permanent('an outbox message needs a Target process id (43 base64url characters)');
     const target = msg.Target;
     // AO processes answer wallets (a requester, a node) through their outbox too: such a message has
     // no SU to go to and stays readable in the sender's result.
@@ -499,7 +497,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
 
   async function assignment(row: Row): Promise<Done> {
     const { process: pid, message, root } = JSON.parse(row.payload) as AssignPayload;
-    if (!ID.test(pid) || !ID.test(message)) throw new Permanent('an assignment needs process and message ids (43 base64url characters)');
+    if (!ITEM_ID.test(pid) || !ITEM_ID.test(message)) throw new Permanent('an assignment needs process and message ids (43 base64url characters)');
     const r = await http('POST', assignUrl(await locate(pid), pid, message));
     expectOk(r, `SU of ${pid} (assign)`);
     const id = (r.body as { id?: unknown } | null)?.id;
@@ -671,7 +669,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     },
 
     async assign(processId, message, extra = {}) {
-      if (!ID.test(processId) || !ID.test(message)) throw new MessengerError(400, 'process-id and assign must be ids (43 base64url characters)');
+      if (!ITEM_ID.test(processId) || !ITEM_ID.test(message)) throw new MessengerError(400, 'process-id and assign must be ids (43 base64url characters)');
       const su = await locateForClient(processId);
       const r = await toSu(assignUrl(su, processId, message, extra), undefined, `the SU of ${processId}`);
       const id = (r.body as { id?: unknown } | null)?.id;
@@ -681,7 +679,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     },
 
     monitor(processId, on) {
-      if (!ID.test(processId)) throw new MessengerError(400, 'a process id is 43 base64url characters');
+      if (!ITEM_ID.test(processId)) throw new MessengerError(400, 'a process id is 43 base64url characters');
       if (on) q.monitor.run(processId, Date.now());
       else q.unmonitor.run(processId);
     },

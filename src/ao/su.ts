@@ -4,13 +4,14 @@
 // it is committed to SQLite (WAL, synchronous=FULL) before the reply, and an id already in the log
 // gets its existing slot back. The HTTP API is AO's legacy SU API (research/ao.md §2b), so
 // aoconnect and AO's own CU and MU can use it as they use the real one.
-import { listen, type Listening } from '../store/listen.js';
-import { createHash, randomBytes } from 'node:crypto';
-import { openDatabase } from '../store/database.js';
+import { randomBytes } from 'node:crypto';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
-import { ItemError, createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import { openDatabase } from '../store/database.js';
+import { ITEM_ID, ItemError, createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import { listen, type Listening } from '../store/listen.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
+import { nextHashChain, oneLine, serialQueues } from './protocol.js';
 
 export interface Owner {
   address: string;
@@ -130,7 +131,6 @@ export class SchedulerError extends Error {
 }
 
 export const MAX_ITEM_BYTES = 16 * 1024 * 1024;
-const ID = /^[A-Za-z0-9_-]{43}$/;
 const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 1000;
 // A page stops early past this much message data: a page of 1,000 16 MiB items would be 16 GB.
@@ -143,17 +143,6 @@ const LOCATION_TTL = '3600000';
 const HEIGHT_EPOCH_MS = 1_700_000_000_000;
 const BLOCK_MS = 120_000;
 export const blockHeightOf = (timestamp: number): string => String(Math.max(0, Math.floor((timestamp - HEIGHT_EPOCH_MS) / BLOCK_MS))).padStart(12, '0');
-
-const bytes = (id: string): Buffer => Buffer.from(id, 'base64url');
-
-// AO's hash chain: the first link hashes the process id; each next one hashes the previous
-// assignment id and the previous link, so a CU can tell when a slot was dropped or reordered.
-function nextLink(processId: string, previous: { assignment: string; hashChain: string } | null): string {
-  const h = createHash('sha256');
-  if (previous) h.update(bytes(previous.assignment)).update(bytes(previous.hashChain));
-  else h.update(bytes(processId));
-  return h.digest('base64url');
-}
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS slots (
@@ -222,7 +211,7 @@ function assignmentInner(raw: Buffer): AssignmentInner {
 const bad = (message: string): SchedulerError => new SchedulerError(400, message);
 
 function checkId(id: unknown, what: string): string {
-  if (typeof id !== 'string' || !ID.test(id)) throw bad(`${what} must be an id: 43 base64url characters`);
+  if (typeof id !== 'string' || !ITEM_ID.test(id)) throw bad(`${what} must be an id: 43 base64url characters`);
   return id;
 }
 
@@ -273,16 +262,8 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   }
 
   // One slot at a time per process: the next nonce, timestamp and link depend on the last slot.
-  const queues = new Map<string, Promise<unknown>>();
-  function serial<T>(key: string, work: () => Promise<T>): Promise<T> {
-    const run = (queues.get(key) ?? Promise.resolve()).then(work);
-    const tail = run.catch(() => undefined);
-    queues.set(key, tail);
-    void tail.then(() => {
-      if (queues.get(key) === tail) queues.delete(key);
-    });
-    return run;
-  }
+  const queues = serialQueues();
+  const serial = queues.run;
 
   /** An existing slot, once its assignment is surely in the store (only a head may not be yet). */
   async function existingSlot(row: Row): Promise<Slot> {
@@ -301,7 +282,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     // Strictly increasing, not merely monotonic: the timestamp is the page cursor, and AO's `from`
     // is exclusive, so two slots sharing one could be skipped at a page boundary.
     const timestamp = head ? Math.max(now(), head.timestamp + 1) : now();
-    const hashChain = nextLink(processId, head ? { assignment: head.assignment, hashChain: head.hash_chain } : null);
+    const hashChain = nextHashChain(processId, head ? { assignment: head.assignment, chain: head.hash_chain } : null);
     const tags: Tag[] = [
       { name: 'Process', value: processId },
       { name: 'Epoch', value: '0' },
@@ -398,7 +379,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     if (type === 'Process') {
       processId = item.id;
       if (tagValue(item, 'Scheduler') !== address) throw bad(`the process's Scheduler tag must be this SU's address ${address}`);
-      if (!ID.test(tagValue(item, 'Module') ?? '')) throw bad('the process needs a Module tag holding a module id');
+      if (!ITEM_ID.test(tagValue(item, 'Module') ?? '')) throw bad('the process needs a Module tag holding a module id');
     } else if (type === 'Message') {
       if (!item.target) throw bad('a Message needs a target: the process it is for');
       processId = item.target;
@@ -498,7 +479,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     process: (id) => guarded(() => processInfo(id)),
     timestamp(processId) {
       if (closed) throw new SchedulerError(503, 'the scheduler is closed');
-      const last = processId !== undefined && ID.test(processId) ? (headOf(processId)?.timestamp ?? 0) : 0;
+      const last = processId !== undefined && ITEM_ID.test(processId) ? (headOf(processId)?.timestamp ?? 0) : 0;
       const timestamp = Math.max(now(), last);
       return { timestamp, blockHeight: blockHeightOf(timestamp) };
     },
@@ -522,8 +503,6 @@ export interface SchedulerServerOptions {
 
 export type RunningScheduler = Listening;
 
-// Messages may echo client input: keep them to one short line.
-const oneLine = (message: string): string => message.replace(/\s+/g, ' ').trim().slice(0, 300);
 
 function fail(reply: FastifyReply, status: number, message: string): FastifyReply {
   return reply.code(status).type('application/json; charset=utf-8').send({ error: oneLine(message) });

@@ -164,7 +164,7 @@ export function buildProgram(): Command {
     .description('register, stake, fetch the models and take tasks until stopped')
     .requiredOption('--stake <amount>', 'tokens to keep staked')
     .option('--models <ids>', 'comma-separated model ids (default: every model the coordinator lists)')
-    .option('--capacity <n>', 'leases at once', (v) => positive(v, 1, 64), 2)
+    .option('--capacity <n>', 'leases at once (it runs them one after another)', (v) => positive(v, 1, 64), 1)
     .option('--dir <dir>', 'the node\'s database and model cache (default ./.verity/node)')
     .option('--gateway <url>', 'the gateway to fetch models from and store traces in (default: the devnet\'s)')
     .option('--store <dir>', 'an embedded store folder instead of a gateway')

@@ -9,7 +9,7 @@
 // signed bytes, never signed twice.
 import { join } from 'node:path';
 import { openDatabase } from '../store/database.js';
-import { aoClient, expectReply, messagesTo } from '../ao/client.js';
+import { RefusedError, aoClient, expectReply, messagesTo } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
@@ -93,7 +93,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const ao = aoClient({ mu: network.mu, cu: network.cu, wallet });
   const pollMs = options.pollMs ?? 500;
   const heartbeatMs = options.heartbeatMs ?? 5000;
-  const capacity = options.capacity ?? 2;
+  // Jobs run one after another: a second lease would wait and could expire while it waits.
+  const capacity = options.capacity ?? 1;
 
   const ask = async (process: string, message: string, action: string): Promise<Record<string, string>> => expectReply(await ao.result(process, message), action).tags;
   const dry = async (action: string, tags: { name: string; value: string }[] = []) =>
@@ -161,8 +162,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       q.set.run('done', null, Date.now(), row.task);
       completed += 1;
     } catch (e) {
-      q.set.run('rejected', (e as Error).message, Date.now(), row.task);
-      log(`${name}: result for ${row.task} refused: ${(e as Error).message}`);
+      // Only the coordinator's own refusal is final; a CU out of reach is asked again next round.
+      if (!(e instanceof RefusedError)) return log(`${name}: result for ${row.task} not confirmed yet: ${(e as Error).message}`);
+      q.set.run('rejected', e.message, Date.now(), row.task);
+      log(`${name}: result for ${row.task} refused: ${e.message}`);
     }
   }
 
@@ -206,6 +209,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const listed = new Set(leases.map((l) => l.task));
     for (const row of q.unfinished.all()) {
       if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
+      if (row.status === 'submitted') await confirm(row);
     }
     for (const lease of leases) if (!stopped) await attempt(lease);
   }

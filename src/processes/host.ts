@@ -5,6 +5,7 @@ import { HostUnavailable, type Extensions } from '../ao/runtime.js';
 import { completionText, encode, type Tokenizer } from '../engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../proof/index.js';
 import { ModelStoreError, readModelHeader, type ModelHeader } from '../store/models.js';
+import { ITEM_ID } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
 
@@ -40,7 +41,6 @@ export interface JobInfo {
 }
 
 const MODEL_ID = /^[0-9a-f]{64}$/;
-const ITEM_ID = /^[A-Za-z0-9_-]{43}$/;
 const U64 = /^(0|[1-9][0-9]{0,19})$/;
 
 /** The prompt's own tokens, BOS not counted (what usage.prompt_tokens reports). */

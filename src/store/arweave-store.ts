@@ -4,7 +4,7 @@
 // back together so that it verifies is an error, never a result.
 import Arweave from 'arweave';
 import { ArweaveSigner, DataItem, bundleAndSignData, serializeTags } from '@dha-team/arbundles';
-import { ItemError, verifyItem, type Item, type Tag } from './items.js';
+import { ITEM_ID, ItemError, verifyItem, type Item, type Tag } from './items.js';
 import { QueryError, checkQuery, type ItemSummary, type PutResult, type Store, type TransactionsPage, type TransactionsQuery } from './store.js';
 import { WalletError, ownerAddress, type Wallet } from './wallet.js';
 
@@ -22,7 +22,6 @@ export type ArweaveStore = Store & {
   putMany(raws: Uint8Array[]): Promise<PutResult[]>;
 };
 
-const ID = /^[A-Za-z0-9_-]{43}$/;
 
 /** Signature length per signature type, to know which types a rebuilt item may have. */
 const SIGNATURE_LENGTH: Record<number, number> = { 1: 512, 2: 64, 4: 64 };
@@ -110,7 +109,7 @@ function anchorCandidates(id: string, anchor: string | null): (Buffer | null)[] 
   if (!anchor) return [null];
   const found: Buffer[] = [];
   if (Buffer.byteLength(anchor) === 32) found.push(Buffer.from(anchor));
-  if (ID.test(anchor) && Buffer.from(anchor, 'base64url').length === 32) found.push(Buffer.from(anchor, 'base64url'));
+  if (ITEM_ID.test(anchor) && Buffer.from(anchor, 'base64url').length === 32) found.push(Buffer.from(anchor, 'base64url'));
   if (!found.length) throw new ItemError(`item ${id}: the gateway reports an anchor that is not 32 bytes`);
   return found;
 }
@@ -275,7 +274,7 @@ export function openArweaveStore(options: ArweaveStoreOptions): ArweaveStore {
 
   async function has(id: string): Promise<boolean> {
     open();
-    return ID.test(id) && (await known([id])).has(id);
+    return ITEM_ID.test(id) && (await known([id])).has(id);
   }
 
   return {
@@ -286,7 +285,7 @@ export function openArweaveStore(options: ArweaveStoreOptions): ArweaveStore {
     putMany,
     async get(id) {
       open();
-      if (!ID.test(id)) return null;
+      if (!ITEM_ID.test(id)) return null;
       const raw = await fetchRaw(id);
       if (raw) return raw;
       const page = await transactions<GqlNode>(NODE_FIELDS, { ids: [id], first: 1 });

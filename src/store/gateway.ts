@@ -5,7 +5,7 @@
 import { listen, type Listening } from './listen.js';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { executeGraphql } from './graphql.js';
-import { ItemError, type Item } from './items.js';
+import { ITEM_ID, ItemError, type Item } from './items.js';
 import type { Store } from './store.js';
 
 export const DEFAULT_BODY_LIMIT = 16 * 1024 * 1024;
@@ -18,7 +18,6 @@ export interface GatewayOptions {
 
 export type RunningGateway = Listening;
 
-const ID = /^[A-Za-z0-9_-]{43}$/;
 
 // What arweave-js's `network.getInfo()` reads; a local store has no blocks.
 const INFO = { network: 'verity.local', version: 1, release: 1, height: 0, current: '', blocks: 0, peers: 0, queue_length: 0, node_state_latency: 0 };
@@ -60,7 +59,7 @@ export function createGateway(store: Store, options: GatewayOptions = {}): Fasti
 
   /** The item, or null once the reply holds a 400 or 404. */
   async function itemFor(id: string, reply: FastifyReply): Promise<Item | null> {
-    if (!ID.test(id)) {
+    if (!ITEM_ID.test(id)) {
       fail(reply, 400, 'bad-id', 'an id is 43 base64url characters');
       return null;
     }

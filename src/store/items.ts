@@ -195,4 +195,7 @@ export function parseItem(raw: Buffer): Item {
   };
 }
 
+/** An item id (and an AO process id, an address): 32 bytes in base64url. */
+export const ITEM_ID = /^[A-Za-z0-9_-]{43}$/;
+
 export const tagValue = (item: Pick<Item, 'tags'>, name: string): string | undefined => item.tags.find((t) => t.name === name)?.value;

@@ -4,7 +4,7 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
-import { ItemError, verifyItem, type Item } from './items.js';
+import { ITEM_ID, ItemError, verifyItem, type Item } from './items.js';
 import { QueryError, checkQuery, type ItemSummary, type PutResult, type Store, type TransactionsPage, type TransactionsQuery } from './store.js';
 
 const SCHEMA = `
@@ -30,7 +30,6 @@ const SCHEMA = `
   CREATE INDEX IF NOT EXISTS tags_name_value ON tags (name, value, seq);
 `;
 
-const ID = /^[A-Za-z0-9_-]{43}$/;
 
 function writeDurably(path: string, bytes: Uint8Array, folders: Set<string>): void {
   // 256 shard folders at most: make each once instead of on every put.
@@ -101,7 +100,7 @@ export function openSqliteStore(dir: string): Store {
   });
 
   async function read(id: string): Promise<Item | null> {
-    if (!ID.test(id) || !find.get(id)) return null;
+    if (!ITEM_ID.test(id) || !find.get(id)) return null;
     const item = await verifyItem(readFileSync(fileOf(id)));
     if (item.id !== id) throw new ItemError(`the stored file for ${id} holds item ${item.id}`);
     return item;
@@ -119,7 +118,7 @@ export function openSqliteStore(dir: string): Store {
     },
     get: read,
     async has(id) {
-      return ID.test(id) && find.get(id) !== undefined;
+      return ITEM_ID.test(id) && find.get(id) !== undefined;
     },
     async query(q: TransactionsQuery): Promise<TransactionsPage> {
       const { first, sort } = checkQuery(q);

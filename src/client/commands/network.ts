@@ -30,6 +30,7 @@ const env = (name: string): string | undefined => process.env[`VERITY_${name}`] 
 /** Where the network is: explicit flags first, then a devnet folder, then the environment. */
 function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } {
   const explicit = flags.mu ?? flags.cu ?? flags.coordinator;
+  if (explicit && flags.devnet) throw new InvalidArgumentError('use --devnet or --mu/--cu/--coordinator, not both');
   const dir = flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
   const devnet: Partial<DevnetInfo> & { dir?: string } = dir !== undefined && !explicit ? { ...readDevnetInfo(dir), dir } : {};
   return {
