@@ -18,8 +18,6 @@ export interface ComputeOptions {
   dir: string;
   /** Where modules are read and checkpoints written. */
   store: Store;
-  /** Read items the store does not hold from this gateway (`GET /raw/:id`). */
-  gateway?: string;
   /** Signs every result (Ed25519 or Arweave). */
   wallet: Wallet;
   /** The SU URL for a process; `forget` drops what it cached (after the SU did not answer). */
@@ -85,6 +83,8 @@ interface SuMessage {
 
 interface Loaded {
   processId: string;
+  /** The scheduler wallet its Process item names: only its signed assignments count. */
+  scheduler: string;
   env: ProcessEnv;
   source: string;
   limits: Limits;
@@ -194,27 +194,27 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   async function readItem(id: string): Promise<Item> {
     const stored = await options.store.get(id);
     if (stored) return stored;
-    if (options.gateway) {
-      const res = await fetch(`${options.gateway}/raw/${id}`).catch(() => null);
-      if (res?.ok) return verifyItem(new Uint8Array(await res.arrayBuffer()));
-    }
-    throw new ComputeError(404, `item ${id} is in neither the store nor the gateway`);
+    throw new ComputeError(404, `item ${id} is not in the store`);
   }
 
   async function load(processId: string): Promise<Loaded> {
     const cached = loaded.get(processId);
     if (cached) return cached;
-    const p = await suJson<{ process_id: string; owner: { address: string }; tags: Tag[] }>(processId, `/processes/${processId}`);
+    // The process as it was signed, not as any unit describes it.
+    const p = await readItem(processId);
+    if (tagValue(p, 'Type') !== 'Process') throw new ComputeError(400, `item ${processId} is not a Process`);
+    const scheduler = tagValue(p, 'Scheduler');
+    if (!scheduler) throw new ComputeError(400, `process ${processId} has no Scheduler tag`);
     const moduleId = tagValue(p, 'Module');
     if (!moduleId) throw new ComputeError(400, `process ${processId} has no Module tag`);
     const module = await readItem(moduleId);
     if (tagValue(module, 'Type') !== 'Module') throw new ComputeError(400, `item ${moduleId} is not a Module`);
     const env: ProcessEnv = {
-      Process: { Id: processId, Owner: p.owner.address, Tags: p.tags },
+      Process: { Id: processId, Owner: p.address, Tags: p.tags },
       Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
     };
     const fresh: Loaded = {
-      processId, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits), nonce: -1, state: null, stateHash: sha256hex('null'),
+      processId, scheduler, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits), nonce: -1, state: null, stateHash: sha256hex('null'),
       hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0, sinceCheckpoint: 0,
     };
     const cp = q.checkpoint.get(processId);
@@ -285,7 +285,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
    * A slot made by an assignment carries no message: it is the stored item the assignment names,
    * without the fields its Exclude tag lists.
    */
-  async function assignedMessage(assignment: SuMessage['assignment']): Promise<NonNullable<SuMessage['message']>> {
+  async function assignedMessage(assignment: Pick<Item, 'id' | 'tags'>): Promise<NonNullable<SuMessage['message']>> {
     const id = tagValue(assignment, 'Message');
     if (!id) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
     const item = await readItem(id);
@@ -311,11 +311,17 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       const edges = page.edges.filter((e) => Number(tagValue(e.node.assignment, 'Nonce')) > p.nonce);
       if (edges.length === 0) return;
       for (const { node } of edges) {
-        const nonce = Number(tagValue(node.assignment, 'Nonce'));
+        // The SU's page only says which assignment comes next: the assignment and its message are
+        // read from the store and checked — signed by the process's scheduler, for this process,
+        // the next slot, the next link of the chain — so a unit that lies is caught here.
+        const assignment = await readItem(node.assignment.id);
+        if (assignment.address !== p.scheduler) throw new ComputeError(502, `assignment ${assignment.id} is not signed by the scheduler of ${p.processId}`);
+        if (tagValue(assignment, 'Process') !== p.processId) throw new ComputeError(502, `assignment ${assignment.id} is for another process`);
+        const nonce = Number(tagValue(assignment, 'Nonce'));
         if (nonce !== p.nonce + 1) throw new ComputeError(502, `the SU skipped from slot ${p.nonce} to ${nonce} of ${p.processId}`);
         const chain = nextHashChain(p.processId, p.lastAssignment && p.hashChain ? { assignment: p.lastAssignment, chain: p.hashChain } : null);
-        if (tagValue(node.assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
-        const message = toMessage(p, node.message ? node : { ...node, message: await assignedMessage(node.assignment) });
+        if (tagValue(assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
+        const message = toMessage(p, { assignment, message: await assignedMessage(assignment) });
         const evaluation: Evaluation = await evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
         evaluatedCount += 1;
         const { state, ...outcome } = evaluation;
@@ -323,7 +329,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         p.stateHash = sha256hex(JSON.stringify(state));
         p.nonce = nonce;
         p.hashChain = chain;
-        p.lastAssignment = node.assignment.id;
+        p.lastAssignment = assignment.id;
         p.timestamp = message.Timestamp;
         p.blockHeight = message['Block-Height'];
         const result = await attest(p.processId, message.Id, nonce, outcome, p.stateHash);

@@ -5,7 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { AddressInfo } from 'node:net';
 import { connect, createDataItemSigner } from '@permaweb/aoconnect';
+import fastify from 'fastify';
 import { openComputeUnit, verifyAttestation, type Result } from '../../src/ao/cu.js';
 import { publishModule } from '../../src/ao/modules.js';
 import { startUnits, unitWallet, type RunningUnits } from '../../src/ao/units.js';
@@ -194,6 +196,29 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     assert.deepEqual(await resumed.state(process), await units.compute.state(process));
     assert.equal(resumed.evaluated(), 5, `the restarted CU evaluated only the messages after its checkpoint, not ${resumed.evaluated()}`);
     await resumed.close();
+  });
+
+  test('a CU reads each slot\'s assignment and message from the store and refuses one its scheduler did not sign', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '2' });
+    // A unit between the CU and the SU swaps slot 1's assignment for a copy signed by someone else.
+    const page = (await (await fetch(`${units.urls.su}/${process}?process-id=${process}&limit=100`)).json()) as { edges: { node: { assignment: { id: string; tags: Tag[] } } }[] };
+    const real = (await units.store.get(page.edges[1].node.assignment.id))!;
+    const forged = await createItem('', walletSigner(rsa), { tags: real.tags });
+    await units.store.put(forged.raw);
+    page.edges[1].node.assignment.id = forged.id;
+    const rogue = fastify();
+    rogue.get('/*', async () => page);
+    await rogue.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${(rogue.server.address() as AddressInfo).port}`;
+    const cu = await openComputeUnit({ dir: join(dir, 'cu-rogue'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-rogue'), scheduler: async () => url });
+    try {
+      await assert.rejects(cu.state(process), /not signed by the scheduler/);
+    } finally {
+      await cu.close();
+      await rogue.close();
+    }
   });
 
   test('GET /results with wait answers as soon as the next result is stored, and empty when the time is up', async () => {
