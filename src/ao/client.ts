@@ -137,6 +137,25 @@ export function expectReply(result: Pick<Result, 'Messages' | 'Error'>, action: 
   throw new RefusedError(500, `no ${action} in the answer`);
 }
 
+/**
+ * Follows a process's results from `from` (a cursor taken before the message that will cause it)
+ * until one holds a message to `target` with `action` that `match` accepts.
+ */
+export async function waitForMessage(
+  ao: AoClient, process: string, want: { from: string | undefined; target: string; action: string; match: (tags: Record<string, string>) => boolean; timeoutMs: number },
+): Promise<{ tags: Record<string, string>; data: string }> {
+  const deadline = Date.now() + want.timeoutMs;
+  let cursor = want.from;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new RefusedError(504, `no ${want.action} from ${process} within ${want.timeoutMs} ms`);
+    const page = await ao.results(process, { from: cursor, wait: Math.min(left, 10_000) });
+    cursor = page.edges.at(-1)?.cursor ?? cursor;
+    const found = messagesTo(page, want.target, want.action).find((m) => want.match(m.tags));
+    if (found) return found;
+  }
+}
+
 /** The outbox messages of a page of results addressed to `target` with this Action, in slot order. */
 export function messagesTo(page: ResultsPage, target: string, action: string): { tags: Record<string, string>; data: string }[] {
   const found: { tags: Record<string, string>; data: string }[] = [];

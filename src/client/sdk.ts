@@ -5,7 +5,8 @@
 //
 // `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the
 // coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
-import { aoClient, expectReply, messagesTo, RefusedError, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply, RefusedError, waitForMessage, type AoClient } from '../ao/client.js';
+import { fundCoordinator } from '../processes/calls.js';
 import type { Wallet } from '../store/wallet.js';
 import { walletAddress } from '../store/wallet.js';
 
@@ -87,7 +88,6 @@ export interface VerityClient {
   models(): Promise<{ id: string; name: string; contextLength: number; tokenizerHash: string }[]>;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function dryData(ao: AoClient, process: string, from: string, action: string, tags: { name: string; value: string }[] = []): Promise<{ tags: Record<string, string>; data: string }> {
   return expectReply(await ao.dryRun(process, { tags: [{ name: 'Action', value: action }, ...tags], from }), `${action}-Response`);
@@ -113,21 +113,13 @@ function connect(connection: Connection): VerityClient {
       if (options.redundancy !== undefined) tags.push({ name: 'Redundancy', value: String(options.redundancy) });
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
       // Follow the coordinator's results from here on: its Infer-Response to this wallet ends the wait.
-      let cursor = await ao.latest(coordinator);
+      const from = await ao.latest(coordinator);
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
-      const deadline = Date.now() + (options.timeoutMs ?? 300_000);
-      for (;;) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new RefusedError(504, `task ${id} did not end in time`);
-        const page = await ao.results(coordinator, { from: cursor, wait: Math.min(left, 10_000) });
-        cursor = page.edges.at(-1)?.cursor ?? cursor;
-        const response = messagesTo(page, address, 'Infer-Response').find((m) => m.tags.Task === id);
-        if (!response) continue;
-        if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
-        const task = JSON.parse(response.data) as TaskView;
-        return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
-      }
+      const response = await waitForMessage(ao, coordinator, { from, target: address, action: 'Infer-Response', match: (t) => t.Task === id, timeoutMs: options.timeoutMs ?? 300_000 });
+      if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
+      const task = JSON.parse(response.data) as TaskView;
+      return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
     },
 
     async task(id) {
@@ -141,21 +133,7 @@ function connect(connection: Connection): VerityClient {
 
     async deposit(amount) {
       if (!connection.token) throw new RefusedError(400, 'deposits need the token process id');
-      const before = (await client.balance()).deposit;
-      const id = await ao.message(connection.token, {
-        tags: [
-          { name: 'Action', value: 'Transfer' },
-          { name: 'Recipient', value: coordinator },
-          { name: 'Quantity', value: amount.toString() },
-          { name: 'X-Action', value: 'Deposit' },
-        ],
-      });
-      expectReply(await ao.result(connection.token, id), 'Debit-Notice');
-      // The token's Credit-Notice reaches the coordinator through the MU.
-      for (let i = 0; (await client.balance()).deposit < before + amount; i++) {
-        if (i > 600) throw new RefusedError(504, 'the deposit did not reach the coordinator within a minute');
-        await sleep(100);
-      }
+      await fundCoordinator(ao, { token: connection.token, coordinator, account: address, amount, purpose: 'Deposit' });
     },
 
     async models() {

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { openDatabase } from '../store/database.js';
 import { RefusedError, aoClient, expectReply, messagesTo } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
+import { fundCoordinator } from '../processes/calls.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
@@ -125,24 +126,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     await ask(network.coordinator, id, 'Register-Node-Response');
     log(`${name}: registered as ${did}`);
   }
-  const stakeOf = async (): Promise<bigint> => BigInt((await dry('Balance', [{ name: 'Target', value: address }])).tags.Stake ?? '0');
-  const staked = await stakeOf();
+  const staked = BigInt((await dry('Balance', [{ name: 'Target', value: address }])).tags.Stake ?? '0');
   if (staked < options.stake) {
-    const transfer = await ao.message(network.token, {
-      tags: [
-        { name: 'Action', value: 'Transfer' },
-        { name: 'Recipient', value: network.coordinator },
-        { name: 'Quantity', value: (options.stake - staked).toString() },
-        { name: 'X-Action', value: 'Stake' },
-      ],
-    });
-    await ask(network.token, transfer, 'Debit-Notice');
-    // The Credit-Notice reaches the coordinator through the MU: wait until it counts.
-    for (let i = 0; (await stakeOf()) < options.stake; i++) {
-      if (i > 600) throw new NodeError('the stake did not arrive at the coordinator within a minute');
-      await sleep(100);
-    }
-    log(`${name}: staked ${options.stake}`);
+    const { total } = await fundCoordinator(ao, { ...network, account: address, amount: options.stake - staked, purpose: 'Stake' });
+    log(`${name}: staked ${total}`);
   }
 
   // ---- tasks ----

@@ -313,10 +313,20 @@ const HANDLERS: Record<string, Handler> = {
     const sender = tagOf(msg, 'Sender') ?? '';
     const quantity = tagOf(msg, 'Quantity') ?? '';
     if (!ACCOUNT.test(sender) || !AMOUNT.test(quantity)) refuse(400, 'a Credit-Notice needs Sender and Quantity');
-    const purpose = tagOf(msg, 'X-Action');
-    if (purpose === 'Stake') state.stakes[sender] = add(state.stakes[sender], BigInt(quantity));
-    else state.deposits[sender] = add(state.deposits[sender], BigInt(quantity));
-    return { messages: [], output: { credited: sender, quantity, as: purpose === 'Stake' ? 'stake' : 'deposit' } };
+    const stake = tagOf(msg, 'X-Action') === 'Stake';
+    const ledger = stake ? state.stakes : state.deposits;
+    ledger[sender] = add(ledger[sender], BigInt(quantity));
+    // The sender learns it counted (and which transfer, by its X-Reference): a Stake-Notice or Deposit-Notice.
+    const notice: OutboxMessage = {
+      Target: sender,
+      Tags: [
+        { name: 'Action', value: stake ? 'Stake-Notice' : 'Deposit-Notice' },
+        { name: 'Quantity', value: quantity },
+        { name: stake ? 'Stake' : 'Balance', value: ledger[sender] },
+        ...msg.Tags.filter((t) => t.name.startsWith('X-')),
+      ],
+    };
+    return { messages: [notice], output: { credited: sender, quantity, as: stake ? 'stake' : 'deposit' } };
   },
 
   'Debit-Notice': (state, msg) => {

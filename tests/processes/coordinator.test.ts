@@ -118,12 +118,12 @@ class World {
 
   async deposit(who: string, quantity: string): Promise<void> {
     const r = await this.credit(who, quantity, 'Deposit');
-    assert.deepEqual(r.Messages, []);
+    assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Balance]), [[who, 'Deposit-Notice', quantity, this.state().deposits[who]]]);
   }
 
   async stake(who: string, quantity: string): Promise<void> {
     const r = await this.credit(who, quantity, 'Stake');
-    assert.deepEqual(r.Messages, []);
+    assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Stake]), [[who, 'Stake-Notice', quantity, this.state().stakes[who]]]);
   }
 
   async registerModel(): Promise<void> {
