@@ -31,7 +31,7 @@ export interface DevnetOptions {
   host?: string;
   /** Coordinator parameters (spawn tags) for a new devnet. */
   leaseMs?: number;
-  /** How often nodes poll for leases and send heartbeats. */
+  /** Nodes' pause after a failed round, and how often they send heartbeats (see NodeOptions). */
   pollMs?: number;
   heartbeatMs?: number;
   log?: (line: string) => void;
