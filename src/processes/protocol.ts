@@ -1,0 +1,180 @@
+// The coordinator's protocol as types: what the process keeps, what it sends and what it answers.
+// One file for the process, the node and the SDK (types only: the process module imports nothing
+// at run time from here). The rules are docs/network.md; the verification flow is its
+// "Verification" section.
+
+export interface Tag {
+  name: string;
+  value: string;
+}
+
+/** Sampling options of a request (X-Options), as the coordinator normalised them. */
+export interface Options {
+  max_tokens: number;
+  temperature: number;
+  top_p: number;
+  /** A u64 as a decimal string. */
+  seed: string;
+}
+
+/**
+ * The verification economics (spawn tags, and the owner's `Set-Params`). Amounts are decimal
+ * strings (BigInt), rates are parts per million, times are ms of message Timestamp.
+ */
+export interface Params {
+  /** R: pay per generated token, to each node whose result is final (asserters and validators). */
+  price: string;
+  /** C: what running one token costs a node (what a cheat saves). */
+  computeCost: string;
+  /** p: probability that a result is audited, ppm. */
+  auditPpm: number;
+  /** Validators drawn per audit (1..3). */
+  validators: number;
+  /** S: stake locked per lease, slashed from a node that loses a dispute or fails to reveal. */
+  slash: string;
+  /** Slashed from a lease that expires (out of its lock). */
+  missSlash: string;
+  /** The margin in p·(R+S) ≥ (1+margin)·C, ppm. */
+  marginPpm: number;
+  /** The largest max_tokens a request may ask for: the job size the rule is checked at. */
+  maxTokens: number;
+  /** Minimum stake of an active node; must cover one lock (≥ S). */
+  minStake: string;
+  /** How long an unaudited, revealed result may be challenged. */
+  challengeWindowMs: number;
+  /** A challenger's bond (locked from its stake; ≥ S). */
+  challengeBond: string;
+  /** Bond per dissection round each party posts (locked from stake, forfeited by the loser). */
+  roundBond: string;
+  /** Each party's chess clock in a dispute; also the time to post a valid opening. */
+  clockMs: number;
+  /** Arity of the dissection game. */
+  arity: number;
+  /** Time a node has to reveal once asked. */
+  revealMs: number;
+  /** Probability per accepted Infer of also issuing a canary task, ppm. */
+  canaryPpm: number;
+  leaseMs: number;
+  cooldownMs: number;
+  maxPromptBytes: number;
+  maxAttempts: number;
+  maxWaitMs: number;
+  /** Bound on registered node entries (each must be staked ≥ Min-Stake to register). */
+  maxNodes: number;
+}
+
+/**
+ * A task's life: `assigned` (leases out, waiting for commits) → `committed` (the audit is drawn
+ * from the next message's Hash-Chain) → `auditing` (validators' commits awaited) → `revealing`
+ * (reveals awaited) → `challengeable` (unaudited: the window runs) or `disputed` → `final`;
+ * `failed` when no valid result can be had.
+ */
+export type TaskStatus = 'assigned' | 'committed' | 'auditing' | 'revealing' | 'challengeable' | 'disputed' | 'final' | 'failed';
+
+export type Role = 'asserter' | 'validator' | 'challenger';
+
+export interface Participant {
+  node: string;
+  role: Role;
+  /** The lease (asserters, validators) or challenge: its start and end (ms). */
+  start: number;
+  end: number;
+  status: 'open' | 'committed' | 'revealed' | 'expired' | 'cancelled' | 'slashed' | 'released';
+  /** Stake this participant has locked for the task. */
+  locked: string;
+  /** Submit-Result message id and its commitment sha256(verity-result/1 ‖ task ‖ node ‖ root). */
+  message?: string;
+  commitment?: string;
+  tokens?: number[];
+  /** After the reveal. */
+  traceRoot?: string;
+  trace?: string;
+}
+
+/** A round of a dispute as `verity task` prints it. */
+export interface DisputeRound {
+  round: number;
+  interval: [number, number];
+  points: number[];
+  values: { asserter: string[]; challenger: string[] };
+  next: [number, number];
+}
+
+export interface DisputeView {
+  /** Index of the two parties in the task's participants. */
+  asserter: string;
+  challenger: string;
+  steps: number;
+  phase: 'bisect' | 'prove' | 'done';
+  interval: [number, number];
+  /** The points the current round asks for. */
+  points: number[];
+  rounds: DisputeRound[];
+  /** The one-step proof, once made. */
+  proof: { step: number; kind: string; by: string; acc: string; leaf: string } | null;
+  outcome: { winner: string | null; reason: string } | null;
+  openedAt: number;
+  endedAt: number | null;
+}
+
+export interface Receipt {
+  task: string;
+  model: string;
+  commitment: string;
+  traceRoot: string;
+  node: string;
+  /** The id of the node's Submit-Result message. */
+  result: string;
+  /** The id of the stored trace item. */
+  trace: string;
+}
+
+/** The task as a requester reads it (`Task`, and every Infer-Response's Data). */
+export interface TaskView {
+  task: string;
+  reference: string;
+  status: TaskStatus;
+  model: string;
+  options: Options;
+  /** The current result's text and tokens (pending until final; replaced when a dispute corrects it). */
+  result: string | null;
+  tokens: number[] | null;
+  usage: { prompt_tokens: number; completion_tokens: number };
+  receipt: Receipt | null;
+  audited: boolean;
+  corrected: boolean;
+  participants: Participant[];
+  disputes: DisputeView[];
+  windowEnd: number | null;
+  createdAt: number;
+  endedAt: number | null;
+}
+
+/** A lease as `Task-Assigned` carries it and the `Tasks` reply lists it: the same for every role. */
+export interface Assignment {
+  task: string;
+  model: string;
+  prompt: string;
+  options: Options;
+  commitment: string;
+  steps: number;
+  leaseEnd: number;
+}
+
+/** What a node owes the coordinator on a task (the `Tasks` reply, beside its open leases). */
+export interface Duty {
+  task: string;
+  /** reveal: send `Reveal`; post: send `Dispute-Post` for `points`; open: send `Dispute-Open` for `step`. */
+  kind: 'reveal' | 'post' | 'open';
+  deadline: number;
+  points?: number[];
+  step?: number;
+  round?: number;
+  /** The job, so that a node that forgot it can run it again. */
+  assignment: Assignment;
+}
+
+export interface TasksReply {
+  leases: Assignment[];
+  duties: Duty[];
+}
