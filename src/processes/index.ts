@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 export { fundCoordinator } from './calls.js';
 export { coordinatorExtensions, describeRequest, promptTokenCount, type JobInfo, type JobInput, type JobModel, type ModelInfo } from './host.js';
 
-/** The compiled module a process runs: this folder's `<name>.js`, self-contained. */
+/** The module a process runs: `<name>.js` bundled with what it imports (scripts/build-processes.js). */
 export function processModule(name: 'token' | 'coordinator'): string {
-  return readFileSync(new URL(`./${name}.js`, import.meta.url), 'utf8');
+  return readFileSync(new URL(`./bundled/${name}.js`, import.meta.url), 'utf8');
 }

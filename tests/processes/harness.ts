@@ -54,9 +54,9 @@ const id43 = (text: string): string => createHash('sha256').update(text).digest(
 
 let processCount = 0;
 
-/** The compiled source of `src/processes/<name>.ts`, as a CU would read it from a module item. */
+/** The bundled source of `src/processes/<name>.ts`, as a CU would read it from a module item. */
 export async function processSource(name: string): Promise<string> {
-  return readFile(new URL(`../../src/processes/${name}.js`, import.meta.url), 'utf8');
+  return readFile(new URL(`../../src/processes/bundled/${name}.js`, import.meta.url), 'utf8');
 }
 
 export function toTags(tags: Tags): Tag[] {
