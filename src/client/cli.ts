@@ -168,6 +168,9 @@ export function buildProgram(): Command {
     .option('--dir <dir>', 'the node\'s database and model cache (default ./.verity/node)')
     .option('--gateway <url>', 'the gateway to fetch models from and store traces in (default: the devnet\'s)')
     .option('--store <dir>', 'an embedded store folder instead of a gateway')
+    .option('--strategy <name>', 'for testing the network: honest (default), wrong-token, cheap-model, lazy, skip, offline-mid-task, lying-validator or colluding-pair')
+    .option('--collude-dir <dir>', 'colluding-pair: the folder two colluding nodes share')
+    .option('--cheap-layer <n>', 'cheap-model: the layer whose weights it changes (default the middle one)')
     .action(lazy('network', 'nodeStartCommand'));
   program
     .command('inspect')

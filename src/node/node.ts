@@ -1,22 +1,39 @@
-// The worker node: registers with the coordinator under its did:key, stakes, fetches and verifies
-// its models, then takes the leases the coordinator draws for it (following the coordinator's
-// results for Task-Assigned messages), runs each job while recording its trace, stores the trace
-// and submits the result.
+// The worker node: stakes, registers with the coordinator under its did:key, fetches and verifies
+// its models, then takes the leases the coordinator draws for it and does what the verification
+// protocol asks of a participant (docs/network.md "Verification"):
 //
-// Each task's progress is a row in the node's SQLite, written before the step it guards: a task
-// found `running` after a crash is run again while its lease is open (the run is deterministic, so
-// the result is the same) and released otherwise; a `submitting` one is re-sent from its stored,
-// signed bytes, never signed twice.
+//   Task-Assigned     → run the job recording its trace; Submit-Result with the Result-Commitment
+//                       (the root stays secret; the trace document is kept here, not yet stored)
+//   Reveal-Requested  → store the trace item (signed by the node), then Reveal its id and root
+//   Dispute-Round     → Dispute-Post: the node's accumulators at the round's points
+//   Dispute-Prove     → Dispute-Open: the opening of the step, from a re-run that keeps every
+//                       layer's outputs (the run is deterministic)
+//
+// It learns of these by following the coordinator's results, and with each heartbeat reconciles
+// with a `Tasks` dry-run (open leases and outstanding duties). Every decision — which run to claim,
+// whether to reveal, what to post, what to open — is the Behaviour's (behaviour.ts: honest by
+// default; strategies.ts: the cheats); the node does the rest the same way for every behaviour.
+//
+// Crash safety: each task's progress is a row in the node's SQLite, written before the step it
+// guards. A task found `running` after a crash is run again while its lease is open (the run is
+// deterministic) and released otherwise; every signed message (Submit-Result, Reveal, Dispute-Post,
+// Dispute-Open) is stored before it is sent and re-sent byte for byte, never signed twice; a duty
+// already answered is never answered again.
 import { join } from 'node:path';
-import { openDatabase } from '../store/database.js';
-import { RefusedError, aoClient, expectReply, messagesTo } from '../ao/client.js';
+import type Database from 'better-sqlite3';
+import { RefusedError, aoClient, expectReply, type MessageInput, type ResultsPage } from '../ao/client.js';
 import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { fundCoordinator } from '../processes/calls.js';
+import type { Duty, TaskView, TasksReply } from '../processes/protocol.js';
+import { encodeOpening } from '../proof/index.js';
+import { openDatabase } from '../store/database.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletDid, walletSigner, type Wallet } from '../store/wallet.js';
-import { complete, traceDocument, type Assignment } from './work.js';
+import { honest, resultCommitment, type Behaviour, type BehaviourContext, type Claim } from './behaviour.js';
+import { strategy as strategyNamed, type StrategyOptions } from './strategies.js';
+import type { Assignment } from './work.js';
 
 export interface Network {
   mu: string;
@@ -41,18 +58,40 @@ export interface NodeOptions {
   capacity?: number;
   /** Pause after a failed round (the CU or MU unreachable). */
   pollMs?: number;
-  /** How often the node says it is alive and re-reads its open leases. */
+  /** How often the node says it is alive and re-reads its open leases and duties. */
   heartbeatMs?: number;
   engine?: { kernels?: KernelPath; threads?: number };
+  /** How the node decides (default honest): a Behaviour, or a strategy name of strategies.ts. */
+  strategy?: string | Behaviour;
+  /** Options of a named strategy (colluding-pair's shared folder, cheap-model's layer). */
+  strategyOptions?: StrategyOptions;
   log?: (line: string) => void;
+}
+
+/** What the node has done since start (for tests and logs). */
+export interface NodeActivity {
+  /** Results the coordinator accepted (Submit-Result-Response). */
+  committed: number;
+  /** Leases the behaviour chose not to answer. */
+  abandoned: number;
+  reveals: number;
+  posts: number;
+  openings: number;
+  /** Duties the behaviour chose to leave unanswered. */
+  silent: number;
+  /** Messages the coordinator refused. */
+  refused: number;
 }
 
 export interface RunningNode {
   address: string;
   did: string;
   models: string[];
-  /** Tasks whose result the coordinator accepted since start. */
+  /** The behaviour's name ('honest' unless a strategy was given). */
+  strategy: string;
+  /** Results the coordinator accepted since start. */
   completed(): number;
+  activity(): NodeActivity;
   close(): Promise<void>;
 }
 
@@ -67,12 +106,34 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS tasks (
     task TEXT PRIMARY KEY,
     lease_end INTEGER NOT NULL,
-    status TEXT NOT NULL,            -- running | submitting | submitted | done | rejected | released
+    status TEXT NOT NULL,            -- running | submitting | submitted | done | rejected | released | abandoned
     submit BLOB,                     -- the signed Submit-Result, kept before it is sent
     submit_id TEXT,
     note TEXT,
     updated_at INTEGER NOT NULL
+  );
+  CREATE TABLE IF NOT EXISTS duties (
+    task TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- reveal | post | open
+    key TEXT NOT NULL,               -- '' (reveal), the round (post), the step (open)
+    status TEXT NOT NULL,            -- sending | sent | done | refused | silent
+    message BLOB,                    -- the signed message, kept before it is sent
+    message_id TEXT,
+    note TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (task, kind, key)
   );`;
+
+/** Columns added to an older node database. */
+const TASK_COLUMNS = {
+  assignment: 'TEXT', // the lease JSON: the job, to run again for an opening
+  claim: 'TEXT', // the Claim JSON (root, tokens, trace document, recipe), kept from before the submit
+};
+
+function migrate(db: Database.Database): void {
+  const have = new Set((db.prepare('PRAGMA table_info(tasks)').all() as { name: string }[]).map((c) => c.name));
+  for (const [name, type] of Object.entries(TASK_COLUMNS)) if (!have.has(name)) db.exec(`ALTER TABLE tasks ADD COLUMN ${name} ${type}`);
+}
 
 interface Row {
   task: string;
@@ -80,18 +141,62 @@ interface Row {
   status: string;
   submit: Buffer | null;
   submit_id: string | null;
+  assignment: string | null;
+  claim: string | null;
 }
 
+type DutyKind = Duty['kind'];
+
+interface DutyRow {
+  task: string;
+  kind: DutyKind;
+  key: string;
+  status: string;
+  message: Buffer | null;
+  message_id: string | null;
+}
+
+/** A duty as a message or the Tasks reply names it; the assignment only comes with the latter. */
+interface DutyCall {
+  task: string;
+  kind: DutyKind;
+  round?: number;
+  points?: number[];
+  step?: number;
+  assignment?: Assignment;
+}
+
+const ACTION: Record<DutyKind, string> = { reveal: 'Reveal', post: 'Dispute-Post', open: 'Dispute-Open' };
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The Tasks reply: {leases, duties}; an older coordinator answered with the list of leases alone. */
+function tasksReply(data: string): TasksReply {
+  const reply = JSON.parse(data) as TasksReply | Assignment[];
+  return Array.isArray(reply) ? { leases: reply, duties: [] } : { leases: reply.leases ?? [], duties: reply.duties ?? [] };
+}
+
+/** The outbox messages of a page addressed to `target`, in slot order. */
+function messagesFor(page: ResultsPage, target: string): { tags: Record<string, string>; data: string }[] {
+  const found: { tags: Record<string, string>; data: string }[] = [];
+  for (const { node } of page.edges) {
+    for (const m of node.Messages) {
+      if (m.Target === target) found.push({ tags: Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>, data: m.Data ?? '' });
+    }
+  }
+  return found;
+}
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { network, wallet, store } = options;
   if (wallet.type !== 'ed25519') throw new NodeError('a node needs an Ed25519 wallet: its public key is its did:key');
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const behaviour: Behaviour = typeof options.strategy === 'object' ? options.strategy : strategyNamed(options.strategy ?? 'honest', options.strategyOptions);
   const address = walletAddress(wallet);
   const did = walletDid(wallet);
-  const name = `node ${address.slice(0, 8)}`;
+  const name = `node ${address.slice(0, 8)}${behaviour === honest ? '' : ` (${behaviour.name})`}`;
   const ao = aoClient({ mu: network.mu, cu: network.cu, wallet });
+  const signer = walletSigner(wallet);
   const pollMs = options.pollMs ?? 500;
   const heartbeatMs = options.heartbeatMs ?? 5000;
   // Jobs run one after another: a second lease would wait and could expire while it waits.
@@ -106,13 +211,20 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const wanted = options.models ?? (await dryData<{ id: string }[]>('Models')).map((m) => m.id);
   if (wanted.length === 0) throw new NodeError('the coordinator lists no models and none were given');
   const models = new Map<string, Model>();
+  const paths = new Map<string, string>();
   for (const id of wanted) {
     log(`${name}: fetching model ${id.slice(0, 12)}…`);
     const path = await fetchModel(store, id, join(options.dir, 'models'), (done, total) => log(`${name}: model ${id.slice(0, 12)} chunk ${done}/${total} verified`));
+    paths.set(id, path);
     models.set(id, loadModel(path));
   }
 
-  // ---- registration and stake ----
+  // ---- stake, then registration (the coordinator registers only a node staked ≥ Min-Stake) ----
+  const staked = BigInt((await dry('Balance', [{ name: 'Target', value: address }])).tags.Stake ?? '0');
+  if (staked < options.stake) {
+    const { total } = await fundCoordinator(ao, { ...network, account: address, amount: options.stake - staked, purpose: 'Stake' });
+    log(`${name}: staked ${total}`);
+  }
   const registered = (await dryData<{ address: string; models: string[]; capacity: number }[]>('Nodes')).find((n) => n.address === address);
   if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',')) {
     const id = await ao.message(network.coordinator, {
@@ -126,32 +238,59 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     await ask(network.coordinator, id, 'Register-Node-Response');
     log(`${name}: registered as ${did}`);
   }
-  const staked = BigInt((await dry('Balance', [{ name: 'Target', value: address }])).tags.Stake ?? '0');
-  if (staked < options.stake) {
-    const { total } = await fundCoordinator(ao, { ...network, account: address, amount: options.stake - staked, purpose: 'Stake' });
-    log(`${name}: staked ${total}`);
-  }
 
-  // ---- tasks ----
+  // ---- the node's database ----
   const db = openDatabase(options.dir, 'node.sqlite', SCHEMA);
+  migrate(db);
   const q = {
     get: db.prepare<[string], Row>('SELECT * FROM tasks WHERE task = ?'),
-    start: db.prepare('INSERT INTO tasks (task, lease_end, status, updated_at) VALUES (?, ?, \'running\', ?) ON CONFLICT(task) DO UPDATE SET status = \'running\', lease_end = excluded.lease_end, updated_at = excluded.updated_at'),
-    submitting: db.prepare("UPDATE tasks SET status = 'submitting', submit = ?, submit_id = ?, updated_at = ? WHERE task = ?"),
-    set: db.prepare('UPDATE tasks SET status = ?, note = ?, updated_at = ? WHERE task = ?'),
+    start: db.prepare<[string, number, string, number]>(
+      "INSERT INTO tasks (task, lease_end, assignment, status, updated_at) VALUES (?, ?, ?, 'running', ?) ON CONFLICT(task) DO UPDATE SET status = 'running', lease_end = excluded.lease_end, assignment = excluded.assignment, updated_at = excluded.updated_at",
+    ),
+    submitting: db.prepare<[Uint8Array, string, string, number, string]>("UPDATE tasks SET status = 'submitting', submit = ?, submit_id = ?, claim = ?, updated_at = ? WHERE task = ?"),
+    recovered: db.prepare<[string, number, string, string, number]>(
+      "INSERT INTO tasks (task, lease_end, assignment, claim, status, note, updated_at) VALUES (?, ?, ?, ?, 'done', 'claim made again for a duty', ?) ON CONFLICT(task) DO UPDATE SET assignment = excluded.assignment, claim = excluded.claim, updated_at = excluded.updated_at",
+    ),
+    set: db.prepare<[string, string | null, number, string]>('UPDATE tasks SET status = ?, note = ?, updated_at = ? WHERE task = ?'),
     unfinished: db.prepare<[], Row>("SELECT * FROM tasks WHERE status IN ('running', 'submitting', 'submitted') ORDER BY updated_at"),
+    duty: db.prepare<[string, string, string], DutyRow>('SELECT * FROM duties WHERE task = ? AND kind = ? AND key = ?'),
+    dutyAdd: db.prepare<[string, string, string, string, Uint8Array | null, string | null, string | null, number]>(
+      'INSERT INTO duties (task, kind, key, status, message, message_id, note, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+    ),
+    dutySet: db.prepare<[string, string | null, number, string, string, string]>('UPDATE duties SET status = ?, note = ?, updated_at = ? WHERE task = ? AND kind = ? AND key = ?'),
+    dutiesUnfinished: db.prepare<[], DutyRow>("SELECT * FROM duties WHERE status IN ('sending', 'sent') ORDER BY updated_at"),
   };
 
-  let completed = 0;
+  const activity: NodeActivity = { committed: 0, abandoned: 0, reveals: 0, posts: 0, openings: 0, silent: 0, refused: 0 };
+  const ctx: BehaviourContext = {
+    address,
+    engine: options.engine ?? {},
+    async view(task) {
+      try {
+        return await dryData<TaskView>('Task', [{ name: 'Task', value: task }]);
+      } catch {
+        return null;
+      }
+    },
+    copyOf(modelId) {
+      const path = paths.get(modelId);
+      if (!path) throw new NodeError(`model ${modelId} is not served by this node`);
+      return loadModel(path);
+    },
+    log: (line) => log(`${name}: ${line}`),
+  };
+
+  // ---- leases: run, claim, commit ----
   async function confirm(row: Pick<Row, 'task' | 'submit_id'>): Promise<void> {
     try {
       await ask(network.coordinator, row.submit_id!, 'Submit-Result-Response');
       q.set.run('done', null, Date.now(), row.task);
-      completed += 1;
+      activity.committed += 1;
     } catch (e) {
       // Only the coordinator's own refusal is final; a CU out of reach is asked again next round.
       if (!(e instanceof RefusedError)) return log(`${name}: result for ${row.task} not confirmed yet: ${(e as Error).message}`);
       q.set.run('rejected', e.message, Date.now(), row.task);
+      activity.refused += 1;
       log(`${name}: result for ${row.task} refused: ${e.message}`);
     }
   }
@@ -161,50 +300,157 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     if (known && known.status !== 'running') return;
     const model = models.get(a.model);
     if (!model) return log(`${name}: leased task ${a.task} for model ${a.model}, which this node does not serve`);
-    q.start.run(a.task, a.leaseEnd, Date.now());
-    const done = complete(model, a, options.engine);
-    const doc = traceDocument(a.task, done);
-    const trace = await createItem(doc.data, walletSigner(wallet), { tags: doc.tags });
-    await store.put(trace.raw);
+    q.start.run(a.task, a.leaseEnd, JSON.stringify(a), Date.now());
+    const claim = await behaviour.claim(model, a, ctx);
+    if (!claim) {
+      q.set.run('abandoned', `${behaviour.name}: not submitted`, Date.now(), a.task);
+      activity.abandoned += 1;
+      return;
+    }
     const submit = await ao.sign(network.coordinator, {
       tags: [
         { name: 'Action', value: 'Submit-Result' },
         { name: 'Task', value: a.task },
-        { name: 'Job-Commitment', value: done.trace.commitment },
-        { name: 'Trace-Root', value: done.trace.root },
-        { name: 'Trace', value: trace.id },
-        { name: 'Tokens', value: String(done.tokens.length) },
+        { name: 'Job-Commitment', value: claim.commitment },
+        { name: 'Result-Commitment', value: resultCommitment(a.task, address, claim.root) },
+        { name: 'Tokens', value: String(claim.tokens.length) },
       ],
-      data: JSON.stringify({ tokens: done.tokens }),
+      data: JSON.stringify({ tokens: claim.tokens }),
     });
-    q.submitting.run(submit.raw, submit.id, Date.now(), a.task);
+    // The claim (root, trace document) and the signed bytes are kept together, before anything leaves.
+    q.submitting.run(submit.raw, submit.id, JSON.stringify(claim), Date.now(), a.task);
     await ao.send(submit.raw);
     q.set.run('submitted', null, Date.now(), a.task);
     await confirm({ task: a.task, submit_id: submit.id });
   }
 
-  // What a crash interrupted: results to re-send; running tasks are settled by the first reconcile.
+  // ---- duties: reveal, post, open ----
+  async function confirmDuty(row: Pick<DutyRow, 'task' | 'kind' | 'key' | 'message_id'>): Promise<void> {
+    try {
+      await ask(network.coordinator, row.message_id!, `${ACTION[row.kind]}-Response`);
+      q.dutySet.run('done', null, Date.now(), row.task, row.kind, row.key);
+      if (row.kind === 'reveal') activity.reveals += 1;
+      else if (row.kind === 'post') activity.posts += 1;
+      else activity.openings += 1;
+    } catch (e) {
+      if (!(e instanceof RefusedError)) return log(`${name}: ${ACTION[row.kind]} for ${row.task} not confirmed yet: ${(e as Error).message}`);
+      // A 409 ("already", "no longer") is the coordinator saying the duty is over: nothing to redo.
+      q.dutySet.run('refused', e.message, Date.now(), row.task, row.kind, row.key);
+      activity.refused += 1;
+      log(`${name}: ${ACTION[row.kind]} for ${row.task} refused: ${e.message}`);
+    }
+  }
+
+  /** The task's lease and claim; a duty for a task this node forgot is answered from a new run of its job. */
+  async function claimFor(d: DutyCall): Promise<{ a: Assignment; claim: Claim } | null> {
+    const row = q.get.get(d.task);
+    if (row?.claim && row.assignment) return { a: JSON.parse(row.assignment) as Assignment, claim: JSON.parse(row.claim) as Claim };
+    const a = d.assignment;
+    const model = a && models.get(a.model);
+    if (!a || !model) return null;
+    log(`${name}: no claim kept for ${d.task}: running its job again for the ${d.kind} duty`);
+    const claim = await behaviour.claim(model, a, ctx);
+    if (!claim) return null;
+    q.recovered.run(a.task, a.leaseEnd, JSON.stringify(a), JSON.stringify(claim), Date.now());
+    return { a, claim };
+  }
+
+  /** What the behaviour answers to a duty, as a message; null when it stays silent. */
+  async function answer(d: DutyCall, a: Assignment, claim: Claim): Promise<MessageInput | null> {
+    const task = { name: 'Task', value: d.task };
+    if (d.kind === 'reveal') {
+      if (!behaviour.reveal(a, claim, ctx)) return null;
+      // The trace item goes to the store before the Reveal that names it.
+      const item = await createItem(claim.document.data, signer, { tags: claim.document.tags });
+      await store.put(item.raw);
+      return { tags: [{ name: 'Action', value: 'Reveal' }, task, { name: 'Trace-Root', value: claim.root }, { name: 'Trace', value: item.id }] };
+    }
+    if (d.kind === 'post') {
+      if (!d.points) return null;
+      const values = behaviour.post(a, claim, d.points, ctx);
+      return values && { tags: [{ name: 'Action', value: 'Dispute-Post' }, task, { name: 'Round', value: String(d.round) }], data: JSON.stringify(values) };
+    }
+    const model = models.get(a.model);
+    if (!model || d.step === undefined) return null;
+    const opening = await behaviour.open(model, a, claim, d.step, ctx);
+    return opening && { tags: [{ name: 'Action', value: 'Dispute-Open' }, task, { name: 'Step', value: String(d.step) }], data: JSON.stringify(encodeOpening(opening)) };
+  }
+
+  /** Performs a duty once: a duty seen again (message and Tasks reply, or after a restart) sends nothing new. */
+  async function perform(d: DutyCall): Promise<void> {
+    const key = d.kind === 'post' ? String(d.round ?? '') : d.kind === 'open' ? String(d.step ?? '') : '';
+    if (key === '' && d.kind !== 'reveal') return log(`${name}: a ${d.kind} duty for ${d.task} without its ${d.kind === 'post' ? 'round' : 'step'}`);
+    const row = q.duty.get(d.task, d.kind, key);
+    if (row) {
+      if (row.status === 'sending') {
+        await ao.send(row.message!);
+        q.dutySet.run('sent', null, Date.now(), row.task, row.kind, row.key);
+      }
+      if (row.status === 'sending' || row.status === 'sent') await confirmDuty(row);
+      return;
+    }
+    const known = await claimFor(d);
+    if (!known) return log(`${name}: a ${d.kind} duty for ${d.task}, a task this node holds no claim on`);
+    const message = await answer(d, known.a, known.claim);
+    if (!message) {
+      q.dutyAdd.run(d.task, d.kind, key, 'silent', null, null, `${behaviour.name}: no answer`, Date.now());
+      activity.silent += 1;
+      return log(`${name}: leaves the ${d.kind}${key ? ` ${key}` : ''} duty for ${d.task} unanswered`);
+    }
+    const signed = await ao.sign(network.coordinator, message);
+    q.dutyAdd.run(d.task, d.kind, key, 'sending', signed.raw, signed.id, null, Date.now());
+    await ao.send(signed.raw);
+    q.dutySet.run('sent', null, Date.now(), d.task, d.kind, key);
+    log(`${name}: ${ACTION[d.kind]}${key ? ` ${key}` : ''} for ${d.task}`);
+    await confirmDuty({ task: d.task, kind: d.kind, key, message_id: signed.id });
+  }
+
+  // What a crash interrupted: messages to re-send and confirm; running tasks are settled by the first reconcile.
   for (const row of q.unfinished.all()) {
     if (row.status === 'running') continue;
     if (row.status === 'submitting') await ao.send(row.submit!);
     await confirm(row);
   }
+  for (const row of q.dutiesUnfinished.all()) {
+    if (row.status === 'sending') await ao.send(row.message!);
+    await confirmDuty(row);
+  }
 
-  /** The open leases as the coordinator lists them: work them, and release what it no longer lists. */
+  /** The coordinator's view of what this node owes: perform every duty not yet done, work every lease, release the rest. */
   async function reconcile(): Promise<void> {
-    const leases = await dryData<Assignment[]>('Tasks', [{ name: 'Node', value: address }]);
+    const { leases, duties } = tasksReply((await dry('Tasks', [{ name: 'Node', value: address }])).data);
     const listed = new Set(leases.map((l) => l.task));
     for (const row of q.unfinished.all()) {
       if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
       if (row.status === 'submitted') await confirm(row);
     }
+    // Duties first: they have deadlines and (but for an opening) cost little.
+    for (const d of duties) if (!stopped) await attemptDuty({ task: d.task, kind: d.kind, round: d.round, points: d.points, step: d.step, assignment: d.assignment });
     for (const lease of leases) if (!stopped) await attempt(lease);
   }
   const attempt = (lease: Assignment): Promise<void> => work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
+  const attemptDuty = (d: DutyCall): Promise<void> => perform(d).catch((e: Error) => log(`${name}: ${d.kind} duty for ${d.task}: ${e.message}`));
 
-  // New leases arrive as Task-Assigned messages in the coordinator's results, which the node follows
-  // with the CU's waiting `results` call; a dry-run of `Tasks` with each heartbeat catches anything
-  // missed (a restart, a CU that was down).
+  /** A message from the coordinator to this node. */
+  async function handle(m: { tags: Record<string, string>; data: string }): Promise<void> {
+    const task = m.tags.Task;
+    switch (m.tags.Action) {
+      case 'Task-Assigned':
+        return attempt(JSON.parse(m.data) as Assignment);
+      case 'Reveal-Requested':
+        return attemptDuty({ task, kind: 'reveal' });
+      case 'Dispute-Round': {
+        const { points } = JSON.parse(m.data) as { points: number[] };
+        return attemptDuty({ task, kind: 'post', round: Number(m.tags.Round), points });
+      }
+      case 'Dispute-Prove':
+        return attemptDuty({ task, kind: 'open', step: Number(m.tags.Step) });
+    }
+  }
+
+  // New leases and duties arrive as messages in the coordinator's results, which the node follows
+  // with the CU's waiting `results` call, in slot order; a dry-run of `Tasks` with each heartbeat
+  // catches anything missed (a restart, a CU that was down).
   let stopped = false;
   const stop = new AbortController();
   const loop = (async () => {
@@ -220,7 +466,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         }
         const page = await ao.results(network.coordinator, { from: cursor, wait: Math.min(heartbeatMs, 5000), signal: stop.signal });
         cursor = page.edges.at(-1)?.cursor ?? cursor;
-        for (const { data } of messagesTo(page, address, 'Task-Assigned')) if (!stopped) await attempt(JSON.parse(data) as Assignment);
+        for (const m of messagesFor(page, address)) if (!stopped) await handle(m);
       } catch (e) {
         if (stopped) break;
         log(`${name}: ${(e as Error).message}`);
@@ -234,7 +480,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     address,
     did,
     models: wanted,
-    completed: () => completed,
+    strategy: behaviour.name,
+    completed: () => activity.committed,
+    activity: () => ({ ...activity }),
     async close() {
       stopped = true;
       stop.abort();

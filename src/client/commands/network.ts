@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError } from 'commander';
-import { startNode } from '../../node/index.js';
+import { STRATEGIES, startNode } from '../../node/index.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import { readWallet, WalletError, type Wallet } from '../../store/wallet.js';
@@ -173,11 +173,18 @@ export interface NodeFlags extends NetworkFlags {
   capacity: number;
   dir?: string;
   store?: string;
+  /** A cheating strategy, for testing the network (src/node/strategies.ts). */
+  strategy?: string;
+  colludeDir?: string;
+  cheapLayer?: string;
 }
 
 export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
   if (!/^\d{1,38}$/.test(flags.stake)) throw new InvalidArgumentError('--stake must be a whole number of tokens');
   if (!flags.wallet) throw new InvalidArgumentError('a node needs --wallet <file> (an Ed25519 wallet: verity wallet new)');
+  const strategy = flags.strategy ?? 'honest';
+  if (!(STRATEGIES as readonly string[]).includes(strategy)) throw new InvalidArgumentError(`--strategy must be one of ${STRATEGIES.join(', ')}`);
+  if (strategy === 'colluding-pair' && !flags.colludeDir) throw new InvalidArgumentError('--strategy colluding-pair needs --collude-dir <dir> (the folder both partners share)');
   const net = networkOf(flags);
   if (flags.store && flags.gateway) throw new InvalidArgumentError('use --store or --gateway, not both');
   const store = flags.store ? openSqliteStore(flags.store) : openGatewayStore(need(net.gateway, 'gateway'));
@@ -190,9 +197,12 @@ export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
     stake: BigInt(flags.stake),
     models: flags.models?.split(',').map((m) => m.trim()),
     capacity: flags.capacity,
+    strategy,
+    strategyOptions: { colludeDir: flags.colludeDir, layer: integer('cheap-layer', flags.cheapLayer, 0, 1 << 16) },
   });
-  const info = { node: node.address, did: node.did, models: node.models };
-  process.stdout.write(flags.json ? `${JSON.stringify(info)}\n` : `node ${node.address} (${node.did}) serving ${node.models.join(', ')}\n`);
+  const info = { node: node.address, did: node.did, models: node.models, strategy: node.strategy };
+  const cheat = node.strategy === 'honest' ? '' : ` (strategy ${node.strategy})`;
+  process.stdout.write(flags.json ? `${JSON.stringify(info)}\n` : `node ${node.address} (${node.did}) serving ${node.models.join(', ')}${cheat}\n`);
   closeOnSignal(async () => {
     await node.close();
     await store.close();
