@@ -171,6 +171,7 @@ export function buildProgram(): Command {
     .option('--strategy <name>', 'for testing the network: honest (default), wrong-token, cheap-model, lazy, skip, offline-mid-task, lying-validator or colluding-pair')
     .option('--collude-dir <dir>', 'colluding-pair: the folder two colluding nodes share')
     .option('--cheap-layer <n>', 'cheap-model: the layer whose weights it changes (default the middle one)')
+    .option('--watch <ppm>', 're-run this share (parts per million) of other nodes\' revealed results and challenge any that differ (default 0)')
     .action(lazy('network', 'nodeStartCommand'));
   program
     .command('inspect')

@@ -19,6 +19,7 @@
 // deterministic) and released otherwise; every signed message (Submit-Result, Reveal, Dispute-Post,
 // Dispute-Open) is stored before it is sent and re-sent byte for byte, never signed twice; a duty
 // already answered is never answered again.
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { RefusedError, aoClient, expectReply, type MessageInput, type ResultsPage } from '../ao/client.js';
@@ -65,6 +66,12 @@ export interface NodeOptions {
   strategy?: string | Behaviour;
   /** Options of a named strategy (colluding-pair's shared folder, cheap-model's layer). */
   strategyOptions?: StrategyOptions;
+  /**
+   * Watch others' results: this share (parts per million) of the tasks leased to other nodes is
+   * run here too once revealed, and a result in its challenge window whose root differs from this
+   * node's is challenged (the node's free stake must cover Challenge-Bond). Default 0.
+   */
+  watchPpm?: number;
   log?: (line: string) => void;
 }
 
@@ -81,6 +88,9 @@ export interface NodeActivity {
   silent: number;
   /** Messages the coordinator refused. */
   refused: number;
+  /** Others' results re-run (watch mode), and those challenged. */
+  watched: number;
+  challenges: number;
 }
 
 export interface RunningNode {
@@ -106,7 +116,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS tasks (
     task TEXT PRIMARY KEY,
     lease_end INTEGER NOT NULL,
-    status TEXT NOT NULL,            -- running | submitting | submitted | done | rejected | released | abandoned
+    status TEXT NOT NULL,            -- running | submitting | submitted | done | rejected | released | abandoned | challenged
     submit BLOB,                     -- the signed Submit-Result, kept before it is sent
     submit_id TEXT,
     note TEXT,
@@ -114,8 +124,8 @@ const SCHEMA = `
   );
   CREATE TABLE IF NOT EXISTS duties (
     task TEXT NOT NULL,
-    kind TEXT NOT NULL,              -- reveal | post | open
-    key TEXT NOT NULL,               -- '' (reveal), the round (post), the step (open)
+    kind TEXT NOT NULL,              -- reveal | post | open | challenge
+    key TEXT NOT NULL,               -- '' (reveal), <round>@<deadline> (post), <step>@<deadline> (open)
     status TEXT NOT NULL,            -- sending | sent | done | refused | silent
     message BLOB,                    -- the signed message, kept before it is sent
     message_id TEXT,
@@ -145,7 +155,8 @@ interface Row {
   claim: string | null;
 }
 
-type DutyKind = Duty['kind'];
+/** What the coordinator asks of a participant, and the challenge a watching node sends of its own accord. */
+type DutyKind = Duty['kind'] | 'challenge';
 
 interface DutyRow {
   task: string;
@@ -160,13 +171,28 @@ interface DutyRow {
 interface DutyCall {
   task: string;
   kind: DutyKind;
+  /** The duty's deadline: with the round or step, it tells two disputes of one task apart. */
+  deadline?: number;
   round?: number;
   points?: number[];
   step?: number;
   assignment?: Assignment;
 }
 
-const ACTION: Record<DutyKind, string> = { reveal: 'Reveal', post: 'Dispute-Post', open: 'Dispute-Open' };
+/**
+ * What makes a duty one duty. A task may hold several disputes one after another (a surviving
+ * result is audited again), each counting its rounds from 1; the deadline (the round's or proof's
+ * opening time plus the clock) is the same in the message and in the Tasks reply, and differs
+ * between disputes.
+ */
+function dutyKey(d: DutyCall): string | null {
+  if (d.kind === 'reveal' || d.kind === 'challenge') return '';
+  const n = d.kind === 'post' ? d.round : d.step;
+  if (!Number.isInteger(n) || !Number.isInteger(d.deadline)) return null;
+  return `${n}@${d.deadline}`;
+}
+
+const ACTION: Record<DutyKind, string> = { reveal: 'Reveal', post: 'Dispute-Post', open: 'Dispute-Open', challenge: 'Challenge' };
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -176,12 +202,13 @@ function tasksReply(data: string): TasksReply {
   return Array.isArray(reply) ? { leases: reply, duties: [] } : { leases: reply.leases ?? [], duties: reply.duties ?? [] };
 }
 
-/** The outbox messages of a page addressed to `target`, in slot order. */
-function messagesFor(page: ResultsPage, target: string): { tags: Record<string, string>; data: string }[] {
+/** The outbox messages of a page that `want` picks (by target and tags), in slot order. */
+function messagesWhere(page: ResultsPage, want: (target: string, tags: Record<string, string>) => boolean): { tags: Record<string, string>; data: string }[] {
   const found: { tags: Record<string, string>; data: string }[] = [];
   for (const { node } of page.edges) {
     for (const m of node.Messages) {
-      if (m.Target === target) found.push({ tags: Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>, data: m.Data ?? '' });
+      const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+      if (want(m.Target, tags)) found.push({ tags, data: m.Data ?? '' });
     }
   }
   return found;
@@ -261,7 +288,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     dutiesUnfinished: db.prepare<[], DutyRow>("SELECT * FROM duties WHERE status IN ('sending', 'sent') ORDER BY updated_at"),
   };
 
-  const activity: NodeActivity = { committed: 0, abandoned: 0, reveals: 0, posts: 0, openings: 0, silent: 0, refused: 0 };
+  const activity: NodeActivity = { committed: 0, abandoned: 0, reveals: 0, posts: 0, openings: 0, silent: 0, refused: 0, watched: 0, challenges: 0 };
   const ctx: BehaviourContext = {
     address,
     engine: options.engine ?? {},
@@ -331,7 +358,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       q.dutySet.run('done', null, Date.now(), row.task, row.kind, row.key);
       if (row.kind === 'reveal') activity.reveals += 1;
       else if (row.kind === 'post') activity.posts += 1;
-      else activity.openings += 1;
+      else if (row.kind === 'open') activity.openings += 1;
+      else activity.challenges += 1;
     } catch (e) {
       if (!(e instanceof RefusedError)) return log(`${name}: ${ACTION[row.kind]} for ${row.task} not confirmed yet: ${(e as Error).message}`);
       // A 409 ("already", "no longer") is the coordinator saying the duty is over: nothing to redo.
@@ -358,6 +386,14 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   /** What the behaviour answers to a duty, as a message; null when it stays silent. */
   async function answer(d: DutyCall, a: Assignment, claim: Claim): Promise<MessageInput | null> {
     const task = { name: 'Task', value: d.task };
+    if (d.kind === 'challenge') {
+      const item = await createItem(claim.document.data, signer, { tags: claim.document.tags });
+      await store.put(item.raw);
+      return {
+        tags: [{ name: 'Action', value: 'Challenge' }, task, { name: 'Trace-Root', value: claim.root }, { name: 'Trace', value: item.id }, { name: 'Tokens', value: String(claim.tokens.length) }],
+        data: JSON.stringify({ tokens: claim.tokens }),
+      };
+    }
     if (d.kind === 'reveal') {
       if (!behaviour.reveal(a, claim, ctx)) return null;
       // The trace item goes to the store before the Reveal that names it.
@@ -378,8 +414,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
 
   /** Performs a duty once: a duty seen again (message and Tasks reply, or after a restart) sends nothing new. */
   async function perform(d: DutyCall): Promise<void> {
-    const key = d.kind === 'post' ? String(d.round ?? '') : d.kind === 'open' ? String(d.step ?? '') : '';
-    if (key === '' && d.kind !== 'reveal') return log(`${name}: a ${d.kind} duty for ${d.task} without its ${d.kind === 'post' ? 'round' : 'step'}`);
+    const key = dutyKey(d);
+    if (key === null) return log(`${name}: a ${d.kind} duty for ${d.task} without its ${d.kind === 'post' ? 'round' : 'step'} and deadline`);
     const row = q.duty.get(d.task, d.kind, key);
     if (row) {
       if (row.status === 'sending') {
@@ -425,26 +461,66 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       if (row.status === 'submitted') await confirm(row);
     }
     // Duties first: they have deadlines and (but for an opening) cost little.
-    for (const d of duties) if (!stopped) await attemptDuty({ task: d.task, kind: d.kind, round: d.round, points: d.points, step: d.step, assignment: d.assignment });
+    for (const d of duties) if (!stopped) await attemptDuty({ task: d.task, kind: d.kind, deadline: d.deadline, round: d.round, points: d.points, step: d.step, assignment: d.assignment });
     for (const lease of leases) if (!stopped) await attempt(lease);
+    if (watchPpm > 0) await watch();
   }
   const attempt = (lease: Assignment): Promise<void> => work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
   const attemptDuty = (d: DutyCall): Promise<void> => perform(d).catch((e: Error) => log(`${name}: ${d.kind} duty for ${d.task}: ${e.message}`));
 
+  // ---- watching others (optional): re-run a share of their revealed results, challenge a mismatch ----
+  const watchPpm = options.watchPpm ?? 0;
+  if (!Number.isInteger(watchPpm) || watchPpm < 0 || watchPpm > 1_000_000) throw new NodeError('watchPpm must be a whole number from 0 to 1000000');
+  /** Tasks leased to other nodes that this node re-runs once their result is revealed. */
+  const watched = new Map<string, Assignment>();
+  const WATCHED_MAX = 1000;
+  /** Whether to watch a task: a fixed share, by a hash of the task and this node (no one can aim it). */
+  const picks = (task: string): boolean => createHash('sha256').update(`verity-watch/1\n${address}\n${task}`).digest().readUInt32LE(0) % 1_000_000 < watchPpm;
+
+  function noticeLease(a: Assignment): void {
+    if (watchPpm === 0 || watched.has(a.task) || !models.has(a.model) || q.get.get(a.task) || !picks(a.task)) return;
+    if (watched.size >= WATCHED_MAX) watched.delete(watched.keys().next().value!);
+    watched.set(a.task, a);
+  }
+
+  /** Each watched task: once challengeable, run it; a root that differs from the result's is challenged. */
+  async function watch(): Promise<void> {
+    for (const [id, a] of [...watched]) {
+      if (stopped) return;
+      const view = await ctx.view(id);
+      if (!view || view.status === 'final' || view.status === 'failed' || view.participants.some((p) => p.node === address)) {
+        watched.delete(id);
+        continue;
+      }
+      if (view.status !== 'challengeable' || !view.receipt) continue;
+      watched.delete(id);
+      const model = models.get(a.model)!;
+      const claim = await behaviour.claim(model, a, ctx);
+      activity.watched += 1;
+      if (!claim || claim.root === view.receipt.traceRoot) continue;
+      log(`${name}: task ${id}: the result's root ${view.receipt.traceRoot.slice(0, 12)}… is not this node's ${claim.root.slice(0, 12)}…: challenging`);
+      // Kept like a claim of its own, so that the dispute's duties find it.
+      q.recovered.run(id, a.leaseEnd, JSON.stringify(a), JSON.stringify(claim), Date.now());
+      q.set.run('challenged', null, Date.now(), id);
+      await attemptDuty({ task: id, kind: 'challenge' });
+    }
+  }
+
   /** A message from the coordinator to this node. */
   async function handle(m: { tags: Record<string, string>; data: string }): Promise<void> {
     const task = m.tags.Task;
+    const deadline = Number(m.tags.Deadline);
     switch (m.tags.Action) {
       case 'Task-Assigned':
         return attempt(JSON.parse(m.data) as Assignment);
       case 'Reveal-Requested':
-        return attemptDuty({ task, kind: 'reveal' });
+        return attemptDuty({ task, kind: 'reveal', deadline });
       case 'Dispute-Round': {
         const { points } = JSON.parse(m.data) as { points: number[] };
-        return attemptDuty({ task, kind: 'post', round: Number(m.tags.Round), points });
+        return attemptDuty({ task, kind: 'post', deadline, round: Number(m.tags.Round), points });
       }
       case 'Dispute-Prove':
-        return attemptDuty({ task, kind: 'open', step: Number(m.tags.Step) });
+        return attemptDuty({ task, kind: 'open', deadline, step: Number(m.tags.Step) });
     }
   }
 
@@ -466,7 +542,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         }
         const page = await ao.results(network.coordinator, { from: cursor, wait: Math.min(heartbeatMs, 5000), signal: stop.signal });
         cursor = page.edges.at(-1)?.cursor ?? cursor;
-        for (const m of messagesFor(page, address)) if (!stopped) await handle(m);
+        for (const m of messagesWhere(page, (target) => target === address)) if (!stopped) await handle(m);
+        if (watchPpm > 0) for (const m of messagesWhere(page, (target, tags) => target !== address && tags.Action === 'Task-Assigned')) noticeLease(JSON.parse(m.data) as Assignment);
       } catch (e) {
         if (stopped) break;
         log(`${name}: ${(e as Error).message}`);

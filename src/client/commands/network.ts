@@ -177,6 +177,8 @@ export interface NodeFlags extends NetworkFlags {
   strategy?: string;
   colludeDir?: string;
   cheapLayer?: string;
+  /** Re-run this share (ppm) of others' revealed results and challenge mismatches. */
+  watch?: string;
 }
 
 export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
@@ -199,6 +201,7 @@ export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
     capacity: flags.capacity,
     strategy,
     strategyOptions: { colludeDir: flags.colludeDir, layer: integer('cheap-layer', flags.cheapLayer, 0, 1 << 16) },
+    watchPpm: integer('watch', flags.watch, 0, 1_000_000),
   });
   const info = { node: node.address, did: node.did, models: node.models, strategy: node.strategy };
   const cheat = node.strategy === 'honest' ? '' : ` (strategy ${node.strategy})`;
