@@ -52,11 +52,31 @@ export function complete(model: Model, a: Assignment, engine: { kernels?: Kernel
   return { job, trace, tokens, text: completionText(model.tokenizer, job.promptTokens[job.promptTokens.length - 1], tokens) };
 }
 
-/** The trace as a stored item: the job, its commitment, the root and every leaf (docs/proofs.md §2). */
+/**
+ * A stored trace's JSON data. `rngs` lets anyone (the coordinator's `host.trace`) recompute every
+ * head leaf from the tokens: a head leaf hashes the sampled token with the RNG state after it, and
+ * that state cannot be derived without running the model.
+ */
+export interface TraceDocument {
+  task: string;
+  job: Job;
+  commitment: string;
+  root: string;
+  /** Every token after BOS: the rest of the prompt, then the sampled ones (as the engine reports them). */
+  tokens: number[];
+  /** leaves[s − 1] is step s's leaf (64 hex). */
+  leaves: string[];
+  /** The RNG state (a u64 as a decimal string) after each head step that ran, in step order. */
+  rngs: string[];
+}
+
+/** The trace as a stored item: the job, its commitment, the root, every leaf and the head steps' RNG states (docs/proofs.md §2). */
 export function traceDocument(task: string, c: Completion): { data: string; tags: Tag[] } {
   const { trace } = c;
+  const rngs = trace.preimages.flatMap((p) => (p.kind === 'head' ? [p.rng] : []));
+  const doc: TraceDocument = { task, job: c.job, commitment: trace.commitment, root: trace.root, tokens: trace.tokens, leaves: trace.leaves, rngs };
   return {
-    data: JSON.stringify({ task, job: c.job, commitment: trace.commitment, root: trace.root, tokens: trace.tokens, leaves: trace.leaves }),
+    data: JSON.stringify(doc),
     tags: [
       { name: 'Data-Protocol', value: 'verity' },
       { name: 'Type', value: 'Trace' },

@@ -23,7 +23,7 @@ import {
   type Tokenizer,
 } from '../engine/index.js';
 import type { Signer } from '@dha-team/arbundles';
-import { createItem, tagValue, type Tag } from './items.js';
+import { createItem, tagValue, type Item, type Tag } from './items.js';
 import type { Store } from './store.js';
 import { ownerAddress } from './wallet.js';
 
@@ -216,12 +216,33 @@ async function findManifest(store: Store, modelId: string, manifestId?: string):
   return parseManifest(manifestItem.data, modelId, manifestId);
 }
 
+/**
+ * A model's manifest by its item id, checked against the model id (the manifest a coordinator
+ * pinned). Throws ModelStoreError for what the store holds; the store's own errors pass through.
+ */
+export const readManifest = (store: Store, modelId: string, manifestId: string): Promise<Manifest> => findManifest(store, modelId, manifestId);
+
+/** The chunk items of a (checked) manifest that hold leaves from..to−1, in order. */
+export function chunksFor(manifest: Manifest, from: number, to: number): ManifestChunk[] {
+  return manifest.chunks.filter((c) => c.from < to && c.from + c.sizes.length > from);
+}
+
 /** One chunk item's leaves, each checked against the manifest's leaf hashes. */
 async function chunkLeaves(store: Store, manifest: Manifest, chunk: ManifestChunk): Promise<Buffer[]> {
-  const name = `chunk ${chunk.id} (leaves ${chunk.from}-${chunk.from + chunk.sizes.length - 1})`;
   const item = await store.get(chunk.id).catch((e: Error) => {
-    throw new ModelStoreError(`${name} is corrupt: ${e.message}`);
+    throw new ModelStoreError(`${chunkName(chunk)} is corrupt: ${e.message}`);
   });
+  return checkChunk(manifest, chunk, item);
+}
+
+const chunkName = (chunk: ManifestChunk): string => `chunk ${chunk.id} (leaves ${chunk.from}-${chunk.from + chunk.sizes.length - 1})`;
+
+/**
+ * The leaves of a chunk item as the store returned it (null: not there), each checked against the
+ * manifest's leaf hashes. Throws ModelStoreError naming the chunk when it is missing or corrupt.
+ */
+export function checkChunk(manifest: Manifest, chunk: ManifestChunk, item: Pick<Item, 'data'> | null): Buffer[] {
+  const name = chunkName(chunk);
   if (!item) throw new ModelStoreError(`${name} is missing from the store`);
   const leaves: Buffer[] = [];
   let at = 0;
