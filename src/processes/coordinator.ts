@@ -1,21 +1,17 @@
 // The coordinator process: Verity's "AI process" on AO. Its state is nothing but its message log
 // evaluated by this handler, so it must be deterministic: time is the message Timestamp, randomness
 // the message Hash-Chain, and every list it walks is an array in insertion order. The protocol is
-// docs/network.md. This file is a self-contained module (QuickJS evaluates the compiled file as it
-// is): it may import types only.
+// docs/network.md (the verification flow: its "Verification" section; the types:
+// ./protocol.ts). The module is bundled with what it imports (scripts/build-processes.js): the
+// dissection game of src/proof, the economic rule, and sha256 from @noble/hashes — all pure.
+import { sha256 } from '@noble/hashes/sha2';
+import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
 import type { OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
+import { economicViolation } from '../proof/economics.js';
+import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
+import type { Assignment, DisputeView, Duty, Options, Params, Participant, TaskStatus, TaskView } from './protocol.js';
 
 // ---- state ----
-
-interface Config {
-  minStake: string;
-  leaseMs: number;
-  cooldownMs: number;
-  maxPromptBytes: number;
-  price: string;
-  maxAttempts: number;
-  maxWaitMs: number;
-}
 
 interface ModelEntry {
   id: string;
@@ -32,37 +28,24 @@ interface NodeEntry {
   models: string[];
   capacity: number;
   reputation: number;
+  /** Leases running now (a committed lease no longer counts: its lock does). */
   open: number;
   completed: number;
   expired: number;
+  audited: number;
+  disputesLost: number;
   lastSeen: number;
 }
 
-interface Options {
-  max_tokens: number;
-  temperature: number;
-  top_p: number;
-  seed: string;
+interface Dispute {
+  /** Participant indices: the candidate result ('asserter' in the game) and the dissent. */
+  asserter: number;
+  challenger: number;
+  game: GameState;
+  /** The last round (or 'prove') both parties were told about. */
+  notified: number | 'prove';
+  proof: DisputeView['proof'];
 }
-
-interface Lease {
-  node: string;
-  start: number;
-  end: number;
-  status: 'open' | 'submitted' | 'expired' | 'cancelled';
-}
-
-interface TaskResult {
-  node: string;
-  /** The Submit-Result message id. */
-  message: string;
-  traceRoot: string;
-  trace: string;
-  tokens: number[];
-  text: string;
-}
-
-type TaskStatus = 'assigned' | 'completed' | 'mismatch' | 'failed';
 
 interface Task {
   id: string;
@@ -76,33 +59,73 @@ interface Task {
   commitment: string;
   promptTokens: number;
   steps: number;
+  /** Steps of the trace (from the first trace checked). */
+  traceSteps: number;
   escrow: string;
+  /** Slashes taken in this task, paid out when it ends. */
+  pot: string;
   status: TaskStatus;
-  /** Leases still to be drawn (after an expiry, or when no node was free). */
+  /** Leases still to draw for the current phase's role (asserters, then validators). */
   pending: number;
   /** Since when a pending lease has waited for a node (Max-Wait-Ms counts from here). */
   waitingSince: number;
-  leases: Lease[];
-  results: TaskResult[];
+  participants: Participant[];
+  /** Index of the participant whose result is the task's result now. */
+  candidate: number | null;
+  /** Participants already compared with a candidate. */
+  compared: number[];
+  /** Dissenters waiting for their dispute with the candidate. */
+  queue: number[];
+  /** Roots that lost a dispute: whoever holds one is slashed. */
+  lostRoots: string[];
+  audits: number;
+  /** The Nonce of the message that completed the commits: the audit is drawn after it. */
+  drawAfter: number | null;
+  revealEnd: number | null;
+  windowEnd: number | null;
+  disputes: Dispute[];
+  winners: string[];
+  /** A canary's known root. */
+  canary: string | null;
+  canaryChecked: boolean;
+  pendingSent: boolean;
+  corrected: boolean;
   createdAt: number;
   endedAt: number | null;
+}
+
+/** An audited job: its request, and the root two independent nodes agreed on. */
+interface KnownAnswer {
+  model: string;
+  prompt: string;
+  options: Options;
+  commitment: string;
+  promptTokens: number;
+  steps: number;
+  root: string;
 }
 
 export interface State {
   owner: string;
   token: string;
-  config: Config;
+  params: Params;
   models: ModelEntry[];
   nodes: NodeEntry[];
   deposits: Record<string, string>;
   earnings: Record<string, string>;
+  /** Every staked token, locked or free. */
   stakes: Record<string, string>;
+  /** The part of a stake that in-flight leases, challenges and round bonds hold. */
+  locked: Record<string, string>;
   unstakeAt: Record<string, number>;
+  /** Live tasks only: a task that ends leaves the state (its last Infer-Response keeps it). */
   tasks: Record<string, Task>;
-  /** Ids of tasks not yet ended, oldest first: the lease sweep walks this. */
+  /** Ids of live tasks, oldest first. */
   open: string[];
-  /** requester + " " + X-Reference → task id. */
+  /** requester + " " + X-Reference → live task id. */
   references: Record<string, string>;
+  known: KnownAnswer[];
+  totals: { final: number; failed: number; disputes: number; slashed: string; canaries: number };
 }
 
 interface Host {
@@ -110,6 +133,8 @@ interface Host {
   job(json: string): string;
   decode(json: string): string;
   didAddress(did: string): string;
+  trace(json: string): string;
+  step(json: string): string;
 }
 declare const host: Host;
 
@@ -126,6 +151,9 @@ const ID = /^[A-Za-z0-9_-]{43}$/;
 /** Who may hold a deposit or stake: an Arweave/AO address or process id, or an Ethereum-style address. */
 const ACCOUNT = /^([A-Za-z0-9_-]{43}|0x[0-9a-fA-F]{40})$/;
 const HEX64 = /^[0-9a-f]{64}$/;
+const KNOWN_ANSWERS = 32;
+const MAX_AUDITS = 3;
+const REPUTATION = { start: 100, max: 200, min: 1, audited: 1, expired: 20, lost: 50 };
 
 const tagOf = (msg: { Tags: Tag[] }, name: string): string | undefined => {
   for (const t of msg.Tags) if (t.name === name) return t.value;
@@ -135,8 +163,10 @@ const big = (v: string | undefined): bigint => BigInt(v ?? '0');
 /** A record's own entry: a key a sender chose ("constructor", "__proto__") must not reach Object.prototype. */
 const own = <T>(record: Record<string, T>, key: string): T | undefined => (Object.prototype.hasOwnProperty.call(record, key) ? record[key] : undefined);
 /** Answers and notices get no answer back, or two processes could refuse each other forever. */
-const isReply = (action: string): boolean => action === '' || /-(Response|Error|Notice)$/.test(action) || action === 'Infer-Accepted' || action === 'Task-Assigned';
+const isReply = (action: string): boolean =>
+  action === '' || /-(Response|Error|Notice|Requested|Round|Prove)$/.test(action) || action === 'Infer-Accepted' || action === 'Task-Assigned';
 const add = (a: string | undefined, b: bigint): string => (big(a) + b).toString();
+const minBig = (a: bigint, b: bigint): bigint => (a < b ? a : b);
 
 /** Bytes of a string in UTF-8 (QuickJS has no TextEncoder). */
 function utf8Length(s: string): number {
@@ -151,6 +181,25 @@ function utf8Length(s: string): number {
     } else n += 3;
   }
   return n;
+}
+
+/** sha256 of ASCII text (ids, addresses and hex are ASCII), as hex. */
+function sha256Ascii(text: string): string {
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i) & 0x7f;
+  return bytesToHex(sha256(bytes));
+}
+
+/** What a node commits to before anyone may see its root (docs/network.md, Verification §2). */
+export const resultCommitment = (task: string, node: string, root: string): string => sha256Ascii(`verity-result/1\n${task}\n${node}\n${root}`);
+
+/** acc[0] of a job's trace: sha256("verity-trace/1" ‖ commitment bytes) (docs/proofs.md). */
+function traceStart(commitment: string): string {
+  const tag = 'verity-trace/1';
+  const bytes = new Uint8Array(tag.length + 32);
+  for (let i = 0; i < tag.length; i++) bytes[i] = tag.charCodeAt(i);
+  bytes.set(hexToBytes(commitment), tag.length);
+  return bytesToHex(sha256(bytes));
 }
 
 const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
@@ -181,6 +230,8 @@ function draw(msg: ProcessMessage, i: number): bigint {
   for (let k = 0; k < 6; k++) v = (v << 8n) | BigInt(bytes[((i % 5) * 6 + k) % Math.max(bytes.length, 1)] ?? 0);
   return (v + BigInt(Math.floor(i / 5)) * 0x9e3779b97f4an) & 0xffffffffffffn;
 }
+/** True with probability ppm / 10⁶. */
+const chance = (msg: ProcessMessage, draws: Draws, ppm: number): boolean => draw(msg, draws.next++) % 1_000_000n < BigInt(ppm);
 
 // ---- replies ----
 
@@ -192,6 +243,12 @@ function reply(msg: ProcessMessage, action: string, tags: Tag[] = [], data?: str
     ...(data === undefined ? {} : { Data: data }),
   };
 }
+
+const notice = (target: string, action: string, tags: Tag[], data?: string): OutboxMessage => ({
+  Target: target,
+  Tags: [{ name: 'Action', value: action }, ...tags],
+  ...(data === undefined ? {} : { Data: data }),
+});
 
 /** A refusal: a Code/Message reply and the state exactly as it came in. */
 class Refusal extends Error {
@@ -205,8 +262,85 @@ class Refusal extends Error {
 const refuse = (code: number, message: string): never => {
   throw new Refusal(code, message);
 };
+/** A host extension's error as one line, without the "host.x: " prefix. */
+const hostError = (e: unknown, name: string): string => String((e as Error)?.message ?? e).replace(new RegExp(`^(Error: )?host\\.${name}: `), '');
+
+// ---- parameters ----
+
+type ParamKind = 'amount' | 'int';
+/** Tag name → the Params field and its kind: one table for spawn tags, Set-Params and Params. */
+const PARAM_TAGS: [string, keyof Params, ParamKind][] = [
+  ['Price-Per-Token', 'price', 'amount'],
+  ['Compute-Cost-Per-Token', 'computeCost', 'amount'],
+  ['Audit-Ppm', 'auditPpm', 'int'],
+  ['Validators', 'validators', 'int'],
+  ['Slash', 'slash', 'amount'],
+  ['Miss-Slash', 'missSlash', 'amount'],
+  ['Margin-Ppm', 'marginPpm', 'int'],
+  ['Max-Tokens', 'maxTokens', 'int'],
+  ['Min-Stake', 'minStake', 'amount'],
+  ['Challenge-Window-Ms', 'challengeWindowMs', 'int'],
+  ['Challenge-Bond', 'challengeBond', 'amount'],
+  ['Round-Bond', 'roundBond', 'amount'],
+  ['Clock-Ms', 'clockMs', 'int'],
+  ['Dispute-Arity', 'arity', 'int'],
+  ['Reveal-Ms', 'revealMs', 'int'],
+  ['Canary-Ppm', 'canaryPpm', 'int'],
+  ['Lease-Ms', 'leaseMs', 'int'],
+  ['Unstake-Cooldown-Ms', 'cooldownMs', 'int'],
+  ['Max-Prompt-Bytes', 'maxPromptBytes', 'int'],
+  ['Max-Attempts', 'maxAttempts', 'int'],
+  ['Max-Wait-Ms', 'maxWaitMs', 'int'],
+  ['Max-Nodes', 'maxNodes', 'int'],
+];
+
+export const DEFAULT_PARAMS: Params = {
+  price: '1', computeCost: '1', auditPpm: 100_000, validators: 1, slash: '6000', missSlash: '600', marginPpm: 100_000, maxTokens: 512,
+  minStake: '6000', challengeWindowMs: 60_000, challengeBond: '6000', roundBond: '10', clockMs: 60_000, arity: 8, revealMs: 60_000,
+  canaryPpm: 0, leaseMs: 60_000, cooldownMs: 600_000, maxPromptBytes: 4096, maxAttempts: 3, maxWaitMs: 600_000, maxNodes: 1000,
+};
+
+/** Ranges of the integer parameters (inclusive). */
+const INT_RANGE: Partial<Record<keyof Params, [number, number]>> = {
+  auditPpm: [0, 1_000_000], validators: [1, 3], marginPpm: [0, 10_000_000], maxTokens: [1, 1_000_000], arity: [2, 64], canaryPpm: [0, 1_000_000],
+  maxAttempts: [1, 100], maxNodes: [1, 100_000], clockMs: [1, 86_400_000], revealMs: [1, 86_400_000], leaseMs: [1, 86_400_000],
+};
+
+/** The parameters the tags set over `base`, or why they are refused (a tag, or a bound of the rule). */
+function parseParams(tags: Tag[], base: Params): Params | string {
+  const params: Params = { ...base };
+  for (const [name, key, kind] of PARAM_TAGS) {
+    const v = tagOf({ Tags: tags }, name);
+    if (v === undefined) continue;
+    if (kind === 'amount') {
+      if (!AMOUNT.test(v)) return `${name} must be a whole number`;
+      (params as unknown as Record<string, string>)[key] = v;
+    } else {
+      const [lo, hi] = INT_RANGE[key] ?? [0, 1e12];
+      if (!/^[0-9]{1,13}$/.test(v) || Number(v) < lo || Number(v) > hi) return `${name} must be a whole number in ${lo}..${hi}`;
+      (params as unknown as Record<string, number>)[key] = Number(v);
+    }
+  }
+  if (big(params.missSlash) > big(params.slash)) return `Miss-Slash (${params.missSlash}) cannot exceed Slash (${params.slash}): it comes out of a lease's lock`;
+  return (
+    economicViolation({
+      price: big(params.price), computeCost: big(params.computeCost), auditPpm: BigInt(params.auditPpm), slash: big(params.slash), marginPpm: BigInt(params.marginPpm),
+      maxTokens: BigInt(params.maxTokens), minStake: big(params.minStake), challengeBond: big(params.challengeBond),
+    }) ?? params
+  );
+}
 
 // ---- the handler ----
+
+interface Draws {
+  next: number;
+}
+interface Ctx {
+  state: State;
+  msg: ProcessMessage;
+  draws: Draws;
+  out: OutboxMessage[];
+}
 
 export function handle(state: State | undefined, msg: ProcessMessage, env: ProcessEnv): Outcome {
   if (state === undefined || state === null) return boot(msg, env);
@@ -214,101 +348,95 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
   // process — say, a token's Credit-Notice to someone else — must not count here.
   if (msg.Target !== env.Process.Id) return { state, Output: { ignored: 'an item addressed to another process' } };
   const action = tagOf(msg, 'Action') ?? '';
-  // Time passes for every message: expired leases are re-drawn before anything else.
-  let out: OutboxMessage[] = [];
+  // Time passes for every message: leases expire, audits are drawn, clocks run out — before the
+  // message itself, so that a refused message still carries what its Timestamp caused.
+  let ctx: Ctx = { state, msg, draws: { next: 0 }, out: [] };
   let sweepFault: string | null = null;
-  const draws = { next: 0 };
   const arrived = JSON.stringify(state);
   try {
-    sweep(state, msg, out, draws);
+    advanceAll(ctx);
   } catch (e) {
     // A fault in the sweep runs on every message: let it cost this sweep, never the process.
-    state = JSON.parse(arrived) as State;
-    out = [];
+    ctx = { state: JSON.parse(arrived) as State, msg, draws: { next: 0 }, out: [] };
     sweepFault = String(e);
   }
-  const swept = JSON.stringify(state);
+  const swept = JSON.stringify(ctx.state);
+  const sweptOut = ctx.out.length;
   try {
     const handler = own(HANDLERS, action);
     if (!handler) {
-      if (isReply(action)) return { state, Messages: out, Output: { ignored: action } };
+      if (isReply(action)) return { state: ctx.state, Messages: ctx.out, Output: { ignored: action } };
       refuse(400, `unknown Action '${action.slice(0, 60)}'`);
     }
-    const result = handler!(state, msg, draws);
-    // A new task, or a lease the handler freed, may let waiting tasks start.
-    const started: OutboxMessage[] = [];
-    assignWaiting(state, msg, started, draws);
-    const output = result.output ?? action;
-    return { state, Messages: [...out, ...result.messages, ...started], Output: sweepFault ? { output, sweepFault } : output };
+    const output = handler!(ctx) ?? action;
+    // What the handler changed may move tasks on (a commit completes a phase, a lease frees a node).
+    advanceAll(ctx);
+    return { state: ctx.state, Messages: ctx.out, Output: sweepFault ? { output, sweepFault } : output };
   } catch (e) {
     if (!(e instanceof Refusal)) throw e;
     // Whatever the handler had begun is dropped: back to the state after the sweep.
     const errorAction = action === 'Infer' ? 'Infer-Response' : `${action || 'Unknown'}-Error`;
     const tags = [{ name: 'Code', value: String(e.code) }, { name: 'Message', value: e.message.slice(0, 300) }];
     if (action === 'Infer') tags.push({ name: 'Status', value: 'rejected' });
-    return { state: JSON.parse(swept) as State, Messages: [...out, reply(msg, errorAction, tags)], Output: { code: e.code, error: e.message } };
+    return { state: JSON.parse(swept) as State, Messages: [...ctx.out.slice(0, sweptOut), reply(msg, errorAction, tags)], Output: { code: e.code, error: e.message } };
   }
 }
 
 function boot(msg: ProcessMessage, env: ProcessEnv): Outcome {
-  const tag = (name: string): string | undefined => tagOf(env.Process, name);
-  const int = (name: string, fallback: number): number => {
-    const v = tag(name);
-    return v !== undefined && /^[0-9]{1,12}$/.test(v) ? Number(v) : fallback;
-  };
-  const amount = (name: string, fallback: string): string => {
-    const v = tag(name);
-    return v !== undefined && AMOUNT.test(v) ? v : fallback;
-  };
-  const token = tag('Token');
+  const token = tagOf(env.Process, 'Token');
   if (!token || !ID.test(token)) throw new Error('the coordinator needs a Token tag naming the token process');
+  const params = parseParams(env.Process.Tags, DEFAULT_PARAMS);
+  if (typeof params === 'string') throw new Error(`the coordinator's parameters are refused: ${params}`);
   const state: State = {
     owner: env.Process.Owner,
     token,
-    config: {
-      minStake: amount('Min-Stake', '100'),
-      leaseMs: int('Lease-Ms', 60_000),
-      cooldownMs: int('Unstake-Cooldown-Ms', 600_000),
-      maxPromptBytes: int('Max-Prompt-Bytes', 4096),
-      price: amount('Price-Per-Token', '1'),
-      maxAttempts: Math.max(1, int('Max-Attempts', 3)),
-      maxWaitMs: int('Max-Wait-Ms', 600_000),
-    },
+    params,
     models: [],
     nodes: [],
     deposits: {},
     earnings: {},
     stakes: {},
+    locked: {},
     unstakeAt: {},
     tasks: {},
     open: [],
     references: {},
+    known: [],
+    totals: { final: 0, failed: 0, disputes: 0, slashed: '0', canaries: 0 },
   };
   return { state, Output: { booted: msg.Id, token } };
 }
 
-interface Handled {
-  messages: OutboxMessage[];
-  output?: unknown;
-}
-type Handler = (state: State, msg: ProcessMessage, draws: { next: number }) => Handled;
+type Handler = (ctx: Ctx) => unknown;
 
 const HANDLERS: Record<string, Handler> = {
-  Info: (state, msg) => ({
-    messages: [
+  Info: ({ state, msg, out }) => {
+    out.push(
       reply(msg, 'Info-Response', [
         { name: 'Token', value: state.token },
         { name: 'Owner', value: state.owner },
-        { name: 'Min-Stake', value: state.config.minStake },
-        { name: 'Price-Per-Token', value: state.config.price },
-        { name: 'Lease-Ms', value: String(state.config.leaseMs) },
-      ], JSON.stringify({ ...state.config, token: state.token, owner: state.owner, models: state.models.length, nodes: state.nodes.length, openTasks: state.open.length })),
-    ],
-  }),
+        { name: 'Min-Stake', value: state.params.minStake },
+        { name: 'Price-Per-Token', value: state.params.price },
+        { name: 'Lease-Ms', value: String(state.params.leaseMs) },
+      ], JSON.stringify({ ...state.params, token: state.token, owner: state.owner, models: state.models.length, nodes: state.nodes.length, openTasks: state.open.length, totals: state.totals })),
+    );
+  },
+
+  Params: ({ state, msg, out }) => {
+    out.push(reply(msg, 'Params-Response', [], JSON.stringify(state.params)));
+  },
+
+  'Set-Params': ({ state, msg, out }) => {
+    if (msg.From !== state.owner) refuse(403, 'only the owner sets parameters');
+    const params = parseParams(msg.Tags, state.params);
+    if (typeof params === 'string') return refuse(400, params);
+    state.params = params;
+    out.push(reply(msg, 'Set-Params-Response', [], JSON.stringify(params)));
+  },
 
   // -- money --
 
-  'Credit-Notice': (state, msg) => {
+  'Credit-Notice': ({ state, msg, out }) => {
     if (msg.From !== state.token) refuse(403, 'only the token process sends Credit-Notice');
     const sender = tagOf(msg, 'Sender') ?? '';
     const quantity = tagOf(msg, 'Quantity') ?? '';
@@ -317,55 +445,51 @@ const HANDLERS: Record<string, Handler> = {
     const ledger = stake ? state.stakes : state.deposits;
     ledger[sender] = add(ledger[sender], BigInt(quantity));
     // The sender learns it counted (and which transfer, by its X-Reference): a Stake-Notice or Deposit-Notice.
-    const notice: OutboxMessage = {
-      Target: sender,
-      Tags: [
-        { name: 'Action', value: stake ? 'Stake-Notice' : 'Deposit-Notice' },
+    out.push(
+      notice(sender, stake ? 'Stake-Notice' : 'Deposit-Notice', [
         { name: 'Quantity', value: quantity },
         { name: stake ? 'Stake' : 'Balance', value: ledger[sender] },
         ...msg.Tags.filter((t) => t.name.startsWith('X-')),
-      ],
-    };
-    return { messages: [notice], output: { credited: sender, quantity, as: stake ? 'stake' : 'deposit' } };
+      ]),
+    );
+    return { credited: sender, quantity, as: stake ? 'stake' : 'deposit' };
   },
 
-  'Debit-Notice': (state, msg) => {
+  'Debit-Notice': ({ state, msg }) => {
     if (msg.From !== state.token) refuse(403, 'only the token process sends Debit-Notice');
-    return { messages: [] };
   },
 
-  Balance: (state, msg) => {
+  Balance: ({ state, msg, out }) => {
     const account = tagOf(msg, 'Target') ?? tagOf(msg, 'Recipient') ?? msg.From;
     const deposit = own(state.deposits, account) ?? '0';
-    return {
-      messages: [
-        reply(msg, 'Balance-Response', [
-          { name: 'Balance', value: deposit },
-          { name: 'Earnings', value: own(state.earnings, account) ?? '0' },
-          { name: 'Stake', value: own(state.stakes, account) ?? '0' },
-          { name: 'Account', value: account },
-        ], deposit),
-      ],
-    };
+    out.push(
+      reply(msg, 'Balance-Response', [
+        { name: 'Balance', value: deposit },
+        { name: 'Earnings', value: own(state.earnings, account) ?? '0' },
+        { name: 'Stake', value: own(state.stakes, account) ?? '0' },
+        { name: 'Locked', value: own(state.locked, account) ?? '0' },
+        { name: 'Account', value: account },
+      ], deposit),
+    );
   },
 
-  Withdraw: (state, msg) => {
-    const deposit = big(state.deposits[msg.From]);
-    const earned = big(state.earnings[msg.From]);
+  Withdraw: ({ state, msg, out }) => {
+    const deposit = big(own(state.deposits, msg.From));
+    const earned = big(own(state.earnings, msg.From));
     const asked = tagOf(msg, 'Quantity');
     if (asked !== undefined && !AMOUNT.test(asked)) refuse(400, 'Quantity must be a whole number');
     const quantity = asked === undefined ? deposit + earned : BigInt(asked);
     if (quantity <= 0n) refuse(400, 'nothing to withdraw');
     if (quantity > deposit + earned) refuse(402, `only ${deposit + earned} can be withdrawn`);
-    const fromDeposit = quantity < deposit ? quantity : deposit;
+    const fromDeposit = minBig(quantity, deposit);
     state.deposits[msg.From] = (deposit - fromDeposit).toString();
     state.earnings[msg.From] = (earned - (quantity - fromDeposit)).toString();
-    return { messages: [payOut(state, msg.From, quantity, 'Withdraw'), reply(msg, 'Withdraw-Response', [{ name: 'Quantity', value: quantity.toString() }])] };
+    out.push(payOut(state, msg.From, quantity, 'Withdraw'), reply(msg, 'Withdraw-Response', [{ name: 'Quantity', value: quantity.toString() }]));
   },
 
   // -- models --
 
-  'Register-Model': (state, msg) => {
+  'Register-Model': ({ state, msg, out }) => {
     if (msg.From !== state.owner) refuse(403, 'only the owner registers models');
     const id = tagOf(msg, 'Model') ?? '';
     const manifest = tagOf(msg, 'Manifest') ?? '';
@@ -375,183 +499,263 @@ const HANDLERS: Record<string, Handler> = {
     try {
       info = JSON.parse(host.model(JSON.stringify({ model: id, manifest }))) as typeof info;
     } catch (e) {
-      return refuse(404, `model ${id} is not published with manifest ${manifest}: ${(e as Error).message}`);
+      return refuse(404, `model ${id} is not published with manifest ${manifest}: ${hostError(e, 'model')}`);
     }
     const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash };
     const at = state.models.findIndex((m) => m.id === id);
     if (at >= 0) state.models[at] = entry;
     else state.models.push(entry);
-    return { messages: [reply(msg, 'Register-Model-Response', [{ name: 'Model', value: id }], JSON.stringify(entry))] };
+    out.push(reply(msg, 'Register-Model-Response', [{ name: 'Model', value: id }], JSON.stringify(entry)));
   },
 
-  Models: (state, msg) => ({ messages: [reply(msg, 'Models-Response', [], JSON.stringify(state.models))] }),
+  Models: ({ state, msg, out }) => {
+    out.push(reply(msg, 'Models-Response', [], JSON.stringify(state.models)));
+  },
 
   // -- nodes --
 
-  'Register-Node': (state, msg) => {
+  'Register-Node': ({ state, msg, out }) => {
     if (msg.From !== msg.Owner) refuse(403, 'a node registers itself, with its own key');
     const did = tagOf(msg, 'DID') ?? '';
     let address: string;
     try {
       address = host.didAddress(did);
     } catch (e) {
-      return refuse(400, `DID: ${(e as Error).message}`);
+      return refuse(400, `DID: ${hostError(e, 'didAddress')}`);
     }
     if (address !== msg.From) refuse(403, 'the DID is not the key that signed this message');
+    // An entry costs stake, so that fresh keys cannot fill the state for free.
+    const stake = big(own(state.stakes, address));
+    if (stake < big(state.params.minStake)) refuse(402, `stake at least Min-Stake (${state.params.minStake}) before registering; ${address} has ${stake}`);
     const models = (tagOf(msg, 'Models') ?? '').split(',').map((m) => m.trim()).filter((m) => m !== '');
     if (models.length === 0) refuse(400, 'Models must list at least one model id');
+    if (models.length > state.models.length) refuse(400, 'Models lists more models than are registered');
     for (const m of models) if (!state.models.some((known) => known.id === m)) refuse(404, `model ${m.slice(0, 64)} is not registered`);
     const capacityTag = tagOf(msg, 'Capacity') ?? '1';
     const capacity = /^[0-9]{1,2}$/.test(capacityTag) ? Number(capacityTag) : 0;
     if (capacity < 1 || capacity > 64) refuse(400, 'Capacity must be 1 to 64');
-    const known = state.nodes.find((n) => n.address === address);
+    const known = nodeOf(state, address);
     if (known) {
       known.did = did;
       known.models = models;
       known.capacity = capacity;
       known.lastSeen = msg.Timestamp;
     } else {
-      state.nodes.push({ address, did, models, capacity, reputation: 100, open: 0, completed: 0, expired: 0, lastSeen: msg.Timestamp });
+      if (state.nodes.length >= state.params.maxNodes) refuse(503, `the coordinator holds its limit of ${state.params.maxNodes} nodes`);
+      state.nodes.push({ address, did, models, capacity, reputation: REPUTATION.start, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: msg.Timestamp });
     }
-    return { messages: [reply(msg, 'Register-Node-Response', [{ name: 'Node', value: address }])] };
+    out.push(reply(msg, 'Register-Node-Response', [{ name: 'Node', value: address }]));
   },
 
-  Heartbeat: (state, msg) => {
-    const node = state.nodes.find((n) => n.address === msg.From);
+  Heartbeat: ({ state, msg }) => {
+    const node = nodeOf(state, msg.From);
     if (node) node.lastSeen = msg.Timestamp;
-    return { messages: [] };
   },
 
-  Unstake: (state, msg) => {
-    const stake = big(state.stakes[msg.From]);
+  Unstake: ({ state, msg, out }) => {
+    const stake = big(own(state.stakes, msg.From));
     if (stake === 0n) refuse(409, 'nothing is staked');
-    const at = state.unstakeAt[msg.From];
+    const at = own(state.unstakeAt, msg.From);
     if (at === undefined) {
-      state.unstakeAt[msg.From] = msg.Timestamp + state.config.cooldownMs;
-      return { messages: [reply(msg, 'Unstake-Started', [{ name: 'Unstake-At', value: String(state.unstakeAt[msg.From]) }])] };
+      state.unstakeAt[msg.From] = msg.Timestamp + state.params.cooldownMs;
+      out.push(reply(msg, 'Unstake-Started', [{ name: 'Unstake-At', value: String(state.unstakeAt[msg.From]) }]));
+      return;
     }
     if (msg.Timestamp < at) refuse(409, `the stake is cooling down until ${at}`);
-    const node = state.nodes.find((n) => n.address === msg.From);
-    if (node && node.open > 0) refuse(409, `the node still holds ${node.open} leases`);
+    const locked = big(own(state.locked, msg.From));
+    if (locked > 0n) refuse(409, `${locked} of the stake is locked by tasks that are not final`);
     state.stakes[msg.From] = '0';
     delete state.unstakeAt[msg.From];
-    return { messages: [payOut(state, msg.From, stake, 'Unstake'), reply(msg, 'Unstake-Completed', [{ name: 'Quantity', value: stake.toString() }])] };
+    dropIfDone(state, msg.From);
+    out.push(payOut(state, msg.From, stake, 'Unstake'), reply(msg, 'Unstake-Completed', [{ name: 'Quantity', value: stake.toString() }]));
   },
 
-  Nodes: (state, msg) => ({
-    messages: [
-      reply(msg, 'Nodes-Response', [], JSON.stringify(state.nodes.map((n) => ({ ...n, stake: state.stakes[n.address] ?? '0', active: isActive(state, n) })))),
-    ],
-  }),
+  Nodes: ({ state, msg, out }) => {
+    const view = state.nodes.map((n) => ({ ...n, stake: own(state.stakes, n.address) ?? '0', locked: own(state.locked, n.address) ?? '0', active: isActive(state, n) }));
+    out.push(reply(msg, 'Nodes-Response', [], JSON.stringify(view)));
+  },
 
   // -- requests --
 
-  Infer: (state, msg, draws) => {
+  Infer: (ctx) => {
+    const { state, msg, out } = ctx;
     const model = modelFor(state, tagOf(msg, 'Model'));
-    if (utf8Length(msg.Data) > state.config.maxPromptBytes) refuse(413, `the prompt is over ${state.config.maxPromptBytes} bytes`);
+    if (utf8Length(msg.Data) > state.params.maxPromptBytes) refuse(413, `the prompt is over ${state.params.maxPromptBytes} bytes`);
     if (msg.Data === '') refuse(400, 'the prompt (Data) is empty');
     const options = parseOptions(tagOf(msg, 'X-Options'));
+    if (options.max_tokens > state.params.maxTokens) refuse(400, `max_tokens is at most ${state.params.maxTokens} (Max-Tokens)`);
     const redundancyTag = tagOf(msg, 'Redundancy') ?? '1';
     const redundancy = /^[1-3]$/.test(redundancyTag) ? Number(redundancyTag) : refuse(400, 'Redundancy must be 1, 2 or 3');
     const nodesTag = tagOf(msg, 'Nodes');
     const nodes = nodesTag === undefined ? null : nodesTag.split(',').map((n) => n.trim());
-    if (nodes && (nodes.length === 0 || nodes.some((n) => !ID.test(n)))) refuse(400, 'Nodes must be comma-separated addresses');
+    if (nodes && (nodes.length === 0 || nodes.length > 64 || nodes.some((n) => !ID.test(n)))) refuse(400, 'Nodes must be up to 64 comma-separated addresses');
     const reference = tagOf(msg, 'X-Reference') ?? msg.Id;
     if (reference.length > 128) refuse(400, 'X-Reference is at most 128 characters');
     const key = `${msg.From} ${reference}`;
-    if (own(state.references, key) !== undefined || own(state.tasks, msg.Id) !== undefined) refuse(409, `request ${reference.slice(0, 80)} was already made`);
+    if (own(state.references, key) !== undefined || own(state.tasks, msg.Id) !== undefined) refuse(409, `request ${reference.slice(0, 80)} is already being served`);
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
-      job = JSON.parse(
-        host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed })),
-      ) as typeof job;
+      job = JSON.parse(host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed }))) as typeof job;
     } catch (e) {
-      return refuse(400, (e as Error).message.replace(/^(Error: )?host\.job: /, ''));
+      return refuse(400, hostError(e, 'job'));
     }
-    const escrow = big(state.config.price) * BigInt(options.max_tokens) * BigInt(redundancy);
-    const deposit = big(state.deposits[msg.From]);
+    const escrow = escrowFor(state, options.max_tokens, redundancy);
+    const deposit = big(own(state.deposits, msg.From));
     if (deposit < escrow) refuse(402, `the request needs ${escrow} in deposit, ${msg.From} has ${deposit}: deposit with a token Transfer (X-Action=Deposit)`);
-    const task: Task = {
-      id: msg.Id, requester: msg.From, reference, model: model.id, prompt: msg.Data, options, redundancy, nodes,
-      commitment: job.commitment, promptTokens: job.promptTokens, steps: job.steps, escrow: escrow.toString(),
-      status: 'assigned', pending: redundancy, waitingSince: msg.Timestamp, leases: [], results: [], createdAt: msg.Timestamp, endedAt: null,
-    };
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
     const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
     if (serving.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serve model ${model.id}`);
     state.deposits[msg.From] = (deposit - escrow).toString();
-    state.tasks[task.id] = task;
-    state.open.push(task.id);
+    const task = newTask(state, { id: msg.Id, requester: msg.From, reference, model: model.id, prompt: msg.Data, options, redundancy, nodes, job, escrow, now: msg.Timestamp });
     state.references[key] = task.id;
-    const messages = assign(state, task, msg, draws);
-    messages.push(reply(msg, 'Infer-Accepted', [{ name: 'Task', value: task.id }, { name: 'Escrow', value: task.escrow }]));
-    return { messages, output: { task: task.id } };
+    drawLeases(ctx, task);
+    out.push(reply(msg, 'Infer-Accepted', [{ name: 'Task', value: task.id }, { name: 'Escrow', value: task.escrow }]));
+    maybeCanary(ctx);
+    return { task: task.id };
   },
 
-  Task: (state, msg) => {
+  Task: ({ state, msg, out }) => {
     const id = tagOf(msg, 'Task') ?? own(state.references, `${msg.From} ${tagOf(msg, 'X-Reference') ?? ''}`);
     const task = id === undefined ? undefined : own(state.tasks, id);
-    if (!task) return refuse(404, 'no such task');
-    return { messages: [reply(msg, 'Task-Response', [{ name: 'Task', value: task.id }, { name: 'Status', value: task.status }], JSON.stringify(taskView(task)))] };
+    if (!task) return refuse(404, 'no live task by that id: an ended task is in its last Infer-Response');
+    out.push(reply(msg, 'Task-Response', [{ name: 'Task', value: task.id }, { name: 'Status', value: task.status }], JSON.stringify(taskView(state, task))));
   },
 
-  Tasks: (state, msg) => {
+  Tasks: ({ state, msg, out }) => {
     const node = tagOf(msg, 'Node') ?? msg.From;
-    const leased: unknown[] = [];
+    const leases: Assignment[] = [];
+    const duties: Duty[] = [];
     for (const id of state.open) {
       const task = state.tasks[id];
-      const lease = task.leases.find((l) => l.node === node && l.status === 'open');
-      if (lease) leased.push({ ...assignmentView(task), leaseEnd: lease.end });
+      task.participants.forEach((p, i) => {
+        if (p.node !== node) return;
+        if (p.status === 'open') leases.push(assignmentOf(task, p.end));
+        const duty = dutyOf(task, i, state.params.clockMs);
+        if (duty) duties.push(duty);
+      });
     }
-    return { messages: [reply(msg, 'Tasks-Response', [{ name: 'Node', value: node }], JSON.stringify(leased))] };
+    out.push(reply(msg, 'Tasks-Response', [{ name: 'Node', value: node }], JSON.stringify({ leases, duties })));
   },
 
-  'Submit-Result': (state, msg) => {
-    const task = own(state.tasks, tagOf(msg, 'Task') ?? '');
-    if (!task) return refuse(404, 'no such task');
-    const mine = task.leases.filter((l) => l.node === msg.From);
-    if (mine.length === 0) refuse(403, 'this node holds no lease on the task');
-    const lease = mine.find((l) => l.status === 'open');
-    if (!lease) return refuse(409, mine.some((l) => l.status === 'submitted') ? 'the result is already in' : 'the lease has expired');
-    if (tagOf(msg, 'Job-Commitment') !== task.commitment) refuse(400, 'Job-Commitment is not the task\'s');
-    const traceRoot = tagOf(msg, 'Trace-Root') ?? '';
-    const trace = tagOf(msg, 'Trace') ?? '';
-    if (!HEX64.test(traceRoot)) refuse(400, 'Trace-Root must be 64 hex characters');
-    if (!ID.test(trace)) refuse(400, 'Trace must be the id of the stored trace item');
-    let body: { tokens?: unknown };
-    try {
-      body = JSON.parse(msg.Data) as typeof body;
-    } catch {
-      return refuse(400, 'Data must be JSON {tokens}');
-    }
-    const tokens = body?.tokens;
-    if (!Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && t >= 0)) return refuse(400, 'Data must be JSON {tokens}');
-    const generated = tokens.length;
-    if (generated > task.options.max_tokens || tagOf(msg, 'Tokens') !== String(generated)) refuse(400, `Tokens must count the ${generated} generated tokens, at most max_tokens`);
-    // The text is the tokens' text: decoded here, never taken from the node.
-    const model = state.models.find((m) => m.id === task.model)!;
-    let text: string;
-    try {
-      text = host.decode(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: task.prompt, tokens }));
-    } catch (e) {
-      return refuse(400, (e as Error).message.replace(/^(Error: )?host\.decode: /, ''));
-    }
+  // -- results: commit, reveal, challenge, dispute --
 
-    const node = state.nodes.find((n) => n.address === msg.From)!;
-    lease.status = 'submitted';
+  'Submit-Result': (ctx) => {
+    const { state, msg, out } = ctx;
+    const task = liveTask(state, msg);
+    const mine = task.participants.filter((p) => p.node === msg.From && p.role !== 'challenger');
+    if (mine.length === 0) refuse(403, 'this node holds no lease on the task');
+    const p = mine.find((l) => l.status === 'open');
+    if (!p) return refuse(409, mine.some((l) => l.status !== 'expired' && l.status !== 'cancelled') ? 'the result is already in' : 'the lease has expired');
+    if (tagOf(msg, 'Job-Commitment') !== task.commitment) refuse(400, 'Job-Commitment is not the task\'s');
+    const commitment = tagOf(msg, 'Result-Commitment') ?? '';
+    if (!HEX64.test(commitment)) refuse(400, 'Result-Commitment must be 64 hex characters: sha256 of verity-result/1, the task, the node and its trace root');
+    const { tokens, text } = tokensOf(state, task, msg);
+    const node = nodeOf(state, msg.From)!;
+    p.status = 'committed';
+    p.message = msg.Id;
+    p.commitment = commitment;
+    p.tokens = tokens;
+    p.text = text;
     node.open -= 1;
     node.completed += 1;
-    node.reputation = Math.min(200, node.reputation + 1);
-    const pay = big(state.config.price) * BigInt(generated);
-    state.earnings[node.address] = add(state.earnings[node.address], pay);
-    task.escrow = (big(task.escrow) - pay).toString();
-    task.results.push({ node: node.address, message: msg.Id, traceRoot, trace, tokens: tokens as number[], text });
-    const messages = [reply(msg, 'Submit-Result-Response', [{ name: 'Task', value: task.id }, { name: 'Paid', value: pay.toString() }])];
-    if (task.results.length === task.redundancy) {
-      const agree = task.results.every((r) => r.traceRoot === task.results[0].traceRoot);
-      messages.push(...end(state, task, agree ? 'completed' : 'mismatch', msg.Timestamp));
+    out.push(reply(msg, 'Submit-Result-Response', [{ name: 'Task', value: task.id }]));
+    // The requester sees the first answer at once; it becomes final (or is corrected) later.
+    if (p.role === 'asserter' && !task.pendingSent) {
+      task.pendingSent = true;
+      if (task.candidate === null) task.candidate = task.participants.indexOf(p);
+      out.push(inferResponse(state, task, 'pending'));
     }
-    return { messages, output: { task: task.id, status: task.status } };
+    return { task: task.id, committed: msg.From };
+  },
+
+  Reveal: ({ state, msg, out }) => {
+    const task = liveTask(state, msg);
+    if (!task.participants.some((x) => x.node === msg.From)) refuse(403, 'this node takes no part in the task');
+    const p = task.participants.find((x) => x.node === msg.From && x.status === 'committed') ?? refuse(409, 'nothing of this node waits to be revealed');
+    if (task.status !== 'revealing') refuse(409, `the task is ${task.status}: reveals come when asked (Reveal-Requested)`);
+    const root = tagOf(msg, 'Trace-Root') ?? '';
+    const trace = tagOf(msg, 'Trace') ?? '';
+    if (!HEX64.test(root)) refuse(400, 'Trace-Root must be 64 hex characters');
+    if (!ID.test(trace)) refuse(400, 'Trace must be the id of the stored trace item');
+    if (resultCommitment(task.id, msg.From, root) !== p.commitment) refuse(400, 'Trace-Root does not open the Result-Commitment');
+    task.traceSteps = checkTrace(state, task, msg.From, root, trace, p.tokens!);
+    p.status = 'revealed';
+    p.traceRoot = root;
+    p.trace = trace;
+    out.push(reply(msg, 'Reveal-Response', [{ name: 'Task', value: task.id }]));
+    return { task: task.id, revealed: msg.From };
+  },
+
+  Challenge: (ctx) => {
+    const { state, msg, out } = ctx;
+    const task = liveTask(state, msg);
+    if (task.status !== 'challengeable') refuse(409, `the task is ${task.status}: only a revealed, unaudited result in its window may be challenged`);
+    const node = nodeOf(state, msg.From);
+    if (!node || !isActive(state, node)) refuse(403, 'only an active staked node may challenge');
+    if (task.participants.some((x) => x.node === msg.From)) refuse(409, 'this node already takes part in the task');
+    const bond = big(state.params.challengeBond);
+    if (freeStake(state, msg.From) < bond) refuse(402, `a challenge locks Challenge-Bond (${bond}); ${msg.From} has ${freeStake(state, msg.From)} free stake`);
+    const root = tagOf(msg, 'Trace-Root') ?? '';
+    const trace = tagOf(msg, 'Trace') ?? '';
+    if (!HEX64.test(root)) refuse(400, 'Trace-Root must be 64 hex characters');
+    if (!ID.test(trace)) refuse(400, 'Trace must be the id of the stored trace item');
+    const candidate = task.participants[task.candidate!];
+    if (root === candidate.traceRoot) refuse(400, 'the challenge agrees with the result');
+    const { tokens, text } = tokensOf(state, task, msg);
+    checkTrace(state, task, msg.From, root, trace, tokens);
+    lock(state, msg.From, bond);
+    task.participants.push({
+      node: msg.From, role: 'challenger', start: msg.Timestamp, end: task.windowEnd!, status: 'revealed', locked: bond.toString(), message: msg.Id, tokens, text, traceRoot: root, trace,
+    });
+    task.windowEnd = null;
+    task.compared.push(task.participants.length - 1);
+    openDispute(ctx, task, task.participants.length - 1);
+    out.push(reply(msg, 'Challenge-Response', [{ name: 'Task', value: task.id }]));
+    return { task: task.id, challenged: msg.From };
+  },
+
+  'Dispute-Post': (ctx) => {
+    const { state, msg, out } = ctx;
+    const task = liveTask(state, msg);
+    const { dispute, party } = disputeParty(task, msg.From);
+    const round = dispute.game.log.length + 1;
+    if (tagOf(msg, 'Round') !== String(round)) refuse(409, `the dispute is in round ${round}${dispute.game.phase === 'bisect' ? '' : ` (${dispute.game.phase})`}`);
+    let values: unknown;
+    try {
+      values = JSON.parse(msg.Data);
+    } catch {
+      return refuse(400, 'Data must be a JSON list of accumulators');
+    }
+    const p = task.participants[dispute[party]];
+    const game = gameMove(() => post(dispute.game, party, values as string[], msg.Timestamp));
+    const bond = big(state.params.roundBond);
+    if (freeStake(state, p.node) < bond) refuse(402, `a round locks Round-Bond (${bond}); the node has ${freeStake(state, p.node)} free stake`);
+    dispute.game = game;
+    lock(state, p.node, bond);
+    p.locked = add(p.locked, bond);
+    out.push(reply(msg, 'Dispute-Post-Response', [{ name: 'Task', value: task.id }, { name: 'Round', value: String(round) }]));
+    return { task: task.id, posted: party, round };
+  },
+
+  'Dispute-Open': (ctx) => {
+    const { state, msg, out } = ctx;
+    const task = liveTask(state, msg);
+    const { dispute, party } = disputeParty(task, msg.From);
+    if (dispute.game.phase !== 'prove') refuse(409, `the dispute is in phase ${dispute.game.phase}: an opening comes when asked (Dispute-Prove)`);
+    const { step, agreed } = disputedStep(dispute.game);
+    if (tagOf(msg, 'Step') !== String(step)) refuse(400, `the disputed step is ${step}`);
+    const model = state.models.find((m) => m.id === task.model)!;
+    let proof: { acc: string; leaf: string; kind: string };
+    try {
+      proof = JSON.parse(host.step(JSON.stringify({ ...jobInput(model, task), agreed, step, opening: msg.Data }))) as typeof proof;
+    } catch (e) {
+      return refuse(400, `the opening does not check: ${hostError(e, 'step')}`);
+    }
+    dispute.game = gameMove(() => decide(dispute.game, proof.acc, msg.Timestamp));
+    dispute.proof = { step, kind: proof.kind, by: msg.From, acc: proof.acc, leaf: proof.leaf };
+    settleDispute(ctx, task, dispute);
+    out.push(reply(msg, 'Dispute-Open-Response', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(step) }]));
+    return { task: task.id, proved: party, step };
   },
 };
 
@@ -574,7 +778,7 @@ function parseOptions(json: string | undefined): Options {
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) refuse(400, 'X-Options must be a JSON object');
   }
   const num = (key: string, fallback: number): number => {
-    const v = raw[key] ?? fallback;
+    const v = own(raw, key) ?? fallback;
     return typeof v === 'number' && Number.isFinite(v) ? v : refuse(400, `${key} must be a number`);
   };
   const maxTokens = num('max_tokens', 128);
@@ -583,37 +787,67 @@ function parseOptions(json: string | undefined): Options {
   if (temperature < 0 || temperature > 2) refuse(400, 'temperature must be in [0, 2]');
   const topP = num('top_p', 0.9);
   if (!(topP > 0 && topP <= 1)) refuse(400, 'top_p must be in (0, 1]');
-  const seedRaw = raw.seed ?? 0;
+  const seedRaw = own(raw, 'seed') ?? 0;
   const seed = typeof seedRaw === 'number' && Number.isSafeInteger(seedRaw) && seedRaw >= 0 ? String(seedRaw) : typeof seedRaw === 'string' && /^(0|[1-9][0-9]{0,19})$/.test(seedRaw) ? seedRaw : '';
   if (seed === '' || BigInt(seed) >= 18446744073709551616n) refuse(400, 'seed must be an integer in [0, 2^64)');
   return { max_tokens: maxTokens, temperature, top_p: topP, seed };
 }
 
+/** What a request escrows: every asserter and every validator of one audit, at max_tokens. */
+const escrowFor = (state: State, maxTokens: number, redundancy: number): bigint => big(state.params.price) * BigInt(maxTokens) * BigInt(redundancy + state.params.validators);
+
+const nodeOf = (state: State, address: string): NodeEntry | undefined => state.nodes.find((n) => n.address === address);
+const freeStake = (state: State, address: string): bigint => big(own(state.stakes, address)) - big(own(state.locked, address));
+
 function isActive(state: State, node: NodeEntry): boolean {
-  return state.unstakeAt[node.address] === undefined && big(state.stakes[node.address]) >= big(state.config.minStake);
+  return own(state.unstakeAt, node.address) === undefined && big(own(state.stakes, node.address)) >= big(state.params.minStake);
 }
 
+function newTask(
+  state: State,
+  r: { id: string; requester: string; reference: string; model: string; prompt: string; options: Options; redundancy: number; nodes: string[] | null; job: { commitment: string; promptTokens: number; steps: number }; escrow: bigint; now: number },
+): Task {
+  const task: Task = {
+    id: r.id, requester: r.requester, reference: r.reference, model: r.model, prompt: r.prompt, options: r.options, redundancy: r.redundancy, nodes: r.nodes,
+    commitment: r.job.commitment, promptTokens: r.job.promptTokens, steps: r.job.steps, traceSteps: 0, escrow: r.escrow.toString(), pot: '0',
+    status: 'assigned', pending: r.redundancy, waitingSince: r.now, participants: [], candidate: null, compared: [], queue: [], lostRoots: [], audits: 0,
+    drawAfter: null, revealEnd: null, windowEnd: null, disputes: [], winners: [], canary: null, canaryChecked: false, pendingSent: false, corrected: false,
+    createdAt: r.now, endedAt: null,
+  };
+  state.tasks[task.id] = task;
+  state.open.push(task.id);
+  return task;
+}
+
+/** The role the current phase leases. */
+const leaseRole = (task: Task): 'asserter' | 'validator' => (task.status === 'auditing' ? 'validator' : 'asserter');
+
 function eligible(state: State, task: Task): NodeEntry[] {
+  const role = leaseRole(task);
+  const lock = big(state.params.slash);
   return state.nodes.filter(
     (n) =>
       isActive(state, n) &&
       n.open < n.capacity &&
+      freeStake(state, n.address) >= lock &&
       n.models.includes(task.model) &&
-      (task.nodes === null || task.nodes.includes(n.address)) &&
-      !task.leases.some((l) => l.node === n.address),
+      // A requester may choose its asserters, never its validators.
+      (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) &&
+      !task.participants.some((p) => p.node === n.address),
   );
 }
 
-/** Draws nodes for the task's pending leases, weighted by stake × reputation. */
-function assign(state: State, task: Task, msg: ProcessMessage, draws: { next: number }): OutboxMessage[] {
-  const messages: OutboxMessage[] = [];
+/** Draws nodes for the task's pending leases, weighted by stake × reputation; each lease locks S. */
+function drawLeases(ctx: Ctx, task: Task): void {
+  const { state, msg } = ctx;
+  const role = leaseRole(task);
   while (task.pending > 0) {
     const candidates = eligible(state, task);
     if (candidates.length === 0) break;
     // + 1: with Min-Stake 0 an unstaked node may serve, and a zero total would divide by zero.
-    const weights = candidates.map((n) => (big(state.stakes[n.address]) + 1n) * BigInt(n.reputation));
+    const weights = candidates.map((n) => (big(own(state.stakes, n.address)) + 1n) * BigInt(n.reputation));
     const total = weights.reduce((a, b) => a + b, 0n);
-    let r = draw(msg, draws.next++) % total;
+    let r = draw(msg, ctx.draws.next++) % total;
     let chosen = candidates[candidates.length - 1];
     for (let i = 0; i < candidates.length; i++) {
       if (r < weights[i]) {
@@ -622,114 +856,518 @@ function assign(state: State, task: Task, msg: ProcessMessage, draws: { next: nu
       }
       r -= weights[i];
     }
-    const lease: Lease = { node: chosen.address, start: msg.Timestamp, end: msg.Timestamp + state.config.leaseMs, status: 'open' };
-    task.leases.push(lease);
+    const end = msg.Timestamp + state.params.leaseMs;
+    lock(state, chosen.address, big(state.params.slash));
+    task.participants.push({ node: chosen.address, role, start: msg.Timestamp, end, status: 'open', locked: state.params.slash });
     task.pending -= 1;
     chosen.open += 1;
-    messages.push({
+    ctx.out.push({
       Target: chosen.address,
       Tags: [
         { name: 'Action', value: 'Task-Assigned' },
         { name: 'Task', value: task.id },
         { name: 'Model', value: task.model },
-        { name: 'Lease-End', value: String(lease.end) },
+        { name: 'Lease-End', value: String(end) },
         { name: 'Job-Commitment', value: task.commitment },
       ],
-      Data: JSON.stringify({ ...assignmentView(task), leaseEnd: lease.end }),
+      Data: JSON.stringify(assignmentOf(task, end)),
     });
   }
-  return messages;
-}
-
-/** Expires overdue leases (each counts against its node), then lets waiting tasks start. */
-function sweep(state: State, msg: ProcessMessage, out: OutboxMessage[], draws: { next: number }): void {
-  for (const id of state.open) {
-    const task = state.tasks[id];
-    for (const lease of task.leases) {
-      if (lease.status !== 'open' || lease.end >= msg.Timestamp) continue;
-      lease.status = 'expired';
-      task.pending += 1;
-      task.waitingSince = msg.Timestamp;
-      const node = state.nodes.find((n) => n.address === lease.node)!;
-      node.open -= 1;
-      node.expired += 1;
-      node.reputation = Math.max(1, node.reputation - 20);
-    }
-  }
-  assignWaiting(state, msg, out, draws);
 }
 
 /**
- * Draws nodes for tasks waiting for one, oldest first. A task whose leases ran out Max-Attempts
- * times per node asked for, or that waited longer than Max-Wait-Ms, fails and its escrow goes back.
+ * A canary: with probability Canary-Ppm per Infer, a known (audited) job leased again like any
+ * request, paid from the owner's deposit. Its id is this message's Hash-Chain, shaped like any id.
  */
-function assignWaiting(state: State, msg: ProcessMessage, out: OutboxMessage[], draws: { next: number }): void {
-  for (const id of [...state.open]) {
-    const task = state.tasks[id];
-    if (task.pending === 0) continue;
-    const expired = task.leases.filter((l) => l.status === 'expired').length;
-    const giveUp = expired >= state.config.maxAttempts * task.redundancy || msg.Timestamp > task.waitingSince + state.config.maxWaitMs;
-    if (giveUp) out.push(...end(state, task, 'failed', msg.Timestamp, expired >= state.config.maxAttempts * task.redundancy ? `${expired} leases expired` : `no node took it within ${state.config.maxWaitMs} ms`));
-    else out.push(...assign(state, task, msg, draws));
+function maybeCanary(ctx: Ctx): void {
+  const { state, msg } = ctx;
+  if (state.known.length === 0 || state.params.canaryPpm === 0 || !chance(msg, ctx.draws, state.params.canaryPpm)) return;
+  const known = state.known[Number(draw(msg, ctx.draws.next++) % BigInt(state.known.length))];
+  const id = msg['Hash-Chain'] ?? '';
+  const escrow = escrowFor(state, known.options.max_tokens, 1);
+  const funds = big(own(state.deposits, state.owner));
+  if (!ID.test(id) || own(state.tasks, id) || funds < escrow || !state.models.some((m) => m.id === known.model)) return;
+  state.deposits[state.owner] = (funds - escrow).toString();
+  const job = { commitment: known.commitment, promptTokens: known.promptTokens, steps: known.steps };
+  const task = newTask(state, { id, requester: state.owner, reference: id, model: known.model, prompt: known.prompt, options: known.options, redundancy: 1, nodes: null, job, escrow, now: msg.Timestamp });
+  task.canary = known.root;
+  state.totals.canaries += 1;
+  drawLeases(ctx, task);
+}
+
+// ---- money: locks, slashes, pay ----
+
+function lock(state: State, address: string, amount: bigint): void {
+  state.locked[address] = add(own(state.locked, address), amount);
+}
+
+/** Gives back what a participant still has locked. */
+function release(state: State, p: Participant): void {
+  state.locked[p.node] = (big(own(state.locked, p.node)) - big(p.locked)).toString();
+  p.locked = '0';
+}
+
+/** Takes up to `amount` of a participant's lock into the task's pot. */
+function slash(ctx: Ctx, task: Task, p: Participant, amount: bigint, reason: string): void {
+  const { state } = ctx;
+  const taken = minBig(amount, big(p.locked));
+  state.stakes[p.node] = (big(own(state.stakes, p.node)) - taken).toString();
+  state.locked[p.node] = (big(own(state.locked, p.node)) - taken).toString();
+  p.locked = (big(p.locked) - taken).toString();
+  task.pot = add(task.pot, taken);
+  state.totals.slashed = add(state.totals.slashed, taken);
+  ctx.out.push(notice(p.node, 'Slash-Notice', [{ name: 'Task', value: task.id }, { name: 'Quantity', value: taken.toString() }, { name: 'Reason', value: reason }]));
+}
+
+/** A participant that lied (or kept silent): all its lock goes, its reputation falls. */
+function convict(ctx: Ctx, task: Task, p: Participant, reason: string): void {
+  slash(ctx, task, p, big(p.locked), reason);
+  p.status = 'slashed';
+  const node = nodeOf(ctx.state, p.node);
+  if (node) {
+    node.disputesLost += 1;
+    node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.lost);
+  }
+  dropIfDone(ctx.state, p.node);
+}
+
+/** A node with nothing staked and nothing running leaves the node list (it may stake and register again). */
+function dropIfDone(state: State, address: string): void {
+  const node = nodeOf(state, address);
+  if (node && node.open === 0 && big(own(state.stakes, address)) === 0n && big(own(state.locked, address)) === 0n) {
+    state.nodes = state.nodes.filter((n) => n !== node);
   }
 }
 
-/** Ends a task: the rest of its escrow goes back to the requester, who gets the Infer-Response. */
-function end(state: State, task: Task, status: TaskStatus, now: number, why = ''): OutboxMessage[] {
-  task.status = status;
-  task.endedAt = now;
-  for (const lease of task.leases) {
-    if (lease.status !== 'open') continue;
-    lease.status = 'cancelled';
-    state.nodes.find((n) => n.address === lease.node)!.open -= 1;
+function payOut(state: State, to: string, quantity: bigint, reason: string): OutboxMessage {
+  return notice(state.token, 'Transfer', [
+    { name: 'Recipient', value: to },
+    { name: 'Quantity', value: quantity.toString() },
+    { name: 'X-Reason', value: reason },
+  ]);
+}
+
+// ---- the task's life ----
+
+/** Moves every live task on as far as this message's Timestamp and Hash-Chain allow, oldest first. */
+function advanceAll(ctx: Ctx): void {
+  for (const id of [...ctx.state.open]) {
+    const task = own(ctx.state.tasks, id);
+    if (task) advance(ctx, task);
   }
-  state.deposits[task.requester] = add(state.deposits[task.requester], big(task.escrow));
+}
+
+function advance(ctx: Ctx, task: Task): void {
+  const { state, msg } = ctx;
+  const now = msg.Timestamp;
+  // Each pass either changes the status or stops; a task passes through each status a bounded number of times.
+  for (let guard = 0; guard < 32; guard++) {
+    const before = task.status;
+    switch (task.status) {
+      case 'assigned':
+      case 'auditing': {
+        expireLeases(ctx, task);
+        drawLeases(ctx, task);
+        const role = leaseRole(task);
+        const mine = task.participants.filter((p) => p.role === role && p.status !== 'cancelled');
+        const committed = mine.filter((p) => p.status === 'committed').length;
+        const running = mine.some((p) => p.status === 'open');
+        const expired = mine.filter((p) => p.status === 'expired').length;
+        const wanted = role === 'asserter' ? task.redundancy : state.params.validators;
+        const giveUp = task.pending > 0 && (expired >= state.params.maxAttempts * wanted || now > task.waitingSince + state.params.maxWaitMs);
+        if (running || (task.pending > 0 && !giveUp)) break;
+        task.pending = 0;
+        if (role === 'asserter') {
+          if (committed === 0) return fail(ctx, task, expired > 0 ? `${expired} leases expired` : `no node took it within ${state.params.maxWaitMs} ms`);
+          task.status = 'committed';
+          task.drawAfter = msg.Nonce;
+        } else startReveal(ctx, task);
+        break;
+      }
+      case 'committed':
+        // The audit is drawn from a Hash-Chain that did not exist when the last commit was sent.
+        if (msg.Nonce <= task.drawAfter!) break;
+        if (chance(msg, ctx.draws, state.params.auditPpm)) startAudit(ctx, task);
+        else startReveal(ctx, task);
+        break;
+      case 'revealing': {
+        const waiting = task.participants.filter((p) => p.status === 'committed');
+        if (waiting.length > 0 && now <= task.revealEnd!) break;
+        for (const p of waiting) convict(ctx, task, p, 'did not reveal its result in time');
+        compare(ctx, task);
+        break;
+      }
+      case 'challengeable':
+        if (now > task.windowEnd!) finalize(ctx, task);
+        break;
+      case 'disputed': {
+        const dispute = task.disputes[task.disputes.length - 1];
+        const game = dispute.game;
+        if (game.phase === 'bisect') dispute.game = tick(game, Math.max(now, game.lastSlot));
+        else if (game.phase === 'prove' && now > game.openedAt + state.params.clockMs) dispute.game = decide(game, null, now);
+        if (dispute.game.phase === 'done') settleDispute(ctx, task, dispute);
+        else notifyDispute(ctx, task, dispute);
+        break;
+      }
+      default:
+        return;
+    }
+    if (task.status === before || !own(state.tasks, task.id)) return;
+  }
+}
+
+/** Overdue leases of the current phase expire: the node loses Miss-Slash and reputation; another is drawn. */
+function expireLeases(ctx: Ctx, task: Task): void {
+  const { state, msg } = ctx;
+  for (const p of task.participants) {
+    if (p.status !== 'open' || p.end >= msg.Timestamp) continue;
+    p.status = 'expired';
+    task.pending += 1;
+    task.waitingSince = msg.Timestamp;
+    const node = nodeOf(state, p.node);
+    if (node) {
+      node.open -= 1;
+      node.expired += 1;
+      node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
+    }
+    slash(ctx, task, p, big(state.params.missSlash), 'the lease expired without a result');
+    release(state, p);
+    dropIfDone(state, p.node);
+  }
+}
+
+function startAudit(ctx: Ctx, task: Task): void {
+  task.audits += 1;
+  task.status = 'auditing';
+  task.pending = ctx.state.params.validators;
+  task.waitingSince = ctx.msg.Timestamp;
+  drawLeases(ctx, task);
+}
+
+function startReveal(ctx: Ctx, task: Task): void {
+  const { state, msg } = ctx;
+  task.status = 'revealing';
+  task.revealEnd = msg.Timestamp + state.params.revealMs;
+  for (const p of task.participants) {
+    if (p.status !== 'committed') continue;
+    ctx.out.push(notice(p.node, 'Reveal-Requested', [{ name: 'Task', value: task.id }, { name: 'Deadline', value: String(task.revealEnd) }]));
+  }
+}
+
+/**
+ * Compares every revealed result with the candidate's: equal roots agree, a root that already lost
+ * is convicted, and the first other dissent opens a dispute. With none left: final when a drawn
+ * validator (or a canary's known answer) agrees; after a dispute, audited again; else the window.
+ */
+function compare(ctx: Ctx, task: Task): void {
+  const { state } = ctx;
+  const revealed = (i: number): boolean => task.participants[i].status === 'revealed';
+  if (task.candidate === null || !revealed(task.candidate)) {
+    const next = task.participants.findIndex((p, i) => revealed(i) && p.role === 'asserter');
+    task.candidate = next >= 0 ? next : task.participants.findIndex((_, i) => revealed(i));
+    if (task.candidate < 0) {
+      task.candidate = null;
+      // No result survived: try fresh nodes while audits remain.
+      if (task.audits < MAX_AUDITS) return startAudit(ctx, task);
+      return fail(ctx, task, 'no result survived its checks');
+    }
+    if (!task.compared.includes(task.candidate)) task.compared.push(task.candidate);
+  }
+  const root = task.participants[task.candidate].traceRoot!;
+  task.participants.forEach((p, i) => {
+    if (!revealed(i) || task.compared.includes(i)) return;
+    task.compared.push(i);
+    if (p.traceRoot !== root) task.queue.push(i);
+  });
+  while (task.queue.length > 0) {
+    const i = task.queue.shift()!;
+    const p = task.participants[i];
+    if (!revealed(i) || p.traceRoot === root) continue;
+    if (task.lostRoots.includes(p.traceRoot!)) {
+      convict(ctx, task, p, 'its root already lost a dispute');
+      continue;
+    }
+    return openDispute(ctx, task, i);
+  }
+  if (task.canary !== null && !task.canaryChecked) {
+    task.canaryChecked = true;
+    // A canary answered wrongly is audited: the dispute, not the coordinator's memory, convicts.
+    if (root !== task.canary) return startAudit(ctx, task);
+  }
+  const agreed = task.canary === root || task.participants.some((p, i) => i !== task.candidate && p.role === 'validator' && revealed(i) && p.traceRoot === root);
+  if (agreed) return finalize(ctx, task);
+  if (task.disputes.length > 0 && task.audits < MAX_AUDITS) return startAudit(ctx, task);
+  task.status = 'challengeable';
+  task.windowEnd = ctx.msg.Timestamp + state.params.challengeWindowMs;
+}
+
+function openDispute(ctx: Ctx, task: Task, challenger: number): void {
+  const { state, msg } = ctx;
+  const a = task.participants[task.candidate!];
+  const c = task.participants[challenger];
+  const game = openGame({
+    k: state.params.arity, steps: task.traceSteps, start: traceStart(task.commitment),
+    roots: { asserter: a.traceRoot!, challenger: c.traceRoot! }, clock: state.params.clockMs, bond: 1, now: msg.Timestamp,
+  });
+  const dispute: Dispute = { asserter: task.candidate!, challenger, game, notified: 0, proof: null };
+  task.disputes.push(dispute);
+  task.status = 'disputed';
+  state.totals.disputes += 1;
+  notifyDispute(ctx, task, dispute);
+}
+
+/** Tells both parties what the game asks now (once per round, once for the proof). */
+function notifyDispute(ctx: Ctx, task: Task, d: Dispute): void {
+  const { game } = d;
+  const stage = game.phase === 'prove' ? 'prove' : game.log.length + 1;
+  if (game.phase === 'done' || d.notified === stage) return;
+  d.notified = stage;
+  for (const party of ['asserter', 'challenger'] as const) {
+    const node = task.participants[d[party]].node;
+    if (game.phase === 'bisect') {
+      const deadline = game.openedAt + game.clocks[party];
+      ctx.out.push(
+        notice(node, 'Dispute-Round', [{ name: 'Task', value: task.id }, { name: 'Round', value: String(stage) }, { name: 'Deadline', value: String(deadline) }],
+          JSON.stringify({ points: splitPoints(game), interval: [game.lo, game.hi] })),
+      );
+    } else {
+      const deadline = game.openedAt + ctx.state.params.clockMs;
+      ctx.out.push(notice(node, 'Dispute-Prove', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(game.hi) }, { name: 'Deadline', value: String(deadline) }]));
+    }
+  }
+}
+
+/** The game is over: the loser's root is convicted, its holders slashed; a winning dissent becomes the result. */
+function settleDispute(ctx: Ctx, task: Task, d: Dispute): void {
+  const { state } = ctx;
+  const winner = d.game.outcome!.winner;
+  for (const party of ['asserter', 'challenger'] as const) {
+    const p = task.participants[d[party]];
+    if (party === winner) {
+      // Its round bonds come back; its lease lock stays until the task is final.
+      const bonds = BigInt(d.game.bonded[party]) * big(state.params.roundBond);
+      state.locked[p.node] = (big(own(state.locked, p.node)) - bonds).toString();
+      p.locked = (big(p.locked) - bonds).toString();
+      task.winners.push(p.node);
+      continue;
+    }
+    const root = p.traceRoot!;
+    if (!task.lostRoots.includes(root)) task.lostRoots.push(root);
+    const reason = d.game.outcome!.reason === 'proof' ? `lost the dispute at step ${d.proof?.step}` : `lost the dispute (${d.game.outcome!.reason})`;
+    task.participants.forEach((q) => {
+      if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason);
+    });
+  }
+  if (winner === 'challenger') {
+    task.candidate = d.challenger;
+    task.corrected = true;
+  } else if (winner === null) task.candidate = null;
+  compare(ctx, task);
+}
+
+function gameMove(move: () => GameState): GameState {
+  try {
+    return move();
+  } catch (e) {
+    if (!(e instanceof GameError)) throw e;
+    const code = e.code === 'bad-values' || e.code === 'bad-party' ? 400 : 409;
+    return refuse(code, `${e.code}: ${e.message}`);
+  }
+}
+
+/** Pays every participant whose root is the final one, and gives back what the requester is owed. */
+function finalize(ctx: Ctx, task: Task): void {
+  const { state } = ctx;
+  const candidate = task.participants[task.candidate!];
+  const root = candidate.traceRoot!;
+  const price = big(state.params.price);
+  let escrow = big(task.escrow);
+  let pot = big(task.pot);
+  const audited = task.canary === root || task.participants.some((p, i) => i !== task.candidate && p.role === 'validator' && p.status === 'revealed' && p.traceRoot === root);
+  for (const p of task.participants) {
+    if (p.status === 'revealed' && p.traceRoot === root) {
+      const pay = price * BigInt(p.tokens!.length);
+      const fromEscrow = minBig(pay, escrow);
+      const fromPot = minBig(pay - fromEscrow, pot);
+      escrow -= fromEscrow;
+      pot -= fromPot;
+      state.earnings[p.node] = add(own(state.earnings, p.node), fromEscrow + fromPot);
+      const node = nodeOf(state, p.node);
+      if (node && audited) {
+        node.audited += 1;
+        node.reputation = Math.min(REPUTATION.max, node.reputation + REPUTATION.audited);
+      }
+    }
+    release(state, p);
+    if (p.status === 'open' || p.status === 'committed') p.status = 'cancelled';
+  }
+  // What the pot holds beyond pay: half to the requester, half to the dispute winners.
+  const winners = task.winners.filter((w, i) => task.winners.indexOf(w) === i);
+  const share = winners.length === 0 ? 0n : pot / 2n / BigInt(winners.length);
+  for (const w of winners) state.earnings[w] = add(own(state.earnings, w), share);
+  state.deposits[task.requester] = add(own(state.deposits, task.requester), escrow + pot - share * BigInt(winners.length));
   task.escrow = '0';
+  task.pot = '0';
+  if (audited && task.canary === null) {
+    state.known.push({ model: task.model, prompt: task.prompt, options: task.options, commitment: task.commitment, promptTokens: task.promptTokens, steps: task.steps, root });
+    if (state.known.length > KNOWN_ANSWERS) state.known.shift();
+  }
+  state.totals.final += 1;
+  end(ctx, task, 'final');
+}
+
+/** No valid result: every lock left is released, the escrow and the pot go to the requester. */
+function fail(ctx: Ctx, task: Task, why: string): void {
+  const { state } = ctx;
+  for (const p of task.participants) {
+    if (p.status === 'open') {
+      const node = nodeOf(state, p.node);
+      if (node) node.open -= 1;
+    }
+    release(state, p);
+    if (p.status === 'open' || p.status === 'committed') p.status = 'cancelled';
+  }
+  state.deposits[task.requester] = add(own(state.deposits, task.requester), big(task.escrow) + big(task.pot));
+  task.escrow = '0';
+  task.pot = '0';
+  state.totals.failed += 1;
+  end(ctx, task, 'failed', why);
+}
+
+/** The task leaves the live state; its last Infer-Response carries all of it. */
+function end(ctx: Ctx, task: Task, status: 'final' | 'failed', why = ''): void {
+  const { state } = ctx;
+  task.status = status;
+  task.endedAt = ctx.msg.Timestamp;
+  for (const p of task.participants) dropIfDone(state, p.node);
+  ctx.out.push(inferResponse(state, task, status, why));
+  delete state.tasks[task.id];
   state.open = state.open.filter((id) => id !== task.id);
-  const view = taskView(task);
+  const key = `${task.requester} ${task.reference}`;
+  if (own(state.references, key) === task.id) delete state.references[key];
+}
+
+function inferResponse(state: State, task: Task, status: string, why = ''): OutboxMessage {
   const tags: Tag[] = [
-    { name: 'Action', value: 'Infer-Response' },
     { name: 'Reference', value: task.id },
     { name: 'X-Reference', value: task.reference },
     { name: 'Task', value: task.id },
     { name: 'Status', value: status },
   ];
-  if (status === 'failed') tags.push({ name: 'Code', value: '504' }, { name: 'Message', value: `no node finished the task: ${why}` });
-  return [{ Target: task.requester, Tags: tags, Data: JSON.stringify(view) }];
+  if (task.corrected && status === 'final') tags.push({ name: 'Corrected', value: 'true' });
+  if (status === 'failed') tags.push({ name: 'Code', value: '504' }, { name: 'Message', value: `no verified result: ${why}` });
+  return notice(task.requester, 'Infer-Response', tags, JSON.stringify(taskView(state, task)));
 }
 
-function payOut(state: State, to: string, quantity: bigint, reason: string): OutboxMessage {
+// ---- checks through the host ----
+
+function liveTask(state: State, msg: ProcessMessage): Task {
+  return own(state.tasks, tagOf(msg, 'Task') ?? '') ?? refuse(404, 'no live task by that id');
+}
+
+const jobInput = (model: ModelEntry, task: Task) => ({
+  model: model.id, manifest: model.manifest, prompt: task.prompt, maxTokens: task.options.max_tokens, temperature: task.options.temperature, topP: task.options.top_p, seed: task.options.seed,
+});
+
+/** The tokens a message carries (Data {tokens}, counted by the Tokens tag) and their text, decoded here. */
+function tokensOf(state: State, task: Task, msg: ProcessMessage): { tokens: number[]; text: string } {
+  if (msg.Data.length > 16 * (task.options.max_tokens + 8)) refuse(413, 'Data is larger than max_tokens tokens can be');
+  let body: { tokens?: unknown };
+  try {
+    body = JSON.parse(msg.Data) as typeof body;
+  } catch {
+    return refuse(400, 'Data must be JSON {tokens}');
+  }
+  const tokens = body?.tokens;
+  if (!Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && t >= 0)) return refuse(400, 'Data must be JSON {tokens}');
+  if (tokens.length > task.options.max_tokens || tagOf(msg, 'Tokens') !== String(tokens.length)) refuse(400, `Tokens must count the ${tokens.length} generated tokens, at most max_tokens`);
+  const model = state.models.find((m) => m.id === task.model)!;
+  try {
+    // The text is the tokens' text: decoded here, never taken from the node.
+    return { tokens: tokens as number[], text: host.decode(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: task.prompt, tokens })) };
+  } catch (e) {
+    return refuse(400, hostError(e, 'decode'));
+  }
+}
+
+/** The stored trace must exist, be the node's, and back the root and the tokens (host.trace). Returns its step count. */
+function checkTrace(state: State, task: Task, node: string, root: string, trace: string, tokens: number[]): number {
+  const model = state.models.find((m) => m.id === task.model)!;
+  try {
+    const out = JSON.parse(host.trace(JSON.stringify({ ...jobInput(model, task), task: task.id, node, commitment: task.commitment, root, trace, tokens }))) as { steps: number };
+    return out.steps;
+  } catch (e) {
+    return refuse(400, `the trace does not check: ${hostError(e, 'trace')}`);
+  }
+}
+
+function disputeParty(task: Task, from: string): { dispute: Dispute; party: Party } {
+  const dispute = task.disputes[task.disputes.length - 1];
+  if (task.status !== 'disputed' || !dispute) return refuse(409, `the task is ${task.status}: no dispute is running`);
+  const party = task.participants[dispute.asserter].node === from ? 'asserter' : task.participants[dispute.challenger].node === from ? 'challenger' : null;
+  if (!party) return refuse(403, 'this node is not a party to the dispute');
+  return { dispute, party };
+}
+
+// ---- views ----
+
+/** What a node needs to run the task: the same for every role, so a validator cannot tell. */
+function assignmentOf(task: Task, leaseEnd: number): Assignment {
+  return { task: task.id, model: task.model, prompt: task.prompt, options: task.options, commitment: task.commitment, steps: task.steps, leaseEnd };
+}
+
+function dutyOf(task: Task, i: number, clockMs: number): Duty | null {
+  const p = task.participants[i];
+  const assignment = assignmentOf(task, p.end);
+  if (task.status === 'revealing' && p.status === 'committed') return { task: task.id, kind: 'reveal', deadline: task.revealEnd!, assignment };
+  const d = task.disputes[task.disputes.length - 1];
+  if (task.status !== 'disputed' || !d || (d.asserter !== i && d.challenger !== i)) return null;
+  const party: Party = d.asserter === i ? 'asserter' : 'challenger';
+  const { game } = d;
+  if (game.phase === 'bisect' && game.postedAt[party] === null) {
+    return { task: task.id, kind: 'post', deadline: game.openedAt + game.clocks[party], points: splitPoints(game), round: game.log.length + 1, assignment };
+  }
+  if (game.phase === 'prove') return { task: task.id, kind: 'open', deadline: game.openedAt + clockMs, step: game.hi, assignment };
+  return null;
+}
+
+function disputeView(task: Task, d: Dispute): DisputeView {
+  const { game } = d;
+  const name = (party: Party): string => task.participants[d[party]].node;
   return {
-    Target: state.token,
-    Tags: [
-      { name: 'Action', value: 'Transfer' },
-      { name: 'Recipient', value: to },
-      { name: 'Quantity', value: quantity.toString() },
-      { name: 'X-Reason', value: reason },
-    ],
+    asserter: name('asserter'),
+    challenger: name('challenger'),
+    steps: game.steps,
+    phase: game.phase,
+    interval: [game.lo, game.hi],
+    points: splitPoints(game),
+    rounds: game.log.map((r) => ({ round: r.round, interval: [r.interval[0], r.interval[1]], points: [...r.points], values: { asserter: [...r.values.asserter], challenger: [...r.values.challenger] }, next: [r.next[0], r.next[1]] })),
+    proof: d.proof,
+    outcome: game.outcome ? { winner: game.outcome.winner ? name(game.outcome.winner) : null, reason: game.outcome.reason } : null,
+    openedAt: game.log[0]?.openedAt ?? game.openedAt,
+    endedAt: game.endedAt,
   };
 }
 
-/** What a node needs to run the task. */
-function assignmentView(task: Task) {
-  return { task: task.id, model: task.model, prompt: task.prompt, options: task.options, commitment: task.commitment, steps: task.steps };
-}
-
 /** The task as a requester reads it: the answer, its receipt, and everything that led to it. */
-function taskView(task: Task) {
-  const first = task.results[0];
+function taskView(_state: State, task: Task): TaskView {
+  const c = task.candidate === null ? null : task.participants[task.candidate];
+  const revealed = c !== null && c.traceRoot !== undefined;
   return {
     task: task.id,
     reference: task.reference,
     status: task.status,
     model: task.model,
     options: task.options,
-    result: first ? first.text : null,
-    tokens: first ? first.tokens : null,
-    usage: { prompt_tokens: task.promptTokens, completion_tokens: first ? first.tokens.length : 0 },
-    receipt: first ? { task: task.id, model: task.model, commitment: task.commitment, traceRoot: first.traceRoot, node: first.node, result: first.message, trace: first.trace } : null,
-    results: task.results.map((r) => ({ node: r.node, traceRoot: r.traceRoot, trace: r.trace, result: r.message })),
-    leases: task.leases,
+    result: c?.text ?? null,
+    tokens: c?.tokens ?? null,
+    usage: { prompt_tokens: task.promptTokens, completion_tokens: c?.tokens?.length ?? 0 },
+    receipt: c && revealed ? { task: task.id, model: task.model, commitment: task.commitment, traceRoot: c.traceRoot!, node: c.node, result: c.message!, trace: c.trace! } : null,
+    audited: task.audits > 0,
+    corrected: task.corrected,
+    participants: task.participants.map((p) => ({ ...p, text: undefined })),
+    disputes: task.disputes.map((d) => disputeView(task, d)),
+    windowEnd: task.windowEnd,
     createdAt: task.createdAt,
     endedAt: task.endedAt,
   };

@@ -86,6 +86,8 @@ export interface Participant {
   message?: string;
   commitment?: string;
   tokens?: number[];
+  /** The tokens' text, decoded by the coordinator (kept in its state, left out of views). */
+  text?: string;
   /** After the reveal. */
   traceRoot?: string;
   trace?: string;
@@ -101,7 +103,7 @@ export interface DisputeRound {
 }
 
 export interface DisputeView {
-  /** Index of the two parties in the task's participants. */
+  /** The two parties' node addresses: the candidate result ('asserter') and the dissent. */
   asserter: string;
   challenger: string;
   steps: number;
