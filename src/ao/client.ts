@@ -40,7 +40,7 @@ export interface AoClient {
    * Results after `from` in slot order; with `wait` the CU answers as soon as one exists (or empty
    * when the time is up), so following a process needs no polling loop.
    */
-  results(process: string, query: { from?: string; limit?: number; wait?: number; signal?: AbortSignal }): Promise<ResultsPage>;
+  results(process: string, query: { from?: string; limit?: number; wait?: number; signal?: AbortSignal; after?: string }): Promise<ResultsPage>;
   /** The cursor of the process's newest result (undefined when it has none yet). */
   latest(process: string): Promise<string | undefined>;
   dryRun(process: string, input: MessageInput & { from?: string }): Promise<DryRunResult>;
@@ -92,6 +92,7 @@ export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): A
     async results(process, query) {
       const params = new URLSearchParams({ sort: 'ASC', limit: String(query.limit ?? 100) });
       if (query.from !== undefined) params.set('from', query.from);
+      else if (query.after !== undefined) params.set('after', query.after);
       if (query.wait !== undefined) params.set('wait', String(Math.round(query.wait)));
       const res = await request(`${cu}/results/${process}?${params}`, { signal: query.signal }, 'CU results');
       return json<ResultsPage>(res, 'CU results');

@@ -135,7 +135,7 @@ export interface ComputeUnit {
    * A page of results. With `wait` (ms) and nothing after `from` yet, it answers as soon as a new
    * result is stored, or empty when the time is up: a client follows a process without polling.
    */
-  results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number; wait?: number }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
+  results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number; wait?: number; after?: string }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
   /** Evaluates a message against the latest state without keeping anything. */
   dryRun(processId: string, message: { Id?: string; Owner?: string; Data?: string; Tags?: Tag[]; Anchor?: string }): Promise<Omit<Result, 'Attestation'>>;
   state(processId: string): Promise<{ state: unknown; nonce: number; stateHash: string; timestamp: number; blockHeight: number }>;
@@ -376,6 +376,12 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       if (query.from !== undefined) {
         where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
         params.push(nonceOf(query.from));
+      } else if (query.after !== undefined) {
+        // Results after a given message's own slot (Verity's addition: find what a message led to).
+        const row = q.resultByMessage.get(processId, query.after);
+        if (!row) throw new ComputeError(404, `message ${query.after} is not in the log of ${processId}`);
+        where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
+        params.push(row.nonce);
       }
       if (query.to !== undefined) {
         where.push(sort === 'ASC' ? 'nonce <= ?' : 'nonce >= ?');
@@ -455,13 +461,14 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
     if (!pid || !ITEM_ID.test(pid) || !ITEM_ID.test(request.params.message)) return fail(reply, 400, 'GET /result/:message needs a message id and ?process-id=');
     return cu.result(pid, request.params.message);
   });
-  app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string; wait?: string } }>('/results/:process', async (request, reply) => {
+  app.get<{ Params: { process: string }; Querystring: { from?: string; to?: string; sort?: string; limit?: string; wait?: string; after?: string } }>('/results/:process', async (request, reply) => {
     if (!ITEM_ID.test(request.params.process)) return fail(reply, 400, 'bad process id');
-    const { from, to, sort, limit, wait } = request.query;
+    const { from, to, sort, limit, wait, after } = request.query;
+    if (after !== undefined && !ITEM_ID.test(after)) return fail(reply, 400, 'after must be a message id');
     if (limit !== undefined && !/^\d+$/.test(limit)) return fail(reply, 400, 'limit must be a whole number');
     if (wait !== undefined && !/^\d{1,6}$/.test(wait)) return fail(reply, 400, `wait must be a whole number of ms (at most ${MAX_WAIT_MS})`);
     if (sort !== undefined && sort !== 'ASC' && sort !== 'DESC') return fail(reply, 400, 'sort must be ASC or DESC');
-    return cu.results(request.params.process, { from, to, sort, limit: limit === undefined ? undefined : Number(limit), wait: wait === undefined ? undefined : Number(wait) });
+    return cu.results(request.params.process, { from, to, sort, after, limit: limit === undefined ? undefined : Number(limit), wait: wait === undefined ? undefined : Number(wait) });
   });
   app.post<{ Querystring: { 'process-id'?: string } }>('/dry-run', async (request, reply) => {
     const pid = request.query['process-id'];

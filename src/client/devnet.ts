@@ -9,7 +9,7 @@ import { aoClient, expectReply, RefusedError, type AoClient } from '../ao/client
 import { publishModule } from '../ao/modules.js';
 import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
 import { loadModel } from '../engine/index.js';
-import { startNode, type RunningNode } from '../node/index.js';
+import { startNode, type RunningNode, type StrategyOptions } from '../node/index.js';
 import { coordinatorExtensions, processModule } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
@@ -31,6 +31,10 @@ export interface DevnetOptions {
   host?: string;
   /** Coordinator parameters (spawn tags) for a new devnet. */
   leaseMs?: number;
+  /** More coordinator spawn tags for a new devnet (docs/network.md "Verification": Audit-Ppm, Slash, …). */
+  params?: Record<string, string>;
+  /** Per node (by index), a strategy of src/node/strategies.ts; default honest. */
+  strategies?: (NodeSpec | undefined)[];
   /** Nodes' pause after a failed round, and how often they send heartbeats (see NodeOptions). */
   pollMs?: number;
   heartbeatMs?: number;
@@ -57,11 +61,24 @@ export interface Devnet {
   close(): Promise<void>;
 }
 
+/** How one devnet node behaves (tests and `npm run sim` run cheating ones). */
+export interface NodeSpec {
+  strategy?: string;
+  strategyOptions?: StrategyOptions;
+  watchPpm?: number;
+}
+
 export const DEVNET_FILE = 'devnet.json';
-const STAKE = 1_000n;
-const NODE_FUNDS = 10_000n;
+/** Each devnet node's stake: several leases' locks at the default Slash (6000). */
+export const DEVNET_STAKE = 30_000n;
+const NODE_FUNDS = 100_000n;
 const USER_FUNDS = 10_000_000n;
 const USER_DEPOSIT = 1_000_000n;
+/**
+ * The devnet's own defaults: the production rule with a short challenge window and dispute clocks,
+ * so that a result is final in seconds.
+ */
+export const DEVNET_PARAMS: Record<string, string> = { 'Challenge-Window-Ms': '3000', 'Reveal-Ms': '20000', 'Clock-Ms': '20000' };
 
 /** Reads `<dir>/devnet.json`, written by a running devnet. */
 export function readDevnetInfo(dir: string): DevnetInfo {
@@ -105,6 +122,8 @@ export interface NetworkSetup {
   /** Funded with tokens to stake. */
   nodes: Wallet[];
   leaseMs?: number;
+  /** Coordinator spawn tags over DEVNET_PARAMS. */
+  params?: Record<string, string>;
   log?: (line: string) => void;
 }
 
@@ -121,21 +140,22 @@ export async function setupNetwork(units: UnitsAt, setup: NetworkSetup): Promise
   const tokenModule = await publishModule(units.store, signer, processModule('token'), 'verity-token');
   const coordinatorModule = await publishModule(units.store, signer, processModule('coordinator'), 'verity-coordinator');
   const token = await ownerAo.spawn(tokenModule, units.scheduler, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
-  const coordinatorTags = [{ name: 'Token', value: token }, { name: 'Min-Stake', value: String(STAKE) }, authority];
-  if (setup.leaseMs !== undefined) coordinatorTags.push({ name: 'Lease-Ms', value: String(setup.leaseMs) });
+  const params = { ...DEVNET_PARAMS, ...(setup.leaseMs === undefined ? {} : { 'Lease-Ms': String(setup.leaseMs) }), ...setup.params };
+  const coordinatorTags = [{ name: 'Token', value: token }, ...Object.entries(params).map(([name, value]) => ({ name, value })), authority];
   const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler, { tags: coordinatorTags });
   log(`publishing ${BUNDLED_MODEL.name} and registering it`);
   const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
   const register = [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }, { name: 'Manifest', value: published.manifestId }];
   await ask(ownerAo, coordinator, register, 'Register-Model-Response');
   log('funding the nodes and users');
-  const grants = [...setup.nodes.map((w) => [w, NODE_FUNDS] as const), ...setup.users.map((w) => [w, USER_FUNDS] as const)];
+  // The owner pays for canaries (known jobs asked again) from its own deposit.
+  const grants = [...setup.nodes.map((w) => [w, NODE_FUNDS] as const), ...[...setup.users, setup.owner].map((w) => [w, USER_FUNDS] as const)];
   const total = grants.reduce((sum, [, amount]) => sum + amount, 0n);
   await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: total.toString() }], 'Mint-Response');
   for (const [wallet, amount] of grants) {
     await ask(ownerAo, token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(wallet) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
   }
-  for (const user of setup.users) await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(USER_DEPOSIT);
+  for (const user of [...setup.users, setup.owner]) await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(USER_DEPOSIT);
   return { token, coordinator, model: published.modelId };
 }
 
@@ -166,15 +186,18 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     } else {
       step(2, 'setting up the network');
       const at: UnitsAt = { store: units.store, urls: units.urls, scheduler: units.scheduler.address, messenger: units.messenger.address };
-      ids = await setupNetwork(at, { owner: await unitWallet(wallets, 'owner'), users: [user], nodes: nodeWallets, leaseMs: options.leaseMs, log: (line) => log(`devnet [2/4] ${line}`) });
+      ids = await setupNetwork(at, { owner: await unitWallet(wallets, 'owner'), users: [user], nodes: nodeWallets, leaseMs: options.leaseMs, params: options.params, log: (line) => log(`devnet [2/4] ${line}`) });
       writeJson(saved, ids);
     }
 
-    step(3, `starting ${count} nodes (stake ${STAKE} each)`);
+    step(3, `starting ${count} nodes (stake ${DEVNET_STAKE} each)`);
     const network = { mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token };
     for (const [i, wallet] of nodeWallets.entries()) {
       nodes.push(
-        await startNode({ dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake: STAKE, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log }),
+        await startNode({
+          dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake: DEVNET_STAKE, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log,
+          ...options.strategies?.[i],
+        }),
       );
     }
 

@@ -7,6 +7,7 @@
 // coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
 import { aoClient, expectReply, RefusedError, waitForMessage, type AoClient } from '../ao/client.js';
 import { fundCoordinator } from '../processes/calls.js';
+import type { Receipt, TaskView } from '../processes/protocol.js';
 import type { Wallet } from '../store/wallet.js';
 import { walletAddress } from '../store/wallet.js';
 
@@ -28,37 +29,17 @@ export interface InferOptions {
   redundancy?: number;
   nodes?: string[];
   reference?: string;
-  /** How long to wait for the task to end (default 5 minutes). */
+  /**
+   * 'final' (default): resolve once the result is final — audited, or unchallenged through the
+   * window, or settled by a dispute — with its receipt. 'pending': resolve with the first answer,
+   * before anyone checked it (no receipt yet: the root is revealed later).
+   */
+  wait?: 'final' | 'pending';
+  /** How long to wait (default 5 minutes). */
   timeoutMs?: number;
 }
 
-export interface Receipt {
-  task: string;
-  model: string;
-  commitment: string;
-  traceRoot: string;
-  node: string;
-  /** The id of the node's Submit-Result message. */
-  result: string;
-  /** The id of the stored trace item. */
-  trace: string;
-}
-
-export interface TaskView {
-  task: string;
-  reference: string;
-  status: 'assigned' | 'completed' | 'mismatch' | 'failed';
-  model: string;
-  options: { max_tokens: number; temperature: number; top_p: number; seed: string };
-  result: string | null;
-  tokens: number[] | null;
-  usage: { prompt_tokens: number; completion_tokens: number };
-  receipt: Receipt | null;
-  results: { node: string; traceRoot: string; trace: string; result: string }[];
-  leases: { node: string; start: number; end: number; status: string }[];
-  createdAt: number;
-  endedAt: number | null;
-}
+export type { Receipt, TaskView, DisputeView, Participant } from '../processes/protocol.js';
 
 export interface InferResult {
   task: string;
@@ -66,7 +47,12 @@ export interface InferResult {
   status: TaskView['status'];
   receipt: Receipt | null;
   usage: TaskView['usage'];
+  /** A dispute replaced the first answer with this one. */
+  corrected: boolean;
 }
+
+/** How far `task()` looks past the request for an ended task's last answer. */
+const ARCHIVE_SCAN = { page: 200, pages: 50 };
 
 export interface Balance {
   account: string;
@@ -116,14 +102,33 @@ function connect(connection: Connection): VerityClient {
       const from = await ao.latest(coordinator);
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
-      const response = await waitForMessage(ao, coordinator, { from, target: address, action: 'Infer-Response', match: (t) => t.Task === id, timeoutMs: options.timeoutMs ?? 300_000 });
+      const done = (t: Record<string, string>): boolean => t.Task === id && (options.wait === 'pending' || t.Status !== 'pending');
+      const response = await waitForMessage(ao, coordinator, { from, target: address, action: 'Infer-Response', match: done, timeoutMs: options.timeoutMs ?? 300_000 });
       if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
       const task = JSON.parse(response.data) as TaskView;
-      return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage };
+      return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
     },
 
     async task(id) {
-      return JSON.parse((await dryData(ao, coordinator, address, 'Task', [{ name: 'Task', value: id }])).data) as TaskView;
+      try {
+        return JSON.parse((await dryData(ao, coordinator, address, 'Task', [{ name: 'Task', value: id }])).data) as TaskView;
+      } catch (e) {
+        if (!(e instanceof RefusedError) || e.code !== 404) throw e;
+      }
+      // An ended task left the coordinator's state: its last Infer-Response, in a later result, holds all of it.
+      let from: string | undefined;
+      for (let page = 0; page < ARCHIVE_SCAN.pages; page++) {
+        const results = await ao.results(coordinator, from === undefined ? { after: id, limit: ARCHIVE_SCAN.page } : { from, limit: ARCHIVE_SCAN.page });
+        for (const { node } of results.edges) {
+          for (const m of node.Messages) {
+            const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value]));
+            if (tags.Action === 'Infer-Response' && tags.Task === id && (tags.Status === 'final' || tags.Status === 'failed')) return JSON.parse(m.Data ?? '') as TaskView;
+          }
+        }
+        if (!results.pageInfo.hasNextPage) break;
+        from = results.edges.at(-1)!.cursor;
+      }
+      throw new RefusedError(404, `task ${id} is neither live nor ended within ${ARCHIVE_SCAN.page * ARCHIVE_SCAN.pages} messages of its request`);
     },
 
     async balance(account = address) {

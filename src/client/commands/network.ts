@@ -130,7 +130,25 @@ export async function taskCommand(id: string, flags: NetworkFlags): Promise<void
     process.stdout.write(`${JSON.stringify(task)}\n`);
     return;
   }
-  printResult(flags, { task: task.task, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage });
+  printResult(flags, { task: task.task, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected });
+  process.stderr.write(verificationLines(task));
+}
+
+/** Who took part and how, and every round of every dispute, as `verity task` prints them. */
+function verificationLines(task: TaskView): string {
+  const short = (h: string | undefined): string => (h ? `${h.slice(0, 16)}…` : '-');
+  const lines = [`audited: ${task.audited ? 'yes' : 'no'}${task.corrected ? ', corrected by a dispute' : ''}`, 'participants:'];
+  for (const p of task.participants) lines.push(`  ${p.role.padEnd(10)} ${p.node}  ${p.status.padEnd(9)} root ${short(p.traceRoot)}`);
+  task.disputes.forEach((d, i) => {
+    lines.push(`dispute ${i + 1}: ${d.asserter} (result) vs ${d.challenger}, ${d.steps} steps`);
+    for (const r of d.rounds) {
+      const differ = r.points.filter((_, j) => r.values.asserter[j] !== r.values.challenger[j]).length;
+      lines.push(`  round ${r.round}: [${r.interval[0]}, ${r.interval[1]}] at ${r.points.length} points, ${differ} differ → [${r.next[0]}, ${r.next[1]}]`);
+    }
+    if (d.proof) lines.push(`  one-step proof: step ${d.proof.step} (${d.proof.kind}) opened by ${d.proof.by}: acc ${short(d.proof.acc)}`);
+    lines.push(`  outcome: ${d.outcome ? `${d.outcome.winner ?? 'no winner'} (${d.outcome.reason})` : `running (${d.phase}, interval [${d.interval[0]}, ${d.interval[1]}])`}`);
+  });
+  return `${lines.join('\n')}\n`;
 }
 
 export interface DevnetFlags {
