@@ -153,6 +153,8 @@ const ACCOUNT = /^([A-Za-z0-9_-]{43}|0x[0-9a-fA-F]{40})$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const KNOWN_ANSWERS = 32;
 const MAX_AUDITS = 3;
+/** Disputes one task may hold: each challenge delays finality, so their number is bounded too. */
+const MAX_DISPUTES = 8;
 const REPUTATION = { start: 100, max: 200, min: 1, audited: 1, expired: 20, lost: 50 };
 
 const tagOf = (msg: { Tags: Tag[] }, name: string): string | undefined => {
@@ -693,6 +695,7 @@ const HANDLERS: Record<string, Handler> = {
     const node = nodeOf(state, msg.From);
     if (!node || !isActive(state, node)) refuse(403, 'only an active staked node may challenge');
     if (task.participants.some((x) => x.node === msg.From)) refuse(409, 'this node already takes part in the task');
+    if (task.disputes.length >= MAX_DISPUTES) refuse(409, `the task has had its ${MAX_DISPUTES} disputes`);
     const bond = big(state.params.challengeBond);
     if (freeStake(state, msg.From) < bond) refuse(402, `a challenge locks Challenge-Bond (${bond}); ${msg.From} has ${freeStake(state, msg.From)} free stake`);
     const root = tagOf(msg, 'Trace-Root') ?? '';
