@@ -250,7 +250,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
         AND (w.lane IS NULL OR NOT EXISTS (SELECT 1 FROM work e WHERE e.lane = w.lane AND e.state = 'pending' AND e.id < w.id))
       ORDER BY w.id LIMIT @limit`),
     nextAt: db.prepare<[{ now: number; busy: string }], { at: number | null }>(
-      `SELECT MIN(next_at) AS at FROM work WHERE state = 'pending' AND next_at > @now AND id NOT IN (SELECT value FROM json_each(@busy))`,
+      // A parked forward is never due (submit() hands it over): it must not arm the timer (PARKED − now overflows setTimeout to 1 ms).
+      `SELECT MIN(next_at) AS at FROM work WHERE state = 'pending' AND next_at > @now AND next_at < ${PARKED} AND id NOT IN (SELECT value FROM json_each(@busy))`,
     ),
     pending: db.prepare<[], { n: number }>(`SELECT COUNT(*) AS n FROM work WHERE state = 'pending'`),
     saveItem: db.prepare('UPDATE work SET item_id = ?, item = ?, updated_at = ? WHERE id = ?'),
