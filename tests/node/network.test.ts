@@ -1,0 +1,230 @@
+// Nodes against the real coordinator on embedded units: the verification protocol end to end with
+// real engines, honest and cheating (src/node/strategies.ts). Every test spawns its own network
+// with exactly the nodes it needs, always audited (Audit-Ppm 1000000) unless it says otherwise,
+// with short clocks, and follows the requester's Infer-Responses to the final one.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { aoClient, expectReply, waitForMessage, type AoClient } from '../../src/ao/client.js';
+import { publishModule } from '../../src/ao/modules.js';
+import { startUnits, type RunningUnits } from '../../src/ao/units.js';
+import { BUNDLED_MODEL } from '../../src/client/devnet.js';
+import { Verity } from '../../src/client/sdk.js';
+import { loadModel } from '../../src/engine/index.js';
+import { startNode, type RunningNode, type StrategyName } from '../../src/node/index.js';
+import { coordinatorExtensions, processModule } from '../../src/processes/index.js';
+import type { TaskView } from '../../src/processes/protocol.js';
+import { publishModel } from '../../src/store/models.js';
+import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { withTempDir } from '../helpers.js';
+
+const PARAMS: Record<string, string> = {
+  'Min-Stake': '600', Slash: '600', 'Miss-Slash': '60', 'Challenge-Bond': '600', 'Round-Bond': '5', 'Audit-Ppm': '1000000',
+  'Max-Tokens': '64', 'Lease-Ms': '8000', 'Reveal-Ms': '8000', 'Clock-Ms': '8000', 'Challenge-Window-Ms': '4000',
+};
+const STAKE = 2_000n;
+
+interface Net {
+  units: RunningUnits;
+  coordinator: string;
+  token: string;
+  model: string;
+  user: Wallet;
+  userAo: AoClient;
+  nodes: RunningNode[];
+  logs: string[];
+  /** Starts one more node (funded like the others). */
+  add(strategy: StrategyName): Promise<RunningNode>;
+}
+
+async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string): Promise<Record<string, string>> {
+  return expectReply(await ao.result(process, await ao.message(process, { tags })), action).tags;
+}
+
+/** A network with one node per strategy (nodes[i] runs strategies[i]). */
+async function network(dir: string, strategies: (StrategyName | { strategy: StrategyName; watchPpm?: number; colludeDir?: string })[], params: Record<string, string> = {}): Promise<Net> {
+  const units = await startUnits({ dir, extensions: coordinatorExtensions });
+  const logs: string[] = [];
+  const nodes: RunningNode[] = [];
+  try {
+    const owner = await generateWallet('ed25519');
+    const ownerAo = aoClient({ ...units.urls, wallet: owner });
+    const signer = walletSigner(owner);
+    const authority = { name: 'Authority', value: units.messenger.address };
+    const tokenModule = await publishModule(units.store, signer, processModule('token'), 'verity-token');
+    const coordinatorModule = await publishModule(units.store, signer, processModule('coordinator'), 'verity-coordinator');
+    const token = await ownerAo.spawn(tokenModule, units.scheduler.address, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
+    const spawn = Object.entries({ ...PARAMS, ...params }).map(([name, value]) => ({ name, value }));
+    const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler.address, { tags: [{ name: 'Token', value: token }, ...spawn, authority] });
+    const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
+    await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }, { name: 'Manifest', value: published.manifestId }], 'Register-Model-Response');
+    const user = await generateWallet('ed25519');
+    await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: '100000000' }], 'Mint-Response');
+    const fund = (w: Wallet, amount: bigint) =>
+      ask(ownerAo, token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(w) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
+    await fund(user, 1_000_000n);
+    await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(100_000n);
+    const net = { mu: units.urls.mu, cu: units.urls.cu, coordinator, token };
+    const add = async (s: StrategyName | { strategy: StrategyName; watchPpm?: number; colludeDir?: string }): Promise<RunningNode> => {
+      const o = typeof s === 'string' ? { strategy: s } : s;
+      const wallet = await generateWallet('ed25519');
+      await fund(wallet, 10_000n);
+      const node = await startNode({
+        dir: join(dir, `node-${nodes.length}`), wallet, store: units.store, network: net, stake: STAKE, heartbeatMs: 500, pollMs: 200,
+        strategy: o.strategy, strategyOptions: { colludeDir: o.colludeDir }, watchPpm: o.watchPpm, log: (line) => logs.push(line),
+      });
+      nodes.push(node);
+      return node;
+    };
+    for (const s of strategies) await add(s);
+    return { units, coordinator, token, model: published.modelId, user, userAo: aoClient({ ...units.urls, wallet: user }), nodes, logs, add };
+  } catch (e) {
+    for (const n of nodes) await n.close();
+    await units.close();
+    throw e;
+  }
+}
+
+async function close(net: Net): Promise<void> {
+  for (const n of net.nodes) await n.close();
+  await net.units.close();
+}
+
+/** Sends Infer (asserters among `nodes`) and follows the requester's Infer-Responses to the final (or failed) one. */
+async function infer(net: Net, prompt: string, options: object, asserters: RunningNode[], reaudit = false): Promise<{ tags: Record<string, string>; view: TaskView }> {
+  const from = await net.userAo.latest(net.coordinator);
+  const id = await net.userAo.message(net.coordinator, {
+    tags: [
+      { name: 'Action', value: 'Infer' }, { name: 'X-Options', value: JSON.stringify(options) }, { name: 'Nodes', value: asserters.map((n) => n.address).join(',') },
+    ],
+    data: prompt,
+  });
+  expectReply(await net.userAo.result(net.coordinator, id), 'Infer-Accepted');
+  // After a dispute the surviving result is audited again by a node that took no part: start one then.
+  let watching = reaudit;
+  const reaudited = (async () => {
+    while (watching) {
+      const reply = await net.userAo.dryRun(net.coordinator, { tags: [{ name: 'Action', value: 'Task' }, { name: 'Task', value: id }] });
+      const data = reply.Messages.find((m) => m.Tags.some((t) => t.name === 'Action' && t.value === 'Task-Response'))?.Data;
+      const view = data ? (JSON.parse(data) as TaskView) : null;
+      if (view && view.disputes.some((d) => d.outcome !== null)) {
+        await net.add('honest');
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  const last = await waitForMessage(net.userAo, net.coordinator, {
+    from, target: walletAddress(net.user), action: 'Infer-Response', match: (t) => t.Task === id && (t.Status === 'final' || t.Status === 'failed'), timeoutMs: 60_000,
+  }).catch(async (e: Error) => {
+    const view = await net.userAo.dryRun(net.coordinator, { tags: [{ name: 'Action', value: 'Task' }, { name: 'Task', value: id }] });
+    throw new Error(`${e.message}\n${show(net)}\n${JSON.stringify(view.Messages[0]?.Data)}`);
+  }).finally(() => {
+    watching = false;
+  });
+  await reaudited;
+  return { tags: last.tags, view: JSON.parse(last.data) as TaskView };
+}
+
+/** Waits until `ok()` holds (a node confirms its last message just after the coordinator acts on it). */
+async function until(ok: () => boolean, what: () => string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) assert.fail(what());
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+const OPTIONS = { max_tokens: 24, temperature: 0.8, seed: 7 };
+const show = (net: Net): string => net.logs.slice(-40).join('\n');
+
+test('honest asserter, honest validator: the result is final, both agree, both are paid', { timeout: 180_000 }, () =>
+  withTempDir(async (dir) => {
+    const net = await network(dir, ['honest', 'honest']);
+    try {
+      const { tags, view } = await infer(net, 'Once upon a time', OPTIONS, [net.nodes[0]]);
+      assert.equal(tags.Status, 'final', show(net));
+      assert.equal(view.audited, true);
+      assert.equal(view.corrected, false);
+      assert.equal(view.disputes.length, 0);
+      assert.deepEqual(view.participants.map((p) => [p.node, p.role]), [[net.nodes[0].address, 'asserter'], [net.nodes[1].address, 'validator']]);
+      assert.equal(new Set(view.participants.map((p) => p.traceRoot)).size, 1);
+      assert.equal(view.receipt?.node, net.nodes[0].address);
+      for (const n of net.nodes) await until(() => n.activity().committed === 1 && n.activity().reveals === 1, () => JSON.stringify(n.activity()));
+    } finally {
+      await close(net);
+    }
+  }),
+);
+
+for (const [cheat, where] of [['wrong-token', 'asserter'], ['skip', 'asserter'], ['cheap-model', 'asserter'], ['lazy', 'validator'], ['lying-validator', 'validator']] as const) {
+  test(`${cheat} as the ${where} loses the dispute to an honest node; the final result is the honest one`, { timeout: 180_000 }, () =>
+    withTempDir(async (dir) => {
+      // The asserter is nodes[0] (the Nodes tag); the validator is the only other node.
+      const net = await network(dir, where === 'asserter' ? [cheat, 'honest'] : ['honest', cheat]);
+      try {
+        const { tags, view } = await infer(net, 'Once upon a time', OPTIONS, [net.nodes[0]], true);
+        assert.equal(tags.Status, 'final', show(net));
+        const cheater = net.nodes[where === 'asserter' ? 0 : 1];
+        const honestNode = net.nodes[where === 'asserter' ? 1 : 0];
+        assert.equal(view.disputes.length >= 1, true, show(net));
+        assert.equal(view.disputes[0].outcome?.winner, honestNode.address, JSON.stringify(view.disputes[0]));
+        assert.equal(view.receipt?.node, honestNode.address);
+        assert.equal(view.corrected, where === 'asserter');
+        assert.equal(view.participants.find((p) => p.node === cheater.address)?.status, 'slashed');
+        assert.ok(view.participants.filter((p) => p.node !== cheater.address).every((p) => p.traceRoot === view.receipt?.traceRoot), 'every other participant agrees with the result');
+        await until(() => honestNode.activity().posts + honestNode.activity().openings > 0, () => JSON.stringify(honestNode.activity()));
+        await until(() => cheater.activity().reveals === 1, () => JSON.stringify(cheater.activity()));
+      } finally {
+        await close(net);
+      }
+    }),
+  );
+}
+
+test('offline-mid-task holds its lease and never submits: the lease expires and another node serves the task', { timeout: 180_000 }, () =>
+  withTempDir(async (dir) => {
+    const net = await network(dir, ['offline-mid-task', 'honest', 'honest'], { 'Lease-Ms': '3000' });
+    try {
+      const { tags, view } = await infer(net, 'Once upon a time', OPTIONS, [net.nodes[0], net.nodes[1]]);
+      assert.equal(tags.Status, 'final', show(net));
+      assert.notEqual(view.receipt?.node, net.nodes[0].address);
+      const first = view.participants.find((p) => p.node === net.nodes[0].address);
+      if (first) assert.equal(first.status, 'expired');
+    } finally {
+      await close(net);
+    }
+  }),
+);
+
+test('a colluding pair, asserter and its only possible validator, gets a wrong result through: audits need honest validators', { timeout: 180_000 }, () =>
+  withTempDir(async (dir) => {
+    const shared = join(dir, 'collude');
+    const net = await network(dir, [{ strategy: 'colluding-pair', colludeDir: shared }, { strategy: 'colluding-pair', colludeDir: shared }]);
+    try {
+      const { tags, view } = await infer(net, 'Once upon a time', { ...OPTIONS, temperature: 0 }, [net.nodes[0]]);
+      assert.equal(tags.Status, 'final', show(net));
+      assert.equal(view.disputes.length, 0);
+      assert.equal(new Set(view.participants.map((p) => p.traceRoot)).size, 1);
+      assert.deepEqual(view.participants.map((p) => p.role), ['asserter', 'validator']);
+    } finally {
+      await close(net);
+    }
+  }),
+);
+
+test('watch mode: an unaudited wrong result is challenged in its window, the challenger wins, the result is corrected', { timeout: 180_000 }, () =>
+  withTempDir(async (dir) => {
+    // p = 0.1 (the smallest the economics allow with these numbers); the draw may audit it anyway.
+    const net = await network(dir, ['wrong-token', { strategy: 'honest', watchPpm: 1_000_000 }], { 'Audit-Ppm': '100000', 'Challenge-Window-Ms': '20000', Slash: '1000', 'Min-Stake': '1000', 'Challenge-Bond': '1000' });
+    try {
+      const { tags, view } = await infer(net, 'Once upon a time', OPTIONS, [net.nodes[0]], true);
+      assert.equal(tags.Status, 'final', show(net));
+      assert.equal(view.receipt?.node, net.nodes[1].address, show(net));
+      assert.equal(view.corrected, true);
+      if (!view.audited) await until(() => net.nodes[1].activity().challenges === 1, () => JSON.stringify(net.nodes[1].activity()));
+    } finally {
+      await close(net);
+    }
+  }),
+);
