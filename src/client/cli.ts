@@ -10,7 +10,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/proof.js') &
   typeof import('./commands/store.js') &
   typeof import('./commands/ao.js') &
-  typeof import('./commands/network.js');
+  typeof import('./commands/network.js') &
+  typeof import('./commands/sim.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -20,6 +21,7 @@ const modules = {
   store: () => import('./commands/store.js'),
   ao: () => import('./commands/ao.js'),
   network: () => import('./commands/network.js'),
+  sim: () => import('./commands/sim.js'),
 };
 
 /** An action that loads its module first. */
@@ -31,7 +33,7 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'RefusedError', 'NodeError', 'AoClientError', 'TaskError']);
+const USER_ERRORS = new Set(['SimError', 'ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'RefusedError', 'NodeError', 'AoClientError', 'TaskError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);
@@ -173,6 +175,21 @@ export function buildProgram(): Command {
     .option('--cheap-layer <n>', 'cheap-model: the layer whose weights it changes (default the middle one)')
     .option('--watch <ppm>', 're-run this share (parts per million) of other nodes\' revealed results and challenge any that differ (default 0)')
     .action(lazy('network', 'nodeStartCommand'));
+  program
+    .command('sim')
+    .description('simulate the network: honest and cheating nodes on a fresh devnet, many requests; per strategy what it served, cheated, was caught and slashed')
+    .option('--honest <n>', 'honest nodes', (v) => positive(v, 0, 64), 6)
+    .option('--per-strategy <n>', 'nodes of each cheating strategy (colluding-pair: pairs)', (v) => positive(v, 0, 8), 1)
+    .option('--strategies <names>', 'comma-separated cheating strategies (default: wrong-token, cheap-model, lazy, skip, offline-mid-task, lying-validator, colluding-pair)')
+    .option('--requests <n>', 'requests to send', (v) => positive(v, 1, 100_000), 300)
+    .option('--max-tokens <n>', 'tokens per request; also the coordinator\'s Max-Tokens', (v) => positive(v, 1, 256), 32)
+    .option('--concurrency <n>', 'requests in flight at once', (v) => positive(v, 1, 256), 8)
+    .option('--audit-ppm <ppm>', 'audit probability p in parts per million (default 100000)', (v) => positive(v, 0, 1_000_000))
+    .option('--slash <amount>', 'S, the stake locked per lease and slashed from a liar; Min-Stake and Challenge-Bond follow it (default 6000)')
+    .option('--tick-ms <ms>', 'send a Heartbeat every this many ms while requests run, so that time passes at the coordinator without waiting for the nodes\' (default 0: none)', (v) => positive(v, 0, 60_000))
+    .option('--dir <dir>', 'the devnet\'s folder, kept afterwards (default: a temporary one, removed unless something looked wrong)')
+    .option('--json', 'print the report as one JSON object')
+    .action(lazy('sim', 'simCommand'));
   program
     .command('inspect')
     .description('show architecture, shapes, parameter count, bytes and the model id')

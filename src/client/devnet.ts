@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { aoClient, expectReply, RefusedError, type AoClient } from '../ao/client.js';
 import { publishModule } from '../ao/modules.js';
+import type { Extensions } from '../ao/runtime.js';
 import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
 import { loadModel } from '../engine/index.js';
 import { startNode, type RunningNode, type StrategyOptions } from '../node/index.js';
@@ -39,6 +40,8 @@ export interface DevnetOptions {
   pollMs?: number;
   heartbeatMs?: number;
   log?: (line: string) => void;
+  /** The CU's host extensions, made from the units' store (default coordinatorExtensions; `npm run sim` wraps it to time host.step). */
+  extensions?: (store: Store) => Extensions;
 }
 
 /** What `verity devnet --json` prints and `--devnet <dir>` reads: where the network is. */
@@ -171,7 +174,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     dir,
     host: options.host,
     ports: base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3 },
-    extensions: coordinatorExtensions,
+    extensions: options.extensions ?? coordinatorExtensions,
   });
   const nodes: RunningNode[] = [];
   try {
