@@ -280,7 +280,8 @@ export function buildReport(obs: SimObservations): SimReport {
     if (view.receipt && view.receipt.commitment !== request.commitment) anomalies.push(`task ${id}: the coordinator's job commitment ${view.receipt.commitment.slice(0, 12)}… is not the request's ${request.commitment.slice(0, 12)}…`);
     for (const d of view.disputes) {
       rounds.push(d.rounds.length);
-      const reason = d.outcome ? `${d.outcome.winner ? strategyOf(d.outcome.winner) : 'no winner'} won (${d.outcome.reason})` : 'unsettled';
+      const loser = d.outcome?.winner === d.asserter ? d.challenger : d.asserter;
+      const reason = !d.outcome ? 'unsettled' : d.outcome.winner ? `${strategyOf(d.outcome.winner)} beat ${strategyOf(loser)} (${d.outcome.reason})` : `no winner between ${strategyOf(d.asserter)} and ${strategyOf(d.challenger)} (${d.outcome.reason})`;
       byReason[reason] = (byReason[reason] ?? 0) + 1;
     }
     for (const part of view.participants) {
