@@ -1,199 +1,121 @@
 // The coordinator process (src/processes/coordinator.ts) checked against docs/network.md, driven
 // through the real QuickJS runtime with the real host extensions over a real embedded store that
 // holds the real stories260K model. The token process is simulated: its Credit-Notices are messages
-// the MU pushes with From-Process = the coordinator's Token.
+// the MU pushes with From-Process = the coordinator's Token. Where a flow must reach a final result
+// the nodes are the in-process players of ./players.ts (the real engine, real traces, real signed
+// trace items); where it only needs a lease or a commitment, a made-up commitment does.
+// The verification game itself (audits, disputes, challenges) is verification.test.ts's subject.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import fc from 'fast-check';
-import type { Evaluation, Extensions, OutboxMessage } from '../../src/ao/runtime.js';
-import { loadModel } from '../../src/engine/index.js';
-import { coordinatorExtensions } from '../../src/processes/host.js';
-import { publishModel } from '../../src/store/models.js';
-import { openSqliteStore } from '../../src/store/sqlite-store.js';
-import type { Store } from '../../src/store/store.js';
-import { generateWallet, walletAddress, walletDid, walletSigner, type Wallet } from '../../src/store/wallet.js';
-import { stories260K, tok512 } from '../helpers.js';
-import type { State as CoordinatorState } from '../../src/processes/coordinator.js';
-import { START_TIMESTAMP, openProcess, processSource, tagOf, tagsOf, type OpenProcess, type SendOptions } from './harness.js';
+import type { Evaluation, OutboxMessage } from '../../src/ao/runtime.js';
+import { resultCommitment } from '../../src/processes/coordinator.js';
+import type { Assignment, Params, TasksReply, TaskView } from '../../src/processes/protocol.js';
+import { openProcess, tagOf, tagsOf, type SendOptions } from './harness.js';
+import {
+  ALICE, MU, OWNER, PROMPT, Player, TOKEN, World, actionOf, answer, fx, id43, play, source, until, useFixture, type Behaviour, type Net, type Sent,
+} from './players.js';
 
-// The coordinator's state, as the process keeps it.
-type CState = CoordinatorState;
+// ---- identities and parameters ----
 
-// ---- identities ----
-
-const id43 = (text: string): string => createHash('sha256').update(text).digest('base64url');
-const TOKEN = id43('the token process');
-const MU = id43('the MU wallet');
-const OWNER = id43('the coordinator owner');
-const ALICE = id43('alice');
 const BOB = id43('bob');
 const CAROL = id43('carol');
-const SPAWN = { Token: TOKEN, 'Min-Stake': '100', 'Lease-Ms': '5000', 'Unstake-Cooldown-Ms': '10000' };
-const T0 = START_TIMESTAMP;
-const ROOT_A = 'a'.repeat(64);
-const ROOT_B = 'b'.repeat(64);
-const TRACE = id43('a stored trace item');
-const PROMPT = 'Once upon a time';
+/**
+ * Small stakes and short times. Every result is audited (Audit-Ppm 10⁶), which the economic rule
+ * allows with S = 100 at T = 512: 10⁶·(512 + 100) ≥ 1.1·10⁶·512.
+ */
+const SPAWN = {
+  Token: TOKEN, 'Min-Stake': '100', Slash: '100', 'Miss-Slash': '10', 'Challenge-Bond': '100', 'Round-Bond': '5', 'Audit-Ppm': '1000000',
+  'Lease-Ms': '5000', 'Reveal-Ms': '5000', 'Clock-Ms': '5000', 'Challenge-Window-Ms': '3000', 'Unstake-Cooldown-Ms': '10000',
+};
+/** Never audited: honest only when running costs nothing (the rule allows it with C = 0); results become final through the window. */
+const UNAUDITED = { 'Audit-Ppm': '0', 'Compute-Cost-Per-Token': '0' };
 
-interface Fixture {
-  dir: string;
-  store: Store;
-  modelId: string;
-  manifestId: string;
-  tokenizerHash: string;
-  ext: Extensions;
-  wallets: Wallet[];
-  /** The node wallets' AO addresses and did:keys, index for index. */
-  addrs: string[];
-  dids: string[];
-}
-let fx: Fixture;
-let source = '';
-
-before(async () => {
-  source = await processSource('coordinator');
-  const dir = mkdtempSync(join(tmpdir(), 'verity-coordinator-'));
-  const store = openSqliteStore(dir);
-  const publisher = await generateWallet('ed25519');
-  const { modelId, manifestId } = await publishModel(store, walletSigner(publisher), loadModel(stories260K, { tokenizer: tok512 }), 'stories260K');
-  const ext = coordinatorExtensions(store);
-  const info = JSON.parse(await ext.model(JSON.stringify({ model: modelId, manifest: manifestId }))) as { tokenizerHash: string };
-  const wallets = await Promise.all(Array.from({ length: 6 }, () => generateWallet('ed25519')));
-  fx = { dir, store, modelId, manifestId, tokenizerHash: info.tokenizerHash, ext, wallets, addrs: wallets.map(walletAddress), dids: wallets.map(walletDid) };
-});
-
-after(async () => {
-  await fx?.store.close();
-  if (fx) rmSync(fx.dir, { recursive: true, force: true });
-});
+useFixture({ prefix: 'verity-coordinator-', spawn: SPAWN });
 
 // ---- driving the process ----
 
-type Sent = Evaluation & { id: string; timestamp: number };
-
-class World {
-  private count = 0;
-  constructor(
-    readonly p: OpenProcess,
-    public now: number,
-  ) {}
-
-  static async open(spawn: Record<string, string> = {}, id?: string): Promise<World> {
-    const p = await openProcess(source, { owner: OWNER, tags: { ...SPAWN, ...spawn }, extensions: fx.ext, ...(id ? { id } : {}) });
-    assert.equal(p.boot.Error, undefined, p.boot.Error);
-    return new World(p, T0);
-  }
-
-  state(): CState {
-    return this.p.state() as CState;
-  }
-
-  snapshot(): CState {
-    return structuredClone(this.state());
-  }
-
-  /** The next message id: deterministic for a given process id. */
-  nextId(): string {
-    return id43(`${this.p.id}:msg:${++this.count}`);
-  }
-
-  /** Sends at `timestamp` (default: 1 ms after the last message) and checks it was evaluated. */
-  async send(m: Omit<SendOptions, 'timestamp'> & { timestamp?: number }): Promise<Sent> {
-    const timestamp = m.timestamp ?? this.now + 1;
-    this.now = Math.max(this.now, timestamp);
-    const id = m.id ?? this.nextId();
-    const r = await this.p.send({ ...m, id, timestamp });
-    assert.equal(r.Error, undefined, `${JSON.stringify(m.tags)}: ${r.Error}`);
-    return Object.assign(r, { id, timestamp });
-  }
-
-  /** A Credit-Notice from the token process, pushed by the MU. */
-  credit(sender: string, quantity: string, purpose?: string): Promise<Sent> {
-    return this.send({ from: TOKEN, owner: MU, tags: { Action: 'Credit-Notice', Sender: sender, Quantity: quantity, ...(purpose ? { 'X-Action': purpose } : {}) } });
-  }
-
-  async deposit(who: string, quantity: string): Promise<void> {
-    const r = await this.credit(who, quantity, 'Deposit');
-    assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Balance]), [[who, 'Deposit-Notice', quantity, this.state().deposits[who]]]);
-  }
-
-  async stake(who: string, quantity: string): Promise<void> {
-    const r = await this.credit(who, quantity, 'Stake');
-    assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Stake]), [[who, 'Stake-Notice', quantity, this.state().stakes[who]]]);
-  }
-
-  async registerModel(): Promise<void> {
-    const r = await this.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId } });
-    assert.equal(tagOf(r.Messages[0], 'Action'), 'Register-Model-Response');
-  }
-
-  async registerNode(i: number, capacity = 1, models = fx.modelId): Promise<Sent> {
-    const r = await this.send({ from: fx.addrs[i], tags: { Action: 'Register-Node', DID: fx.dids[i], Models: models, Capacity: String(capacity) } });
-    assert.equal(tagOf(r.Messages.at(-1)!, 'Action'), 'Register-Node-Response', JSON.stringify(r.Messages));
-    return r;
-  }
-
-  infer(from: string, options: object | string | undefined, tags: Record<string, string> = {}, extra: Partial<SendOptions> = {}, prompt = PROMPT): Promise<Sent> {
-    const opts: Record<string, string> = options === undefined ? {} : { 'X-Options': typeof options === 'string' ? options : JSON.stringify(options) };
-    return this.send({ from, data: prompt, ...extra, tags: { Action: 'Infer', ...opts, ...tags } });
-  }
-
-  submit(
-    node: string,
-    task: string,
-    o: { commitment?: string; root?: string; trace?: string; tokens?: number[]; text?: string; tokensTag?: string; data?: string; timestamp?: number } = {},
-  ): Promise<Sent> {
-    const tokens = o.tokens ?? [13, 42, 7];
-    const commitment = o.commitment ?? this.state().tasks[task]?.commitment ?? '';
-    return this.send({
-      from: node,
-      ...(o.timestamp === undefined ? {} : { timestamp: o.timestamp }),
-      tags: { Action: 'Submit-Result', Task: task, 'Job-Commitment': commitment, 'Trace-Root': o.root ?? ROOT_A, Trace: o.trace ?? TRACE, Tokens: o.tokensTag ?? String(tokens.length) },
-      data: o.data ?? JSON.stringify({ text: o.text ?? ' there was a cat', tokens }),
-    });
-  }
-
-  async nodesList(): Promise<Record<string, unknown>[]> {
-    const r = await this.send({ from: ALICE, tags: { Action: 'Nodes' } });
-    assert.equal(tagOf(r.Messages[0], 'Action'), 'Nodes-Response');
-    return JSON.parse(r.Messages[0].Data!) as Record<string, unknown>[];
-  }
+async function deposit(w: World, who: string, quantity: string): Promise<void> {
+  const r = await w.credit(who, quantity, 'Deposit');
+  assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Balance]), [[who, 'Deposit-Notice', quantity, w.state().deposits[who]]]);
 }
 
-/** A world with the model registered, `nodes` nodes registered and staked, and deposits made. */
+async function stake(w: World, who: string, quantity: string): Promise<void> {
+  const r = await w.credit(who, quantity, 'Stake');
+  assert.deepEqual(r.Messages.map((m) => [m.Target, tagsOf(m).Action, tagsOf(m).Quantity, tagsOf(m).Stake]), [[who, 'Stake-Notice', quantity, w.state().stakes[who]]]);
+}
+
+async function registerModel(w: World): Promise<void> {
+  const r = await w.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId } });
+  assert.equal(tagOf(r.Messages[0], 'Action'), 'Register-Model-Response');
+}
+
+async function registerNode(w: World, i: number, capacity = 1, models = fx.modelId): Promise<Sent> {
+  const r = await w.send({ from: fx.addrs[i], tags: { Action: 'Register-Node', DID: fx.dids[i], Models: models, Capacity: String(capacity) } });
+  assert.equal(tagOf(r.Messages.at(-1)!, 'Action'), 'Register-Node-Response', JSON.stringify(r.Messages.map(tagsOf)));
+  return r;
+}
+
+interface TestNet extends Net {
+  /** The players' addresses, index for index. */
+  nodes: string[];
+}
+
+/** A world with the model registered, nodes staked (stake comes first now) and registered, and deposits made. */
 async function network(
-  o: { nodes?: number; stake?: string | string[]; capacity?: number; deposits?: Record<string, string>; spawn?: Record<string, string>; id?: string } = {},
-): Promise<World & { nodes: string[] }> {
+  o: { nodes?: number; behaviours?: Behaviour[]; stake?: string | string[]; capacity?: number; deposits?: Record<string, string>; spawn?: Record<string, string>; id?: string } = {},
+): Promise<TestNet> {
   const w = await World.open(o.spawn, o.id);
-  await w.registerModel();
-  const n = o.nodes ?? 3;
-  for (let i = 0; i < n; i++) {
-    await w.registerNode(i, o.capacity ?? 1);
-    const stake = Array.isArray(o.stake) ? o.stake[i] : (o.stake ?? '1000');
-    if (stake !== '0') await w.stake(fx.addrs[i], stake);
+  await registerModel(w);
+  const behaviours = o.behaviours ?? Array.from({ length: o.nodes ?? 3 }, (): Behaviour => 'honest');
+  for (let i = 0; i < behaviours.length; i++) {
+    const q = Array.isArray(o.stake) ? o.stake[i] : (o.stake ?? '1000');
+    if (q !== '0') await stake(w, fx.addrs[i], q);
+    await registerNode(w, i, o.capacity ?? 1);
   }
-  for (const [who, q] of Object.entries(o.deposits ?? { [ALICE]: '1000' })) await w.deposit(who, q);
-  return Object.assign(w, { nodes: fx.addrs.slice(0, n) });
+  for (const [who, q] of Object.entries(o.deposits ?? { [ALICE]: '1000' })) await deposit(w, who, q);
+  return { w, players: behaviours.map((b, i) => new Player(fx.wallets[i], b)), nodes: fx.addrs.slice(0, behaviours.length) };
 }
 
-const actionOf = (m: OutboxMessage): string | undefined => tagOf(m, 'Action');
+function inferMessage(from: string, options: object | string | undefined, tags: Record<string, string> = {}, extra: Partial<SendOptions> = {}, prompt = PROMPT) {
+  const opts: Record<string, string> = options === undefined ? {} : { 'X-Options': typeof options === 'string' ? options : JSON.stringify(options) };
+  return { from, data: prompt, ...extra, tags: { Action: 'Infer', ...opts, ...tags } };
+}
+
+const infer = (w: World, from: string, options: object | string | undefined, tags: Record<string, string> = {}, extra: Partial<SendOptions> = {}, prompt = PROMPT): Promise<Sent> =>
+  w.send(inferMessage(from, options, tags, extra, prompt));
+
+/** A commitment to a made-up root: enough for a lease to count as answered (it can never be revealed). */
+function commitTags(w: World, node: string, task: string, tokens: number[], root = 'a'.repeat(64)): Record<string, string> {
+  return {
+    Action: 'Submit-Result', Task: task, 'Job-Commitment': w.state().tasks[task]?.commitment ?? 'c'.repeat(64), 'Result-Commitment': resultCommitment(task, node, root), Tokens: String(tokens.length),
+  };
+}
+const commit = (w: World, node: string, task: string, tokens = [13, 42, 7], extra: Partial<SendOptions> = {}): Promise<Sent> =>
+  w.send({ from: node, ...extra, tags: commitTags(w, node, task, tokens), data: JSON.stringify({ tokens }) });
+
 const withAction = (r: Evaluation, action: string): OutboxMessage[] => r.Messages.filter((m) => actionOf(m) === action);
 const one = (r: Evaluation, action: string): OutboxMessage => {
   const found = withAction(r, action);
   assert.equal(found.length, 1, `exactly one ${action} in ${JSON.stringify(r.Messages.map((m) => [m.Target, actionOf(m)]))}`);
   return found[0];
 };
+const heartbeat = (w: World, from: string, timestamp?: number): Promise<Sent> => w.send({ from, tags: { Action: 'Heartbeat' }, ...(timestamp === undefined ? {} : { timestamp }) });
+const viewOf = (m: OutboxMessage): TaskView => JSON.parse(m.Data!) as TaskView;
+const assignmentOf = (m: OutboxMessage): Assignment => JSON.parse(m.Data!) as Assignment;
+
+async function nodesList(w: World): Promise<Record<string, unknown>[]> {
+  const r = await w.send({ from: ALICE, tags: { Action: 'Nodes' } });
+  assert.equal(tagOf(r.Messages[0], 'Action'), 'Nodes-Response');
+  return JSON.parse(r.Messages[0].Data!) as Record<string, unknown>[];
+}
 
 /**
  * Sends `m` and checks it is refused as docs/network.md says: one reply to the sender with
  * `<Action>-Error` (`Infer-Response` for Infer), Code, a one-line Message, Reference = the message
  * id, the X-Reference echoed, and the state exactly as it was.
  */
-async function refused(w: World, m: Omit<SendOptions, 'timestamp'> & { timestamp?: number }, code: number, label = JSON.stringify(m.tags)): Promise<OutboxMessage> {
+async function refused(w: World, m: Omit<SendOptions, 'timestamp'> & { timestamp?: number }, code: number, label = JSON.stringify(m.tags), pattern?: RegExp): Promise<OutboxMessage> {
   const before = w.snapshot();
   const r = await w.send(m);
   assert.equal(r.Messages.length, 1, `${label}: ${JSON.stringify(r.Messages)}`);
@@ -205,6 +127,7 @@ async function refused(w: World, m: Omit<SendOptions, 'timestamp'> & { timestamp
   assert.equal(tags.Action, action === 'Infer' ? 'Infer-Response' : `${action}-Error`, label);
   assert.equal(tags.Code, String(code), `${label}: ${tags.Message}`);
   assert.ok(tags.Message && !tags.Message.includes('\n'), `${label}: a one-line Message`);
+  if (pattern) assert.match(tags.Message, pattern, label);
   assert.equal(tags.Reference, r.id, label);
   assert.equal(tags['X-Reference'], xref, label);
   if (action === 'Infer') assert.equal(tags.Status, 'rejected', label);
@@ -216,7 +139,7 @@ const sum = (record: Record<string, string>): bigint => Object.values(record).re
 
 // ---- 1. models ----
 
-test('Register-Model: owner only, a 64-hex id, published; Models lists {id, name, contextLength, tokenizerHash}', async () => {
+test('Register-Model: owner only, a 64-hex id, published; Models lists {id, manifest, name, contextLength, tokenizerHash}', async () => {
   const w = await World.open();
   await refused(w, { from: ALICE, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-1' } }, 403);
   // An MU pushing for another process is not the owner either.
@@ -240,7 +163,7 @@ test('Register-Model: owner only, a 64-hex id, published; Models lists {id, name
   assert.deepEqual(w.state().models, [entry]);
 
   // Registering again keeps one entry.
-  await w.registerModel();
+  await registerModel(w);
   const list = await w.send({ from: BOB, tags: { Action: 'Models', 'X-Reference': 'l' } });
   assert.deepEqual(tagsOf(list.Messages[0]), { Action: 'Models-Response', Reference: list.id, 'X-Reference': 'l' });
   assert.deepEqual(JSON.parse(list.Messages[0].Data!), [entry]);
@@ -248,9 +171,9 @@ test('Register-Model: owner only, a 64-hex id, published; Models lists {id, name
 
 // ---- 2. nodes and stakes ----
 
-test('Register-Node: the signer\'s own did:key, registered models, Capacity 1-64; registering again updates; stakes come only from the token', async () => {
+test('Register-Node: the signer\'s own did:key, stake ≥ Min-Stake first, registered models, Capacity 1-64; registering again updates; stakes come only from the token', async () => {
   const w = await World.open();
-  await w.registerModel();
+  await registerModel(w);
   const [a, b] = fx.addrs;
   const base = { Action: 'Register-Node', DID: fx.dids[0], Models: fx.modelId, Capacity: '2' };
   await refused(w, { from: a, tags: { ...base, DID: fx.dids[1], 'X-Reference': 'n-1' } }, 403, 'another wallet\'s DID');
@@ -260,8 +183,19 @@ test('Register-Node: the signer\'s own did:key, registered models, Capacity 1-64
     await refused(w, { from: a, tags: { ...base, DID: did } }, 400, `DID=${did}`);
   }
   await refused(w, { from: a, tags: { Action: 'Register-Node', Models: fx.modelId } }, 400, 'no DID');
+
+  // An entry costs stake: none, then not enough.
+  await refused(w, { from: a, tags: base }, 402, 'no stake', /stake at least Min-Stake \(100\) before registering/);
+  await stake(w, a, '99');
+  await refused(w, { from: a, tags: base }, 402, 'stake 99 < Min-Stake 100');
+  await stake(w, a, '51');
+  assert.equal(w.state().stakes[a], '150');
+  assert.equal(w.state().deposits[a], undefined, 'a stake is not a deposit');
+
   await refused(w, { from: a, tags: { ...base, Models: 'f'.repeat(64) } }, 404, 'unregistered model');
-  await refused(w, { from: a, tags: { ...base, Models: `${fx.modelId},${'f'.repeat(64)}` } }, 404, 'one unregistered model');
+  await refused(w, { from: a, tags: { ...base, Models: '' } }, 400, 'no model');
+  // More ids than registered models is malformed (a bound on the list), whatever they are.
+  await refused(w, { from: a, tags: { ...base, Models: `${fx.modelId},${'f'.repeat(64)}` } }, 400, 'one registered, one not', /more models than are registered/);
   for (const capacity of ['0', '65', '100', '-1', '1.5', 'x', '', ' 2']) {
     await refused(w, { from: a, tags: { ...base, Capacity: capacity } }, 400, `Capacity=${capacity}`);
   }
@@ -270,26 +204,16 @@ test('Register-Node: the signer\'s own did:key, registered models, Capacity 1-64
   const r = await w.send({ from: a, tags: { ...base, 'X-Reference': 'n-2' } });
   assert.deepEqual(r.Messages.map((m) => m.Target), [a]);
   assert.deepEqual(tagsOf(r.Messages[0]), { Action: 'Register-Node-Response', Reference: r.id, 'X-Reference': 'n-2', Node: a });
-  const view = (await w.nodesList())[0];
-  assert.deepEqual(
-    { address: view.address, did: view.did, models: view.models, capacity: view.capacity, stake: view.stake, reputation: view.reputation, active: view.active, completed: view.completed, expired: view.expired },
-    { address: a, did: fx.dids[0], models: [fx.modelId], capacity: 2, stake: '0', reputation: 100, active: false, completed: 0, expired: 0 },
-  );
+  const view = (await nodesList(w))[0];
+  assert.deepEqual(view, {
+    address: a, did: fx.dids[0], models: [fx.modelId], capacity: 2, reputation: 100, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: r.timestamp,
+    stake: '150', locked: '0', active: true,
+  });
 
   // Again: capacity 64 (the top of the range), models updated in place, still one node.
   await w.send({ from: a, tags: { ...base, Capacity: '64' } });
   assert.equal(w.state().nodes.length, 1);
   assert.equal(w.state().nodes[0].capacity, 64);
-
-  // A stake is a Credit-Notice with X-Action=Stake from the Token process.
-  await w.stake(a, '99');
-  assert.equal((await w.nodesList())[0].active, false, 'below Min-Stake');
-  await w.stake(a, '51');
-  assert.equal(w.state().stakes[a], '150');
-  assert.equal(w.state().deposits[a], undefined, 'a stake is not a deposit');
-  const listed = (await w.nodesList())[0];
-  assert.equal(listed.stake, '150');
-  assert.equal(listed.active, true);
 
   // Anyone else's Credit-Notice is refused, signed or pushed.
   for (const [from, owner] of [[ALICE, ALICE], [ALICE, MU], [OWNER, OWNER], [a, a]]) {
@@ -298,16 +222,23 @@ test('Register-Node: the signer\'s own did:key, registered models, Capacity 1-64
   }
   assert.equal(w.state().stakes[a], '150');
   const bal = await w.send({ from: a, tags: { Action: 'Balance' } });
-  assert.equal(tagOf(bal.Messages[0], 'Stake'), '150');
+  assert.deepEqual([tagOf(bal.Messages[0], 'Stake'), tagOf(bal.Messages[0], 'Locked')], ['150', '0']);
 });
 
 // ---- 3. deposits, balances, withdrawals ----
 
 test('Deposit credits the sender of the Credit-Notice; Balance answers; Withdraw pays out with a token Transfer', async () => {
   const w = await World.open();
-  await w.deposit(ALICE, '500');
-  await w.deposit(ALICE, '25');
+  await deposit(w, ALICE, '500');
+  await deposit(w, ALICE, '25');
   assert.equal(w.state().deposits[ALICE], '525');
+  // A Credit-Notice with another X-Action (or none) is a deposit too: no transfer is stranded.
+  await deposit(w, BOB, '3');
+  const plain = await w.credit(BOB, '2');
+  assert.deepEqual([actionOf(plain.Messages[0]), tagOf(plain.Messages[0], 'Balance')], ['Deposit-Notice', '5']);
+  const echoed = await w.send({ from: TOKEN, owner: MU, tags: { Action: 'Credit-Notice', Sender: BOB, Quantity: '1', 'X-Action': 'Tip', 'X-Reference': 't-1' } });
+  w.credited += 1n;
+  assert.deepEqual(tagsOf(echoed.Messages[0]), { Action: 'Deposit-Notice', Quantity: '1', Balance: '6', 'X-Action': 'Tip', 'X-Reference': 't-1' }, 'the transfer\'s X- tags come back');
   // Malformed notices from the token are refused without crediting.
   await refused(w, { from: TOKEN, owner: MU, tags: { Action: 'Credit-Notice', Sender: ALICE, Quantity: '-5', 'X-Action': 'Deposit' } }, 400, 'negative');
   await refused(w, { from: TOKEN, owner: MU, tags: { Action: 'Credit-Notice', Sender: ALICE, Quantity: '01', 'X-Action': 'Deposit' } }, 400, 'leading zero');
@@ -316,10 +247,10 @@ test('Deposit credits the sender of the Credit-Notice; Balance answers; Withdraw
   const self = await w.send({ from: ALICE, tags: { Action: 'Balance', 'X-Reference': 'b-1' } });
   assert.equal(self.Messages.length, 1);
   assert.equal(self.Messages[0].Target, ALICE);
-  assert.deepEqual(tagsOf(self.Messages[0]), { Action: 'Balance-Response', Reference: self.id, 'X-Reference': 'b-1', Balance: '525', Earnings: '0', Stake: '0', Account: ALICE });
+  assert.deepEqual(tagsOf(self.Messages[0]), { Action: 'Balance-Response', Reference: self.id, 'X-Reference': 'b-1', Balance: '525', Earnings: '0', Stake: '0', Locked: '0', Account: ALICE });
   assert.equal(self.Messages[0].Data, '525');
-  const other = await w.send({ from: ALICE, tags: { Action: 'Balance', Target: BOB } });
-  assert.deepEqual(tagsOf(other.Messages[0]), { Action: 'Balance-Response', Reference: other.id, Balance: '0', Earnings: '0', Stake: '0', Account: BOB });
+  const other = await w.send({ from: ALICE, tags: { Action: 'Balance', Target: CAROL } });
+  assert.deepEqual(tagsOf(other.Messages[0]), { Action: 'Balance-Response', Reference: other.id, Balance: '0', Earnings: '0', Stake: '0', Locked: '0', Account: CAROL });
   const recipient = await w.send({ from: BOB, tags: { Action: 'Balance', Recipient: ALICE } });
   assert.equal(tagOf(recipient.Messages[0], 'Account'), ALICE);
   assert.equal(tagOf(recipient.Messages[0], 'Balance'), '525');
@@ -341,7 +272,7 @@ test('Deposit credits the sender of the Credit-Notice; Balance answers; Withdraw
   // Too much, malformed, nothing at all: refused, nothing paid.
   await refused(w, { from: ALICE, tags: { Action: 'Withdraw', Quantity: '326', 'X-Reference': 'w-2' } }, 402);
   for (const q of ['-1', '1.5', '01', 'all', '', '1e3']) await refused(w, { from: ALICE, tags: { Action: 'Withdraw', Quantity: q } }, 400, `Quantity=${q}`);
-  await refused(w, { from: BOB, tags: { Action: 'Withdraw', Quantity: '1' } }, 402, 'BOB has nothing');
+  await refused(w, { from: CAROL, tags: { Action: 'Withdraw', Quantity: '1' } }, 402, 'CAROL has nothing');
 
   // All (no Quantity).
   const all = await w.send({ from: ALICE, tags: { Action: 'Withdraw' } });
@@ -349,25 +280,22 @@ test('Deposit credits the sender of the Credit-Notice; Balance answers; Withdraw
   assert.equal(tagOf(one(all, 'Withdraw-Response'), 'Quantity'), '325');
   assert.equal(BigInt(w.state().deposits[ALICE] ?? '0'), 0n);
   // With nothing left, a withdrawal of everything is a refusal, not a Transfer of 0.
-  const before = w.snapshot();
-  const empty = await w.send({ from: ALICE, tags: { Action: 'Withdraw' } });
-  assert.equal(empty.Messages.length, 1);
-  assert.equal(actionOf(empty.Messages[0]), 'Withdraw-Error');
-  assert.ok(['400', '402'].includes(tagOf(empty.Messages[0], 'Code')!));
-  assert.deepEqual(w.state(), before);
+  await refused(w, { from: ALICE, tags: { Action: 'Withdraw' } }, 400, 'nothing left');
+  w.assertConserved('after deposits and withdrawals');
 });
 
 // ---- 4. the happy path ----
 
-test('Infer → Task-Assigned with the host.job commitment → Submit-Result → Infer-Response with the receipt; money moves as escrow, pay, refund', async () => {
-  const w = await network({ spawn: { 'Price-Per-Token': '3' } });
+test('Infer → Task-Assigned with the host.job commitment → a blind commit (pending answer, decoded here) → audit → reveal duties → final with the receipt; money moves only at finality', async () => {
+  const net = await network({ nodes: 3, spawn: { 'Price-Per-Token': '3' } });
+  const { w, players, nodes } = net;
   const options = { max_tokens: 20, temperature: 0, seed: 7 };
-  const r = await w.infer(ALICE, options, { 'X-Reference': 'req-1' });
+  const r = await infer(w, ALICE, options, { 'X-Reference': 'req-1' });
   const task = r.id;
   assert.equal(r.Messages.length, 2, JSON.stringify(r.Messages));
   const assigned = one(r, 'Task-Assigned');
   const node = assigned.Target;
-  assert.ok(w.nodes.includes(node));
+  assert.ok(nodes.includes(node));
   const job = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt: PROMPT, maxTokens: 20, temperature: 0, topP: 0.9, seed: '7' }))) as {
     commitment: string;
     promptTokens: number;
@@ -377,104 +305,129 @@ test('Infer → Task-Assigned with the host.job commitment → Submit-Result →
   assert.equal(job.steps, job.promptTokens + 20);
   const leaseEnd = r.timestamp + 5000;
   assert.deepEqual(tagsOf(assigned), { Action: 'Task-Assigned', Task: task, Model: fx.modelId, 'Lease-End': String(leaseEnd), 'Job-Commitment': job.commitment });
-  const data = JSON.parse(assigned.Data!) as Record<string, unknown>;
-  assert.equal(data.task, task);
-  assert.equal(data.model, fx.modelId);
-  assert.equal(data.prompt, PROMPT);
-  assert.equal(data.commitment, job.commitment);
-  assert.equal(data.steps, job.steps);
-  assert.equal(data.leaseEnd, leaseEnd);
-  assert.deepEqual(data.options, { max_tokens: 20, temperature: 0, top_p: 0.9, seed: '7' });
+  const a = assignmentOf(assigned);
+  assert.deepEqual(a, { task, model: fx.modelId, prompt: PROMPT, options: { max_tokens: 20, temperature: 0, top_p: 0.9, seed: '7' }, commitment: job.commitment, steps: job.steps, leaseEnd });
 
+  // Escrow: price 3 × max_tokens 20 × (1 asserter + 1 validator).
   const accepted = one(r, 'Infer-Accepted');
   assert.equal(accepted.Target, ALICE);
-  assert.equal(tagOf(accepted, 'Task'), task);
-  assert.equal(tagOf(accepted, 'X-Reference'), 'req-1');
-  assert.equal(tagOf(accepted, 'Reference'), task);
-
-  const s = w.state();
-  assert.equal(s.tasks[task].escrow, '60', 'price 3 × max_tokens 20');
-  assert.equal(s.deposits[ALICE], '940');
+  assert.deepEqual(tagsOf(accepted), { Action: 'Infer-Accepted', Reference: task, 'X-Reference': 'req-1', Task: task, Escrow: '120' });
+  let s = w.state();
+  assert.equal(s.tasks[task].escrow, '120');
+  assert.equal(s.tasks[task].status, 'assigned');
+  assert.equal(s.deposits[ALICE], '880');
   assert.deepEqual(s.open, [task]);
   assert.equal(s.nodes.find((n) => n.address === node)!.open, 1);
+  assert.equal(s.locked[node], '100', 'the lease locks Slash');
 
-  // The node sees its lease; the requester finds the task by X-Reference.
+  // The node sees its lease ({leases, duties}); the requester finds the task by X-Reference.
   const leases = await w.send({ from: node, tags: { Action: 'Tasks' } });
-  const listed = JSON.parse(leases.Messages[0].Data!) as { task: string; commitment: string; leaseEnd: number }[];
-  assert.deepEqual(listed.map((l) => [l.task, l.commitment, l.leaseEnd]), [[task, job.commitment, leaseEnd]]);
-  const other = w.nodes.find((n) => n !== node)!;
-  assert.deepEqual(JSON.parse((await w.send({ from: other, tags: { Action: 'Tasks' } })).Messages[0].Data!), []);
+  assert.deepEqual(JSON.parse(leases.Messages[0].Data!) as TasksReply, { leases: [a], duties: [] });
+  const other = nodes.find((n) => n !== node)!;
+  assert.deepEqual(JSON.parse((await w.send({ from: other, tags: { Action: 'Tasks' } })).Messages[0].Data!), { leases: [], duties: [] });
   const byRef = await w.send({ from: ALICE, tags: { Action: 'Task', 'X-Reference': 'req-1' } });
-  assert.equal(tagOf(byRef.Messages[0], 'Action'), 'Task-Response');
-  assert.equal(tagOf(byRef.Messages[0], 'Status'), 'assigned');
-  assert.equal((JSON.parse(byRef.Messages[0].Data!) as { task: string }).task, task);
+  assert.deepEqual([tagOf(byRef.Messages[0], 'Action'), tagOf(byRef.Messages[0], 'Status')], ['Task-Response', 'assigned']);
+  assert.equal(viewOf(byRef.Messages[0]).task, task);
 
-  // The result: 5 tokens generated.
-  const tokens = [35, 260, 310, 41, 13];
-  // The node claims some text; the coordinator answers with the tokens' own text.
-  const result = await w.submit(node, task, { commitment: job.commitment, root: ROOT_A, tokens, text: 'anything a node likes' });
-  assert.equal(result.Messages.length, 2, JSON.stringify(result.Messages));
-  const ack = one(result, 'Submit-Result-Response');
-  assert.equal(ack.Target, node);
-  assert.equal(tagOf(ack, 'Task'), task);
-  assert.equal(tagOf(ack, 'Reference'), result.id);
-  const response = one(result, 'Infer-Response');
-  assert.equal(response.Target, ALICE);
-  const rt = tagsOf(response);
-  assert.equal(rt['X-Reference'], 'req-1');
-  assert.equal(rt.Task, task);
-  assert.equal(rt.Status, 'completed');
-  assert.equal(rt.Code, undefined);
-  const body = JSON.parse(response.Data!) as Record<string, unknown>;
-  const decoded = await fx.ext.decode(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt: PROMPT, tokens }));
-  assert.notEqual(decoded, 'anything a node likes');
-  assert.equal(body.result, decoded);
-  assert.equal(body.status, 'completed');
-  assert.deepEqual(body.usage, { prompt_tokens: job.promptTokens, completion_tokens: 5 });
-  assert.deepEqual(body.receipt, { task, model: fx.modelId, commitment: job.commitment, traceRoot: ROOT_A, node, result: result.id, trace: TRACE });
+  // The commit: the root stays secret; the requester gets the tokens' text at once, decoded here.
+  const asserter = players.find((p) => p.address === node)!;
+  const committed = (await answer(w, asserter, assigned))!;
+  const run = asserter.runs.get(task)!;
+  assert.deepEqual(committed.Messages.map((m) => [m.Target, actionOf(m)]), [[node, 'Submit-Result-Response'], [ALICE, 'Infer-Response']]);
+  assert.equal(tagOf(committed.Messages[0], 'Reference'), committed.id);
+  const pending = committed.Messages[1];
+  assert.deepEqual(tagsOf(pending), { Action: 'Infer-Response', Reference: task, 'X-Reference': 'req-1', Task: task, Status: 'pending' });
+  const decoded = await fx.ext.decode(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt: PROMPT, tokens: run.tokens }));
+  const pv = viewOf(pending);
+  assert.equal(pv.result, decoded);
+  assert.deepEqual(pv.tokens, run.tokens);
+  assert.equal(pv.receipt, null, 'no receipt before the reveal');
+  assert.deepEqual(pv.usage, { prompt_tokens: job.promptTokens, completion_tokens: run.tokens.length });
+  assert.ok(!JSON.stringify(committed.Messages).includes(run.root) && !JSON.stringify(w.state()).includes(run.root), 'the root is nowhere yet');
+  s = w.state();
+  assert.equal(s.tasks[task].status, 'committed');
+  assert.deepEqual(s.tasks[task].participants.map((p) => [p.node, p.role, p.status]), [[node, 'asserter', 'committed']]);
+  assert.equal(s.earnings[node], undefined, 'nobody is paid before the result is final');
+  assert.equal(s.locked[node], '100', 'the lock stays until final');
 
-  const end = w.state();
-  assert.equal(end.earnings[node], '15', 'price 3 × 5 generated tokens');
-  assert.equal(end.deposits[ALICE], '985', 'the rest of the escrow is back');
-  assert.equal(end.tasks[task].escrow, '0');
-  assert.equal(end.tasks[task].status, 'completed');
-  assert.deepEqual(end.open, []);
-  const n = end.nodes.find((x) => x.address === node)!;
-  assert.deepEqual([n.open, n.completed, n.reputation, n.expired], [0, 1, 101, 0]);
+  // The next message draws the audit: a validator's lease looks like any lease.
+  const hb = await heartbeat(w, ALICE);
+  const vAssigned = one(hb, 'Task-Assigned');
+  assert.notEqual(vAssigned.Target, node);
+  assert.deepEqual({ ...assignmentOf(vAssigned), leaseEnd: 0 }, { ...a, leaseEnd: 0 });
+  assert.equal(w.state().tasks[task].status, 'auditing');
+  const validator = players.find((p) => p.address === vAssigned.Target)!;
+  const vCommitted = (await answer(w, validator, vAssigned))!;
+  // Every commitment is in: each committed participant is asked to reveal.
+  const deadline = vCommitted.timestamp + 5000;
+  assert.deepEqual(
+    withAction(vCommitted, 'Reveal-Requested').map((m) => [m.Target, tagsOf(m)]),
+    [node, validator.address].map((n) => [n, { Action: 'Reveal-Requested', Task: task, Deadline: String(deadline) }]),
+  );
+  assert.equal(w.state().tasks[task].status, 'revealing');
+  const duties = JSON.parse((await w.p.dryRun({ from: node, tags: { Action: 'Tasks' }, timestamp: w.now + 1 })).Messages[0].Data!) as TasksReply;
+  assert.deepEqual(duties, { leases: [], duties: [{ task, kind: 'reveal', deadline, assignment: a }] });
+
+  const responses = await play(net, vCommitted);
+  assert.deepEqual(responses.map((m) => [m.Target, tagOf(m, 'Status')]), [[ALICE, 'final']]);
+  const fin = responses[0];
+  const ft = tagsOf(fin);
+  assert.deepEqual([ft.Task, ft['X-Reference'], ft.Code, ft.Corrected], [task, 'req-1', undefined, undefined]);
+  const view = viewOf(fin);
+  assert.equal(view.status, 'final');
+  assert.equal(view.result, decoded);
+  assert.equal(view.audited, true);
+  assert.deepEqual(view.participants.map((p) => [p.node, p.role, p.status]), [[node, 'asserter', 'revealed'], [validator.address, 'validator', 'revealed']]);
+  assert.deepEqual(view.receipt, { task, model: fx.modelId, commitment: job.commitment, traceRoot: run.root, node, result: committed.id, trace: view.participants[0].trace });
+  assert.match(view.receipt!.trace, /^[A-Za-z0-9_-]{43}$/);
+  assert.equal(view.endedAt, w.now);
+
+  // Paid at finality: price × tokens to both; the rest of the escrow back; locks released; the task left the state.
+  const n = run.tokens.length;
+  s = w.state();
+  assert.equal(s.earnings[node], String(3 * n));
+  assert.equal(s.earnings[validator.address], String(3 * n));
+  assert.equal(s.deposits[ALICE], String(1000 - 6 * n));
+  assert.deepEqual(s.tasks, {});
+  assert.deepEqual(s.open, []);
+  assert.deepEqual(Object.values(s.locked).filter((v) => v !== '0'), []);
+  const nn = s.nodes.find((x) => x.address === node)!;
+  assert.deepEqual([nn.open, nn.completed, nn.reputation, nn.expired, nn.audited], [0, 1, 101, 0, 1]);
   const nb = await w.send({ from: node, tags: { Action: 'Balance' } });
-  assert.deepEqual([tagOf(nb.Messages[0], 'Balance'), tagOf(nb.Messages[0], 'Earnings'), tagOf(nb.Messages[0], 'Stake')], ['0', '15', '1000']);
-  const done = await w.send({ from: BOB, tags: { Action: 'Task', Task: task } });
-  assert.equal(tagOf(done.Messages[0], 'Status'), 'completed');
+  assert.deepEqual(['Balance', 'Earnings', 'Stake', 'Locked'].map((t) => tagOf(nb.Messages[0], t)), ['0', String(3 * n), '1000', '0']);
+  // An ended task is in its last Infer-Response, no longer in the live state.
+  await refused(w, { from: BOB, tags: { Action: 'Task', Task: task } }, 404, 'ended task', /no live task/);
+  await refused(w, { from: ALICE, tags: { Action: 'Task', 'X-Reference': 'req-1' } }, 404, 'ended task by reference');
+  const dry = await w.p.dryRun({ from: ALICE, tags: { Action: 'Task', Task: task }, timestamp: w.now + 1 });
+  assert.deepEqual([tagOf(dry.Messages[0], 'Action'), tagOf(dry.Messages[0], 'Code')], ['Task-Error', '404']);
 
   // Withdraw pays out of deposit + earnings (the deposit first) with a token Transfer; the stake stays.
-  await w.deposit(node, '5');
-  await refused(w, { from: node, tags: { Action: 'Withdraw', Quantity: '21' } }, 402, 'more than deposit 5 + earnings 15');
+  await deposit(w, node, '5');
+  const total = 5 + 3 * n;
+  await refused(w, { from: node, tags: { Action: 'Withdraw', Quantity: String(total + 1) } }, 402, 'more than deposit + earnings');
   const part = await w.send({ from: node, tags: { Action: 'Withdraw', Quantity: '12' } });
   assert.equal(tagOf(one(part, 'Transfer'), 'Quantity'), '12');
-  assert.equal(BigInt(w.state().deposits[node]) + BigInt(w.state().earnings[node]), 8n);
+  assert.equal(BigInt(w.state().deposits[node]) + BigInt(w.state().earnings[node]), BigInt(total - 12));
   const pay = await w.send({ from: node, tags: { Action: 'Withdraw' } });
-  assert.equal(tagOf(one(pay, 'Transfer'), 'Quantity'), '8');
+  assert.equal(tagOf(one(pay, 'Transfer'), 'Quantity'), String(total - 12));
   assert.equal(tagOf(one(pay, 'Transfer'), 'Recipient'), node);
-  assert.equal(one(pay, 'Transfer').Target, TOKEN);
   assert.equal(BigInt(w.state().earnings[node]), 0n);
   assert.equal(BigInt(w.state().deposits[node]), 0n);
   assert.equal(w.state().stakes[node], '1000');
+  w.assertConserved('after the happy path');
 });
 
 // ---- 5. refusals ----
 
-test('Infer refusals change nothing: unknown model 404, unfunded 402, malformed options 400, oversized prompt 413, beyond the context 400, duplicate X-Reference 409', async () => {
-  const w = await network({ spawn: { 'Max-Prompt-Bytes': '16' }, deposits: { [ALICE]: '1000', [CAROL]: '10' } });
-  const infer = (from: string, options: object | string | undefined, tags: Record<string, string> = {}, prompt = 'Hi') => ({
-    from,
-    data: prompt,
-    tags: { Action: 'Infer', ...(options === undefined ? {} : { 'X-Options': typeof options === 'string' ? options : JSON.stringify(options) }), ...tags },
-  });
-  await refused(w, infer(ALICE, { max_tokens: 5 }, { Model: 'f'.repeat(64), 'X-Reference': 'r-404' }), 404, 'unknown model');
-  await refused(w, infer(ALICE, { max_tokens: 5 }, { Model: 'nonsense' }), 404, 'a Model that is no id');
-  await refused(w, infer(BOB, { max_tokens: 5 }, { 'X-Reference': 'r-402' }), 402, 'no deposit');
-  await refused(w, infer(CAROL, { max_tokens: 11 }), 402, 'deposit 10 < escrow 11');
-  await refused(w, infer(CAROL, { max_tokens: 4 }, { Redundancy: '3' }), 402, 'deposit 10 < escrow 4 × 3');
+test('Infer refusals change nothing: unknown model 404, unfunded 402, malformed options 400, beyond Max-Tokens 400, oversized prompt 413, beyond the context 400, duplicate X-Reference 409', async () => {
+  const { w, nodes } = await network({ nodes: 3, spawn: { 'Max-Prompt-Bytes': '16' }, deposits: { [ALICE]: '100000', [CAROL]: '10' } });
+  const msg = (from: string, options: object | string | undefined, tags: Record<string, string> = {}, prompt = 'Hi') => inferMessage(from, options, tags, {}, prompt);
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { Model: 'f'.repeat(64), 'X-Reference': 'r-404' }), 404, 'unknown model');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { Model: 'nonsense' }), 404, 'a Model that is no id');
+  await refused(w, msg(BOB, { max_tokens: 5 }, { 'X-Reference': 'r-402' }), 402, 'no deposit');
+  // The escrow covers the asserters and one audit's validators: price × max_tokens × (Redundancy + Validators).
+  await refused(w, msg(CAROL, { max_tokens: 6 }), 402, 'deposit 10 < escrow 6 × 2', /needs 12 in deposit/);
+  await refused(w, msg(CAROL, { max_tokens: 3 }, { Redundancy: '3' }), 402, 'deposit 10 < escrow 3 × 4');
 
   const bad: [string, string][] = [
     ['non-JSON', '{max_tokens: 5}'],
@@ -484,6 +437,7 @@ test('Infer refusals change nothing: unknown model 404, unfunded 402, malformed 
     ['max_tokens 1.5', '{"max_tokens":1.5}'],
     ['max_tokens "10"', '{"max_tokens":"10"}'],
     ['max_tokens -3', '{"max_tokens":-3}'],
+    ['max_tokens over Max-Tokens', '{"max_tokens":513}'],
     ['temperature -1', '{"max_tokens":5,"temperature":-1}'],
     ['temperature 3', '{"max_tokens":5,"temperature":3}'],
     ['temperature "0.5"', '{"max_tokens":5,"temperature":"0.5"}'],
@@ -496,250 +450,356 @@ test('Infer refusals change nothing: unknown model 404, unfunded 402, malformed 
     ['seed "x"', '{"max_tokens":5,"seed":"x"}'],
     ['seed 1.5', '{"max_tokens":5,"seed":1.5}'],
   ];
-  for (const [label, options] of bad) await refused(w, infer(ALICE, options, { 'X-Reference': `bad-${label}` }), 400, label);
-  for (const red of ['0', '4', '01', 'two', '']) await refused(w, infer(ALICE, { max_tokens: 5 }, { Redundancy: red }), 400, `Redundancy=${red}`);
-  await refused(w, infer(ALICE, { max_tokens: 5 }, { Nodes: 'not-an-address' }), 400, 'Nodes malformed');
+  for (const [label, options] of bad) await refused(w, msg(ALICE, options, { 'X-Reference': `bad-${label}` }), 400, label);
+  for (const red of ['0', '4', '01', 'two', '']) await refused(w, msg(ALICE, { max_tokens: 5 }, { Redundancy: red }), 400, `Redundancy=${red}`);
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { Nodes: 'not-an-address' }), 400, 'Nodes malformed');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { Nodes: `${nodes[0]},` }), 400, 'an empty entry in Nodes');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { Nodes: Array.from({ length: 65 }, (_, i) => id43(`n${i}`)).join(',') }), 400, '65 Nodes');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { 'X-Reference': 'r'.repeat(129) }), 400, 'an X-Reference over 128 characters');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, {}, ''), 400, 'an empty prompt');
 
   // The boundaries accepted (dry runs keep nothing).
-  const accepts = async (m: ReturnType<typeof infer>, label: string): Promise<void> => {
+  const accepts = async (m: ReturnType<typeof msg>, label: string): Promise<void> => {
     const r = await w.p.dryRun({ ...m, timestamp: w.now + 1 });
     assert.equal(r.Error, undefined, label);
     assert.equal(withAction(r, 'Infer-Accepted').length, 1, `${label}: ${JSON.stringify(r.Messages)}`);
   };
-  await accepts(infer(ALICE, '{"max_tokens":5,"temperature":2,"top_p":1,"seed":"18446744073709551615"}'), 'the top of each range');
-  await accepts(infer(ALICE, '{"max_tokens":5,"temperature":0,"top_p":0.0001,"seed":0}'), 'the bottom of each range');
+  await accepts(msg(ALICE, '{"max_tokens":5,"temperature":2,"top_p":1,"seed":"18446744073709551615"}'), 'the top of each range');
+  await accepts(msg(ALICE, '{"max_tokens":5,"temperature":0,"top_p":0.0001,"seed":0}'), 'the bottom of each range');
+  await accepts(msg(ALICE, { max_tokens: 5 }, { Redundancy: '3' }), 'Redundancy 3 with three nodes');
+  await accepts(msg(CAROL, { max_tokens: 5 }), 'escrow 10 = deposit 10');
 
   // Max-Prompt-Bytes counts UTF-8 bytes: "€" is 3 bytes (1 UTF-16 unit), "😀" 4 bytes (2 units).
-  await accepts(infer(ALICE, { max_tokens: 5 }, {}, '€€€€€a'), '16 bytes');
-  await refused(w, infer(ALICE, { max_tokens: 5 }, { 'X-Reference': 'big' }, '€€€€€€'), 413, '6 × € = 18 bytes in 6 units');
-  await accepts(infer(ALICE, { max_tokens: 5 }, {}, '😀😀😀😀'), '16 bytes of emoji');
-  await refused(w, infer(ALICE, { max_tokens: 5 }, {}, '😀😀😀😀a'), 413, '17 bytes in 9 units');
-  await refused(w, infer(ALICE, { max_tokens: 5 }, {}, 'x'.repeat(17)), 413, '17 ASCII bytes');
+  await accepts(msg(ALICE, { max_tokens: 5 }, {}, '€€€€€a'), '16 bytes');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, { 'X-Reference': 'big' }, '€€€€€€'), 413, '6 × € = 18 bytes in 6 units');
+  await accepts(msg(ALICE, { max_tokens: 5 }, {}, '😀😀😀😀'), '16 bytes of emoji');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, {}, '😀😀😀😀a'), 413, '17 bytes in 9 units');
+  await refused(w, msg(ALICE, { max_tokens: 5 }, {}, 'x'.repeat(17)), 413, '17 ASCII bytes');
 
   // The context is 512 positions, the prompt's tokens (BOS included) and max_tokens together.
   const prompt = 'The cat';
   const { promptTokens } = JSON.parse(await fx.ext.job(JSON.stringify({ model: fx.modelId, manifest: fx.manifestId, prompt, maxTokens: 1, temperature: 0, topP: 0.9, seed: '0' }))) as { promptTokens: number };
   assert.ok(promptTokens >= 3, 'BOS + at least two tokens');
-  await accepts(infer(ALICE, { max_tokens: 512 - promptTokens }, {}, prompt), 'exactly the context');
-  await refused(w, infer(ALICE, { max_tokens: 513 - promptTokens }, {}, prompt), 400, 'one past the context');
-  await refused(w, infer(ALICE, { max_tokens: 512 }, { 'X-Reference': 'ctx' }, prompt), 400, 'max_tokens = the context');
+  await accepts(msg(ALICE, { max_tokens: 512 - promptTokens }, {}, prompt), 'exactly the context');
+  await refused(w, msg(ALICE, { max_tokens: 513 - promptTokens }, {}, prompt), 400, 'one past the context');
+  await refused(w, msg(ALICE, { max_tokens: 512 }, { 'X-Reference': 'ctx' }, prompt), 400, 'max_tokens = the context');
 
   // A refused request does not use up its X-Reference; an accepted one does.
-  await refused(w, infer(CAROL, { max_tokens: 11 }, { 'X-Reference': 'again' }), 402, 'unfunded first');
-  await w.deposit(CAROL, '1');
-  const first = await w.send(infer(CAROL, { max_tokens: 11 }, { 'X-Reference': 'again' }));
+  await refused(w, msg(CAROL, { max_tokens: 11 }, { 'X-Reference': 'again' }), 402, 'unfunded first');
+  await deposit(w, CAROL, '12');
+  const first = await w.send(msg(CAROL, { max_tokens: 11 }, { 'X-Reference': 'again' }));
   assert.equal(withAction(first, 'Infer-Accepted').length, 1);
-  await w.deposit(CAROL, '100');
-  await refused(w, infer(CAROL, { max_tokens: 1 }, { 'X-Reference': 'again' }), 409, 'duplicate X-Reference');
+  await deposit(w, CAROL, '100');
+  await refused(w, msg(CAROL, { max_tokens: 1 }, { 'X-Reference': 'again' }), 409, 'duplicate X-Reference');
   // The same X-Reference from another requester is another request.
-  const alices = await w.send(infer(ALICE, { max_tokens: 1 }, { 'X-Reference': 'again' }));
+  const alices = await w.send(msg(ALICE, { max_tokens: 1 }, { 'X-Reference': 'again' }));
   assert.equal(withAction(alices, 'Infer-Accepted').length, 1);
-  // The Infer message id is the default X-Reference and the task id: the same id again is a replay.
-  await refused(w, { ...infer(ALICE, { max_tokens: 1 }), id: first.id }, 409, 'the same message id');
+  // The Infer message id is the default X-Reference and the task id: the same id again, while the task lives, is a replay.
+  await refused(w, { ...msg(ALICE, { max_tokens: 1 }), id: first.id }, 409, 'the same message id');
+  await refused(w, msg(BOB, { max_tokens: 1 }, { 'X-Reference': first.id }), 402, 'another sender\'s task id as a reference is only a reference');
 });
 
-test('Submit-Result refusals change nothing: not the leaseholder 403, wrong commitment or malformed 400, replay 409, unknown task 404', async () => {
-  const w = await network({ nodes: 3 });
-  const r = await w.infer(ALICE, { max_tokens: 8, seed: 3 });
+test('Submit-Result refusals change nothing: not the leaseholder 403, wrong job commitment or malformed 400, too large 413, replay 409, unknown task 404', async () => {
+  const { w, nodes } = await network({ nodes: 3 });
+  const r = await infer(w, ALICE, { max_tokens: 8, seed: 3 });
   const task = r.id;
   const node = one(r, 'Task-Assigned').Target;
-  const others = w.nodes.filter((n) => n !== node);
-  const commitment = w.state().tasks[task].commitment;
+  const others = nodes.filter((n) => n !== node);
+  const tags = commitTags(w, node, task, [1, 2]);
+  const good = JSON.stringify({ tokens: [1, 2] });
 
-  await refused(w, { from: others[0], tags: { Action: 'Submit-Result', Task: task, 'Job-Commitment': commitment, 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '1', 'X-Reference': 's' }, data: '{"text":"a","tokens":[1]}' }, 403, 'a registered node without the lease');
-  await refused(w, { from: ALICE, tags: { Action: 'Submit-Result', Task: task, 'Job-Commitment': commitment, 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '1' }, data: '{"text":"a","tokens":[1]}' }, 403, 'the requester');
-  await refused(w, { from: node, tags: { Action: 'Submit-Result', Task: id43('no task'), 'Job-Commitment': commitment, 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '1' }, data: '{"text":"a","tokens":[1]}' }, 404, 'unknown task');
+  await refused(w, { from: others[0], tags: { ...tags, 'X-Reference': 's' }, data: good }, 403, 'a registered node without the lease', /no lease/);
+  await refused(w, { from: ALICE, tags, data: good }, 403, 'the requester');
+  await refused(w, { from: node, tags: { ...tags, Task: id43('no task') }, data: good }, 404, 'unknown task');
+  await refused(w, { from: node, tags: { ...tags, Task: '' }, data: good }, 404, 'no Task');
 
-  const submitTags = { Action: 'Submit-Result', Task: task, 'Job-Commitment': commitment, 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '2' };
-  const good = JSON.stringify({ text: 'ab', tokens: [1, 2] });
+  const { 'Result-Commitment': _, ...noResult } = tags;
   const malformed: [string, Record<string, string>, string][] = [
-    ['another commitment', { ...submitTags, 'Job-Commitment': 'c'.repeat(64) }, good],
-    ['no commitment', { ...submitTags, 'Job-Commitment': '' }, good],
-    ['Trace-Root not hex', { ...submitTags, 'Trace-Root': 'z'.repeat(64) }, good],
-    ['Trace-Root short', { ...submitTags, 'Trace-Root': 'a'.repeat(63) }, good],
-    ['Trace no id', { ...submitTags, Trace: 'short' }, good],
-    ['Tokens miscounted', { ...submitTags, Tokens: '3' }, good],
-    ['Data not JSON', submitTags, 'ab'],
-    ['tokens not ids', submitTags, JSON.stringify({ text: 'ab', tokens: [1, -2] })],
-    ['a token outside the vocabulary', submitTags, JSON.stringify({ tokens: [1, 100000] })],
-    ['more than max_tokens', { ...submitTags, Tokens: '9' }, JSON.stringify({ text: 'x', tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9] })],
+    ['another job commitment', { ...tags, 'Job-Commitment': 'c'.repeat(64) }, good],
+    ['no job commitment', { ...tags, 'Job-Commitment': '' }, good],
+    ['no Result-Commitment', noResult, good],
+    ['Result-Commitment not hex', { ...tags, 'Result-Commitment': 'z'.repeat(64) }, good],
+    ['Result-Commitment upper-case hex', { ...tags, 'Result-Commitment': 'A'.repeat(64) }, good],
+    ['Result-Commitment short', { ...tags, 'Result-Commitment': 'a'.repeat(63) }, good],
+    ['Tokens miscounted', { ...tags, Tokens: '3' }, good],
+    ['no Tokens', { ...tags, Tokens: '' }, good],
+    ['Data not JSON', tags, 'ab'],
+    ['no tokens list', tags, JSON.stringify({ text: 'ab' })],
+    ['tokens not ids', tags, JSON.stringify({ tokens: [1, -2] })],
+    ['a fractional token', tags, JSON.stringify({ tokens: [1, 2.5] })],
+    ['a token outside the vocabulary', tags, JSON.stringify({ tokens: [1, 100000] })],
+    ['more than max_tokens', { ...tags, Tokens: '9' }, JSON.stringify({ tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9] })],
   ];
-  for (const [label, tags, data] of malformed) await refused(w, { from: node, tags, data }, 400, label);
+  for (const [label, t, data] of malformed) await refused(w, { from: node, tags: t, data }, 400, label);
+  await refused(w, { from: node, tags: { ...tags, Tokens: '200' }, data: JSON.stringify({ tokens: Array.from({ length: 200 }, () => 1) }) }, 413, 'Data larger than max_tokens tokens can be');
 
-  const ok = await w.send({ from: node, tags: submitTags, data: good });
-  assert.equal(withAction(ok, 'Infer-Response').length, 1);
-  await refused(w, { from: node, tags: { ...submitTags, 'X-Reference': 'replay' }, data: good }, 409, 'a second result');
-  await refused(w, { from: node, tags: submitTags, data: good, id: ok.id }, 409, 'the same message replayed');
-  await refused(w, { from: others[0], tags: submitTags, data: good }, 403, 'still not the leaseholder');
+  const ok = await w.send({ from: node, tags, data: good });
+  assert.deepEqual(ok.Messages.map(actionOf), ['Submit-Result-Response', 'Infer-Response']);
+  // The next message draws the audit (a validator's lease); only then is the state still.
+  const validator = one(await heartbeat(w, ALICE), 'Task-Assigned').Target;
+  const outsider = others.find((n) => n !== validator)!;
+  await refused(w, { from: node, tags: { ...tags, 'X-Reference': 'replay' }, data: good }, 409, 'a second result', /already in/);
+  await refused(w, { from: node, tags, data: good, id: ok.id }, 409, 'the same message replayed');
+  await refused(w, { from: outsider, tags, data: good }, 403, 'still not a leaseholder');
+  w.assertConserved('after refused results');
 });
 
-test('a node staked below Min-Stake is never assigned; only such nodes → 503', async () => {
-  const w = await network({ nodes: 3, stake: ['100', '99', '99'], capacity: 64, deposits: { [ALICE]: '100000' } });
-  const [good, low1, low2] = w.nodes;
+test('a node whose stake falls below Min-Stake (here: the owner raises it) is never assigned; only such nodes → 503', async () => {
+  const { w, nodes } = await network({ nodes: 3, stake: ['10000', '100', '100'], capacity: 64, deposits: { [ALICE]: '100000' } });
+  const [good, low1, low2] = nodes;
+  const set = await w.send({ from: OWNER, tags: { Action: 'Set-Params', 'Min-Stake': '10000' } });
+  assert.equal(actionOf(set.Messages[0]), 'Set-Params-Response');
+  assert.deepEqual((await nodesList(w)).map((n) => [n.address, n.active]), [[good, true], [low1, false], [low2, false]]);
   for (let i = 0; i < 12; i++) {
-    const r = await w.infer(ALICE, { max_tokens: 1 }, {}, { hashChain: id43(`chain ${i}`) });
+    const r = await infer(w, ALICE, { max_tokens: 1 }, {}, { hashChain: id43(`chain ${i}`) });
     assert.equal(one(r, 'Task-Assigned').Target, good, `draw ${i}`);
   }
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Nodes: `${low1},${low2}`, 'X-Reference': 'low' } }, 503, 'only under-staked nodes');
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Redundancy: '2' } }, 503, 'redundancy 2 with one staked node');
-  const unregistered = await World.open();
-  await unregistered.registerModel();
-  await unregistered.deposit(ALICE, '100');
-  await refused(unregistered, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}' } }, 503, 'no node at all');
+  // A node below Min-Stake cannot register again (update its entry) either.
+  await refused(w, { from: low1, tags: { Action: 'Register-Node', DID: fx.dids[1], Models: fx.modelId } }, 402, 'register below Min-Stake');
+  const bare = await World.open();
+  await registerModel(bare);
+  await deposit(bare, ALICE, '100');
+  await refused(bare, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}' } }, 503, 'no node at all');
+});
+
+test('Slash = Min-Stake: a node holds one lease at a time whatever its Capacity; an expired lease\'s Miss-Slash leaves it under Min-Stake, inactive until it stakes again', async () => {
+  const { w, nodes } = await network({ nodes: 1, stake: ['100'], capacity: 2, spawn: { 'Max-Wait-Ms': '20000' } });
+  const [n] = nodes;
+  const r1 = await infer(w, ALICE, { max_tokens: 2 });
+  assert.equal(one(r1, 'Task-Assigned').Target, n);
+  // A free slot, but no free stake to lock: the second task waits (busy nodes count, so no 503).
+  const r2 = await infer(w, ALICE, { max_tokens: 2 });
+  assert.deepEqual(r2.Messages.map(actionOf), ['Infer-Accepted']);
+  assert.equal(w.state().locked[n], '100');
+  const expiry = await heartbeat(w, ALICE, r1.timestamp + 5001);
+  assert.deepEqual(expiry.Messages.map((m) => [m.Target, actionOf(m), tagOf(m, 'Quantity')]), [[n, 'Slash-Notice', '10']]);
+  let s = w.state();
+  assert.deepEqual([s.stakes[n], s.locked[n]], ['90', '0']);
+  assert.equal((await nodesList(w))[0].active, false, '90 < Min-Stake');
+  await refused(w, inferMessage(ALICE, { max_tokens: 2 }), 503, 'no active node');
+  // Nobody takes either task: both fail after Max-Wait-Ms; the requester gets escrow and the slashed 10.
+  const timeout = await heartbeat(w, ALICE, expiry.timestamp + 20_001);
+  assert.deepEqual(withAction(timeout, 'Infer-Response').map((m) => [tagOf(m, 'Task'), tagOf(m, 'Status'), tagOf(m, 'Code')]), [[r1.id, 'failed', '504'], [r2.id, 'failed', '504']]);
+  s = w.state();
+  assert.equal(s.deposits[ALICE], '1010');
+  assert.deepEqual(s.tasks, {});
+  // Staking the difference makes it active again.
+  await stake(w, n, '10');
+  assert.equal(one(await infer(w, ALICE, { max_tokens: 2 }), 'Task-Assigned').Target, n);
+  w.assertConserved('after a Miss-Slash');
 });
 
 // ---- 6. leases ----
 
-test('an expired lease costs the node 20 reputation and is drawn again elsewhere; its late result is 409; after Max-Attempts the task fails 504 and the escrow returns', async () => {
-  const w = await network({ nodes: 4, spawn: { 'Max-Attempts': '3' } });
-  const r = await w.infer(ALICE, { max_tokens: 10 }, { 'X-Reference': 'slow' });
+test('an expired lease costs the node 20 reputation and Miss-Slash and is drawn again elsewhere; its late result is 409; after Max-Attempts the task fails 504, escrow and slashes go back', async () => {
+  const { w } = await network({ nodes: 3, spawn: { 'Max-Attempts': '3' } });
+  const r = await infer(w, ALICE, { max_tokens: 10 }, { 'X-Reference': 'slow' });
   const task = r.id;
   const first = one(r, 'Task-Assigned').Target;
-  assert.equal(w.state().deposits[ALICE], '990');
+  assert.equal(w.state().deposits[ALICE], '980');
   const leaseEnd = r.timestamp + 5000;
 
   // At Lease-End the lease still holds.
-  const at = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: leaseEnd });
+  const at = await heartbeat(w, ALICE, leaseEnd);
   assert.deepEqual(at.Messages, []);
-  assert.equal(w.state().tasks[task].leases[0].status, 'open');
+  assert.equal(w.state().tasks[task].participants[0].status, 'open');
 
   // Past it, the next message (the late result itself) expires it and draws another node.
-  const late = await w.submit(first, task, { timestamp: leaseEnd + 1 });
+  const late = await commit(w, first, task, [1], { timestamp: leaseEnd + 1 });
+  assert.deepEqual(late.Messages.map((m) => [m.Target, actionOf(m)]).slice(0, 1), [[first, 'Slash-Notice']]);
+  assert.equal(tagOf(late.Messages[0], 'Quantity'), '10');
   const again = one(late, 'Task-Assigned');
   assert.notEqual(again.Target, first);
   assert.equal(tagOf(again, 'Lease-End'), String(leaseEnd + 1 + 5000));
   assert.equal(tagOf(again, 'Task'), task);
   const refusal = one(late, 'Submit-Result-Error');
   assert.equal(tagOf(refusal, 'Code'), '409');
-  assert.equal(late.Messages.length, 2);
+  assert.match(tagOf(refusal, 'Message')!, /expired/);
+  assert.equal(late.Messages.length, 3);
   let s = w.state();
   const firstNode = s.nodes.find((n) => n.address === first)!;
   assert.deepEqual([firstNode.reputation, firstNode.expired, firstNode.open], [80, 1, 0]);
-  assert.deepEqual(s.tasks[task].leases.map((l) => [l.node, l.status]), [[first, 'expired'], [again.Target, 'open']]);
-  assert.equal(s.tasks[task].escrow, '10');
+  assert.deepEqual([s.stakes[first], s.locked[first]], ['990', '0']);
+  assert.deepEqual(s.tasks[task].participants.map((p) => [p.node, p.status]), [[first, 'expired'], [again.Target, 'open']]);
+  assert.deepEqual([s.tasks[task].escrow, s.tasks[task].pot], ['20', '10']);
 
   // And again, to a third node, never one that held a lease on the task.
   const second = again.Target;
-  await refused(w, { from: first, tags: { Action: 'Submit-Result', Task: task, 'Job-Commitment': s.tasks[task].commitment, 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '1' }, data: '{"text":"a","tokens":[1]}' }, 409, 'the expired node again');
-  const beat2 = await w.send({ from: second, tags: { Action: 'Heartbeat' }, timestamp: leaseEnd + 1 + 5000 + 1 });
+  await refused(w, { from: first, tags: commitTags(w, first, task, [1]), data: '{"tokens":[1]}' }, 409, 'the expired node again');
+  const beat2 = await heartbeat(w, second, leaseEnd + 1 + 5000 + 1);
   const third = one(beat2, 'Task-Assigned').Target;
   assert.ok(![first, second].includes(third));
 
-  // The third expiry is the last: Infer-Response 504, failed, the whole escrow back.
-  const beat3 = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: w.now + 5001 });
-  assert.equal(withAction(beat3, 'Task-Assigned').length, 0, 'a fourth node is free, but Max-Attempts is 3');
+  // The third expiry is the last: Infer-Response 504 with the whole view, escrow and the three Miss-Slashes back.
+  const beat3 = await heartbeat(w, ALICE, w.now + 5001);
   const failed = one(beat3, 'Infer-Response');
   assert.equal(failed.Target, ALICE);
-  assert.equal(tagOf(failed, 'Code'), '504');
-  assert.equal(tagOf(failed, 'Status'), 'failed');
-  assert.equal(tagOf(failed, 'X-Reference'), 'slow');
-  assert.equal(tagOf(failed, 'Task'), task);
-  assert.ok(tagOf(failed, 'Message'));
+  assert.deepEqual(['Code', 'Status', 'X-Reference', 'Task'].map((t) => tagOf(failed, t)), ['504', 'failed', 'slow', task]);
+  assert.match(tagOf(failed, 'Message')!, /no verified result: 3 leases expired/);
+  const view = viewOf(failed);
+  assert.equal(view.status, 'failed');
+  assert.deepEqual(view.participants.map((p) => [p.node, p.status]), [first, second, third].map((n) => [n, 'expired']));
   s = w.state();
-  assert.equal(s.deposits[ALICE], '1000');
-  assert.equal(s.tasks[task].escrow, '0');
-  assert.equal(s.tasks[task].status, 'failed');
+  assert.equal(s.deposits[ALICE], '1030');
+  assert.deepEqual(s.tasks, {});
   assert.deepEqual(s.open, []);
   for (const a of [first, second, third]) {
     const n = s.nodes.find((x) => x.address === a)!;
-    assert.deepEqual([n.reputation, n.expired, n.open], [80, 1, 0], a);
+    assert.deepEqual([n.reputation, n.expired, n.open, s.stakes[a]], [80, 1, 0, '990'], a);
   }
-  assert.equal(s.nodes.filter((n) => n.expired === 0).length, 1);
-  const view = await w.send({ from: ALICE, tags: { Action: 'Task', 'X-Reference': 'slow' } });
-  assert.equal(tagOf(view.Messages[0], 'Status'), 'failed');
+  await refused(w, { from: ALICE, tags: { Action: 'Task', 'X-Reference': 'slow' } }, 404, 'the failed task left the state');
+  w.assertConserved('after a failed task');
+});
+
+// docs/network.md: "after Max-Attempts × Redundancy expiries ... the task fails". The coordinator
+// draws a replacement before it counts the expiries, so while fresh nodes are free a task gets more.
+test('Max-Attempts bounds a task\'s leases even when more nodes are free', async () => {
+  const { w } = await network({ nodes: 4, spawn: { 'Max-Attempts': '2' } });
+  const r = await infer(w, ALICE, { max_tokens: 10 });
+  one(r, 'Task-Assigned');
+  const beat1 = await heartbeat(w, ALICE, r.timestamp + 5001);
+  one(beat1, 'Task-Assigned');
+  const beat2 = await heartbeat(w, ALICE, beat1.timestamp + 5001);
+  assert.deepEqual(withAction(beat2, 'Task-Assigned').map((m) => m.Target), [], 'two nodes are free, but Max-Attempts is 2: no third lease');
+  assert.equal(tagOf(one(beat2, 'Infer-Response'), 'Code'), '504');
 });
 
 test('reputation never falls below 1', async () => {
-  const w = await network({ nodes: 1, spawn: { 'Max-Attempts': '1' }, deposits: { [ALICE]: '100' } });
+  const { w } = await network({ nodes: 1, spawn: { 'Max-Attempts': '1' }, deposits: { [ALICE]: '100' } });
   for (let i = 0; i < 6; i++) {
-    const r = await w.infer(ALICE, { max_tokens: 1 });
+    const r = await infer(w, ALICE, { max_tokens: 1 });
     assert.equal(withAction(r, 'Task-Assigned').length, 1);
-    const beat = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: w.now + 5001 });
+    const beat = await heartbeat(w, ALICE, w.now + 5001);
     assert.equal(tagOf(one(beat, 'Infer-Response'), 'Code'), '504');
   }
-  const n = w.state().nodes[0];
-  assert.deepEqual([n.reputation, n.expired], [1, 6]);
-  assert.equal(w.state().deposits[ALICE], '100');
+  const s = w.state();
+  assert.deepEqual([s.nodes[0].reputation, s.nodes[0].expired], [1, 6]);
+  assert.equal(s.stakes[s.nodes[0].address], String(1000 - 6 * 10));
+  assert.equal(s.deposits[ALICE], String(100 + 6 * 10), 'each failure returns the escrow and the Miss-Slash');
 });
 
 // Max-Wait-Ms counts from when a task began waiting for a node, not from the Infer: long leases
 // must not cut a task's Max-Attempts short.
 test('with Lease-Ms 300000 a task still gets its Max-Attempts (3) leases', async () => {
-  const w = await network({ nodes: 4, spawn: { 'Lease-Ms': '300000', 'Max-Attempts': '3' } });
-  const r = await w.infer(ALICE, { max_tokens: 10 });
+  const { w } = await network({ nodes: 3, spawn: { 'Lease-Ms': '300000', 'Max-Attempts': '3' } });
+  const r = await infer(w, ALICE, { max_tokens: 10 });
   one(r, 'Task-Assigned');
-  const b1 = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: r.timestamp + 300_001 });
+  const b1 = await heartbeat(w, ALICE, r.timestamp + 300_001);
   one(b1, 'Task-Assigned');
-  const b2 = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: b1.timestamp + 300_001 });
+  const b2 = await heartbeat(w, ALICE, b1.timestamp + 300_001);
   assert.deepEqual(withAction(b2, 'Infer-Response').map((m) => tagsOf(m)), [], 'the task must not fail after 2 of 3 leases');
   one(b2, 'Task-Assigned');
 });
 
+test('Max-Wait-Ms: a task no node takes fails 504 once it has waited that long, its escrow back', async () => {
+  const { w } = await network({ nodes: 1, spawn: { 'Lease-Ms': '60000', 'Max-Wait-Ms': '20000' } });
+  const r1 = await infer(w, ALICE, { max_tokens: 4 });
+  one(r1, 'Task-Assigned');
+  const r2 = await infer(w, ALICE, { max_tokens: 4 }, { 'X-Reference': 'waits' });
+  assert.deepEqual(r2.Messages.map(actionOf), ['Infer-Accepted']);
+  assert.equal(w.state().deposits[ALICE], '984');
+  assert.deepEqual((await heartbeat(w, ALICE, r2.timestamp + 20_000)).Messages, [], 'at Max-Wait-Ms it still waits');
+  const gone = await heartbeat(w, ALICE, r2.timestamp + 20_001);
+  const failed = one(gone, 'Infer-Response');
+  assert.deepEqual(['Task', 'Status', 'Code', 'X-Reference'].map((t) => tagOf(failed, t)), [r2.id, 'failed', '504', 'waits']);
+  assert.match(tagOf(failed, 'Message')!, /no node took it within 20000 ms/);
+  assert.equal(w.state().deposits[ALICE], '992');
+  assert.deepEqual(w.state().open, [r1.id], 'the leased task runs on');
+});
+
 // ---- 7. queueing ----
 
-test('with every node busy an Infer waits; a result that frees a lease starts it in the same outbox', async () => {
-  const w = await network({ nodes: 2, capacity: 1 });
-  const r1 = await w.infer(ALICE, { max_tokens: 4 });
-  const r2 = await w.infer(ALICE, { max_tokens: 4 });
+test('with every node busy an Infer waits; a commit that frees a lease starts it in the same outbox', async () => {
+  const { w } = await network({ nodes: 2, capacity: 1 });
+  const r1 = await infer(w, ALICE, { max_tokens: 4 });
+  const r2 = await infer(w, ALICE, { max_tokens: 4 });
   const n1 = one(r1, 'Task-Assigned').Target;
   const n2 = one(r2, 'Task-Assigned').Target;
   assert.notEqual(n1, n2);
-  const r3 = await w.infer(ALICE, { max_tokens: 4 }, { 'X-Reference': 'waits' });
+  const r3 = await infer(w, ALICE, { max_tokens: 4 }, { 'X-Reference': 'waits' });
   assert.deepEqual(r3.Messages.map(actionOf), ['Infer-Accepted']);
   assert.equal(w.state().tasks[r3.id].pending, 1);
-  assert.deepEqual(w.state().tasks[r3.id].leases, []);
-  assert.equal(w.state().deposits[ALICE], '988', 'the waiting task holds its escrow');
+  assert.deepEqual(w.state().tasks[r3.id].participants, []);
+  assert.equal(w.state().deposits[ALICE], String(1000 - 3 * 8), 'the waiting task holds its escrow');
   // Other traffic does not start it while both nodes are busy.
-  const quiet = await w.send({ from: n1, tags: { Action: 'Heartbeat' } });
+  const quiet = await heartbeat(w, n1);
   assert.deepEqual(quiet.Messages, []);
 
-  const result = await w.submit(n2, r2.id, { tokens: [1, 2] });
+  const result = await commit(w, n2, r2.id, [1, 2]);
+  assert.deepEqual(result.Messages.map((m) => [m.Target, actionOf(m)]), [[n2, 'Submit-Result-Response'], [ALICE, 'Infer-Response'], [n2, 'Task-Assigned']]);
   const started = one(result, 'Task-Assigned');
-  assert.equal(started.Target, n2);
   assert.equal(tagOf(started, 'Task'), r3.id);
   assert.equal(tagOf(started, 'Lease-End'), String(result.timestamp + 5000));
   assert.equal(tagOf(started, 'Job-Commitment'), w.state().tasks[r3.id].commitment);
-  one(result, 'Submit-Result-Response');
-  one(result, 'Infer-Response');
-  assert.equal(result.Messages.length, 3);
   assert.equal(w.state().tasks[r3.id].pending, 0);
+  assert.equal(w.state().locked[n2], '200', 'the committed lease keeps its lock, the new one adds one');
 });
 
 // ---- 8. redundancy and Nodes ----
 
-test('Redundancy=2 leases two different nodes; Infer-Response only after both results: completed when the roots agree, mismatch otherwise; Nodes restricts the draw', async () => {
-  const w = await network({ nodes: 3, capacity: 16 });
-  const run = async (roots: [string, string], label: string): Promise<void> => {
-    const r = await w.infer(ALICE, { max_tokens: 6 }, { Redundancy: '2', 'X-Reference': label });
-    const leases = withAction(r, 'Task-Assigned');
-    assert.equal(leases.length, 2);
-    const [a, b] = leases.map((m) => m.Target);
-    assert.notEqual(a, b);
-    assert.equal(w.state().tasks[r.id].escrow, '12', 'price × max_tokens × 2');
-    const before = BigInt(w.state().deposits[ALICE]);
-    const first = await w.submit(a, r.id, { root: roots[0], tokens: [1, 2, 3] });
-    assert.deepEqual(first.Messages.map(actionOf), ['Submit-Result-Response']);
-    assert.equal(w.state().tasks[r.id].status, 'assigned');
-    const second = await w.submit(b, r.id, { root: roots[1], tokens: [1, 2, 3, 4] });
-    const response = one(second, 'Infer-Response');
-    const status = roots[0] === roots[1] ? 'completed' : 'mismatch';
-    assert.equal(tagOf(response, 'Status'), status);
-    assert.equal(tagOf(response, 'X-Reference'), label);
-    assert.equal((JSON.parse(response.Data!) as { status: string }).status, status);
-    assert.equal(w.state().tasks[r.id].status, status);
-    assert.equal(BigInt(w.state().deposits[ALICE]) - before, 12n - 3n - 4n, 'the unpaid escrow returns');
-    assert.equal(w.state().tasks[r.id].escrow, '0');
-  };
-  await run([ROOT_A, ROOT_A], 'agree');
-  await run([ROOT_A, ROOT_B], 'differ');
+test('Redundancy=2 with two agreeing honest asserters: two different nodes, one pending answer, both paid at finality (through the window when unaudited)', async () => {
+  const net = await network({ nodes: 3, capacity: 4, spawn: UNAUDITED });
+  const { w, players } = net;
+  const r = await infer(w, ALICE, { max_tokens: 6 }, { Redundancy: '2', 'X-Reference': 'agree' });
+  const leases = withAction(r, 'Task-Assigned');
+  assert.equal(leases.length, 2);
+  const [a, b] = leases.map((m) => m.Target);
+  assert.notEqual(a, b);
+  assert.equal(w.state().tasks[r.id].escrow, '18', 'price × max_tokens × (2 asserters + 1 validator)');
+  const first = (await answer(w, players.find((p) => p.address === a)!, leases[0]))!;
+  assert.deepEqual(first.Messages.map(actionOf), ['Submit-Result-Response', 'Infer-Response']);
+  assert.equal(w.state().tasks[r.id].status, 'assigned', 'the second asserter is still running');
+  const second = (await answer(w, players.find((p) => p.address === b)!, leases[1]))!;
+  assert.deepEqual(second.Messages.map(actionOf), ['Submit-Result-Response'], 'one pending answer per task');
+  assert.equal(w.state().tasks[r.id].status, 'committed');
+  const responses = await play(net, second, { tickMs: 500 });
+  const fin = responses.at(-1)!;
+  assert.deepEqual([tagOf(fin, 'Status'), tagOf(fin, 'X-Reference')], ['final', 'agree']);
+  const view = viewOf(fin);
+  assert.deepEqual(view.participants.map((p) => [p.node, p.role, p.status]), [[a, 'asserter', 'revealed'], [b, 'asserter', 'revealed']]);
+  assert.equal(view.participants[0].traceRoot, view.participants[1].traceRoot);
+  assert.equal(view.disputes.length, 0);
+  assert.equal(view.audited, false);
+  assert.ok(view.windowEnd !== null && view.endedAt! > view.windowEnd, 'final once the window passed');
+  const n = view.tokens!.length;
+  const s = w.state();
+  assert.deepEqual([s.earnings[a], s.earnings[b]], [String(n), String(n)]);
+  assert.equal(s.deposits[ALICE], String(1000 - 2 * n));
+  w.assertConserved('after a redundant task');
+});
 
-  // Nodes restricts the draw, whatever the Hash-Chain.
-  const [, n2, n3] = w.nodes;
+test('Redundancy=2 with a lying asserter: the two roots are compared, the dispute convicts the liar, a validator outside Nodes confirms the honest result', async () => {
+  const net = await network({ behaviours: ['honest', 'wrong-token', 'honest'], spawn: UNAUDITED });
+  const { w, players, nodes } = net;
+  const r = await infer(w, ALICE, { max_tokens: 8 }, { Redundancy: '2', Nodes: `${nodes[0]},${nodes[1]}` });
+  assert.deepEqual(withAction(r, 'Task-Assigned').map((m) => m.Target).sort(), [nodes[0], nodes[1]].sort());
+  const responses = await play(net, r);
+  const fin = responses.at(-1)!;
+  assert.equal(tagOf(fin, 'Status'), 'final');
+  const view = viewOf(fin);
+  const honest = players[0].runs.get(r.id)!;
+  assert.equal(view.receipt!.traceRoot, honest.root);
+  assert.deepEqual(view.tokens, honest.tokens);
+  assert.equal(view.disputes.length, 1);
+  assert.equal(view.disputes[0].outcome!.winner, nodes[0]);
+  const byNode = new Map(view.participants.map((p) => [p.node, p]));
+  assert.equal(byNode.get(nodes[1])!.status, 'slashed');
+  assert.equal(byNode.get(nodes[2])?.role, 'validator', 'the requester chose its asserters, never its validators');
+  assert.equal(byNode.get(nodes[2])!.traceRoot, honest.root);
+  assert.equal(w.state().earnings[nodes[1]] ?? '0', '0', 'the liar is paid nothing');
+  w.assertConserved('after a redundant dispute');
+});
+
+test('Nodes restricts the draw of asserters, whatever the Hash-Chain', async () => {
+  const { w, nodes } = await network({ nodes: 3, capacity: 16 });
+  const [, n2, n3] = nodes;
   for (let i = 0; i < 6; i++) {
-    const r = await w.infer(ALICE, { max_tokens: 1 }, { Nodes: n3 }, { hashChain: id43(`only n3 ${i}`) });
+    const r = await infer(w, ALICE, { max_tokens: 1 }, { Nodes: n3 }, { hashChain: id43(`only n3 ${i}`) });
     assert.equal(one(r, 'Task-Assigned').Target, n3);
   }
-  const pair = await w.infer(ALICE, { max_tokens: 1 }, { Nodes: `${n2}, ${n3}`, Redundancy: '2' });
+  const pair = await infer(w, ALICE, { max_tokens: 1 }, { Nodes: `${n2}, ${n3}`, Redundancy: '2' });
   assert.deepEqual(withAction(pair, 'Task-Assigned').map((m) => m.Target).sort(), [n2, n3].sort());
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Nodes: n3, Redundancy: '2' } }, 503, 'two leases from one node');
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Nodes: id43('a stranger') } }, 503, 'Nodes names no registered node');
@@ -747,200 +807,431 @@ test('Redundancy=2 leases two different nodes; Infer-Response only after both re
 
 // ---- 9. unstaking ----
 
-test('Unstake starts a cool-down at once; before it ends 409; after it, Unstake-Completed and a token Transfer of the stake', async () => {
-  const w = await network({ nodes: 2, stake: ['500', '300'], capacity: 8, spawn: { 'Lease-Ms': '60000' } });
-  const [n1, n2] = w.nodes;
+test('Unstake starts a cool-down at once; before it ends 409; after it, Unstake-Completed, a token Transfer of the stake, and the node leaves the node list', async () => {
+  const { w, nodes } = await network({ nodes: 2, stake: ['500', '1000'], capacity: 8, spawn: { 'Lease-Ms': '60000' } });
+  const [n1, n2] = nodes;
   const started = await w.send({ from: n1, tags: { Action: 'Unstake', 'X-Reference': 'u-1' } });
   assert.equal(started.Messages.length, 1);
   assert.equal(started.Messages[0].Target, n1);
   assert.deepEqual(tagsOf(started.Messages[0]), { Action: 'Unstake-Started', Reference: started.id, 'X-Reference': 'u-1', 'Unstake-At': String(started.timestamp + 10_000) });
-  const listed = (await w.nodesList()).find((n) => n.address === n1)!;
+  const listed = (await nodesList(w)).find((n) => n.address === n1)!;
   assert.equal(listed.active, false);
   // No new task for it.
   for (let i = 0; i < 6; i++) {
-    const r = await w.infer(ALICE, { max_tokens: 1 }, {}, { hashChain: id43(`unstake ${i}`) });
+    const r = await infer(w, ALICE, { max_tokens: 1 }, {}, { hashChain: id43(`unstake ${i}`) });
     assert.equal(one(r, 'Task-Assigned').Target, n2);
   }
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Nodes: n1 } }, 503, 'only the unstaking node');
 
-  await refused(w, { from: n1, tags: { Action: 'Unstake', 'X-Reference': 'u-2' }, timestamp: started.timestamp + 9_999 }, 409, 'still cooling down');
+  await refused(w, { from: n1, tags: { Action: 'Unstake', 'X-Reference': 'u-2' }, timestamp: started.timestamp + 9_999 }, 409, 'still cooling down', /cooling down/);
   const done = await w.send({ from: n1, tags: { Action: 'Unstake' }, timestamp: started.timestamp + 10_000 });
   assert.equal(done.Messages.length, 2);
   const transfer = one(done, 'Transfer');
   assert.equal(transfer.Target, TOKEN);
-  assert.equal(tagOf(transfer, 'Recipient'), n1);
-  assert.equal(tagOf(transfer, 'Quantity'), '500');
+  assert.deepEqual([tagOf(transfer, 'Recipient'), tagOf(transfer, 'Quantity'), tagOf(transfer, 'X-Reason')], [n1, '500', 'Unstake']);
   const completed = one(done, 'Unstake-Completed');
   assert.equal(completed.Target, n1);
   assert.equal(tagOf(completed, 'Quantity'), '500');
   assert.equal(BigInt(w.state().stakes[n1]), 0n);
+  assert.deepEqual((await nodesList(w)).map((n) => n.address), [n2], 'no stake, no lease: the entry is dropped');
+  await refused(w, { from: n1, tags: { Action: 'Register-Node', DID: fx.dids[0], Models: fx.modelId } }, 402, 'registering again needs stake again');
   await refused(w, { from: n1, tags: { Action: 'Unstake' } }, 409, 'nothing staked');
   await refused(w, { from: BOB, tags: { Action: 'Unstake' } }, 409, 'never staked');
+  w.assertConserved('after an unstake');
 });
 
-test('Unstake does not pay out while the node still holds a lease', async () => {
-  const w = await network({ nodes: 1, spawn: { 'Lease-Ms': '60000' } });
-  const [n] = w.nodes;
-  const r = await w.infer(ALICE, { max_tokens: 2 });
+test('locked stake cannot be unstaked: not while the lease runs, not while the committed result waits for finality; then the whole stake comes back', async () => {
+  const net = await network({ nodes: 1, spawn: { ...UNAUDITED, 'Lease-Ms': '60000' } });
+  const { w, nodes } = net;
+  const [n] = nodes;
+  const r = await infer(w, ALICE, { max_tokens: 2 });
   assert.equal(one(r, 'Task-Assigned').Target, n);
   const s = await w.send({ from: n, tags: { Action: 'Unstake' } });
   one(s, 'Unstake-Started');
-  await refused(w, { from: n, tags: { Action: 'Unstake' }, timestamp: s.timestamp + 10_000 }, 409, 'holds a lease');
-  // The lease runs on: its result is still accepted, and then the stake comes back.
-  const result = await w.submit(n, r.id, { tokens: [1] });
-  one(result, 'Infer-Response');
+  await refused(w, { from: n, tags: { Action: 'Unstake' }, timestamp: s.timestamp + 10_000 }, 409, 'holds a lease', /100 of the stake is locked/);
+  // The lease runs on: its result is still accepted, its lock held until the result is final.
+  const rest = await until(net, r, () => w.state().tasks[r.id]?.status === 'challengeable');
+  await refused(w, { from: n, tags: { Action: 'Unstake' } }, 409, 'the result is not final', /locked/);
+  const responses = await play(net, { ...r, Messages: rest });
+  assert.equal(tagOf(responses.at(-1)!, 'Status'), 'final');
   const done = await w.send({ from: n, tags: { Action: 'Unstake' } });
   assert.equal(tagOf(one(done, 'Transfer'), 'Quantity'), '1000');
+  assert.deepEqual(w.state().nodes, [], 'the node left the list');
+  // Its earnings stay its own.
+  const earned = w.state().earnings[n];
+  assert.ok(BigInt(earned) > 0n);
+  const pay = await w.send({ from: n, tags: { Action: 'Withdraw' } });
+  assert.equal(tagOf(one(pay, 'Transfer'), 'Quantity'), earned);
+  w.assertConserved('after unstaking');
 });
 
-// ---- 10. money conservation ----
+test('a node that loses all its stake (slashed for a missed reveal) leaves the node list', async () => {
+  const net = await network({ behaviours: ['no-reveal', 'honest', 'honest'], stake: ['100', '1000', '1000'], deposits: { [ALICE]: '1000' } });
+  const { w, nodes } = net;
+  const [lazy] = nodes;
+  const r = await infer(w, ALICE, { max_tokens: 8 }, { Nodes: lazy });
+  assert.equal(one(r, 'Task-Assigned').Target, lazy);
+  const slashes: OutboxMessage[] = [];
+  const send = w.send.bind(w);
+  w.send = async (m) => {
+    const sent = await send(m);
+    slashes.push(...withAction(sent, 'Slash-Notice'));
+    return sent;
+  };
+  const responses = await play(net, r, { tickMs: 500 });
+  assert.deepEqual(slashes.map((m) => [m.Target, tagOf(m, 'Quantity'), tagOf(m, 'Reason')]), [[lazy, '100', 'did not reveal its result in time']]);
+  const fin = responses.at(-1)!;
+  assert.equal(tagOf(fin, 'Status'), 'final');
+  const view = viewOf(fin);
+  assert.equal(view.participants[0].status, 'slashed');
+  assert.notEqual(view.receipt!.node, lazy, 'the validator\'s revealed result is the result');
+  const st = w.state();
+  assert.equal(st.stakes[lazy], '0');
+  assert.ok(!st.nodes.some((n) => n.address === lazy), 'the entry is gone');
+  assert.equal(st.totals.slashed, '100');
+  await refused(w, { from: lazy, tags: { Action: 'Register-Node', DID: fx.dids[0], Models: fx.modelId } }, 402, 'no stake to register with');
+  w.assertConserved('after a slash to zero');
+});
+
+// ---- 10. parameters ----
+
+/** Every parameter tag, each with a value unlike its default and SPAWN's, together within the economic rule: 0.5·(3·100 + 700) ≥ 1.2·2·100. */
+const ALL_PARAMS: Record<string, string> = {
+  'Price-Per-Token': '3', 'Compute-Cost-Per-Token': '2', 'Audit-Ppm': '500000', Validators: '2', Slash: '700', 'Miss-Slash': '70', 'Margin-Ppm': '200000', 'Max-Tokens': '100',
+  'Min-Stake': '800', 'Challenge-Window-Ms': '4000', 'Challenge-Bond': '900', 'Round-Bond': '7', 'Clock-Ms': '6000', 'Dispute-Arity': '4', 'Reveal-Ms': '7000', 'Canary-Ppm': '1234',
+  'Lease-Ms': '8000', 'Unstake-Cooldown-Ms': '9000', 'Max-Prompt-Bytes': '2000', 'Max-Attempts': '4', 'Max-Wait-Ms': '11000', 'Max-Nodes': '50',
+};
+const ALL_EXPECTED: Params = {
+  price: '3', computeCost: '2', auditPpm: 500000, validators: 2, slash: '700', missSlash: '70', marginPpm: 200000, maxTokens: 100, minStake: '800', challengeWindowMs: 4000,
+  challengeBond: '900', roundBond: '7', clockMs: 6000, arity: 4, revealMs: 7000, canaryPpm: 1234, leaseMs: 8000, cooldownMs: 9000, maxPromptBytes: 2000, maxAttempts: 4, maxWaitMs: 11000,
+  maxNodes: 50,
+};
+
+test('Params and Set-Params: every tag round-trips (spawn tags and Set-Params alike); Info answers with them; bad values and the non-owner are refused', async () => {
+  const w = await World.open();
+  const params = async (): Promise<Params> => {
+    const r = await w.send({ from: ALICE, tags: { Action: 'Params', 'X-Reference': 'p' } });
+    assert.deepEqual(tagsOf(r.Messages[0]), { Action: 'Params-Response', Reference: r.id, 'X-Reference': 'p' });
+    return JSON.parse(r.Messages[0].Data!) as Params;
+  };
+  const spawned = await params();
+  assert.deepEqual(spawned, {
+    ...spawned, minStake: '100', slash: '100', missSlash: '10', challengeBond: '100', roundBond: '5', auditPpm: 1000000, leaseMs: 5000, revealMs: 5000, clockMs: 5000,
+    challengeWindowMs: 3000, cooldownMs: 10000,
+  });
+  assert.deepEqual(spawned, w.state().params);
+  assert.deepEqual(Object.keys(ALL_EXPECTED).sort(), Object.keys(spawned).sort(), 'ALL_PARAMS names every parameter');
+  for (const key of Object.keys(spawned) as (keyof Params)[]) assert.notEqual(ALL_EXPECTED[key], spawned[key], `${key} changes`);
+
+  // Refusals first (each leaves the state as it was).
+  await refused(w, { from: ALICE, tags: { Action: 'Set-Params', ...ALL_PARAMS } }, 403, 'not the owner', /owner/);
+  await refused(w, { from: ALICE, owner: OWNER, tags: { Action: 'Set-Params', 'Lease-Ms': '1' } }, 403, 'pushed for the owner by someone else');
+  const bad: [string, string, RegExp][] = [
+    ['Slash', '01', /Slash must be a whole number/], ['Slash', '-1', /whole number/], ['Price-Per-Token', '1.5', /whole number/], ['Round-Bond', '', /whole number/],
+    ['Validators', '0', /Validators must be a whole number in 1\.\.3/], ['Validators', '4', /1\.\.3/], ['Dispute-Arity', '1', /2\.\.64/], ['Dispute-Arity', '65', /2\.\.64/],
+    ['Audit-Ppm', '1000001', /0\.\.1000000/], ['Canary-Ppm', '1000001', /0\.\.1000000/], ['Max-Attempts', '0', /1\.\.100/], ['Max-Attempts', '101', /1\.\.100/],
+    ['Max-Nodes', '0', /1\.\.100000/], ['Lease-Ms', '0', /Lease-Ms/], ['Clock-Ms', '86400001', /Clock-Ms/], ['Reveal-Ms', 'x', /Reveal-Ms/], ['Max-Tokens', '0', /Max-Tokens/],
+    ['Margin-Ppm', '10000001', /Margin-Ppm/], ['Max-Wait-Ms', ' 5', /Max-Wait-Ms/], ['Miss-Slash', '101', /Miss-Slash \(101\) cannot exceed Slash \(100\)/],
+  ];
+  for (const [tag, value, pattern] of bad) await refused(w, { from: OWNER, tags: { Action: 'Set-Params', [tag]: value } }, 400, `${tag}=${JSON.stringify(value)}`, pattern);
+  await refused(w, { from: OWNER, tags: { Action: 'Set-Params', 'Audit-Ppm': '100000' } }, 400, 'p too small for S', /honesty must pay/);
+
+  // No tags: nothing changes, and the answer says so.
+  const none = await w.send({ from: OWNER, tags: { Action: 'Set-Params' } });
+  assert.deepEqual(JSON.parse(none.Messages[0].Data!), spawned);
+
+  const set = await w.send({ from: OWNER, tags: { Action: 'Set-Params', ...ALL_PARAMS, 'X-Reference': 's-1' } });
+  assert.deepEqual(set.Messages.map((m) => [m.Target, tagsOf(m)]), [[OWNER, { Action: 'Set-Params-Response', Reference: set.id, 'X-Reference': 's-1' }]]);
+  assert.deepEqual(JSON.parse(set.Messages[0].Data!), ALL_EXPECTED);
+  assert.deepEqual(w.state().params, ALL_EXPECTED);
+  assert.deepEqual(await params(), ALL_EXPECTED);
+
+  const info = await w.send({ from: BOB, tags: { Action: 'Info' } });
+  assert.deepEqual(tagsOf(info.Messages[0]), { Action: 'Info-Response', Reference: info.id, Token: TOKEN, Owner: OWNER, 'Min-Stake': '800', 'Price-Per-Token': '3', 'Lease-Ms': '8000' });
+  assert.deepEqual(JSON.parse(info.Messages[0].Data!), {
+    ...ALL_EXPECTED, token: TOKEN, owner: OWNER, models: 0, nodes: 0, openTasks: 0, totals: { final: 0, failed: 0, disputes: 0, slashed: '0', canaries: 0 },
+  });
+
+  // The same tags at spawn give the same parameters; a set the rule refuses is no process at all.
+  const booted = await World.open(ALL_PARAMS);
+  assert.deepEqual(booted.state().params, ALL_EXPECTED);
+  const badBoot = await openProcess(source, { owner: OWNER, tags: { ...SPAWN, 'Dispute-Arity': '65' }, extensions: fx.ext });
+  assert.match(badBoot.boot.Error ?? '', /parameters are refused: Dispute-Arity must be a whole number in 2\.\.64/);
+  const noToken = await openProcess(source, { owner: OWNER, tags: { 'Min-Stake': '100' }, extensions: fx.ext });
+  assert.match(noToken.boot.Error ?? '', /Token tag/);
+});
+
+test('Set-Params takes effect on the next message: Max-Tokens, Max-Prompt-Bytes and Lease-Ms', async () => {
+  const { w } = await network({ nodes: 1, deposits: { [ALICE]: '10000' } });
+  await w.send({ from: OWNER, tags: { Action: 'Set-Params', 'Max-Tokens': '64', 'Max-Prompt-Bytes': '8', 'Lease-Ms': '1234' } });
+  await refused(w, inferMessage(ALICE, { max_tokens: 65 }, {}, {}, 'Hi'), 400, 'over the new Max-Tokens', /at most 64/);
+  await refused(w, inferMessage(ALICE, { max_tokens: 4 }, {}, {}, 'Once upon'), 413, 'over the new Max-Prompt-Bytes');
+  const r = await infer(w, ALICE, { max_tokens: 64 }, {}, {}, 'Once');
+  assert.equal(tagOf(one(r, 'Task-Assigned'), 'Lease-End'), String(r.timestamp + 1234));
+});
+
+// ---- 11. canaries ----
+
+/**
+ * A network with a known answer (an audited final task), then audits off (C = 0 keeps the rule),
+ * a task while the owner has no deposit (no canary), then the owner's deposit: the next Infer
+ * also issues a canary (Canary-Ppm 10⁶). Returns the canary's first messages.
+ */
+async function canaryNetwork(): Promise<{ net: TestNet; known: { root: string; commitment: string }; r: Sent; canary: OutboxMessage }> {
+  const net = await network({ nodes: 3, spawn: { 'Canary-Ppm': '1000000' }, deposits: { [ALICE]: '100000' } });
+  const { w, nodes } = net;
+  const r0 = await infer(w, ALICE, { max_tokens: 8 });
+  assert.equal(w.state().totals.canaries, 0, 'nothing is known yet');
+  const v0 = viewOf((await play(net, r0)).at(-1)!);
+  assert.deepEqual([v0.status, v0.audited], ['final', true]);
+  const known = { root: v0.receipt!.traceRoot, commitment: v0.receipt!.commitment };
+  assert.deepEqual(w.state().known.map((k) => [k.prompt, k.root, k.commitment]), [[PROMPT, known.root, known.commitment]]);
+  await w.send({ from: OWNER, tags: { Action: 'Set-Params', ...UNAUDITED } });
+
+  const r1 = await infer(w, ALICE, { max_tokens: 4 }, {}, {}, 'A dog');
+  assert.deepEqual([w.state().totals.canaries, Object.keys(w.state().tasks)], [0, [r1.id]], 'no canary without the owner\'s deposit');
+  await play(net, r1, { tickMs: 500 });
+  await deposit(w, OWNER, '1000');
+
+  // The request takes the node it names; the canary goes to a free one.
+  const r = await infer(w, ALICE, { max_tokens: 4 }, { Nodes: nodes[0] }, {}, 'A bird');
+  assert.deepEqual(r.Messages.map((m) => [m.Target === nodes[0] ? 'named' : m.Target === ALICE ? 'requester' : 'other', actionOf(m)]), [
+    ['named', 'Task-Assigned'], ['requester', 'Infer-Accepted'], ['other', 'Task-Assigned'],
+  ]);
+  const canary = r.Messages[2];
+  const s = w.state();
+  assert.equal(s.totals.canaries, 1);
+  const task = s.tasks[tagOf(canary, 'Task')!];
+  assert.deepEqual([task.requester, task.prompt, task.commitment, task.escrow, task.canary], [OWNER, PROMPT, known.commitment, '16', known.root]);
+  assert.equal(s.deposits[OWNER], '984', 'paid from the owner\'s deposit: price × 8 × (1 + 1 validator)');
+  // A canary's lease looks like any other.
+  assert.deepEqual(Object.keys(assignmentOf(canary)).sort(), Object.keys(assignmentOf(r.Messages[0])).sort());
+  assert.deepEqual(Object.keys(tagsOf(canary)).sort(), Object.keys(tagsOf(r.Messages[0])).sort());
+  return { net, known, r, canary };
+}
+
+test('a canary repeats a known job, paid from the owner\'s deposit; a node that answers it right is final with audited credit', async () => {
+  const { net, known, r, canary } = await canaryNetwork();
+  const { w } = net;
+  const node = canary.Target;
+  const before = structuredClone(w.state().nodes.find((n) => n.address === node)!);
+  const responses = await play(net, r, { tickMs: 500 });
+  const toOwner = responses.filter((m) => m.Target === OWNER);
+  assert.deepEqual(toOwner.map((m) => tagOf(m, 'Status')), ['pending', 'final']);
+  const view = viewOf(toOwner[1]);
+  assert.equal(view.receipt!.traceRoot, known.root);
+  assert.deepEqual(view.participants.map((p) => [p.node, p.role, p.status]), [[node, 'asserter', 'revealed']], 'no validator was needed');
+  const s = w.state();
+  const after = s.nodes.find((n) => n.address === node)!;
+  assert.deepEqual([after.audited, after.reputation], [before.audited + 1, Math.min(200, before.reputation + 1)], 'a passed canary counts as an audited agreement');
+  const n = view.tokens!.length;
+  assert.equal(s.deposits[OWNER], String(1000 - n));
+  assert.equal(s.known.length, 1, 'a canary is no new known answer');
+  assert.deepEqual(s.tasks, {});
+  w.assertConserved('after a canary');
+});
+
+test('a canary answered wrongly is audited: the dispute convicts the node, the known answer is the final one', async () => {
+  const { net, known, r, canary } = await canaryNetwork();
+  const { w, players } = net;
+  const liar = players.find((p) => p.address === canary.Target)!;
+  liar.behaviour = 'wrong-token';
+  const stakeBefore = BigInt(w.state().stakes[liar.address]);
+  const responses = await play(net, r, { tickMs: 500 });
+  const fin = responses.filter((m) => m.Target === OWNER).at(-1)!;
+  assert.deepEqual([tagOf(fin, 'Status'), tagOf(fin, 'Corrected')], ['final', 'true']);
+  const view = viewOf(fin);
+  assert.equal(view.receipt!.traceRoot, known.root);
+  assert.equal(view.audited, true);
+  assert.deepEqual(view.participants.map((p) => [p.role, p.status]), [['asserter', 'slashed'], ['validator', 'revealed']]);
+  assert.equal(view.disputes.length, 1);
+  assert.equal(view.disputes[0].outcome!.winner, view.participants[1].node);
+  const s = w.state();
+  assert.ok(BigInt(s.stakes[liar.address]) <= stakeBefore - 100n, 'the liar lost its lock');
+  assert.equal(s.totals.disputes, 1);
+  // The requester's own task (audits off) went through its window untouched.
+  assert.equal(tagOf(responses.filter((m) => m.Target === ALICE).at(-1)!, 'Status'), 'final');
+  w.assertConserved('after a failed canary');
+});
+
+// ---- 12. references and ended tasks ----
+
+test('references are unique among live tasks: an X-Reference is free again once its task ended; the Task dry-run of an ended task is 404', async () => {
+  const net = await network({ nodes: 2, spawn: UNAUDITED });
+  const { w } = net;
+  const r = await infer(w, ALICE, { max_tokens: 4 }, { 'X-Reference': 'again' });
+  await refused(w, inferMessage(ALICE, { max_tokens: 4 }, { 'X-Reference': 'again' }), 409, 'while the task lives', /already being served/);
+  const live = await w.p.dryRun({ from: ALICE, tags: { Action: 'Task', 'X-Reference': 'again' }, timestamp: w.now + 1 });
+  assert.deepEqual([tagOf(live.Messages[0], 'Action'), tagOf(live.Messages[0], 'Task')], ['Task-Response', r.id]);
+  const responses = await play(net, r, { tickMs: 500 });
+  assert.equal(tagOf(responses.at(-1)!, 'Status'), 'final');
+  for (const tags of [{ Task: r.id }, { 'X-Reference': 'again' }] as Record<string, string>[]) {
+    const dry = await w.p.dryRun({ from: ALICE, tags: { Action: 'Task', ...tags }, timestamp: w.now + 1 });
+    assert.deepEqual(['Action', 'Code'].map((t) => tagOf(dry.Messages[0], t)), ['Task-Error', '404'], JSON.stringify(tags));
+    assert.match(tagOf(dry.Messages[0], 'Message')!, /ended task is in its last Infer-Response/);
+  }
+  assert.deepEqual(w.state().references, {});
+  const again = await infer(w, ALICE, { max_tokens: 4 }, { 'X-Reference': 'again' });
+  one(again, 'Infer-Accepted');
+  const found = await w.send({ from: ALICE, tags: { Action: 'Task', 'X-Reference': 'again' } });
+  assert.equal(tagOf(found.Messages[0], 'Task'), again.id);
+  assert.deepEqual(Object.values(w.state().references), [again.id]);
+});
+
+// ---- 13. money conservation ----
 
 type MoneyOp =
   | { k: 'deposit'; who: number; q: number }
   | { k: 'stake'; node: number; q: number }
+  | { k: 'forged'; who: number; q: number }
   | { k: 'infer'; who: number; max: number; red: number; nodes: boolean }
-  | { k: 'submit'; pick: number; tokens: number; root: boolean }
+  | { k: 'deliver'; pick: number; n: number }
   | { k: 'wait'; ms: number }
   | { k: 'withdraw'; who: number; q: number | null }
-  | { k: 'unstake'; node: number }
-  | { k: 'forged'; who: number; q: number };
+  | { k: 'unstake'; node: number };
 
 const moneyOp: fc.Arbitrary<MoneyOp> = fc.oneof(
   fc.record({ k: fc.constant('deposit' as const), who: fc.nat(2), q: fc.integer({ min: 0, max: 300 }) }),
-  fc.record({ k: fc.constant('stake' as const), node: fc.nat(2), q: fc.integer({ min: 0, max: 120 }) }),
-  {
-    arbitrary: fc.record({ k: fc.constant('infer' as const), who: fc.nat(2), max: fc.integer({ min: 1, max: 40 }), red: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 3 })), nodes: fc.boolean() }),
-    weight: 4,
-  },
-  { arbitrary: fc.record({ k: fc.constant('submit' as const), pick: fc.nat(5), tokens: fc.nat(45), root: fc.boolean() }), weight: 6 },
-  fc.record({ k: fc.constant('wait' as const), ms: fc.integer({ min: 1, max: 12_000 }) }),
-  fc.record({ k: fc.constant('withdraw' as const), who: fc.nat(5), q: fc.option(fc.integer({ min: 0, max: 400 })) }),
-  fc.record({ k: fc.constant('unstake' as const), node: fc.nat(2) }),
+  fc.record({ k: fc.constant('stake' as const), node: fc.nat(3), q: fc.integer({ min: 0, max: 300 }) }),
   fc.record({ k: fc.constant('forged' as const), who: fc.nat(2), q: fc.integer({ min: 1, max: 100 }) }),
+  {
+    arbitrary: fc.record({ k: fc.constant('infer' as const), who: fc.nat(2), max: fc.integer({ min: 1, max: 10 }), red: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 3 })), nodes: fc.boolean() }),
+    weight: 3,
+  },
+  // Answer up to n of the messages the coordinator sent to the nodes, picked anywhere in the mailbox (any order, late, or never).
+  { arbitrary: fc.record({ k: fc.constant('deliver' as const), pick: fc.nat(50), n: fc.integer({ min: 1, max: 4 }) }), weight: 8 },
+  fc.record({ k: fc.constant('wait' as const), ms: fc.integer({ min: 1, max: 12_000 }) }),
+  fc.record({ k: fc.constant('withdraw' as const), who: fc.nat(6), q: fc.option(fc.integer({ min: 0, max: 400 })) }),
+  { arbitrary: fc.record({ k: fc.constant('unstake' as const), node: fc.nat(3) }), weight: 2 },
 );
 
-test('money is conserved: Σ deposits + Σ open escrow + Σ earnings + Σ stakes = Σ credited − Σ paid out, after any sequence', async () => {
-  const requesters = [ALICE, BOB, CAROL];
-  // What the runs exercised, so that the property is known not to hold vacuously.
-  const seen = { maxExpired: 0, accepted: 0, completed: 0, mismatch: 0, failed: 0, paidResults: 0, withdrawn: 0, unstaked: 0, refused: 0 };
-  await fc.assert(
-    fc.asyncProperty(fc.array(moneyOp, { minLength: 5, maxLength: 30 }), fc.integer({ min: 1, max: 2500 }), async (ops, step) => {
-      const w = await network({ nodes: 3, stake: ['100', '150', '0'], capacity: 2, deposits: { [ALICE]: '300', [BOB]: '200' }, spawn: { 'Price-Per-Token': '2', 'Max-Attempts': '2' } });
-      let credited = 100n + 150n + 300n + 200n;
-      let paid = 0n;
-      const account = (i: number): string => (i < 3 ? requesters[i] : w.nodes[i - 3]);
-      for (const o of ops) {
-        const timestamp = w.now + (o.k === 'wait' ? o.ms : step);
-        let r: Sent;
-        switch (o.k) {
-          case 'deposit':
-            r = await w.send({ from: TOKEN, owner: MU, timestamp, tags: { Action: 'Credit-Notice', Sender: requesters[o.who], Quantity: String(o.q), 'X-Action': 'Deposit' } });
-            credited += BigInt(o.q);
-            break;
-          case 'stake':
-            r = await w.send({ from: TOKEN, owner: MU, timestamp, tags: { Action: 'Credit-Notice', Sender: w.nodes[o.node], Quantity: String(o.q), 'X-Action': 'Stake' } });
-            credited += BigInt(o.q);
-            break;
-          case 'forged':
-            r = await w.send({ from: requesters[o.who], owner: MU, timestamp, tags: { Action: 'Credit-Notice', Sender: requesters[o.who], Quantity: String(o.q), 'X-Action': 'Deposit' } });
-            break;
-          case 'infer':
-            r = await w.infer(requesters[o.who], { max_tokens: o.max }, { Redundancy: String(o.red), ...(o.nodes ? { Nodes: `${w.nodes[0]},${w.nodes[1]}` } : {}) }, { timestamp });
-            break;
-          case 'submit': {
-            const s = w.state();
-            const open = s.open.flatMap((id) => s.tasks[id].leases.filter((l) => l.status === 'open').map((l) => ({ task: s.tasks[id], lease: l })));
-            if (open.length === 0) {
-              r = await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp });
-              break;
-            }
-            const { task, lease } = open[o.pick % open.length];
-            const n = Math.min(o.tokens, task.options.max_tokens);
-            r = await w.submit(lease.node, task.id, { tokens: Array.from({ length: n }, (_, i) => i + 1), root: o.root ? ROOT_A : ROOT_B, timestamp });
-            break;
-          }
-          case 'wait':
-            r = await w.send({ from: w.nodes[0], tags: { Action: 'Heartbeat' }, timestamp });
-            break;
-          case 'withdraw':
-            r = await w.send({ from: account(o.who), timestamp, tags: { Action: 'Withdraw', ...(o.q === null ? {} : { Quantity: String(o.q) }) } });
-            break;
-          case 'unstake':
-            r = await w.send({ from: w.nodes[o.node], tags: { Action: 'Unstake' }, timestamp });
-            break;
-        }
-        for (const m of r.Messages) {
-          const action = actionOf(m);
-          if (action === 'Infer-Accepted') seen.accepted++;
-          if (action === 'Submit-Result-Response') seen.paidResults++;
-          if (action === 'Withdraw-Response') seen.withdrawn++;
-          if (action === 'Unstake-Completed') seen.unstaked++;
-          if (tagOf(m, 'Code') !== undefined && action !== 'Infer-Response') seen.refused++;
-          if (action === 'Infer-Response') {
-            const status = tagOf(m, 'Status');
-            if (status === 'completed') seen.completed++;
-            if (status === 'mismatch') seen.mismatch++;
-            if (status === 'failed') seen.failed++;
-          }
-          if (m.Target === TOKEN && actionOf(m) === 'Transfer') paid += BigInt(tagOf(m, 'Quantity')!);
-          assert.ok(!(m.Target === TOKEN && actionOf(m) !== 'Transfer'), `only Transfers go to the token: ${JSON.stringify(m)}`);
-        }
-        if (o.k === 'deposit' || o.k === 'stake') assert.deepEqual(r.Messages.filter((m) => m.Target === TOKEN), []);
+const AMOUNT = /^(0|[1-9][0-9]*)$/;
 
+test('money is conserved: Σ deposits + Σ earnings + Σ stakes + Σ live escrow and pots = Σ credited − Σ paid out, after every message of any sequence', async () => {
+  const requesters = [ALICE, BOB, CAROL];
+  const cheats: Behaviour[] = ['honest', 'wrong-token', 'garbage', 'silent', 'no-reveal'];
+  // What the runs exercised, so that the property is known not to hold vacuously.
+  const seen = { accepted: 0, pending: 0, final: 0, failed: 0, expired: 0, slashed: 0, disputes: 0, withdrawn: 0, unstaked: 0, refused: 0 };
+  await fc.assert(
+    fc.asyncProperty(fc.constantFrom(...cheats), fc.constantFrom(...cheats), fc.array(moneyOp, { minLength: 5, maxLength: 25 }), fc.integer({ min: 1, max: 2500 }), async (b2, b3, ops, step) => {
+      // p = ½ with S = 200: ½·(2·512 + 200) ≥ 1.1·512.
+      const spawn = { 'Price-Per-Token': '2', 'Max-Attempts': '2', 'Audit-Ppm': '500000', Slash: '200', 'Min-Stake': '200', 'Challenge-Bond': '200', 'Miss-Slash': '20', 'Max-Wait-Ms': '20000', 'Unstake-Cooldown-Ms': '2000' };
+      const net = await network({ behaviours: ['honest', 'honest', b2, b3], stake: ['600', '600', '400', '400'], capacity: 2, deposits: { [ALICE]: '300', [BOB]: '200' }, spawn });
+      const { w, players, nodes } = net;
+      const byAddress = new Map(players.map((p) => [p.address, p]));
+      const account = (i: number): string => (i < 3 ? requesters[i] : nodes[i - 3]);
+      const mailbox: OutboxMessage[] = [];
+      let label = 'setup';
+      const check = (r: Sent): void => {
+        w.assertConserved(label);
         const s = w.state();
-        const openEscrow = s.open.reduce((a, id) => a + BigInt(s.tasks[id].escrow), 0n);
-        const held = sum(s.deposits) + openEscrow + sum(s.earnings) + sum(s.stakes);
-        assert.equal(held, credited - paid, `after ${JSON.stringify(o)}`);
-        for (const record of [s.deposits, s.earnings, s.stakes]) for (const v of Object.values(record)) assert.match(v, /^(0|[1-9][0-9]*)$/);
+        for (const record of [s.deposits, s.earnings, s.stakes, s.locked]) for (const v of Object.values(record)) assert.match(v, AMOUNT, label);
+        assert.deepEqual([...s.open].sort(), Object.keys(s.tasks).sort(), `live tasks are the open ones ${label}`);
         for (const t of Object.values(s.tasks)) {
-          assert.equal(s.open.includes(t.id), t.status === 'assigned', t.id);
-          if (!s.open.includes(t.id)) assert.equal(t.escrow, '0');
-          assert.ok(BigInt(t.escrow) >= 0n);
+          assert.ok(t.status !== 'final' && t.status !== 'failed', `an ended task left the state ${label}`);
+          assert.match(t.escrow, AMOUNT);
+          assert.match(t.pot, AMOUNT);
         }
-        seen.maxExpired = Math.max(seen.maxExpired, ...s.nodes.map((n) => n.expired));
         for (const n of s.nodes) {
-          const leases = s.open.reduce((a, id) => a + s.tasks[id].leases.filter((l) => l.node === n.address && l.status === 'open').length, 0);
-          assert.equal(n.open, leases, `${n.address} open count`);
+          const open = Object.values(s.tasks).reduce((a, t) => a + t.participants.filter((p) => p.node === n.address && p.status === 'open').length, 0);
+          assert.equal(n.open, open, `${n.address}: open count ${label}`);
           assert.ok(n.open <= n.capacity);
           assert.ok(n.reputation >= 1 && n.reputation <= 200);
+          assert.ok(BigInt(s.stakes[n.address] ?? '0') > 0n || BigInt(s.locked[n.address] ?? '0') > 0n || n.open > 0, `${n.address}: an entry with no stake and no lease is dropped ${label}`);
+        }
+        for (const m of r.Messages) {
+          assert.ok(!(m.Target === TOKEN && actionOf(m) !== 'Transfer'), `only Transfers go to the token: ${JSON.stringify(m)}`);
+          const action = actionOf(m);
+          if (action === 'Infer-Accepted') seen.accepted++;
+          if (action === 'Withdraw-Response') seen.withdrawn++;
+          if (action === 'Unstake-Completed') seen.unstaked++;
+          if (action === 'Dispute-Round') seen.disputes++;
+          if (action === 'Slash-Notice') seen.slashed++;
+          if (action === 'Slash-Notice' && /expired/.test(tagOf(m, 'Reason')!)) seen.expired++;
+          if (tagOf(m, 'Code') !== undefined && action !== 'Infer-Response') seen.refused++;
+          if (action === 'Infer-Response') {
+            const status = tagOf(m, 'Status')!;
+            if (status === 'pending' || status === 'final' || status === 'failed') seen[status]++;
+          }
+          if (byAddress.has(m.Target)) mailbox.push(m);
+        }
+      };
+      const send = w.send.bind(w);
+      w.send = async (m) => {
+        const r = await send(m);
+        check(r);
+        return r;
+      };
+      for (const [i, o] of ops.entries()) {
+        label = `after op ${i} ${JSON.stringify(o)}`;
+        const timestamp = w.now + step;
+        switch (o.k) {
+          case 'deposit':
+            await w.credit(requesters[o.who], String(o.q), 'Deposit');
+            break;
+          case 'stake':
+            await w.credit(nodes[o.node], String(o.q), 'Stake');
+            break;
+          case 'forged':
+            await w.send({ from: requesters[o.who], owner: MU, timestamp, tags: { Action: 'Credit-Notice', Sender: requesters[o.who], Quantity: String(o.q), 'X-Action': 'Deposit' } });
+            break;
+          case 'infer':
+            await w.send(inferMessage(requesters[o.who], { max_tokens: o.max }, { Redundancy: String(o.red), ...(o.nodes ? { Nodes: `${nodes[0]},${nodes[2]}` } : {}) }, { timestamp }, `${PROMPT} ${i}`));
+            break;
+          case 'deliver':
+            for (let j = 0; j < o.n && mailbox.length > 0; j++) {
+              const [m] = mailbox.splice(o.pick % mailbox.length, 1);
+              await answer(w, byAddress.get(m.Target)!, m);
+            }
+            break;
+          case 'wait':
+            await heartbeat(w, nodes[0], w.now + o.ms);
+            break;
+          case 'withdraw':
+            await w.send({ from: account(o.who), timestamp, tags: { Action: 'Withdraw', ...(o.q === null ? {} : { Quantity: String(o.q) }) } });
+            break;
+          case 'unstake':
+            await w.send({ from: nodes[o.node], timestamp, tags: { Action: 'Unstake' } });
+            break;
         }
       }
+      // Then everyone answers everything until every task has ended: nothing stays locked.
+      label = 'draining';
+      await play(net, { Messages: mailbox.splice(0) } as unknown as Sent, { tickMs: 500, maxMessages: 1000 });
+      const s = w.state();
+      assert.deepEqual(s.tasks, {});
+      assert.deepEqual(Object.values(s.locked).filter((v) => v !== '0'), []);
+      assert.equal(sum(s.deposits) + sum(s.earnings) + sum(s.stakes), w.credited - w.paid);
     }),
-    { numRuns: 60, seed: 20240601 },
+    { numRuns: 25, seed: 20240601 },
   );
   for (const [what, count] of Object.entries(seen)) assert.ok(count > 0, `no run had ${what}: ${JSON.stringify(seen)}`);
 });
 
-// ---- 11. determinism ----
+// ---- 14. determinism ----
 
 test('the same messages (ids, timestamps, hash chains) give byte-identical state and outboxes; the Hash-Chain picks the node', async () => {
   const script = async (): Promise<string[]> => {
-    const w = await network({ nodes: 4, capacity: 2, stake: ['100', '200', '300', '400'], id: 'D'.repeat(43), deposits: { [ALICE]: '500', [BOB]: '500' } });
-    const log: string[] = [];
-    const keep = (r: Evaluation): void => void log.push(JSON.stringify(r.Messages));
-    const tasks: string[] = [];
-    for (let i = 0; i < 5; i++) {
-      const r = await w.infer(i % 2 ? BOB : ALICE, { max_tokens: 5 + i, seed: i }, { Redundancy: String(1 + (i % 2)) });
-      keep(r);
-      tasks.push(r.id);
-    }
-    keep(await w.send({ from: ALICE, tags: { Action: 'Heartbeat' }, timestamp: w.now + 5001 }));
-    const s = w.state();
-    for (const id of s.open) {
-      for (const l of s.tasks[id].leases.filter((x) => x.status === 'open')) keep(await w.submit(l.node, id, { tokens: [1, 2] }));
-    }
-    keep(await w.send({ from: w.nodes[3], tags: { Action: 'Withdraw' } }));
-    log.push(JSON.stringify(w.state()));
-    return log;
+    // p = ½ with S = 700: ½·(512 + 700) ≥ 1.1·512. Some results are audited, some go through the window; one node lies.
+    const spawn = { 'Audit-Ppm': '500000', Slash: '700', 'Min-Stake': '700', 'Challenge-Bond': '700', 'Miss-Slash': '70' };
+    const net = await network({ behaviours: ['honest', 'honest', 'wrong-token', 'honest'], capacity: 2, stake: ['1000', '2000', '3000', '4000'], id: 'D'.repeat(43), deposits: { [ALICE]: '500', [BOB]: '500' }, spawn });
+    const { w, nodes } = net;
+    const infers: Sent[] = [];
+    for (let i = 0; i < 5; i++) infers.push(await infer(w, i % 2 ? BOB : ALICE, { max_tokens: 4 + i, seed: i }, { Redundancy: String(1 + (i % 2)) }));
+    await play(net, { Messages: infers.flatMap((r) => r.Messages) } as unknown as Sent, { tickMs: 300 });
+    await w.send({ from: nodes[3], tags: { Action: 'Withdraw' } });
+    return [...w.log.map((r) => JSON.stringify([r.id, r.timestamp, r.Messages, r.Output])), JSON.stringify(w.state())];
   };
   const a = await script();
   const b = await script();
   assert.equal(a.length, b.length);
   for (let i = 0; i < a.length; i++) assert.equal(a[i], b[i], `step ${i}`);
-  assert.ok(a.at(-1)!.includes('"completed"'));
+  const end = JSON.parse(a.at(-1)!) as { totals: { final: number; failed: number }; tasks: object };
+  assert.equal(end.totals.final + end.totals.failed, 5);
+  assert.deepEqual(end.tasks, {});
 
   // Same state, same message, another Hash-Chain: another node may be drawn; the same chain, the same node.
-  const w = await network({ nodes: 3, capacity: 4, stake: ['1000', '1000', '1000'] });
+  const { w } = await network({ nodes: 3, capacity: 4, stake: ['1000', '1000', '1000'] });
   const pick = async (chain: string): Promise<string> => {
     const r = await w.p.dryRun({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': '{"max_tokens":3}' }, hashChain: chain, timestamp: w.now + 1, id: id43('the same message') });
     assert.equal(r.Error, undefined);
@@ -951,13 +1242,11 @@ test('the same messages (ids, timestamps, hash chains) give byte-identical state
   const chosen = new Set(picks.values());
   assert.ok(chosen.size >= 2, `12 chains all drew one node: ${[...chosen].join()}`);
   for (const [chain, node] of [...picks].slice(0, 3)) assert.equal(await pick(chain), node, 'the same chain draws the same node');
-  const [c1, c2] = [...picks.keys()].filter((c, i, all) => i === 0 || picks.get(c) !== picks.get(all[0]));
-  assert.notEqual(picks.get(c1), picks.get(c2), 'a pair of chains that draw different nodes');
 });
 
 test('draws are weighted by stake × reputation', async () => {
-  const w = await network({ nodes: 2, capacity: 64, stake: ['100', '900'] });
-  const [light, heavy] = w.nodes;
+  const { w, nodes } = await network({ nodes: 2, capacity: 64, stake: ['100', '900'] });
+  const [light, heavy] = nodes;
   let heavyCount = 0;
   const runs = 120;
   for (let i = 0; i < runs; i++) {
@@ -970,70 +1259,104 @@ test('draws are weighted by stake × reputation', async () => {
   assert.ok(heavyCount >= 95 && heavyCount <= 118, `heavy node drawn ${heavyCount} of ${runs}`);
 });
 
-// ---- 12. sender-chosen keys ----
+// ---- 15. sender-chosen keys ----
 
 test('sender-chosen keys that are Object.prototype members get clean answers, never a crash', async () => {
-  const w = await network({ nodes: 1 });
-  const r = await w.infer(ALICE, { max_tokens: 2 });
+  const { w, nodes } = await network({ nodes: 1 });
+  const r = await infer(w, ALICE, { max_tokens: 2 });
   one(r, 'Task-Assigned');
+  const trace = { 'Trace-Root': 'a'.repeat(64), Trace: id43('a trace') };
   for (const key of ['__proto__', 'constructor', 'hasOwnProperty', 'toString', 'valueOf']) {
     await refused(w, { from: ALICE, tags: { Action: 'Task', Task: key } }, 404, `Task ${key}`);
     await refused(w, { from: BOB, tags: { Action: 'Task', 'X-Reference': key } }, 404, `X-Reference ${key}`);
-    await refused(w, { from: w.nodes[0], tags: { Action: 'Submit-Result', Task: key, 'Job-Commitment': 'c'.repeat(64), 'Trace-Root': ROOT_A, Trace: TRACE, Tokens: '1' }, data: '{"text":"a","tokens":[1]}' }, 404, `Submit-Result ${key}`);
+    await refused(w, { from: nodes[0], tags: { ...commitTags(w, nodes[0], key, [1]), 'Job-Commitment': 'c'.repeat(64) }, data: '{"tokens":[1]}' }, 404, `Submit-Result ${key}`);
+    await refused(w, { from: nodes[0], tags: { Action: 'Reveal', Task: key, ...trace } }, 404, `Reveal ${key}`);
+    await refused(w, { from: nodes[0], tags: { Action: 'Challenge', Task: key, ...trace, Tokens: '1' }, data: '{"tokens":[1]}' }, 404, `Challenge ${key}`);
+    await refused(w, { from: nodes[0], tags: { Action: 'Dispute-Post', Task: key, Round: '1' }, data: '[]' }, 404, `Dispute-Post ${key}`);
+    await refused(w, { from: nodes[0], tags: { Action: 'Dispute-Open', Task: key, Step: '1' }, data: '{}' }, 404, `Dispute-Open ${key}`);
     await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', Model: key } }, 404, `Model ${key}`);
     await refused(w, { from: fx.addrs[0], tags: { Action: 'Register-Node', DID: fx.dids[0], Models: key } }, 404, `Models ${key}`);
+    await refused(w, { from: TOKEN, owner: MU, tags: { Action: 'Credit-Notice', Sender: key, Quantity: '1' } }, 400, `Sender ${key}`);
     const bal = await w.send({ from: ALICE, tags: { Action: 'Balance', Target: key } });
-    assert.deepEqual(tagsOf(bal.Messages[0]), { Action: 'Balance-Response', Reference: bal.id, Balance: '0', Earnings: '0', Stake: '0', Account: key });
+    assert.deepEqual(tagsOf(bal.Messages[0]), { Action: 'Balance-Response', Reference: bal.id, Balance: '0', Earnings: '0', Stake: '0', Locked: '0', Account: key });
     assert.equal(bal.Messages[0].Data, '0');
     const tasks = await w.send({ from: ALICE, tags: { Action: 'Tasks', Node: key } });
-    assert.equal(tasks.Messages[0].Data, '[]');
+    assert.deepEqual(JSON.parse(tasks.Messages[0].Data!), { leases: [], duties: [] });
     await refused(w, { from: ALICE, tags: { Action: key } }, 400, `Action ${key}`);
   }
-  // X-Reference "__proto__" is an ordinary reference.
-  const proto = await w.infer(ALICE, { max_tokens: 2 }, { 'X-Reference': '__proto__' });
+  // X-Reference "__proto__" is an ordinary reference (the one node is busy: the task waits).
+  const proto = await infer(w, ALICE, { max_tokens: 2 }, { 'X-Reference': '__proto__' });
   one(proto, 'Infer-Accepted');
   const found = await w.send({ from: ALICE, tags: { Action: 'Task', 'X-Reference': '__proto__' } });
   assert.equal(tagOf(found.Messages[0], 'Task'), proto.id);
   await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":2}', 'X-Reference': '__proto__' } }, 409, 'the reference again');
+  assert.equal(Object.getPrototypeOf(w.state().references), Object.prototype, 'no key reached the prototype');
 });
 
-// ---- assignments ----
+// ---- 16. assignments ----
 
 // Anyone may assign any stored item to any process: a token's Credit-Notice to someone else,
 // assigned here, must credit no one (it would mint deposits out of other people's transfers).
 test('an item addressed to another process and assigned here changes nothing', async () => {
-  const w = await network({ nodes: 1 });
+  const { w } = await network({ nodes: 1 });
   const before = w.snapshot();
   const elsewhere = id43('some other process');
-  const r = await w.p.send({ from: TOKEN, owner: MU, target: elsewhere, tags: { Action: 'Credit-Notice', Sender: ALICE, Quantity: '1000', 'X-Action': 'Deposit' }, timestamp: w.now + 1 });
-  assert.equal(r.Error, undefined);
-  assert.deepEqual(r.Messages, []);
+  for (const tags of [
+    { Action: 'Credit-Notice', Sender: ALICE, Quantity: '1000', 'X-Action': 'Deposit' },
+    { Action: 'Credit-Notice', Sender: fx.addrs[0], Quantity: '1000', 'X-Action': 'Stake' },
+  ]) {
+    const r = await w.p.send({ from: TOKEN, owner: MU, target: elsewhere, tags, timestamp: w.now + 1 });
+    assert.equal(r.Error, undefined);
+    assert.deepEqual(r.Messages, []);
+  }
+  const inferElsewhere = await w.p.send({ from: ALICE, data: PROMPT, target: elsewhere, tags: { Action: 'Infer', 'X-Options': '{"max_tokens":2}' }, timestamp: w.now + 2 });
+  assert.deepEqual(inferElsewhere.Messages, []);
   assert.deepEqual(w.state(), before);
 });
 
-// ---- Min-Stake 0 ----
+// ---- 17. Min-Stake 0 ----
+
+/** Min-Stake 0 needs Slash 0 (and Miss-Slash, Challenge-Bond 0); the rule then holds only with C = 0. */
+const NO_STAKE = { 'Min-Stake': '0', Slash: '0', 'Miss-Slash': '0', 'Challenge-Bond': '0', 'Compute-Cost-Per-Token': '0' };
 
 // A node with no stake is eligible with Min-Stake 0: its draw weight must not be zero, or the draw
 // would divide by zero.
 test('Min-Stake 0 with only unstaked nodes answers the Infer instead of crashing', async () => {
-  const w = await network({ nodes: 1, stake: ['0'], spawn: { 'Min-Stake': '0' } });
+  const { w } = await network({ nodes: 1, stake: ['0'], spawn: NO_STAKE });
+  assert.equal(w.state().nodes.length, 1, 'registration needs stake ≥ 0');
   const before = w.snapshot();
   const r = await w.p.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': '{"max_tokens":2}' }, timestamp: w.now + 1 });
   assert.equal(r.Error, undefined, `the process crashed: ${r.Error}`);
-  const answer = r.Messages.find((m) => m.Target === ALICE)!;
-  assert.ok(['Infer-Accepted', 'Infer-Response'].includes(actionOf(answer)!));
-  if (actionOf(answer) === 'Infer-Response') assert.deepEqual(w.state(), before);
+  const reply = r.Messages.find((m) => m.Target === ALICE)!;
+  assert.ok(['Infer-Accepted', 'Infer-Response'].includes(actionOf(reply)!));
+  if (actionOf(reply) === 'Infer-Response') assert.deepEqual(w.state(), before);
 });
 
 // The lease sweep runs on every message: a fault there would make every later message fail.
 test('Min-Stake 0: an expired lease with only an unstaked node left does not stop the process', async () => {
-  const w = await network({ nodes: 2, stake: ['100', '0'], spawn: { 'Min-Stake': '0' } });
-  const [staked] = w.nodes;
-  // The zero-weight node is never drawn while a staked one is free.
-  const r = await w.infer(ALICE, { max_tokens: 2 });
-  assert.equal(one(r, 'Task-Assigned').Target, staked);
+  const { w } = await network({ nodes: 2, stake: ['100', '0'], spawn: NO_STAKE });
+  const r = await infer(w, ALICE, { max_tokens: 2 });
+  one(r, 'Task-Assigned');
   const later = await w.p.send({ from: ALICE, tags: { Action: 'Balance' }, timestamp: r.timestamp + 5001 });
   assert.equal(later.Error, undefined, `the process crashed: ${later.Error}`);
   const again = await w.p.send({ from: ALICE, tags: { Action: 'Withdraw' }, timestamp: r.timestamp + 6000 });
   assert.equal(again.Error, undefined, `the process crashed: ${again.Error}`);
+  const last = await w.p.send({ from: ALICE, tags: { Action: 'Balance' }, timestamp: r.timestamp + 12_000 });
+  assert.equal(last.Error, undefined, `the process crashed: ${last.Error}`);
+});
+
+// ---- 18. open questions (todo: they do not fail the suite) ----
+
+// The task id is the Infer message id and ended tasks leave the state, so the coordinator no longer
+// knows a message it already served: the same signed Infer, assigned to the process again (AO lets
+// anyone assign a stored item), is served and paid for a second time.
+test('an Infer message served once is not served again when it is assigned again after its task ended', { todo: 'design question for the lead: replays of an ended task\'s Infer are accepted' }, async () => {
+  const net = await network({ nodes: 2, spawn: UNAUDITED });
+  const { w } = net;
+  const r = await infer(w, ALICE, { max_tokens: 4 });
+  await play(net, r, { tickMs: 500 });
+  const paid = BigInt(w.state().deposits[ALICE]);
+  const replay = await w.send({ ...inferMessage(ALICE, { max_tokens: 4 }), id: r.id });
+  assert.deepEqual(withAction(replay, 'Infer-Accepted'), [], 'the replay is accepted as a new task');
+  assert.equal(BigInt(w.state().deposits[ALICE]), paid);
 });
