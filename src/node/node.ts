@@ -288,6 +288,12 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     dutiesUnfinished: db.prepare<[], DutyRow>("SELECT * FROM duties WHERE status IN ('sending', 'sent') ORDER BY updated_at"),
   };
 
+  /**
+   * When the node last heartbeat; set back to 0 once the coordinator accepts one of its messages, so
+   * that the next message (whose Hash-Chain draws the audit, whose Timestamp moves every clock) and
+   * a fresh look at its duties follow at once rather than a heartbeat later.
+   */
+  let lastBeat = 0;
   const activity: NodeActivity = { committed: 0, abandoned: 0, reveals: 0, posts: 0, openings: 0, silent: 0, refused: 0, watched: 0, challenges: 0 };
   const ctx: BehaviourContext = {
     address,
@@ -313,6 +319,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       await ask(network.coordinator, row.submit_id!, 'Submit-Result-Response');
       q.set.run('done', null, Date.now(), row.task);
       activity.committed += 1;
+      lastBeat = 0;
     } catch (e) {
       // Only the coordinator's own refusal is final; a CU out of reach is asked again next round.
       if (!(e instanceof RefusedError)) return log(`${name}: result for ${row.task} not confirmed yet: ${(e as Error).message}`);
@@ -356,6 +363,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     try {
       await ask(network.coordinator, row.message_id!, `${ACTION[row.kind]}-Response`);
       q.dutySet.run('done', null, Date.now(), row.task, row.kind, row.key);
+      lastBeat = 0;
       if (row.kind === 'reveal') activity.reveals += 1;
       else if (row.kind === 'post') activity.posts += 1;
       else if (row.kind === 'open') activity.openings += 1;
@@ -531,7 +539,6 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const stop = new AbortController();
   const loop = (async () => {
     let cursor: string | undefined;
-    let lastBeat = 0;
     while (!stopped) {
       try {
         if (Date.now() - lastBeat >= heartbeatMs) {

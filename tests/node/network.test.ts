@@ -45,6 +45,7 @@ async function ask(ao: AoClient, process: string, tags: { name: string; value: s
 async function network(dir: string, strategies: (StrategyName | { strategy: StrategyName; watchPpm?: number; colludeDir?: string })[], params: Record<string, string> = {}): Promise<Net> {
   const units = await startUnits({ dir, extensions: coordinatorExtensions });
   const logs: string[] = [];
+  const t0 = Date.now();
   const nodes: RunningNode[] = [];
   try {
     const owner = await generateWallet('ed25519');
@@ -71,7 +72,7 @@ async function network(dir: string, strategies: (StrategyName | { strategy: Stra
       await fund(wallet, 10_000n);
       const node = await startNode({
         dir: join(dir, `node-${nodes.length}`), wallet, store: units.store, network: net, stake: STAKE, heartbeatMs: 500, pollMs: 200,
-        strategy: o.strategy, strategyOptions: { colludeDir: o.colludeDir }, watchPpm: o.watchPpm, log: (line) => logs.push(line),
+        strategy: o.strategy, strategyOptions: { colludeDir: o.colludeDir }, watchPpm: o.watchPpm, log: (line) => logs.push(`${Date.now() - t0} ${line}`),
       });
       nodes.push(node);
       return node;
