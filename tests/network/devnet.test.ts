@@ -19,7 +19,7 @@ test('verity infer on the devnet gives verity run\'s text and a receipt whose tr
       const infer = await runCli(['infer', PROMPT, '--temperature', '0', '--max-tokens', '150', '--devnet', join(dir, 'net'), '--json']);
       assert.equal(infer.code, 0, infer.stderr);
       const r = JSON.parse(infer.stdout.toString()) as { task: string; text: string; status: string; usage: { prompt_tokens: number; completion_tokens: number }; receipt: Record<string, string> };
-      assert.equal(r.status, 'completed');
+      assert.equal(r.status, 'final');
       assert.equal(r.usage.completion_tokens, 150);
 
       // The same model and prompt, run here: -n counts the prompt's tokens too.
@@ -52,14 +52,14 @@ test('verity infer on the devnet gives verity run\'s text and a receipt whose tr
 
       const task = await runCli(['task', r.task, '--devnet', join(dir, 'net'), '--json']);
       const view = JSON.parse(task.stdout.toString()) as { status: string; receipt: unknown; result: string };
-      assert.equal(view.status, 'completed');
+      assert.equal(view.status, 'final');
       assert.deepEqual(view.receipt, r.receipt);
       assert.equal(view.result, r.text);
 
       // Bad requests: one line, exit 1, nothing charged.
       for (const [args, message] of [
         [['--model', 'f'.repeat(64)], /Infer-Response: model f+ is not registered/],
-        [['--max-tokens', '600'], /exceeds the model's context of 512/],
+        [['--max-tokens', '510'], /exceeds the model's context of 512/],
         [['--temperature', '5'], /temperature must be in \[0, 2\]/],
       ] as const) {
         const bad = await runCli(['infer', PROMPT, '--devnet', join(dir, 'net'), ...args]);
@@ -77,7 +77,7 @@ test('verity infer on the devnet gives verity run\'s text and a receipt whose tr
       assert.equal(devnet.info.token, before.token);
       const again = await runCli(['infer', 'The dog', '--max-tokens', '20', '--devnet', join(dir, 'net'), '--json']);
       assert.equal(again.code, 0, again.stderr);
-      assert.equal((JSON.parse(again.stdout.toString()) as { status: string }).status, 'completed');
+      assert.equal((JSON.parse(again.stdout.toString()) as { status: string }).status, 'final');
     } finally {
       await devnet.stop();
     }

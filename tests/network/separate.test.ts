@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { aoClient, replyOf } from '../../src/ao/client.js';
 import { freePort } from '../../src/ao/units.js';
-import { setupNetwork } from '../../src/client/devnet.js';
+import { DEVNET_STAKE, setupNetwork } from '../../src/client/devnet.js';
 import { Verity, type TaskView } from '../../src/client/sdk.js';
 import { openGatewayStore } from '../../src/store/gateway-store.js';
 import { generateWallet, walletAddress, writeWallet, type Wallet } from '../../src/store/wallet.js';
@@ -42,7 +42,7 @@ test('separate processes: 50 concurrent requests from 5 wallets complete, a kill
       const startNode = (wallet: Wallet, i: number): Promise<ServingCli> => {
         const file = join(dir, `node-${i}.json`);
         writeWallet(file, wallet);
-        return serve(['node', 'start', '--wallet', file, '--stake', '1000', '--gateway', url('gateway'), '--dir', join(dir, `node-${i}`), ...networkFlags]);
+        return serve(['node', 'start', '--wallet', file, '--stake', String(DEVNET_STAKE), '--gateway', url('gateway'), '--dir', join(dir, `node-${i}`), ...networkFlags]);
       };
       const nodes = [];
       for (const [i, w] of nodeWallets.entries()) nodes.push(await startNode(w, i));
@@ -52,8 +52,8 @@ test('separate processes: 50 concurrent requests from 5 wallets complete, a kill
       writeWallet(userFile, users[0]);
       const one = await runCli(['infer', 'Once upon a time', '--temperature', '0', '--max-tokens', '40', '--wallet', userFile, '--json', ...networkFlags]);
       assert.equal(one.code, 0, one.stderr);
-      const first = JSON.parse(one.stdout.toString()) as { text: string; status: string };
-      assert.equal(first.status, 'completed');
+      const first = JSON.parse(one.stdout.toString()) as { task: string; text: string; status: string };
+      assert.equal(first.status, 'final');
       assert.match(first.text, /^, there was a little girl named Lily/);
 
       // 50 at once; node 0 dies with SIGKILL while it holds leases.
@@ -74,29 +74,34 @@ test('separate processes: 50 concurrent requests from 5 wallets complete, a kill
       const results = await Promise.all(requests);
       await killed;
       assert.equal(results.length, 50);
-      assert.ok(results.every((r) => r.status === 'completed' && r.receipt !== null), JSON.stringify(results.filter((r) => r.status !== 'completed')));
+      assert.ok(results.every((r) => r.status === 'final' && r.receipt !== null), JSON.stringify(results.filter((r) => r.status !== 'final')));
 
       const tasks: TaskView[] = await Promise.all(results.map((r) => clients[0].task(r.task)));
-      const reassigned = tasks.filter((t) => t.leases.some((l) => l.node === victim && l.status === 'expired'));
+      // The killed node's leases expired (or, committed, it missed its reveal and was slashed): others served them.
+      const reassigned = tasks.filter((t) => t.participants.some((p) => p.node === victim && (p.status === 'expired' || p.status === 'slashed')));
       assert.ok(reassigned.length > 0, 'the killed node held a lease that expired');
       for (const t of reassigned) assert.notEqual(t.receipt!.node, victim);
 
       // Money: the coordinator's token balance is exactly its ledgers; the token's supply is unchanged.
       const ao = aoClient({ mu: url('mu'), cu: url('cu'), wallet: owner });
       const state = (await (await fetch(`${url('cu')}/state/${ids.coordinator}`)).json()) as {
-        deposits: Record<string, string>; earnings: Record<string, string>; stakes: Record<string, string>; tasks: Record<string, { escrow: string }>;
+        deposits: Record<string, string>; earnings: Record<string, string>; stakes: Record<string, string>; tasks: Record<string, { escrow: string; pot: string }>;
+        totals: { slashed: string };
       };
       const held = replyOf(await ao.dryRun(ids.token, { tags: [{ name: 'Action', value: 'Balance' }, { name: 'Target', value: ids.coordinator }] }), 'Balance-Response')!.tags.Balance;
-      const ledgers = sum(Object.values(state.deposits)) + sum(Object.values(state.earnings)) + sum(Object.values(state.stakes)) + sum(Object.values(state.tasks).map((t) => t.escrow));
+      const ledgers = sum(Object.values(state.deposits)) + sum(Object.values(state.earnings)) + sum(Object.values(state.stakes)) + sum(Object.values(state.tasks).flatMap((t) => [t.escrow, t.pot]));
       assert.equal(ledgers, BigInt(held));
       const balances = JSON.parse(replyOf(await ao.dryRun(ids.token, { tags: [{ name: 'Action', value: 'Balances' }] }), 'Balances-Response')!.data) as Record<string, string>;
       const supply = replyOf(await ao.dryRun(ids.token, { tags: [{ name: 'Action', value: 'Total-Supply' }] }), 'Total-Supply-Response')!.data;
       assert.equal(sum(Object.values(balances)), BigInt(supply));
-      // Every generated token was paid for by its requester and earned by the node that made it.
-      const generated = tasks.reduce((n, t) => n + t.usage.completion_tokens, 0) + 40;
+      // Every final result's tokens were paid for by its requester and earned by each node that made
+      // them (the asserter, and an auditing validator that agreed); the requesters got the slashes back.
+      const all = [...tasks, await clients[0].task(first.task)];
+      const paid = (t: TaskView): number => t.participants.filter((p) => p.role !== 'challenger' && p.traceRoot === t.receipt?.traceRoot).length;
+      const generated = all.reduce((n, t) => n + t.usage.completion_tokens * paid(t), 0);
       assert.equal(sum(Object.values(state.earnings)), BigInt(generated));
       const spent = sum(users.map((u) => 1_000_000n - BigInt(state.deposits[walletAddress(u)] ?? '0')));
-      assert.equal(spent, BigInt(generated));
+      assert.equal(spent, BigInt(generated) - BigInt(state.totals.slashed));
 
       // The killed node comes back on its folder and serves again.
       await startNode(nodeWallets[0], 0);
