@@ -11,7 +11,7 @@ import { startUnits, type RunningUnits } from '../../src/ao/units.js';
 import { BUNDLED_MODEL } from '../../src/client/devnet.js';
 import { Verity } from '../../src/client/sdk.js';
 import { loadModel } from '../../src/engine/index.js';
-import { startNode, type RunningNode, type StrategyName } from '../../src/node/index.js';
+import { honest, startNode, type Behaviour, type RunningNode, type StrategyName } from '../../src/node/index.js';
 import { coordinatorExtensions, processModule } from '../../src/processes/index.js';
 import type { TaskView } from '../../src/processes/protocol.js';
 import { publishModel } from '../../src/store/models.js';
@@ -34,15 +34,19 @@ interface Net {
   nodes: RunningNode[];
   logs: string[];
   /** Starts one more node (funded like the others). */
-  add(strategy: StrategyName): Promise<RunningNode>;
+  add(strategy: NodeSpec): Promise<RunningNode>;
+  /** Stops a node (as a crash would, between two of its steps) and starts it again on its folder. */
+  restart(node: RunningNode): Promise<RunningNode>;
 }
+
+type NodeSpec = StrategyName | { strategy?: StrategyName; behaviour?: Behaviour; watchPpm?: number; colludeDir?: string };
 
 async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string): Promise<Record<string, string>> {
   return expectReply(await ao.result(process, await ao.message(process, { tags })), action).tags;
 }
 
 /** A network with one node per strategy (nodes[i] runs strategies[i]). */
-async function network(dir: string, strategies: (StrategyName | { strategy: StrategyName; watchPpm?: number; colludeDir?: string })[], params: Record<string, string> = {}): Promise<Net> {
+async function network(dir: string, strategies: NodeSpec[], params: Record<string, string> = {}): Promise<Net> {
   const units = await startUnits({ dir, extensions: coordinatorExtensions });
   const logs: string[] = [];
   const t0 = Date.now();
@@ -66,19 +70,32 @@ async function network(dir: string, strategies: (StrategyName | { strategy: Stra
     await fund(user, 1_000_000n);
     await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(100_000n);
     const net = { mu: units.urls.mu, cu: units.urls.cu, coordinator, token };
-    const add = async (s: StrategyName | { strategy: StrategyName; watchPpm?: number; colludeDir?: string }): Promise<RunningNode> => {
+    const made = new Map<string, { wallet: Wallet; dir: string; spec: NodeSpec }>();
+    const run = (wallet: Wallet, nodeDir: string, s: NodeSpec): Promise<RunningNode> => {
       const o = typeof s === 'string' ? { strategy: s } : s;
+      return startNode({
+        dir: nodeDir, wallet, store: units.store, network: net, stake: STAKE, heartbeatMs: 500, pollMs: 200,
+        strategy: o.behaviour ?? o.strategy, strategyOptions: { colludeDir: o.colludeDir }, watchPpm: o.watchPpm, log: (line) => logs.push(`${Date.now() - t0} ${line}`),
+      });
+    };
+    const add = async (s: NodeSpec): Promise<RunningNode> => {
       const wallet = await generateWallet('ed25519');
       await fund(wallet, 10_000n);
-      const node = await startNode({
-        dir: join(dir, `node-${nodes.length}`), wallet, store: units.store, network: net, stake: STAKE, heartbeatMs: 500, pollMs: 200,
-        strategy: o.strategy, strategyOptions: { colludeDir: o.colludeDir }, watchPpm: o.watchPpm, log: (line) => logs.push(`${Date.now() - t0} ${line}`),
-      });
+      const nodeDir = join(dir, `node-${made.size}`);
+      const node = await run(wallet, nodeDir, s);
+      made.set(node.address, { wallet, dir: nodeDir, spec: s });
       nodes.push(node);
       return node;
     };
+    const restart = async (node: RunningNode): Promise<RunningNode> => {
+      const { wallet, dir: nodeDir, spec } = made.get(node.address)!;
+      await node.close();
+      const again = await run(wallet, nodeDir, spec);
+      nodes[nodes.indexOf(node)] = again;
+      return again;
+    };
     for (const s of strategies) await add(s);
-    return { units, coordinator, token, model: published.modelId, user, userAo: aoClient({ ...units.urls, wallet: user }), nodes, logs, add };
+    return { units, coordinator, token, model: published.modelId, user, userAo: aoClient({ ...units.urls, wallet: user }), nodes, logs, add, restart };
   } catch (e) {
     for (const n of nodes) await n.close();
     await units.close();
@@ -224,6 +241,29 @@ test('watch mode: an unaudited wrong result is challenged in its window, the cha
       assert.equal(view.receipt?.node, net.nodes[1].address, show(net));
       assert.equal(view.corrected, true);
       if (!view.audited) await until(() => net.nodes[1].activity().challenges === 1, () => JSON.stringify(net.nodes[1].activity()));
+    } finally {
+      await close(net);
+    }
+  }),
+);
+
+test('a node stopped after its commit and started again on its folder reveals from the claim it kept, without running the job again', { timeout: 180_000 }, () =>
+  withTempDir(async (dir) => {
+    // The validator takes its time, so the asserter is away when the reveal is asked.
+    const slow: Behaviour = { ...honest, name: 'slow', claim: async (model, a, ctx) => (await new Promise((resolve) => setTimeout(resolve, 3000)), honest.claim(model, a, ctx)) };
+    const net = await network(dir, ['honest', { behaviour: slow }], { 'Reveal-Ms': '20000' });
+    try {
+      const asserter = net.nodes[0];
+      const answer = infer(net, 'Once upon a time', OPTIONS, [asserter]);
+      await until(() => asserter.activity().committed === 1, () => show(net));
+      const before = net.logs.length;
+      const again = await net.restart(asserter);
+      const { tags, view } = await answer;
+      assert.equal(tags.Status, 'final', show(net));
+      assert.equal(view.receipt?.node, again.address);
+      await until(() => again.activity().reveals === 1, () => show(net));
+      assert.equal(again.activity().committed, 0, 'nothing committed twice');
+      assert.ok(!net.logs.slice(before).some((l) => /running its job again/.test(l)), show(net));
     } finally {
       await close(net);
     }
