@@ -3,7 +3,6 @@
 // daemon (node.ts) asks a Behaviour each time and does the rest — signing, storing, sending,
 // re-sending after a crash — the same way for every behaviour. The honest behaviour is the default;
 // the cheating strategies of strategies.ts wrap it, so the honest path has no strategy in it.
-import { createHash } from 'node:crypto';
 import type { KernelPath, Model } from '../engine/index.js';
 import type { TaskView } from '../processes/protocol.js';
 import {
@@ -56,9 +55,7 @@ export interface Behaviour {
 }
 
 /** The Result-Commitment of Submit-Result: sha256 of `verity-result/1\n<task>\n<node>\n<root>` (hex). */
-export function resultCommitment(task: string, node: string, root: Hex): Hex {
-  return createHash('sha256').update(`verity-result/1\n${task}\n${node}\n${root}`, 'utf8').digest('hex');
-}
+export { resultCommitment } from '../processes/protocol.js';
 
 /** A completion as a claim: its root, tokens and the trace document anyone can check after the reveal. */
 export function claimOf(task: string, c: Completion, recipe?: Json): Claim {

@@ -3,7 +3,7 @@
 // startNode({ strategy }). A cheater reveals and answers disputes consistently with its own claimed
 // trace where it can (a recipe in the claim says how to make the same run again); where it cannot
 // (a fabricated trace has no layer outputs to open) it stays silent and loses on the clock.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { completionText, rngNext, type Model } from '../engine/index.js';
@@ -99,11 +99,12 @@ class CheapCopies {
 
 /**
  * The wrong-token lie: the honest run, then the same job again with the last sampled token replaced
- * by the next id (skipping BOS). Its trace is a real run of that deviation, so it can answer every
+ * by another id (skipping BOS) that depends on the liar, so that two liars who do not collude do
+ * not tell the same lie. Its trace is a real run of that deviation, so it can answer every
  * round and open every step consistently — and the trace differs from the honest one first at that
  * head step (only there, when the run went the full length).
  */
-export function wrongTokenClaim(model: Model, a: Assignment, engine: EngineOptions): Claim {
+export function wrongTokenClaim(model: Model, a: Assignment, engine: EngineOptions, liar: string): Claim {
   const job = jobOf(model, a);
   const truth = runJob(model, model, a, engine);
   let last = -1;
@@ -113,8 +114,10 @@ export function wrongTokenClaim(model: Model, a: Assignment, engine: EngineOptio
   const head = truth.preimages[last];
   if (head?.kind !== 'head') throw new StrategyError(`task ${a.task}: the run sampled nothing`);
   const { vocabSize } = model.config;
-  let token = (head.token + 1) % vocabSize;
+  const shift = 1 + (createHash('sha256').update(liar).digest().readUInt32LE(0) % (vocabSize - 2));
+  let token = (head.token + shift) % vocabSize;
   if (token === BOS) token = (token + 1) % vocabSize;
+  if (token === head.token) token = (token + 1) % vocabSize;
   const deviation: Deviation = { token: { pos: head.pos, token } };
   const trace = runJob(model, model, a, engine, { deviation });
   return claimOf(a.task, completionOf(model, job, trace), { deviation } as unknown as Json);
@@ -185,7 +188,7 @@ function wrongToken(): Behaviour {
   return {
     ...honest,
     name: 'wrong-token',
-    claim: async (model, a, ctx) => wrongTokenClaim(model, a, ctx.engine),
+    claim: async (model, a, ctx) => wrongTokenClaim(model, a, ctx.engine, ctx.address),
     open: openByRecipe(cheap),
   };
 }
@@ -257,7 +260,7 @@ function lyingValidator(): Behaviour {
     name: 'lying-validator',
     async claim(model, a, ctx) {
       const { role } = await roleOf(a, ctx);
-      return role === 'validator' ? wrongTokenClaim(model, a, ctx.engine) : honest.claim(model, a, ctx);
+      return role === 'validator' ? wrongTokenClaim(model, a, ctx.engine, ctx.address) : honest.claim(model, a, ctx);
     },
     open: openByRecipe(cheap),
   };
@@ -292,7 +295,7 @@ function colludingPair(dir: string | undefined): Behaviour {
       }
       const { role } = await roleOf(a, ctx);
       if (role !== 'asserter') return honest.claim(model, a, ctx);
-      const claim = wrongTokenClaim(model, a, ctx.engine);
+      const claim = wrongTokenClaim(model, a, ctx.engine, ctx.address);
       mkdirSync(dir, { recursive: true });
       const note: CollusionNote = { task: a.task, node: ctx.address, claim };
       writeFileSync(`${file(a.task)}.tmp`, JSON.stringify(note));

@@ -9,7 +9,9 @@ import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
 import type { OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
 import { economicViolation } from '../proof/economics.js';
 import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
-import type { Assignment, DisputeView, Duty, Options, Params, Participant, TaskStatus, TaskView } from './protocol.js';
+import { resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type TaskStatus, type TaskView } from './protocol.js';
+
+export { resultCommitment };
 
 // ---- state ----
 
@@ -184,16 +186,6 @@ function utf8Length(s: string): number {
   }
   return n;
 }
-
-/** sha256 of ASCII text (ids, addresses and hex are ASCII), as hex. */
-function sha256Ascii(text: string): string {
-  const bytes = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i) & 0x7f;
-  return bytesToHex(sha256(bytes));
-}
-
-/** What a node commits to before anyone may see its root (docs/network.md, Verification §2). */
-export const resultCommitment = (task: string, node: string, root: string): string => sha256Ascii(`verity-result/1\n${task}\n${node}\n${root}`);
 
 /** acc[0] of a job's trace: sha256("verity-trace/1" ‖ commitment bytes) (docs/proofs.md). */
 function traceStart(commitment: string): string {
@@ -372,7 +364,17 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
     }
     const output = handler!(ctx) ?? action;
     // What the handler changed may move tasks on (a commit completes a phase, a lease frees a node).
-    advanceAll(ctx);
+    // A fault there, like one in the sweep, costs only this advance, never the message or the process.
+    const handled = JSON.stringify(ctx.state);
+    const handledOut = ctx.out.length;
+    try {
+      advanceAll(ctx);
+    } catch (e) {
+      if (e instanceof Refusal) throw e;
+      ctx.state = JSON.parse(handled) as State;
+      ctx.out.length = handledOut;
+      sweepFault = String(e);
+    }
     return { state: ctx.state, Messages: ctx.out, Output: sweepFault ? { output, sweepFault } : output };
   } catch (e) {
     if (!(e instanceof Refusal)) throw e;
@@ -594,6 +596,8 @@ const HANDLERS: Record<string, Handler> = {
     const reference = tagOf(msg, 'X-Reference') ?? msg.Id;
     if (reference.length > 128) refuse(400, 'X-Reference is at most 128 characters');
     const key = `${msg.From} ${reference}`;
+    // A message id is in a process's log at most once (the SU keeps the slot it has: tests/ao/su.test.ts),
+    // so an ended task's Infer cannot come again; the state need not remember ended ids.
     if (own(state.references, key) !== undefined || own(state.tasks, msg.Id) !== undefined) refuse(409, `request ${reference.slice(0, 80)} is already being served`);
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
@@ -970,15 +974,18 @@ function advance(ctx: Ctx, task: Task): void {
       case 'assigned':
       case 'auditing': {
         expireLeases(ctx, task);
-        drawLeases(ctx, task);
         const role = leaseRole(task);
-        const mine = task.participants.filter((p) => p.role === role && p.status !== 'cancelled');
-        const committed = mine.filter((p) => p.status === 'committed').length;
-        const running = mine.some((p) => p.status === 'open');
-        const expired = mine.filter((p) => p.status === 'expired').length;
         const wanted = role === 'asserter' ? task.redundancy : state.params.validators;
-        const giveUp = task.pending > 0 && (expired >= state.params.maxAttempts * wanted || now > task.waitingSince + state.params.maxWaitMs);
-        if (running || (task.pending > 0 && !giveUp)) break;
+        const expiredCount = (): number => task.participants.filter((p) => p.role === role && p.status === 'expired').length;
+        // The limits are checked before drawing again: an expiry that reaches Max-Attempts draws no one.
+        const exhausted = expiredCount() >= state.params.maxAttempts * wanted;
+        const waitedOut = now > task.waitingSince + state.params.maxWaitMs;
+        if (!exhausted && !waitedOut) drawLeases(ctx, task);
+        const mine = task.participants.filter((p) => p.role === role);
+        const running = mine.some((p) => p.status === 'open');
+        const committed = mine.filter((p) => p.status === 'committed').length;
+        if (running || (task.pending > 0 && !exhausted && !waitedOut)) break;
+        const expired = expiredCount();
         task.pending = 0;
         if (role === 'asserter') {
           if (committed === 0) return fail(ctx, task, expired > 0 ? `${expired} leases expired` : `no node took it within ${state.params.maxWaitMs} ms`);

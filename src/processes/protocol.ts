@@ -1,7 +1,21 @@
-// The coordinator's protocol as types: what the process keeps, what it sends and what it answers.
-// One file for the process, the node and the SDK (types only: the process module imports nothing
-// at run time from here). The rules are docs/network.md; the verification flow is its
-// "Verification" section.
+// The coordinator's protocol: what the process keeps, what it sends and what it answers, and the
+// one formula both sides compute (the result commitment). One file for the process, the node and
+// the SDK; what runs here is pure and bundled into the process module. The rules are
+// docs/network.md; the verification flow is its "Verification" section.
+import { sha256 } from '@noble/hashes/sha2';
+import { bytesToHex } from '@noble/hashes/utils';
+
+/**
+ * What a node commits to before anyone may see its root (docs/network.md, Verification §2): sha256
+ * of the text `verity-result/1\n<task>\n<node>\n<root>` — all ASCII (ids, addresses, hex), which
+ * QuickJS can encode without a TextEncoder.
+ */
+export function resultCommitment(task: string, node: string, root: string): string {
+  const text = `verity-result/1\n${task}\n${node}\n${root}`;
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i) & 0x7f;
+  return bytesToHex(sha256(bytes));
+}
 
 export interface Tag {
   name: string;

@@ -15,6 +15,12 @@ export async function listen(app: FastifyInstance, port: number, host = '127.0.0
   const shown = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
   return {
     url: `http://${shown.includes(':') ? `[${shown}]` : shown}:${address.port}`,
-    close: () => app.close(),
+    // Requests still open a second after close (long polls, keep-alive sockets of busy clients)
+    // are cut: a unit that is shutting down must not wait for its clients to go away.
+    close: () => {
+      const closed = app.close();
+      setTimeout(() => app.server.closeAllConnections(), 1000).unref();
+      return closed;
+    },
   };
 }

