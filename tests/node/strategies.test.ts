@@ -14,7 +14,7 @@ import {
   type Behaviour, type BehaviourContext, type Claim,
 } from '../../src/node/index.js';
 import type { Assignment } from '../../src/node/work.js';
-import { coordinatorExtensions, describeRequest, type StepInfo } from '../../src/processes/host.js';
+import { coordinatorExtensions, describeRequest, type JobInput, type ModelRef, type StepInfo } from '../../src/processes/host.js';
 import type { Participant, TaskView } from '../../src/processes/protocol.js';
 import {
   BOS, accAt, accumulators, checkOpening, decodeOpening, encodeOpening, jobCommitment, leafHash, recordTrace, schedule, traceStart,
@@ -32,13 +32,8 @@ const model = load();
 const identity = modelIdentity(model);
 const id43 = (text: string): string => createHash('sha256').update(text).digest('base64url');
 
-interface Request {
-  prompt: string;
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  seed: string;
-}
+/** A request as the coordinator passes it to its host extensions, less the model. */
+type Request = Omit<JobInput, keyof ModelRef>;
 /** Sampled, and every position runs (no BOS before max_tokens). */
 const SHORT: Request = { prompt: 'Once upon a time', maxTokens: 40, temperature: 0.8, topP: 0.9, seed: '42' };
 

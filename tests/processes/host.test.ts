@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { HostUnavailable, type Extensions } from '../../src/ao/runtime.js';
 import { loadModel, modelIdentity, modelTreeLeaves, type Model } from '../../src/engine/index.js';
 import { complete, traceDocument, type Assignment, type Completion } from '../../src/node/work.js';
-import { coordinatorExtensions, describeRequest, type JobInput, type StepInfo } from '../../src/processes/host.js';
+import { coordinatorExtensions, describeRequest, type JobInput, type ModelRef, type StepInfo } from '../../src/processes/host.js';
 import {
   BOS, accumulators, buildOpening, encodeOpening, jobCommitment, recordTrace, schedule,
   type Deviation, type Job, type Opening, type Trace,
@@ -56,13 +56,8 @@ after(async () => {
 
 // ---- jobs, traces and trace items ----
 
-interface Request {
-  prompt: string;
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  seed: string;
-}
+/** A request as the coordinator passes it to its host extensions, less the model. */
+type Request = Omit<JobInput, keyof ModelRef>;
 
 /** Short, sampled: every position runs (no BOS before max_tokens). */
 const SHORT: Request = { prompt: 'Once upon a time', maxTokens: 40, temperature: 0.8, topP: 0.9, seed: '42' };
