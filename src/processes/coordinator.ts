@@ -624,7 +624,7 @@ const HANDLERS: Record<string, Handler> = {
     const id = tagOf(msg, 'Task') ?? own(state.references, `${msg.From} ${tagOf(msg, 'X-Reference') ?? ''}`);
     const task = id === undefined ? undefined : own(state.tasks, id);
     if (!task) return refuse(404, 'no live task by that id: an ended task is in its last Infer-Response');
-    out.push(reply(msg, 'Task-Response', [{ name: 'Task', value: task.id }, { name: 'Status', value: task.status }], JSON.stringify(taskView(state, task))));
+    out.push(reply(msg, 'Task-Response', [{ name: 'Task', value: task.id }, { name: 'Status', value: task.status }], JSON.stringify(taskView(task))));
   },
 
   Tasks: ({ state, msg, out }) => {
@@ -669,7 +669,7 @@ const HANDLERS: Record<string, Handler> = {
     if (p.role === 'asserter' && !task.pendingSent) {
       task.pendingSent = true;
       if (task.candidate === null) task.candidate = task.participants.indexOf(p);
-      out.push(inferResponse(state, task, 'pending'));
+      out.push(inferResponse(task, 'pending'));
     }
     return { task: task.id, committed: msg.From };
   },
@@ -1104,8 +1104,7 @@ function compare(ctx: Ctx, task: Task): void {
     // A canary answered wrongly is audited: the dispute, not the coordinator's memory, convicts.
     if (root !== task.canary) return startAudit(ctx, task);
   }
-  const agreed = task.canary === root || task.participants.some((p, i) => i !== task.candidate && p.role === 'validator' && revealed(i) && p.traceRoot === root);
-  if (agreed) return finalize(ctx, task);
+  if (agreedWith(task, root)) return finalize(ctx, task);
   if (task.disputes.length > 0 && task.audits < MAX_AUDITS) return startAudit(ctx, task);
   task.status = 'challengeable';
   task.windowEnd = ctx.msg.Timestamp + state.params.challengeWindowMs;
@@ -1193,7 +1192,7 @@ function finalize(ctx: Ctx, task: Task): void {
   const price = big(state.params.price);
   let escrow = big(task.escrow);
   let pot = big(task.pot);
-  const audited = task.canary === root || task.participants.some((p, i) => i !== task.candidate && p.role === 'validator' && p.status === 'revealed' && p.traceRoot === root);
+  const audited = agreedWith(task, root);
   for (const p of task.participants) {
     if (p.status === 'revealed' && p.traceRoot === root) {
       const pay = price * BigInt(p.tokens!.length);
@@ -1208,9 +1207,8 @@ function finalize(ctx: Ctx, task: Task): void {
         node.reputation = Math.min(REPUTATION.max, node.reputation + REPUTATION.audited);
       }
     }
-    release(state, p);
-    if (p.status === 'open' || p.status === 'committed') p.status = 'cancelled';
   }
+  closeParticipants(state, task);
   // What the pot holds beyond pay: half to the requester, half to the dispute winners.
   const winners = task.winners.filter((w, i) => task.winners.indexOf(w) === i);
   const share = winners.length === 0 ? 0n : pot / 2n / BigInt(winners.length);
@@ -1226,9 +1224,13 @@ function finalize(ctx: Ctx, task: Task): void {
   end(ctx, task, 'final');
 }
 
-/** No valid result: every lock left is released, the escrow and the pot go to the requester. */
-function fail(ctx: Ctx, task: Task, why: string): void {
-  const { state } = ctx;
+/** A drawn validator (or a canary's known answer) agrees with `root`: the result is audited. */
+function agreedWith(task: Task, root: string): boolean {
+  return task.canary === root || task.participants.some((p, i) => i !== task.candidate && p.role === 'validator' && p.status === 'revealed' && p.traceRoot === root);
+}
+
+/** The task ends for everyone in it: leases still running are cancelled and every lock left is released. */
+function closeParticipants(state: State, task: Task): void {
   for (const p of task.participants) {
     if (p.status === 'open') {
       const node = nodeOf(state, p.node);
@@ -1237,6 +1239,12 @@ function fail(ctx: Ctx, task: Task, why: string): void {
     release(state, p);
     if (p.status === 'open' || p.status === 'committed') p.status = 'cancelled';
   }
+}
+
+/** No valid result: every lock left is released, the escrow and the pot go to the requester. */
+function fail(ctx: Ctx, task: Task, why: string): void {
+  const { state } = ctx;
+  closeParticipants(state, task);
   state.deposits[task.requester] = add(own(state.deposits, task.requester), big(task.escrow) + big(task.pot));
   task.escrow = '0';
   task.pot = '0';
@@ -1250,14 +1258,14 @@ function end(ctx: Ctx, task: Task, status: 'final' | 'failed', why = ''): void {
   task.status = status;
   task.endedAt = ctx.msg.Timestamp;
   for (const p of task.participants) dropIfDone(state, p.node);
-  ctx.out.push(inferResponse(state, task, status, why));
+  ctx.out.push(inferResponse(task, status, why));
   delete state.tasks[task.id];
   state.open = state.open.filter((id) => id !== task.id);
   const key = `${task.requester} ${task.reference}`;
   if (own(state.references, key) === task.id) delete state.references[key];
 }
 
-function inferResponse(state: State, task: Task, status: string, why = ''): OutboxMessage {
+function inferResponse(task: Task, status: string, why = ''): OutboxMessage {
   const tags: Tag[] = [
     { name: 'Reference', value: task.id },
     { name: 'X-Reference', value: task.reference },
@@ -1266,7 +1274,7 @@ function inferResponse(state: State, task: Task, status: string, why = ''): Outb
   ];
   if (task.corrected && status === 'final') tags.push({ name: 'Corrected', value: 'true' });
   if (status === 'failed') tags.push({ name: 'Code', value: '504' }, { name: 'Message', value: `no verified result: ${why}` });
-  return notice(task.requester, 'Infer-Response', tags, JSON.stringify(taskView(state, task)));
+  return notice(task.requester, 'Infer-Response', tags, JSON.stringify(taskView(task)));
 }
 
 // ---- checks through the host ----
@@ -1360,7 +1368,7 @@ function disputeView(task: Task, d: Dispute): DisputeView {
 }
 
 /** The task as a requester reads it: the answer, its receipt, and everything that led to it. */
-function taskView(_state: State, task: Task): TaskView {
+function taskView(task: Task): TaskView {
   const c = task.candidate === null ? null : task.participants[task.candidate];
   const revealed = c !== null && c.traceRoot !== undefined;
   return {
