@@ -249,15 +249,7 @@ export function buildReport(obs: SimObservations): SimReport {
   const anomalies: string[] = [];
 
   // Per strategy tallies, over every ended task the sim asked for.
-  interface Tally {
-    jobs: number;
-    served: number;
-    cheats: number;
-    cheatsByRole: Record<string, number>;
-    caught: number;
-    slashedHonestly: number;
-    wrongFinal: { audited: number; unaudited: number };
-  }
+  type Tally = Pick<StrategyReport, 'jobs' | 'served' | 'cheats' | 'cheatsByRole' | 'caught' | 'slashedHonestly' | 'wrongFinal'>;
   const names = ['honest', ...obs.setup.strategies];
   const tallies = new Map<string, Tally>(names.map((s) => [s, { jobs: 0, served: 0, cheats: 0, cheatsByRole: {}, caught: 0, slashedHonestly: 0, wrongFinal: { audited: 0, unaudited: 0 } }]));
   const tally = (strategy: string): Tally => {
