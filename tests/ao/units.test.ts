@@ -240,6 +240,19 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     assert.equal((await fetch(`${units.urls.cu}/results/${process}?wait=forever`)).status, 400);
   });
 
+  test('GET /results?after=<message> pages from the slot after that message; an unknown or malformed id is 4xx', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    const first = await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '1' });
+    await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '2' });
+    await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '3' });
+    const page = (await (await fetch(`${units.urls.cu}/results/${process}?after=${first}&limit=1`)).json()) as { edges: { node: { Output: { count: number } } }[]; pageInfo: { hasNextPage: boolean } };
+    assert.deepEqual(page.edges.map((e) => e.node.Output.count), [3], 'the slot after the first Inc (count 1 + 2)');
+    assert.equal(page.pageInfo.hasNextPage, true);
+    assert.equal((await fetch(`${units.urls.cu}/results/${process}?after=${'A'.repeat(43)}`)).status, 404);
+    assert.equal((await fetch(`${units.urls.cu}/results/${process}?after=not-an-id`)).status, 400);
+  });
+
   test('bad input gets 4xx JSON: unsigned, forged, oversized, wrongly tagged items and unknown processes', async () => {
     const { mu, cu, su } = units.urls;
     const post = async (url: string, body: Uint8Array): Promise<{ status: number; json: unknown }> => {
