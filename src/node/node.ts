@@ -331,7 +331,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
 
   async function work(a: Assignment): Promise<void> {
     const known = q.get.get(a.task);
-    if (known && known.status !== 'running') return;
+    // A lease seen before is worked once; a new lease on a task whose earlier one ended without a
+    // result here (refused, released, abandoned) is a new duty.
+    const ended = known && (known.status === 'rejected' || known.status === 'released' || known.status === 'abandoned');
+    if (known && known.status !== 'running' && !(ended && known.lease_end !== a.leaseEnd)) return;
     const model = models.get(a.model);
     if (!model) return log(`${name}: leased task ${a.task} for model ${a.model}, which this node does not serve`);
     q.start.run(a.task, a.leaseEnd, JSON.stringify(a), Date.now());

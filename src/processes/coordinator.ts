@@ -343,7 +343,10 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
   if (msg.Target !== env.Process.Id) return { state, Output: { ignored: 'an item addressed to another process' } };
   const action = tagOf(msg, 'Action') ?? '';
   // Time passes for every message: leases expire, audits are drawn, clocks run out — before the
-  // message itself, so that a refused message still carries what its Timestamp caused.
+  // message itself, so that a refused message still carries what its Timestamp caused. A dry-run
+  // (Read-Only) reads the state as the log left it: it has no Hash-Chain, so any draw it made would
+  // be one the log never makes (a node would see a lease it does not hold).
+  const advanceAll = msg['Read-Only'] ? () => {} : advanceOpenTasks;
   let ctx: Ctx = { state, msg, draws: { next: 0 }, out: [] };
   let sweepFault: string | null = null;
   const arrived = JSON.stringify(state);
@@ -957,7 +960,7 @@ function payOut(state: State, to: string, quantity: bigint, reason: string): Out
 // ---- the task's life ----
 
 /** Moves every live task on as far as this message's Timestamp and Hash-Chain allow, oldest first. */
-function advanceAll(ctx: Ctx): void {
+function advanceOpenTasks(ctx: Ctx): void {
   for (const id of [...ctx.state.open]) {
     const task = own(ctx.state.tasks, id);
     if (task) advance(ctx, task);

@@ -51,6 +51,7 @@ test('verity infer on the devnet gives verity run\'s text and a receipt whose tr
       await assert.rejects(verifyReceipt(store, { receipt, text: r.text }, { ...request, maxTokens: 149 }, join(dir, 'verify')), /another job/);
 
       const task = await runCli(['task', r.task, '--devnet', join(dir, 'net'), '--json']);
+      assert.equal(task.code, 0, task.stderr);
       const view = JSON.parse(task.stdout.toString()) as { status: string; receipt: unknown; result: string };
       assert.equal(view.status, 'final');
       assert.deepEqual(view.receipt, r.receipt);

@@ -350,6 +350,16 @@ test('Infer → Task-Assigned with the host.job commitment → a blind commit (p
   assert.equal(s.earnings[node], undefined, 'nobody is paid before the result is final');
   assert.equal(s.locked[node], '100', 'the lock stays until final');
 
+  // A dry-run draws nothing: without a Hash-Chain its draw would be one the log never makes, and a
+  // node shown that lease would work it, be refused, and then ignore the real one (a stuck task).
+  for (const n of nodes) {
+    const dry = await w.p.dryRun({ from: n, tags: { Action: 'Tasks' }, timestamp: w.now + 1 });
+    assert.deepEqual(dry.Messages.filter((m) => actionOf(m) === 'Task-Assigned'), []);
+    const listed = (JSON.parse(dry.Messages[0].Data!) as TasksReply).leases;
+    assert.deepEqual(listed, [], 'no lease appears in a dry-run');
+  }
+  assert.equal(w.state().tasks[task].status, 'committed');
+
   // The next message draws the audit: a validator's lease looks like any lease.
   const hb = await heartbeat(w, ALICE);
   const vAssigned = one(hb, 'Task-Assigned');
