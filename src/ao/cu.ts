@@ -9,7 +9,8 @@ import fastify, { type FastifyInstance } from 'fastify';
 import { ITEM_ID, createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
-import { DEFAULT_LIMITS, HostUnavailable, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { evaluatorPool, type EvaluatorPool } from './evaluator.js';
+import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
 import { LocateError } from './locate.js';
 import { nextHashChain, serialQueues } from './protocol.js';
 
@@ -23,13 +24,25 @@ export interface ComputeOptions {
   /** The SU URL for a process; `forget` drops what it cached (after the SU did not answer). */
   scheduler: ((processId: string) => Promise<string>) & { forget?: () => void };
   limits?: Limits;
+  /** Host functions, offered only to processes whose module carries the tag `Extension: Verity-Host`. */
   extensions?: Extensions;
+  /** Evaluator threads (default: defaultEvaluatorThreads()). */
+  evaluators?: number;
   /** A checkpoint every this many messages (and when asked). */
   checkpointEvery?: number;
 }
 
 /** The longest a `results` call may wait for a new result. */
 export const MAX_WAIT_MS = 30_000;
+
+/**
+ * Reads (dry-runs) waiting per process: each is a whole evaluation, queued behind the process's
+ * log, so beyond this many the CU answers 503 at once instead of queueing without bound.
+ */
+export const MAX_QUEUED_DRY_RUNS = 16;
+
+/** The largest dry-run body (a JSON message): checked before it is parsed. */
+export const MAX_DRY_RUN_BYTES = 1024 * 1024;
 
 /**
  * A result as the CU serves it: AO's shape plus the CU's attestation, a data item signed by the CU
@@ -88,6 +101,8 @@ interface Loaded {
   env: ProcessEnv;
   source: string;
   limits: Limits;
+  /** The host functions its module asked for (none, or the CU's). */
+  extensions: Extensions;
   nonce: number; // last evaluated slot, −1 before the Process itself
   state: unknown;
   stateHash: string;
@@ -147,7 +162,7 @@ export interface ComputeUnit {
 }
 
 export async function openComputeUnit(options: ComputeOptions): Promise<ComputeUnit> {
-  await loadRuntime();
+  const pool: EvaluatorPool = evaluatorPool({ threads: options.evaluators });
   // Everything here can be recomputed from the SU log: a crash may lose only the newest results,
   // which a restart evaluates again, so no fsync per result.
   const db = openDatabase(options.dir, 'cu.sqlite', SCHEMA, { durable: false });
@@ -159,6 +174,8 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   // One evaluation at a time per process: the log is a sequence.
   const locks = serialQueues();
   let evaluatedCount = 0;
+  // Dry-runs waiting (or running) per process: bounded by MAX_QUEUED_DRY_RUNS.
+  const dryRuns = new Map<string, number>();
   let closing = false;
   // Clients waiting for a process's next result (results with `wait`).
   const waiting = new Map<string, Set<() => void>>();
@@ -177,7 +194,13 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   const serial = locks.run;
 
   async function suJson<T>(processId: string, path: string): Promise<T> {
-    const su = await options.scheduler(processId);
+    let su: string;
+    try {
+      su = await options.scheduler(processId);
+    } catch (e) {
+      if (e instanceof LocateError) throw e;
+      throw new ComputeError(503, `cannot locate the SU of ${processId} now: ${(e as Error).message}`);
+    }
     let res: Response;
     try {
       res = await fetch(`${su}${path}`);
@@ -188,11 +211,21 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     }
     if (res.status === 404 || res.status === 400) throw new ComputeError(404, `the SU does not know ${path.split('?')[0].slice(1)} (${res.status})`);
     if (!res.ok) throw new ComputeError(502, `the SU answered ${res.status} for ${path}`);
-    return (await res.json()) as T;
+    try {
+      return (await res.json()) as T;
+    } catch (e) {
+      throw new ComputeError(502, `the SU's answer for ${path.split('?')[0]} is not JSON: ${(e as Error).message}`);
+    }
   }
 
   async function readItem(id: string): Promise<Item> {
-    const stored = await options.store.get(id);
+    let stored: Item | null;
+    try {
+      stored = await options.store.get(id);
+    } catch (e) {
+      // A store out of reach (a gateway under load) is not "no such item": ask again later.
+      throw new ComputeError(503, `the store cannot give item ${id} now: ${(e as Error).message}`);
+    }
     if (stored) return stored;
     throw new ComputeError(404, `item ${id} is not in the store`);
   }
@@ -213,8 +246,11 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       Process: { Id: processId, Owner: p.address, Tags: p.tags },
       Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
     };
+    const asksForHost = module.tags.some((t) => t.name === 'Extension' && t.value === HOST_EXTENSION);
     const fresh: Loaded = {
-      processId, scheduler, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits), nonce: -1, state: null, stateHash: sha256hex('null'),
+      processId, scheduler, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits),
+      extensions: asksForHost ? (options.extensions ?? {}) : {},
+      nonce: -1, state: null, stateHash: sha256hex('null'),
       hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0, sinceCheckpoint: 0,
     };
     const cp = q.checkpoint.get(processId);
@@ -301,6 +337,16 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     };
   }
 
+  /** One message on the process's state, in an evaluator thread; a fault of the thread (never the process's doing) is a 503. */
+  async function evaluateIn(p: Loaded, message: ProcessMessage): Promise<Evaluation> {
+    try {
+      return await pool.evaluate(p.source, p.state, message, p.env, p.limits, p.extensions);
+    } catch (e) {
+      if (e instanceof HostUnavailable) throw e;
+      throw new ComputeError(503, `the CU could not evaluate message ${message.Id} now: ${(e as Error).message}`);
+    }
+  }
+
   /** Evaluates the log of `p` up to slot `upTo` (or to its end). */
   async function catchUp(p: Loaded, upTo = Number.MAX_SAFE_INTEGER): Promise<void> {
     while (p.nonce < upTo) {
@@ -322,7 +368,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         const chain = nextHashChain(p.processId, p.lastAssignment && p.hashChain ? { assignment: p.lastAssignment, chain: p.hashChain } : null);
         if (tagValue(assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
         const message = toMessage(p, { assignment, message: await assignedMessage(assignment) });
-        const evaluation: Evaluation = await evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        const evaluation: Evaluation = await evaluateIn(p, message);
         evaluatedCount += 1;
         const { state, ...outcome } = evaluation;
         p.state = state;
@@ -410,8 +456,16 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         edges: rows.slice(0, limit).map((r) => ({ cursor: cursorOf(r.nonce), node: JSON.parse(r.result) as Result })),
       };
     },
-    dryRun: (processId, input) =>
-      serial(processId, async () => {
+    dryRun(processId, input) {
+      const queued = dryRuns.get(processId) ?? 0;
+      if (queued >= MAX_QUEUED_DRY_RUNS) return Promise.reject(new ComputeError(503, `${queued} dry-runs of ${processId} are waiting already: ask again shortly`));
+      dryRuns.set(processId, queued + 1);
+      const done = (): void => {
+        const left = (dryRuns.get(processId) ?? 1) - 1;
+        if (left > 0) dryRuns.set(processId, left);
+        else dryRuns.delete(processId);
+      };
+      return serial(processId, async () => {
         const p = await load(processId);
         await catchUp(p);
         const message: ProcessMessage = {
@@ -419,9 +473,10 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
           Anchor: input.Anchor ?? null, Tags: input.Tags ?? [], Target: processId, Nonce: p.nonce + 1,
           Timestamp: p.timestamp, 'Block-Height': p.blockHeight, Cron: false, 'Read-Only': true,
         };
-        const { state: _state, ...outcome } = await evaluate(p.source, p.state, message, p.env, p.limits, options.extensions);
+        const { state: _state, ...outcome } = await evaluateIn(p, message);
         return outcome;
-      }),
+      }).finally(done);
+    },
     state: (processId) =>
       serial(processId, async () => {
         const p = await load(processId);
@@ -436,6 +491,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       closing = true;
       for (const processId of [...waiting.keys()]) wake(processId);
       await locks.settled();
+      await pool.close();
       db.close();
     },
   };
@@ -443,7 +499,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
 
 /** AO's CU HTTP API (research/ao.md §2c) for a ComputeUnit. */
 export function createComputeServer(cu: ComputeUnit): FastifyInstance {
-  const app = fastify({ logger: false, bodyLimit: 4 * 2 ** 20 });
+  const app = fastify({ logger: false, bodyLimit: MAX_DRY_RUN_BYTES });
   const fail = (reply: { code(n: number): { send(b: unknown): unknown } }, status: number, message: string): unknown => reply.code(status).send({ error: message });
   app.setErrorHandler((e, _request, reply) => {
     if (e instanceof ComputeError) return reply.code(e.status).send({ error: e.message });

@@ -5,7 +5,14 @@ import { createItem, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { DEFAULT_LIMITS, MODULE_FORMAT, type Limits } from './runtime.js';
 
-export function moduleTags(name: string, limits: Limits = DEFAULT_LIMITS): Tag[] {
+export interface ModuleOptions {
+  limits?: Limits;
+  /** Extensions the module asks the CU for (its `Extension` tags), e.g. HOST_EXTENSION. */
+  extensions?: string[];
+}
+
+export function moduleTags(name: string, options: ModuleOptions = {}): Tag[] {
+  const limits = options.limits ?? DEFAULT_LIMITS;
   return [
     { name: 'Data-Protocol', value: 'ao' },
     { name: 'Variant', value: 'ao.TN.1' },
@@ -17,11 +24,12 @@ export function moduleTags(name: string, limits: Limits = DEFAULT_LIMITS): Tag[]
     { name: 'Compute-Limit', value: String(limits.compute) },
     { name: 'Content-Type', value: 'application/javascript' },
     { name: 'Name', value: name },
+    ...(options.extensions ?? []).map((value) => ({ name: 'Extension', value })),
   ];
 }
 
 /** Stores a module and returns its id. */
-export async function publishModule(store: Store, signer: Signer, source: string, name: string, limits?: Limits): Promise<string> {
-  const item = await createItem(source, signer, { tags: moduleTags(name, limits) });
+export async function publishModule(store: Store, signer: Signer, source: string, name: string, options?: ModuleOptions): Promise<string> {
+  const item = await createItem(source, signer, { tags: moduleTags(name, options) });
   return (await store.put(item.raw)).id;
 }

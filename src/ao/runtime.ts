@@ -71,14 +71,53 @@ export interface Limits {
   compute: number;
 }
 
-export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 200_000 };
+/**
+ * The CU's caps. A tick is ~0.7 ms of QuickJS on the 2-core development machine, so the compute
+ * cap is a worst case of ~3 s per message (the coordinator's heaviest message, a 10,000-task
+ * state, uses a few dozen): one message can delay the others on its evaluator thread by seconds,
+ * never minutes.
+ */
+export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 4_000 };
 
 /**
- * Host functions a CU offers to processes (AO's extensions, like WeaveDrive): string in, string out,
- * and the same answer on every CU — they read content-addressed data or compute. A process calls
- * them synchronously (`host.name(argument)`); the host side may be async (QuickJS is asyncified).
+ * A host function a CU offers to processes (AO's extensions, like WeaveDrive): string in, string
+ * out, and the same answer on every CU — it reads content-addressed data or computes. A process
+ * calls it synchronously (`host.name(argument)`); the host side may be async (QuickJS is
+ * asyncified). Its work is charged against the process's compute limit in the same ticks:
+ * `ticks(argument, result)` (deterministic: sizes, never time), or HOST_CALL_TICKS by default.
  */
-export type Extensions = Record<string, (argument: string) => string | Promise<string>>;
+export interface Extension {
+  (argument: string): string | Promise<string>;
+  ticks?: (argument: string, result: string) => number;
+}
+export type Extensions = Record<string, Extension>;
+
+/**
+ * The Extension tag a module carries to be given the CU's host functions (AO's modules name theirs
+ * the same way, e.g. `Extension: WeaveDrive`); other processes get no `host` at all.
+ */
+export const HOST_EXTENSION = 'Verity-Host';
+
+/** The default cost of a host call: one tick, plus one per 4 KiB in and out. */
+export const HOST_CALL_TICKS = (argument: string, result: string): number => 1 + Math.ceil((argument.length + result.length) / 4096);
+
+/**
+ * How a runtime reaches its host functions: by name, answering the result and the ticks it costs.
+ * In this thread it calls the Extensions; in an evaluator thread it asks the CU's thread.
+ */
+export type HostCall = (name: string, argument: string) => Promise<{ value: string; ticks: number }>;
+
+/** Calls an extension and prices it; HostUnavailable passes through, anything else is the process's error. */
+export function hostCallOf(extensions: Extensions): HostCall {
+  return async (name, argument) => {
+    const fn = Object.hasOwn(extensions, name) ? extensions[name] : undefined;
+    if (!fn) throw new Error(`no host function ${name}`);
+    const value = await fn(argument);
+    if (typeof value !== 'string') throw new Error(`host.${name} answered ${typeof value}, not a string`);
+    const ticks = (fn.ticks ?? HOST_CALL_TICKS)(argument, value);
+    return { value, ticks: Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1 };
+  };
+}
 
 let quickjs: QuickJSAsyncWASMModule | null = null;
 
@@ -136,10 +175,6 @@ function errorText(ctx: QuickJSContext, handle: QuickJSHandle): string {
 }
 
 /**
- * Runs `handle(state, message, env)` of a module. Never throws for anything the module does: its
- * errors (and limit hits) come back in `Error` with the state unchanged.
- */
-/**
  * Thrown by an extension whose data cannot be had right now (a store out of reach): the message is
  * not evaluated at all — evaluate() rethrows it — since a CU that answered "failed" here would part
  * from one whose store answered. The CU tries again later.
@@ -155,19 +190,31 @@ export class HostUnavailable extends Error {
 // call, so two processes waiting on host functions at once would corrupt it.
 let turn: Promise<unknown> = Promise.resolve();
 
+/**
+ * Runs `handle(state, message, env)` of a module in this thread (tests, tools; the CU evaluates in
+ * its evaluator threads, evaluator.ts). Never throws for anything the module does: its errors (and
+ * limit hits) come back in `Error` with the state unchanged.
+ */
 export function evaluate(
   source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {},
 ): Promise<Evaluation> {
-  const mine = turn.then(() => evaluateNow(source, state, message, env, limits, extensions));
+  const mine = turn.then(() => evaluateWith(source, state, message, env, limits, Object.keys(extensions), hostCallOf(extensions)));
   turn = mine.catch(() => undefined);
   return mine;
 }
 
-async function evaluateNow(source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits, extensions: Extensions): Promise<Evaluation> {
+/**
+ * Runs `handle(state, message, env)` with `host.<name>` for each of `hostNames`, reached through
+ * `host`. The caller runs one at a time per thread (see `turn`).
+ */
+export async function evaluateWith(
+  source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits, hostNames: string[], host: HostCall,
+): Promise<Evaluation> {
   if (!quickjs) throw new Error('call loadRuntime() before evaluate()');
   let unavailable: HostUnavailable | null = null;
   const runtime = quickjs.newRuntime();
   let ticks = 0;
+  const overLimit = (): boolean => ticks > limits.compute;
   runtime.setMemoryLimit(limits.memory);
   runtime.setMaxStackSize(1 << 20);
   runtime.setInterruptHandler(() => ++ticks > limits.compute);
@@ -179,22 +226,29 @@ async function evaluateNow(source: string, state: unknown, message: ProcessMessa
     return h;
   };
   try {
-    const host = keep(ctx.newObject());
-    for (const [name, fn] of Object.entries(extensions)) {
-      const f = keep(
-        ctx.newAsyncifiedFunction(name, async (arg) => {
-          const text = ctx.getString(arg);
-          try {
-            return ctx.newString(await fn(text));
-          } catch (e) {
-            if (e instanceof HostUnavailable) unavailable ??= e;
-            return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
-          }
-        }),
-      );
-      ctx.setProp(host, name, f);
+    if (hostNames.length > 0) {
+      const hostObject = keep(ctx.newObject());
+      for (const name of hostNames) {
+        const f = keep(
+          ctx.newAsyncifiedFunction(name, async (arg) => {
+            // Host work is metered like the process's own: a call past the limit is not made.
+            if (overLimit()) return { error: ctx.newError(`compute limit: more than ${limits.compute} ticks`) };
+            const text = ctx.getString(arg);
+            try {
+              const { value, ticks: cost } = await host(name, text);
+              ticks += cost;
+              if (overLimit()) return { error: ctx.newError(`compute limit: more than ${limits.compute} ticks`) };
+              return ctx.newString(value);
+            } catch (e) {
+              if (e instanceof HostUnavailable) unavailable ??= e;
+              return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
+            }
+          }),
+        );
+        ctx.setProp(hostObject, name, f);
+      }
+      ctx.setProp(ctx.global, 'host', hostObject);
     }
-    ctx.setProp(ctx.global, 'host', host);
     const prelude = ctx.evalCode(PRELUDE, 'prelude.js');
     if (prelude.error) return failed(errorText(ctx, keep(prelude.error)));
     keep(prelude.value);
@@ -208,7 +262,7 @@ async function evaluateNow(source: string, state: unknown, message: ProcessMessa
     if (unavailable) throw unavailable;
     if (result.error) {
       const why = errorText(ctx, keep(result.error));
-      return failed(ticks > limits.compute ? `compute limit: more than ${limits.compute} ticks` : why);
+      return failed(overLimit() ? `compute limit: more than ${limits.compute} ticks` : why);
     }
     const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Evaluation, 'GasUsed'>;
     return { ...out, GasUsed: ticks };

@@ -114,7 +114,7 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
 
   test('a process using a forbidden global or running past its compute limit fails with a clear error; its state is untouched', async () => {
     const signer = ed25519Signer(ed);
-    const limited = await publishModule(units.store, walletSigner(ed), COUNTER, 'counter-limited', { memory: 16 * 2 ** 20, compute: 50 });
+    const limited = await publishModule(units.store, walletSigner(ed), COUNTER, 'counter-limited', { limits: { memory: 16 * 2 ** 20, compute: 50 } });
     const process = await ao.spawn({ module: limited, scheduler: units.scheduler.address, signer });
     await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: '7' });
     const cases: [string, RegExp][] = [
