@@ -1,6 +1,7 @@
 // The gateway over real HTTP against a real embedded store: uploads, raw bytes and data, the GraphQL
 // queries aoconnect and the CU send, filters and paging both ways; then fuzzed uploads, GraphQL
-// bodies and paths, which must never get a 5xx or a dropped connection, nor disturb stored items.
+// bodies and paths, which must never get a 5xx or a dropped connection, nor disturb stored items;
+// then the upload policy: its pure rules, and the anonymous-storage attack it stops.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { Agent, request as httpRequest } from 'node:http';
@@ -8,11 +9,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
-import { startGateway, type RunningGateway } from '../../src/store/gateway.js';
+import { loadModel } from '../../src/engine/index.js';
+import { openGatewayStore } from '../../src/store/gateway-store.js';
+import {
+  DEFAULT_UPLOAD_POLICY, startGateway, uploadDecision, uploadPolicy, withUsage, type RunningGateway, type UploadPolicy, type UsageWindow,
+} from '../../src/store/gateway.js';
 import { createItem, type Item } from '../../src/store/items.js';
+import { fetchModel, listModels, publishModel } from '../../src/store/models.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
 import { generateWallet, ownerKey, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { stories260K, tok512, withTempDir } from '../helpers.js';
 
 interface Response {
   status: number;
@@ -448,4 +455,258 @@ test('after the fuzzing every stored item is still served intact', async () => {
     assert.deepEqual((await store.get(item.id))?.raw, item.raw);
   }
   assert.deepEqual(await ids('owners: $o', { o: [walletAddress(alice)] }), newestFirst(messages));
+});
+
+// The upload policy's rules, apart from HTTP: a one-minute window in 5 s buckets.
+const POLICY: UploadPolicy = uploadPolicy({ windowMs: 60_000, signerBytes: 1000, signerItems: 3, globalBytes: 2500, maxItemBytes: 600, maxTrackedSigners: 4 });
+const T0 = 1_800_000_000_000; // a bucket boundary: T0 is a multiple of 5,000
+const used = (window: UsageWindow, at: number, bytes: number, items = 1): UsageWindow => withUsage(window, POLICY, at, { at, bytes, items });
+
+test('upload policy: defaults, and a nonsensical policy is refused', () => {
+  assert.deepEqual(uploadPolicy(), { ...DEFAULT_UPLOAD_POLICY });
+  assert.deepEqual(uploadPolicy({ signerBytes: undefined, windowMs: 1000 }), { ...DEFAULT_UPLOAD_POLICY, windowMs: 1000 });
+  // The defaults: the bundled model (~1 MB) and the units' rate fit; one signer cannot store GBs.
+  assert.equal(DEFAULT_UPLOAD_POLICY.maxItemBytes, 16 * 2 ** 20);
+  assert.ok(DEFAULT_UPLOAD_POLICY.signerBytes <= 2 ** 30 && DEFAULT_UPLOAD_POLICY.signerBytes >= 64 * 2 ** 20);
+  assert.ok(DEFAULT_UPLOAD_POLICY.globalBytes >= DEFAULT_UPLOAD_POLICY.signerBytes);
+  for (const bad of [{ windowMs: 0 }, { signerBytes: -1 }, { signerItems: 1.5 }, { globalBytes: Number.NaN }, { maxTrackedSigners: Infinity }]) {
+    assert.throws(() => uploadPolicy(bad), RangeError, JSON.stringify(bad));
+  }
+  assert.throws(() => uploadPolicy({ unlimitedSigners: ['not-an-address'] }), TypeError);
+});
+
+test('upload policy: usage windows merge uploads per bucket, expire whole buckets, give back, stay short', () => {
+  let w: UsageWindow = [];
+  w = used(w, T0, 100);
+  w = used(w, T0 + 4_999, 50);
+  w = used(w, T0 + 5_000, 10);
+  assert.deepEqual(w, [{ start: T0, bytes: 150, items: 2 }, { start: T0 + 5_000, bytes: 10, items: 1 }]);
+  // Given back into the bucket it was taken from; an emptied bucket goes.
+  w = withUsage(w, POLICY, T0 + 6_000, { at: T0 + 5_000, bytes: -10, items: -1 });
+  assert.deepEqual(w, [{ start: T0, bytes: 150, items: 2 }]);
+  // A bucket counts until a whole window has passed since its end, then it is dropped.
+  assert.deepEqual(withUsage(w, POLICY, T0 + 64_999, { at: T0 + 64_999, bytes: 0, items: 0 }), w);
+  assert.deepEqual(withUsage(w, POLICY, T0 + 65_000, { at: T0 + 65_000, bytes: 0, items: 0 }), []);
+  // Giving back into a bucket already expired changes nothing.
+  assert.deepEqual(withUsage([], POLICY, T0 + 70_000, { at: T0, bytes: -150, items: -2 }), []);
+  // An upload every second for ten minutes: the window holds at most 14 buckets.
+  let busy: UsageWindow = [];
+  for (let t = 0; t < 600; t++) {
+    busy = used(busy, T0 + t * 1000, 1);
+    assert.ok(busy.length <= 14, `${busy.length} buckets at ${t} s`);
+  }
+  assert.deepEqual(busy.map((b) => b.start), [...busy.map((b) => b.start)].sort((a, b) => a - b));
+});
+
+test('upload policy: uploadDecision allows, refuses with 413 or 429, and says when a quota frees up', () => {
+  const signer = 'S'.repeat(43);
+  const decide = (signerWindow: UsageWindow, global: UsageWindow, bytes: number, now: number, policy = POLICY) => uploadDecision(policy, { signer: signerWindow, global }, { bytes, signer }, now);
+  assert.deepEqual(decide([], [], 600, T0), { allowed: true, counted: true });
+  const oversized = decide([], [], 601, T0);
+  assert.equal(oversized.allowed, false);
+  assert.deepEqual(oversized.allowed === false && [oversized.status, oversized.quota, oversized.limit], [413, 'item-bytes', 600]);
+  // An item bigger than a whole quota can never fit: 413, not a 429 to wait out.
+  const tight = uploadPolicy({ ...POLICY, signerBytes: 500 });
+  const never = decide([], [], 550, T0, tight);
+  assert.deepEqual(never.allowed === false && [never.status, never.quota], [413, 'signer-bytes']);
+
+  // Bytes: 400 at T0, 400 at T0+10 s; 300 more does not fit until the first bucket expires (T0 + 65 s).
+  const twoBuckets = used(used([], T0, 400), T0 + 10_000, 400);
+  const overBytes = decide(twoBuckets, twoBuckets, 300, T0 + 20_000);
+  assert.equal(overBytes.allowed, false);
+  if (overBytes.allowed === false && overBytes.status === 429) {
+    assert.deepEqual(
+      { quota: overBytes.quota, limit: overBytes.limit, used: overBytes.used, resetsAt: overBytes.resetsAt, retry: overBytes.retryAfterSeconds },
+      { quota: 'signer-bytes', limit: 1000, used: 800, resetsAt: T0 + 65_000, retry: 45 },
+    );
+    assert.match(overBytes.message, /signer-bytes quota: signer S{43} has stored 800 of 1000 bytes in the last 60 s; this item fits again at .*\(retry after 45 s\)/);
+  } else assert.fail(JSON.stringify(overBytes));
+  assert.equal(decide(twoBuckets, twoBuckets, 300, T0 + 64_999).allowed, false);
+  assert.equal(decide(twoBuckets, twoBuckets, 300, T0 + 65_000).allowed, true);
+  // With 300 then 600 stored, 500 more needs both buckets gone: the second one's expiry.
+  const unequal = used(used([], T0, 300), T0 + 10_000, 600);
+  const both = decide(unequal, unequal, 500, T0 + 20_000);
+  assert.equal(both.allowed === false && both.status === 429 && both.resetsAt, T0 + 75_000);
+
+  // Items: three small uploads, the fourth waits for the oldest.
+  const three = used(used(used([], T0, 1), T0 + 5_000, 1), T0 + 10_000, 1);
+  const overItems = decide(three, three, 1, T0 + 11_000);
+  assert.deepEqual(overItems.allowed === false && overItems.status === 429 && [overItems.quota, overItems.used, overItems.resetsAt], ['signer-items', 3, T0 + 65_000]);
+
+  // The global quota binds a signer with nothing stored: other signers filled it.
+  const everyone = used(used([], T0, 2000), T0 + 30_000, 400);
+  const overGlobal = decide([], everyone, 200, T0 + 31_000);
+  assert.deepEqual(overGlobal.allowed === false && overGlobal.status === 429 && [overGlobal.quota, overGlobal.used, overGlobal.resetsAt], ['global-bytes', 2400, T0 + 65_000]);
+  assert.match(overGlobal.allowed === false ? overGlobal.message : '', /^global-bytes quota: all signers together have stored 2400 of 2500 bytes/);
+  // Over two quotas: the answer names the one that frees up last, so a retry then can succeed.
+  const lateGlobal = used(used([], T0, 100), T0 + 50_000, 2300);
+  const overTwo = decide(three, lateGlobal, 300, T0 + 51_000);
+  assert.deepEqual(overTwo.allowed === false && overTwo.status === 429 && [overTwo.quota, overTwo.resetsAt], ['global-bytes', T0 + 115_000]);
+
+  // An unlimited signer is neither refused nor counted, but still held to the item size.
+  const trusted = uploadPolicy({ ...POLICY, unlimitedSigners: [signer] });
+  assert.deepEqual(decide(twoBuckets, everyone, 600, T0 + 31_000, trusted), { allowed: true, counted: false });
+  assert.equal(decide([], [], 601, T0, trusted).allowed, false);
+});
+
+/** A signed item of about `bytes` bytes (Ed25519 adds ~140 bytes of header and tags). */
+const sized = (wallet: Wallet, bytes: number, n: number): Promise<Item> => createItem(Buffer.alloc(bytes, n & 255), walletSigner(wallet), { tags: [{ name: 'N', value: String(n) }] });
+
+/** POSTs raw bytes to /tx of a gateway: status, Retry-After and JSON body. */
+async function upload(to: RunningGateway, raw: Uint8Array): Promise<{ status: number; retryAfter: string | undefined; body: any }> {
+  const { hostname, port } = new URL(to.url);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ hostname, port, path: '/tx', method: 'POST', headers: { 'content-type': 'application/octet-stream' }, agent }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        assert.match(res.headers['content-type'] ?? '', /^application\/json/);
+        const header = res.headers['retry-after'];
+        resolve({ status: res.statusCode ?? 0, retryAfter: Array.isArray(header) ? header[0] : header, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(raw);
+  });
+}
+
+test('regression: anonymous storage is bounded per signer and in all; oversized items are refused unread; stored items stay intact', { timeout: 30_000 }, async () => {
+  await withTempDir(async (dir) => {
+    let clock = T0;
+    const quotaStore = openSqliteStore(dir);
+    const policy = { windowMs: 60_000, signerBytes: 10_000, signerItems: 50, globalBytes: 30_000, maxItemBytes: 4_000, maxTrackedSigners: 1000 };
+    const limited = await startGateway(quotaStore, { port: 0, uploads: policy, now: () => clock });
+    const kept: Item[] = [];
+    try {
+      const mallory = await generateWallet('ed25519');
+      // Forged and malformed items by mallory are refused and cost it nothing.
+      for (let i = 0; i < 5; i++) {
+        const forged = Buffer.from((await sized(mallory, 1800, 1000 + i)).raw);
+        forged[forged.length - 1] ^= 1;
+        assert.equal((await upload(limited, forged)).status, 400);
+      }
+      // 1,800 bytes of data make ~1,950-byte items: five fit in 10,000 bytes, the sixth does not.
+      const items = await Promise.all(Array.from({ length: 8 }, (_, i) => sized(mallory, 1800, i)));
+      for (const item of items.slice(0, 5)) {
+        const r = await upload(limited, item.raw);
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+        kept.push(item);
+      }
+      const usedBytes = items.slice(0, 5).reduce((n, i) => n + i.raw.length, 0);
+      const refused = await upload(limited, items[5].raw);
+      assert.equal(refused.status, 429, JSON.stringify(refused.body));
+      assert.deepEqual(
+        { error: refused.body.error, quota: refused.body.quota, limit: refused.body.limit, used: refused.body.used, windowMs: refused.body.windowMs, resetsAt: refused.body.resetsAt },
+        { error: 'over-quota', quota: 'signer-bytes', limit: 10_000, used: usedBytes, windowMs: 60_000, resetsAt: T0 + 65_000 },
+      );
+      assert.equal(refused.retryAfter, '65');
+      assert.equal(refused.body.retryAfterSeconds, 65);
+      assert.match(refused.body.message, new RegExp(`^signer-bytes quota: signer ${walletAddress(mallory)} has stored`));
+      assert.equal(await quotaStore.has(items[5].id), false);
+      // An item already stored costs nothing: a duplicate is still answered, and counted nowhere.
+      assert.deepEqual((await upload(limited, items[0].raw)).body, { id: items[0].id, duplicate: true });
+      assert.equal((await upload(limited, items[6].raw)).body.used, usedBytes);
+
+      // Concurrent uploads by one fresh signer cannot all pass one check: exactly five are stored.
+      const burst = await generateWallet('ed25519');
+      const burstItems = await Promise.all(Array.from({ length: 12 }, (_, i) => sized(burst, 1800, i)));
+      const answers = await Promise.all(burstItems.map((i) => upload(limited, i.raw)));
+      assert.deepEqual(answers.map((a) => a.status).sort(), [...Array(5).fill(200), ...Array(7).fill(429)]);
+      kept.push(...burstItems.filter((_, i) => answers[i].status === 200));
+
+      // Fresh keys get around the per-signer quota, not the global one: ~30,000 bytes in all.
+      const minted: number[] = [];
+      for (let k = 0; k < 6; k++) {
+        const fresh = await generateWallet('ed25519');
+        for (let i = 0; i < 2; i++) {
+          const item = await sized(fresh, 1800, 100 + k * 2 + i);
+          const r = await upload(limited, item.raw);
+          minted.push(r.status);
+          if (r.status === 200) kept.push(item);
+          else assert.equal(r.body.quota, 'global-bytes', JSON.stringify(r.body));
+        }
+      }
+      assert.deepEqual(minted, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+      assert.ok(kept.reduce((n, i) => n + i.raw.length, 0) <= 30_000);
+
+      // Oversized: 413 before anything is parsed or verified: garbage and a forged item alike, unstored.
+      const big = await sized(mallory, 4_500, 7);
+      const forgedBig = Buffer.from(big.raw);
+      forgedBig[forgedBig.length - 1] ^= 1;
+      for (const body of [Buffer.alloc(4_001, 0xab), forgedBig, big.raw]) {
+        const r = await upload(limited, body);
+        assert.equal(r.status, 413, JSON.stringify(r.body));
+        assert.deepEqual([r.body.error, r.body.quota, r.body.limit], ['too-large', 'item-bytes', 4_000]);
+      }
+      assert.equal(await quotaStore.has(big.id), false);
+
+      // Once the window has passed, mallory may store again: exactly when the answer said.
+      clock = T0 + 64_999;
+      assert.equal((await upload(limited, items[5].raw)).status, 429);
+      clock = T0 + 65_000;
+      assert.equal((await upload(limited, items[5].raw)).status, 200);
+      kept.push(items[5]);
+
+      // Every acknowledged item is served intact; nothing refused was stored.
+      for (const item of kept) {
+        const raw = await call(limited, 'GET', `/raw/${item.id}`);
+        assert.equal(raw.status, 200);
+        assert.deepEqual(raw.body, item.raw);
+      }
+      for (const item of [items[7], ...burstItems.filter((_, i) => answers[i].status !== 200)]) assert.equal(await quotaStore.has(item.id), false);
+    } finally {
+      await limited.close();
+      await quotaStore.close();
+    }
+  });
+});
+
+test('the gateway remembers a bounded number of signers; an unlimited signer is never refused nor counted', { timeout: 30_000 }, async () => {
+  await withTempDir(async (dir) => {
+    const quotaStore = openSqliteStore(dir);
+    const [x, y, z, unit] = await Promise.all([generateWallet('ed25519'), generateWallet('ed25519'), generateWallet('ed25519'), generateWallet('ed25519')]);
+    const uploads = { signerItems: 2, globalBytes: 100_000, maxTrackedSigners: 2, unlimitedSigners: [walletAddress(unit)] };
+    const gw = await startGateway(quotaStore, { port: 0, uploads });
+    try {
+      for (let i = 0; i < 2; i++) assert.equal((await upload(gw, (await sized(x, 10, i)).raw)).status, 200);
+      assert.equal((await upload(gw, (await sized(x, 10, 2)).raw)).body.quota, 'signer-items');
+      // Two other signers push x out of memory: it starts afresh (the global quota still counts it).
+      assert.equal((await upload(gw, (await sized(y, 10, 0)).raw)).status, 200);
+      assert.equal((await upload(gw, (await sized(z, 10, 0)).raw)).status, 200);
+      assert.equal((await upload(gw, (await sized(x, 10, 2)).raw)).status, 200);
+      // The unit's wallet stores past every quota, and leaves the global one untouched for others.
+      for (let i = 0; i < 5; i++) assert.equal((await upload(gw, (await sized(unit, 30_000, i)).raw)).status, 200);
+      assert.equal((await upload(gw, (await sized(y, 10, 1)).raw)).status, 200);
+    } finally {
+      await gw.close();
+      await quotaStore.close();
+    }
+  });
+});
+
+test('under the default policy, a model publishes through the gateway and a node-like burst of small items is never refused', { timeout: 60_000 }, async () => {
+  await withTempDir(async (dir) => {
+    const modelStore = openSqliteStore(join(dir, 'store'));
+    const gw = await startGateway(modelStore, { port: 0 });
+    const remote = openGatewayStore(gw.url);
+    try {
+      const publisher = await generateWallet('ed25519');
+      const model = loadModel(stories260K, { tokenizer: tok512 });
+      const published = await publishModel(remote, walletSigner(publisher), model, 'stories260K');
+      assert.ok(published.bytes > 900_000, `${published.bytes} bytes`);
+      assert.deepEqual((await listModels(remote)).map((m) => m.modelId), [published.modelId]);
+      const path = await fetchModel(remote, published.modelId, join(dir, 'cache'));
+      assert.ok(path.endsWith('.gguf'));
+      // Messages and traces, as the units and a node send them: many small, some of a few hundred KB.
+      const node = await generateWallet('ed25519');
+      const burst = await Promise.all(Array.from({ length: 200 }, (_, i) => sized(node, i % 50 === 0 ? 300_000 : 200, i)));
+      const answers = await Promise.all(burst.map((item) => remote.put(item.raw)));
+      assert.deepEqual(answers.map((a) => a.id), burst.map((i) => i.id));
+    } finally {
+      await remote.close();
+      await gw.close();
+      await modelStore.close();
+    }
+  });
 });
