@@ -365,11 +365,14 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
 
   const exists = (processId: string): boolean => headOf(processId) !== null;
 
+  // Cheapest checks first, so that junk costs the least: the length, then the header's structure
+  // and tags, then (for a Message) whether its process is here; only then the signature, which
+  // must hold before anything is answered from the log or stored.
   async function post(raw: Uint8Array): Promise<Slot> {
     if (raw.length > MAX_ITEM_BYTES) throw new SchedulerError(413, `the item is ${raw.length} bytes, at most ${MAX_ITEM_BYTES}`);
     let item: Item;
     try {
-      item = await verifyItem(raw);
+      item = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength));
     } catch (e) {
       if (e instanceof ItemError) throw bad(e.message);
       throw e;
@@ -386,9 +389,15 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     } else {
       throw bad(`the Type tag must be Process or Message, not ${type === undefined ? 'absent' : JSON.stringify(type.slice(0, 64))}`);
     }
+    if (type === 'Message' && !exists(processId)) throw new SchedulerError(404, `no process ${processId} is scheduled here`);
+    try {
+      item = await verifyItem(item.raw);
+    } catch (e) {
+      if (e instanceof ItemError) throw bad(e.message);
+      throw e;
+    }
     const existing = q.inLog.get(item.id, processId);
     if (existing) return existingSlot(existing);
-    if (type === 'Message' && !exists(processId)) throw new SchedulerError(404, `no process ${processId} is scheduled here`);
     // The message is stored before its slot exists: a committed slot never points at a missing item.
     await store.put(item.raw);
     return serial(processId, () => schedule(processId, item.id, false));

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { openScheduler, startScheduler, type Message, type PaginatedMessages, type RunningScheduler, type Scheduler } from '../../src/ao/su.js';
+import { MAX_ITEM_BYTES, openScheduler, startScheduler, type Message, type PaginatedMessages, type RunningScheduler, type Scheduler } from '../../src/ao/su.js';
 import { createItem, parseItem, verifyItem, type Item, type Tag } from '../../src/store/items.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
@@ -26,11 +26,11 @@ interface Unit {
   close(): Promise<void>;
 }
 
-async function openUnit(dir: string, options: { now?: () => number; url?: string } = {}): Promise<Unit> {
+async function openUnit(dir: string, options: { now?: () => number; url?: string; bodyLimit?: number } = {}): Promise<Unit> {
   const { su: wallet } = await keys;
   const store = openSqliteStore(join(dir, 'store'));
   const su = openScheduler({ dir: join(dir, 'su'), store, wallet, url: options.url ?? PUBLIC_URL, now: options.now });
-  const server = await startScheduler(su, { port: 0 });
+  const server = await startScheduler(su, { port: 0, bodyLimit: options.bodyLimit });
   return {
     store,
     su,
@@ -447,6 +447,48 @@ test('bad input gets a 4xx JSON error and changes nothing', async () => {
       assert.equal(nodes.length, 1, 'nothing was scheduled');
       await assert.rejects(unit.su.post(forged), (e: Error & { status?: number }) => e.status === 400);
       await assert.rejects(unit.su.messages(pid, { limit: -1 }), (e: Error & { status?: number }) => e.status === 400);
+    } finally {
+      await unit.close();
+    }
+  });
+});
+
+test('the size is checked before anything else, the cheap checks before the signature, all before anything is stored', async () => {
+  await withTempDir(async (dir) => {
+    // A server that reads bodies past the item limit: the scheduler itself must still refuse them first.
+    const unit = await openUnit(dir, { bodyLimit: MAX_ITEM_BYTES + 1024 * 1024 });
+    try {
+      const pid = await spawnProcess(unit);
+      const huge = await messageItem(pid, 'x'.repeat(MAX_ITEM_BYTES));
+      const forgedHuge = Buffer.from(huge.raw);
+      forgedHuge[forgedHuge.length - 1] ^= 1;
+      for (const [name, body] of [['a valid item', huge.raw], ['a forged item', forgedHuge], ['garbage', Buffer.alloc(MAX_ITEM_BYTES + 1, 0xab)]] as const) {
+        const r = await post(unit, body);
+        assert.equal(r.status, 413, `${name}: ${JSON.stringify(r.body)}`);
+        assert.match(r.body.error, new RegExp(`at most ${MAX_ITEM_BYTES}`), name);
+      }
+      assert.equal(await unit.store.has(huge.id), false);
+      // A forged item is refused for what its header says before its signature is looked at.
+      const forge = (item: Item): Buffer => {
+        const raw = Buffer.from(item.raw);
+        raw[raw.length - 1] ^= 1;
+        return raw;
+      };
+      const toNowhere = await messageItem('U'.repeat(43), 'x');
+      assert.equal((await post(unit, forge(toNowhere))).status, 404);
+      const other = await generateWallet('ed25519');
+      const elsewhere = await createItem('x', walletSigner(other), {
+        tags: [{ name: 'Type', value: 'Process' }, { name: 'Module', value: MODULE }, { name: 'Scheduler', value: walletAddress(other) }],
+      });
+      assert.match((await post(unit, forge(elsewhere))).body.error, /Scheduler tag/);
+      // What passes those is verified before the log or the store sees it.
+      const fine = await messageItem(pid, 'fine');
+      const forged = await post(unit, forge(fine));
+      assert.equal(forged.status, 400);
+      assert.match(forged.body.error, /bad signature/);
+      assert.equal(await unit.store.has(fine.id), false);
+      assert.equal((await allMessages(unit, pid)).length, 1);
+      assert.equal((await post(unit, fine.raw)).status, 200);
     } finally {
       await unit.close();
     }
