@@ -60,14 +60,32 @@ async function json<T>(res: Response, what: string): Promise<T> {
   return body;
 }
 
+/** Answers that mean "not now": a unit at a bound (a full queue, a quota) or a store out of reach. */
+const BUSY = new Set([429, 503]);
+const BUSY_TRIES = 4;
+
+/**
+ * One HTTP request, asked again (a few times, with backoff or the unit's Retry-After) while the
+ * unit says it is busy; every call here is safe to repeat (reads, and signed bytes the MU and SU
+ * take once).
+ */
 async function request(url: string, init: RequestInit | undefined, what: string): Promise<Response> {
-  try {
-    return await fetch(url, init);
-  } catch (e) {
-    if (init?.signal?.aborted) throw e;
-    throw new AoClientError(`${what}: cannot reach ${new URL(url).origin}: ${(e as Error).message}`);
+  for (let attempt = 1; ; attempt++) {
+    let res: Response;
+    try {
+      res = await fetch(url, init);
+    } catch (e) {
+      if (init?.signal?.aborted) throw e;
+      throw new AoClientError(`${what}: cannot reach ${new URL(url).origin}: ${(e as Error).message}`);
+    }
+    if (!BUSY.has(res.status) || attempt === BUSY_TRIES || init?.signal?.aborted) return res;
+    await res.body?.cancel();
+    const after = Number(res.headers.get('retry-after'));
+    await sleep(Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 2000) : 100 * 2 ** attempt);
   }
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): AoClient {
   const mu = options.mu.replace(/\/+$/, '');
