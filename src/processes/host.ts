@@ -2,7 +2,12 @@
 // content-addressed data or computes, so every CU gives the same answer. A process calls them as
 // `host.model(id)`, `host.job(json)`, `host.didAddress(did)`, and for verification `host.trace(json)`
 // and `host.step(json)`; an error reaches it as a thrown Error (docs/network.md).
-import { HostUnavailable, type Extensions } from '../ao/runtime.js';
+//
+// A process chooses their arguments, so each one is bounded before it is parsed (HOST_CAPS and
+// ARGUMENT_CHARS), what they keep between calls is bounded in bytes (HostOptions), and each
+// carries its price in compute ticks (hostCallTicks), which the runtime charges against the
+// process's compute limit like its own work.
+import { HostUnavailable } from '../ao/runtime.js';
 import { completionText, encode, rangeProof, toHex, type Hash, type ModelConfig, type Tokenizer } from '../engine/index.js';
 import type { TraceDocument } from '../node/work.js';
 import {
@@ -13,6 +18,7 @@ import { ModelStoreError, checkChunk, chunksFor, readManifest, readModelHeader, 
 import { ITEM_ID, tagValue, type Item } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
+import { HOST_CAPS } from './protocol.js';
 
 export interface ModelInfo {
   id: string;
@@ -103,6 +109,8 @@ export interface StepInfo {
   acc: string;
   leaf: string;
   kind: 'layer' | 'head' | 'end';
+  /** The weight bytes the step multiplies by (read, and verified the first time): what prices it. */
+  weightBytes: number;
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -124,12 +132,288 @@ export const traceDocumentBound = (job: Job, steps: number): number => 70 * step
  * input x as base64 f32 ((positions·kvDim·2 + dim)·4 bytes, ×4/3), plus 1 MiB for the chain
  * segment and the preimages (about L + 2 leaves of 70 bytes each; 1 MiB is far more).
  */
-export const openingBound = (job: Job, config: Pick<ModelConfig, 'dim' | 'kvDim'>): number =>
+export const openingBound = (job: Pick<Job, 'steps'>, config: Pick<ModelConfig, 'dim' | 'kvDim'>): number =>
   Math.ceil(((job.steps * config.kvDim * 2 + config.dim) * 4 * 4) / 3) + MIB;
 
-/** Referees kept, one per (model, manifest); each holds the verified tensors disputes touched. */
-const REFEREES = 4;
+// ---- what a call may carry ----
 
+export type ExtensionName = 'model' | 'job' | 'decode' | 'didAddress' | 'trace' | 'step';
+
+/**
+ * The longest argument text each extension reads, checked before it is parsed (so a process cannot
+ * make the host parse megabytes to be told they were too many). Derived from HOST_CAPS: a prompt
+ * of P bytes is at most 6·P characters of JSON (JSON.stringify writes a control character as
+ * \u00XX), a token id at most 11 characters with its comma, and an opening's text, itself JSON,
+ * at most doubles when it is quoted again (every `"` becomes `\"`). 1–2 KiB cover the ids, the
+ * hashes, the numbers and the field names.
+ */
+export const ARGUMENT_CHARS: Readonly<Record<ExtensionName, number>> = {
+  model: KIB,
+  didAddress: 256,
+  job: 6 * HOST_CAPS.promptBytes + KIB,
+  decode: 6 * HOST_CAPS.promptBytes + 12 * HOST_CAPS.tokens + KIB,
+  trace: 6 * HOST_CAPS.promptBytes + 12 * HOST_CAPS.tokens + 2 * KIB,
+  step: 6 * HOST_CAPS.promptBytes + 2 * HOST_CAPS.openingChars + 2 * KIB,
+};
+
+/** The argument, refused (one line) when it is longer than the extension ever needs. */
+function capped(name: ExtensionName, argument: string): string {
+  if (typeof argument !== 'string') throw new Error(`the argument of host.${name} must be text`);
+  const cap = ARGUMENT_CHARS[name];
+  if (argument.length > cap) throw new Error(`the argument is ${argument.length} characters, more than the ${cap} this call takes`);
+  return argument;
+}
+
+/** The prompt of a parsed request, refused over HOST_CAPS.promptBytes before anything tokenises it. */
+function promptOf(input: { prompt?: unknown }): string {
+  if (typeof input.prompt !== 'string') throw new Error('prompt must be text');
+  const bytes = Buffer.byteLength(input.prompt, 'utf8');
+  if (bytes > HOST_CAPS.promptBytes) throw new Error(`the prompt is ${bytes} bytes of UTF-8, more than the ${HOST_CAPS.promptBytes} a host call takes`);
+  return input.prompt;
+}
+
+/** A token list of at most `most` entries (the model's context, and never over HOST_CAPS.tokens). */
+function tokenListOf(tokens: unknown, most: number): number[] {
+  const bound = Math.min(most, HOST_CAPS.tokens);
+  if (!Array.isArray(tokens)) throw new Error('the tokens must be a list of token ids');
+  if (tokens.length > bound) throw new Error(`the tokens must be a list of at most ${bound} token ids (the model's context), not ${tokens.length}`);
+  return tokens as number[];
+}
+
+// ---- what a call costs ----
+
+/**
+ * What each unit of host work costs in compute ticks, the runtime's unit (src/ao/runtime.ts: one
+ * interrupt tick is ~10,000 QuickJS steps). Calibrated once on the 2-core development machine
+ * against a plain QuickJS loop (`x = (x + i) | 0`, 5,000 iterations a tick; 1.5–1.9 ms a tick
+ * there, busy with other work) timed in the same run, so that a host call is charged about what
+ * QuickJS would have done in the same time. Best of 3, ms → ticks charged (charged ÷ used):
+ *   - host.model, header not cached: stories260K (512-entry tokenizer, 1 MiB chunk hashed) 8.0 →
+ *     6 (1.1); a 32,000-entry tokenizer 59–70 → 37 (0.8–0.9).
+ *   - tokenising (host.job, and the prompt again in host.decode, host.trace, host.step), either
+ *     tokenizer: 4 KiB 17–45 → 17 (0.6–1.5); 64 KiB 362–502 → 257 (0.8–1.1).
+ *   - host.decode of 200 tokens: 0.3–0.5 → 3 (the call's floor).
+ *   - host.trace of 1,220–1,424 leaves (the item's JSON parse and its sha256 chain): 6–13 → 7–8 (0.8–1.9).
+ *   - host.step, cold (the weights it multiplies read and hashed): stories260K 13–36 → 21;
+ *     stories15M shape, a layer (4 MB, opening 16–310 KB) 103–181 → 50–54 (0.4–0.8), the
+ *     classifier (37 MB) 376 → 301 (1.2). Warm (weights kept) the same steps take 0.5–6 ms:
+ *     a step is charged as if cold every time, since what a referee kept is not the same on every CU.
+ * A price is a function of the argument and the result only, never of what a cache holds or how
+ * long the call took, so every CU charges the same.
+ */
+export const HOST_TICKS = {
+  /** Every call: crossing into the host and back. */
+  call: 1,
+  /** A model header read and checked (config and tokenizer chunk). */
+  header: 4,
+  vocabPerTick: 1024,
+  promptBytesPerTick: 256,
+  tokensPerTick: 4096,
+  leavesPerTick: 256,
+  /** A referee step's fixed part (the opening's checks, the step's kernels, an embedding chunk). */
+  step: 16,
+  openingCharsPerTick: 64 * KIB,
+  weightBytesPerTick: 128 * KIB,
+} as const;
+
+/** What an argument that parsed holds, for pricing; an argument that does not parse is priced by its length. */
+function sizesOf(argument: string): { promptBytes: number; tokens: number; openingChars: number } {
+  let parsed: unknown = null;
+  try {
+    parsed = JSON.parse(argument);
+  } catch {
+    // A refused call did no work past its parse.
+  }
+  if (parsed === null || typeof parsed !== 'object') return { promptBytes: 0, tokens: 0, openingChars: 0 };
+  const input = parsed as { prompt?: unknown; tokens?: unknown; opening?: unknown };
+  return {
+    promptBytes: typeof input.prompt === 'string' ? Buffer.byteLength(input.prompt, 'utf8') : 0,
+    tokens: Array.isArray(input.tokens) ? input.tokens.length : 0,
+    openingChars: typeof input.opening === 'string' ? input.opening.length : 0,
+  };
+}
+
+const per = (amount: number, unit: number): number => Math.ceil(amount / unit);
+
+/**
+ * The compute ticks host.<name>(argument) costs when it answered `result` (undefined: it threw).
+ * Deterministic: sizes only (see HOST_TICKS for the calibration). An argument over its cap costs
+ * one call, as it was refused before any work; a call that failed later is priced for the work
+ * its argument asks for.
+ */
+export function hostCallTicks(name: string, argument: string, result?: string): number {
+  const { call } = HOST_TICKS;
+  if (!(name in ARGUMENT_CHARS) || typeof argument !== 'string' || argument.length > ARGUMENT_CHARS[name as ExtensionName]) return call;
+  const out = (): Record<string, unknown> => {
+    try {
+      const parsed = result === undefined ? null : (JSON.parse(result) as unknown);
+      return parsed !== null && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : {};
+    } catch {
+      return {};
+    }
+  };
+  const count = (v: unknown): number => (typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : 0);
+  switch (name as ExtensionName) {
+    case 'didAddress':
+      return call;
+    case 'model':
+      return call + HOST_TICKS.header + per(count(out().vocabSize), HOST_TICKS.vocabPerTick);
+    default:
+      break;
+  }
+  const { promptBytes, tokens, openingChars } = sizesOf(argument);
+  const prompt = per(promptBytes, HOST_TICKS.promptBytesPerTick);
+  switch (name as ExtensionName) {
+    case 'job':
+      return call + prompt;
+    case 'decode':
+      return call + prompt + per(tokens, HOST_TICKS.tokensPerTick);
+    case 'trace':
+      return call + prompt + per(count(out().steps), HOST_TICKS.leavesPerTick);
+    default: // step
+      return call + HOST_TICKS.step + prompt + per(openingChars, HOST_TICKS.openingCharsPerTick) + per(count(out().weightBytes), HOST_TICKS.weightBytesPerTick);
+  }
+}
+
+// ---- what the host keeps between calls ----
+
+export interface HostOptions {
+  /** Bytes of model headers (config and tokenizer, per model and manifest) kept between calls. */
+  headerCacheBytes?: number;
+  /** Bytes of verified weights (and manifests) the referees keep between steps, all models together. */
+  refereeCacheBytes?: number;
+}
+
+/**
+ * 64 MiB of headers is a dozen 32,000-entry tokenizers, or hundreds of small ones; 512 MiB of
+ * referees holds a few small models whole, or the layers of a big one that disputes touch. Neither
+ * changes an answer (everything kept can be read again), only how often the store is read.
+ */
+export const DEFAULT_HOST_OPTIONS: Required<HostOptions> = { headerCacheBytes: 64 * MIB, refereeCacheBytes: 512 * MIB };
+
+export interface CacheStats {
+  entries: number;
+  /** The estimated bytes the entries hold; never more than the budget once a call has returned. */
+  bytes: number;
+  budget: number;
+}
+
+export interface HostCacheStats {
+  headers: CacheStats;
+  referees: CacheStats;
+}
+
+/**
+ * Least recently used entries go first once the bytes they are estimated to hold pass the budget.
+ * A value may be a promise whose size is known only once it resolves: it weighs nothing until
+ * resize() gives its weight. An entry larger than the whole budget is not kept at all.
+ */
+class ByteBudgetCache<V> {
+  // A Map iterates in insertion order, and a touched entry is re-inserted: the first key is the least recent.
+  private readonly entries = new Map<string, { value: V; bytes: number }>();
+  private total = 0;
+  constructor(readonly budget: number) {}
+
+  get(key: string): V | undefined {
+    const e = this.entries.get(key);
+    if (!e) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, e);
+    return e.value;
+  }
+
+  set(key: string, value: V, bytes: number): void {
+    this.delete(key);
+    this.entries.set(key, { value, bytes });
+    this.total += bytes;
+    this.fit();
+  }
+
+  /** Gives an entry its (new) weight, if it still holds `value`, and evicts down to the budget. */
+  resize(key: string, value: V, bytes: number): void {
+    const e = this.entries.get(key);
+    if (!e || e.value !== value) return;
+    this.total += bytes - e.bytes;
+    e.bytes = bytes;
+    if (bytes > this.budget) this.delete(key);
+    this.fit();
+  }
+
+  /** Drops the entry (only if it still holds `value`, when given). */
+  delete(key: string, value?: V): void {
+    const e = this.entries.get(key);
+    if (!e || (value !== undefined && e.value !== value)) return;
+    this.entries.delete(key);
+    this.total -= e.bytes;
+  }
+
+  private fit(): void {
+    for (const [key, e] of this.entries) {
+      if (this.total <= this.budget) break;
+      this.entries.delete(key);
+      this.total -= e.bytes;
+    }
+  }
+
+  stats(): CacheStats {
+    return { entries: this.entries.size, bytes: this.total, budget: this.budget };
+  }
+}
+
+/**
+ * What a parsed model header holds in memory, estimated from its parts. Measured with
+ * process.memoryUsage() over 20 headers of the 32,000-entry llama2 tokenizer (177,865 bytes of
+ * pieces): ~150 bytes of V8 heap per piece (its Uint8Array view, the index Map's entry and latin1
+ * key string), the pieces twice (their buffer and the key strings), the f32 scores; the config's
+ * tensor list is ~200 bytes a tensor.
+ */
+export function headerBytes(h: ModelHeader): number {
+  const t = h.tokenizer;
+  let pieces = 0;
+  for (const piece of t.vocab) pieces += piece.length;
+  return 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * h.config.tensors.length + 2 * h.name.length;
+}
+
+/**
+ * The header with its tokenizer's pieces copied into one buffer of their own. The tokenizer is
+ * parsed from the chunk item holding it, and each piece is a view (Buffer#slice does not copy):
+ * kept as they are, 32,000 views would keep the whole item — up to 4 MiB of weights — alive.
+ */
+function compactHeader(h: ModelHeader): ModelHeader {
+  const { vocab } = h.tokenizer;
+  let total = 0;
+  for (const piece of vocab) total += piece.length;
+  const buffer = new Uint8Array(total);
+  let at = 0;
+  const pieces = vocab.map((piece) => {
+    buffer.set(piece, at);
+    at += piece.length;
+    return buffer.subarray(at - piece.length, at);
+  });
+  return { ...h, tokenizer: { ...h.tokenizer, vocab: pieces } };
+}
+
+/** A referee's weight: its manifest's leaf hashes (hex and bytes) and what it has verified (f32 or Q8_0 with its f32 scales, ≤ 9/8). */
+const refereeBytes = (leaves: number, verified: number): number => 64 * KIB + 200 * leaves + Math.ceil((verified * 9) / 8);
+
+/** An extension with its price: the runtime charges `ticks(argument, result)` against the compute limit. */
+export interface PricedExtension {
+  (argument: string): string | Promise<string>;
+  ticks(argument: string, result: string): number;
+}
+
+export type CoordinatorExtensions = Record<ExtensionName, PricedExtension>;
+
+// Kept beside the extensions, not on them: the runtime offers every own key of the object to the
+// process, and what a CU's caches hold is not the same on every CU.
+const cacheStats = new WeakMap<object, () => HostCacheStats>();
+
+/** What the caches of coordinatorExtensions() hold now (headers, referees): their entries, estimated bytes and budgets. */
+export function hostCacheStats(extensions: object): HostCacheStats {
+  const stats = cacheStats.get(extensions);
+  if (!stats) throw new Error('these extensions were not made by coordinatorExtensions()');
+  return stats();
+}
 /**
  * Thrown by the store-backed weight source when the referee asks for leaves not fetched yet: the
  * referee's read is synchronous, the store is not. host.step fetches them and runs the referee
@@ -153,11 +437,14 @@ interface RefereeEntry {
   clear(): void;
   /** One step at a time: the fetched leaves are shared, and cleared after each step. */
   turn: Promise<unknown>;
+  /** What it holds, estimated (refereeBytes): its manifest's hashes and every leaf it was given to verify and keep. */
+  bytes(): number;
 }
 
 function storeReferee(store: Store, manifest: Manifest): RefereeEntry {
   const hashes: Hash[] = manifest.leaves.map((h) => Buffer.from(h, 'hex'));
   const fetched = new Map<number, Uint8Array>();
+  let verified = 0;
   const source: WeightSource = {
     modelId: manifest.modelId,
     leafCount: hashes.length,
@@ -170,6 +457,8 @@ function storeReferee(store: Store, manifest: Manifest): RefereeEntry {
         // keeps the embedding chunks it read).
         leaves.push(new Uint8Array(leaf));
       }
+      // Every leaf read is one the referee verifies and keeps (a tensor, an embedding chunk) or parses once (the config).
+      for (const leaf of leaves) verified += leaf.length;
       return { leaves, proof: rangeProof(hashes, from, to).map(toHex) };
     },
   };
@@ -190,6 +479,7 @@ function storeReferee(store: Store, manifest: Manifest): RefereeEntry {
     },
     clear: () => fetched.clear(),
     turn: Promise.resolve(),
+    bytes: () => refereeBytes(hashes.length, verified),
   };
 }
 
@@ -224,105 +514,145 @@ function openingFromText(text: string): OpeningJson {
   return o;
 }
 
-export function coordinatorExtensions(store: Store): Extensions {
-  // A pinned manifest and its chunk are content-addressed, so a header read once holds forever.
-  const headers = new Map<string, Promise<ModelHeader>>();
+/** A call's argument parsed, once it is within its cap: a JSON object, or a one-line error. */
+function requestOf<T extends object>(name: ExtensionName, argument: string, what: string): T {
+  const text = capped(name, argument);
+  let input: unknown;
+  try {
+    input = JSON.parse(text);
+  } catch {
+    throw new Error(`the ${what} is not JSON`);
+  }
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) throw new Error(`the ${what} must be a JSON object`);
+  return input as T;
+}
+
+/** The job of a request, from the model header exactly as host.job computes it. */
+const jobFrom = (h: ModelHeader, input: JobInput): Job => describeRequest({ ...h, seqLen: h.config.config.seqLen }, input);
+
+export function coordinatorExtensions(store: Store, options: HostOptions = {}): CoordinatorExtensions {
+  const headerBudget = options.headerCacheBytes ?? DEFAULT_HOST_OPTIONS.headerCacheBytes;
+  const refereeBudget = options.refereeCacheBytes ?? DEFAULT_HOST_OPTIONS.refereeCacheBytes;
+  // A pinned manifest and its chunk are content-addressed: a header read again is the same header,
+  // so evicting one changes no answer, only how often the store is read.
+  const headers = new ByteBudgetCache<Promise<ModelHeader>>(headerBudget);
   const header = (ref: ModelRef): Promise<ModelHeader> => {
-    if (!MODEL_ID.test(String(ref?.model))) return Promise.reject(new Error(`${String(ref?.model).slice(0, 80)} is not a model id`));
-    if (!ITEM_ID.test(String(ref?.manifest))) return Promise.reject(new Error('the manifest must be an item id'));
+    if (!MODEL_ID.test(String(ref.model))) return Promise.reject(new Error(`${String(ref.model).slice(0, 80)} is not a model id`));
+    if (!ITEM_ID.test(String(ref.manifest))) return Promise.reject(new Error('the manifest must be an item id'));
     const key = `${ref.model} ${ref.manifest}`;
-    let known = headers.get(key);
-    if (!known) {
-      known = readModelHeader(store, ref.model, ref.manifest).catch((e: Error) => {
-        headers.delete(key);
+    const known = headers.get(key);
+    if (known) return known;
+    const reading: Promise<ModelHeader> = readModelHeader(store, ref.model, ref.manifest).then(
+      (h) => {
+        const compact = compactHeader(h);
+        headers.resize(key, reading, headerBytes(compact));
+        return compact;
+      },
+      (e: Error) => {
+        headers.delete(key, reading);
         // Out of reach is not "not there": the message waits for the store rather than failing here only.
         throw e instanceof ModelStoreError ? e : new HostUnavailable(e.message);
-      });
-      headers.set(key, known);
-    }
-    return known;
+      },
+    );
+    // Weighs nothing until it is read; calls meanwhile share the one read.
+    headers.set(key, reading, 0);
+    return reading;
   };
-  const parse = <T>(json: string, what: string): T => {
-    try {
-      return JSON.parse(json) as T;
-    } catch {
-      throw new Error(`the ${what} is not JSON`);
-    }
-  };
+
   // Opening a model's referee reads its manifest; the referee then keeps the verified tensors it
-  // read. At most REFEREES models are kept (least recently used goes), so memory is bounded by
-  // REFEREES models' weights at the very worst — in practice by the layers disputes touched.
-  const referees = new Map<string, Promise<RefereeEntry>>();
-  const refereeFor = (ref: ModelRef): Promise<RefereeEntry> => {
-    const key = `${ref.model} ${ref.manifest}`;
-    let entry = referees.get(key);
-    if (entry) referees.delete(key); // re-inserted below: the Map's order is the recency order
-    else {
-      const opening: Promise<RefereeEntry> = readManifest(store, ref.model, ref.manifest).then(
-        (manifest) => storeReferee(store, manifest),
-        (e: Error) => {
-          if (referees.get(key) === opening) referees.delete(key);
-          throw e instanceof ModelStoreError ? e : new HostUnavailable(e.message);
-        },
-      );
-      entry = opening;
-    }
-    referees.set(key, entry);
-    while (referees.size > REFEREES) referees.delete(referees.keys().next().value!);
-    return entry;
+  // read. Referees are weighed by what they hold (refereeBytes) after every step, and the least
+  // recently used go once all of them pass the budget: a referee made again verifies again, and
+  // answers the same.
+  const referees = new ByteBudgetCache<Promise<RefereeEntry>>(refereeBudget);
+  const refereeFor = (key: string, ref: ModelRef): Promise<RefereeEntry> => {
+    const known = referees.get(key);
+    if (known) return known;
+    const opening: Promise<RefereeEntry> = readManifest(store, ref.model, ref.manifest).then(
+      (manifest) => {
+        const entry = storeReferee(store, manifest);
+        referees.resize(key, opening, entry.bytes());
+        return entry;
+      },
+      (e: Error) => {
+        referees.delete(key, opening);
+        throw e instanceof ModelStoreError ? e : new HostUnavailable(e.message);
+      },
+    );
+    referees.set(key, opening, 0);
+    return opening;
   };
 
-  /** The job of an input, recomputed from the model header exactly as host.job does. */
-  const jobOf = async (input: JobInput): Promise<{ h: ModelHeader; job: Job }> => {
-    const h = await header(input);
-    return { h, job: describeRequest({ ...h, seqLen: h.config.config.seqLen }, input) };
-  };
+  const priced = (name: ExtensionName, fn: (argument: string) => string | Promise<string>): PricedExtension =>
+    Object.assign(fn, { ticks: (argument: string, result: string): number => hostCallTicks(name, argument, result) });
 
-  return {
-    async model(json) {
-      const ref = parse<ModelRef>(json, 'model reference');
+  const extensions: CoordinatorExtensions = {
+    model: priced('model', async (argument) => {
+      const ref = requestOf<ModelRef>('model', argument, 'model reference');
       const h = await header(ref);
       const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash };
       return JSON.stringify(info);
-    },
-    async job(json) {
-      const input = parse<JobInput>(json, 'job');
-      const h = await header(input);
-      const job = describeRequest({ ...h, seqLen: h.config.config.seqLen }, input);
+    }),
+
+    job: priced('job', async (argument) => {
+      const input = requestOf<JobInput>('job', argument, 'job');
+      promptOf(input);
+      const job = jobFrom(await header(input), input);
       const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
       return JSON.stringify(info);
-    },
-    async decode(json) {
-      const input = parse<ModelRef & { prompt: string; tokens: number[] }>(json, 'completion');
+    }),
+
+    decode: priced('decode', async (argument) => {
+      const input = requestOf<ModelRef & { prompt: string; tokens: number[] }>('decode', argument, 'completion');
+      const prompt = promptOf(input);
       const h = await header(input);
-      if (typeof input.prompt !== 'string' || !Array.isArray(input.tokens)) throw new Error('a completion needs its prompt and a list of tokens');
-      const prompt = encode(h.tokenizer, input.prompt);
-      return completionText(h.tokenizer, prompt[prompt.length - 1], input.tokens);
-    },
-    didAddress: (did) => didAddress(did),
+      const tokens = tokenListOf(input.tokens, h.config.config.seqLen);
+      const encoded = encode(h.tokenizer, prompt);
+      return completionText(h.tokenizer, encoded[encoded.length - 1], tokens);
+    }),
 
-    async trace(json) {
-      const input = parse<TraceInput>(json, 'trace reference');
-      const { h, job } = await jobOf(input);
-      return JSON.stringify(await checkTrace(store, h, job, input));
-    },
+    didAddress: priced('didAddress', (did) => didAddress(capped('didAddress', did))),
 
-    async step(json) {
-      const input = parse<StepInput>(json, 'step');
-      const { h, job } = await jobOf(input);
+    trace: priced('trace', async (argument) => {
+      const input = requestOf<TraceInput>('trace', argument, 'trace reference');
+      promptOf(input);
+      const h = await header(input);
+      // What needs no tokens first: the prompt is tokenised only for a well-formed check.
+      checkTraceInput(input, h.config.config.seqLen);
+      return JSON.stringify(await checkTrace(store, h, jobFrom(h, input), input));
+    }),
+
+    step: priced('step', async (argument) => {
+      const input = requestOf<StepInput>('step', argument, 'step');
+      promptOf(input);
+      if (typeof input.opening !== 'string') throw new Error('the opening must be JSON text');
+      const length = input.opening.length;
+      if (length > HOST_CAPS.openingChars) throw new Error(`shape: the opening is ${length} characters, more than the ${HOST_CAPS.openingChars} a message can carry`);
+      const h = await header(input);
       const config = h.config.config;
+      // Before tokenising the prompt: no job of this model runs more positions than its context.
+      const most = openingBound({ steps: config.seqLen }, config);
+      if (length > most) throw new Error(`shape: the opening is ${length} characters, more than the ${most} an opening of this model can need`);
+      const job = jobFrom(h, input);
       const steps = schedule(job, config.nLayers).steps;
       if (!Number.isInteger(input.step) || input.step < 1 || input.step > steps) throw new Error(`step must be a whole number in 1..${steps}`);
       if (typeof input.agreed !== 'string' || !HEX64.test(input.agreed)) throw new Error('agreed must be an accumulator (64 hex characters)');
-      if (typeof input.opening !== 'string') throw new Error('the opening must be JSON text');
       const bound = openingBound(job, config);
-      if (input.opening.length > bound) throw new Error(`shape: the opening is ${input.opening.length} characters, more than the ${bound} this job's openings can need`);
-      const entry = await refereeFor(input);
+      if (length > bound) throw new Error(`shape: the opening is ${length} characters, more than the ${bound} this job's openings can need`);
+      const key = `${input.model} ${input.manifest}`;
+      const opened = refereeFor(key, input);
+      const entry = await opened;
       const run = entry.turn.then(() => resolveStep(entry, job, input));
       entry.turn = run.catch(() => undefined);
-      return JSON.stringify(await run);
-    },
+      try {
+        return JSON.stringify(await run);
+      } finally {
+        // What the step verified now weighs on the budget (a referee over the whole budget is dropped).
+        referees.resize(key, opened, entry.bytes());
+      }
+    }),
   };
+  cacheStats.set(extensions, () => ({ headers: headers.stats(), referees: referees.stats() }));
+  return extensions;
 }
 
 /** Runs the referee until it has every leaf the step reads (each fetch makes progress, or it stops). */
@@ -333,8 +663,8 @@ async function resolveStep(entry: RefereeEntry, job: Job, input: StepInput): Pro
     let last = '';
     for (;;) {
       try {
-        const { acc, leaf, kind } = entry.referee.resolve(job, input.agreed, opening);
-        return { acc, leaf, kind };
+        const { acc, leaf, kind, weightBytes } = entry.referee.resolve(job, input.agreed, opening);
+        return { acc, leaf, kind, weightBytes };
       } catch (e) {
         if (!(e instanceof NeedLeaves)) throw e;
         const asked = `${e.from} ${e.to}`;
@@ -357,13 +687,18 @@ async function resolveStep(entry: RefereeEntry, job: Job, input: StepInput): Pro
 
 const oneLine = (text: string): string => text.replace(/\s+/g, ' ').trim();
 
+/** host.trace's checks of its input that need no job (so no tokenising): one-line Errors. */
+function checkTraceInput(input: TraceInput, contextLength: number): void {
+  if (typeof input.task !== 'string' || typeof input.node !== 'string') throw new Error('a trace check needs the task and the node');
+  if (typeof input.root !== 'string' || !HEX64.test(input.root)) throw new Error('the trace root must be 64 hex characters');
+  if (typeof input.trace !== 'string' || !ITEM_ID.test(input.trace)) throw new Error('the trace must be an item id');
+  tokenListOf(input.tokens, contextLength);
+}
+
 /** host.trace's checks, in the order docs/network.md lists them; every failure is a one-line Error. */
 async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceInput): Promise<TraceInfo> {
   const commitment = jobCommitment(job);
   if (input.commitment !== commitment) throw new Error(`the job's commitment is ${commitment}, not ${String(input.commitment).slice(0, 64)}`);
-  if (typeof input.task !== 'string' || typeof input.node !== 'string') throw new Error('a trace check needs the task and the node');
-  if (typeof input.root !== 'string' || !HEX64.test(input.root)) throw new Error('the trace root must be 64 hex characters');
-  if (typeof input.trace !== 'string' || !ITEM_ID.test(input.trace)) throw new Error('the trace must be an item id');
   const { vocabSize, nLayers } = h.config.config;
   const tokens = input.tokens;
   if (!Array.isArray(tokens) || tokens.length > job.steps || !tokens.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize)) {

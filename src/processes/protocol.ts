@@ -17,6 +17,22 @@ export function resultCommitment(task: string, node: string, root: string): stri
   return bytesToHex(sha256(bytes));
 }
 
+/**
+ * The largest inputs the coordinator's host extensions take (src/processes/host.ts), checked before
+ * any parse or work. They decide answers — a call over one is refused — so they are constants of
+ * the protocol, the same on every CU, never a CU's option. The coordinator keeps its parameters
+ * inside them (Max-Prompt-Bytes ≤ promptBytes, Max-Tokens ≤ tokens), so it never makes a call an
+ * extension refuses for its size.
+ */
+export const HOST_CAPS = {
+  /** UTF-8 bytes of a prompt (host.job, host.decode, host.trace, host.step): 16× the default Max-Prompt-Bytes. */
+  promptBytes: 64 * 1024,
+  /** Token ids in one list (host.decode, host.trace): more than any model here has context for. */
+  tokens: 1 << 17,
+  /** Characters of an opening (host.step): an opening is a message's Data, and an MU takes at most 16 MiB. */
+  openingChars: 16 * 1024 * 1024,
+} as const;
+
 export interface Tag {
   name: string;
   value: string;

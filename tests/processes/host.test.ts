@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { HostUnavailable, type Extensions } from '../../src/ao/runtime.js';
 import { loadModel, modelIdentity, modelTreeLeaves, type Model } from '../../src/engine/index.js';
 import { complete, traceDocument, type Assignment, type Completion } from '../../src/node/work.js';
-import { coordinatorExtensions, describeRequest, type JobInput, type ModelRef, type StepInfo } from '../../src/processes/host.js';
+import { coordinatorExtensions, describeRequest, hostCacheStats, openingBound, type JobInput, type ModelRef, type StepInfo } from '../../src/processes/host.js';
 import {
   BOS, accumulators, buildOpening, encodeOpening, jobCommitment, recordTrace, schedule,
   type Deviation, type Job, type Opening, type Trace,
@@ -164,7 +164,9 @@ test('the referee step inside the CU reproduces the honest node\'s leaf bit for 
   const kinds: string[] = [];
   for (const [what, s] of cases) {
     const out = JSON.parse(await stepOf(fx.ext, stepInput(STOPS, accs[s - 1], s, openingText(trace, s)))) as StepInfo;
-    assert.deepEqual(Object.keys(out).sort(), ['acc', 'kind', 'leaf']);
+    assert.deepEqual(Object.keys(out).sort(), ['acc', 'kind', 'leaf', 'weightBytes']);
+    // What prices the step: the weights it multiplies by (none for an end step).
+    assert.ok(out.kind === 'end' ? out.weightBytes === 0 : out.weightBytes > 0, `${what}: ${out.weightBytes} weight bytes`);
     assert.equal(out.leaf, trace.leaves[s - 1], `${what} (step ${s}): leaf`);
     assert.equal(out.acc, accs[s], `${what} (step ${s}): acc`);
     assert.equal(out.kind, trace.preimages[s - 1].kind, `${what} (step ${s}): kind`);
@@ -205,7 +207,9 @@ test('host.step rejects forged openings with the proof error code first', async 
   await rejects(call(layer, 'not json'), /^shape: the opening is not JSON$/);
   await rejects(call(layer, JSON.stringify({ ...JSON.parse(good), leaves: ['x'] })), /^shape: the opening needs leaves/);
   await rejects(call(layer, JSON.stringify({ ...JSON.parse(good), preimages: { [layer - 1]: { kind: 'head', pos: 1, token: 2, rng: '-1' } } })), /^shape: the opening preimage of step/);
-  await rejects(call(layer, `${good}${' '.repeat(2 * 2 ** 20)}`), /^shape: the opening is \d+ characters, more than the \d+ this job's openings can need$/);
+  // Over what any job of the model can need, it is refused before the prompt is tokenised; over this job's bound, after.
+  await rejects(call(layer, `${good}${' '.repeat(2 * 2 ** 20)}`), /^shape: the opening is \d+ characters, more than the \d+ an opening of this model can need$/);
+  await rejects(call(layer, good.padEnd(openingBound(job, fx.model.config) + 1)), /^shape: the opening is \d+ characters, more than the \d+ this job's openings can need$/);
   await rejects(call(0, good), /^step must be a whole number in 1\.\.\d+$/);
   await rejects(call(sched.steps + 1, good), /^step must be a whole number in 1\.\.\d+$/);
   await rejects(stepOf(fx.ext, JSON.stringify({ ...jobInput(SHORT), agreed: 'zz', step: layer, opening: good })), /^agreed must be an accumulator/);
@@ -357,7 +361,9 @@ test('host.step and host.trace answer a process in QuickJS, the asyncified path 
   assert.ok(opening.length > 50_000, `a sizeable opening (${opening.length} characters)`);
   const r = await p.send({ from: id43('someone'), tags: { Action: 'step' }, data: stepInput(STOPS, accs[s - 1], s, opening) });
   assert.equal(r.Error, undefined, r.Error);
-  assert.deepEqual(JSON.parse(r.Output as string), { acc: accs[s], leaf: trace.leaves[s - 1], kind: 'layer' });
+  const { weightBytes, ...proof } = JSON.parse(r.Output as string) as StepInfo;
+  assert.deepEqual(proof, { acc: accs[s], leaf: trace.leaves[s - 1], kind: 'layer' });
+  assert.ok(weightBytes > 0);
 
   const bad = await p.send({ from: id43('someone'), tags: { Action: 'step' }, data: stepInput(STOPS, accs[s - 1], s, openingText(trace, s, (o) => (o.keys![0] += 1))) });
   assert.match(bad.Error ?? '', /host\.step: kv: /);
@@ -371,9 +377,9 @@ test('host.step and host.trace answer a process in QuickJS, the asyncified path 
   assert.match(wrong.Error ?? '', /host\.trace: trace item \S+: step \d+ \(head at position \d+\) is not the head leaf of token 0 /);
 });
 
-test('host.step reads weights spread over many chunk items, and keeps a bounded set of referees', async () => {
+test('host.step reads weights spread over many chunk items, and keeps referees within a byte budget', async () => {
   // The same model under other manifests: one whose chunk items hold one leaf each (so a layer's
-  // tensors span several items), and three more publishers' — five referees in all, more than kept.
+  // tensors span several items), and three more publishers' — five referees in all, more than the budget holds.
   const leaves = modelTreeLeaves(fx.model);
   const publisher = await generateWallet('ed25519');
   const chunks: ManifestChunk[] = [];
@@ -397,10 +403,17 @@ test('host.step reads weights spread over many chunk items, and keeps a bounded 
     sched.index({ kind: 'layer', pos: 7, layer: 2 }),
     sched.index({ kind: 'head', pos: 9 }), // the classifier
   ];
+  // One referee's weight once these steps verified what they read; the budget holds four and a half.
+  const probe = coordinatorExtensions(fx.store);
+  for (const s of steps) await stepOf(probe, JSON.stringify({ ...jobInput(SHORT), agreed: accs[s - 1], step: s, opening: openingText(trace, s) }));
+  const one = hostCacheStats(probe).referees;
+  assert.equal(one.entries, 1);
+  assert.ok(one.bytes > 0);
+  const budget = Math.floor(4.5 * one.bytes);
   // Counting manifest reads shows the referees kept: each new one reads its manifest.
   const manifestReads: string[] = [];
   const counting: Store = { ...fx.store, get: async (id) => (manifests.includes(id) && manifestReads.push(id), fx.store.get(id)) };
-  const ext = coordinatorExtensions(counting);
+  const ext = coordinatorExtensions(counting, { refereeCacheBytes: budget });
   for (let round = 0; round < 2; round++) {
     manifestReads.length = 0;
     for (const manifest of manifests) {
@@ -413,6 +426,7 @@ test('host.step reads weights spread over many chunk items, and keeps a bounded 
     // Round 1 reads each manifest for its header and its referee; round 2, cycling through five
     // with four kept, finds each referee evicted and reads its manifest again (headers stay).
     assert.deepEqual(manifestReads, round === 0 ? manifests.flatMap((m) => [m, m]) : manifests);
+    assert.deepEqual(hostCacheStats(ext).referees, { entries: 4, bytes: 4 * one.bytes, budget });
   }
   // Steps on one referee run one at a time, even when the process's calls overlap.
   const all = await Promise.all(steps.map((s) => stepOf(ext, JSON.stringify({ ...jobInput(SHORT), manifest: perLeaf, agreed: accs[s - 1], step: s, opening: openingText(trace, s) }))));
