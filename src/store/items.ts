@@ -69,9 +69,17 @@ export async function createItem(data: string | Uint8Array, signer: Signer, opti
   if (problem) throw new ItemError(`bad tags: ${problem}`);
   if (options.target !== undefined && (Buffer.from(options.target, 'base64url').length !== 32 || b64url(Buffer.from(options.target, 'base64url')) !== options.target)) throw new ItemError('bad target: not 32 bytes in canonical base64url');
   if (options.anchor !== undefined && Buffer.byteLength(options.anchor) !== 32) throw new ItemError('bad anchor: must be 32 bytes');
-  const item = createData(typeof data === 'string' ? data : Buffer.from(data), signer, { tags, target: options.target, anchor: options.anchor });
-  await item.sign(signer);
-  return parseItem(item.getRaw());
+  // Whatever goes wrong from here is about this item (arbundles throws plain Errors, e.g. "Too many
+  // tag bytes (4120 > 4096)"): an ItemError, so that a caller never mistakes it for a passing fault.
+  let raw: Buffer;
+  try {
+    const item = createData(typeof data === 'string' ? data : Buffer.from(data), signer, { tags, target: options.target, anchor: options.anchor });
+    await item.sign(signer);
+    raw = item.getRaw();
+  } catch (e) {
+    throw new ItemError(`cannot build the item: ${(e as Error)?.message ?? String(e)}`);
+  }
+  return parseItem(raw);
 }
 
 /** Ed25519 with node:crypto (native) over arbundles' signature data: the same check, much faster. */
