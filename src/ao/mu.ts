@@ -7,6 +7,13 @@
 // so a restart resumes where the last run stopped. Delivery is exactly-once without a two-phase
 // commit: an outbox item is signed once with Ed25519 (deterministic), its bytes are kept in its row
 // before they are sent, and the SU answers a repeated id with the assignment it already made.
+//
+// Nothing is tried forever and nothing one sender or one SU does holds up the others: an entry that
+// can never become an item (outbox.ts says why) fails at once with its reason; a row that keeps
+// failing transiently gives up after `retry.attempts` tries or `retry.maxAgeMs`; rows that already
+// failed take at most half the slots; deliveries wait only for earlier ones into the same process;
+// and a chain of pushes from one client message is bounded in depth, per-result fan-out and total
+// pushes (`limits`), so two processes answering each other cannot amplify one message.
 import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { openDatabase } from '../store/database.js';
@@ -14,6 +21,7 @@ import { fastify, type FastifyError, type FastifyReply } from 'fastify';
 import { ITEM_ID, createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { LocateError } from './locate.js';
+import { MAX_ITEM_BYTES, anchorProblem, entryTags, outboxData, outboxProblem, outboxTags, paddedAnchor } from './outbox.js';
 import { oneLine } from './protocol.js';
 
 export interface MessengerOptions {
@@ -29,16 +37,45 @@ export interface MessengerOptions {
   scheduler: ((processId: string) => Promise<string>) & { scheduler?: (address: string) => Promise<string>; forget?: () => void };
   /** The CU URL. */
   cu: string;
-  /** Transient failures (202, 5xx, network) are retried with exponential backoff up to maxMs; `attempts` caps the tries (default: no cap, so nothing acknowledged is dropped). */
-  retry?: { attempts?: number; baseMs?: number; maxMs?: number };
-  /** Crank limits: how many hops from the client's message, and how many outbox entries per result. */
-  limits?: { depth?: number; fanout?: number };
-  /** Units of work in flight at once. */
+  /**
+   * Transient failures (202, 408, 429, 5xx, network) are retried with exponential backoff from
+   * baseMs up to maxMs, until `attempts` tries or until the row has been failing for `maxAgeMs`;
+   * then it is failed with the last error. Defaults: MESSENGER_DEFAULTS.retry.
+   */
+  retry?: { attempts?: number; baseMs?: number; maxMs?: number; maxAgeMs?: number };
+  /**
+   * Crank limits: hops from the client's message (`depth`), outbox entries per result (`fanout`),
+   * and units of work (pushes, spawns, assignments) per client message, all hops together
+   * (`pushes`). Defaults: MESSENGER_DEFAULTS.limits.
+   */
+  limits?: { depth?: number; fanout?: number; pushes?: number };
+  /** Units of work in flight at once; at most half of them may be retries of earlier failures. */
   concurrency?: number;
   /** Per HTTP request to an SU or the CU. */
   timeoutMs?: number;
+  /** The largest item a client may submit (413 past it, before its signature is checked); startMessenger's bodyLimit follows it. */
+  maxItemBytes?: number;
   log?: (line: string) => void;
 }
+
+/** What the MU does when its options do not say otherwise (docs/ao.md lists them). */
+export const MESSENGER_DEFAULTS = {
+  // 250 ms doubling to 30 s: a row retried for a day makes about 2,900 tries.
+  retry: { attempts: Number.POSITIVE_INFINITY, baseMs: 250, maxMs: 30_000, maxAgeMs: 24 * 60 * 60 * 1000 },
+  // AO's chains are a few hops long (a Transfer, its notices, a reply); 128 leaves room for a long
+  // ping-pong game (tests/ao/units.test.ts plays 100 rounds) and stops one after 128 pushes, where
+  // 1,024 allowed 512 slots on each side. 1,024 pushes per client message, all hops together,
+  // bounds any amplifying pattern (two replies per message doubled each generation before).
+  limits: { depth: 128, fanout: 256, pushes: 1024 },
+  concurrency: 8,
+  timeoutMs: 30_000,
+  maxItemBytes: MAX_ITEM_BYTES,
+} as const;
+
+/** Node's setTimeout takes at most 2^31 − 1 ms (longer is a TimeoutOverflowWarning and 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The quick tries inside a client's request wait at most this long each: the client is waiting. */
+const CLIENT_RETRY_MS = 100;
 
 export type JobKind = 'forward' | 'crank' | 'push' | 'spawn' | 'assign';
 
@@ -51,6 +88,8 @@ export interface Job {
   attempts: number;
   /** Hops from the client's message (0: the client's own). */
   depth: number;
+  /** The client's message the chain started from (Pushed-For). */
+  root: string | null;
   /** The item built for a push or spawn, or the SU's assignment id. */
   itemId: string | null;
   /** Why it failed, the last transient error, or a cap that was hit. */
@@ -60,6 +99,8 @@ export interface Job {
 export interface Messenger {
   /** The MU wallet's address (the Owner of every pushed message). */
   readonly address: string;
+  /** The largest item submit() takes. */
+  readonly maxItemBytes: number;
   /** Verifies a client's data item and hands it to its SU; its crank is queued. */
   submit(raw: Uint8Array): Promise<{ id: string; processId: string }>;
   /** Assigns an existing message to a process (AO's `assign`); its crank is queued. */
@@ -68,6 +109,8 @@ export interface Messenger {
   monitor(processId: string, on: boolean): void;
   monitors(): string[];
   jobs(): Job[];
+  /** How often the crank loop ran and armed its timer since it was opened: a busy loop shows here. */
+  stats(): { pumps: number; timersArmed: number };
   /** Resolves once the queue holds no pending work. */
   idle(): Promise<void>;
   /** Stops cranking; pending work stays queued and resumes when the same dir is reopened. */
@@ -86,10 +129,6 @@ export class MessengerError extends Error {
 }
 
 
-// Tags a process may not set on what the MU pushes for it: the MU vouches for these.
-const PUSH_RESERVED = new Set(['Data-Protocol', 'Type', 'Variant', 'From-Process', 'From-Module', 'Pushed-For', 'Assignments']);
-const SPAWN_RESERVED = new Set([...PUSH_RESERVED, 'Scheduler', 'Module']);
-
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS work (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,9 +138,13 @@ const SCHEMA = `
     lane TEXT,
     payload TEXT NOT NULL,
     depth INTEGER NOT NULL,
+    -- the client's message the chain started from (Pushed-For): what the push budget is counted by
+    root TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at INTEGER NOT NULL DEFAULT 0,
+    -- when its current run of transient failures began: retry.maxAgeMs is counted from here
+    failing_since INTEGER,
     item_id TEXT,
     item BLOB,
     reason TEXT,
@@ -119,8 +162,10 @@ interface Row {
   lane: string | null;
   payload: string;
   depth: number;
+  root: string | null;
   state: Job['state'];
   attempts: number;
+  failing_since: number | null;
   item_id: string | null;
   item: Buffer | null;
   reason: string | null;
@@ -132,6 +177,7 @@ interface NewJob {
   lane: string | null;
   payload: unknown;
   depth: number;
+  root: string;
 }
 
 /** A client's item on its way to its SU; the bytes are in the row. */
@@ -150,6 +196,14 @@ interface PushPayload {
   from: string;
   root: string;
   entry: unknown;
+  /**
+   * The sender's Module tag (From-Module) and Scheduler tag, read when its result was cranked: a
+   * push then needs nothing from the sender's SU, so an SU that stops answering for its own
+   * processes cannot stall the lanes of the processes they write to. Absent in rows queued by
+   * earlier versions: read then.
+   */
+  module?: string | null;
+  scheduler?: string | null;
 }
 interface AssignPayload {
   process: string;
@@ -161,6 +215,14 @@ interface Done {
   children?: NewJob[];
   itemId?: string;
   reason?: string;
+  /** A crank limit cut this work short: recorded as failed with the reason (its allowed children still go). */
+  capped?: Cap[];
+}
+
+/** A crank limit that was hit. */
+interface Cap {
+  name: 'depth cap' | 'fan-out cap' | 'push budget';
+  reason: string;
 }
 
 /** Worth trying again later. */
@@ -180,32 +242,31 @@ const crankJob = (message: string, process: string, root: string, depth: number)
   lane: null,
   payload: { message, process, root } satisfies CrankPayload,
   depth,
+  root,
 });
 
-/** aos pads its Reference to 32 digits ("%032d"); other short anchors get the same treatment. */
+/** The anchor the MU writes (outbox.ts has the rule; anchorProblem() was checked first). */
 function anchorFor(anchor: unknown, key: string): string {
   if (anchor === undefined || anchor === null || anchor === '') {
     // Without an anchor, two equal outbox messages would be the same item and the SU would keep one.
     return createHash('sha256').update(key).digest().subarray(0, 24).toString('base64url');
   }
-  if (typeof anchor !== 'string') throw new Permanent('Anchor must be a string');
-  const bytes = Buffer.byteLength(anchor);
-  if (bytes > 32) throw new Permanent(`Anchor is ${bytes} bytes, at most 32`);
-  return '0'.repeat(32 - bytes) + anchor;
+  const problem = anchorProblem(anchor);
+  if (problem) throw new Permanent(problem);
+  return paddedAnchor(anchor as string);
 }
 
 function tagsOf(value: unknown, what: string): Tag[] {
-  if (value === undefined) return [];
-  if (!Array.isArray(value) || !value.every((t) => typeof t?.name === 'string' && typeof t?.value === 'string')) {
-    throw new Permanent(`${what} Tags must be a list of {name, value} strings`);
-  }
-  return value.map((t: Tag) => ({ name: t.name, value: t.value }));
+  const tags = entryTags(value);
+  if (typeof tags === 'string') throw new Permanent(`${what} ${tags}`);
+  return tags;
 }
 
-function dataOf(value: unknown): string {
-  if (value === undefined || value === null) return '';
-  return typeof value === 'string' ? value : JSON.stringify(value);
-}
+/** An HTTP status that says the same request will never pass: 4xx, less timeouts and rate limits. */
+const refusesForGood = (status: number): boolean => status >= 400 && status < 500 && status !== 408 && status !== 425 && status !== 429;
+
+/** Exponential backoff after the n-th failure (n ≥ 1). */
+const backoff = (tries: number, baseMs: number, maxMs: number): number => Math.min(maxMs, baseMs * 2 ** Math.min(tries - 1, 30));
 
 interface Reply {
   status: number;
@@ -225,28 +286,45 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
   const cu = options.cu.replace(/\/+$/, '');
-  // Transient failures are retried until they pass: giving up would drop an acknowledged message.
-  const attempts = Math.max(1, options.retry?.attempts ?? Number.POSITIVE_INFINITY);
-  const baseMs = options.retry?.baseMs ?? 250;
-  const maxMs = options.retry?.maxMs ?? 30_000;
-  const maxDepth = options.limits?.depth ?? 1024;
-  const maxFanout = options.limits?.fanout ?? 256;
-  const concurrency = Math.max(1, options.concurrency ?? 8);
-  const timeoutMs = options.timeoutMs ?? 30_000;
+  const defaults = MESSENGER_DEFAULTS;
+  // Transient failures are retried for a long while (giving up drops an acknowledged message), but
+  // not forever: a unit that never answers must not keep a row, and its lane, for good.
+  const attempts = Math.max(1, options.retry?.attempts ?? defaults.retry.attempts);
+  const baseMs = Math.max(1, options.retry?.baseMs ?? defaults.retry.baseMs);
+  const maxMs = Math.max(baseMs, options.retry?.maxMs ?? defaults.retry.maxMs);
+  const maxAgeMs = Math.max(0, options.retry?.maxAgeMs ?? defaults.retry.maxAgeMs);
+  const maxDepth = Math.max(0, options.limits?.depth ?? defaults.limits.depth);
+  const maxFanout = Math.max(0, options.limits?.fanout ?? defaults.limits.fanout);
+  const maxPushes = Math.max(0, options.limits?.pushes ?? defaults.limits.pushes);
+  const concurrency = Math.max(1, options.concurrency ?? defaults.concurrency);
+  // Rows that failed before may fill only half the slots: a unit that hangs until the timeout
+  // cannot take them all from work that has never failed.
+  const retrySlots = Math.max(1, Math.floor(concurrency / 2));
+  const timeoutMs = options.timeoutMs ?? defaults.timeoutMs;
+  const maxItemBytes = Math.max(1, options.maxItemBytes ?? defaults.maxItemBytes);
   const log = options.log ?? ((line: string) => console.error(line));
 
   const db = openDatabase(options.dir, 'mu.sqlite', SCHEMA);
+  // Queues written by earlier versions lack these columns; their rows get a root from their payload.
+  const columns = new Set(db.prepare<[], { name: string }>('SELECT name FROM pragma_table_info(\'work\')').all().map((c) => c.name));
+  if (!columns.has('root')) {
+    db.exec(`ALTER TABLE work ADD COLUMN root TEXT`);
+    db.exec(`UPDATE work SET root = CASE WHEN kind = 'forward' THEN item_id ELSE json_extract(payload, '$.root') END`);
+  }
+  if (!columns.has('failing_since')) db.exec('ALTER TABLE work ADD COLUMN failing_since INTEGER');
+  db.exec('CREATE INDEX IF NOT EXISTS work_root ON work (root, kind)');
 
   const q = {
-    insert: db.prepare('INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, updated_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insert: db.prepare('INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, root, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
     // A forward the client is waiting on is parked (never due) while submit() hands it over itself.
-    park: db.prepare(`INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, next_at, item_id, item, updated_at) VALUES (?, 'forward', NULL, ?, 0, ${PARKED}, ?, ?, ?)`),
+    park: db.prepare(`INSERT OR IGNORE INTO work (key, kind, lane, payload, depth, root, next_at, item_id, item, updated_at) VALUES (?, 'forward', NULL, ?, 0, ?, ${PARKED}, ?, ?, ?)`),
     byKey: db.prepare<[string], Row>('SELECT * FROM work WHERE key = ?'),
     // After a crash mid-submit: parked forwards are due now.
     unpark: db.prepare(`UPDATE work SET next_at = 0 WHERE kind = 'forward' AND state = 'pending' AND next_at = ${PARKED}`),
-    runnable: db.prepare<[{ now: number; busy: string; limit: number }], Row>(`
+    // Due rows that have (@retried = 1) or have not (0) failed before; a lane runs one row at a time, in order.
+    runnable: db.prepare<[{ now: number; busy: string; limit: number; retried: number }], Row>(`
       SELECT * FROM work w
-      WHERE w.state = 'pending' AND w.next_at <= @now AND w.id NOT IN (SELECT value FROM json_each(@busy))
+      WHERE w.state = 'pending' AND w.next_at <= @now AND (w.attempts > 0) = @retried AND w.id NOT IN (SELECT value FROM json_each(@busy))
         AND (w.lane IS NULL OR NOT EXISTS (SELECT 1 FROM work e WHERE e.lane = w.lane AND e.state = 'pending' AND e.id < w.id))
       ORDER BY w.id LIMIT @limit`),
     nextAt: db.prepare<[{ now: number; busy: string }], { at: number | null }>(
@@ -255,10 +333,13 @@ export function openMessenger(options: MessengerOptions): Messenger {
     ),
     pending: db.prepare<[], { n: number }>(`SELECT COUNT(*) AS n FROM work WHERE state = 'pending'`),
     saveItem: db.prepare('UPDATE work SET item_id = ?, item = ?, updated_at = ? WHERE id = ?'),
-    // A delivered item is never sent again: its bytes can go, its id stays.
-    done: db.prepare(`UPDATE work SET state = 'done', attempts = attempts + 1, item_id = COALESCE(?, item_id), item = NULL, reason = ?, updated_at = ? WHERE id = ?`),
-    retry: db.prepare('UPDATE work SET attempts = ?, next_at = ?, reason = ?, updated_at = ? WHERE id = ?'),
-    failed: db.prepare(`UPDATE work SET state = 'failed', attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?`),
+    // A delivered item is never sent again: its bytes can go, its id stays. A crank cut short by a
+    // limit ends 'failed' the same way, its allowed children queued.
+    done: db.prepare(`UPDATE work SET state = ?, attempts = attempts + 1, item_id = COALESCE(?, item_id), item = NULL, reason = ?, updated_at = ? WHERE id = ?`),
+    retry: db.prepare('UPDATE work SET attempts = ?, next_at = ?, reason = ?, failing_since = COALESCE(failing_since, ?), updated_at = ? WHERE id = ?'),
+    failed: db.prepare(`UPDATE work SET state = 'failed', attempts = attempts + 1, item = NULL, reason = ?, updated_at = ? WHERE id = ?`),
+    // Units of work already queued for a client message: what the push budget is counted against.
+    spent: db.prepare<[string], { n: number }>(`SELECT COUNT(*) AS n FROM work WHERE root = ? AND kind IN ('push', 'spawn', 'assign')`),
     jobs: db.prepare<[], Row>('SELECT * FROM work ORDER BY id'),
     monitor: db.prepare('INSERT OR IGNORE INTO monitors (process, since) VALUES (?, ?)'),
     unmonitor: db.prepare('DELETE FROM monitors WHERE process = ?'),
@@ -267,12 +348,45 @@ export function openMessenger(options: MessengerOptions): Messenger {
 
   const enqueue = (jobs: NewJob[]): void => {
     const now = Date.now();
-    for (const j of jobs) q.insert.run(j.key, j.kind, j.lane, JSON.stringify(j.payload), j.depth, now);
+    for (const j of jobs) q.insert.run(j.key, j.kind, j.lane, JSON.stringify(j.payload), j.depth, j.root, now);
   };
+
+  const crankOf = (row: Row): string => {
+    const { message, process } = JSON.parse(row.payload) as CrankPayload;
+    return `${message} (process ${process})`;
+  };
+
+  // A cap is logged once per client message and cap (it may be hit by many cranks of one chain).
+  const capsLogged = new Set<string>();
+  const logCap = (root: string | null, cap: Cap): void => {
+    const key = `${root}:${cap.name}`;
+    if (capsLogged.has(key)) return;
+    if (capsLogged.size >= 10_000) capsLogged.clear();
+    capsLogged.add(key);
+    log(`mu: ${cap.reason}`);
+  };
+
   // The children and the "done" mark land together: a crash never leaves half of an outbox queued.
+  // The push budget is counted and spent in the same transaction, so cranks of one chain that
+  // finish together cannot overspend it.
   const finish = db.transaction((row: Row, done: Done) => {
-    enqueue(done.children ?? []);
-    q.done.run(done.itemId ?? null, done.reason ?? null, Date.now(), row.id);
+    let children = done.children ?? [];
+    const capped = [...(done.capped ?? [])];
+    if (row.kind === 'crank' && children.length > 0) {
+      const root = children[0].root;
+      const left = Math.max(0, maxPushes - q.spent.get(root)!.n);
+      if (children.length > left) {
+        capped.push({
+          name: 'push budget',
+          reason: `push budget ${maxPushes} for Pushed-For ${root} spent: ${children.length - left} of ${children.length} outbox entries of ${crankOf(row)} not pushed`,
+        });
+        children = children.slice(0, left);
+      }
+    }
+    enqueue(children);
+    const reason = capped.length > 0 ? capped.map((c) => c.reason).join('; ') : (done.reason ?? null);
+    q.done.run(capped.length > 0 ? 'failed' : 'done', done.itemId ?? null, reason, Date.now(), row.id);
+    return capped;
   });
   q.unpark.run();
 
@@ -303,11 +417,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
     return { status: res.status, body: parsed, text };
   }
 
-  /** 2xx passes; 4xx is the other side refusing for good; anything else may pass later. */
+  /** 2xx passes; 4xx is the other side refusing for good (but 408, 425, 429); anything else may pass later. */
   function expectOk(r: Reply, what: string): void {
     if (r.status >= 200 && r.status < 300) return;
     const why = `${what}: ${r.status} ${errorText(r)}`;
-    if (r.status >= 400 && r.status < 500) throw new Permanent(why);
+    if (refusesForGood(r.status)) throw new Permanent(why);
     throw new Transient(why);
   }
 
@@ -379,16 +493,29 @@ export function openMessenger(options: MessengerOptions): Messenger {
       if (!Array.isArray(v)) throw new Permanent(`the CU result's ${what} is not a list`);
       return v;
     };
+    const messages = list(result.Messages, 'Messages');
+    const spawns = list(result.Spawns, 'Spawns');
+    const assignments = list(result.Assignments, 'Assignments');
+    if (messages.length + spawns.length + assignments.length === 0) return {};
+    const outbox = `${messages.length + spawns.length + assignments.length} outbox entries of ${message} (process ${pid}, Pushed-For ${root})`;
+    // Nothing more is read or queued past the depth cap.
+    if (row.depth >= maxDepth) return { capped: [{ name: 'depth cap', reason: `depth cap ${maxDepth}: ${outbox} not pushed` }] };
+    // The sender's tags are read here, where a failure holds up only this crank (see PushPayload).
+    const sender = messages.length + spawns.length > 0 ? await processTags(pid) : [];
+    const module = tagValue({ tags: sender }, 'Module') ?? null;
+    const scheduler = tagValue({ tags: sender }, 'Scheduler') ?? null;
     const depth = row.depth + 1;
     const children: NewJob[] = [];
-    for (const [k, entry] of list(result.Messages, 'Messages').entries()) {
+    for (const [k, entry] of messages.entries()) {
       const target = (entry as { Target?: unknown } | null)?.Target;
-      children.push({ kind: 'push', key: `push:${pid}:${message}:${k}`, lane: typeof target === 'string' ? target : null, payload: { from: pid, root, entry } satisfies PushPayload, depth });
+      // Deliveries into one process keep their order: its lane is its id.
+      const lane = typeof target === 'string' ? target : null;
+      children.push({ kind: 'push', key: `push:${pid}:${message}:${k}`, lane, payload: { from: pid, root, entry, module } satisfies PushPayload, depth, root });
     }
-    for (const [k, entry] of list(result.Spawns, 'Spawns').entries()) {
-      children.push({ kind: 'spawn', key: `spawn:${pid}:${message}:${k}`, lane: null, payload: { from: pid, root, entry } satisfies PushPayload, depth });
+    for (const [k, entry] of spawns.entries()) {
+      children.push({ kind: 'spawn', key: `spawn:${pid}:${message}:${k}`, lane: null, payload: { from: pid, root, entry, module, scheduler } satisfies PushPayload, depth, root });
     }
-    for (const [k, entry] of list(result.Assignments, 'Assignments').entries()) {
+    for (const [k, entry] of assignments.entries()) {
       const { Processes, Message } = (entry ?? {}) as { Processes?: unknown; Message?: unknown };
       if (!Array.isArray(Processes) || typeof Message !== 'string') {
         log(`mu: ${pid} result of ${message}: assignment ${k} is not {Processes: [ids], Message: id}; skipped`);
@@ -396,93 +523,79 @@ export function openMessenger(options: MessengerOptions): Messenger {
       }
       for (const [j, target] of Processes.entries()) {
         const process = String(target);
-        children.push({ kind: 'assign', key: `assign:${pid}:${message}:${k}:${j}`, lane: process, payload: { process, message: Message, root } satisfies AssignPayload, depth });
+        children.push({ kind: 'assign', key: `assign:${pid}:${message}:${k}:${j}`, lane: process, payload: { process, message: Message, root } satisfies AssignPayload, depth, root });
       }
-    }
-    if (children.length === 0) return {};
-    if (row.depth >= maxDepth) {
-      const reason = `depth cap ${maxDepth}: ${children.length} outbox entries of ${message} (process ${pid}, Pushed-For ${root}) not pushed`;
-      log(`mu: ${reason}`);
-      return { reason };
     }
     if (children.length > maxFanout) {
       const reason = `fan-out cap ${maxFanout}: ${children.length - maxFanout} of ${children.length} outbox entries of ${message} (process ${pid}) not pushed`;
-      log(`mu: ${reason}`);
-      return { children: children.slice(0, maxFanout), reason };
+      return { children: children.slice(0, maxFanout), capped: [{ name: 'fan-out cap', reason }] };
     }
     return { children };
   }
 
   /** Signs once and keeps the bytes in the row before they are sent (see the file comment). */
-  async function built(row: Row, build: () => Promise<Item>): Promise<{ id: string; raw: Buffer }> {
+  function built(row: Row, build: () => Promise<Item>): Promise<{ id: string; raw: Buffer }> | { id: string; raw: Buffer } {
     if (row.item && row.item_id) return { id: row.item_id, raw: row.item };
-    let item: Item;
-    try {
-      item = await build();
-    } catch (e) {
-      if (e instanceof ItemError) throw new Permanent(e.message);
-      throw e;
-    }
-    q.saveItem.run(item.id, item.raw, Date.now(), row.id);
-    return { id: item.id, raw: item.raw };
+    return (async () => {
+      let item: Item;
+      try {
+        item = await build();
+      } catch (e) {
+        // Building is local and deterministic (everything it needs was read before): whatever
+        // fails here fails again, arbundles' plain Errors included.
+        throw new Permanent(`cannot build the item: ${(e as Error)?.message ?? String(e)}`);
+      }
+      q.saveItem.run(item.id, item.raw, Date.now(), row.id);
+      return { id: item.id, raw: item.raw };
+    })();
+  }
+
+  /** The sender's Module tag: from the row, or (rows of earlier versions) from the sender's SU. */
+  async function senderModule(from: string, known: string | null | undefined): Promise<string> {
+    const module = known !== undefined ? known : (tagValue({ tags: await processTags(from) }, 'Module') ?? null);
+    if (!module) throw new Permanent(`the sending process ${from} has no Module tag`);
+    return module;
   }
 
   async function push(row: Row): Promise<Done> {
-    const { from, root, entry } = JSON.parse(row.payload) as PushPayload;
-    const msg = (entry ?? {}) as { Target?: unknown; Anchor?: unknown; Data?: unknown; Tags?: unknown };
-    if (typeof msg.Target !== 'string' || !ITEM_ID.test(msg.Target)) throw new Permanent('an outbox message needs a Target process id (43 base64url characters)');
+    const { from, root, entry, module: known } = JSON.parse(row.payload) as PushPayload;
+    const problem = outboxProblem('message', entry, { 'from-process': from, 'pushed-for': root, ...(known ? { 'from-module': known } : {}) });
+    if (problem) throw new Permanent(`cannot push this outbox message: ${problem}`);
+    const msg = entry as { Target: string; Anchor?: unknown; Data?: unknown; Tags?: unknown };
     const target = msg.Target;
     // AO processes answer wallets (a requester, a node) through their outbox too: such a message has
     // no SU to go to and stays readable in the sender's result.
     if (!(await isProcess(target))) return { reason: `${target} is not a process: not delivered (it stays in the result of ${from})` };
-    const item = await built(row, async () => {
-      const tags = tagsOf(msg.Tags, 'outbox message');
-      const anchor = anchorFor(msg.Anchor, row.key);
-      const module = tagValue({ tags: await processTags(from) }, 'Module');
-      if (!module) throw new Permanent(`the sending process ${from} has no Module tag`);
-      return createItem(dataOf(msg.Data), signer, {
+    const module = row.item ? null : await senderModule(from, known);
+    const item = await built(row, async () =>
+      createItem(outboxData(msg.Data), signer, {
         target,
-        anchor,
-        tags: [
-          ...tags.filter((t) => !PUSH_RESERVED.has(t.name)),
-          { name: 'Data-Protocol', value: 'ao' },
-          { name: 'Type', value: 'Message' },
-          { name: 'Variant', value: 'ao.TN.1' },
-          { name: 'From-Process', value: from },
-          { name: 'From-Module', value: module },
-          { name: 'Pushed-For', value: root },
-        ],
-      });
-    });
+        anchor: anchorFor(msg.Anchor, row.key),
+        tags: outboxTags('message', tagsOf(msg.Tags, 'outbox message'), { 'from-process': from, 'from-module': module!, 'pushed-for': root }),
+      }),
+    );
     const su = await locate(target);
     expectOk(await http('POST', `${su}/`, item.raw), `SU of ${target}`);
     return { itemId: item.id, children: [crankJob(item.id, target, root, row.depth)] };
   }
 
   async function spawn(row: Row): Promise<Done> {
-    const { from, root, entry } = JSON.parse(row.payload) as PushPayload;
-    const s = (entry ?? {}) as { Anchor?: unknown; Data?: unknown; Tags?: unknown };
+    const { from, root, entry, module: parentModule, scheduler: parentScheduler } = JSON.parse(row.payload) as PushPayload;
+    const problem = outboxProblem('spawn', entry, { 'from-process': from, 'pushed-for': root });
+    if (problem) throw new Permanent(`cannot spawn this outbox entry: ${problem}`);
+    const s = entry as { Anchor?: unknown; Data?: unknown; Tags?: unknown };
     // The child lives on its parent's scheduler: AO's MU puts the parent's Scheduler tag on it.
-    const parent = await processTags(from);
-    const scheduler = tagValue({ tags: parent }, 'Scheduler') ?? (await suAddress(await locate(from)));
-    const item = await built(row, async () => {
-      const tags = tagsOf(s.Tags, 'spawn');
-      const module = tagValue({ tags }, 'Module') ?? tagValue({ tags: parent }, 'Module');
-      if (!module) throw new Permanent(`neither the spawn nor its parent ${from} has a Module tag`);
-      return createItem(dataOf(s.Data), signer, {
+    const parent = parentModule === undefined ? await processTags(from) : null;
+    const scheduler = (parent ? tagValue({ tags: parent }, 'Scheduler') : parentScheduler) ?? (await suAddress(await locate(from)));
+    const tags = tagsOf(s.Tags, 'spawn');
+    const module = tagValue({ tags }, 'Module') ?? (parent ? tagValue({ tags: parent }, 'Module') : parentModule);
+    if (!module) throw new Permanent(`neither the spawn nor its parent ${from} has a Module tag`);
+    const item = await built(row, async () =>
+      createItem(outboxData(s.Data), signer, {
         anchor: anchorFor(s.Anchor, row.key),
-        tags: [
-          ...tags.filter((t) => !SPAWN_RESERVED.has(t.name)),
-          { name: 'Data-Protocol', value: 'ao' },
-          { name: 'Type', value: 'Process' },
-          { name: 'Variant', value: 'ao.TN.1' },
-          { name: 'From-Process', value: from },
-          { name: 'Pushed-For', value: root },
-          { name: 'Scheduler', value: scheduler },
-          { name: 'Module', value: module },
-        ],
-      });
-    });
+        tags: outboxTags('spawn', tags, { 'from-process': from, 'pushed-for': root, scheduler, module }),
+      }),
+    );
     const su = await locateScheduler(scheduler, from);
     expectOk(await http('POST', `${su}/`, item.raw), 'SU (spawn)');
     // The child's first message is itself (aop-6): its boot result may have an outbox too.
@@ -510,7 +623,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     const { process: pid, scheduler } = JSON.parse(row.payload) as ForwardPayload;
     const su = scheduler ? await locateScheduler(scheduler, pid) : await locate(pid);
     const r = await http('POST', `${su}/`, row.item!);
-    if (r.status >= 400 && r.status < 500) throw new Permanent(`the SU of ${pid} refused it: ${errorText(r)}`);
+    if (refusesForGood(r.status)) throw new Permanent(`the SU of ${pid} refused it: ${r.status} ${errorText(r)}`);
     expectOk(r, `SU of ${pid}`);
     return { itemId: row.item_id!, children: [crankJob(row.item_id!, pid, row.item_id!, 0)] };
   }
@@ -519,67 +632,105 @@ export function openMessenger(options: MessengerOptions): Messenger {
 
   // ---- the crank loop ----
 
-  const inflight = new Map<number, Promise<void>>();
+  const inflight = new Map<number, { run: Promise<void>; retry: boolean }>();
   let timer: NodeJS.Timeout | null = null;
+  let timerAt = 0;
+  const stats = { pumps: 0, timersArmed: 0 };
   let waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 
+  /** Records a unit of work's end: its children and mark, or its failure, or when to try it again. */
   async function attempt(row: Row): Promise<void> {
     let outcome: { done: Done } | { error: Error };
     try {
       outcome = { done: await WORK[row.kind](row) };
     } catch (e) {
-      outcome = { error: e as Error };
+      outcome = { error: e instanceof Error ? e : new Error(String(e)) };
     }
     // The database stays open until every attempt in flight has settled, so a success is kept.
     if ('done' in outcome) {
-      finish(row, outcome.done);
+      for (const cap of finish(row, outcome.done)) logCap(row.root, cap);
       return;
     }
     const e = outcome.error;
     // Cut off by close(): the row stays as it was and is tried again on reopen.
     if (closed || e instanceof Stopped) return;
-    const why = oneLine(e.message);
-    const tries = row.attempts + 1;
     if (e instanceof Unreachable) options.scheduler.forget?.();
-    if (e instanceof Permanent || tries >= attempts) {
-      const reason = e instanceof Permanent ? why : `gave up after ${tries} tries: ${why}`;
-      q.failed.run(reason, Date.now(), row.id);
+    failOrRetry(row, e);
+  }
+
+  /** A failed try: permanent, or out of tries or time, is recorded as failed; otherwise it is due again after a backoff. */
+  function failOrRetry(row: Row, e: Error): void {
+    const why = oneLine(e.message);
+    const now = Date.now();
+    const tries = row.attempts + 1;
+    const since = row.failing_since ?? now;
+    const permanent = e instanceof Permanent;
+    if (permanent || tries >= attempts || now - since >= maxAgeMs) {
+      const bound = tries >= attempts ? `retry.attempts ${attempts}` : `retry.maxAgeMs ${maxAgeMs}`;
+      const reason = permanent ? why : `gave up after ${tries} tries in ${((now - since) / 1000).toFixed(1)} s (${bound}): ${why}`;
+      q.failed.run(reason, now, row.id);
       log(`mu: ${row.key} failed: ${reason}`);
       return;
     }
-    const delay = Math.min(maxMs, baseMs * 2 ** Math.min(tries - 1, 30));
-    q.retry.run(tries, Date.now() + delay, why, Date.now(), row.id);
+    q.retry.run(tries, now + backoff(tries, baseMs, maxMs), why, since, now, row.id);
     if (tries % 10 === 0) log(`mu: ${row.key} still failing after ${tries} tries: ${why}`);
   }
 
+  /** Starts what is due, within the slots free; then arms the timer for the next row that becomes due, if any. */
   function pump(): void {
     if (closed) return;
-    if (timer) {
-      clearTimeout(timer);
-      timer = null;
-    }
+    stats.pumps++;
     const now = Date.now();
-    const busy = JSON.stringify([...inflight.keys()]);
-    const free = concurrency - inflight.size;
-    if (free > 0) {
-      for (const row of q.runnable.all({ now, busy, limit: free })) {
+    const busy = (): string => JSON.stringify([...inflight.keys()]);
+    let free = concurrency - inflight.size;
+    const start = (rows: Row[], retry: boolean): void => {
+      for (const row of rows) {
         const run = attempt(row)
           .catch((e: Error) => log(`mu: ${row.key}: ${e.message}`))
           .finally(() => {
             inflight.delete(row.id);
             pump();
           });
-        inflight.set(row.id, run);
+        inflight.set(row.id, { run, retry });
+        free--;
       }
-    }
+    };
+    if (free > 0) start(q.runnable.all({ now, busy: busy(), limit: free, retried: 0 }), false);
+    const retrying = [...inflight.values()].filter((w) => w.retry).length;
+    const retryFree = Math.min(free, retrySlots - retrying);
+    if (retryFree > 0) start(q.runnable.all({ now, busy: busy(), limit: retryFree, retried: 1 }), true);
     if (inflight.size === 0 && q.pending.get()!.n === 0) {
       const ready = waiters;
       waiters = [];
       for (const w of ready) w.resolve();
+    }
+    arm(now);
+  }
+
+  /**
+   * The timer is set only for a row that becomes due later (never for a parked one, nor for rows
+   * in flight or due now: their end pumps), and left alone when it is already set for that time:
+   * no re-arming at 0 ms while work is in flight. Node caps a timer at 2^31 − 1 ms; a row due later
+   * than that is looked at again then.
+   */
+  function arm(now: number): void {
+    const at = q.nextAt.get({ now, busy: JSON.stringify([...inflight.keys()]) })?.at ?? null;
+    if (at === null) {
+      if (timer) clearTimeout(timer);
+      timer = null;
       return;
     }
-    const at = q.nextAt.get({ now, busy: JSON.stringify([...inflight.keys()]) })?.at;
-    if (at !== null && at !== undefined) timer = setTimeout(pump, Math.max(0, at - now));
+    if (timer && timerAt === at) return;
+    if (timer) clearTimeout(timer);
+    timerAt = at;
+    stats.timersArmed++;
+    timer = setTimeout(
+      () => {
+        timer = null;
+        pump();
+      },
+      Math.min(MAX_TIMER_MS, Math.max(1, at - now)),
+    );
   }
 
   // ---- what clients ask for ----
@@ -588,11 +739,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
   async function toSu(url: string, body: Uint8Array | undefined, what: string): Promise<Reply> {
     let last = '';
     for (let i = 0; i < 3; i++) {
-      if (i > 0) await new Promise((resolve) => setTimeout(resolve, baseMs * 2 ** (i - 1)));
+      if (i > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(baseMs, CLIENT_RETRY_MS) * 2 ** (i - 1)));
       try {
         const r = await http('POST', url, body);
         if (r.status >= 200 && r.status < 300) return r;
-        if (r.status >= 400 && r.status < 500) throw new MessengerError(r.status, `${what}: ${errorText(r)}`);
+        if (refusesForGood(r.status)) throw new MessengerError(r.status, `${what}: ${errorText(r)}`);
         last = `${r.status} ${errorText(r)}`;
       } catch (e) {
         if (e instanceof Stopped) throw new MessengerError(503, 'the messenger is closing');
@@ -619,9 +770,12 @@ export function openMessenger(options: MessengerOptions): Messenger {
 
   const messenger: Messenger = {
     address,
+    maxItemBytes,
 
     async submit(raw) {
       if (raw.byteLength === 0) throw new MessengerError(400, 'empty body: send a signed ANS-104 data item');
+      // Size first: an oversized body costs nothing more (no hash, no signature check).
+      if (raw.byteLength > maxItemBytes) throw new MessengerError(413, `the item is ${raw.byteLength} bytes, at most ${maxItemBytes}`);
       let item: Item;
       try {
         item = await verifyItem(raw);
@@ -652,14 +806,15 @@ export function openMessenger(options: MessengerOptions): Messenger {
       // restarted MU sends it again (the SU answers a repeated id with its slot) and cranks it.
       const key = `forward:${item.id}`;
       const payload: ForwardPayload = type === 'Process' ? { process: processId, scheduler: tagValue(item, 'Scheduler') } : { process: processId };
-      q.park.run(key, JSON.stringify(payload), item.id, item.raw, Date.now());
+      q.park.run(key, JSON.stringify(payload), item.id, item.id, item.raw, Date.now());
       try {
         await toSu(`${su}/`, item.raw, `the SU of ${processId}`);
       } catch (e) {
         const row = q.byKey.get(key)!;
         if (e instanceof MessengerError && e.status >= 400 && e.status < 500) q.failed.run(oneLine(e.message), Date.now(), row.id);
-        // The SU is away: keep trying in the background; a client that sends the same bytes again is harmless.
-        else q.retry.run(row.attempts + 1, Date.now() + baseMs, oneLine((e as Error).message), Date.now(), row.id);
+        // The SU is away: keep trying in the background, within the retry limits; a client that
+        // sends the same bytes again is harmless.
+        else failOrRetry(row, e as Error);
         pump();
         throw e;
       }
@@ -688,7 +843,9 @@ export function openMessenger(options: MessengerOptions): Messenger {
     monitors: () => q.monitors.all().map((r) => r.process),
 
     jobs: () =>
-      q.jobs.all().map((r) => ({ kind: r.kind, key: r.key, state: r.state, attempts: r.attempts, depth: r.depth, itemId: r.item_id, reason: r.reason })),
+      q.jobs.all().map((r) => ({ kind: r.kind, key: r.key, state: r.state, attempts: r.attempts, depth: r.depth, root: r.root, itemId: r.item_id, reason: r.reason })),
+
+    stats: () => ({ ...stats }),
 
     idle() {
       if (closed) return Promise.reject(new Error('the messenger is closed'));
@@ -703,7 +860,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       closed = true;
       if (timer) clearTimeout(timer);
       stop.abort();
-      await Promise.allSettled([...inflight.values()]);
+      await Promise.allSettled([...inflight.values()].map((w) => w.run));
       for (const w of waiters) w.reject(new Error('the messenger was closed with work pending'));
       waiters = [];
       db.close();
@@ -723,7 +880,8 @@ export async function startMessenger(mu: Messenger, options: { port: number; hos
   const fail = (reply: FastifyReply, status: number, error: string): FastifyReply => reply.code(status).type('application/json; charset=utf-8').send({ error: oneLine(error) });
   const app = fastify({
     logger: false,
-    bodyLimit: options.bodyLimit ?? 16 * 2 ** 20,
+    // The messenger's own limit, so that HTTP and submit() refuse the same bodies (413).
+    bodyLimit: options.bodyLimit ?? mu.maxItemBytes,
     frameworkErrors: (error, _request, reply) => fail(reply, 400, error.message),
   });
   // A data item comes as octet-stream, but any type (or none) is read as bytes.

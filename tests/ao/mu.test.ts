@@ -430,7 +430,7 @@ test('ping-pong stops at the depth cap with a log line', async () => {
     await n.mu.idle();
     assert.equal(pushed(n, p).length + pushed(n, q).length, 3);
     assert.equal(n.lines.filter((l) => l.includes('depth cap 3')).length, 1, n.lines.join('\n'));
-    assert.ok(n.mu.jobs().some((j) => j.kind === 'crank' && j.depth === 3 && /depth cap/.test(j.reason ?? '')));
+    assert.ok(n.mu.jobs().some((j) => j.kind === 'crank' && j.depth === 3 && j.state === 'failed' && /^depth cap 3: 1 outbox entries/.test(j.reason ?? '')));
   } finally {
     await n.close();
     await n.stub.close();
@@ -446,6 +446,10 @@ test('a result with more outbox entries than the fan-out cap pushes the first on
     await n.mu.idle();
     assert.deepEqual(pushed(n, sink).map((m) => m.data.toString()), ['w0', 'w1']);
     assert.equal(n.lines.filter((l) => l.includes('fan-out cap 2: 1 of 3')).length, 1, n.lines.join('\n'));
+    // Recorded as failed with the cap's reason; the allowed entries went, and nothing is retried.
+    const crank = n.mu.jobs().find((j) => j.kind === 'crank' && j.reason?.startsWith('fan-out cap'))!;
+    assert.equal(crank.state, 'failed');
+    assert.equal(crank.attempts, 1);
   } finally {
     await n.close();
     await n.stub.close();
