@@ -8,6 +8,7 @@ import variant from '@jitl/quickjs-wasmfile-release-asyncify';
 import {
   newQuickJSAsyncWASMModuleFromVariant, type QuickJSAsyncVariant, type QuickJSAsyncWASMModule, type QuickJSContext, type QuickJSHandle,
 } from 'quickjs-emscripten-core';
+import { outboxProblem } from './outbox.js';
 
 /** The Module-Format tag of Verity process modules. */
 export const MODULE_FORMAT = 'verity-js/1';
@@ -72,12 +73,12 @@ export interface Limits {
 }
 
 /**
- * The CU's caps. A tick is ~0.7 ms of QuickJS on the 2-core development machine, so the compute
- * cap is a worst case of ~3 s per message (the coordinator's heaviest message, a 10,000-task
- * state, uses a few dozen): one message can delay the others on its evaluator thread by seconds,
- * never minutes.
+ * The CU's caps. What a tick costs depends on the code: on the 2-core development machine a bare
+ * `for (;;);` runs 1,000 ticks in 0.5 s, a loop of calls and property writes in 6.9 s — so the
+ * compute cap's worst case is seconds, and only on its own evaluator thread. The coordinator's
+ * messages use 3–5 ticks in the test suite (its sweep over every open task included).
  */
-export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 4_000 };
+export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 1_000 };
 
 /**
  * A host function a CU offers to processes (AO's extensions, like WeaveDrive): string in, string
@@ -167,6 +168,29 @@ const CALL = `(ns, input) => {
     Output: out.Output ?? null,
   });
 }`;
+
+const ANY_ID = 'A'.repeat(43);
+
+/**
+ * Why a result's outbox can never be delivered, or null. Such a result is an Error and its state is
+ * not kept: a Transfer whose Credit-Notice no MU can push fails whole, rather than debiting one
+ * account and crediting none.
+ */
+function outboxFault(out: Pick<Outcome, 'Messages' | 'Spawns' | 'Assignments'>): string | null {
+  const lists = [['message', out.Messages], ['spawn', out.Spawns]] as const;
+  for (const [kind, list] of lists) {
+    if (!Array.isArray(list)) return `the result's ${kind === 'message' ? 'Messages' : 'Spawns'} must be a list`;
+    for (let i = 0; i < list.length; i++) {
+      // A Target that names no process is not a fault: the MU records such a message as not
+      // delivered and it stays readable in this result, as a message to a wallet does.
+      const entry = list[i] as { Target?: unknown } | null;
+      const problem = outboxProblem(kind, typeof entry?.Target === 'string' ? { ...entry, Target: ANY_ID } : entry);
+      if (problem) return `outbox ${kind} ${i} can never be delivered (${problem}): nothing was kept`;
+    }
+  }
+  if (!Array.isArray(out.Assignments)) return "the result's Assignments must be a list";
+  return null;
+}
 
 function errorText(ctx: QuickJSContext, handle: QuickJSHandle): string {
   const e = ctx.dump(handle) as { name?: string; message?: string } | string;
@@ -265,6 +289,8 @@ export async function evaluateWith(
       return failed(overLimit() ? `compute limit: more than ${limits.compute} ticks` : why);
     }
     const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Evaluation, 'GasUsed'>;
+    const undeliverable = outboxFault(out);
+    if (undeliverable) return failed(undeliverable);
     return { ...out, GasUsed: ticks };
   } catch (e) {
     // QuickJS itself ran out of memory (a deterministic outcome); anything else is not the process's doing.

@@ -3,6 +3,7 @@ import { before, test } from 'node:test';
 import fc from 'fast-check';
 import type { Evaluation } from '../../src/ao/runtime.js';
 import type { TokenState } from '../../src/processes/token.js';
+import { tagProblem } from '../../src/store/items.js';
 import { openProcess, processSource, tagOf, tagsOf, type OpenProcess, type SendOptions } from './harness.js';
 
 const OWNER = 'owner-address-0000000000000000000000000000';
@@ -152,6 +153,24 @@ test('Transfer moves the amount and sends Debit-Notice and Credit-Notice with th
   // Spending everything removes the account rather than keeping a zero.
   await p.send({ from: BOB, tags: { Action: 'Transfer', Recipient: ALICE, Quantity: '250' } });
   assert.deepEqual(stateOf(p).Balances, { [ALICE]: '1000' });
+});
+
+test('a Transfer whose Credit-Notice the MU could never push fails whole: no account is debited', async () => {
+  const p = await open();
+  await mint(p, '1000', ALICE);
+  // The Transfer's own tags fit in an item (under 4,096 bytes); the Credit-Notice repeats the X-
+  // tags and adds its own, and the MU adds six more: past the limit, so it could never be built.
+  const pad = [{ name: 'X-Pad', value: 'p'.repeat(3000) }, { name: 'X-More', value: 'm'.repeat(900) }];
+  const tags = [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: BOB }, { name: 'Quantity', value: '1' }, ...pad];
+  assert.equal(tagProblem(tags), null, 'the Transfer itself is a valid item');
+  const r = await p.send({ from: ALICE, tags });
+  assert.match(String(r.Error), /outbox message \d can never be delivered \(with the 6 tags the MU adds: \d+ bytes of tags, at most 4096\)/);
+  assert.deepEqual(r.Messages, []);
+  assert.deepEqual(stateOf(p).Balances, { [ALICE]: '1000' });
+  // A smaller pad goes through.
+  const ok = await p.send({ from: ALICE, tags: [...tags.slice(0, 3), { name: 'X-Pad', value: 'p'.repeat(3000) }] });
+  assert.equal(ok.Error, undefined);
+  assert.deepEqual(stateOf(p).Balances, { [ALICE]: '999', [BOB]: '1' });
 });
 
 test('Transfer to oneself changes nothing and still sends both notices', async () => {
