@@ -43,7 +43,7 @@ export const DEFAULT_UPLOAD_POLICY: Readonly<UploadPolicy> = Object.freeze({
   signerBytes: 256 * 2 ** 20,
   signerItems: 250_000,
   globalBytes: 2 * 2 ** 30,
-  unlimitedSigners: [],
+  unlimitedSigners: Object.freeze([]),
   maxTrackedSigners: 10_000,
 });
 
