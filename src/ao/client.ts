@@ -62,7 +62,7 @@ async function json<T>(res: Response, what: string): Promise<T> {
 
 /** Answers that mean "not now": a unit at a bound (a full queue, a quota) or a store out of reach. */
 const BUSY = new Set([429, 503]);
-const BUSY_TRIES = 4;
+const BUSY_TRIES = 6;
 
 /**
  * One HTTP request, asked again (a few times, with backoff or the unit's Retry-After) while the

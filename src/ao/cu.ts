@@ -39,7 +39,7 @@ export const MAX_WAIT_MS = 30_000;
  * Reads (dry-runs) waiting per process: each is a whole evaluation, queued behind the process's
  * log, so beyond this many the CU answers 503 at once instead of queueing without bound.
  */
-export const MAX_QUEUED_DRY_RUNS = 16;
+export const MAX_QUEUED_DRY_RUNS = 64;
 
 /** The largest dry-run body (a JSON message): checked before it is parsed. */
 export const MAX_DRY_RUN_BYTES = 1024 * 1024;

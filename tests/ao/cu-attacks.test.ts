@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { aoClient, type AoClient } from '../../src/ao/client.js';
+import { MAX_QUEUED_DRY_RUNS } from '../../src/ao/cu.js';
 import { publishModule } from '../../src/ao/modules.js';
 import { HOST_EXTENSION, type Extension } from '../../src/ao/runtime.js';
 import { startUnits, type RunningUnits } from '../../src/ao/units.js';
@@ -111,7 +112,7 @@ describe('the CU under attack', { timeout: 120_000 }, () => {
     const burner = await spawn(BURNER, 'burner-flood');
     const burn = ao.message(burner, act('Burn', 'flood'));
     const statuses = await Promise.all(
-      Array.from({ length: 40 }, () =>
+      Array.from({ length: MAX_QUEUED_DRY_RUNS + 24 }, () =>
         fetch(`${units.urls.cu}/dry-run?process-id=${burner}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
