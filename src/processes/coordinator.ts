@@ -9,7 +9,7 @@ import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
 import type { OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
 import { economicViolation } from '../proof/economics.js';
 import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
-import { resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type TaskStatus, type TaskView } from './protocol.js';
+import { HOST_CAPS, resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type TaskStatus, type TaskView } from './protocol.js';
 
 export { resultCommitment };
 
@@ -294,10 +294,14 @@ export const DEFAULT_PARAMS: Params = {
   canaryPpm: 0, leaseMs: 60_000, cooldownMs: 600_000, maxPromptBytes: 4096, maxAttempts: 3, maxWaitMs: 600_000, maxNodes: 1000,
 };
 
-/** Ranges of the integer parameters (inclusive). */
+/**
+ * Ranges of the integer parameters (inclusive). A prompt and a token list stay within what the
+ * host extensions take (HOST_CAPS), so no request the coordinator accepts is one they refuse.
+ */
 const INT_RANGE: Partial<Record<keyof Params, [number, number]>> = {
-  auditPpm: [0, 1_000_000], validators: [1, 3], marginPpm: [0, 10_000_000], maxTokens: [1, 1_000_000], arity: [2, 64], canaryPpm: [0, 1_000_000],
+  auditPpm: [0, 1_000_000], validators: [1, 3], marginPpm: [0, 10_000_000], maxTokens: [1, HOST_CAPS.tokens], arity: [2, 64], canaryPpm: [0, 1_000_000],
   maxAttempts: [1, 100], maxNodes: [1, 100_000], clockMs: [1, 86_400_000], revealMs: [1, 86_400_000], leaseMs: [1, 86_400_000],
+  maxPromptBytes: [1, HOST_CAPS.promptBytes],
 };
 
 /** The parameters the tags set over `base`, or why they are refused (a tag, or a bound of the rule). */
@@ -524,6 +528,8 @@ const HANDLERS: Record<string, Handler> = {
   'Register-Node': ({ state, msg, out }) => {
     if (msg.From !== msg.Owner) refuse(403, 'a node registers itself, with its own key');
     const did = tagOf(msg, 'DID') ?? '';
+    // An Ed25519 did:key is 56 characters: a longer one is refused before the host decodes it.
+    if (did.length > 64) refuse(400, 'DID: not an Ed25519 did:key');
     let address: string;
     try {
       address = host.didAddress(did);
@@ -584,13 +590,20 @@ const HANDLERS: Record<string, Handler> = {
 
   // -- requests --
 
+  // Every check that reads only the message and the state comes before the one that tokenises the
+  // prompt (host.job): a request anyone can send, funded or not, costs the CUs no tokenising
+  // until it could be served.
   Infer: (ctx) => {
     const { state, msg, out } = ctx;
     const model = modelFor(state, tagOf(msg, 'Model'));
-    if (utf8Length(msg.Data) > state.params.maxPromptBytes) refuse(413, `the prompt is over ${state.params.maxPromptBytes} bytes`);
+    // UTF-8 takes at least a byte per UTF-16 unit: a longer Data is refused without reading it.
+    const maxBytes = state.params.maxPromptBytes;
+    if (msg.Data.length > maxBytes || utf8Length(msg.Data) > maxBytes) refuse(413, `the prompt is over ${maxBytes} bytes`);
     if (msg.Data === '') refuse(400, 'the prompt (Data) is empty');
     const options = parseOptions(tagOf(msg, 'X-Options'));
     if (options.max_tokens > state.params.maxTokens) refuse(400, `max_tokens is at most ${state.params.maxTokens} (Max-Tokens)`);
+    // A prompt is at least one token, so max_tokens must leave it a position (host.job checks the real count).
+    if (options.max_tokens >= model.contextLength) refuse(400, `max_tokens (${options.max_tokens}) leaves the prompt no room in the model's context of ${model.contextLength}`);
     const redundancyTag = tagOf(msg, 'Redundancy') ?? '1';
     const redundancy = /^[1-3]$/.test(redundancyTag) ? Number(redundancyTag) : refuse(400, 'Redundancy must be 1, 2 or 3');
     const nodesTag = tagOf(msg, 'Nodes');
@@ -602,18 +615,18 @@ const HANDLERS: Record<string, Handler> = {
     // A message id is in a process's log at most once (the SU keeps the slot it has: tests/ao/su.test.ts),
     // so an ended task's Infer cannot come again; the state need not remember ended ids.
     if (own(state.references, key) !== undefined || own(state.tasks, msg.Id) !== undefined) refuse(409, `request ${reference.slice(0, 80)} is already being served`);
-    let job: { commitment: string; promptTokens: number; steps: number };
-    try {
-      job = JSON.parse(host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed }))) as typeof job;
-    } catch (e) {
-      return refuse(400, hostError(e, 'job'));
-    }
     const escrow = escrowFor(state, options.max_tokens, redundancy);
     const deposit = big(own(state.deposits, msg.From));
     if (deposit < escrow) refuse(402, `the request needs ${escrow} in deposit, ${msg.From} has ${deposit}: deposit with a token Transfer (X-Action=Deposit)`);
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
     const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
     if (serving.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serve model ${model.id}`);
+    let job: { commitment: string; promptTokens: number; steps: number };
+    try {
+      job = JSON.parse(host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed }))) as typeof job;
+    } catch (e) {
+      return refuse(400, hostError(e, 'job'));
+    }
     state.deposits[msg.From] = (deposit - escrow).toString();
     const task = newTask(state, { id: msg.Id, requester: msg.From, reference, model: model.id, prompt: msg.Data, options, redundancy, nodes, job, escrow, now: msg.Timestamp });
     state.references[key] = task.id;
@@ -754,6 +767,8 @@ const HANDLERS: Record<string, Handler> = {
     if (dispute.game.phase !== 'prove') refuse(409, `the dispute is in phase ${dispute.game.phase}: an opening comes when asked (Dispute-Prove)`);
     const { step, agreed } = disputedStep(dispute.game);
     if (tagOf(msg, 'Step') !== String(step)) refuse(400, `the disputed step is ${step}`);
+    // host.step bounds the opening by the job too; this one needs no host call.
+    if (msg.Data.length > HOST_CAPS.openingChars) refuse(413, `an opening is at most ${HOST_CAPS.openingChars} characters`);
     const model = state.models.find((m) => m.id === task.model)!;
     let proof: { acc: string; leaf: string; kind: string };
     try {
