@@ -8,13 +8,16 @@
 // carries its price in compute ticks (hostCallTicks), which the runtime charges against the
 // process's compute limit like its own work.
 import { HostUnavailable } from '../ao/runtime.js';
-import { completionText, encode, rangeProof, toHex, type Hash, type ModelConfig, type Tokenizer } from '../engine/index.js';
+import { createHash } from 'node:crypto';
+import {
+  completionText, encode, parseCanonicalConfig, parseCanonicalTokenizer, rangeProof, toHex, type CanonicalConfig, type Hash, type ModelConfig, type Tokenizer,
+} from '../engine/index.js';
 import type { TraceDocument } from '../node/work.js';
 import {
   BOS, ProofError, accNext, createReferee, decodeOpening, describeJob, jobCommitment, leafHash, schedule, traceStart,
   type Job, type LeafPreimage, type OpeningJson, type Referee, type WeightSource,
 } from '../proof/index.js';
-import { ModelStoreError, checkChunk, chunksFor, readManifest, readModelHeader, type Manifest, type ModelHeader } from '../store/models.js';
+import { ModelStoreError, checkChunk, chunksFor, readManifest, type Manifest, type ModelHeader } from '../store/models.js';
 import { ITEM_ID, tagValue, type Item } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
@@ -278,7 +281,7 @@ export function hostCallTicks(name: string, argument: string, result?: string): 
 // ---- what the host keeps between calls ----
 
 export interface HostOptions {
-  /** Bytes of model headers (config and tokenizer, per model and manifest) kept between calls. */
+  /** Bytes of model headers kept between calls: each model's parsed config and tokenizer, and each manifest checked to hold them. */
   headerCacheBytes?: number;
   /** Bytes of verified weights (and manifests) the referees keep between steps, all models together. */
   refereeCacheBytes?: number;
@@ -324,6 +327,8 @@ class ByteBudgetCache<V> {
 
   set(key: string, value: V, bytes: number): void {
     this.delete(key);
+    // Kept, it would only push everything else out before going itself.
+    if (bytes > this.budget) return;
     this.entries.set(key, { value, bytes });
     this.total += bytes;
     this.fit();
@@ -360,37 +365,92 @@ class ByteBudgetCache<V> {
   }
 }
 
-/**
- * What a parsed model header holds in memory, estimated from its parts. Measured with
- * process.memoryUsage() over 20 headers of the 32,000-entry llama2 tokenizer (177,865 bytes of
- * pieces): ~150 bytes of V8 heap per piece (its Uint8Array view, the index Map's entry and latin1
- * key string), the pieces twice (their buffer and the key strings), the f32 scores; the config's
- * tensor list is ~200 bytes a tensor.
- */
-export function headerBytes(h: ModelHeader): number {
-  const t = h.tokenizer;
-  let pieces = 0;
-  for (const piece of t.vocab) pieces += piece.length;
-  return 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * h.config.tensors.length + 2 * h.name.length;
+/** What a model id pins of its header: the config and tokenizer leaves, parsed, whichever manifest they were read through. */
+interface ModelContent {
+  config: CanonicalConfig;
+  tokenizer: Tokenizer;
+  /** sha256 of the tokenizer leaf, as in the job commitment. */
+  tokenizerHash: string;
 }
 
 /**
- * The header with its tokenizer's pieces copied into one buffer of their own. The tokenizer is
- * parsed from the chunk item holding it, and each piece is a view (Buffer#slice does not copy):
- * kept as they are, 32,000 views would keep the whole item — up to 4 MiB of weights — alive.
+ * What parsed model content holds in memory, estimated from its parts. Measured with
+ * process.memoryUsage() over 20 copies of the 32,000-entry llama2 tokenizer (177,865 bytes of
+ * pieces): 5.36 MB each (this estimate: 5.61 MB); ~150 bytes of V8 heap per piece (its Uint8Array
+ * view, the index Map's entry and latin1 key string), the pieces twice (their buffer and the key
+ * strings), the f32 scores; the config's tensor list is ~200 bytes a tensor.
  */
-function compactHeader(h: ModelHeader): ModelHeader {
-  const { vocab } = h.tokenizer;
+export function contentBytes(c: Pick<ModelContent, 'config' | 'tokenizer'>): number {
+  const t = c.tokenizer;
+  let pieces = 0;
+  for (const piece of t.vocab) pieces += piece.length;
+  return 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * c.config.tensors.length;
+}
+
+/** What a manifest checked to hold its model's header leaves weighs in the cache: its name and key. */
+const manifestBytes = (key: string, name: string): number => 256 + 2 * (key.length + name.length);
+
+/** The longest model name a manifest may give: the coordinator keeps it in its state. */
+const MODEL_NAME_CHARS = 256;
+
+/**
+ * A tokenizer with its pieces copied into one buffer of their own. It is parsed from the chunk item
+ * holding it, and each piece is a view (Buffer#slice does not copy): kept as they are, 32,000 views
+ * would keep the whole item — up to 4 MiB of weights — alive.
+ */
+function compactTokenizer(t: Tokenizer): Tokenizer {
   let total = 0;
-  for (const piece of vocab) total += piece.length;
+  for (const piece of t.vocab) total += piece.length;
   const buffer = new Uint8Array(total);
   let at = 0;
-  const pieces = vocab.map((piece) => {
+  const vocab = t.vocab.map((piece) => {
     buffer.set(piece, at);
     at += piece.length;
     return buffer.subarray(at - piece.length, at);
   });
-  return { ...h, tokenizer: { ...h.tokenizer, vocab: pieces } };
+  return { ...t, vocab };
+}
+
+/**
+ * A manifest and its model's config and tokenizer leaves (0 and 1), each leaf checked against the
+ * manifest's leaf hashes, which readManifest checked against the model id. A store out of reach is
+ * HostUnavailable; what the store holds (missing, corrupt, not this model's) is a ModelStoreError,
+ * the same on every CU.
+ */
+async function headerLeaves(store: Store, modelId: string, manifestId: string): Promise<{ manifest: Manifest; config: Buffer; tokenizer: Buffer }> {
+  let manifest: Manifest;
+  try {
+    manifest = await readManifest(store, modelId, manifestId);
+  } catch (e) {
+    throw e instanceof ModelStoreError ? e : new HostUnavailable(`the store cannot give manifest ${manifestId}: ${(e as Error).message}`);
+  }
+  const leaves = new Map<number, Buffer>();
+  for (const chunk of chunksFor(manifest, 0, 2)) {
+    let item: Item | null;
+    try {
+      item = await store.get(chunk.id);
+    } catch (e) {
+      throw new HostUnavailable(`the store cannot give chunk ${chunk.id}: ${(e as Error).message}`);
+    }
+    checkChunk(manifest, chunk, item).forEach((leaf, k) => leaves.set(chunk.from + k, leaf));
+  }
+  const config = leaves.get(0);
+  const tokenizer = leaves.get(1);
+  if (!config || !tokenizer) throw new ModelStoreError(`model ${modelId} has no tokenizer leaf`);
+  return { manifest, config, tokenizer };
+}
+
+/** The config and tokenizer of checked leaves; a leaf the id pins but that does not parse is the same error on every CU. */
+function parseContent(modelId: string, leaves: { config: Buffer; tokenizer: Buffer }): ModelContent {
+  try {
+    return {
+      config: parseCanonicalConfig(leaves.config),
+      tokenizer: compactTokenizer(parseCanonicalTokenizer(leaves.tokenizer)),
+      tokenizerHash: createHash('sha256').update(leaves.tokenizer).digest('hex'),
+    };
+  } catch (e) {
+    throw new ModelStoreError(`model ${modelId}: ${(e as Error).message}`);
+  }
 }
 
 /** A referee's weight: its manifest's leaf hashes (hex and bytes) and what it has verified (f32 or Q8_0 with its f32 scales, ≤ 9/8). */
@@ -533,36 +593,42 @@ const jobFrom = (h: ModelHeader, input: JobInput): Job => describeRequest({ ...h
 export function coordinatorExtensions(store: Store, options: HostOptions = {}): CoordinatorExtensions {
   const headerBudget = options.headerCacheBytes ?? DEFAULT_HOST_OPTIONS.headerCacheBytes;
   const refereeBudget = options.refereeCacheBytes ?? DEFAULT_HOST_OPTIONS.refereeCacheBytes;
-  // A pinned manifest and its chunk are content-addressed: a header read again is the same header,
-  // so evicting one changes no answer, only how often the store is read.
-  const headers = new ByteBudgetCache<Promise<ModelHeader>>(headerBudget);
-  const header = (ref: ModelRef): Promise<ModelHeader> => {
-    if (!MODEL_ID.test(String(ref.model))) return Promise.reject(new Error(`${String(ref.model).slice(0, 80)} is not a model id`));
-    if (!ITEM_ID.test(String(ref.manifest))) return Promise.reject(new Error('the manifest must be an item id'));
-    const key = `${ref.model} ${ref.manifest}`;
-    const known = headers.get(key);
-    if (known) return known;
-    const reading: Promise<ModelHeader> = readModelHeader(store, ref.model, ref.manifest).then(
-      (h) => {
-        const compact = compactHeader(h);
-        headers.resize(key, reading, headerBytes(compact));
-        return compact;
-      },
-      (e: Error) => {
-        headers.delete(key, reading);
-        // Out of reach is not "not there": the message waits for the store rather than failing here only.
-        throw e instanceof ModelStoreError ? e : new HostUnavailable(e.message);
-      },
-    );
-    // Weighs nothing until it is read; calls meanwhile share the one read.
-    headers.set(key, reading, 0);
-    return reading;
+  // Content-addressed all of it: a model id pins its config and tokenizer, whichever manifest they
+  // are read through, so they are parsed once per model and shared by its manifests (a thousand
+  // re-signed manifests of one model are one tokenizer); each manifest is still checked once to
+  // hold them (its chunks can be missing or corrupt where another's are not). Both kinds of entry
+  // share one byte budget. Evicting either changes no answer, only how often the store is read.
+  const headers = new ByteBudgetCache<ModelContent | string>(headerBudget);
+  const header = async (ref: ModelRef): Promise<ModelHeader> => {
+    const modelId = String(ref.model);
+    const manifestId = String(ref.manifest);
+    if (!MODEL_ID.test(modelId)) throw new Error(`${modelId.slice(0, 80)} is not a model id`);
+    if (!ITEM_ID.test(manifestId)) throw new Error('the manifest must be an item id');
+    const checkedKey = `${modelId} ${manifestId}`;
+    const contentKey = modelId;
+    let name = headers.get(checkedKey) as string | undefined;
+    let read: Awaited<ReturnType<typeof headerLeaves>> | null = null;
+    if (name === undefined) {
+      read = await headerLeaves(store, modelId, manifestId);
+      const given: unknown = read.manifest.name;
+      if (typeof given !== 'string' || given.length > MODEL_NAME_CHARS) throw new ModelStoreError(`manifest ${manifestId}: its name must be text of at most ${MODEL_NAME_CHARS} characters`);
+      name = given;
+      headers.set(checkedKey, name, manifestBytes(checkedKey, name));
+    }
+    let content = headers.get(contentKey) as ModelContent | undefined;
+    if (!content) {
+      read ??= await headerLeaves(store, modelId, manifestId);
+      content = parseContent(modelId, read);
+      // Larger than the whole budget: answered, not kept.
+      headers.set(contentKey, content, contentBytes(content));
+    }
+    return { modelId, name, ...content };
   };
 
   // Opening a model's referee reads its manifest; the referee then keeps the verified tensors it
-  // read. Referees are weighed by what they hold (refereeBytes) after every step, and the least
-  // recently used go once all of them pass the budget: a referee made again verifies again, and
-  // answers the same.
+  // read. Each is weighed by what it holds (refereeBytes) after every step, and the least recently
+  // used go once together they pass the budget: a referee made again verifies again, and answers
+  // the same.
   const referees = new ByteBudgetCache<Promise<RefereeEntry>>(refereeBudget);
   const refereeFor = (key: string, ref: ModelRef): Promise<RefereeEntry> => {
     const known = referees.get(key);
