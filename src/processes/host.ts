@@ -241,8 +241,9 @@ const per = (amount: number, unit: number): number => Math.ceil(amount / unit);
 /**
  * The compute ticks host.<name>(argument) costs when it answered `result` (undefined: it threw).
  * Deterministic: sizes only (see HOST_TICKS for the calibration). An argument over its cap costs
- * one call, as it was refused before any work; a call that failed later is priced for the work
- * its argument asks for.
+ * one call, as it was refused before any work; a call that threw later is priced by its argument
+ * alone (the prompt it tokenised), since the counts a result gives — vocabulary, leaves, weights —
+ * are not known.
  */
 export function hostCallTicks(name: string, argument: string, result?: string): number {
   const { call } = HOST_TICKS;
@@ -453,8 +454,12 @@ function parseContent(modelId: string, leaves: { config: Buffer; tokenizer: Buff
   }
 }
 
-/** A referee's weight: its manifest's leaf hashes (hex and bytes) and what it has verified (f32 or Q8_0 with its f32 scales, ≤ 9/8). */
-const refereeBytes = (leaves: number, verified: number): number => 64 * KIB + 200 * leaves + Math.ceil((verified * 9) / 8);
+/**
+ * A referee's weight: its WebAssembly arena's first two pages and the config (256 KiB), its
+ * manifest's leaf hashes (hex and bytes, ~200 a leaf), and what it has verified (f32, or Q8_0 with
+ * its f32 scales: at most 9/8 of the bytes read).
+ */
+const refereeBytes = (leaves: number, verified: number): number => 256 * KIB + 200 * leaves + Math.ceil((verified * 9) / 8);
 
 /** An extension with its price: the runtime charges `ticks(argument, result)` against the compute limit. */
 export interface PricedExtension {
