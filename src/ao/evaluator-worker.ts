@@ -1,7 +1,7 @@
 // An evaluator thread: QuickJS evaluations for the CU, one at a time, off the CU's event loop. Host
 // calls go back to the CU's thread (which holds the store), and their answers come back here.
 import { parentPort } from 'node:worker_threads';
-import { HostUnavailable, evaluateWith, loadRuntime, type HostCall } from './runtime.js';
+import { HostError, HostUnavailable, evaluateWith, loadRuntime, type HostCall } from './runtime.js';
 import type { FromEvaluator, ToEvaluator } from './evaluator.js';
 
 const port = parentPort!;
@@ -24,7 +24,7 @@ port.on('message', (m: ToEvaluator) => {
     calls.delete(m.call);
     if (!pending) return;
     if ('value' in m) pending.resolve({ value: m.value, ticks: m.ticks });
-    else pending.reject(m.unavailable ? new HostUnavailable(m.error) : new Error(m.error));
+    else pending.reject(m.unavailable ? new HostUnavailable(m.error) : new HostError(m.error, m.ticks));
     return;
   }
   const { job, source, state, message, env, limits, hostNames } = m;

@@ -6,13 +6,13 @@
 // Host functions run here, in the CU's thread, where the store is; the thread asks for them.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { HostUnavailable, hostCallOf, type Evaluation, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { HostError, HostUnavailable, hostCallOf, type Evaluation, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from './runtime.js';
 
 /** What the CU's thread sends an evaluator thread. */
 export type ToEvaluator =
   | { type: 'evaluate'; job: number; source: string; state: unknown; message: ProcessMessage; env: ProcessEnv; limits: Limits; hostNames: string[] }
   | { type: 'host-answer'; call: number; value: string; ticks: number }
-  | { type: 'host-answer'; call: number; error: string; unavailable: boolean };
+  | { type: 'host-answer'; call: number; error: string; unavailable: boolean; ticks: number };
 
 /** What an evaluator thread sends back. */
 export type FromEvaluator =
@@ -64,9 +64,11 @@ export function evaluatorPool(options: { threads?: number } = {}): EvaluatorPool
       const job = thread.job;
       if (m.type === 'host') {
         if (!job) return;
-        const answer = (a: { value: string; ticks: number } | { error: string; unavailable: boolean }): void =>
+        const answer = (a: { value: string; ticks: number } | { error: string; unavailable: boolean; ticks: number }): void =>
           worker.postMessage({ type: 'host-answer', call: m.call, ...a } satisfies ToEvaluator);
-        hostCallOf(job.extensions)(m.name, m.argument).then(answer, (e: Error) => answer({ error: e.message, unavailable: e instanceof HostUnavailable }));
+        hostCallOf(job.extensions)(m.name, m.argument).then(answer, (e: Error) =>
+          answer({ error: e.message, unavailable: e instanceof HostUnavailable, ticks: e instanceof HostError ? e.ticks : 1 }),
+        );
         return;
       }
       if (!job || job.id !== m.job) return;

@@ -89,7 +89,8 @@ export const DEFAULT_LIMITS: Limits = { memory: 256 * 2 ** 20, compute: 1_000 };
  */
 export interface Extension {
   (argument: string): string | Promise<string>;
-  ticks?: (argument: string, result: string) => number;
+  /** `result` is undefined when the call threw: refused work is paid for too. */
+  ticks?: (argument: string, result?: string) => number;
 }
 export type Extensions = Record<string, Extension>;
 
@@ -100,7 +101,18 @@ export type Extensions = Record<string, Extension>;
 export const HOST_EXTENSION = 'Verity-Host';
 
 /** The default cost of a host call: one tick, plus one per 4 KiB in and out. */
-export const HOST_CALL_TICKS = (argument: string, result: string): number => 1 + Math.ceil((argument.length + result.length) / 4096);
+export const HOST_CALL_TICKS = (argument: string, result = ''): number => 1 + Math.ceil((argument.length + result.length) / 4096);
+
+/** A host function's refusal, with the ticks it cost (a refusal that cost nothing could be looped for free). */
+export class HostError extends Error {
+  constructor(
+    message: string,
+    readonly ticks: number,
+  ) {
+    super(message);
+    this.name = 'HostError';
+  }
+}
 
 /**
  * How a runtime reaches its host functions: by name, answering the result and the ticks it costs.
@@ -108,15 +120,27 @@ export const HOST_CALL_TICKS = (argument: string, result: string): number => 1 +
  */
 export type HostCall = (name: string, argument: string) => Promise<{ value: string; ticks: number }>;
 
-/** Calls an extension and prices it; HostUnavailable passes through, anything else is the process's error. */
+/**
+ * Calls an extension and prices it. HostUnavailable passes through (nothing is evaluated); any
+ * other failure is a HostError with its price, which the process sees as a thrown Error.
+ */
 export function hostCallOf(extensions: Extensions): HostCall {
   return async (name, argument) => {
     const fn = Object.hasOwn(extensions, name) ? extensions[name] : undefined;
-    if (!fn) throw new Error(`no host function ${name}`);
-    const value = await fn(argument);
-    if (typeof value !== 'string') throw new Error(`host.${name} answered ${typeof value}, not a string`);
-    const ticks = (fn.ticks ?? HOST_CALL_TICKS)(argument, value);
-    return { value, ticks: Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1 };
+    if (!fn) throw new HostError(`no host function ${name}`, 1);
+    const price = (result?: string): number => {
+      const ticks = (fn.ticks ?? HOST_CALL_TICKS)(argument, result);
+      return Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1;
+    };
+    let value: string;
+    try {
+      value = await fn(argument);
+    } catch (e) {
+      if (e instanceof HostUnavailable) throw e;
+      throw new HostError((e as Error).message, price());
+    }
+    if (typeof value !== 'string') throw new HostError(`host.${name} answered ${typeof value}, not a string`, price());
+    return { value, ticks: price(value) };
   };
 }
 
@@ -265,6 +289,7 @@ export async function evaluateWith(
               return ctx.newString(value);
             } catch (e) {
               if (e instanceof HostUnavailable) unavailable ??= e;
+              ticks += e instanceof HostError ? e.ticks : 1;
               return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
             }
           }),

@@ -12,7 +12,7 @@ import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { aoClient, expectReply, RefusedError } from '../ao/client.js';
-import type { Extensions } from '../ao/runtime.js';
+import type { Extension, Extensions } from '../ao/runtime.js';
 import { loadModel, modelIdentity } from '../engine/index.js';
 import { resultCommitment, STRATEGIES, type NodeActivity, type StrategyName } from '../node/index.js';
 import { coordinatorExtensions, describeRequest } from '../processes/index.js';
@@ -603,20 +603,20 @@ export async function runSim(options: SimOptions = {}): Promise<SimReport> {
   const extensions = (store: Store): Extensions => {
     const ext = coordinatorExtensions(store);
     const step = ext.step;
-    return {
-      ...ext,
-      async step(json) {
-        const t0 = performance.now();
-        let ok = false;
-        try {
-          const out = await step(json);
-          ok = true;
-          return out;
-        } finally {
-          proofs.push({ ms: performance.now() - t0, ok });
-        }
-      },
+    const timedStep: Extension = async (json) => {
+      const t0 = performance.now();
+      let ok = false;
+      try {
+        const out = await step(json);
+        ok = true;
+        return out;
+      } finally {
+        proofs.push({ ms: performance.now() - t0, ok });
+      }
     };
+    // The same price as the step it times.
+    timedStep.ticks = step.ticks;
+    return { ...ext, step: timedStep };
   };
 
   // Each request's honest answer, computed here before anything runs.

@@ -464,7 +464,7 @@ const refereeBytes = (leaves: number, verified: number): number => 256 * KIB + 2
 /** An extension with its price: the runtime charges `ticks(argument, result)` against the compute limit. */
 export interface PricedExtension {
   (argument: string): string | Promise<string>;
-  ticks(argument: string, result: string): number;
+  ticks(argument: string, result?: string): number;
 }
 
 export type CoordinatorExtensions = Record<ExtensionName, PricedExtension>;
@@ -654,7 +654,7 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
   };
 
   const priced = (name: ExtensionName, fn: (argument: string) => string | Promise<string>): PricedExtension =>
-    Object.assign(fn, { ticks: (argument: string, result: string): number => hostCallTicks(name, argument, result) });
+    Object.assign(fn, { ticks: (argument: string, result?: string): number => hostCallTicks(name, argument, result) });
 
   const extensions: CoordinatorExtensions = {
     model: priced('model', async (argument) => {

@@ -29,12 +29,18 @@ export function handle(state, msg) {
   return { state: s, Output: { count: s.count, host: typeof host } };
 }`;
 
-// Calls host.echo as often as it is asked to, or until the host refuses.
+// Calls host.echo as often as it is asked to, or until the host refuses; Refused: calls that the
+// host refuses, each caught, as an attacker looping on a refusal would.
 const CALLER = `
 export function handle(state, msg) {
   const s = state ?? { calls: 0 };
+  const action = (msg.Tags.find((t) => t.name === 'Action') || {}).value;
   const n = Number(msg.Data || 0);
-  for (let i = 0; i < n; i++) { host.echo('x'); s.calls += 1; }
+  for (let i = 0; i < n; i++) {
+    if (action === 'Refused') { try { host.echo('refuse'); } catch (e) { if (/compute limit/.test(e.message)) throw e; } }
+    else host.echo('x');
+    s.calls += 1;
+  }
   return { state: s, Output: { calls: s.calls } };
 }`;
 
@@ -58,6 +64,7 @@ describe('the CU under attack', { timeout: 120_000 }, () => {
     dir = mkdtempSync(join(tmpdir(), 'verity-cu-attacks-'));
     const echo: Extension = (argument) => {
       echoes += 1;
+      if (argument === 'refuse') throw new Error('refused');
       return argument;
     };
     echo.ticks = () => ECHO_TICKS;
@@ -98,6 +105,11 @@ describe('the CU under attack', { timeout: 120_000 }, () => {
     // The host did at most the work the limit pays for.
     assert.ok(echoes - before <= 3 + COMPUTE / ECHO_TICKS + 1, `${echoes - before} host calls`);
     assert.deepEqual((await ao.dryRun(caller, act('Call', '0'))).Output, { calls: 3 }, 'the failed message left the state');
+    // A refused call is paid for too: a loop on refusals stops at the limit as well.
+    const refusedBefore = echoes;
+    const refused = await ao.result(caller, await ao.message(caller, act('Refused', '1000000')));
+    assert.match(String(refused.Error), /compute limit/);
+    assert.ok(echoes - refusedBefore <= COMPUTE / ECHO_TICKS + 1, `${echoes - refusedBefore} refused host calls`);
   });
 
   test('host functions reach only modules tagged Extension: Verity-Host', async () => {
