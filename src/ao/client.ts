@@ -66,8 +66,8 @@ const BUSY_TRIES = 6;
 
 /**
  * One HTTP request, asked again (a few times, with backoff or the unit's Retry-After) while the
- * unit says it is busy; every call here is safe to repeat (reads, and signed bytes the MU and SU
- * take once).
+ * unit says it is busy or the connection fails; every call here is safe to repeat (reads, and
+ * signed bytes the MU and SU take once).
  */
 async function request(url: string, init: RequestInit | undefined, what: string): Promise<Response> {
   for (let attempt = 1; ; attempt++) {
@@ -76,6 +76,11 @@ async function request(url: string, init: RequestInit | undefined, what: string)
       res = await fetch(url, init);
     } catch (e) {
       if (init?.signal?.aborted) throw e;
+      // A connection the unit closed as it was reused (keep-alive) fails at once: ask again.
+      if (attempt < BUSY_TRIES) {
+        await sleep(100 * attempt);
+        continue;
+      }
       throw new AoClientError(`${what}: cannot reach ${new URL(url).origin}: ${(e as Error).message}`);
     }
     if (!BUSY.has(res.status) || attempt === BUSY_TRIES || init?.signal?.aborted) return res;

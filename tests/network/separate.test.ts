@@ -112,6 +112,11 @@ test('separate processes: 50 concurrent requests from 5 wallets complete, a kill
       const stuck = db.prepare("SELECT task, status FROM tasks WHERE status IN ('running', 'submitting')").all();
       db.close();
       assert.deepEqual(stuck, []);
+    } catch (e) {
+      // A unit or node that died says why: its exit and the end of its stderr.
+      const dead = started.filter((s) => s.child.exitCode !== null || s.child.signalCode !== null);
+      for (const s of dead) (e as Error).message += `\n${s.child.spawnargs.slice(2, 4).join(' ')} exited (${s.child.exitCode ?? s.child.signalCode}): ${s.stderr().slice(-1500)}`;
+      throw e;
     } finally {
       await Promise.all(started.map((s) => s.stop()));
     }
