@@ -5,7 +5,11 @@
 // missing is a NO, a scenario that throws or runs out of time is a NO, and any NO exits with 1.
 //
 // Environment: ATTACK_MANIFESTS (finding 2's host.model calls, default 10,000), ATTACK_KEEP=1 keeps
-// the devnet folder, ATTACK_ONLY=1,4,… runs only those findings (the devnet is started either way).
+// the devnet folder, ATTACK_ONLY=1,4,… runs only those findings (the devnet is started either way),
+// ATTACK_VERBOSE=1 prints the devnet's own log. Rows 1c and 6b go past the review's own runs: the
+// same attack as 1b through an SU that holds each request before its 500, and as 6 through the MU.
+// The devnet's host extensions are wrapped (not changed) so that a row can tell whether a request
+// was tokenised (host.job) before it was refused.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -15,6 +19,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { Worker } from 'node:worker_threads';
 import { aoClient, expectReply, replyOf, type AoClient } from '../src/ao/client.js';
 import { publishModule, type ModuleOptions } from '../src/ao/modules.js';
 import { MESSENGER_DEFAULTS, type Job } from '../src/ao/mu.js';
@@ -25,6 +30,7 @@ import { fundCoordinator } from '../src/processes/calls.js';
 import { coordinatorExtensions, publishProcessModule } from '../src/processes/index.js';
 import { hostCacheStats, type HostCacheStats } from '../src/processes/host.js';
 import { createItem, tagValue, type Tag } from '../src/store/items.js';
+import { DEFAULT_UPLOAD_POLICY } from '../src/store/gateway.js';
 import type { Store } from '../src/store/store.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../src/store/wallet.js';
 
@@ -37,6 +43,8 @@ interface Row {
 }
 
 const MIB = 2 ** 20;
+/** Past this, the scenarios left are not started (each is also cut off after 5 minutes). */
+const RUN_DEADLINE_MS = 12 * 60_000;
 const AO_TAGS = (type: 'Message' | 'Process'): Tag[] => [
   { name: 'Data-Protocol', value: 'ao' },
   { name: 'Variant', value: 'ao.TN.1' },
@@ -109,7 +117,6 @@ function watchedExtensions(log: HostLog): (store: Store) => Extensions {
 }
 
 interface Net {
-  dir: string;
   devnet: Devnet;
   urls: Devnet['units']['urls'];
   coordinator: string;
@@ -209,68 +216,85 @@ async function frozenQueue(net: Net): Promise<Row> {
   };
 }
 
-// Sends `Count` messages to the process named by `To`: puts pushes into another process's lane.
+// Sends one message to each process its Data lists: pushes into as many lanes of the MU.
 const RELAY = `
-const tag = (m, name) => (m.Tags.find((t) => t.name === name) || {}).value;
 export function handle(state, m) {
-  if (tag(m, 'Action') !== 'Relay') return { state: state ?? 0 };
-  const to = tag(m, 'To');
-  const count = Number(tag(m, 'Count'));
-  return { state: (state ?? 0) + 1, Messages: Array.from({ length: count }, (_, i) => ({ Target: to, Data: String(i), Tags: [{ name: 'Action', value: 'Note' }] })) };
+  if ((m.Tags.find((t) => t.name === 'Action') || {}).value !== 'Relay') return { state: state ?? 0 };
+  const targets = JSON.parse(m.Data);
+  return { state: (state ?? 0) + 1, Messages: targets.map((to, i) => ({ Target: to, Data: String(i), Tags: [{ name: 'Action', value: 'Note' }] })) };
 }`;
 
-async function rogueScheduler(net: Net): Promise<Row> {
-  const sdk = Verity.connect({ mu: net.urls.mu, cu: net.urls.cu, coordinator: net.coordinator, token: net.token, wallet: net.user });
-  const inferMs = async (): Promise<number> => {
-    const t0 = performance.now();
-    await sdk.infer('Once upon a time', { maxTokens: 8, wait: 'pending', timeoutMs: 60_000 });
-    return since(t0);
-  };
-  const baseline = await inferMs();
+const ROGUE_PROCESSES = 16;
 
-  const rogue = await answeringServer(500);
+/**
+ * An SU of the attacker's that answers 500, at once (1b) or after holding each request for
+ * `holdMs` (1c), under the MU's 30 s request timeout: a row of the MU's holds its slot meanwhile.
+ */
+async function rogueScheduler(net: Net, finding: string, holdMs: number): Promise<Row> {
+  const sdk = Verity.connect({ mu: net.urls.mu, cu: net.urls.cu, coordinator: net.coordinator, token: net.token, wallet: net.user });
+  const timed = async (work: () => Promise<unknown>): Promise<number | string> => {
+    const t0 = performance.now();
+    try {
+      await within(60_000, 'the request', work());
+      return since(t0);
+    } catch (e) {
+      return `failed (${(e as Error).message.slice(0, 50)})`;
+    }
+  };
+  // An Infer needs no push (the node reads the coordinator's results); a Deposit does: the token's
+  // Credit-Notice to the coordinator is pushed by the MU, in the same queue as the rogue rows.
+  const infer = (): Promise<number | string> => timed(() => sdk.infer('Once upon a time', { maxTokens: 8, wait: 'pending', timeoutMs: 60_000 }));
+  const deposit = (): Promise<number | string> => timed(() => sdk.deposit(3n));
+  const before = { infer: await infer(), deposit: await deposit() };
+
+  const rogue = await answeringServer(500, holdMs);
   try {
-    // The attacker's SU, as anyone may publish one: its Scheduler-Location and a process on it,
+    // The attacker's SU, as anyone may publish one: its Scheduler-Location and processes on it,
     // uploaded through the public gateway.
     const attacker = await generateWallet('ed25519');
     const signer = walletSigner(attacker);
     const location = await createItem('', signer, {
       tags: [{ name: 'Data-Protocol', value: 'ao' }, { name: 'Type', value: 'Scheduler-Location' }, { name: 'Url', value: rogue.url }, { name: 'Time-To-Live', value: '3600000' }],
     });
-    const processItem = await createItem('rogue', signer, { tags: [...AO_TAGS('Process'), { name: 'Module', value: 'M'.repeat(43) }, { name: 'Scheduler', value: walletAddress(attacker) }] });
-    for (const item of [location, processItem]) {
+    const rogueProcesses: string[] = [];
+    for (const item of [location, ...(await Promise.all(Array.from({ length: ROGUE_PROCESSES }, (_, i) =>
+      createItem(`rogue ${i}`, signer, { tags: [...AO_TAGS('Process'), { name: 'Module', value: 'M'.repeat(43) }, { name: 'Scheduler', value: walletAddress(attacker) }] }))))]) {
       const uploaded = await post(`${net.urls.gateway}/tx`, item.raw);
       if (uploaded.status !== 200) throw new Error(`the gateway refused the attacker's ${tagValue(item, 'Type')}: ${uploaded.status}`);
+      if (item !== location) rogueProcesses.push(item.id);
     }
-    const rogueProcess = processItem.id;
-    // Client messages to it (the MU tries a few times, answers, and keeps them for the background)…
-    const direct = await Promise.all(
-      Array.from({ length: 8 }, async (_, i) => {
-        const item = await createItem(`direct ${i}`, signer, { target: rogueProcess, tags: AO_TAGS('Message') });
-        return { id: item.id, status: (await post(`${net.urls.mu}/`, item.raw)).status };
+    // Client messages to them (the MU tries a few times while the client waits, then keeps them for the background)…
+    const directIds = new Set<string>();
+    const direct = Promise.all(
+      rogueProcesses.slice(0, 4).map(async (target, i) => {
+        const item = await createItem(`direct ${i}`, signer, { target, tags: AO_TAGS('Message') });
+        directIds.add(item.id);
+        return (await post(`${net.urls.mu}/`, item.raw)).status;
       }),
     );
-    // …and pushes to it from a process of the attacker's on the real SU.
+    // …and one message to a process of the attacker's on the real SU that pushes one message into each rogue lane.
     const relay = await net.spawn(attacker, RELAY, 'relay');
-    await net.client(attacker).message(relay, { tags: [...actionTag('Relay'), { name: 'To', value: rogueProcess }, { name: 'Count', value: '16' }] });
+    await net.client(attacker).message(relay, { tags: actionTag('Relay'), data: JSON.stringify(rogueProcesses) });
     const t0 = performance.now();
     await sleep(1500);
-    const during = await inferMs();
-    await sleep(Math.max(0, 8000 - since(t0)));
-    const directIds = new Set(direct.map((d) => d.id));
+    const during = { infer: await infer(), deposit: await deposit() };
+    await sleep(Math.max(0, 2 * holdMs + 8000 - since(t0)));
+    const statuses = await within(60_000, 'the client POSTs', direct);
     const rows = net.devnet.units.messenger.jobs().filter((j) => (j.kind === 'forward' && j.itemId !== null && directIds.has(j.itemId)) || j.key.startsWith(`push:${relay}:`));
     const elapsed = since(t0) / 1000;
-    const ok = during <= 3 * baseline + 3000;
-    const delivered = rows.filter((j) => j.state === 'done' && j.kind !== 'crank').length;
+    const fine = (b: number | string, d: number | string): boolean => typeof b === 'number' && typeof d === 'number' && d <= 3 * b + 3000;
+    const inferOk = fine(before.infer, during.infer);
+    const depositOk = fine(before.deposit, during.deposit);
+    const delivered = rows.filter((j) => j.state === 'done').length;
+    const ms = (v: number | string): string => (typeof v === 'number' ? `${v} ms` : v);
     return {
-      finding: '1b',
-      attack: 'an SU of the attacker answering 500',
-      defence: ok ? 'rogue rows retried apart; Infer unaffected' : 'Infer held up by the rogue rows',
+      finding,
+      attack: holdMs ? `an SU of the attacker holding ${holdMs / 1000} s, then 500` : 'an SU of the attacker answering 500',
+      defence: inferOk && depositOk ? 'rogue rows retried apart; others unaffected' : `held up: ${[inferOk ? '' : 'Infer', depositOk ? '' : 'Deposit (a push)'].filter(Boolean).join(', ')}`,
       figure:
-        `Infer ${baseline} ms before, ${during} ms during; client POSTs ${tally(direct.map((d) => d.status))}; ` +
-        `rogue rows after ${elapsed.toFixed(0)} s: ${tally(rows.map((j) => j.state))}, max ${Math.max(0, ...rows.map((j) => j.attempts))} tries; ` +
-        `rogue SU hit ${rogue.hits()}× (${(rogue.hits() / Math.max(1, rows.length) / elapsed).toFixed(2)}/row/s)`,
-      held: ok && delivered === 0 && rows.length > 0,
+        `Infer ${ms(before.infer)} before, ${ms(during.infer)} during; Deposit ${ms(before.deposit)} before, ${ms(during.deposit)} during; client POSTs ${tally(statuses)}; ` +
+        `rogue rows after ${elapsed.toFixed(0)} s: ${tally(rows.map((j) => j.state))}, max ${Math.max(0, ...rows.map((j) => j.attempts))} tries; rogue SU asked ${rogue.hits()}×`,
+      held: inferOk && depositOk && delivered === 0 && rows.length > 0,
     };
   } finally {
     await rogue.close();
@@ -485,6 +509,46 @@ async function spinningProcess(net: Net): Promise<Row> {
   };
 }
 
+/**
+ * The same burner through the MU: every client message is cranked (its result read from the CU,
+ * its outbox pushed), and a process's results come one at a time. Forty messages to the burner
+ * are five times the cranks the MU has slots for; a Deposit (the token's Credit-Notice is a push) must not
+ * wait behind them.
+ */
+const BURNS_VIA_MU = 40;
+
+async function spinningThroughMessenger(net: Net): Promise<Row> {
+  const attacker = await generateWallet('ed25519');
+  const ao = net.client(attacker);
+  const burner = await net.spawn(attacker, BURNER, 'burner-mu');
+  const sdk = Verity.connect({ mu: net.urls.mu, cu: net.urls.cu, coordinator: net.coordinator, token: net.token, wallet: net.user });
+  const deposit = async (): Promise<number | string> => {
+    const t0 = performance.now();
+    try {
+      await within(60_000, 'the Deposit', sdk.deposit(5n));
+      return since(t0);
+    } catch (e) {
+      return `failed (${(e as Error).message.slice(0, 50)})`;
+    }
+  };
+  const before = await deposit();
+  const b0 = performance.now();
+  const burns = await Promise.all(Array.from({ length: BURNS_VIA_MU }, (_, i) => ao.message(burner, { tags: actionTag('Burn'), data: `mu ${i}` })));
+  const burning = Promise.all(burns.map((id) => ao.result(burner, id))).then(() => since(b0));
+  await sleep(300);
+  const during = await deposit();
+  const burnMs = await within(120_000, 'the burns', burning);
+  const ok = typeof before === 'number' && typeof during === 'number' && during <= 3 * before + 3000;
+  const ms = (v: number | string): string => (typeof v === 'number' ? `${v} ms` : v);
+  return {
+    finding: '3b',
+    attack: `${BURNS_VIA_MU} messages spinning at the limit, via the MU`,
+    defence: ok ? "the burner's cranks leave the MU's other work alone" : "pushes wait behind the burner's cranks",
+    figure: `Deposit ${ms(before)} before, ${ms(during)} during ${burnMs} ms of burning`,
+    held: ok,
+  };
+}
+
 // ---- finding 4: amplification ----
 
 // Answers every Ball with `Copies` Balls to whoever sent it (the client's first one names a Peer).
@@ -676,6 +740,41 @@ async function anonymousStorage(net: Net): Promise<Row> {
   };
 }
 
+/**
+ * The same attacker through the other door: every message the MU takes is stored for good too (the
+ * SU puts it in the store), so one signer sending 1 MiB messages to a process of its own is held to
+ * the gateway's per-signer quota only if the MU or SU counts them as well.
+ */
+async function storageThroughMessenger(net: Net): Promise<Row> {
+  const attacker = await generateWallet('ed25519');
+  const signer = walletSigner(attacker);
+  const sink = await net.spawn(attacker, COUNTER, 'sink');
+  const ceiling = DEFAULT_UPLOAD_POLICY.signerBytes + 16 * MIB;
+  const payload = randomBytes(MIB - 2048).toString('base64').slice(0, MIB - 2048);
+  const t0 = performance.now();
+  let accepted = 0;
+  let status = 202;
+  let detail = '';
+  for (let n = 0; accepted < ceiling; n++) {
+    const item = await createItem(payload, signer, { target: sink, anchor: `sink-${n}`.padEnd(32, '.'), tags: AO_TAGS('Message') });
+    const r = await post(`${net.urls.mu}/`, item.raw);
+    status = r.status;
+    if (status !== 202) {
+      detail = String(r.body?.error ?? '').slice(0, 60);
+      break;
+    }
+    accepted += item.raw.length;
+  }
+  const refused = status === 429 || status === 413;
+  return {
+    finding: '6b',
+    attack: 'the same signer: 1 MiB messages through the MU',
+    defence: refused ? `refused with ${status} (${detail})` : status === 202 ? `still accepting past the gateway's ${mb(DEFAULT_UPLOAD_POLICY.signerBytes)} (stopped there)` : `answered ${status} (${detail})`,
+    figure: `${mb(accepted)} stored for good before ${refused ? status : status === 202 ? 'the bench stopped' : status}, in ${(since(t0) / 1000).toFixed(1)} s`,
+    held: refused && accepted <= DEFAULT_UPLOAD_POLICY.signerBytes,
+  };
+}
+
 // ---- finding 8: a read under load ----
 
 async function readUnderLoad(net: Net): Promise<Row> {
@@ -729,17 +828,57 @@ async function spinning(net: Net, overflowWarnings: string[]): Promise<Row> {
 
 // ---- the run ----
 
-function printTable(rows: Row[]): void {
+// The table, as text; the watchdog thread runs the same function (its source is passed over).
+function tableText(rows: Row[]): string {
   const header = ['#', 'attack', 'defence observed', 'figure', 'held'];
   const cells = rows.map((r) => [r.finding, r.attack, r.defence, r.figure, r.held ? 'yes' : 'NO']);
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: string[]): string => `| ${c.map((v, i) => v.padEnd(widths[i])).join(' | ')} |`;
-  console.log(line(header));
-  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
-  for (const c of cells) console.log(line(c));
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n');
+}
+
+/** How long the main thread may go without running before the run is called frozen. */
+const FROZEN_MS = 45_000;
+
+/**
+ * The devnet runs in this process, so an attack that freezes its event loop freezes the bench's
+ * timers too, and no timeout of the bench's own could fire. A thread of its own watches a
+ * heartbeat; when it stops, the thread writes the rows so far and a NO for the scenario that was
+ * running straight to stderr and stdout, and ends the process (SIGTERM: exit status 143).
+ */
+function startWatchdog(): { scenario(finding: string, attack: string): void; row(row: Row): void } {
+  const beat = new Int32Array(new SharedArrayBuffer(4));
+  const origin = Date.now();
+  const tick = (): void => void Atomics.store(beat, 0, Math.floor((Date.now() - origin) / 1000));
+  tick();
+  setInterval(tick, 1000).unref();
+  const source = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const { writeSync } = require('node:fs');
+    const tableText = ${tableText.toString()};
+    const rows = [];
+    let current = null;
+    parentPort.on('message', (m) => { if (m.type === 'row') rows.push(m.row); else current = m; });
+    const beat = new Int32Array(workerData.beat);
+    setInterval(() => {
+      const silent = Date.now() - (workerData.origin + Atomics.load(beat, 0) * 1000);
+      if (silent < workerData.frozenMs) return;
+      const frozen = { finding: current ? current.finding : '?', attack: current ? current.attack : 'between scenarios', defence: 'the units froze', figure: 'the event loop of the devnet (and the bench) did not run for ' + Math.round(silent / 1000) + ' s', held: false };
+      writeSync(2, '[attack] frozen: ' + frozen.figure + '\\n');
+      writeSync(1, tableText([...rows, frozen]) + '\\n\\nthe run was cut short: the devnet froze during finding ' + frozen.finding + '\\n');
+      process.kill(process.pid, 'SIGTERM');
+    }, 1000);
+  `;
+  const worker = new Worker(source, { eval: true, workerData: { beat: beat.buffer, origin, frozenMs: FROZEN_MS } });
+  worker.unref();
+  return {
+    scenario: (finding, attack) => worker.postMessage({ type: 'scenario', finding, attack }),
+    row: (row) => worker.postMessage({ type: 'row', row }),
+  };
 }
 
 async function main(): Promise<number> {
+  const watchdog = startWatchdog();
   const overflowWarnings: string[] = [];
   process.on('warning', (w) => {
     if (w.name === 'TimeoutOverflowWarning') overflowWarnings.push(w.message);
@@ -747,11 +886,10 @@ async function main(): Promise<number> {
   const only = process.env.ATTACK_ONLY ? new Set(process.env.ATTACK_ONLY.split(',').map((s) => s.trim())) : null;
   const progress = (line: string): void => void process.stderr.write(`[attack] ${line}\n`);
   const dir = mkdtempSync(join(tmpdir(), 'verity-attack-'));
-  const devnetLog: string[] = [];
   const host: HostLog = { jobs: [], modelCalls: 0 };
   const t0 = performance.now();
   progress(`starting a devnet in ${dir}`);
-  const devnet = await startDevnet({ dir, nodes: 2, extensions: watchedExtensions(host), log: (line) => devnetLog.push(line) });
+  const devnet = await startDevnet({ dir, nodes: 2, extensions: watchedExtensions(host), log: (line) => (process.env.ATTACK_VERBOSE ? progress(line) : undefined) });
   progress(`devnet ready in ${(since(t0) / 1000).toFixed(1)} s`);
   const rows: Row[] = [];
   try {
@@ -760,7 +898,6 @@ async function main(): Promise<number> {
     ) as { id: string; manifest: string }[];
     const client = (wallet: Wallet): AoClient => aoClient({ mu: devnet.units.urls.mu, cu: devnet.units.urls.cu, wallet });
     const net: Net = {
-      dir,
       devnet,
       urls: devnet.units.urls,
       coordinator: devnet.info.coordinator,
@@ -776,27 +913,45 @@ async function main(): Promise<number> {
         return client(wallet).spawn(module, devnet.units.scheduler.address, { tags: [{ name: 'Authority', value: devnet.units.messenger.address }] });
       },
     };
-    // Order matters only where a scenario leaves work behind: the rogue SU's rows stay pending
-    // (retried for a day), so finding 4, which waits for an idle MU, runs before it.
+    // Order matters where a scenario leaves work behind: the rogue SU's rows stay pending (retried
+    // for a day), so finding 4, which waits for an idle MU, runs before them; 6b leaves hundreds of
+    // 1 MiB messages for the MU to crank, minutes of work, so it runs last.
     const scenarios: [string, string, () => Promise<Row | Row[]>][] = [
       ['5', 'oversized input', () => oversizedInput(net)],
       ['6', 'anonymous storage', () => anonymousStorage(net)],
       ['1', 'a Transfer that cannot be delivered', () => frozenQueue(net)],
       ['4', 'amplification', () => amplification(net)],
       ['3', 'spinning processes', () => spinningProcess(net)],
+      ['3b', 'a spinning process through the MU', () => spinningThroughMessenger(net)],
       ['2', 'CU memory', () => manifestFlood(net)],
-      ['1b', 'a rogue SU', () => rogueScheduler(net)],
+      ['1b', 'a rogue SU', () => rogueScheduler(net, '1b', 0)],
+      ['1c', 'a rogue SU that holds requests', () => rogueScheduler(net, '1c', 10_000)],
       ['8', 'a read under load', () => readUnderLoad(net)],
+      ['6b', 'anonymous storage through the MU', () => storageThroughMessenger(net)],
     ];
     for (const [finding, what, run] of scenarios) {
       if (only && !only.has(finding)) continue;
       const s0 = performance.now();
       progress(`finding ${finding}: ${what}`);
-      try {
-        const got = await within(300_000, `finding ${finding}`, run());
-        rows.push(...(Array.isArray(got) ? got : [got]));
-      } catch (e) {
-        rows.push({ finding, attack: what, defence: 'the scenario failed', figure: (e as Error).message.replace(/\s+/g, ' ').slice(0, 160), held: false });
+      watchdog.scenario(finding, what);
+      let got: Row[];
+      const left = RUN_DEADLINE_MS - since(t0);
+      if (left < 30_000) {
+        // What earlier scenarios left running (an undefended attack keeps going) must not make the run endless.
+        got = [{ finding, attack: what, defence: 'not run', figure: `the run passed its ${RUN_DEADLINE_MS / 60_000} min deadline`, held: false }];
+      } else {
+        try {
+          const r = await within(Math.min(300_000, left), `finding ${finding}`, run());
+          got = Array.isArray(r) ? r : [r];
+        } catch (e) {
+          got = [{ finding, attack: what, defence: 'the scenario failed', figure: (e as Error).message.replace(/\s+/g, ' ').slice(0, 160), held: false }];
+        }
+      }
+      rows.push(...got);
+      // Each row as it comes, so that a run cut short still says what it saw.
+      for (const r of got) {
+        watchdog.row(r);
+        progress(`  ${r.finding}: ${r.held ? 'held' : 'NO'} — ${r.defence}; ${r.figure}`);
       }
       progress(`finding ${finding} done in ${(since(s0) / 1000).toFixed(1)} s`);
     }
@@ -807,9 +962,7 @@ async function main(): Promise<number> {
     else rmSync(dir, { recursive: true, force: true });
   }
   rows.sort((a, b) => a.finding.localeCompare(b.finding, 'en', { numeric: true }));
-  printTable(rows);
-  const failures = devnetLog.filter((l) => /mu: .* failed/.test(l));
-  if (failures.length) progress(`${failures.length} MU rows failed during the run; the last: ${failures.at(-1)!.slice(0, 300)}`);
+  console.log(tableText(rows));
   console.log(`\n${rows.filter((r) => r.held).length}/${rows.length} held; ${(since(t0) / 1000).toFixed(0)} s in all`);
   return rows.every((r) => r.held) ? 0 : 1;
 }
