@@ -239,7 +239,9 @@ const PARKED = Number.MAX_SAFE_INTEGER;
 const crankJob = (message: string, process: string, root: string, depth: number): NewJob => ({
   kind: 'crank',
   key: `crank:${process}:${message}`,
-  lane: null,
+  // One crank per process at a time: the CU evaluates a process one message at a time anyway, so
+  // a process whose messages are slow to evaluate (at its compute limit) holds one slot, not all.
+  lane: `crank:${process}`,
   payload: { message, process, root } satisfies CrankPayload,
   depth,
   root,
@@ -393,8 +395,27 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const stop = new AbortController();
   let closed = false;
 
+  // A unit that failed lately (no answer, a timeout, a 5xx) gets one request at a time until it
+  // answers again: an SU that holds every request for seconds then fails holds one slot, not all.
+  const FAILING_MS = 60_000;
+  const MAX_FAILING_UNITS = 1024;
+  const failingUntil = new Map<string, number>();
+  const inflightAt = new Map<string, number>();
+  const cuOrigin = new URL(cu).origin;
+
   async function http(method: 'GET' | 'POST', url: string, body?: Uint8Array): Promise<Reply> {
     if (closed) throw new Stopped('closing');
+    const origin = new URL(url).origin;
+    const busy = inflightAt.get(origin) ?? 0;
+    if (origin !== cuOrigin && busy > 0 && (failingUntil.get(origin) ?? 0) > Date.now()) {
+      throw new Transient(`the unit at ${origin} failed lately and has a request in flight: one at a time until it answers`);
+    }
+    const failed = (): void => {
+      failingUntil.delete(origin);
+      failingUntil.set(origin, Date.now() + FAILING_MS);
+      if (failingUntil.size > MAX_FAILING_UNITS) failingUntil.delete(failingUntil.keys().next().value!);
+    };
+    inflightAt.set(origin, busy + 1);
     let res: Response;
     try {
       res = await fetch(url, {
@@ -405,8 +426,15 @@ export function openMessenger(options: MessengerOptions): Messenger {
       });
     } catch (e) {
       if (stop.signal.aborted) throw new Stopped('closing');
+      failed();
       throw new Unreachable(`${method} ${url}: ${(e as Error).cause ? String((e as Error).cause) : (e as Error).message}`);
+    } finally {
+      const left = (inflightAt.get(origin) ?? 1) - 1;
+      if (left > 0) inflightAt.set(origin, left);
+      else inflightAt.delete(origin);
     }
+    if (res.status >= 500) failed();
+    else failingUntil.delete(origin);
     const text = await res.text().catch(() => '');
     let parsed: unknown = null;
     try {
