@@ -14,6 +14,7 @@
 // failed take at most half the slots; deliveries wait only for earlier ones into the same process;
 // and a chain of pushes from one client message is bounded in depth, per-result fan-out and total
 // pushes (`limits`), so two processes answering each other cannot amplify one message.
+import { uploadDecision, uploadLedger, uploadPolicy, type UploadPolicy } from '../store/gateway.js';
 import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
 import { openDatabase } from '../store/database.js';
@@ -55,6 +56,12 @@ export interface MessengerOptions {
   timeoutMs?: number;
   /** The largest item a client may submit (413 past it, before its signature is checked); startMessenger's bodyLimit follows it. */
   maxItemBytes?: number;
+  /**
+   * What one signer (and all together) may have the SUs store through this MU per window: the
+   * gateway's policy and rules (DEFAULT_UPLOAD_POLICY), since every message submitted is stored for
+   * good. 429 with Retry-After past it.
+   */
+  uploads?: Partial<UploadPolicy>;
   log?: (line: string) => void;
 }
 
@@ -122,6 +129,8 @@ export class MessengerError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** For a 429: when to come back. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
     this.name = 'MessengerError';
@@ -227,6 +236,13 @@ interface Cap {
 
 /** Worth trying again later. */
 class Transient extends Error {}
+/**
+ * The unit already has its share of this MU's slots: tried again shortly, and not counted as a
+ * failure. A unit holds at most half the slots (one, once it failed lately), so one that holds
+ * every request for seconds cannot hold up the work bound elsewhere.
+ */
+class Deferred extends Transient {}
+const DEFER_MS = 100;
 /** No answer at all from a unit (it may have moved): also worth locating it again. */
 class Unreachable extends Transient {}
 /** Will never work: recorded as failed. */
@@ -304,6 +320,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const retrySlots = Math.max(1, Math.floor(concurrency / 2));
   const timeoutMs = options.timeoutMs ?? defaults.timeoutMs;
   const maxItemBytes = Math.max(1, options.maxItemBytes ?? defaults.maxItemBytes);
+  const uploads = uploadPolicy({ maxItemBytes, ...options.uploads });
+  const ledger = uploadLedger(uploads);
   const log = options.log ?? ((line: string) => console.error(line));
 
   const db = openDatabase(options.dir, 'mu.sqlite', SCHEMA);
@@ -395,8 +413,10 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const stop = new AbortController();
   let closed = false;
 
-  // A unit that failed lately (no answer, a timeout, a 5xx) gets one request at a time until it
-  // answers again: an SU that holds every request for seconds then fails holds one slot, not all.
+  // A unit (an SU; the CU is the MU's own) has at most half the slots, and one that failed lately
+  // (no answer, a timeout, a 5xx) one request at a time until it answers again: an SU that holds
+  // every request for seconds, then fails, cannot take the slots the other units' work needs.
+  const unitSlots = Math.max(1, Math.floor(concurrency / 2));
   const FAILING_MS = 60_000;
   const MAX_FAILING_UNITS = 1024;
   const failingUntil = new Map<string, number>();
@@ -407,8 +427,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
     if (closed) throw new Stopped('closing');
     const origin = new URL(url).origin;
     const busy = inflightAt.get(origin) ?? 0;
-    if (origin !== cuOrigin && busy > 0 && (failingUntil.get(origin) ?? 0) > Date.now()) {
-      throw new Transient(`the unit at ${origin} failed lately and has a request in flight: one at a time until it answers`);
+    if (origin !== cuOrigin) {
+      const failing = (failingUntil.get(origin) ?? 0) > Date.now();
+      if (busy >= (failing ? 1 : unitSlots)) {
+        throw new Deferred(`the unit at ${origin} has ${busy} requests in flight${failing ? ' and failed lately: one at a time until it answers' : `, its share of ${concurrency} slots`}`);
+      }
     }
     const failed = (): void => {
       failingUntil.delete(origin);
@@ -682,6 +705,10 @@ export function openMessenger(options: MessengerOptions): Messenger {
     const e = outcome.error;
     // Cut off by close(): the row stays as it was and is tried again on reopen.
     if (closed || e instanceof Stopped) return;
+    if (e instanceof Deferred) {
+      q.retry.run(row.attempts, Date.now() + DEFER_MS, oneLine(e.message), row.failing_since, Date.now(), row.id);
+      return;
+    }
     if (e instanceof Unreachable) options.scheduler.forget?.();
     failOrRetry(row, e);
   }
@@ -811,6 +838,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
         if (e instanceof ItemError) throw new MessengerError(400, e.message);
         throw e;
       }
+      // Every message submitted is stored for good: the signer's quota, counted once it is signed.
+      const now = Date.now();
+      const decision = uploadDecision(uploads, ledger.usage(item.address), { bytes: raw.byteLength, signer: item.address }, now);
+      if (!decision.allowed) throw new MessengerError(decision.status, decision.message, decision.status === 429 ? decision.retryAfterSeconds : undefined);
+      if (decision.counted) ledger.change(item.address, now, { at: now, bytes: raw.byteLength, items: 1 });
       if (!item.tags.some((t) => t.name === 'Data-Protocol' && t.value === 'ao')) throw new MessengerError(400, 'not an ao item: it needs the tag Data-Protocol=ao');
       const type = tagValue(item, 'Type');
       let processId: string;
@@ -916,7 +948,10 @@ export async function startMessenger(mu: Messenger, options: { port: number; hos
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
   app.setErrorHandler((error: FastifyError, _request, reply) => {
-    if (error instanceof MessengerError) return fail(reply, error.status, error.message);
+    if (error instanceof MessengerError) {
+      if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
+      return fail(reply, error.status, error.message);
+    }
     const status = error.statusCode ?? 500;
     if (status >= 400 && status < 500) return fail(reply, status, error.message);
     return fail(reply, 500, 'internal error');

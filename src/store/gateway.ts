@@ -186,7 +186,8 @@ export function uploadDecision(policy: UploadPolicy, usage: UploadUsage, item: {
 }
 
 /** The gateway's memory of recent uploads: per signer (bounded, least recently active first) and in all. */
-function uploadLedger(policy: UploadPolicy) {
+/** What each signer (and all together) stored in the window: bounded (maxTrackedSigners), in memory. The MU keeps one too. */
+export function uploadLedger(policy: UploadPolicy) {
   const signers = new Map<string, UsageWindow>();
   let global: UsageWindow = [];
   return {

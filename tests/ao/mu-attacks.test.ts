@@ -499,6 +499,33 @@ test('size before work: an oversized body is 413 before its signature is checked
   }
 });
 
+test('(finding 6) anonymous storage through the MU: a signer past its quota gets 429 with Retry-After; others are served', TIMEOUT, async () => {
+  const net = await stack({ cu: () => undefined, mu: { uploads: { signerBytes: 8 * 1024, windowMs: 60_000 } } });
+  try {
+    const process = await net.spawn('quota-target');
+    const message = (signer: Wallet, n: number) =>
+      createItem('q'.repeat(3000), walletSigner(signer), { target: process, anchor: String(n).padStart(32, '0'), tags: [...AO, { name: 'Type', value: 'Message' }] });
+    const post = (raw: Uint8Array) => fetch(`${net.muUrl}/`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: raw });
+    const statuses: number[] = [];
+    let refused: Response | null = null;
+    for (let n = 0; n < 5; n++) {
+      const res = await post((await message(net.user, n)).raw);
+      statuses.push(res.status);
+      if (res.status === 429) refused = res;
+      else await res.body?.cancel();
+    }
+    // About 3 KiB each: two fit in 8 KiB, the third does not.
+    assert.deepEqual(statuses, [202, 202, 429, 429, 429]);
+    assert.ok(Number(refused!.headers.get('retry-after')) > 0);
+    assert.match(((await refused!.json()) as { error: string }).error, /signer-bytes|signer .* has/);
+    // Another signer is not held up by the first one's quota.
+    const other = await generateWallet('ed25519');
+    assert.equal((await post((await message(other, 0)).raw)).status, 202);
+  } finally {
+    await net.close();
+  }
+});
+
 test('outboxProblem agrees with building the item, at every limit', TIMEOUT, async () => {
   const signer = walletSigner(await generateWallet('ed25519'));
   const id = 'A'.repeat(43);
