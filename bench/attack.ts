@@ -33,6 +33,7 @@ import { createItem, tagValue, type Tag } from '../src/store/items.js';
 import { DEFAULT_UPLOAD_POLICY } from '../src/store/gateway.js';
 import type { Store } from '../src/store/store.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../src/store/wallet.js';
+import { AMPLIFIER } from '../tests/ao/attackers.js';
 
 interface Row {
   finding: string;
@@ -550,19 +551,6 @@ async function spinningThroughMessenger(net: Net): Promise<Row> {
 }
 
 // ---- finding 4: amplification ----
-
-// Answers every Ball with `Copies` Balls to whoever sent it (the client's first one names a Peer).
-const AMPLIFIER = `
-const tag = (m, name) => (m.Tags.find((t) => t.name === name) || {}).value;
-export function handle(state, m) {
-  const s = state || { balls: 0 };
-  if (tag(m, 'Action') !== 'Ball') return { state: s };
-  s.balls++;
-  const copies = Number(tag(m, 'Copies') || '1');
-  const to = tag(m, 'Peer') || m.From;
-  const ball = { Target: to, Tags: [{ name: 'Action', value: 'Ball' }, { name: 'Copies', value: String(copies) }] };
-  return { state: s, Messages: Array.from({ length: copies }, () => ball) };
-}`;
 
 async function amplification(net: Net): Promise<Row> {
   const attacker = await generateWallet('ed25519');

@@ -31,6 +31,7 @@ import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
 import { ItemError, createItem, tagValue, type Item, type Tag } from '../../src/store/items.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { AMPLIFIER } from './attackers.js';
 
 const AO = [
   { name: 'Data-Protocol', value: 'ao' },
@@ -379,19 +380,6 @@ test("(finding 1) a sender whose SU answers 500 for its own record cannot stall 
     await attacker.close();
   }
 });
-
-// Answers every Ball with `Copies` Balls to whoever sent it (the client's first one names a Peer).
-const AMPLIFIER = `
-const tag = (m, name) => (m.Tags.find((t) => t.name === name) || {}).value;
-export function handle(state, m) {
-  const s = state || { balls: 0 };
-  if (tag(m, 'Action') !== 'Ball') return { state: s };
-  s.balls++;
-  const copies = Number(tag(m, 'Copies') || '1');
-  const to = tag(m, 'Peer') || m.From;
-  const ball = { Target: to, Tags: [{ name: 'Action', value: 'Ball' }, { name: 'Copies', value: String(copies) }] };
-  return { state: s, Messages: Array.from({ length: copies }, () => ball) };
-}`;
 
 test('(finding 4) two processes doubling (or just returning) each other\'s messages from one client message get a bounded number of slots', TIMEOUT, async () => {
   const budget = 12;
