@@ -413,21 +413,22 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const stop = new AbortController();
   let closed = false;
 
-  // A unit (an SU; the CU is the MU's own) has at most half the slots, and one that failed lately
+  // A unit (an SU; the CU is the MU's own) has all the slots but one, and one that failed lately
   // (no answer, a timeout, a 5xx) one request at a time until it answers again: an SU that holds
-  // every request for seconds, then fails, cannot take the slots the other units' work needs.
-  const unitSlots = Math.max(1, Math.floor(concurrency / 2));
+  // every request for seconds, then fails, cannot take the slot the other units' work needs.
+  const unitSlots = Math.max(1, concurrency - 1);
   const FAILING_MS = 60_000;
   const MAX_FAILING_UNITS = 1024;
   const failingUntil = new Map<string, number>();
   const inflightAt = new Map<string, number>();
   const cuOrigin = new URL(cu).origin;
 
-  async function http(method: 'GET' | 'POST', url: string, body?: Uint8Array): Promise<Reply> {
+  /** One request; `client`: on a client's behalf (its submit), not queue work, so no share of the queue's slots applies. */
+  async function http(method: 'GET' | 'POST', url: string, body?: Uint8Array, client = false): Promise<Reply> {
     if (closed) throw new Stopped('closing');
     const origin = new URL(url).origin;
     const busy = inflightAt.get(origin) ?? 0;
-    if (origin !== cuOrigin) {
+    if (origin !== cuOrigin && !client) {
       const failing = (failingUntil.get(origin) ?? 0) > Date.now();
       if (busy >= (failing ? 1 : unitSlots)) {
         throw new Deferred(`the unit at ${origin} has ${busy} requests in flight${failing ? ' and failed lately: one at a time until it answers' : `, its share of ${concurrency} slots`}`);
@@ -796,7 +797,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     for (let i = 0; i < 3; i++) {
       if (i > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(baseMs, CLIENT_RETRY_MS) * 2 ** (i - 1)));
       try {
-        const r = await http('POST', url, body);
+        const r = await http('POST', url, body, true);
         if (r.status >= 200 && r.status < 300) return r;
         if (refusesForGood(r.status)) throw new MessengerError(r.status, `${what}: ${errorText(r)}`);
         last = `${r.status} ${errorText(r)}`;
