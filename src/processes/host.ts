@@ -734,6 +734,9 @@ async function resolveStep(entry: RefereeEntry, job: Job, input: StepInput): Pro
     let last = '';
     for (;;) {
       try {
+        // Only what every CU computes alike reaches the process: the referee's clock readings
+        // (fetchMs, checkMs, executeMs) stay here, and weightBytes counts every tensor the step
+        // reads, cached or not.
         const { acc, leaf, kind, weightBytes } = entry.referee.resolve(job, input.agreed, opening);
         return { acc, leaf, kind, weightBytes };
       } catch (e) {
