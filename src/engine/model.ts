@@ -68,6 +68,8 @@ export interface Model {
   arena: Arena;
   /** Pointer to headSize/2 RoPE frequencies, computed once by the canonical kernels. */
   ropeFrequencies: Ptr;
+  /** The file's Jinja chat template (GGUF `tokenizer.chat_template`), if it has one; see chat.ts. */
+  chatTemplate?: string;
 }
 
 export interface TensorRef {

@@ -181,6 +181,7 @@ export function ggufFromModel(model: Model, options: GgufExportOptions = {}): Gg
     ['tokenizer.ggml.bos_token_id', { type: 'u32', value: t.bosId }],
     ['tokenizer.ggml.eos_token_id', { type: 'u32', value: t.eosId }],
   ];
+  if (model.chatTemplate !== undefined) metadata.push(['tokenizer.chat_template', { type: 'string', value: model.chatTemplate }]);
   const tensors = storedTensors(c, model.weights).map((ref) => tensorData(model, ref, options.type ?? 'f32'));
   return { metadata, tensors };
 }

@@ -325,6 +325,7 @@ export function loadGguf(path: string): LoadedWeights {
     }));
     const finalNorm = vector('output_norm.weight');
     const classifier = byName.has('output.weight') ? load('output.weight') : tokenEmbedding;
-    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier }, arena, tokenizer };
+    const chatTemplate = text(m.get('tokenizer.chat_template'));
+    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier }, arena, tokenizer, ...(chatTemplate === undefined ? {} : { chatTemplate }) };
   });
 }

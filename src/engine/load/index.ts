@@ -31,5 +31,7 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
   const { arena, config } = loaded;
   const ropeFrequencies = arena.alloc(4 * (config.headSize / 2));
   instantiateKernels(arena.memory).ropeFrequencies(ropeFrequencies, config.headSize, config.ropeTheta);
-  return { file: path, format, config: loaded.config, weights: loaded.weights, tokenizer, arena, ropeFrequencies };
+  const model: Model = { file: path, format, config: loaded.config, weights: loaded.weights, tokenizer, arena, ropeFrequencies };
+  if (loaded.chatTemplate !== undefined) model.chatTemplate = loaded.chatTemplate;
+  return model;
 }

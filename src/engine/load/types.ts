@@ -8,6 +8,7 @@ export interface LoadedWeights {
   weights: Weights;
   arena: Arena;
   tokenizer: Tokenizer | null;
+  chatTemplate?: string;
 }
 
 /** The WebAssembly engine addresses 4 GiB; weights plus working state must fit. */
