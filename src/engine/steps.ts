@@ -5,7 +5,7 @@
 //   headStep:              residual x, sampling params, RNG state → token, RNG state
 // Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
 import { EngineError } from './errors.js';
-import type { Ptr } from './memory.js';
+import { paddedSize, type Ptr } from './memory.js';
 import { Q8_BLOCK, Q8_BLOCK_BYTES, type Matrix, type Model } from './model.js';
 import { defaultKernelPath, instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 import { sampleToken, type SamplingParams } from './sampler.js';
@@ -37,7 +37,9 @@ export interface Session {
   readonly keys: Ptr[];
   readonly values: Ptr[];
   ropePosition: number;
-  readonly arenaMark: number;
+  /** The arena block holding every buffer above (one per session, freed by disposeSession). */
+  readonly block: Ptr;
+  disposed: boolean;
 }
 
 export interface SessionOptions {
@@ -49,6 +51,9 @@ export interface SessionOptions {
   threads?: number;
 }
 
+// Sharing one pool among a model's sessions is safe: a pool runs one operation at a time, and each
+// call returns only when every thread is done with it, so sessions interleaved on the calling
+// thread (token by token) never overlap inside a pool; each passes its own buffers.
 const pools = new WeakMap<Model, Map<string, ThreadPool>>();
 
 /**
@@ -96,15 +101,19 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new EngineError(`threads must be an integer in 1..256, got ${threads}`);
   const kernels = options.kernels ?? defaultKernelPath();
   const arena = model.arena;
-  const arenaMark = arena.mark();
-  const floats = (n: number): Ptr => arena.alloc(4 * n);
+  // Every buffer is carved from one block: offsets first, then the block, so that sessions are
+  // freed in any order (memory.ts) and a session's buffers sit together.
+  let used = 0;
+  const bytes = (n: number): number => {
+    const at = used;
+    used += paddedSize(n);
+    return at;
+  };
+  const floats = (n: number): number => bytes(4 * n);
   const widest = Math.max(c.dim, c.hiddenDim);
   const cached = new Set(options.layers ?? Array.from({ length: c.nLayers }, (_, l) => l));
-  const cache = (): Ptr[] => Array.from({ length: c.nLayers }, (_, l) => (cached.has(l) ? floats(maxPositions * c.kvDim) : 0));
-  return {
-    model,
-    kernels: instantiateKernels(arena.memory, kernels),
-    maxPositions,
+  const cache = (): number[] => Array.from({ length: c.nLayers }, (_, l) => (cached.has(l) ? floats(maxPositions * c.kvDim) : -1));
+  const at = {
     x: floats(c.dim),
     xb: floats(c.dim),
     xb2: floats(c.dim),
@@ -113,26 +122,49 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     q: floats(c.dim),
     att: floats(threads * maxPositions),
     logits: floats(c.vocabSize),
-    sortKeys: arena.alloc(8 * c.vocabSize),
+    sortKeys: bytes(8 * c.vocabSize),
     ropeTable: floats(c.headSize),
-    xq: arena.alloc(widest),
+    xq: bytes(widest),
     xd: floats(Math.ceil(widest / Q8_BLOCK)),
+  };
+  const keys = cache();
+  const values = cache();
+  const instance = instantiateKernels(arena.memory, kernels);
+  const block = arena.allocBlock(used);
+  const ptrs = Object.fromEntries(Object.entries(at).map(([name, offset]) => [name, block + offset])) as Record<keyof typeof at, Ptr>;
+  const placed = (offsets: number[]): Ptr[] => offsets.map((o) => (o < 0 ? 0 : block + o));
+  return {
+    model,
+    kernels: instance,
+    maxPositions,
+    ...ptrs,
     threads,
     kernelPath: kernels,
-    keys: cache(),
-    values: cache(),
+    keys: placed(keys),
+    values: placed(values),
     ropePosition: -1,
-    arenaMark,
+    block,
+    disposed: false,
   };
 }
 
-/** Frees the session's buffers (and anything allocated in the arena after it). */
+/**
+ * Frees the session's buffers, and only its own: sessions are freed in any order. Disposing a
+ * session twice is a no-op (so cleanup code may run twice); using a disposed session throws.
+ */
 export function disposeSession(s: Session): void {
-  s.model.arena.release(s.arenaMark);
+  if (s.disposed) return;
+  s.disposed = true;
+  s.model.arena.free(s.block);
+}
+
+function checkLive(s: Session): void {
+  if (s.disposed) throw new EngineError('this session was disposed');
 }
 
 /** x ← the token's embedding row (dequantised exactly for Q8_0). */
 export function embed(s: Session, token: number): void {
+  checkLive(s);
   const { dim, vocabSize } = s.model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
   const table = s.model.weights.tokenEmbedding;
@@ -168,6 +200,7 @@ export function valueRow(s: Session, layer: number, pos: number): Ptr {
 
 /** One transformer block for one position: updates x and writes this position's K/V rows. */
 export function layerStep(s: Session, layer: number, pos: number): void {
+  checkLive(s);
   const { dim, hiddenDim, kvDim, nHeads, nKvHeads, headSize, normEps } = s.model.config;
   const w = s.model.weights.layers[layer];
   const k = s.kernels;
@@ -207,6 +240,7 @@ export function layerStep(s: Session, layer: number, pos: number): void {
 
 /** Final norm and classifier: fills the session's logits from x. */
 export function classify(s: Session): Float32Array {
+  checkLive(s);
   const { dim, vocabSize, normEps } = s.model.config;
   s.kernels.rmsnorm(s.xb, s.x, s.model.weights.finalNorm, dim, normEps);
   matvecs(s, s.xb, dim, [job(s.logits, s.model.weights.classifier, vocabSize)]);

@@ -246,6 +246,32 @@ function traceFrom(job: Job, commitment: Hex, nLayers: number, records: Uint8Arr
 }
 
 export function recordTrace(model: Model, job: Job, options: RecordOptions = {}): Trace {
+  const run = traceRun(model, job, options);
+  let r = run.next();
+  while (!r.done) r = run.next();
+  return r.value;
+}
+
+/**
+ * recordTrace giving the event loop a turn after every position (setImmediate), so that several
+ * jobs on one model run interleaved — the bits are the same as alone. An aborted signal stops the
+ * run between two positions (it throws the signal's reason) and frees its memory.
+ */
+export async function recordTraceCooperatively(model: Model, job: Job, options: RecordOptions = {}, signal?: AbortSignal): Promise<Trace> {
+  const run = traceRun(model, job, options);
+  try {
+    for (let r = run.next(); ; r = run.next()) {
+      if (r.done) return r.value;
+      await new Promise((resolve) => setImmediate(resolve));
+      signal?.throwIfAborted();
+    }
+  } finally {
+    run.return(undefined as never);
+  }
+}
+
+/** The run of recordTrace as a generator that yields once per position. */
+function* traceRun(model: Model, job: Job, options: RecordOptions): Generator<void, Trace> {
   const { arena } = model;
   const { dim, kvDim, nLayers } = model.config;
   const sched = schedule(job, nLayers);
@@ -256,10 +282,10 @@ export function recordTrace(model: Model, job: Job, options: RecordOptions = {})
 
   // Records, the per-layer K/V chains and the accumulator live in the model's memory, where the
   // native hasher writes; they are copied out when the run is over.
-  const mark = arena.mark();
-  const records = arena.alloc(RECORD * sched.steps);
-  const chains = arena.alloc(32 * nLayers);
-  const acc = arena.alloc(32);
+  const block = arena.allocBlock(RECORD * sched.steps + 32 * nLayers + 32);
+  const records = block;
+  const chains = records + RECORD * sched.steps;
+  const acc = chains + 32 * nLayers;
   const bytes = (ptr: number, n: number): Buffer => Buffer.from(arena.memory.buffer, ptr, n);
   bytes(chains, 32 * nLayers).fill(0); // KV_CHAIN_START
   bytes(acc, 32).set(unhex(traceStart(commitment)));
@@ -288,8 +314,9 @@ export function recordTrace(model: Model, job: Job, options: RecordOptions = {})
     bytes(acc, 32).set(sha256(bytes(acc, 32), leaf));
   };
 
+  let run: ReturnType<typeof generate> | undefined;
   try {
-    const run = generate(model, {
+    run = generate(model, {
       prompt: job.promptTokens,
       steps: job.steps,
       sampling: samplingOf(job),
@@ -313,12 +340,16 @@ export function recordTrace(model: Model, job: Job, options: RecordOptions = {})
       },
     });
     let r = run.next();
-    while (!r.done) r = run.next();
+    while (!r.done) {
+      yield;
+      r = run.next();
+    }
     while (steps < sched.steps) pushOther('end', new Uint8Array(0), sha256(TAG.end, u32(steps + 1)));
     const recorded = new Uint8Array(bytes(records, RECORD * sched.steps));
     return traceFrom(job, commitment, nLayers, recorded, kinds, { root: bytes(acc, 32).toString('hex'), tokens: r.value.tokens, layers });
   } finally {
-    arena.release(mark);
+    run?.return(undefined as never);
+    arena.free(block);
   }
 }
 
