@@ -9,7 +9,7 @@ import {
   accAt, accumulators, buildOpening, checkOpening, recordTrace, type Deviation, type Hex, type Opening, type Trace,
 } from '../proof/index.js';
 import type { Tag } from '../store/items.js';
-import { complete, jobOf, traceDocument, type Assignment, type Completion } from './work.js';
+import { completeCooperatively, jobOf, traceDocument, type Assignment, type Completion } from './work.js';
 
 export type EngineOptions = { kernels?: KernelPath; threads?: number };
 
@@ -35,6 +35,8 @@ export interface BehaviourContext {
   /** The node's address. */
   address: string;
   engine: EngineOptions;
+  /** Aborted when the node stops: a run in progress may end early (the task is run again after a restart). */
+  signal?: AbortSignal;
   /** The task as the coordinator shows it now (participants, roles, commitments); null if unknown. */
   view(task: string): Promise<TaskView | null>;
   /** A private copy of a served model, loaded again from its verified file (for a behaviour that alters one). */
@@ -100,7 +102,8 @@ export function runJob(model: Model, lease: Model, a: Assignment, engine: Engine
 export const honest: Behaviour = {
   name: 'honest',
   async claim(model, a, ctx) {
-    return claimOf(a.task, complete(model, a, ctx.engine));
+    // Cooperatively: the node works up to its capacity of leases at once on one copy of the model.
+    return claimOf(a.task, await completeCooperatively(model, a, ctx.engine, ctx.signal));
   },
   reveal: () => true,
   post: (_a, claim, points) => claimedValues(claim, points),

@@ -55,7 +55,7 @@ export interface NodeOptions {
   stake: bigint;
   /** Model ids to serve; default every model the coordinator lists. */
   models?: string[];
-  /** Leases at once (the node runs them one after another). */
+  /** Leases worked at once, interleaved on one loaded copy of each model (default 1). */
   capacity?: number;
   /** Pause after a failed round (the CU or MU unreachable). */
   pollMs?: number;
@@ -102,6 +102,8 @@ export interface RunningNode {
   /** Results the coordinator accepted since start. */
   completed(): number;
   activity(): NodeActivity;
+  /** The most leases this node has worked at once since start (at most its capacity). */
+  jobsAtOnce(): number;
   close(): Promise<void>;
 }
 
@@ -226,8 +228,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const signer = walletSigner(wallet);
   const pollMs = options.pollMs ?? 500;
   const heartbeatMs = options.heartbeatMs ?? 5000;
-  // Jobs run one after another: a second lease would wait and could expire while it waits.
+  // Up to `capacity` leases are worked at once (see `attempt`), so a second lease does not wait
+  // (and expire) behind the first.
   const capacity = options.capacity ?? 1;
+  if (!Number.isInteger(capacity) || capacity < 1 || capacity > 64) throw new NodeError('capacity must be a whole number from 1 to 64');
 
   const ask = async (process: string, message: string, action: string): Promise<Record<string, string>> => expectReply(await ao.result(process, message), action).tags;
   const dry = async (action: string, tags: { name: string; value: string }[] = []) =>
@@ -298,6 +302,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const ctx: BehaviourContext = {
     address,
     engine: options.engine ?? {},
+    get signal() {
+      return stop.signal;
+    },
     async view(task) {
       try {
         return await dryData<TaskView>('Task', [{ name: 'Task', value: task }]);
@@ -468,7 +475,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const { leases, duties } = tasksReply((await dry('Tasks', [{ name: 'Node', value: address }])).data);
     const listed = new Set(leases.map((l) => l.task));
     for (const row of q.unfinished.all()) {
-      if (row.status === 'running' && !listed.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
+      if (row.status === 'running' && !listed.has(row.task) && !working.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
       if (row.status === 'submitted') await confirm(row);
     }
     // Duties first: they have deadlines and (but for an opening) cost little.
@@ -476,7 +483,24 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     for (const lease of leases) if (!stopped) await attempt(lease);
     if (watchPpm > 0) await watch();
   }
-  const attempt = (lease: Assignment): Promise<void> => work(lease).catch((e: Error) => log(`${name}: task ${lease.task}: ${e.message}`));
+  // Leases are worked concurrently, up to `capacity` at once, on the one loaded copy of each model:
+  // the honest run yields to the event loop after every position (work.ts completeCooperatively),
+  // so the runs interleave and the loop keeps following the coordinator meanwhile. Sessions on one
+  // model are independent (engine/steps.ts), so each run gives the bits it gives alone.
+  const working = new Map<string, Promise<void>>();
+  let mostAtOnce = 0;
+  const attempt = async (lease: Assignment): Promise<void> => {
+    // At capacity, wait for a slot (rare: the coordinator leases a node at most Capacity at once).
+    while (working.size >= capacity && !working.has(lease.task)) await Promise.race(working.values());
+    if (working.has(lease.task) || stopped) return;
+    const job = work(lease)
+      .catch((e: Error) => {
+        if (!stopped) log(`${name}: task ${lease.task}: ${e.message}`);
+      })
+      .finally(() => working.delete(lease.task));
+    working.set(lease.task, job);
+    mostAtOnce = Math.max(mostAtOnce, working.size);
+  };
   const attemptDuty = (d: DutyCall): Promise<void> => perform(d).catch((e: Error) => log(`${name}: ${d.kind} duty for ${d.task}: ${e.message}`));
 
   // ---- watching others (optional): re-run a share of their revealed results, challenge a mismatch ----
@@ -570,10 +594,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     strategy: behaviour.name,
     completed: () => activity.committed,
     activity: () => ({ ...activity }),
+    jobsAtOnce: () => mostAtOnce,
     async close() {
       stopped = true;
       stop.abort();
       await loop;
+      // Runs in progress stop at their next position; a running task is run again after a restart.
+      await Promise.allSettled([...working.values()]);
       db.close();
     },
   };

@@ -1,7 +1,7 @@
 // One task's work, with no I/O: the job the task describes, the engine run that records its trace,
 // the completion as text, and the trace as the data item anyone can check later.
 import { completionText, modelIdentity, type KernelPath, type Model } from '../engine/index.js';
-import { jobCommitment, recordTrace, type Job, type Trace } from '../proof/index.js';
+import { jobCommitment, recordTrace, recordTraceCooperatively, type Job, type Trace } from '../proof/index.js';
 import { describeRequest } from '../processes/host.js';
 import type { Tag } from '../store/items.js';
 
@@ -46,7 +46,19 @@ export function jobOf(model: Model, a: Assignment): Job {
 
 export function complete(model: Model, a: Assignment, engine: { kernels?: KernelPath; threads?: number } = {}): Completion {
   const job = jobOf(model, a);
-  const trace = recordTrace(model, job, engine);
+  return completion(model, job, recordTrace(model, job, engine));
+}
+
+/**
+ * complete() yielding to the event loop between positions, so that a node works several leases on
+ * one loaded model at once (each gives the bits it gives alone); `signal` stops it between two.
+ */
+export async function completeCooperatively(model: Model, a: Assignment, engine: { kernels?: KernelPath; threads?: number } = {}, signal?: AbortSignal): Promise<Completion> {
+  const job = jobOf(model, a);
+  return completion(model, job, await recordTraceCooperatively(model, job, engine, signal));
+}
+
+function completion(model: Model, job: Job, trace: Trace): Completion {
   // trace.tokens holds every token after BOS: the rest of the prompt, then the sampled ones.
   const tokens = trace.tokens.slice(job.promptTokens.length - 1);
   return { job, trace, tokens, text: completionText(model.tokenizer, job.promptTokens[job.promptTokens.length - 1], tokens) };

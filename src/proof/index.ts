@@ -2,7 +2,7 @@
 // game and the referee's one-step proof. Formats and rules: docs/proofs.md.
 export {
   BOS, JOB_VERSION, KV_CHAIN_START, TRACE_VERSION, accAt, accNext, accumulators, describeJob, jobCommitment, leafHash,
-  recordTrace, schedule, traceStart,
+  recordTrace, recordTraceCooperatively, schedule, traceStart,
   type Deviation, type Hex, type Job, type JobRequest, type LeafPreimage, type RecordOptions, type Schedule, type StepRef, type Trace,
 } from './trace.js';
 export { ProofError, buildOpening, checkOpening, decodeOpening, encodeOpening, openingBytes, type Opening, type OpeningJson, type StepInputs } from './opening.js';
