@@ -25,6 +25,8 @@ const { values: opt } = parseArgs({
     runs: { type: 'string', default: '2' },
     tokens: { type: 'string', default: '200' },
     threads: { type: 'string', default: '1,2' },
+    /** Prompt processing is timed on a prompt of this many tokens (0: not measured). */
+    'prompt-tokens': { type: 'string', default: '128' },
   },
 });
 const shapes = opt.shapes.split(',');
@@ -33,6 +35,7 @@ const FORMATS = ['f32', 'q8_0'] as const;
 
 interface Measurement {
   tokensPerSecond: number;
+  promptTokensPerSecond?: number;
   peakRssBytes?: number;
   weightBytes?: number;
   fingerprint?: string;
@@ -83,8 +86,13 @@ function runJson(args: string[]): Promise<Measurement | null> {
   });
 }
 
-const best = (a: Measurement | null, b: Measurement | null): Measurement | null =>
-  !a ? b : !b ? a : b.tokensPerSecond > a.tokensPerSecond ? { ...b, peakRssBytes: Math.max(a.peakRssBytes ?? 0, b.peakRssBytes ?? 0) } : { ...a, peakRssBytes: Math.max(a.peakRssBytes ?? 0, b.peakRssBytes ?? 0) };
+/** The faster of two rounds, with the higher peak memory and the faster prompt processing of both. */
+function best(a: Measurement | null, b: Measurement | null): Measurement | null {
+  if (!a || !b) return a ?? b;
+  const faster = b.tokensPerSecond > a.tokensPerSecond ? b : a;
+  const prompt = Math.max(a.promptTokensPerSecond ?? NaN, b.promptTokensPerSecond ?? NaN);
+  return { ...faster, peakRssBytes: Math.max(a.peakRssBytes ?? 0, b.peakRssBytes ?? 0), promptTokensPerSecond: prompt };
+}
 
 async function main(): Promise<void> {
   const native = nativeKernels();
@@ -107,7 +115,7 @@ async function main(): Promise<void> {
     const files = ensureModels(shape);
     for (const format of FORMATS) {
       for (const threads of threadCounts) {
-        const common = ['--model', files[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt.runs];
+        const common = ['--model', files[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt.runs, '--prompt-tokens', opt['prompt-tokens']];
         let verity: Measurement | null = null;
         let llama: Measurement | null = null;
         for (let round = 0; round < Number(opt.rounds); round++) {
@@ -118,7 +126,13 @@ async function main(): Promise<void> {
         const l = llama?.tokensPerSecond ?? NaN;
         const rss = verity?.peakRssBytes ?? NaN;
         const weights = verity?.weightBytes ?? NaN;
-        rows.push([shape, format.toUpperCase(), String(threads), v.toFixed(1), peer ? l.toFixed(1) : '-', peer ? (v / l).toFixed(2) : '-', `${(rss / 2 ** 20).toFixed(0)} MB (${(rss / weights).toFixed(2)}× weights)`, verity?.fingerprint?.slice(0, 12) ?? '-']);
+        const vp = verity?.promptTokensPerSecond ?? NaN;
+        const lp = llama?.promptTokensPerSecond ?? NaN;
+        rows.push([
+          shape, format.toUpperCase(), String(threads), v.toFixed(1), peer ? l.toFixed(1) : '-', peer ? (v / l).toFixed(2) : '-',
+          vp.toFixed(1), peer ? lp.toFixed(1) : '-', peer ? (vp / lp).toFixed(2) : '-',
+          `${(rss / 2 ** 20).toFixed(0)} MB (${(rss / weights).toFixed(2)}× weights)`, verity?.fingerprint?.slice(0, 12) ?? '-',
+        ]);
         const key = `${shape} ${format.toUpperCase()}`;
         const prev = bestOf.get(key) ?? { verity: 0, peer: 0 };
         bestOf.set(key, { verity: Math.max(prev.verity, v), peer: Math.max(prev.peer, l) });
@@ -143,7 +157,7 @@ async function main(): Promise<void> {
 
 let printed = 0;
 function printTable(rows: string[][]): void {
-  const header = ['model', 'format', 'threads', 'Verity tok/s', 'llama.cpp tok/s', 'ratio', 'Verity peak RSS', 'fingerprint'];
+  const header = ['model', 'format', 'threads', 'Verity tok/s', 'llama.cpp tok/s', 'ratio', 'Verity prompt tok/s', 'llama.cpp prompt tok/s', 'ratio', 'Verity peak RSS', 'fingerprint'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
   if (printed === 0) console.log(`\n${line(header)}`);

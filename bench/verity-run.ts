@@ -17,6 +17,8 @@ const { values: opt } = parseArgs({
     warmup: { type: 'string', default: '16' },
     runs: { type: 'string', default: '1' },
     kernels: { type: 'string', default: defaultKernelPath() },
+    /** Also time prompt processing: a prompt cut to this many tokens (BOS included), as the peer does. */
+    'prompt-tokens': { type: 'string', default: '0' },
     /** Measure the cost of recording the proof trace instead (whole jobs, with and without it). */
     'trace-overhead': { type: 'boolean', default: false },
   },
@@ -85,7 +87,25 @@ function traceOverhead(): void {
   process.exit(0);
 }
 
+/**
+ * Prompt processing: positions 0..n−2 of an n-token prompt (the peer evaluates the same n − 1
+ * tokens in one batch; the last prompt token starts generation in both).
+ */
+function promptRate(n: number): number {
+  const text = 'Once upon a time, there was a little girl named Lily who loved to play outside in the sunshine. '.repeat(Math.ceil(n / 8));
+  const prompt = encode(model.tokenizer, text).slice(0, n);
+  if (prompt.length < n) throw new Error(`the prompt text gives only ${prompt.length} tokens`);
+  const run = generate(model, { prompt, steps: n, sampling: { temperature: 0, topp: 0.9 }, seed: 1n, kernels, threads });
+  const t0 = performance.now();
+  for (let r = run.next(); !r.done; r = run.next()) if (r.value.pos === n - 1) break;
+  const seconds = (performance.now() - t0) / 1000;
+  run.return(undefined as never);
+  return (n - 1) / seconds;
+}
+
 if (opt['trace-overhead']) traceOverhead();
+const promptTokens = Number(opt['prompt-tokens']);
+const promptTokensPerSecond = promptTokens > 1 ? Math.max(...Array.from({ length: Number(opt.runs) }, () => promptRate(promptTokens))) : undefined;
 measure(Number(opt.warmup));
 const runs = Array.from({ length: Number(opt.runs) }, () => measure(tokens));
 const best = runs.reduce((a, b) => (b.rate > a.rate ? b : a));
@@ -94,6 +114,7 @@ process.stdout.write(
     tokensPerSecond: best.rate,
     runsTokensPerSecond: runs.map((r) => r.rate),
     tokens: best.sampled,
+    promptTokensPerSecond,
     threads,
     kernels,
     fingerprint: best.fingerprint,

@@ -46,6 +46,8 @@ const { values: opt } = parseArgs({
         warmup: { type: "string", default: "16" },
         runs: { type: "string", default: "1" },
         "no-mmap": { type: "boolean", default: false },
+        // Also time prompt processing of a prompt cut to this many tokens (BOS included).
+        "prompt-tokens": { type: "string", default: "0" },
         verbose: { type: "boolean", default: false },
     },
     strict: true,
@@ -89,8 +91,14 @@ const model = await llama.loadModel({
 
 const bos = model.tokens.bos;
 const promptTokens = [...(bos != null ? [bos] : []), ...model.tokenize(opt.prompt)];
+const nPromptTokens = Number.parseInt(opt["prompt-tokens"], 10);
+const longPrompt = nPromptTokens > 1
+    ? [...(bos != null ? [bos] : []), ...model.tokenize("Once upon a time, there was a little girl named Lily who loved to play outside in the sunshine. ".repeat(Math.ceil(nPromptTokens / 8)))].slice(0, nPromptTokens)
+    : [];
+if (nPromptTokens > 1 && longPrompt.length < nPromptTokens) fail(`the prompt text gives only ${longPrompt.length} tokens`);
+
 const needed = promptTokens.length + Math.max(nTokens, nWarmup) + 1;
-const contextSize = Math.ceil(needed / 256) * 256;
+const contextSize = Math.ceil(Math.max(needed, nPromptTokens + 1) / 256) * 256;
 
 const context = await model.createContext({
     contextSize,
@@ -161,6 +169,15 @@ for (let i = 0; i < nRuns; i++) {
         evalTimings = ti;
     }
 }
+/** Prompt processing: the first n − 1 tokens in one batch (llama.cpp's prompt eval), best of --runs. */
+let promptTokensPerSecond;
+for (let i = 0; i < (nPromptTokens > 1 ? nRuns : 0); i++) {
+    await sequence.clearHistory();
+    const t0 = performance.now();
+    await sequence.evaluateWithoutGeneratingNewTokens(longPrompt.slice(0, -1));
+    const rate = (longPrompt.length - 1) / ((performance.now() - t0) / 1000);
+    promptTokensPerSecond = Math.max(promptTokensPerSecond ?? 0, rate);
+}
 const threadsUsed = context.currentThreads;
 
 const rel = llama.llamaCppRelease;
@@ -179,6 +196,7 @@ const result = {
     threads: threadsUsed,
     promptTokens: promptTokens.length,
     promptSeconds: r.promptSeconds,
+    promptTokensPerSecond,
     runsTokensPerSecond: runRates,
     genSeconds: r.genSeconds,
     llamaCppEvalTokensPerSecond: evalTimings && evalTimings.ms > 0 ? (evalTimings.runs * 1000) / evalTimings.ms : null,
