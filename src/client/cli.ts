@@ -6,6 +6,7 @@ import { tuneRuntime } from './runtime.js';
 
 type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/inspect.js') &
+  typeof import('./commands/tokenize.js') &
   typeof import('./commands/quantize.js') &
   typeof import('./commands/proof.js') &
   typeof import('./commands/store.js') &
@@ -16,6 +17,7 @@ type Commands = typeof import('./commands/run.js') &
 const modules = {
   run: () => import('./commands/run.js'),
   inspect: () => import('./commands/inspect.js'),
+  tokenize: () => import('./commands/tokenize.js'),
   quantize: () => import('./commands/quantize.js'),
   proof: () => import('./commands/proof.js'),
   store: () => import('./commands/store.js'),
@@ -61,11 +63,11 @@ export function buildProgram(): Command {
     .action(lazy('proof', 'disputeSimCommand'));
   program
     .command('quantize')
-    .description('write a model as GGUF, its matrices as Q8_0 (default), F16 or F32')
+    .description('write a model as GGUF, its matrices as Q8_0 (default), Q4_0, Q4_K, Q5_K, Q6_K, a llama.cpp mix (Q4_K_M, Q5_K_M), F16 or F32')
     .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
     .argument('<out>', 'GGUF file to write')
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
-    .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'f16', 'f32']).default('q8_0'))
+    .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m', 'f16', 'f32']).default('q8_0'))
     .action(lazy('quantize', 'quantizeCommand'));
   const storeOptions = (c: Command): Command =>
     c
@@ -197,6 +199,16 @@ export function buildProgram(): Command {
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .option('--json', 'print JSON')
     .action(lazy('inspect', 'inspectCommand'));
+  program
+    .command('tokenize')
+    .description("print a text's token ids and pieces as llama.cpp's llama-tokenize does")
+    .argument('<model>', 'llama2.c checkpoint (.bin) or GGUF file')
+    .argument('<text>', 'the text to tokenize')
+    .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
+    .option('--no-bos', 'no BOS (by default BOS comes first when the model adds one)')
+    .option('--parse-special', 'control tokens written in the text (<|im_start|> …) become those tokens')
+    .option('--json', 'print {"tokens":[ids...]}')
+    .action(lazy('tokenize', 'tokenizeCommand'));
   return program;
 }
 

@@ -11,7 +11,11 @@ export {
   type KernelPath, type Kernels,
 } from './numerics/index.js';
 export { nativeKernels } from './numerics/native.js';
-export { completionText, createTokenizer, decode, decodePiece, encode, printableBytes, type Tokenizer } from './tokenizer.js';
+export {
+  completionText, createTokenizer, decode, decodePiece, encode, printableBytes, tokenize,
+  type SentencePieceTokenizer, type TokenizeOptions, type Tokenizer,
+} from './tokenizer.js';
+export { PRE_TOKENIZERS, TOKEN_TYPE, createBpeTokenizer, type BpeTokenizer, type BpeTokenizerSpec } from './tokenizer-bpe.js';
 export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {
   classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,

@@ -9,6 +9,7 @@ import {
 } from './model.js';
 import { leafHash, merkleRoot, toHex } from './merkle.js';
 import { createTokenizer, type Tokenizer } from './tokenizer.js';
+import { createBpeTokenizer, type BpeTokenizer } from './tokenizer-bpe.js';
 
 export const MODEL_ID_VERSION = 'verity-model/1';
 /** Arweave's chunk size, so that a published model's chunks are its storage chunks. */
@@ -41,8 +42,12 @@ export function canonicalConfig(model: Model): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(doc));
 }
 
-/** Canonical tokenizer: u32 vocab size, bos, eos; per token f32 score, u32 length, bytes (LE). */
+/**
+ * Canonical tokenizer. SentencePiece (unchanged since verity-model/1): u32 vocab size, bos, eos;
+ * per token f32 score, u32 length, bytes (LE). BPE: its own versioned layout (canonicalBpeTokenizer).
+ */
 export function canonicalTokenizer(t: Tokenizer): Uint8Array {
+  if (t.kind === 'bpe') return canonicalBpeTokenizer(t);
   const size = 12 + t.vocab.reduce((n, piece) => n + 8 + piece.length, 0);
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
@@ -57,6 +62,90 @@ export function canonicalTokenizer(t: Tokenizer): Uint8Array {
     at += 8 + piece.length;
   });
   return out;
+}
+
+/**
+ * "VBPE" (which as a SentencePiece vocab size would need a multi-gigabyte leaf), u32 layout
+ * version 1, u32 length + pre-tokenizer name, u32 vocab size, u32 bos, u32 eos, u8 add_bos,
+ * u8 add_eos, per token u8 type + u32 length + bytes, u32 merge count, per merge u32 left + u32
+ * right token id (in rank order). Everything that changes token ids, nothing else.
+ */
+const BPE_MAGIC = 0x45504256; // "VBPE" read as a little-endian u32
+const BPE_LAYOUT_VERSION = 1;
+
+function canonicalBpeTokenizer(t: BpeTokenizer): Uint8Array {
+  const pre = new TextEncoder().encode(t.pre);
+  const size = 12 + pre.length + 14 + t.vocab.reduce((n, piece) => n + 5 + piece.length, 0) + 4 + 4 * t.merges.length;
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  let at = 0;
+  const u32 = (v: number): void => {
+    view.setUint32(at, v, true);
+    at += 4;
+  };
+  u32(BPE_MAGIC);
+  u32(BPE_LAYOUT_VERSION);
+  u32(pre.length);
+  out.set(pre, at);
+  at += pre.length;
+  u32(t.vocab.length);
+  u32(t.bosId);
+  u32(t.eosId);
+  out[at++] = t.addBos ? 1 : 0;
+  out[at++] = t.addEos ? 1 : 0;
+  t.vocab.forEach((piece, i) => {
+    out[at++] = t.tokenTypes[i];
+    u32(piece.length);
+    out.set(piece, at);
+    at += piece.length;
+  });
+  u32(t.merges.length / 2);
+  for (const id of t.merges) u32(id);
+  return out;
+}
+
+function parseCanonicalBpeTokenizer(bytes: Uint8Array): Tokenizer {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const fail = (why: string): never => {
+    throw new EngineError(`bad tokenizer encoding: ${why}`);
+  };
+  let at = 0;
+  const u32 = (): number => {
+    if (at + 4 > bytes.length) fail('truncated');
+    at += 4;
+    return view.getUint32(at - 4, true);
+  };
+  const take = (n: number): Uint8Array => {
+    if (n > bytes.length - at) fail('truncated');
+    at += n;
+    return bytes.slice(at - n, at);
+  };
+  if (u32() !== BPE_MAGIC || u32() !== BPE_LAYOUT_VERSION) fail('unknown BPE layout');
+  const preLength = u32();
+  if (preLength > 64) fail('pre-tokenizer name too long');
+  const pre = new TextDecoder('utf-8', { fatal: true }).decode(take(preLength));
+  const size = u32();
+  if (size === 0 || size > (bytes.length - at) / 5) fail(`${size} tokens cannot fit in ${bytes.length} bytes`);
+  const bosId = u32();
+  const eosId = u32();
+  const [addBos, addEos] = take(2);
+  if (addBos > 1 || addEos > 1) fail('bad add_bos/add_eos');
+  const vocab: Uint8Array[] = [];
+  const tokenTypes = new Uint8Array(size);
+  for (let i = 0; i < size; i++) {
+    tokenTypes[i] = take(1)[0];
+    vocab.push(take(u32()));
+  }
+  const mergeCount = u32();
+  if (mergeCount > (bytes.length - at) / 8) fail(`${mergeCount} merges cannot fit in ${bytes.length} bytes`);
+  const merges = new Uint32Array(2 * mergeCount);
+  for (let i = 0; i < merges.length; i++) merges[i] = u32();
+  if (at !== bytes.length) fail('trailing bytes');
+  try {
+    return createBpeTokenizer({ pre, vocab, tokenTypes, merges, bosId, eosId, addBos: addBos === 1, addEos: addEos === 1 });
+  } catch (e) {
+    throw e instanceof EngineError ? new EngineError(`bad tokenizer encoding: ${e.message}`) : e;
+  }
 }
 
 export interface ModelIdentity {
@@ -166,11 +255,13 @@ function placeholderWeights(layers: number): Weights {
 
 export function parseCanonicalTokenizer(bytes: Uint8Array): Tokenizer {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length >= 4 && view.getUint32(0, true) === BPE_MAGIC) return parseCanonicalBpeTokenizer(bytes);
   const fail = (): never => {
     throw new EngineError('bad tokenizer encoding');
   };
   if (bytes.length < 12) fail();
   const size = view.getUint32(0, true);
+  if (size > (bytes.length - 12) / 8) fail(); // every token takes at least 8 bytes: bound before allocating
   const vocab: Uint8Array[] = [];
   const scores = new Float32Array(size);
   let at = 12;

@@ -3,8 +3,10 @@
 // repeated merging of the adjacent pair whose merged string scores highest (leftmost on ties).
 // Strings are byte strings throughout: a token is whatever bytes the tokenizer file holds.
 import { EngineError } from './errors.js';
+import { encodeBpe, type BpeTokenizer } from './tokenizer-bpe.js';
 
-export interface Tokenizer {
+export interface SentencePieceTokenizer {
+  kind: 'sentencepiece';
   vocab: Uint8Array[];
   scores: Float32Array;
   maxTokenLength: number;
@@ -14,9 +16,12 @@ export interface Tokenizer {
   index: Map<string, number>;
 }
 
+/** llama2.c's SentencePiece-style tokenizer, or llama.cpp's byte-level BPE (tokenizer-bpe.ts). */
+export type Tokenizer = SentencePieceTokenizer | BpeTokenizer;
+
 const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
 
-export function createTokenizer(vocab: Uint8Array[], scores: Float32Array, bosId = 1, eosId = 2): Tokenizer {
+export function createTokenizer(vocab: Uint8Array[], scores: Float32Array, bosId = 1, eosId = 2): SentencePieceTokenizer {
   const index = new Map<string, number>();
   let maxTokenLength = 0;
   vocab.forEach((piece, id) => {
@@ -24,7 +29,7 @@ export function createTokenizer(vocab: Uint8Array[], scores: Float32Array, bosId
     if (!index.has(key)) index.set(key, id);
     maxTokenLength = Math.max(maxTokenLength, piece.length);
   });
-  return { vocab, scores, maxTokenLength, bosId, eosId, index };
+  return { kind: 'sentencepiece', vocab, scores, maxTokenLength, bosId, eosId, index };
 }
 
 /** run.c only merges pairs that beat its initial best score of -1e10. */
@@ -87,8 +92,17 @@ function toBytes(text: string | Uint8Array): Uint8Array {
   return nul < 0 ? bytes : bytes.subarray(0, nul); // C strings end at the first NUL
 }
 
-/** Tokens of `text`, with BOS first if `bos` and EOS last if `eos` (run.c `encode`). */
+/**
+ * Tokens of `text`, with BOS first if `bos` and EOS last if `eos` (run.c `encode`). For a BPE
+ * tokenizer `bos` is llama.cpp's add_special (BOS only if the model adds one, as Llama 3 does and
+ * Qwen2 does not; EOS too if the model adds one) and `eos` appends EOS; special-token text stays text.
+ */
 export function encode(t: Tokenizer, text: string | Uint8Array, bos = true, eos = false): number[] {
+  if (t.kind === 'bpe') {
+    const tokens = encodeBpe(t, text, { addSpecial: bos, parseSpecial: false });
+    if (eos && !(bos && t.addEos)) tokens.push(t.eosId);
+    return tokens;
+  }
   const bytes = toBytes(text);
   const lookup = (b: Uint8Array): number => t.index.get(latin1(b)) ?? -1;
   const initial: number[] = [];
@@ -151,8 +165,28 @@ export function encode(t: Tokenizer, text: string | Uint8Array, bos = true, eos 
 
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{1,2})/;
 
-/** The bytes printed for `token` following `prev` (run.c `decode`). */
+export interface TokenizeOptions {
+  /** BOS (and EOS) as the model adds them: always BOS for SentencePiece (run.c), `add_bos_token` for BPE. */
+  addSpecial: boolean;
+  /**
+   * Control tokens spelled in the text (`<|begin_of_text|>`, `<|im_start|>` …) become those single
+   * tokens, as llama.cpp's parse_special; otherwise they are tokenized as plain text. BPE only:
+   * llama2.c's tokenizer has no special tokens, so it has no effect there.
+   */
+  parseSpecial: boolean;
+}
+
+/** llama.cpp's llama_tokenize(text, add_special, parse_special); what chat templates build on. */
+export function tokenize(t: Tokenizer, text: string | Uint8Array, options: TokenizeOptions): number[] {
+  return t.kind === 'bpe' ? encodeBpe(t, text, options) : encode(t, text, options.addSpecial, false);
+}
+
+/**
+ * The bytes printed for `token` following `prev` (run.c `decode`). BPE: llama.cpp's token_to_piece
+ * with special = true (control tokens print their text; `prev` does not matter).
+ */
 export function decodePiece(t: Tokenizer, prev: number, token: number): Uint8Array {
+  if (t.kind === 'bpe') return t.pieces[token];
   let piece = t.vocab[token];
   if (prev === t.bosId && piece[0] === 0x20) piece = piece.subarray(1);
   const match = BYTE_TOKEN.exec(latin1(piece));
@@ -181,14 +215,19 @@ export function completionText(t: Tokenizer, prev: number, tokens: number[]): st
   const pieces: Uint8Array[] = [];
   for (const token of tokens) {
     if (!Number.isInteger(token) || token < 0 || token >= t.vocab.length) throw new RangeError(`token ${token} is not in the vocabulary`);
-    pieces.push(printableBytes(decodePiece(t, prev, token)));
+    // BPE pieces may split a character's bytes across tokens: they are joined before UTF-8 decoding.
+    pieces.push(t.kind === 'bpe' ? t.pieces[token] : printableBytes(decodePiece(t, prev, token)));
     prev = token;
   }
   return Buffer.concat(pieces).toString('utf8');
 }
 
-/** Concatenated text of tokens (the pieces each token prints after its predecessor). */
+/**
+ * Concatenated text of tokens (the pieces each token prints after its predecessor). BPE: every
+ * token's piece, the first included (no clean-up of spaces: llama.cpp's detokenize clean_spaces is not applied).
+ */
 export function decode(t: Tokenizer, tokens: number[]): Uint8Array {
+  if (t.kind === 'bpe') return Buffer.concat(tokens.map((tok) => t.pieces[tok]));
   const parts = tokens.slice(1).map((tok, i) => decodePiece(t, tokens[i], tok));
   return Buffer.concat(parts);
 }

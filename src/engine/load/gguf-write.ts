@@ -3,12 +3,14 @@
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { Q8_BLOCK, matrixBytes, storedTensors, type DType, type Model, type TensorRef } from '../model.js';
 import { dequantizeQ8_0, f32ToF16, quantizeQ8_0 } from '../quantize.js';
+import type { Tokenizer } from '../tokenizer.js';
 import { toSentencePiece } from './gguf.js';
 
 export type GgufEntry =
   | { type: 'u32'; value: number }
   | { type: 'i32'; value: number }
   | { type: 'f32'; value: number }
+  | { type: 'bool'; value: boolean }
   | { type: 'string'; value: string | Uint8Array }
   | { type: 'strings'; value: (string | Uint8Array)[] }
   | { type: 'f32s'; value: ArrayLike<number> }
@@ -32,7 +34,7 @@ export interface GgufContents {
 }
 
 const ALIGNMENT = 32;
-const TYPE = { u32: 4, i32: 5, f32: 6, string: 8, array: 9 } as const;
+const TYPE = { u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9 } as const;
 
 class ByteSink {
   private chunks: Uint8Array[] = [];
@@ -77,6 +79,7 @@ function writeEntry(out: ByteSink, entry: GgufEntry): void {
     case 'u32': out.u32(TYPE.u32); out.u32(entry.value); break;
     case 'i32': out.u32(TYPE.i32); out.i32(entry.value); break;
     case 'f32': out.u32(TYPE.f32); out.f32(entry.value); break;
+    case 'bool': out.u32(TYPE.bool); out.push(Uint8Array.of(entry.value ? 1 : 0)); break;
     case 'string': out.u32(TYPE.string); out.str(entry.value); break;
     case 'strings':
       out.u32(TYPE.array); out.u32(TYPE.string); out.u64(entry.value.length);
@@ -162,7 +165,6 @@ export function ggufFromModel(model: Model, options: GgufExportOptions = {}): Gg
   const name = options.name ?? 'verity';
   const c = model.config;
   const t = model.tokenizer;
-  const tokens = t.vocab.map(toSentencePiece);
   const metadata: [string, GgufEntry][] = [
     ['general.architecture', { type: 'string', value: 'llama' }],
     ['general.name', { type: 'string', value: name }],
@@ -175,15 +177,37 @@ export function ggufFromModel(model: Model, options: GgufExportOptions = {}): Gg
     ['llama.rope.dimension_count', { type: 'u32', value: c.headSize }],
     ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: c.normEps }],
     ['llama.rope.freq_base', { type: 'f32', value: c.ropeTheta }],
-    ['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
-    ['tokenizer.ggml.tokens', { type: 'strings', value: tokens }],
-    ['tokenizer.ggml.scores', { type: 'f32s', value: t.scores }],
-    ['tokenizer.ggml.bos_token_id', { type: 'u32', value: t.bosId }],
-    ['tokenizer.ggml.eos_token_id', { type: 'u32', value: t.eosId }],
+    ...tokenizerMetadata(t),
   ];
   if (model.chatTemplate !== undefined) metadata.push(['tokenizer.chat_template', { type: 'string', value: model.chatTemplate }]);
   const tensors = storedTensors(c, model.weights).map((ref) => tensorData(model, ref, options.type ?? 'f32'));
   return { metadata, tensors };
+}
+
+/** The tokenizer as llama.cpp reads it: SentencePiece 'llama' (spaces as "▁") or byte-level BPE 'gpt2'. */
+export function tokenizerMetadata(t: Tokenizer): [string, GgufEntry][] {
+  if (t.kind === 'bpe') {
+    const merges = Array.from({ length: t.merges.length / 2 }, (_, r) =>
+      Buffer.concat([t.vocab[t.merges[2 * r]], Uint8Array.of(0x20), t.vocab[t.merges[2 * r + 1]]]));
+    return [
+      ['tokenizer.ggml.model', { type: 'string', value: 'gpt2' }],
+      ['tokenizer.ggml.pre', { type: 'string', value: t.pre }],
+      ['tokenizer.ggml.tokens', { type: 'strings', value: t.vocab }],
+      ['tokenizer.ggml.token_type', { type: 'i32s', value: t.tokenTypes }],
+      ['tokenizer.ggml.merges', { type: 'strings', value: merges }],
+      ['tokenizer.ggml.bos_token_id', { type: 'u32', value: t.bosId }],
+      ['tokenizer.ggml.eos_token_id', { type: 'u32', value: t.eosId }],
+      ['tokenizer.ggml.add_bos_token', { type: 'bool', value: t.addBos }],
+      ['tokenizer.ggml.add_eos_token', { type: 'bool', value: t.addEos }],
+    ];
+  }
+  return [
+    ['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
+    ['tokenizer.ggml.tokens', { type: 'strings', value: t.vocab.map(toSentencePiece) }],
+    ['tokenizer.ggml.scores', { type: 'f32s', value: t.scores }],
+    ['tokenizer.ggml.bos_token_id', { type: 'u32', value: t.bosId }],
+    ['tokenizer.ggml.eos_token_id', { type: 'u32', value: t.eosId }],
+  ];
 }
 
 /** A tensor as the requested weight type: matrices with whole 32-blocks become Q8_0 for 'q8_0'. */

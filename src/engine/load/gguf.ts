@@ -1,11 +1,12 @@
 // GGUF (versions 2 and 3, little-endian) for the llama architecture with F32, F16 or Q8_0 tensors
 // and the SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
 // read straight into the engine's memory.
-import { ModelFileError } from '../errors.js';
+import { EngineError, ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
 import { Q8_BLOCK, Q8_BLOCK_BYTES, configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
+import { createBpeTokenizer } from '../tokenizer-bpe.js';
 import { readBytes, readExact, withFile, type OpenFile } from './file.js';
 import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
 
@@ -191,9 +192,10 @@ function ggufTokenizer(gguf: GgufFile, fail: (p: string) => never): Tokenizer {
   const m = gguf.metadata;
   const model = text(m.get('tokenizer.ggml.model'));
   if (model === undefined) fail('no tokenizer inside (tokenizer.ggml.model is missing)');
-  if (model !== 'llama') fail(`unsupported tokenizer model '${model}' (only SentencePiece 'llama')`);
+  if (model !== 'llama' && model !== 'gpt2') fail(`unsupported tokenizer model '${model}' (only SentencePiece 'llama' and byte-level BPE 'gpt2')`);
   const tokens = m.get('tokenizer.ggml.tokens');
   if (!Array.isArray(tokens) || !tokens.every((t) => t instanceof Uint8Array)) fail('bad metadata tokenizer.ggml.tokens');
+  if (model === 'gpt2') return ggufBpeTokenizer(m, tokens as Uint8Array[], fail);
   const scores = m.get('tokenizer.ggml.scores');
   if (!(scores instanceof Float32Array) || scores.length !== (tokens as GgufValue[]).length) {
     fail('bad metadata tokenizer.ggml.scores (missing, or not one f32 per token)');
@@ -205,6 +207,50 @@ function ggufTokenizer(gguf: GgufFile, fail: (p: string) => never): Tokenizer {
   };
   const vocab = (tokens as Uint8Array[]).map(fromSentencePiece);
   return createTokenizer(vocab, scores as Float32Array, id('tokenizer.ggml.bos_token_id', 1), id('tokenizer.ggml.eos_token_id', 2));
+}
+
+/** llama.cpp's `gpt2` vocabulary: tokens, token types, "left right" merges, a named pre-tokenizer. */
+function ggufBpeTokenizer(m: Map<string, GgufValue>, tokens: Uint8Array[], fail: (p: string) => never): Tokenizer {
+  const pre = m.get('tokenizer.ggml.pre');
+  if (pre === undefined) fail('tokenizer.ggml.pre is missing (the BPE pre-tokenizer must be named)');
+  const preName = text(pre) ?? fail('bad metadata tokenizer.ggml.pre');
+  const types = m.get('tokenizer.ggml.token_type');
+  if (!(types instanceof Int32Array)) fail('bad or missing metadata tokenizer.ggml.token_type (one i32 per token)');
+  const mergeTexts = m.get('tokenizer.ggml.merges');
+  if (!Array.isArray(mergeTexts) || !mergeTexts.every((t) => t instanceof Uint8Array)) fail('bad or missing metadata tokenizer.ggml.merges');
+  const byText = new Map<string, number>();
+  tokens.forEach((t, i) => byText.set(Buffer.from(t.buffer, t.byteOffset, t.byteLength).toString('latin1'), i));
+  const merges = new Uint32Array(2 * (mergeTexts as Uint8Array[]).length);
+  (mergeTexts as Uint8Array[]).forEach((merge, r) => {
+    const space = merge.indexOf(0x20, 1); // llama.cpp: the first space after the first byte
+    const side = (from: number, to: number): number => {
+      const id = byText.get(Buffer.from(merge.buffer, merge.byteOffset + from, to - from).toString('latin1'));
+      return id ?? fail(`tokenizer.ggml.merges[${r}] '${decoder.decode(merge)}' names a token not in the vocabulary`);
+    };
+    if (space < 0) fail(`tokenizer.ggml.merges[${r}] '${decoder.decode(merge)}' is not two tokens separated by a space`);
+    merges[2 * r] = side(0, space);
+    merges[2 * r + 1] = side(space + 1, merge.length);
+  });
+  const flag = (key: string): boolean | undefined => {
+    const v = m.get(key);
+    if (v !== undefined && typeof v !== 'boolean') fail(`bad metadata ${key}: not a bool`);
+    return v as boolean | undefined;
+  };
+  const id = (key: string): number => {
+    const v = integer(m.get(key) ?? 11); // llama.cpp's default for gpt2 vocabularies
+    if (v === undefined || v >= tokens.length) fail(`bad metadata ${key}: ${String(m.get(key) ?? 11)} is not a token id (${tokens.length} tokens)`);
+    return v as number;
+  };
+  try {
+    return createBpeTokenizer({
+      pre: preName, vocab: tokens, tokenTypes: types as Int32Array, merges,
+      bosId: id('tokenizer.ggml.bos_token_id'), eosId: id('tokenizer.ggml.eos_token_id'),
+      addBos: flag('tokenizer.ggml.add_bos_token'), addEos: flag('tokenizer.ggml.add_eos_token'),
+    });
+  } catch (e) {
+    if (e instanceof EngineError) fail(e.message);
+    throw e;
+  }
 }
 
 export function loadGguf(path: string): LoadedWeights {
