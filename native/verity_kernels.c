@@ -18,6 +18,7 @@ static uint8_t *bases[MAX_MEMORIES];
 static int memories = 0;
 static int use_avx512 = 0;      // avx512f: the f32 16-accumulator layout is one register
 static int use_avx512vnni = 0;  // + avx512bw + avx512vnni: int8 dot products
+static int use_avx2 = 0;        // Q4_0 and k-quant products (maddubs: u8 × i8 pairs)
 
 #define Q8_BLOCK 32
 #define Q8_BLOCK_BYTES 34
@@ -57,6 +58,197 @@ static void matvec_q8_portable(float *out, const uint8_t *wq, const float *wd, c
       for (int j = 0; j < Q8_BLOCK; j++) isum += (int32_t)qw[j] * (int32_t)xq[b * Q8_BLOCK + j];
       float scale = scales[b] * xd[b];
       float term = scale * (float)isum;
+      acc[b & 15] = acc[b & 15] + term;
+    }
+    out[i] = combine16(acc);
+  }
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Q4_0 and the k-quants (spec §4b). `type` is the GGUF type number. Weights are GGUF blocks with
+// their f16 scales widened at load into `wd` (Q4_0, Q6_K: d per block; Q4_K, Q5_K: d, dmin per
+// super-block); Q4_0 takes Q8_0 activations (xq, xd per 32), the k-quants Q8_K activations (xq,
+// xd per 256, xs: the i32 sum of every 32). Inside a block the sums are exact integers (bounds in
+// the spec), the term is one f32 formula, and the terms are summed in the sum16 layout.
+
+#define TYPE_Q4_0 2
+#define TYPE_Q4_K 12
+#define TYPE_Q5_K 13
+#define TYPE_Q6_K 14
+
+static int quant_block(int type) { return type == TYPE_Q4_0 ? 32 : 256; }
+static int quant_block_bytes(int type) {
+  return type == TYPE_Q4_0 ? 18 : type == TYPE_Q4_K ? 144 : type == TYPE_Q5_K ? 176 : type == TYPE_Q6_K ? 210 : 0;
+}
+static int quant_scales(int type) { return type == TYPE_Q4_K || type == TYPE_Q5_K ? 2 : 1; }
+
+/** Sub-block j's 6-bit scale and min from Q4_K/Q5_K's 12 packed bytes. */
+static inline void scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+static float term_q4_0_portable(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd) {
+  int32_t isum = 0;
+  for (int j = 0; j < 16; j++) isum += ((w[2 + j] & 15) - 8) * xq[j] + ((w[2 + j] >> 4) - 8) * xq[16 + j];
+  return (wd[0] * xd[0]) * (float)isum;
+}
+
+static float term_qxk_portable(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int five) {
+  const uint8_t *qs = w + (five ? 48 : 16), *qh = w + 16;
+  int32_t isum = 0, msum = 0;
+  for (int j = 0; j < 8; j++) {
+    int sc, m;
+    scale_min_k4(w + 4, j, &sc, &m);
+    int32_t sub = 0;
+    for (int l = 0; l < 32; l++) {
+      int q = (qs[32 * (j >> 1) + l] >> (4 * (j & 1))) & 15;
+      if (five) q |= ((qh[l] >> j) & 1) << 4;
+      sub += q * xq[32 * j + l];
+    }
+    isum += sc * sub;
+    msum += m * xs[j];
+  }
+  float dx = xd[0];
+  return (wd[0] * dx) * (float)isum - (wd[1] * dx) * (float)msum;
+}
+
+static float term_q6k_portable(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd) {
+  int32_t isum = 0;
+  for (int i = 0; i < 256; i++) {
+    int h = i >> 7, l = i & 31, quarter = (i & 127) >> 5;
+    int low_byte = w[64 * h + l + ((quarter & 1) ? 32 : 0)];
+    int low = (quarter & 2) ? low_byte >> 4 : low_byte & 15;
+    int high = (w[128 + 32 * h + l] >> (2 * quarter)) & 3;
+    isum += (int8_t)w[192 + (i >> 4)] * (((low | (high << 4)) - 32) * xq[i]);
+  }
+  return (wd[0] * xd[0]) * (float)isum;
+}
+
+static float term_portable(int type, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs) {
+  switch (type) {
+    case TYPE_Q4_0: return term_q4_0_portable(w, wd, xq, xd);
+    case TYPE_Q4_K: return term_qxk_portable(w, wd, xq, xd, xs, 0);
+    case TYPE_Q5_K: return term_qxk_portable(w, wd, xq, xd, xs, 1);
+    default: return term_q6k_portable(w, wd, xq, xd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 terms: _mm256_maddubs_epi16 multiplies unsigned weights (nibbles, 0..63) by signed int8
+// activations into i16 pairs (at most 2·63·127, no saturation), _mm256_madd_epi16 applies the
+// sub-block scales into i32 lanes; the integer sums are exact, so they equal the portable ones.
+
+#if defined(__x86_64__)
+#define AVX2_TARGET __attribute__((target("avx2")))
+
+AVX2_TARGET static inline int32_t hsum_i32x8(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+AVX2_TARGET static inline float term_q4_0_avx2(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd) {
+  const __m128i v = _mm_loadu_si128((const __m128i *)(w + 2));
+  const __m128i nib = _mm_set1_epi8(15);
+  const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nib), _mm_and_si128(v, nib));
+  const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+  const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(_mm256_set1_epi8(8), x)); // Σ (q − 8)·x
+  const int32_t isum = hsum_i32x8(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+  return (wd[0] * xd[0]) * (float)isum;
+}
+
+AVX2_TARGET static inline float term_qxk_avx2(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int five) {
+  const uint8_t *qs = w + (five ? 48 : 16);
+  int sc[8], m[8];
+  int32_t msum = 0;
+  for (int j = 0; j < 8; j++) {
+    scale_min_k4(w + 4, j, &sc[j], &m[j]);
+    msum += m[j] * xs[j];
+  }
+  const __m256i nib = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+  const __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+  __m256i acc = _mm256_setzero_si256();
+  for (int g = 0; g < 4; g++) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+    __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    if (five) {
+      const __m128i b0 = _mm_cvtsi32_si128(2 * g), b1 = _mm_cvtsi32_si128(2 * g + 1);
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, b0), one), 4));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, b1), one), 4));
+    }
+    const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xq + 64 * g)));
+    const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 64 * g + 32)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16((short)sc[2 * g])));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16((short)sc[2 * g + 1])));
+  }
+  const int32_t isum = hsum_i32x8(acc);
+  const float dx = xd[0];
+  return (wd[0] * dx) * (float)isum - (wd[1] * dx) * (float)msum;
+}
+
+AVX2_TARGET static inline float term_q6k_avx2(const uint8_t *w, const float *wd, const int8_t *xq, const float *xd) {
+  const __m256i nib = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
+  const int8_t *sc = (const int8_t *)(w + 192);
+  __m256i acc = _mm256_setzero_si256();
+  for (int h = 0; h < 2; h++) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)(w + 64 * h));
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h));
+    for (int quarter = 0; quarter < 4; quarter++) {
+      const __m256i bytes = (quarter & 1) ? b : a;
+      const __m256i low = (quarter & 2) ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nib) : _mm256_and_si256(bytes, nib);
+      const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * quarter)), three);
+      const __m256i q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4)); // 0..63
+      const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + 128 * h + 32 * quarter));
+      const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(offset, x)); // Σ (q − 32)·x
+      const int s = 8 * h + 2 * quarter;
+      const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
+    }
+  }
+  return (wd[0] * xd[0]) * (float)hsum_i32x8(acc);
+}
+
+AVX2_TARGET static void matvec_quant_avx2(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int n, int d) {
+  const int blocks = n / quant_block(type), bytes = quant_block_bytes(type), per = quant_scales(type);
+  for (int i = 0; i < d; i++) {
+    const uint8_t *row = w + (size_t)i * blocks * bytes;
+    const float *scales = wd + (size_t)i * blocks * per;
+    float acc[16] = {0};
+    for (int b = 0; b < blocks; b++) {
+      const uint8_t *wb = row + (size_t)b * bytes;
+      const float *sb = scales + (size_t)b * per;
+      float term;
+      switch (type) {
+        case TYPE_Q4_0: term = term_q4_0_avx2(wb, sb, xq + 32 * b, xd + b); break;
+        case TYPE_Q4_K: term = term_qxk_avx2(wb, sb, xq + 256 * b, xd + b, xs + 8 * b, 0); break;
+        case TYPE_Q5_K: term = term_qxk_avx2(wb, sb, xq + 256 * b, xd + b, xs + 8 * b, 1); break;
+        default: term = term_q6k_avx2(wb, sb, xq + 256 * b, xd + b);
+      }
+      acc[b & 15] = acc[b & 15] + term;
+    }
+    out[i] = combine16(acc);
+  }
+}
+#endif
+
+static void matvec_quant_portable(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int n, int d) {
+  const int block = quant_block(type), blocks = n / block, bytes = quant_block_bytes(type), per = quant_scales(type);
+  const int xs_per_block = block / 32;
+  for (int i = 0; i < d; i++) {
+    const uint8_t *row = w + (size_t)i * blocks * bytes;
+    const float *scales = wd + (size_t)i * blocks * per;
+    float acc[16] = {0};
+    for (int b = 0; b < blocks; b++) {
+      float term = term_portable(type, row + (size_t)b * bytes, scales + (size_t)b * per, xq + (size_t)block * b, xd + b, xs + xs_per_block * b);
       acc[b & 15] = acc[b & 15] + term;
     }
     out[i] = combine16(acc);
@@ -201,9 +393,9 @@ static napi_value throw_error(napi_env env, const char *message) {
 }
 
 static int read_args(napi_env env, napi_callback_info info, size_t want, uint32_t *out) {
-  napi_value argv[8];
-  size_t argc = 8;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return 0;
+  napi_value argv[12];
+  size_t argc = 12;
+  if (want > 12 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return 0;
   for (size_t i = 0; i < want; i++) {
     if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) return 0;
   }
@@ -276,6 +468,30 @@ static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/** matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d): Q4_0 and k-quant products. */
+static napi_value MatvecQuant(napi_env env, napi_callback_info info) {
+  uint32_t a[10];
+  uint8_t *base = read_args(env, info, 10, a) ? memory_base(a[0]) : NULL;
+  const int type = (int)a[1];
+  if (!base || quant_block_bytes(type) == 0 || a[8] % (uint32_t)quant_block(type) != 0) {
+    return throw_error(env, "matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d): bad arguments");
+  }
+  float *out = (float *)(base + a[2]);
+  const uint8_t *w = base + a[3];
+  const float *wd = (const float *)(base + a[4]);
+  const int8_t *xq = (const int8_t *)(base + a[5]);
+  const float *xd = (const float *)(base + a[6]);
+  const int32_t *xs = (const int32_t *)(base + a[7]);
+#if defined(__x86_64__)
+  if (use_avx2) {
+    matvec_quant_avx2(type, out, w, wd, xq, xd, xs, (int)a[8], (int)a[9]);
+    return NULL;
+  }
+#endif
+  matvec_quant_portable(type, out, w, wd, xq, xd, xs, (int)a[8], (int)a[9]);
+  return NULL;
+}
+
 /**
  * traceLayer(memory, x, key, value, dim, kvDim, pos, layer, chain, acc, out): one layer step's trace
  * leaf (docs/proofs.md), with OpenSSL's SHA-256 (Node's own, SHA-NI where the CPU has it). Reads the
@@ -330,7 +546,10 @@ static napi_value TraceLayer(napi_env env, napi_callback_info info) {
 /** Which instruction set each kernel uses on this CPU. */
 static napi_value Features(napi_env env, napi_callback_info info) {
   (void)info;
-  const char *text = use_avx512vnni ? "avx512 avx512vnni" : use_avx512 ? "avx512" : "portable";
+  const char *text = use_avx512vnni ? (use_avx2 ? "avx512 avx512vnni avx2" : "avx512 avx512vnni")
+                     : use_avx512   ? (use_avx2 ? "avx512 avx2" : "avx512")
+                     : use_avx2     ? "avx2"
+                                    : "portable";
   napi_value result;
   napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &result);
   return result;
@@ -340,6 +559,7 @@ static void detect(bool portable) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   use_avx512 = !portable && __builtin_cpu_supports("avx512f");
+  use_avx2 = !portable && __builtin_cpu_supports("avx2");
   use_avx512vnni = use_avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                    __builtin_cpu_supports("avx512vnni");
 #else
@@ -364,6 +584,7 @@ NAPI_MODULE_INIT() {
     {"bind", NULL, Bind, NULL, NULL, NULL, napi_default, NULL},
     {"matvec", NULL, Matvec, NULL, NULL, NULL, napi_default, NULL},
     {"matvecQ8", NULL, MatvecQ8, NULL, NULL, NULL, napi_default, NULL},
+    {"matvecQuant", NULL, MatvecQuant, NULL, NULL, NULL, napi_default, NULL},
     {"features", NULL, Features, NULL, NULL, NULL, napi_default, NULL},
     {"traceLayer", NULL, TraceLayer, NULL, NULL, NULL, napi_default, NULL},
     {"setPortable", NULL, SetPortable, NULL, NULL, NULL, napi_default, NULL},

@@ -4,7 +4,11 @@ export { EngineError, ModelFileError } from './errors.js';
 export { loadModel, detectFormat, type LoadOptions } from './load/index.js';
 export { Q8_BLOCK, Q8_BLOCK_BYTES, canonicalTensors, storedTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
 export { GGML_TYPE, ggufBytes, ggufFromModel, writeGguf, type ExportType, type GgufContents, type GgufExportOptions } from './load/gguf-write.js';
-export { dequantizeQ8_0, f16ToF32, f32ToF16, quantizeQ8_0 } from './quantize.js';
+export {
+  QUANTIZE_TARGETS, dequantizeBlocks, dequantizeQ8_0, f16ToF32, f32ToF16, fallbackType, mixTensorType, quantizeBlocks, quantizeQ8_0,
+  type QuantizeTarget,
+} from './quantize.js';
+export { DTYPES, QUANTIZED_DTYPES, dtypeOfGgml, rowBytes, traits, type ActivationType, type DTypeTraits } from './dtypes.js';
 export { createArena, type Arena, type Ptr } from './memory.js';
 export {
   KERNEL_PATHS, NUMERICS_SPEC_VERSION, availableKernelPaths, defaultKernelPath, instantiateKernels, isKernelPath,

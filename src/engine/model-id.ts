@@ -3,8 +3,9 @@
 // model computes, not on the file format that carried it. See docs/model-id.md.
 import { createHash } from 'node:crypto';
 import { EngineError } from './errors.js';
+import { isDType, rowsFit } from './dtypes.js';
 import {
-  Q8_BLOCK, canonicalTensors, configProblem, deriveConfig, f32Matrix, matrixBytes,
+  canonicalTensors, configProblem, deriveConfig, f32Matrix, matrixBytes,
   type DType, type Model, type ModelConfig, type Weights,
 } from './model.js';
 import { leafHash, merkleRoot, toHex } from './merkle.js';
@@ -240,7 +241,7 @@ export function parseCanonicalConfig(bytes: Uint8Array): CanonicalConfig {
       (t, i) =>
         typeof t === 'object' && t !== null && Array.isArray(t.shape) &&
         t.name === expected[i].name &&
-        (t.dtype === 'f32' || (t.dtype === 'q8_0' && t.shape.length === 2 && t.shape[1] % Q8_BLOCK === 0)) &&
+        (t.dtype === 'f32' || (isDType(t.dtype) && t.shape.length === 2 && rowsFit(t.dtype, t.shape[1]))) &&
         JSON.stringify(t.shape) === JSON.stringify(expected[i].shape),
     );
   if (!valid) throw new EngineError('bad model config: the tensor list does not match the shapes');

@@ -1,5 +1,6 @@
 import type { Arena, Ptr } from './memory.js';
 import type { Tokenizer } from './tokenizer.js';
+import { DTYPES, type DType } from './dtypes.js';
 
 /** The shape of a Llama-family transformer. `normEps` and `ropeTheta` are f32 values. */
 export interface ModelConfig {
@@ -16,17 +17,17 @@ export interface ModelConfig {
   ropeTheta: number;
 }
 
-/** Weight storage types: f32, or GGUF's Q8_0 (blocks of 32 int8 with an f16 scale, 34 bytes). */
-export type DType = 'f32' | 'q8_0';
+export type { DType } from './dtypes.js';
 
-export const Q8_BLOCK = 32;
-export const Q8_BLOCK_BYTES = 34;
+/** Q8_0's block, kept for callers that predate the trait table (src/engine/dtypes.ts). */
+export const Q8_BLOCK = DTYPES.q8_0.block;
+export const Q8_BLOCK_BYTES = DTYPES.q8_0.blockBytes;
 
 /** A row-major matrix in the model's arena. */
 export interface Matrix {
   dtype: DType;
   ptr: Ptr;
-  /** q8_0: one f32 per block, the block scales widened once at load; 0 for f32. */
+  /** Quantised types: the block scales widened once at load (dtypes.ts prepareScales); 0 for f32. */
   scales: Ptr;
 }
 
@@ -53,7 +54,7 @@ export const f32Matrix = (ptr: Ptr): Matrix => ({ dtype: 'f32', ptr, scales: 0 }
 
 /** Bytes of a rows×cols matrix stored as dtype. */
 export function matrixBytes(dtype: DType, rows: number, cols: number): number {
-  return dtype === 'f32' ? 4 * rows * cols : (rows * cols * Q8_BLOCK_BYTES) / Q8_BLOCK;
+  return (rows * cols * DTYPES[dtype].blockBytes) / DTYPES[dtype].block;
 }
 
 /** Where a model came from: a file format, or parts of its canonical encoding (model-id.ts). */

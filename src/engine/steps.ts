@@ -6,10 +6,12 @@
 // Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
 import { EngineError } from './errors.js';
 import { paddedSize, type Ptr } from './memory.js';
-import { Q8_BLOCK, Q8_BLOCK_BYTES, type Matrix, type Model } from './model.js';
+import { DTYPES, rowBytes } from './dtypes.js';
+import type { Matrix, Model } from './model.js';
 import { defaultKernelPath, instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 import { sampleToken, type SamplingParams } from './sampler.js';
-import { createThreadPool, type MatvecJob, type ThreadPool } from './threads.js';
+import { dequantizeBlocks } from './quantize.js';
+import { createThreadPool, matvecRows, type Activations, type MatvecJob, type ThreadPool } from './threads.js';
 
 export interface Session {
   readonly model: Model;
@@ -30,6 +32,10 @@ export interface Session {
   /** Q8_0 activations: int8 values and one f32 scale per block of 32 (for any input length). */
   readonly xq: Ptr;
   readonly xd: Ptr;
+  /** Q8_K activations (k-quant weights): int8 values, one f32 scale per 256, one i32 sum per 32. */
+  readonly xqK: Ptr;
+  readonly xdK: Ptr;
+  readonly xsK: Ptr;
   /** Threads for the matrix products and attention (workers start on the first large one). */
   readonly threads: number;
   readonly kernelPath: KernelPath;
@@ -125,7 +131,10 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     sortKeys: bytes(8 * c.vocabSize),
     ropeTable: floats(c.headSize),
     xq: bytes(widest),
-    xd: floats(Math.ceil(widest / Q8_BLOCK)),
+    xd: floats(Math.ceil(widest / DTYPES.q8_0.block)),
+    xqK: bytes(widest),
+    xdK: floats(Math.ceil(widest / 256)),
+    xsK: floats(Math.ceil(widest / 32)),
   };
   const keys = cache();
   const values = cache();
@@ -162,15 +171,18 @@ function checkLive(s: Session): void {
   if (s.disposed) throw new EngineError('this session was disposed');
 }
 
-/** x ← the token's embedding row (dequantised exactly for Q8_0). */
+/** x ← the token's embedding row (quantised types are dequantised exactly, spec §4a/§4b). */
 export function embed(s: Session, token: number): void {
   checkLive(s);
   const { dim, vocabSize } = s.model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
   const table = s.model.weights.tokenEmbedding;
   if (table.dtype === 'q8_0') {
-    const blocks = dim / Q8_BLOCK;
-    s.kernels.dequantizeRowQ8(s.x, table.ptr + token * blocks * Q8_BLOCK_BYTES, table.scales + 4 * token * blocks, dim);
+    const blocks = dim / DTYPES.q8_0.block;
+    s.kernels.dequantizeRowQ8(s.x, table.ptr + token * rowBytes('q8_0', dim), table.scales + 4 * token * blocks, dim);
+  } else if (table.dtype !== 'f32') {
+    const bytes = rowBytes(table.dtype, dim);
+    s.model.arena.f32(s.x, dim).set(dequantizeBlocks(table.dtype, s.model.arena.u8(table.ptr + token * bytes, bytes)));
   } else {
     s.model.arena.f32(s.x, dim).set(s.model.arena.f32(table.ptr + 4 * token * dim, dim));
   }
@@ -179,13 +191,12 @@ export function embed(s: Session, token: number): void {
 /** out_j = W_j · x for each job, all sharing the input x of length n. */
 function matvecs(s: Session, x: Ptr, n: number, jobs: MatvecJob[]): void {
   const k = s.kernels;
-  if (jobs.some((j) => j.w.dtype === 'q8_0')) k.quantizeQ8(s.xq, s.xd, x, n);
+  const a: Activations = { x, xq: s.xq, xd: s.xd, xqK: s.xqK, xdK: s.xdK, xsK: s.xsK };
+  if (jobs.some((j) => DTYPES[j.w.dtype].activation === 'q8_0')) k.quantizeQ8(s.xq, s.xd, x, n);
+  if (jobs.some((j) => DTYPES[j.w.dtype].activation === 'q8_k')) k.quantizeQ8K(s.xqK, s.xdK, s.xsK, x, n);
   const pool = poolFor(s, n * jobs.reduce((rows, j) => rows + j.rows, 0));
-  if (pool) return pool.matvecs(x, s.xq, s.xd, n, jobs);
-  for (const { out, w, rows } of jobs) {
-    if (w.dtype === 'q8_0') k.matvecQ8(out, w.ptr, w.scales, s.xq, s.xd, n, rows);
-    else k.matvec(out, w.ptr, x, n, rows);
-  }
+  if (pool) return pool.matvecs(a, n, jobs);
+  for (const { out, w, rows } of jobs) matvecRows(k, w, out, 0, rows, a, n);
 }
 
 const job = (out: Ptr, w: Matrix, rows: number): MatvecJob => ({ out, w, rows });

@@ -10,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { EngineError } from './errors.js';
 import type { Ptr } from './memory.js';
+import { DTYPES, preparedRowBytes, rowBytes, type DType } from './dtypes.js';
 import type { Matrix } from './model.js';
 import { instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 
@@ -28,6 +29,37 @@ const CONTROL_INTS = JOBS + JOB_FIELDS * MAX_JOBS;
 export const OP_EXIT = -1;
 const OP_MATVECS = 1;
 const OP_ATTENTION = 2;
+
+/** A product's input: f32, and its quantised copies (each made once, on one thread, when a job needs it). */
+export interface Activations {
+  x: Ptr;
+  /** Q8_0: int8 values and one f32 scale per 32. */
+  xq: Ptr;
+  xd: Ptr;
+  /** Q8_K: int8 values, one f32 scale per 256, one i32 sum per 32. */
+  xqK: Ptr;
+  xdK: Ptr;
+  xsK: Ptr;
+}
+
+/** Weight types by a small code, for the control block (fixed order: the table's). */
+const DTYPE_CODES = Object.keys(DTYPES) as DType[];
+
+/**
+ * Rows first..end−1 of out = W·x with the kernel for W's type. Row offsets come from the trait
+ * table: a row is whole blocks, so any split of the rows computes the same bits.
+ */
+export function matvecRows(k: Kernels, w: Matrix, out: Ptr, first: number, end: number, a: Activations, n: number): void {
+  const o = out + 4 * first;
+  const rows = end - first;
+  const wp = w.ptr + first * rowBytes(w.dtype, n);
+  const wd = w.scales + first * preparedRowBytes(w.dtype, n);
+  const t = DTYPES[w.dtype];
+  if (t.activation === 'f32') k.matvec(o, wp, a.x, n, rows);
+  else if (t.dtype === 'q8_0') k.matvecQ8(o, wp, wd, a.xq, a.xd, n, rows);
+  else if (t.activation === 'q8_0') k.matvecQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows);
+  else k.matvecQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows);
+}
 
 export interface MatvecJob {
   out: Ptr;
@@ -63,26 +95,14 @@ const chunkOf = (count: number, threads: number): number => Math.max(1, Math.cei
 export function runShare(k: Kernels, c: Int32Array, thread: number): void {
   const threads = c[THREADS];
   if (c[OP] === OP_MATVECS) {
-    const x = c[ARGS];
-    const xq = c[ARGS + 1];
-    const xd = c[ARGS + 2];
-    const n = c[ARGS + 3];
-    const jobs = c[ARGS + 4];
+    const [x, xq, xd, n, jobs, xqK, xdK, xsK] = c.subarray(ARGS, ARGS + 8);
+    const a: Activations = { x, xq, xd, xqK, xdK, xsK };
     for (let j = 0; j < jobs; j++) {
       const at = JOBS + JOB_FIELDS * j;
       const out = c[at];
-      const quantized = c[at + 1];
-      const w = c[at + 2];
-      const scales = c[at + 3];
+      const w: Matrix = { dtype: DTYPE_CODES[c[at + 1]], ptr: c[at + 2], scales: c[at + 3] };
       const rows = c[at + 4];
-      claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => {
-        if (quantized) {
-          const blockBytes = (n / 32) * 34;
-          k.matvecQ8(out + 4 * first, w + first * blockBytes, scales + first * (n / 32) * 4, xq, xd, n, end - first);
-        } else {
-          k.matvec(out + 4 * first, w + 4 * first * n, x, n, end - first);
-        }
-      });
+      claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => matvecRows(k, w, out, first, end, a, n));
     }
   } else if (c[OP] === OP_ATTENTION) {
     const [out, q, keys, values, att, attStride, pos, nHeads, nKvHeads, headSize] = c.subarray(ARGS, ARGS + 10);
@@ -95,7 +115,7 @@ export function runShare(k: Kernels, c: Int32Array, thread: number): void {
 export interface ThreadPool {
   readonly threads: number;
   readonly kernels: Kernels;
-  matvecs(x: Ptr, xq: Ptr, xd: Ptr, n: number, jobs: MatvecJob[]): void;
+  matvecs(a: Activations, n: number, jobs: MatvecJob[]): void;
   attention(args: AttentionArgs): void;
   close(): void;
 }
@@ -131,10 +151,10 @@ export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, t
   return {
     threads,
     kernels,
-    matvecs(x, xq, xd, n, jobs) {
+    matvecs(a, n, jobs) {
       c[OP] = OP_MATVECS;
-      c.set([x, xq, xd, n, jobs.length], ARGS);
-      jobs.forEach((job, j) => c.set([job.out, job.w.dtype === 'q8_0' ? 1 : 0, job.w.ptr, job.w.scales, job.rows], JOBS + JOB_FIELDS * j));
+      c.set([a.x, a.xq, a.xd, n, jobs.length, a.xqK, a.xdK, a.xsK], ARGS);
+      jobs.forEach((job, j) => c.set([job.out, DTYPE_CODES.indexOf(job.w.dtype), job.w.ptr, job.w.scales, job.rows], JOBS + JOB_FIELDS * j));
       run();
     },
     attention(a) {

@@ -7,12 +7,11 @@
 // weights are fetched once, however many disputes touch them.
 import { performance } from 'node:perf_hooks';
 import {
-  Q8_BLOCK,
-  Q8_BLOCK_BYTES,
+  dequantizeBlocks,
+  rowBytes as rowBytesOf,
   chunkLayout,
   createSparseModel,
   defaultKernelPath,
-  dequantizeQ8_0,
   leafHash as chunkLeafHash,
   parseCanonicalConfig,
   rootFromRange,
@@ -104,7 +103,7 @@ export function createReferee(source: WeightSource, kernels: KernelPath = defaul
     const { tensors, canonical } = model();
     const t = tensors.get('token_embd.weight')!;
     const dim = canonical.config.dim;
-    const rowBytes = t.dtype === 'q8_0' ? (dim / Q8_BLOCK) * Q8_BLOCK_BYTES : 4 * dim;
+    const rowBytes = rowBytesOf(t.dtype, dim);
     const start = token * rowBytes;
     const first = Math.floor(start / canonical.chunkBytes);
     const last = Math.floor((start + rowBytes - 1) / canonical.chunkBytes);
@@ -113,8 +112,7 @@ export function createReferee(source: WeightSource, kernels: KernelPath = defaul
     }
     const chunks = Buffer.concat(Array.from({ length: last - first + 1 }, (_, i) => embeddingChunks.get(first + i)!));
     const bytes = chunks.subarray(start - first * canonical.chunkBytes, start - first * canonical.chunkBytes + rowBytes);
-    if (t.dtype === 'q8_0') return dequantizeQ8_0(bytes);
-    return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    return dequantizeBlocks(t.dtype, bytes);
   }
 
   return {

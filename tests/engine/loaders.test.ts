@@ -99,7 +99,7 @@ test('GGUF: bad magic, versions, tensor types, shapes, names and vocab mismatche
     expectError(raw('data.gguf', ggufFileBytes.subarray(0, ggufFileBytes.length - 100)), {}, /truncated: tensor .* ends at byte/);
 
     const at = (c: GgufContents, name: string) => c.tensors.find((t) => t.name === name)!;
-    expectError(modifiedGguf(dir, 'q4.gguf', (c) => (at(c, 'blk.2.attn_k.weight').type = 2)), {}, /unsupported tensor type Q4_0 for blk\.2\.attn_k\.weight \(only F32, F16 or Q8_0\)/);
+    expectError(modifiedGguf(dir, 'q4.gguf', (c) => (at(c, 'blk.2.attn_k.weight').type = 3)), {}, /unsupported tensor type Q4_1 for blk\.2\.attn_k\.weight \(only F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K\)/);
     expectError(modifiedGguf(dir, 'q8norm.gguf', (c) => (at(c, 'blk.1.ffn_norm.weight').type = 8)), {}, /unsupported tensor type Q8_0 for blk\.1\.ffn_norm\.weight \(only F32 or F16\)/);
     expectError(modifiedGguf(dir, 'type99.gguf', (c) => (at(c, 'token_embd.weight').type = 99)), {}, /unsupported tensor type #99/);
     expectError(modifiedGguf(dir, 'shape.gguf', (c) => (at(c, 'blk.0.attn_q.weight').dims = [32, 128])), {}, /bad tensor blk\.0\.attn_q\.weight: shape \[32, 128\], expected \[64, 64\]/);

@@ -3,7 +3,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import { GGML_TYPE, ggufFromModel, writeGguf, type ExportType } from '../../engine/index.js';
 import { load } from './shared.js';
 
-/** verity quantize: a model as GGUF with Q8_0, F16 or F32 matrices, with a progress bar. */
+/** verity quantize: a model as GGUF with quantised (Q8_0, Q4_0, k-quants or a mix), F16 or F32 matrices, with a progress bar. */
 export function quantizeCommand(input: string, output: string, options: { tokenizer?: string; type: ExportType }): void {
   const model = load(input, options.tokenizer);
   const contents = ggufFromModel(model, { type: options.type, name: basename(input) });
@@ -14,7 +14,13 @@ export function quantizeCommand(input: string, output: string, options: { tokeni
   bar.start(contents.tensors.length, 0);
   writeGguf(output, contents, (i) => bar.update(i + 1));
   bar.stop();
-  const converted = contents.tensors.filter((t) => t.type !== GGML_TYPE.F32).length;
-  process.stderr.write(`${output}: ${converted} of ${contents.tensors.length} tensors ${options.type.toUpperCase()}, the rest F32\n`);
+  const names = new Map(Object.entries(GGML_TYPE).map(([name, type]) => [type as number, name]));
+  const counts = new Map<string, number>();
+  for (const t of contents.tensors) counts.set(names.get(t.type) ?? `#${t.type}`, (counts.get(names.get(t.type) ?? `#${t.type}`) ?? 0) + 1);
+  const f32 = counts.get('F32') ?? 0;
+  counts.delete('F32');
+  const converted = contents.tensors.length - f32;
+  const types = counts.size === 1 ? [...counts.keys()][0] : `${options.type.toUpperCase()} (${[...counts].map(([name, n]) => `${n} ${name}`).join(', ')})`;
+  process.stderr.write(`${output}: ${converted} of ${contents.tensors.length} tensors ${types}, the rest F32\n`);
 }
 

@@ -1,8 +1,9 @@
 // Writes GGUF v3 files: used to export models (random-weight benchmark models, conversions) and
 // by the tests to build well-formed and deliberately malformed files.
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { Q8_BLOCK, matrixBytes, storedTensors, type DType, type Model, type TensorRef } from '../model.js';
-import { dequantizeQ8_0, f32ToF16, quantizeQ8_0 } from '../quantize.js';
+import { DTYPES } from '../dtypes.js';
+import { matrixBytes, storedTensors, type Model, type TensorRef } from '../model.js';
+import { dequantizeBlocks, f32ToF16, fallbackType, mixTensorType, quantizeBlocks, type QuantizeTarget } from '../quantize.js';
 import type { Tokenizer } from '../tokenizer.js';
 import { toSentencePiece } from './gguf.js';
 
@@ -26,7 +27,10 @@ export interface GgufTensorData {
   data(): Uint8Array;
 }
 
-export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8 } as const;
+export const GGML_TYPE = {
+  F32: DTYPES.f32.ggmlType, F16: 1, Q8_0: DTYPES.q8_0.ggmlType, Q4_0: DTYPES.q4_0.ggmlType,
+  Q4_K: DTYPES.q4_k.ggmlType, Q5_K: DTYPES.q5_k.ggmlType, Q6_K: DTYPES.q6_k.ggmlType,
+} as const;
 
 export interface GgufContents {
   metadata: [string, GgufEntry][];
@@ -151,11 +155,11 @@ export function writeGguf(path: string, contents: GgufContents, onTensor?: (inde
   }
 }
 
-/** Weight types a GGUF export can write; 'keep' writes every tensor in the type it has. */
-export type ExportType = DType | 'f16' | 'keep';
+/** Weight types a GGUF export can write (a type, F16 or a mix); 'keep' writes every tensor in the type it has. */
+export type ExportType = QuantizeTarget | 'keep';
 
 export interface GgufExportOptions {
-  /** Weight type for matrices: 'f32', 'f16', or 'q8_0' for every matrix whose rows are whole blocks. */
+  /** Weight type for matrices: 'f32', 'f16', a quantised type or mix (quantize.ts; rows not whole blocks fall back). */
   type?: ExportType;
   name?: string;
 }
@@ -210,20 +214,22 @@ export function tokenizerMetadata(t: Tokenizer): [string, GgufEntry][] {
   ];
 }
 
-/** A tensor as the requested weight type: matrices with whole 32-blocks become Q8_0 for 'q8_0'. */
+/** A tensor as the requested weight type: matrices are quantised (quantize.ts picks per tensor for a mix and the fallback for rows that are not whole blocks); vectors stay f32. */
 function tensorData(model: Model, ref: TensorRef, type: ExportType): GgufTensorData {
   const dims = [...ref.shape].reverse();
   const stored = (): Uint8Array => model.arena.u8(ref.ptr, ref.bytes).slice();
   const count = ref.shape.reduce((a, b) => a * b, 1);
   const asF32 = (): Float32Array =>
-    ref.dtype === 'q8_0' ? dequantizeQ8_0(model.arena.u8(ref.ptr, ref.bytes)) : model.arena.f32(ref.ptr, count).slice();
-  const quantizable = ref.shape.length === 2 && ref.shape[1] % Q8_BLOCK === 0;
-  if ((type === 'q8_0' && quantizable) || (type === 'keep' && ref.dtype === 'q8_0')) {
-    const bytes = matrixBytes('q8_0', ref.shape[0], ref.shape[1]);
-    const data = ref.dtype === 'q8_0' ? stored : () => quantizeQ8_0(asF32());
-    return { name: ref.name, dims, type: GGML_TYPE.Q8_0, bytes, data };
+    ref.dtype === 'f32' ? model.arena.f32(ref.ptr, count).slice() : dequantizeBlocks(ref.dtype, model.arena.u8(ref.ptr, ref.bytes));
+  const shared = model.weights.classifier === model.weights.tokenEmbedding;
+  const wanted = type === 'keep' ? ref.dtype : mixTensorType(type, ref.name, model.config.nLayers, shared);
+  const dtype = ref.shape.length === 2 && wanted !== 'f16' ? fallbackType(wanted, ref.shape[1]) : 'f32';
+  if (dtype !== 'f32') {
+    const bytes = matrixBytes(dtype, ref.shape[0], ref.shape[1]);
+    const data = ref.dtype === dtype ? stored : () => quantizeBlocks(dtype, asF32());
+    return { name: ref.name, dims, type: DTYPES[dtype].ggmlType, bytes, data };
   }
-  if (type === 'f16' && ref.shape.length === 2) {
+  if (wanted === 'f16' && ref.shape.length === 2) {
     const data = (): Uint8Array => new Uint8Array(Uint16Array.from(asF32(), f32ToF16).buffer);
     return { name: ref.name, dims, type: GGML_TYPE.F16, bytes: 2 * count, data };
   }

@@ -1,9 +1,11 @@
-// GGUF (versions 2 and 3, little-endian) for the llama architecture with F32, F16 or Q8_0 tensors
+// GGUF (versions 2 and 3, little-endian) for the llama architecture with F32, F16, Q8_0, Q4_0,
+// Q4_K, Q5_K or Q6_K tensors (the quantised ones per the trait table, src/engine/dtypes.ts)
 // and the SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
 // read straight into the engine's memory.
 import { EngineError, ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
-import { Q8_BLOCK, Q8_BLOCK_BYTES, configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
+import { DTYPES, dtypeOfGgml, prepareScales, preparedPerBlock, rowsFit } from '../dtypes.js';
+import { configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
 import { createBpeTokenizer } from '../tokenizer-bpe.js';
@@ -19,7 +21,11 @@ const GGML_TYPE_NAMES: Record<number, string> = {
 };
 const GGML_F32 = 0;
 const GGML_F16 = 1;
-const GGML_Q8_0 = 8;
+/** The quantised types a matrix may have (F32 and F16 aside), from the trait table. */
+const quantizedType = (ggmlType: number) => {
+  const dtype = dtypeOfGgml(ggmlType);
+  return dtype && dtype !== 'f32' ? DTYPES[dtype] : undefined;
+};
 
 export type GgufValue = number | bigint | boolean | Uint8Array | GgufValue[] | Float32Array | Int32Array;
 
@@ -310,25 +316,28 @@ export function loadGguf(path: string): LoadedWeights {
       for (const [kind, shape] of shapes) expected.set(`blk.${l}.${kind}.weight`, shape);
     }
     for (const t of gguf.tensors) if (!expected.has(t.name)) fail(`unsupported tensor ${t.name}`);
-    /** Bytes in the file and in memory (F16 is widened to f32 at load; Q8_0 adds f32 block scales). */
+    /** Bytes in the file and in memory (F16 is widened to f32 at load; quantised types add f32 block scales). */
     const sizes = (t: GgufTensorInfo): { file: number; memory: number } => {
       const count = t.dims.reduce((a, b) => a * b, 1);
       if (t.type === GGML_F32) return { file: 4 * count, memory: 4 * count };
       if (t.type === GGML_F16) return { file: 2 * count, memory: 4 * count };
-      return { file: (count / Q8_BLOCK) * Q8_BLOCK_BYTES, memory: (count / Q8_BLOCK) * (Q8_BLOCK_BYTES + 4) };
+      const q = quantizedType(t.type)!;
+      const blocks = count / q.block;
+      return { file: blocks * q.blockBytes, memory: blocks * (q.blockBytes + 4 * preparedPerBlock(q.dtype)) };
     };
     let totalBytes = 0;
     for (const [name, shape] of expected) {
       const t = byName.get(name) ?? fail(`missing tensor ${name}`);
-      const supported = t.type === GGML_F32 || t.type === GGML_F16 || (t.type === GGML_Q8_0 && shape.length === 2);
+      const q = quantizedType(t.type);
+      const supported = t.type === GGML_F32 || t.type === GGML_F16 || (q !== undefined && shape.length === 2);
       if (!supported) {
-        const allowed = shape.length === 2 ? 'F32, F16 or Q8_0' : 'F32 or F16';
+        const allowed = shape.length === 2 ? 'F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K' : 'F32 or F16';
         fail(`unsupported tensor type ${GGML_TYPE_NAMES[t.type] ?? `#${t.type}`} for ${name} (only ${allowed})`);
       }
       if (t.dims.length !== shape.length || t.dims.some((d, i) => d !== shape[i])) {
         fail(`bad tensor ${name}: shape [${t.dims.join(', ')}], expected [${shape.join(', ')}]`);
       }
-      if (t.type === GGML_Q8_0 && shape[0] % Q8_BLOCK !== 0) fail(`bad tensor ${name}: Q8_0 rows of ${shape[0]} are not whole blocks of 32`);
+      if (q && !rowsFit(q.dtype, shape[0])) fail(`bad tensor ${name}: ${q.ggmlName} rows of ${shape[0]} are not whole blocks of ${q.block}`);
       const { file: bytes, memory } = sizes(t);
       if (t.offset + bytes > file.size) fail(`truncated: tensor ${name} ends at byte ${t.offset + bytes}, the file has ${file.size}`);
       totalBytes += memory;
@@ -340,13 +349,15 @@ export function loadGguf(path: string): LoadedWeights {
     const load = (name: string): Matrix => {
       const t = byName.get(name)!;
       const { file: bytes, memory } = sizes(t);
-      if (t.type === GGML_Q8_0) {
+      const q = quantizedType(t.type);
+      if (q) {
         const ptr = arena.alloc(bytes);
         readExact(file, arena.u8(ptr, bytes), t.offset, `tensor ${name}`);
-        const blocks = bytes / Q8_BLOCK_BYTES;
-        const scales = arena.alloc(4 * blocks);
-        kernels.f16ToF32(scales, ptr, blocks, Q8_BLOCK_BYTES);
-        return { dtype: 'q8_0', ptr, scales };
+        const floats = (bytes / q.blockBytes) * preparedPerBlock(q.dtype);
+        const scales = arena.alloc(4 * floats);
+        const problem = prepareScales(q.dtype, arena.u8(ptr, bytes), new Uint32Array(arena.memory.buffer, scales, floats));
+        if (problem) fail(`bad tensor ${name}: ${q.ggmlName} ${problem}`);
+        return { dtype: q.dtype, ptr, scales };
       }
       const ptr = arena.alloc(memory);
       const count = memory / 4;

@@ -2,7 +2,8 @@
 // a downloader or a referee has them. Tensors not provided are left out: a referee replaying one
 // step provides only the tensors that step reads.
 import { createArena } from '../memory.js';
-import { Q8_BLOCK_BYTES, type LayerWeights, type Matrix, type Model } from '../model.js';
+import { prepareScales, preparedPerBlock, traits } from '../dtypes.js';
+import type { LayerWeights, Matrix, Model } from '../model.js';
 import { tensorSpecBytes, type CanonicalConfig } from '../model-id.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
@@ -68,10 +69,11 @@ export function createSparseModel(canonical: CanonicalConfig, tokenizer: Tokeniz
         at += c.length;
       }
       let scales = 0;
-      if (spec.dtype === 'q8_0') {
-        const blocks = length / Q8_BLOCK_BYTES;
-        scales = arena.alloc(4 * blocks);
-        kernels.f16ToF32(scales, ptr, blocks, Q8_BLOCK_BYTES);
+      if (spec.dtype !== 'f32') {
+        const floats = (length / traits(spec.dtype).blockBytes) * preparedPerBlock(spec.dtype);
+        scales = arena.alloc(4 * floats);
+        const problem = prepareScales(spec.dtype, arena.u8(ptr, length), new Uint32Array(arena.memory.buffer, scales, floats));
+        if (problem) throw new RangeError(`${name}: ${problem}`);
       }
       place(name, { dtype: spec.dtype, ptr, scales });
       present.add(name);

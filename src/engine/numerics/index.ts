@@ -7,7 +7,7 @@ import type { Ptr } from '../memory.js';
 import { nativeKernels } from './native.js';
 
 /** Version of the numerics spec the kernels implement; part of every job commitment. */
-export const NUMERICS_SPEC_VERSION = 'verity-numerics/2';
+export const NUMERICS_SPEC_VERSION = 'verity-numerics/3';
 
 export const KERNEL_PATHS = ['native', 'simd', 'scalar'] as const;
 export type KernelPath = (typeof KERNEL_PATHS)[number];
@@ -46,6 +46,10 @@ export interface Kernels {
   quantizeQ8(qs: Ptr, scales: Ptr, x: Ptr, n: number): void;
   matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number): void;
   dequantizeRowQ8(out: Ptr, wq: Ptr, wd: Ptr, n: number): void;
+  /** Q8_K activations (spec §4b): int8 values, one f32 scale per 256, the i32 sum of every 32. */
+  quantizeQ8K(qs: Ptr, scales: Ptr, sums: Ptr, x: Ptr, n: number): void;
+  /** Q4_0 and k-quant products; `ggmlType` is the weights' GGUF type number (dtypes.ts). */
+  matvecQuant(ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number): void;
   f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
   divideBy(x: Ptr, n: number, d: number): void;
   argmax(x: Ptr, n: number): number;
@@ -79,6 +83,10 @@ export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath 
     ...kernels,
     matvec: (out, w, x, n, d) => native.matvec(handle, out, w, x, n, d),
     matvecQ8: (out, wq, wd, xq, xd, n, d) => native.matvecQ8(handle, out, wq, wd, xq, xd, n, d),
+    // An addon built before the k-quants lacks matvecQuant: the simd build gives the same bits.
+    matvecQuant: native.matvecQuant
+      ? (type, out, w, wd, xq, xd, xs, n, d) => native.matvecQuant(handle, type, out, w, wd, xq, xd, xs, n, d)
+      : kernels.matvecQuant,
   };
 }
 

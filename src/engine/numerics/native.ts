@@ -6,6 +6,8 @@ export interface NativeKernels {
   bind(view: Uint8Array): number;
   matvec(memory: number, out: number, w: number, x: number, n: number, d: number): void;
   matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number): void;
+  /** Q4_0 and k-quant products (the wasm kernels' matvecQuant, bit for bit). */
+  matvecQuant(memory: number, ggmlType: number, out: number, w: number, wd: number, xq: number, xd: number, xs: number, n: number, d: number): void;
   /** One layer step's trace leaf (see src/proof/trace.ts, which also does it without the addon). */
   traceLayer(
     memory: number, x: number, key: number, value: number, dim: number, kvDim: number,

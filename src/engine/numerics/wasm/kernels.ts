@@ -646,6 +646,247 @@ export function f16ToF32(out: usize, src: usize, n: i32, srcStride: i32): void {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Q4_0 and the k-quants (spec §4b). Weights stay in their GGUF blocks; the f16 scales are widened
+// once at load into an f32 array beside them (Q4_0, Q6_K: d per block; Q4_K, Q5_K: d, dmin per
+// super-block). Q4_0 takes Q8_0 activations; the k-quants take Q8_K activations: int8 values with
+// one f32 scale per 256 and the exact sum of every 32 values (i32). Inside a (super-)block the dot
+// product is exact integer arithmetic; the per-block f32 term is one fixed formula; the terms are
+// summed in the sum16 layout over blocks. The type numbers are GGUF's.
+
+const TYPE_Q4_0: i32 = 2;
+const TYPE_Q4_K: i32 = 12;
+const TYPE_Q5_K: i32 = 13;
+const TYPE_Q6_K: i32 = 14;
+
+/** Q8_K: per 256 values, d = max|x| / 127 and q = round(x / d) as Q8_0 does per 32; sums per 32. */
+export function quantizeQ8K(qs: usize, scales: usize, sums: usize, x: usize, n: i32): void {
+  const blocks = n >> 8;
+  for (let b = 0; b < blocks; b++) {
+    const xb = x + (<usize>b << 10);
+    const qb = qs + (<usize>b << 8);
+    let amax: f32 = 0;
+    if (ASC_FEATURE_SIMD) {
+      let m = f32x4.splat(0);
+      for (let j: usize = 0; j < 1024; j += 16) m = f32x4.pmax(m, f32x4.abs(v128.load(xb + j)));
+      amax = max<f32>(max<f32>(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max<f32>(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+    } else {
+      for (let j = 0; j < 256; j++) {
+        const a = abs<f32>(load<f32>(xb + (<usize>j << 2)));
+        if (a > amax) amax = a;
+      }
+    }
+    const d = amax / <f32>127;
+    const id: f32 = d != 0 ? <f32>1 / d : 0;
+    if (ASC_FEATURE_SIMD) {
+      const idv = f32x4.splat(id);
+      const half = f32x4.splat(0.5);
+      const lo = f32x4.splat(-127), hi = f32x4.splat(127);
+      for (let j: usize = 0; j < 1024; j += 64) {
+        const q0 = roundClampSimd(f32x4.mul(v128.load(xb + j), idv), half, lo, hi);
+        const q1 = roundClampSimd(f32x4.mul(v128.load(xb + j + 16), idv), half, lo, hi);
+        const q2 = roundClampSimd(f32x4.mul(v128.load(xb + j + 32), idv), half, lo, hi);
+        const q3 = roundClampSimd(f32x4.mul(v128.load(xb + j + 48), idv), half, lo, hi);
+        v128.store(qb + (j >> 2), i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
+      }
+    } else {
+      for (let j = 0; j < 256; j++) {
+        const v = load<f32>(xb + (<usize>j << 2)) * id;
+        const q: i32 = v != v ? 0 : <i32>roundHalfAway(min<f32>(max<f32>(v, -127), 127));
+        store<i8>(qb + <usize>j, <i8>q);
+      }
+    }
+    store<f32>(scales + (<usize>b << 2), d);
+    for (let g = 0; g < 8; g++) {
+      let sum: i32 = 0;
+      for (let j = 0; j < 32; j++) sum += <i32>load<i8>(qb + <usize>(g * 32 + j));
+      store<i32>(sums + (<usize>(b * 8 + g) << 2), sum);
+    }
+  }
+}
+
+@inline function hsum32x4(v: v128): i32 {
+  return (i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1)) + (i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3));
+}
+
+/** Σ of 32 int8 products w·x as i16 lanes (each lane 4 products; callers keep |w·x| ≤ 8191/… in range). */
+@inline function dot32i16(w0: v128, w1: v128, x0: v128, x1: v128): v128 {
+  return i16x8.add(
+    i16x8.add(i16x8.extmul_low_i8x16_s(w0, x0), i16x8.extmul_high_i8x16_s(w0, x0)),
+    i16x8.add(i16x8.extmul_low_i8x16_s(w1, x1), i16x8.extmul_high_i8x16_s(w1, x1)),
+  );
+}
+
+/** Q4_0 block: isum = Σ_j (q_j − 8)·qx_j over 32 (|isum| ≤ 32·8·127 < 2^15); term = (d ⊗ dx) ⊗ f32(isum). */
+@inline function termQ4_0(w: usize, wd: usize, xq: usize, xd: usize): f32 {
+  let isum: i32 = 0;
+  if (ASC_FEATURE_SIMD) {
+    const v = v128.load(w, 2);
+    const eight = i8x16.splat(8), nib = i8x16.splat(15);
+    const lo = i8x16.sub(v128.and(v, nib), eight);
+    const hi = i8x16.sub(i8x16.shr_u(v, 4), eight);
+    const x0 = v128.load(xq), x1 = v128.load(xq, 16);
+    const p = i16x8.add(
+      i16x8.add(i16x8.extmul_low_i8x16_s(lo, x0), i16x8.extmul_high_i8x16_s(lo, x0)),
+      i16x8.add(i16x8.extmul_low_i8x16_s(hi, x1), i16x8.extmul_high_i8x16_s(hi, x1)),
+    );
+    isum = hsum32x4(i32x4.extadd_pairwise_i16x8_s(p));
+  } else {
+    for (let j: usize = 0; j < 16; j++) {
+      const byte = <i32>load<u8>(w + 2 + j);
+      isum += ((byte & 15) - 8) * <i32>load<i8>(xq + j) + ((byte >> 4) - 8) * <i32>load<i8>(xq + 16 + j);
+    }
+  }
+  return (load<f32>(wd) * load<f32>(xd)) * <f32>isum;
+}
+
+/** Sub-block j's 6-bit scale (min = false) or min (true) from Q4_K/Q5_K's 12 packed bytes at s. */
+@inline function scaleMinK4(s: usize, j: i32, min: bool): i32 {
+  const o = <usize>j;
+  if (j < 4) return <i32>load<u8>(s + o + (min ? 4 : 0)) & 63;
+  const packed = <i32>load<u8>(s + o + 4);
+  return min ? (packed >> 4) | ((<i32>load<u8>(s + o) >> 6) << 4) : (packed & 15) | ((<i32>load<u8>(s + o - 4) >> 6) << 4);
+}
+
+/**
+ * Q4_K (five = false) or Q5_K super-block: isum = Σ_j sc_j·Σ_k q·qx and msum = Σ_j m_j·Σ_k qx over
+ * the 8 sub-blocks of 32; term = (d ⊗ dx) ⊗ f32(isum) ⊖ (dmin ⊗ dx) ⊗ f32(msum).
+ */
+@inline function termQxK(w: usize, wd: usize, xq: usize, xd: usize, xs: usize, five: bool): f32 {
+  const s = w + 4;
+  const qs = w + (five ? 48 : 16);
+  const qh = w + 16;
+  let isum: i32 = 0, msum: i32 = 0;
+  for (let j = 0; j < 8; j++) msum += scaleMinK4(s, j, true) * load<i32>(xs + (<usize>j << 2));
+  if (ASC_FEATURE_SIMD) {
+    let acc = i32x4.splat(0);
+    const nib = i8x16.splat(15);
+    const h0 = five ? v128.load(qh) : i32x4.splat(0), h1 = five ? v128.load(qh, 16) : i32x4.splat(0);
+    const one = i8x16.splat(1);
+    for (let g = 0; g < 4; g++) {
+      const v0 = v128.load(qs + (<usize>g << 5)), v1 = v128.load(qs + (<usize>g << 5), 16);
+      let lo0 = v128.and(v0, nib), lo1 = v128.and(v1, nib);
+      let hi0 = i8x16.shr_u(v0, 4), hi1 = i8x16.shr_u(v1, 4);
+      if (five) {
+        const b = 2 * g;
+        lo0 = v128.or(lo0, i8x16.shl(v128.and(i8x16.shr_u(h0, b), one), 4));
+        lo1 = v128.or(lo1, i8x16.shl(v128.and(i8x16.shr_u(h1, b), one), 4));
+        hi0 = v128.or(hi0, i8x16.shl(v128.and(i8x16.shr_u(h0, b + 1), one), 4));
+        hi1 = v128.or(hi1, i8x16.shl(v128.and(i8x16.shr_u(h1, b + 1), one), 4));
+      }
+      const px = xq + (<usize>g << 6);
+      const pLo = dot32i16(lo0, lo1, v128.load(px), v128.load(px, 16)); // lanes ≤ 4·31·127 < 2^15
+      const pHi = dot32i16(hi0, hi1, v128.load(px, 32), v128.load(px, 48));
+      acc = i32x4.add(acc, i32x4.dot_i16x8_s(pLo, i16x8.splat(<i16>scaleMinK4(s, 2 * g, false))));
+      acc = i32x4.add(acc, i32x4.dot_i16x8_s(pHi, i16x8.splat(<i16>scaleMinK4(s, 2 * g + 1, false))));
+    }
+    isum = hsum32x4(acc);
+  } else {
+    for (let j = 0; j < 8; j++) {
+      const g = <usize>(j >> 1);
+      const shift = (j & 1) << 2;
+      let sub: i32 = 0;
+      for (let l: usize = 0; l < 32; l++) {
+        let q = (<i32>load<u8>(qs + (g << 5) + l) >> shift) & 15;
+        if (five) q |= ((<i32>load<u8>(qh + l) >> j) & 1) << 4;
+        sub += q * <i32>load<i8>(xq + (<usize>j << 5) + l);
+      }
+      isum += scaleMinK4(s, j, false) * sub;
+    }
+  }
+  const dx = load<f32>(xd);
+  return (load<f32>(wd) * dx) * <f32>isum - (load<f32>(wd, 4) * dx) * <f32>msum;
+}
+
+/** Q6_K super-block: isum = Σ_j sc_j·Σ_k (q − 32)·qx over 16 sub-blocks of 16; term = (d ⊗ dx) ⊗ f32(isum). */
+@inline function termQ6K(w: usize, wd: usize, xq: usize, xd: usize): f32 {
+  let isum: i32 = 0;
+  if (ASC_FEATURE_SIMD) {
+    let acc = i32x4.splat(0);
+    const nib = i8x16.splat(15), three = i8x16.splat(3), offset = i8x16.splat(32);
+    for (let h = 0; h < 2; h++) {
+      const ql = w + (<usize>h << 6), qh = w + 128 + (<usize>h << 5), px = xq + (<usize>h << 7);
+      for (let k = 0; k < 2; k++) {
+        const o = <usize>k << 4;
+        const a = v128.load(ql + o), b = v128.load(ql + 32 + o), hb = v128.load(qh + o);
+        for (let quarter = 0; quarter < 4; quarter++) {
+          const lowBytes = quarter & 1 ? b : a;
+          const low = quarter & 2 ? i8x16.shr_u(lowBytes, 4) : v128.and(lowBytes, nib);
+          const high = i8x16.shl(v128.and(i8x16.shr_u(hb, 2 * quarter), three), 4);
+          const q = i8x16.sub(v128.or(low, high), offset);
+          const x = v128.load(px + (<usize>quarter << 5) + o);
+          const p = i16x8.add(i16x8.extmul_low_i8x16_s(q, x), i16x8.extmul_high_i8x16_s(q, x)); // ≤ 2·32·127
+          const sc = <i16>load<i8>(w + 192 + <usize>(8 * h + 2 * quarter + k));
+          acc = i32x4.add(acc, i32x4.dot_i16x8_s(p, i16x8.splat(sc)));
+        }
+      }
+    }
+    isum = hsum32x4(acc);
+  } else {
+    for (let i = 0; i < 256; i++) {
+      const h = i >> 7, l = i & 31, quarter = (i & 127) >> 5;
+      const lowByte = <i32>load<u8>(w + <usize>(64 * h + l + (quarter & 1 ? 32 : 0)));
+      const low = quarter & 2 ? lowByte >> 4 : lowByte & 15;
+      const high = (<i32>load<u8>(w + <usize>(128 + 32 * h + l)) >> (2 * quarter)) & 3;
+      const sc = <i32>load<i8>(w + 192 + <usize>(i >> 4));
+      isum += sc * (((low | (high << 4)) - 32) * <i32>load<i8>(xq + <usize>i));
+    }
+  }
+  return (load<f32>(wd) * load<f32>(xd)) * <f32>isum;
+}
+
+/** One row of a Q4_0 or k-quant matrix: sum16 over its blocks' terms (block b → accumulator b mod 16). */
+function rowDotQuant(kind: i32, w: usize, wd: usize, xq: usize, xd: usize, xs: usize, blocks: i32): f32 {
+  let a0: f32 = 0, a1: f32 = 0, a2: f32 = 0, a3: f32 = 0, a4: f32 = 0, a5: f32 = 0, a6: f32 = 0, a7: f32 = 0;
+  let a8: f32 = 0, a9: f32 = 0, a10: f32 = 0, a11: f32 = 0, a12: f32 = 0, a13: f32 = 0, a14: f32 = 0, a15: f32 = 0;
+  for (let b = 0; b < blocks; b++) {
+    const ub = <usize>b;
+    let term: f32;
+    if (kind == TYPE_Q4_0) term = termQ4_0(w + ub * 18, wd + (ub << 2), xq + (ub << 5), xd + (ub << 2));
+    else if (kind == TYPE_Q4_K) term = termQxK(w + ub * 144, wd + (ub << 3), xq + (ub << 8), xd + (ub << 2), xs + (ub << 5), false);
+    else if (kind == TYPE_Q5_K) term = termQxK(w + ub * 176, wd + (ub << 3), xq + (ub << 8), xd + (ub << 2), xs + (ub << 5), true);
+    else term = termQ6K(w + ub * 210, wd + (ub << 2), xq + (ub << 8), xd + (ub << 2));
+    switch (b & 15) {
+      case 0: a0 += term; break;
+      case 1: a1 += term; break;
+      case 2: a2 += term; break;
+      case 3: a3 += term; break;
+      case 4: a4 += term; break;
+      case 5: a5 += term; break;
+      case 6: a6 += term; break;
+      case 7: a7 += term; break;
+      case 8: a8 += term; break;
+      case 9: a9 += term; break;
+      case 10: a10 += term; break;
+      case 11: a11 += term; break;
+      case 12: a12 += term; break;
+      case 13: a13 += term; break;
+      case 14: a14 += term; break;
+      default: a15 += term;
+    }
+  }
+  const u0 = (a0 + a8) + (a4 + a12), u1 = (a1 + a9) + (a5 + a13);
+  const u2 = (a2 + a10) + (a6 + a14), u3 = (a3 + a11) + (a7 + a15);
+  return (u0 + u2) + (u1 + u3);
+}
+
+/**
+ * out[i] = rowDotQuant(W[i]) for a d×n matrix of GGUF type `kind` (Q4_0: 2, Q4_K: 12, Q5_K: 13,
+ * Q6_K: 14; n whole blocks). wd: the prepared scales; xq, xd, xs: the activations (Q8_0 for Q4_0,
+ * Q8_K for the k-quants; xs unused by Q4_0 and Q6_K).
+ */
+export function matvecQuant(kind: i32, out: usize, w: usize, wd: usize, xq: usize, xd: usize, xs: usize, n: i32, d: i32): void {
+  const q40 = kind == TYPE_Q4_0;
+  const blocks = q40 ? n >> 5 : n >> 8;
+  const blockBytes: usize = q40 ? 18 : kind == TYPE_Q4_K ? 144 : kind == TYPE_Q5_K ? 176 : 210;
+  const scaleBytes: usize = kind == TYPE_Q4_K || kind == TYPE_Q5_K ? 8 : 4;
+  const rowBytes = <usize>blocks * blockBytes;
+  const rowScales = <usize>blocks * scaleBytes;
+  for (let i = 0; i < d; i++) {
+    store<f32>(out + (<usize>i << 2), rowDotQuant(kind, w + <usize>i * rowBytes, wd + <usize>i * rowScales, xq, xd, xs, blocks));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sampling loops (spec §7). The RNG and the sort stay with the host; these are the passes over
 // the vocabulary, kept here so that they run compiled from the first token on.
 
