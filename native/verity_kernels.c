@@ -66,7 +66,7 @@ static void matvec_q8_portable(float *out, const uint8_t *wq, const float *wd, c
 
 
 // ---------------------------------------------------------------------------------------------
-// Q4_0 and the k-quants (spec §4b). `type` is the GGUF type number. Weights are GGUF blocks with
+// Q4_0 and the k-quants (spec §4c). `type` is the GGUF type number. Weights are GGUF blocks with
 // their f16 scales widened at load into `wd` (Q4_0, Q6_K: d per block; Q4_K, Q5_K: d, dmin per
 // super-block); Q4_0 takes Q8_0 activations (xq, xd per 32), the k-quants Q8_K activations (xq,
 // xd per 256, xs: the i32 sum of every 32). Inside a block the sums are exact integers (bounds in

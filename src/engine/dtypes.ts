@@ -1,6 +1,6 @@
 // The weight types, one row each: what every loader, writer, the model id, the kernel dispatch and
 // the thread splitter know about a type (like ggml's type_traits). Nothing else restates a block
-// size. The formulas behind each type are docs/numerics.md §4a (Q8_0, Q4_0) and §4b (the k-quants).
+// size. The formulas behind each type are docs/numerics.md §4a (Q8_0) and §4c (Q4_0, the k-quants).
 
 /** Weight storage types: f32 (F16 files are widened at load), GGUF's Q8_0 and Q4_0, and the k-quants. */
 export type DType = 'f32' | 'q8_0' | 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';

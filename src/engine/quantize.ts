@@ -2,7 +2,7 @@
 // llama.cpp's, with comparable error): Q8_0 (per block of 32, d = max|x| / 127, q = round(x / d)
 // with ties away from zero, d stored as f16), Q4_0, and the k-quants Q4_K, Q5_K, Q6_K. Offline work:
 // it defines a new model (and model id), not a step. The exact dequantisation of every type is here
-// too (docs/numerics.md §4a, §4b): embedding rows, exports and the referee use it.
+// too (docs/numerics.md §4a, §4c): embedding rows, exports and the referee use it.
 import { DTYPES, type DType } from './dtypes.js';
 
 const Q8_BLOCK = DTYPES.q8_0.block;
@@ -272,8 +272,8 @@ function quantizeQxK(values: Float32Array, bits: 4 | 5): Uint8Array {
     const invMin = maxMin > 0 ? f32(63 / maxMin) : 0;
     const sc = at + 4;
     for (let j = 0; j < 8; j++) {
-      const ls = Math.min(63, nearestInt(f32(invScale * scales[j])));
-      const lm = Math.min(63, nearestInt(f32(invMin * mins[j])));
+      const ls = clamp(nearestInt(f32(invScale * scales[j])), 0, 63);
+      const lm = clamp(nearestInt(f32(invMin * mins[j])), 0, 63);
       if (j < 4) {
         out[sc + j] = ls;
         out[sc + j + 4] = lm;
@@ -357,8 +357,8 @@ export function quantizeQ6_K(values: Float32Array): Uint8Array {
       if (!dj) continue;
       for (let i = 0; i < 16; i++) L[16 * j + i] = clamp(nearestInt(f32(x[16 * j + i] / dj)), -32, 31) + 32;
     }
-    // ql: low nibbles, byte l of 64 holds elements l (low) and l + 64 (high) of a 128-half (l < 32:
-    // elements l, l + 64; l ≥ 32: elements l, l + 64 likewise); qh: 2-bit pairs of l, l+32, l+64, l+96.
+    // Per half of 128: ql byte l (l < 64) holds element l in its low and element l + 64 in its high
+    // nibble; qh byte l (l < 32) holds the top 2 bits of elements l, l + 32, l + 64, l + 96.
     for (let h = 0; h < 2; h++) {
       const y = 128 * h;
       const ql = at + 64 * h;

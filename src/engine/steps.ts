@@ -171,7 +171,7 @@ function checkLive(s: Session): void {
   if (s.disposed) throw new EngineError('this session was disposed');
 }
 
-/** x ← the token's embedding row (quantised types are dequantised exactly, spec §4a/§4b). */
+/** x ← the token's embedding row (quantised types are dequantised exactly, spec §4a/§4c). */
 export function embed(s: Session, token: number): void {
   checkLive(s);
   const { dim, vocabSize } = s.model.config;

@@ -1,4 +1,4 @@
-// Q4_0 and the k-quants (docs/numerics.md §4b): the kernel builds agree bit for bit with each other
+// Q4_0 and the k-quants (docs/numerics.md §4c): the kernel builds agree bit for bit with each other
 // and with a second, naive implementation of the spec's formulas written here; quantisation error
 // is bounded; models of each type give the same fingerprint at 1, 2 and 4 threads on every build,
 // survive the model id's round trip (assembled from their canonical parts); malformed files fail
@@ -88,7 +88,7 @@ function roundHalfAway(v: number): number {
   return frac >= 0.5 ? t + 1 : frac <= -0.5 ? t - 1 : t;
 }
 
-/** §4a/§4b activations: per block, d = max|x| ⊘ 127, q = roundHalfAway(clamp(x ⊗ (1 ⊘ d))). */
+/** §4a/§4c activations: per block, d = max|x| ⊘ 127, q = roundHalfAway(clamp(x ⊗ (1 ⊘ d))). */
 function quantizeActivations(x: Float32Array, block: number): { q: Int8Array; d: Float32Array } {
   const q = new Int8Array(x.length);
   const d = new Float32Array(x.length / block);

@@ -46,7 +46,7 @@ export interface Kernels {
   quantizeQ8(qs: Ptr, scales: Ptr, x: Ptr, n: number): void;
   matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number): void;
   dequantizeRowQ8(out: Ptr, wq: Ptr, wd: Ptr, n: number): void;
-  /** Q8_K activations (spec §4b): int8 values, one f32 scale per 256, the i32 sum of every 32. */
+  /** Q8_K activations (spec §4c): int8 values, one f32 scale per 256, the i32 sum of every 32. */
   quantizeQ8K(qs: Ptr, scales: Ptr, sums: Ptr, x: Ptr, n: number): void;
   /** Q4_0 and k-quant products; `ggmlType` is the weights' GGUF type number (dtypes.ts). */
   matvecQuant(ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number): void;

@@ -646,7 +646,7 @@ export function f16ToF32(out: usize, src: usize, n: i32, srcStride: i32): void {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_0 and the k-quants (spec §4b). Weights stay in their GGUF blocks; the f16 scales are widened
+// Q4_0 and the k-quants (spec §4c). Weights stay in their GGUF blocks; the f16 scales are widened
 // once at load into an f32 array beside them (Q4_0, Q6_K: d per block; Q4_K, Q5_K: d, dmin per
 // super-block). Q4_0 takes Q8_0 activations; the k-quants take Q8_K activations: int8 values with
 // one f32 scale per 256 and the exact sum of every 32 values (i32). Inside a (super-)block the dot
