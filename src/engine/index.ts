@@ -9,7 +9,8 @@ export {
   type QuantizeTarget,
 } from './quantize.js';
 export { DTYPES, QUANTIZED_DTYPES, dtypeOfGgml, rowBytes, traits, type ActivationType, type DTypeTraits } from './dtypes.js';
-export { createArena, type Arena, type Ptr } from './memory.js';
+export { createArena, type Arena, type ArenaUsage, type Ptr } from './memory.js';
+export { ARCHITECTURES, architectureOf, layerStepTensors, ropeNeox, type Architecture, type RopeStyle } from './architecture.js';
 export {
   KERNEL_PATHS, NUMERICS_SPEC_VERSION, availableKernelPaths, defaultKernelPath, instantiateKernels, isKernelPath,
   type KernelPath, type Kernels,
@@ -19,6 +20,7 @@ export {
   completionText, createTokenizer, decode, decodePiece, encode, printableBytes, tokenize,
   type SentencePieceTokenizer, type TokenizeOptions, type Tokenizer,
 } from './tokenizer.js';
+export { DEFAULT_CHAT_TEMPLATE, MAX_CHAT_TEMPLATE_CHARS, chatPromptTokens, endOfTurnTokens, renderChat, type ChatMessage, type ChatRole } from './chat.js';
 export { PRE_TOKENIZERS, TOKEN_TYPE, createBpeTokenizer, type BpeTokenizer, type BpeTokenizerSpec } from './tokenizer-bpe.js';
 export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {

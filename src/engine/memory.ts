@@ -5,7 +5,7 @@
 // Two ways to allocate, both below one `top`:
 //   alloc(bytes)          permanent: weights and tables that live as long as the model (a bump).
 //   allocBlock / free     blocks freed in any order (sessions, traces): a free list of address-
-//                         sorted ranges, first fit, neighbours coalesced on free, and a free range
+//                         sorted ranges, best fit, neighbours coalesced on free, and a free range
 //                         that reaches `top` gives its bytes back to the bump. Freed memory is
 //                         reused, so the arena stays as large as the most that was ever live at
 //                         once (plus fragmentation), however many blocks come and go.
@@ -102,7 +102,12 @@ export function createArena(initialBytes = 0): Arena {
     allocBlock(bytes) {
       const size = paddedSize(bytes);
       let ptr: Ptr;
-      const fit = freeRanges.findIndex((r) => r.size >= size);
+      // Best fit (the smallest free range that holds it; the lowest address among equals) keeps
+      // large ranges whole for large blocks.
+      let fit = -1;
+      freeRanges.forEach((r, i) => {
+        if (r.size >= size && (fit < 0 || r.size < freeRanges[fit].size)) fit = i;
+      });
       if (fit >= 0) {
         const r = freeRanges[fit];
         ptr = r.ptr;

@@ -2,6 +2,7 @@
 // canonical order (model.ts canonicalTensors) cut into CHUNK_BYTES pieces. It depends on what the
 // model computes, not on the file format that carried it. See docs/model-id.md.
 import { createHash } from 'node:crypto';
+import { ARCHITECTURES, architectureOf, isArchitecture } from './architecture.js';
 import { EngineError } from './errors.js';
 import { isDType, rowsFit } from './dtypes.js';
 import {
@@ -25,9 +26,10 @@ const f32Hex = (v: number): string => {
 /** Canonical config: JSON with a fixed key order, f32 constants as their bit patterns. */
 export function canonicalConfig(model: Model): Uint8Array {
   const c = model.config;
+  const rope = architectureOf(c).rope;
   const doc = {
     version: MODEL_ID_VERSION,
-    architecture: 'llama',
+    architecture: c.architecture ?? 'llama',
     dim: c.dim,
     hidden_dim: c.hiddenDim,
     n_layers: c.nLayers,
@@ -37,6 +39,8 @@ export function canonicalConfig(model: Model): Uint8Array {
     seq_len: c.seqLen,
     norm_eps: f32Hex(c.normEps),
     rope_theta: f32Hex(c.ropeTheta),
+    // Only where it is not the interleaved default, so that llama configs (and ids) read as before.
+    ...(rope === 'interleaved' ? {} : { rope_type: rope }),
     chunk_bytes: CHUNK_BYTES,
     tensors: canonicalTensors(c, model.weights).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })),
   };
@@ -213,7 +217,13 @@ export function parseCanonicalConfig(bytes: Uint8Array): CanonicalConfig {
   } catch {
     throw new EngineError('bad model config: not JSON');
   }
-  if (doc.version !== MODEL_ID_VERSION || doc.architecture !== 'llama') throw new EngineError(`bad model config: version ${String(doc.version)}`);
+  if (doc.version !== MODEL_ID_VERSION) throw new EngineError(`bad model config: version ${String(doc.version)}`);
+  const arch = doc.architecture;
+  if (!isArchitecture(arch)) throw new EngineError(`bad model config: architecture ${String(arch)}`);
+  const rope = ARCHITECTURES[arch].rope;
+  if (doc.rope_type !== (rope === 'interleaved' ? undefined : rope)) throw new EngineError(`bad model config: rope_type ${String(doc.rope_type)} for ${arch}`);
+  // RoPE factors are a tensor of their own, listed right after the token embedding.
+  const ropeFactors = Array.isArray(doc.tensors) && (doc.tensors[1] as TensorSpec | undefined)?.name === 'rope_freqs.weight';
   const int = (key: string): number => {
     const v = doc[key];
     if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new EngineError(`bad model config: ${key}`);
@@ -229,6 +239,8 @@ export function parseCanonicalConfig(bytes: Uint8Array): CanonicalConfig {
     seqLen: int('seq_len'),
     normEps: fromF32Hex(doc.norm_eps),
     ropeTheta: fromF32Hex(doc.rope_theta),
+    ...(arch === 'llama' ? {} : { architecture: arch }),
+    ...(ropeFactors ? { ropeFactors } : {}),
   });
   const problem = configProblem(config);
   if (problem) throw new EngineError(`bad model config: ${problem}`);

@@ -1,6 +1,7 @@
 import type { Arena, Ptr } from './memory.js';
 import type { Tokenizer } from './tokenizer.js';
 import { DTYPES, type DType } from './dtypes.js';
+import { architectureOf, type Architecture } from './architecture.js';
 
 /** The shape of a Llama-family transformer. `normEps` and `ropeTheta` are f32 values. */
 export interface ModelConfig {
@@ -15,6 +16,10 @@ export interface ModelConfig {
   kvDim: number;
   normEps: number;
   ropeTheta: number;
+  /** architecture.ts; absent means llama (llama2.c checkpoints and GGUF llama files leave it out). */
+  architecture?: Architecture;
+  /** The model has per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1+); absent means none. */
+  ropeFactors?: boolean;
 }
 
 export type { DType } from './dtypes.js';
@@ -41,6 +46,10 @@ export interface LayerWeights {
   w1: Matrix; // gate
   w2: Matrix; // down
   w3: Matrix; // up
+  /** Q/K/V biases (f32 vectors), for architectures that have them (qwen2); 0 or absent otherwise. */
+  bq?: Ptr;
+  bk?: Ptr;
+  bv?: Ptr;
 }
 
 export interface Weights {
@@ -48,6 +57,8 @@ export interface Weights {
   layers: LayerWeights[];
   finalNorm: Ptr;
   classifier: Matrix; // the token embedding itself when the file shares them
+  /** headSize/2 RoPE frequency factors (f32) when config.ropeFactors; 0 or absent otherwise. */
+  ropeFactors?: Ptr;
 }
 
 export const f32Matrix = (ptr: Ptr): Matrix => ({ dtype: 'f32', ptr, scales: 0 });
@@ -96,12 +107,15 @@ export function canonicalTensors(config: ModelConfig, weights: Weights): TensorR
     return { name, shape, dtype: m.dtype, ptr: m.ptr, bytes: matrixBytes(m.dtype, rows, cols) };
   };
   const list = [t('token_embd.weight', [vocabSize, dim], weights.tokenEmbedding)];
+  if (config.ropeFactors) list.push(t('rope_freqs.weight', [config.headSize / 2], weights.ropeFactors ?? 0));
+  const biases = architectureOf(config).qkvBias;
   weights.layers.forEach((w, l) => {
     list.push(
       t(`blk.${l}.attn_norm.weight`, [dim], w.attnNorm),
       t(`blk.${l}.attn_q.weight`, [dim, dim], w.wq),
       t(`blk.${l}.attn_k.weight`, [kvDim, dim], w.wk),
       t(`blk.${l}.attn_v.weight`, [kvDim, dim], w.wv),
+      ...(biases ? [t(`blk.${l}.attn_q.bias`, [dim], w.bq ?? 0), t(`blk.${l}.attn_k.bias`, [kvDim], w.bk ?? 0), t(`blk.${l}.attn_v.bias`, [kvDim], w.bv ?? 0)] : []),
       t(`blk.${l}.attn_output.weight`, [dim, dim], w.wo),
       t(`blk.${l}.ffn_norm.weight`, [dim], w.ffnNorm),
       t(`blk.${l}.ffn_gate.weight`, [hiddenDim, dim], w.w1),

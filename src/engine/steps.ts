@@ -4,6 +4,7 @@
 //                          → new residual x, the K/V rows for pos
 //   headStep:              residual x, sampling params, RNG state → token, RNG state
 // Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
+import { architectureOf, rotate } from './architecture.js';
 import { EngineError } from './errors.js';
 import { paddedSize, type Ptr } from './memory.js';
 import { DTYPES, rowBytes } from './dtypes.js';
@@ -216,6 +217,8 @@ export function layerStep(s: Session, layer: number, pos: number): void {
   const w = s.model.weights.layers[layer];
   const k = s.kernels;
   if (pos < 0 || pos >= s.maxPositions || !s.keys[layer]) throw new EngineError(`layer ${layer} position ${pos} is outside this session`);
+  const biased = architectureOf(s.model.config).qkvBias;
+  if (!s.model.ropeFrequencies || (biased && !(w.bq && w.bk && w.bv))) throw new EngineError(`layer ${layer}: the model lacks its RoPE factors or biases`);
   if (s.ropePosition !== pos) {
     k.ropeTable(s.ropeTable, s.model.ropeFrequencies, headSize, pos);
     s.ropePosition = pos;
@@ -226,8 +229,13 @@ export function layerStep(s: Session, layer: number, pos: number): void {
   // Attention.
   k.rmsnorm(s.xb, s.x, w.attnNorm, dim, normEps);
   matvecs(s, s.xb, dim, [job(s.q, w.wq, dim), job(key, w.wk, kvDim), job(value, w.wv, kvDim)]);
-  k.rope(s.q, dim, s.ropeTable, headSize);
-  k.rope(key, kvDim, s.ropeTable, headSize);
+  if (biased) {
+    k.add(s.q, w.bq!, dim);
+    k.add(key, w.bk!, kvDim);
+    k.add(value, w.bv!, kvDim);
+  }
+  rotate(s.model.config, k, s.model.arena, s.q, dim, s.ropeTable);
+  rotate(s.model.config, k, s.model.arena, key, kvDim, s.ropeTable);
   k.canonicalizeNaN(key, kvDim);
   k.canonicalizeNaN(value, kvDim);
   const attStride = 4 * s.maxPositions;

@@ -12,6 +12,7 @@ import {
   chunkLayout,
   createSparseModel,
   defaultKernelPath,
+  layerStepTensors,
   leafHash as chunkLeafHash,
   parseCanonicalConfig,
   rootFromRange,
@@ -54,8 +55,6 @@ export interface Referee {
    */
   resolve(job: Job, agreed: Hex, opening: Opening): RefereeReport;
 }
-
-const LAYER_TENSORS = ['attn_norm', 'attn_q', 'attn_k', 'attn_v', 'attn_output', 'ffn_norm', 'ffn_gate', 'ffn_down', 'ffn_up'];
 
 export function createReferee(source: WeightSource, kernels: KernelPath = defaultKernelPath()): Referee {
   let fetchedBytes = 0;
@@ -148,7 +147,7 @@ export function createReferee(source: WeightSource, kernels: KernelPath = defaul
         executeMs = performance.now() - t1;
         leaf = leafHash({ kind: 'head', pos: inputs.pos, token, rng: rngState.toString() });
       } else {
-        weightBytes = fetching(() => ensure(LAYER_TENSORS.map((n) => `blk.${inputs.layer}.${n}.weight`)));
+        weightBytes = fetching(() => ensure(layerStepTensors(sparse.model.config, inputs.layer)));
         const x = inputs.x ?? fetching(() => embeddingRow(inputs.token!));
         if (!inputs.x) weightBytes += x.byteLength;
         const t1 = performance.now();

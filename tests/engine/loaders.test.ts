@@ -104,7 +104,8 @@ test('GGUF: bad magic, versions, tensor types, shapes, names and vocab mismatche
     expectError(modifiedGguf(dir, 'type99.gguf', (c) => (at(c, 'token_embd.weight').type = 99)), {}, /unsupported tensor type #99/);
     expectError(modifiedGguf(dir, 'shape.gguf', (c) => (at(c, 'blk.0.attn_q.weight').dims = [32, 128])), {}, /bad tensor blk\.0\.attn_q\.weight: shape \[32, 128\], expected \[64, 64\]/);
     expectError(modifiedGguf(dir, 'missing.gguf', (c) => (c.tensors = c.tensors.filter((t) => t.name !== 'blk.4.ffn_up.weight'))), {}, /missing tensor blk\.4\.ffn_up\.weight/);
-    expectError(modifiedGguf(dir, 'extra.gguf', (c) => c.tensors.push({ name: 'rope_freqs.weight', dims: [4], type: 0, bytes: 16, data: () => new Uint8Array(16) })), {}, /unsupported tensor rope_freqs\.weight/);
+    expectError(modifiedGguf(dir, 'extra.gguf', (c) => c.tensors.push({ name: 'blk.0.attn_q.bias', dims: [64], type: 0, bytes: 256, data: () => new Uint8Array(256) })), {}, /unsupported tensor blk\.0\.attn_q\.bias/);
+    expectError(modifiedGguf(dir, 'factors.gguf', (c) => c.tensors.push({ name: 'rope_freqs.weight', dims: [4], type: 0, bytes: 16, data: () => new Uint8Array(16) })), {}, /bad tensor rope_freqs\.weight: factor 0 at 0/);
     expectError(
       modifiedGguf(dir, 'vocab.gguf', (c) => {
         const entry = c.metadata.find(([k]) => k === 'tokenizer.ggml.tokens')![1];
@@ -115,7 +116,7 @@ test('GGUF: bad magic, versions, tensor types, shapes, names and vocab mismatche
       {},
       /vocab mismatch: the tokenizer has 511 tokens, token_embd\.weight has 512 rows/,
     );
-    expectError(modifiedGguf(dir, 'arch.gguf', (c) => (c.metadata[0][1] = { type: 'string', value: 'gpt2' })), {}, /unsupported architecture 'gpt2' \(only llama\)/);
+    expectError(modifiedGguf(dir, 'arch.gguf', (c) => (c.metadata[0][1] = { type: 'string', value: 'gpt2' })), {}, /unsupported architecture 'gpt2' \(only llama, qwen2\)/);
     expectError(
       modifiedGguf(dir, 'tok.gguf', (c) => (c.metadata.find(([k]) => k === 'tokenizer.ggml.model')![1] = { type: 'string', value: 'gpt2' })),
       {},

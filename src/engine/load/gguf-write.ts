@@ -169,18 +169,20 @@ export function ggufFromModel(model: Model, options: GgufExportOptions = {}): Gg
   const name = options.name ?? 'verity';
   const c = model.config;
   const t = model.tokenizer;
+  // Hyperparameters under the architecture's name, as llama.cpp's converter writes them.
+  const arch = c.architecture ?? 'llama';
   const metadata: [string, GgufEntry][] = [
-    ['general.architecture', { type: 'string', value: 'llama' }],
+    ['general.architecture', { type: 'string', value: arch }],
     ['general.name', { type: 'string', value: name }],
-    ['llama.context_length', { type: 'u32', value: c.seqLen }],
-    ['llama.embedding_length', { type: 'u32', value: c.dim }],
-    ['llama.feed_forward_length', { type: 'u32', value: c.hiddenDim }],
-    ['llama.block_count', { type: 'u32', value: c.nLayers }],
-    ['llama.attention.head_count', { type: 'u32', value: c.nHeads }],
-    ['llama.attention.head_count_kv', { type: 'u32', value: c.nKvHeads }],
-    ['llama.rope.dimension_count', { type: 'u32', value: c.headSize }],
-    ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: c.normEps }],
-    ['llama.rope.freq_base', { type: 'f32', value: c.ropeTheta }],
+    [`${arch}.context_length`, { type: 'u32', value: c.seqLen }],
+    [`${arch}.embedding_length`, { type: 'u32', value: c.dim }],
+    [`${arch}.feed_forward_length`, { type: 'u32', value: c.hiddenDim }],
+    [`${arch}.block_count`, { type: 'u32', value: c.nLayers }],
+    [`${arch}.attention.head_count`, { type: 'u32', value: c.nHeads }],
+    [`${arch}.attention.head_count_kv`, { type: 'u32', value: c.nKvHeads }],
+    [`${arch}.rope.dimension_count`, { type: 'u32', value: c.headSize }],
+    [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: c.normEps }],
+    [`${arch}.rope.freq_base`, { type: 'f32', value: c.ropeTheta }],
     ...tokenizerMetadata(t),
   ];
   if (model.chatTemplate !== undefined) metadata.push(['tokenizer.chat_template', { type: 'string', value: model.chatTemplate }]);

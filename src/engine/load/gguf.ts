@@ -2,6 +2,7 @@
 // Q4_K, Q5_K or Q6_K tensors (the quantised ones per the trait table, src/engine/dtypes.ts)
 // and the SentencePiece tokenizer inside. The metadata is parsed from a prefix of the file; tensor data is
 // read straight into the engine's memory.
+import { ARCHITECTURES, isArchitecture, type Architecture } from '../architecture.js';
 import { EngineError, ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
 import { DTYPES, dtypeOfGgml, prepareScales, preparedPerBlock, rowsFit } from '../dtypes.js';
@@ -266,8 +267,12 @@ export function loadGguf(path: string): LoadedWeights {
     };
     const gguf = readGgufHeader(file);
     const m = gguf.metadata;
-    const arch = text(m.get('general.architecture'));
-    if (arch !== 'llama') fail(`unsupported architecture '${arch ?? '(missing)'}' (only llama)`);
+    const archName = text(m.get('general.architecture'));
+    if (!isArchitecture(archName)) fail(`unsupported architecture '${archName ?? '(missing)'}' (only ${Object.keys(ARCHITECTURES).join(', ')})`);
+    const arch = archName as Architecture;
+    // Hyperparameters live under the architecture's name (llama.*, qwen2.*). Mistral is written as
+    // llama; its sliding window is not a key llama.cpp reads for llama, which attends to every position.
+    const key = (k: string): string => `${arch}.${k}`;
     const int = (key: string, fallback?: number): number => {
       const v = integer(m.get(key) ?? fallback);
       if (v === undefined) fail(`bad or missing metadata ${key}`);
@@ -280,23 +285,31 @@ export function loadGguf(path: string): LoadedWeights {
     };
     const byName = new Map(gguf.tensors.map((t) => [t.name, t]));
     const embedding = byName.get('token_embd.weight') ?? fail('missing tensor token_embd.weight');
-    const nHeads = int('llama.attention.head_count');
+    const nHeads = int(key('attention.head_count'));
     const config: ModelConfig = deriveConfig({
-      dim: int('llama.embedding_length'),
-      hiddenDim: int('llama.feed_forward_length'),
-      nLayers: int('llama.block_count'),
+      dim: int(key('embedding_length')),
+      hiddenDim: int(key('feed_forward_length')),
+      nLayers: int(key('block_count')),
       nHeads,
-      nKvHeads: int('llama.attention.head_count_kv', nHeads),
+      nKvHeads: int(key('attention.head_count_kv'), nHeads),
       vocabSize: embedding.dims[1] ?? 0,
-      seqLen: int('llama.context_length'),
-      normEps: float('llama.attention.layer_norm_rms_epsilon', 1e-5),
-      ropeTheta: float('llama.rope.freq_base', 10000),
+      seqLen: int(key('context_length')),
+      normEps: float(key('attention.layer_norm_rms_epsilon'), 1e-5),
+      ropeTheta: float(key('rope.freq_base'), 10000),
+      // Left out for llama, so that a llama config reads as it always did.
+      ...(arch === 'llama' ? {} : { architecture: arch }),
+      ...(byName.has('rope_freqs.weight') ? { ropeFactors: true } : {}),
     });
     const problem = configProblem(config);
     if (problem) fail(problem);
-    const ropeDims = m.get('llama.rope.dimension_count');
+    const ropeDims = m.get(key('rope.dimension_count'));
     if (ropeDims !== undefined && integer(ropeDims) !== config.headSize) {
-      fail(`unsupported: llama.rope.dimension_count ${String(ropeDims)} differs from the head size ${config.headSize}`);
+      fail(`unsupported: ${key('rope.dimension_count')} ${String(ropeDims)} differs from the head size ${config.headSize}`);
+    }
+    const scaling = text(m.get(key('rope.scaling.type')));
+    const scalingFactor = m.get(key('rope.scaling.factor'));
+    if (scaling !== undefined && scaling !== 'none' && !(scalingFactor === undefined || scalingFactor === 1)) {
+      fail(`unsupported: ${key('rope.scaling.type')} '${scaling}' (only per-frequency factors, rope_freqs.weight)`);
     }
     const tokenizer = ggufTokenizer(gguf, fail);
     if (tokenizer.vocab.length !== config.vocabSize) {
@@ -307,6 +320,7 @@ export function loadGguf(path: string): LoadedWeights {
     // Expected shapes, as GGUF writes them: [columns, rows].
     const expected = new Map<string, number[]>([['token_embd.weight', [dim, vocabSize]], ['output_norm.weight', [dim]]]);
     if (byName.has('output.weight')) expected.set('output.weight', [dim, vocabSize]);
+    if (config.ropeFactors) expected.set('rope_freqs.weight', [config.headSize / 2]);
     for (let l = 0; l < config.nLayers; l++) {
       const shapes: [string, number[]][] = [
         ['attn_norm', [dim]], ['attn_q', [dim, dim]], ['attn_k', [dim, kvDim]], ['attn_v', [dim, kvDim]],
@@ -314,6 +328,7 @@ export function loadGguf(path: string): LoadedWeights {
         ['ffn_up', [dim, hiddenDim]],
       ];
       for (const [kind, shape] of shapes) expected.set(`blk.${l}.${kind}.weight`, shape);
+      if (ARCHITECTURES[arch].qkvBias) for (const [kind, n] of [['attn_q', dim], ['attn_k', kvDim], ['attn_v', kvDim]] as const) expected.set(`blk.${l}.${kind}.bias`, [n]);
     }
     for (const t of gguf.tensors) if (!expected.has(t.name)) fail(`unsupported tensor ${t.name}`);
     /** Bytes in the file and in memory (F16 is widened to f32 at load; quantised types add f32 block scales). */
@@ -379,10 +394,17 @@ export function loadGguf(path: string): LoadedWeights {
       w1: load(`blk.${l}.ffn_gate.weight`),
       w2: load(`blk.${l}.ffn_down.weight`),
       w3: load(`blk.${l}.ffn_up.weight`),
+      ...(ARCHITECTURES[arch].qkvBias ? { bq: vector(`blk.${l}.attn_q.bias`), bk: vector(`blk.${l}.attn_k.bias`), bv: vector(`blk.${l}.attn_v.bias`) } : {}),
     }));
+    const ropeFactors = config.ropeFactors ? vector('rope_freqs.weight') : 0;
+    if (ropeFactors) {
+      const factors = arena.f32(ropeFactors, config.headSize / 2);
+      const bad = factors.findIndex((f) => !(f > 0 && Number.isFinite(f)));
+      if (bad >= 0) fail(`bad tensor rope_freqs.weight: factor ${factors[bad]} at ${bad} (RoPE factors must be positive and finite)`);
+    }
     const finalNorm = vector('output_norm.weight');
     const classifier = byName.has('output.weight') ? load('output.weight') : tokenEmbedding;
     const chatTemplate = text(m.get('tokenizer.chat_template'));
-    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier }, arena, tokenizer, ...(chatTemplate === undefined ? {} : { chatTemplate }) };
+    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier, ...(ropeFactors ? { ropeFactors } : {}) }, arena, tokenizer, ...(chatTemplate === undefined ? {} : { chatTemplate }) };
   });
 }

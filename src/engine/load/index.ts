@@ -1,3 +1,4 @@
+import { ropeFrequencies } from '../architecture.js';
 import { ModelFileError } from '../errors.js';
 import type { Model, ModelFormat } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
@@ -29,9 +30,9 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
   if (!tokenizer) throw new ModelFileError(path, 'a llama2.c checkpoint needs a tokenizer file (tokenizer.bin)');
 
   const { arena, config } = loaded;
-  const ropeFrequencies = arena.alloc(4 * (config.headSize / 2));
-  instantiateKernels(arena.memory).ropeFrequencies(ropeFrequencies, config.headSize, config.ropeTheta);
-  const model: Model = { file: path, format, config: loaded.config, weights: loaded.weights, tokenizer, arena, ropeFrequencies };
+  const frequencies = arena.alloc(4 * (config.headSize / 2));
+  ropeFrequencies(arena, instantiateKernels(arena.memory), config, frequencies, loaded.weights.ropeFactors ?? 0);
+  const model: Model = { file: path, format, config: loaded.config, weights: loaded.weights, tokenizer, arena, ropeFrequencies: frequencies };
   if (loaded.chatTemplate !== undefined) model.chatTemplate = loaded.chatTemplate;
   return model;
 }

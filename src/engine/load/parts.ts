@@ -3,7 +3,8 @@
 // step provides only the tensors that step reads.
 import { createArena } from '../memory.js';
 import { prepareScales, preparedPerBlock, traits } from '../dtypes.js';
-import type { LayerWeights, Matrix, Model } from '../model.js';
+import { ropeFrequencies } from '../architecture.js';
+import type { LayerWeights, Matrix, Model, Weights } from '../model.js';
 import { tensorSpecBytes, type CanonicalConfig } from '../model-id.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
@@ -33,15 +34,22 @@ export function createSparseModel(canonical: CanonicalConfig, tokenizer: Tokeniz
   const layers: LayerWeights[] = Array.from({ length: config.nLayers }, () => ({
     attnNorm: 0, wq: absent(), wk: absent(), wv: absent(), wo: absent(), ffnNorm: 0, w1: absent(), w2: absent(), w3: absent(),
   }));
-  const weights = { tokenEmbedding: absent(), layers, finalNorm: 0, classifier: absent() };
-  const ropeFrequencies = arena.alloc(4 * (config.headSize / 2));
-  kernels.ropeFrequencies(ropeFrequencies, config.headSize, config.ropeTheta);
+  const weights: Weights = { tokenEmbedding: absent(), layers, finalNorm: 0, classifier: absent() };
+  // With RoPE factors the frequencies wait for rope_freqs.weight (0 until then: layer steps refuse to run).
+  const frequencies = arena.alloc(4 * (config.headSize / 2));
+  if (!config.ropeFactors) ropeFrequencies(arena, kernels, config, frequencies, 0);
   const present = new Set<string>();
-  const model: Model = { file: name, format: 'parts', config, weights, tokenizer, arena, ropeFrequencies };
+  const model: Model = { file: name, format: 'parts', config, weights, tokenizer, arena, ropeFrequencies: config.ropeFactors ? 0 : frequencies };
 
   function place(name: string, m: Matrix): void {
     const layer = /^blk\.(\d+)\.(\w+)\.weight$/.exec(name);
-    if (name === 'token_embd.weight') weights.tokenEmbedding = m;
+    const bias = /^blk\.(\d+)\.attn_([qkv])\.bias$/.exec(name);
+    if (bias) layers[Number(bias[1])][`b${bias[2] as 'q' | 'k' | 'v'}`] = m.ptr;
+    else if (name === 'rope_freqs.weight') {
+      weights.ropeFactors = m.ptr;
+      ropeFrequencies(arena, kernels, config, frequencies, m.ptr);
+      model.ropeFrequencies = frequencies;
+    } else if (name === 'token_embd.weight') weights.tokenEmbedding = m;
     else if (name === 'output.weight') weights.classifier = m;
     else if (name === 'output_norm.weight') weights.finalNorm = m.ptr;
     else if (layer) {
