@@ -19,10 +19,10 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the installed `verity` bin as a user would. */
-export function runCli(args: string[], timeoutMs = 60_000, env: Record<string, string> = {}): Promise<CliResult> {
+/** Runs the installed `verity` bin as a user would; `input` is written to its standard input (closed either way). */
+export function runCli(args: string[], timeoutMs = 60_000, env: Record<string, string> = {}, input = ''): Promise<CliResult> {
   return new Promise((resolve) => {
-    execFile(
+    const child = execFile(
       process.execPath,
       [join(projectRoot, 'bin', 'verity.js'), ...args],
       { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 1 << 26, env: { ...process.env, ...env } },
@@ -31,6 +31,7 @@ export function runCli(args: string[], timeoutMs = 60_000, env: Record<string, s
         resolve({ code, stdout, stderr: stderr.toString('utf8') });
       },
     );
+    child.stdin?.end(input);
   });
 }
 

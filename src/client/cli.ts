@@ -5,6 +5,7 @@ import { withGenerationOptions } from './commands/shared.js';
 import { tuneRuntime } from './runtime.js';
 
 type Commands = typeof import('./commands/run.js') &
+  typeof import('./commands/chat.js') &
   typeof import('./commands/inspect.js') &
   typeof import('./commands/tokenize.js') &
   typeof import('./commands/quantize.js') &
@@ -16,6 +17,7 @@ type Commands = typeof import('./commands/run.js') &
 
 const modules = {
   run: () => import('./commands/run.js'),
+  chat: () => import('./commands/chat.js'),
   inspect: () => import('./commands/inspect.js'),
   tokenize: () => import('./commands/tokenize.js'),
   quantize: () => import('./commands/quantize.js'),
@@ -51,6 +53,11 @@ export function buildProgram(): Command {
   withGenerationOptions(program.command('run'))
     .description('generate text like llama2.c run.c (stdout identical to run.c for the same flags)')
     .action(lazy('run', 'runCommand'));
+  withGenerationOptions(program.command('chat'))
+    .description("chat with a model through its chat template (GGUF tokenizer.chat_template, else ChatML); -n is the tokens per reply, -i is unused")
+    .option('--message <text>', 'one user turn: print the reply and exit (default: a turn per line of standard input)')
+    .option('--system <text>', 'a system message first')
+    .action(lazy('chat', 'chatCommand'));
   withGenerationOptions(program.command('trace'))
     .description('run a job and write its commitment, every trace leaf and the trace root as JSON')
     .requiredOption('--out <file>', 'where to write the trace')
