@@ -118,9 +118,9 @@ test('GGUF: bad magic, versions, tensor types, shapes, names and vocab mismatche
     );
     expectError(modifiedGguf(dir, 'arch.gguf', (c) => (c.metadata[0][1] = { type: 'string', value: 'gpt2' })), {}, /unsupported architecture 'gpt2' \(only llama, qwen2\)/);
     expectError(
-      modifiedGguf(dir, 'tok.gguf', (c) => (c.metadata.find(([k]) => k === 'tokenizer.ggml.model')![1] = { type: 'string', value: 'gpt2' })),
+      modifiedGguf(dir, 'tok.gguf', (c) => (c.metadata.find(([k]) => k === 'tokenizer.ggml.model')![1] = { type: 'string', value: 'bert' })),
       {},
-      /unsupported tokenizer model 'gpt2'/,
+      /unsupported tokenizer model 'bert' \(only SentencePiece 'llama' and byte-level BPE 'gpt2'\)/,
     );
     expectError(modifiedGguf(dir, 'heads.gguf', (c) => (c.metadata.find(([k]) => k === 'llama.attention.head_count')![1] = { type: 'u32', value: 0 })), {}, /bad header: nHeads = 0/);
     // A llama2.c tokenizer given for a GGUF replaces its own, and must match its vocabulary too.
