@@ -1,17 +1,18 @@
 // npm run bench:engine — Verity against llama.cpp (node-llama-cpp, installed by this script into
-// bench/.peer, CPU binary only) on the same random-weight GGUF files of the stories15M and
-// stories110M shapes, F32 and Q8_0, greedy, 1 and 2 threads, 200 generated tokens after a
-// warm-up. Each engine runs in its own process; the best of several runs counts for both.
-//   npm run bench:engine [-- --shapes stories15M,stories110M --rounds 2 --tokens 200]
+// bench/.peer, CPU binary only) on the same random-weight GGUF files: the stories15M and
+// stories110M shapes as F32 and Q8_0, stories110M as Q4_K_M, and the TinyLlama-1.1B shape (GQA
+// 32/4, 22 layers) as Q8_0 and Q4_K_M; greedy, 1 and 2 threads, 200 generated tokens after a
+// warm-up, and prompt processing of a 128-token prompt. Each engine runs in its own process; the
+// best of several runs counts for both.
+//   npm run bench:engine [-- --rows stories110M:q8_0,q4_k_m;tinyllama:q4_k_m --rounds 2 --tokens 200]
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Presets, SingleBar } from 'cli-progress';
-import { ggufFromModel, loadModel, nativeKernels, defaultKernelPath, writeGguf } from '../src/engine/index.js';
-import { SHAPES, writeRandomLlama2c } from './random-model.js';
+import { QUANTIZE_TARGETS, nativeKernels, defaultKernelPath, type QuantizeTarget } from '../src/engine/index.js';
+import { SHAPES, writeRandomGguf } from './random-model.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const tokenizer = join(root, '..', 'shared', 'models', 'llama2-tokenizer.bin');
@@ -20,7 +21,8 @@ const peerDir = join(root, 'bench', '.peer');
 
 const { values: opt } = parseArgs({
   options: {
-    shapes: { type: 'string', default: 'stories15M,stories110M' },
+    /** shape:format,format;shape:… (formats: verity quantize's types and mixes). */
+    rows: { type: 'string', default: 'stories15M:f32,q8_0;stories110M:f32,q8_0,q4_k_m;tinyllama:q8_0,q4_k_m' },
     rounds: { type: 'string', default: '2' },
     runs: { type: 'string', default: '2' },
     tokens: { type: 'string', default: '200' },
@@ -29,9 +31,15 @@ const { values: opt } = parseArgs({
     'prompt-tokens': { type: 'string', default: '128' },
   },
 });
-const shapes = opt.shapes.split(',');
 const threadCounts = opt.threads.split(',').map(Number);
-const FORMATS = ['f32', 'q8_0'] as const;
+const rows = opt.rows.split(';').flatMap((row) => {
+  const [shape, formats = ''] = row.split(':');
+  if (!SHAPES[shape]) throw new Error(`unknown shape ${shape} (one of ${Object.keys(SHAPES).join(', ')})`);
+  return formats.split(',').map((format) => {
+    if (!(QUANTIZE_TARGETS as readonly string[]).includes(format)) throw new Error(`unknown format ${format} (one of ${QUANTIZE_TARGETS.join(', ')})`);
+    return { shape, format: format as QuantizeTarget };
+  });
+});
 
 interface Measurement {
   tokensPerSecond: number;
@@ -50,26 +58,15 @@ function cpuFlags(): string {
   }
 }
 
-/** Random-weight GGUF files of a shape, F32 and Q8_0, cached in bench/.models. */
-function ensureModels(shape: string): Record<(typeof FORMATS)[number], string> {
-  const paths = { f32: join(modelsDir, `${shape}-f32.gguf`), q8_0: join(modelsDir, `${shape}-q8_0.gguf`) };
-  if (existsSync(paths.f32) && existsSync(paths.q8_0)) return paths;
+/** A random-weight GGUF of a shape and format (random blocks, see random-model.ts), cached in bench/.models. */
+function ensureModel(shape: string, format: QuantizeTarget): string {
+  const path = join(modelsDir, `${shape}-${format}.gguf`);
+  if (existsSync(path)) return path;
   mkdirSync(modelsDir, { recursive: true });
-  const bin = join(tmpdir(), `verity-bench-${process.pid}-${shape}.bin`);
-  try {
-    writeRandomLlama2c(bin, SHAPES[shape], 1);
-    const model = loadModel(bin, { tokenizer });
-    for (const format of FORMATS) {
-      const contents = ggufFromModel(model, { type: format, name: `${shape}-random` });
-      const bar = new SingleBar({ format: `  writing ${shape}-${format}.gguf [{bar}] {value}/{total} tensors`, stream: process.stderr }, Presets.shades_classic);
-      bar.start(contents.tensors.length, 0);
-      writeGguf(paths[format], contents, (i) => bar.update(i + 1));
-      bar.stop();
-    }
-  } finally {
-    rmSync(bin, { force: true });
-  }
-  return paths;
+  process.stderr.write(`  writing ${shape}-${format}.gguf\n`);
+  writeRandomGguf(`${path}.tmp`, SHAPES[shape], format, tokenizer, 1);
+  renameSync(`${path}.tmp`, path);
+  return path;
 }
 
 function runJson(args: string[]): Promise<Measurement | null> {
@@ -109,49 +106,45 @@ async function main(): Promise<void> {
     console.log(`llama.cpp peer unavailable (${e instanceof Error ? e.message : String(e)}): Verity alone`);
   }
 
-  const rows: string[][] = [];
+  const table: string[][] = [];
   const bestOf = new Map<string, { verity: number; peer: number }>();
-  for (const shape of shapes) {
-    const files = ensureModels(shape);
-    for (const format of FORMATS) {
-      for (const threads of threadCounts) {
-        const common = ['--model', files[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt.runs, '--prompt-tokens', opt['prompt-tokens']];
-        let verity: Measurement | null = null;
-        let llama: Measurement | null = null;
-        for (let round = 0; round < Number(opt.rounds); round++) {
-          verity = best(verity, await runJson([join('dist', 'bench', 'verity-run.js'), ...common]));
-          if (peer) llama = best(llama, await runJson([join('bench', 'peer', 'llama-cpp-run.mjs'), '--peer-dir', peerDir, ...common]));
-        }
-        const v = verity?.tokensPerSecond ?? NaN;
-        const l = llama?.tokensPerSecond ?? NaN;
-        const rss = verity?.peakRssBytes ?? NaN;
-        const weights = verity?.weightBytes ?? NaN;
-        const vp = verity?.promptTokensPerSecond ?? NaN;
-        const lp = llama?.promptTokensPerSecond ?? NaN;
-        rows.push([
-          shape, format.toUpperCase(), String(threads), v.toFixed(1), peer ? l.toFixed(1) : '-', peer ? (v / l).toFixed(2) : '-',
-          vp.toFixed(1), peer ? lp.toFixed(1) : '-', peer ? (vp / lp).toFixed(2) : '-',
-          `${(rss / 2 ** 20).toFixed(0)} MB (${(rss / weights).toFixed(2)}× weights)`, verity?.fingerprint?.slice(0, 12) ?? '-',
-        ]);
-        const key = `${shape} ${format.toUpperCase()}`;
-        const prev = bestOf.get(key) ?? { verity: 0, peer: 0 };
-        bestOf.set(key, { verity: Math.max(prev.verity, v), peer: Math.max(prev.peer, l) });
-        printTable(rows);
+  for (const { shape, format } of rows) {
+    const file = ensureModel(shape, format);
+    for (const threads of threadCounts) {
+      const common = ['--model', file, '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt.runs, '--prompt-tokens', opt['prompt-tokens']];
+      let verity: Measurement | null = null;
+      let llama: Measurement | null = null;
+      for (let round = 0; round < Number(opt.rounds); round++) {
+        verity = best(verity, await runJson([join('dist', 'bench', 'verity-run.js'), ...common]));
+        if (peer) llama = best(llama, await runJson([join('bench', 'peer', 'llama-cpp-run.mjs'), '--peer-dir', peerDir, ...common]));
       }
+      const v = verity?.tokensPerSecond ?? NaN;
+      const l = llama?.tokensPerSecond ?? NaN;
+      const rss = verity?.peakRssBytes ?? NaN;
+      const weights = verity?.weightBytes ?? NaN;
+      const vp = verity?.promptTokensPerSecond ?? NaN;
+      const lp = llama?.promptTokensPerSecond ?? NaN;
+      table.push([
+        shape, format.toUpperCase(), String(threads), v.toFixed(1), peer ? l.toFixed(1) : '-', peer ? (v / l).toFixed(2) : '-',
+        vp.toFixed(1), peer ? lp.toFixed(1) : '-', peer ? (vp / lp).toFixed(2) : '-',
+        `${(rss / 2 ** 20).toFixed(0)} MB (${(rss / weights).toFixed(2)}× weights)`, verity?.fingerprint?.slice(0, 12) ?? '-',
+      ]);
+      const key = `${shape} ${format.toUpperCase()}`;
+      const prev = bestOf.get(key) ?? { verity: 0, peer: 0 };
+      bestOf.set(key, { verity: Math.max(prev.verity, v), peer: Math.max(prev.peer, l) });
+      printTable(table);
     }
   }
   console.log('\nbest vs best (each engine at its best thread count):');
   for (const [key, b] of bestOf) console.log(`  ${key.padEnd(18)} Verity ${b.verity.toFixed(1)}  llama.cpp ${peer ? b.peer.toFixed(1) : '-'}  ratio ${peer ? (b.verity / b.peer).toFixed(2) : '-'}`);
 
   console.log('\nproof trace overhead (whole greedy jobs with and without recording every step leaf; medians of 9 alternating runs):');
-  for (const shape of shapes) {
-    for (const format of FORMATS) {
-      const threads = Math.max(...threadCounts);
-      const r = (await runJson([join('dist', 'bench', 'verity-run.js'), '--model', ensureModels(shape)[format], '--threads', String(threads), '--tokens', opt.tokens, '--runs', '9', '--trace-overhead'])) as
-        | (Measurement & { plainMs: number; tracedMs: number; overhead: number; positions: number })
-        | null;
-      if (r) console.log(`  ${shape.padEnd(12)} ${format.toUpperCase().padEnd(5)} ${threads} threads  ${r.positions} positions: ${r.plainMs.toFixed(0)} ms → ${r.tracedMs.toFixed(0)} ms traced, overhead ${(100 * r.overhead).toFixed(1)}%`);
-    }
+  for (const { shape, format } of rows) {
+    const threads = Math.max(...threadCounts);
+    const r = (await runJson([join('dist', 'bench', 'verity-run.js'), '--model', ensureModel(shape, format), '--threads', String(threads), '--tokens', opt.tokens, '--runs', '9', '--trace-overhead'])) as
+      | (Measurement & { plainMs: number; tracedMs: number; overhead: number; positions: number })
+      | null;
+    if (r) console.log(`  ${shape.padEnd(12)} ${format.toUpperCase().padEnd(5)} ${threads} threads  ${r.positions} positions: ${r.plainMs.toFixed(0)} ms → ${r.tracedMs.toFixed(0)} ms traced, overhead ${(100 * r.overhead).toFixed(1)}%`);
   }
 }
 
