@@ -31,6 +31,7 @@ interface GoldenCase {
 /** Models by name: the shared stories260K files, and a random-weight model big enough to use threads. */
 type Source = (dir: string) => Model;
 
+/** `base` written as GGUF with its matrices as `type` (verity quantize's types and mixes), loaded back. */
 const fromGguf = (base: Source, type: ExportType, name: string): Source => (dir) => {
   const path = join(dir, `${name}.gguf`);
   writeGguf(path, ggufFromModel(base(dir), { type, name }));
@@ -52,6 +53,11 @@ const SOURCES: Record<string, Source> = {
   'random-gqa-f32': random,
   'random-gqa-f16': fromGguf(random, 'f16', 'random-f16'),
   'random-gqa-q8_0': fromGguf(random, 'q8_0', 'random-q8_0'),
+  'random-gqa-q4_0': fromGguf(random, 'q4_0', 'random-q4_0'),
+  'random-gqa-q4_k': fromGguf(random, 'q4_k', 'random-q4_k'),
+  'random-gqa-q5_k': fromGguf(random, 'q5_k', 'random-q5_k'),
+  'random-gqa-q6_k': fromGguf(random, 'q6_k', 'random-q6_k'),
+  'random-gqa-q4_k_m': fromGguf(random, 'q4_k_m', 'random-q4_k_m'),
 };
 
 function request(model: Model): Omit<GenerateRequest, 'observer'> {
