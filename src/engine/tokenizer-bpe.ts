@@ -11,6 +11,7 @@
 //      on ties), until no adjacent pair has a rank;
 //   5. each final symbol is its token; one that is not a token falls back to one token per byte.
 import { EngineError } from './errors.js';
+import { LETTER_RANGES, NUMBER_RANGES } from './unicode-classes.js';
 
 /** GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type). */
 export const TOKEN_TYPE = { undefined: 0, normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
@@ -59,18 +60,28 @@ const LETTER = 1;
 const NUMBER = 2;
 const SPACE = 4;
 const OTHER = 8; // any other code point: llama.cpp's flags are never empty inside a word
-const LETTER_RE = /^\p{L}$/u;
-const NUMBER_RE = /^\p{N}$/u;
-const classCache = new Map<number, number>();
 
-function classOf(cpt: number): number {
-  let c = classCache.get(cpt);
-  if (c === undefined) {
-    const s = String.fromCodePoint(cpt);
-    c = WHITESPACE.has(cpt) ? SPACE : LETTER_RE.test(s) ? LETTER : NUMBER_RE.test(s) ? NUMBER : OTHER;
-    if (classCache.size < 1 << 16) classCache.set(cpt, c);
+/** Whether cpt lies in one of the inclusive [first, last] ranges (binary search). */
+function inRanges(ranges: readonly number[], cpt: number): boolean {
+  let lo = 0;
+  let hi = ranges.length / 2 - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (cpt < ranges[2 * mid]) hi = mid - 1;
+    else if (cpt > ranges[2 * mid + 1]) lo = mid + 1;
+    else return true;
   }
-  return c;
+  return false;
+}
+
+/**
+ * Letters and numbers from a frozen table (unicode-classes.ts), not from the running Node's ICU:
+ * its Unicode version changes between Node releases, and every machine must tokenise alike.
+ */
+function classOf(cpt: number): number {
+  if (WHITESPACE.has(cpt)) return SPACE;
+  if (inRanges(LETTER_RANGES, cpt)) return LETTER;
+  return inRanges(NUMBER_RANGES, cpt) ? NUMBER : OTHER;
 }
 
 /** Code points of UTF-8 bytes the way llama.cpp decodes them (unicode_cpts_from_utf8). */
