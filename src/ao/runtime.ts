@@ -91,6 +91,12 @@ export interface Extension {
   (argument: string): string | Promise<string>;
   /** `result` is undefined when the call threw: refused work is paid for too. */
   ticks?: (argument: string, result?: string) => number;
+  /**
+   * The call with its whole price, for a host function whose work its argument and result do not
+   * show (a model header it parsed on the way); used instead of calling and `ticks` when present.
+   * A refusal throws a HostError carrying its price.
+   */
+  priced?: (argument: string) => Promise<{ value: string; ticks: number }>;
 }
 export type Extensions = Record<string, Extension>;
 
@@ -128,10 +134,19 @@ export function hostCallOf(extensions: Extensions): HostCall {
   return async (name, argument) => {
     const fn = Object.hasOwn(extensions, name) ? extensions[name] : undefined;
     if (!fn) throw new HostError(`no host function ${name}`, 1);
-    const price = (result?: string): number => {
-      const ticks = (fn.ticks ?? HOST_CALL_TICKS)(argument, result);
-      return Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1;
-    };
+    const valid = (ticks: number): number => (Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1);
+    const price = (result?: string): number => valid((fn.ticks ?? HOST_CALL_TICKS)(argument, result));
+    if (fn.priced) {
+      let answer: { value: string; ticks: number };
+      try {
+        answer = await fn.priced(argument);
+      } catch (e) {
+        if (e instanceof HostUnavailable || e instanceof HostError) throw e;
+        throw new HostError((e as Error).message, 1);
+      }
+      if (typeof answer?.value !== 'string') throw new HostError(`host.${name} answered ${typeof answer?.value}, not a string`, valid(answer?.ticks));
+      return { value: answer.value, ticks: valid(answer.ticks) };
+    }
     let value: string;
     try {
       value = await fn(argument);

@@ -109,7 +109,10 @@ function canonicalBpeTokenizer(t: BpeTokenizer): Uint8Array {
   return out;
 }
 
-function parseCanonicalBpeTokenizer(bytes: Uint8Array): Tokenizer {
+function parseCanonicalBpeTokenizer(leaf: Uint8Array): Tokenizer {
+  // One private copy of the leaf, and every token a view of it: a buffer per token would double the
+  // memory of a 150,000-token vocabulary, and views of the caller's bytes would pin whatever holds them.
+  const bytes = new Uint8Array(leaf);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const fail = (why: string): never => {
     throw new EngineError(`bad tokenizer encoding: ${why}`);
@@ -123,7 +126,7 @@ function parseCanonicalBpeTokenizer(bytes: Uint8Array): Tokenizer {
   const take = (n: number): Uint8Array => {
     if (n > bytes.length - at) fail('truncated');
     at += n;
-    return bytes.slice(at - n, at);
+    return bytes.subarray(at - n, at);
   };
   if (u32() !== BPE_MAGIC || u32() !== BPE_LAYOUT_VERSION) fail('unknown BPE layout');
   const preLength = u32();

@@ -37,8 +37,8 @@ export interface BpeTokenizer {
   maxTokenLength: number;
   /** Token text (latin1 of its bytes) → id. */
   index: Map<string, number>;
-  /** `${left},${right}` token ids → merge rank (the first of duplicate merges wins, as in llama.cpp). */
-  ranks: Map<string, number>;
+  /** pairKey(left, right) token ids → merge rank (the first of duplicate merges wins, as in llama.cpp). */
+  ranks: Map<number, number>;
   /** Control, user-defined and unknown tokens, longest text first (ties by id). */
   special: number[];
   /** What each token decodes to: llama.cpp's token_to_piece with special = true. */
@@ -380,7 +380,8 @@ function effectiveTypes(types: Uint8Array, index: Map<string, number>): Uint8Arr
 // ---------------------------------------------------------------------------------------------
 
 const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-const pairKey = (left: number, right: number): string => `${left},${right}`;
+/** A merge's key: token ids are below 2^21 (loaders cap vocabularies at 2^20), so the pair is an exact double. */
+const pairKey = (left: number, right: number): number => left * 0x200000 + right;
 
 export interface BpeTokenizerSpec {
   pre: string;
@@ -421,7 +422,7 @@ export function createBpeTokenizer(spec: BpeTokenizerSpec): BpeTokenizer {
   const id = (what: string, v: number): number => (Number.isInteger(v) && v >= 0 && v < n ? v : fail(`${what} ${v} is not a token id (${n} tokens)`));
   if (spec.merges.length % 2 !== 0) fail('merges are not pairs');
   const merges = new Uint32Array(spec.merges.length);
-  const ranks = new Map<string, number>();
+  const ranks = new Map<number, number>();
   for (let r = 0; r < spec.merges.length / 2; r++) {
     const left = id(`merge ${r}: token`, spec.merges[2 * r]);
     const right = id(`merge ${r}: token`, spec.merges[2 * r + 1]);
@@ -436,12 +437,16 @@ export function createBpeTokenizer(spec: BpeTokenizerSpec): BpeTokenizer {
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined || type === TOKEN_TYPE.unknown) special.push(t);
   });
   special.sort((a, b) => spec.vocab[b].length - spec.vocab[a].length || a - b);
-  const pieces = spec.vocab.map((text, t) => {
+  const decoded = spec.vocab.map((text, t) => {
     const type = roles[t];
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined || type === TOKEN_TYPE.unknown) return text;
     if (type === TOKEN_TYPE.normal) return byteLevelDecode(text);
     return new Uint8Array(0); // unused, byte and undefined tokens print nothing in llama.cpp
   });
+  // Views of one buffer: 150,000 pieces with a buffer each would take twice the memory.
+  const pieceBytes = Buffer.concat(decoded);
+  let at = 0;
+  const pieces = decoded.map((piece) => pieceBytes.subarray(at, (at += piece.length)));
   return {
     kind: 'bpe',
     pre: spec.pre,

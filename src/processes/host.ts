@@ -7,7 +7,7 @@
 // ARGUMENT_CHARS), what they keep between calls is bounded in bytes (HostOptions), and each
 // carries its price in compute ticks (hostCallTicks), which the runtime charges against the
 // process's compute limit like its own work.
-import { HostUnavailable } from '../ao/runtime.js';
+import { HostError, HostUnavailable } from '../ao/runtime.js';
 import { createHash } from 'node:crypto';
 import {
   completionText, encode, parseCanonicalConfig, parseCanonicalTokenizer, rangeProof, toHex, type CanonicalConfig, type Hash, type ModelConfig, type Tokenizer,
@@ -210,6 +210,8 @@ export const HOST_TICKS = {
   /** A model header read and checked (config and tokenizer chunk). */
   header: 4,
   vocabPerTick: 1024,
+  /** A byte-level BPE tokenizer's merges (a rank table entry each). */
+  mergesPerTick: 4096,
   promptBytesPerTick: 256,
   tokensPerTick: 4096,
   leavesPerTick: 256,
@@ -261,7 +263,7 @@ export function hostCallTicks(name: string, argument: string, result?: string): 
     case 'didAddress':
       return call;
     case 'model':
-      return call + HOST_TICKS.header + per(count(out().vocabSize), HOST_TICKS.vocabPerTick);
+      return call; // its work is the header: headerTicks
     default:
       break;
   }
@@ -279,6 +281,22 @@ export function hostCallTicks(name: string, argument: string, result?: string): 
   }
 }
 
+/** What a call did that its argument and result do not show: the price of the model header it read. */
+interface Meter {
+  headerTicks: number;
+}
+
+/**
+ * The price of reading a model header, charged to every call that reads one, cached or not (a
+ * price never depends on what a CU's cache holds): by its vocabulary and, for byte-level BPE, its
+ * merges — a 128,000-token Llama 3 tokenizer with 280,000 merges costs 4 + 126 + 69 ticks.
+ */
+export function headerTicks(c: Pick<ModelContent, 'tokenizer'>): number {
+  const t = c.tokenizer;
+  const merges = t.kind === 'bpe' ? t.merges.length / 2 : 0;
+  return HOST_TICKS.header + per(t.vocab.length, HOST_TICKS.vocabPerTick) + per(merges, HOST_TICKS.mergesPerTick);
+}
+
 // ---- what the host keeps between calls ----
 
 export interface HostOptions {
@@ -289,11 +307,12 @@ export interface HostOptions {
 }
 
 /**
- * 64 MiB of headers is a dozen 32,000-entry tokenizers, or hundreds of small ones; 512 MiB of
+ * 256 MiB of headers is four Llama-3-sized byte-level BPE tokenizers (~60 MB each), forty-five
+ * 32,000-entry SentencePiece ones, or thousands of small ones; 512 MiB of
  * referees holds a few small models whole, or the layers of a big one that disputes touch. Neither
  * changes an answer (everything kept can be read again), only how often the store is read.
  */
-export const DEFAULT_HOST_OPTIONS: Required<HostOptions> = { headerCacheBytes: 64 * MIB, refereeCacheBytes: 512 * MIB };
+export const DEFAULT_HOST_OPTIONS: Required<HostOptions> = { headerCacheBytes: 256 * MIB, refereeCacheBytes: 512 * MIB };
 
 export interface CacheStats {
   entries: number;
@@ -385,7 +404,12 @@ export function contentBytes(c: Pick<ModelContent, 'config' | 'tokenizer'>): num
   const t = c.tokenizer;
   let pieces = 0;
   for (const piece of t.vocab) pieces += piece.length;
-  return 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * c.config.tensors.length;
+  const common = 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * c.config.tensors.length;
+  if (t.kind !== 'bpe') return common;
+  // A BPE tokenizer also keeps a decoded piece per token (a view each), its types, the rank table
+  // and the leaf it was parsed from: Llama 3's (128,256 tokens, 280,147 merges) measured 56 MB, Qwen2.5's
+  // (151,665 tokens, 151,387 merges) 55 MB; this estimate gives 59 and 64 MB.
+  return common + 200 * t.vocab.length + 32 * (t.merges.length / 2) + pieces;
 }
 
 /** What a manifest checked to hold its model's header leaves weighs in the cache: its name and key. */
@@ -464,7 +488,10 @@ const refereeBytes = (leaves: number, verified: number): number => 256 * KIB + 2
 /** An extension with its price: the runtime charges `ticks(argument, result)` against the compute limit. */
 export interface PricedExtension {
   (argument: string): string | Promise<string>;
+  /** The price its argument and result show. */
   ticks(argument: string, result?: string): number;
+  /** The call and its whole price: `ticks` plus the model header it read (see headerTicks). */
+  priced(argument: string): Promise<{ value: string; ticks: number }>;
 }
 
 export type CoordinatorExtensions = Record<ExtensionName, PricedExtension>;
@@ -604,7 +631,7 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
   // hold them (its chunks can be missing or corrupt where another's are not). Both kinds of entry
   // share one byte budget. Evicting either changes no answer, only how often the store is read.
   const headers = new ByteBudgetCache<ModelContent | string>(headerBudget);
-  const header = async (ref: ModelRef): Promise<ModelHeader> => {
+  const header = async (ref: ModelRef, meter: Meter): Promise<ModelHeader> => {
     const modelId = String(ref.model);
     const manifestId = String(ref.manifest);
     if (!MODEL_ID.test(modelId)) throw new Error(`${modelId.slice(0, 80)} is not a model id`);
@@ -627,6 +654,7 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
       // Larger than the whole budget: answered, not kept.
       headers.set(contentKey, content, contentBytes(content));
     }
+    meter.headerTicks = headerTicks(content);
     return { modelId, name, ...content };
   };
 
@@ -653,29 +681,44 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
     return opening;
   };
 
-  const priced = (name: ExtensionName, fn: (argument: string) => string | Promise<string>): PricedExtension =>
-    Object.assign(fn, { ticks: (argument: string, result?: string): number => hostCallTicks(name, argument, result) });
+  // Every call that reads a model header pays for parsing it, cached or not (headerTicks): a
+  // process cannot make the CU parse a thousand tokenizers for the price of a thousand prompts.
+  const priced = (name: ExtensionName, fn: (argument: string, meter: Meter) => string | Promise<string>): PricedExtension => {
+    const ticks = (argument: string, result?: string): number => hostCallTicks(name, argument, result);
+    const call = (argument: string): string | Promise<string> => fn(argument, { headerTicks: 0 });
+    const pricedCall = async (argument: string): Promise<{ value: string; ticks: number }> => {
+      const meter: Meter = { headerTicks: 0 };
+      try {
+        const value = await fn(argument, meter);
+        return { value, ticks: ticks(argument, value) + meter.headerTicks };
+      } catch (e) {
+        if (e instanceof HostUnavailable) throw e;
+        throw new HostError((e as Error).message, ticks(argument) + meter.headerTicks);
+      }
+    };
+    return Object.assign(call, { ticks, priced: pricedCall });
+  };
 
   const extensions: CoordinatorExtensions = {
-    model: priced('model', async (argument) => {
+    model: priced('model', async (argument, meter) => {
       const ref = requestOf<ModelRef>('model', argument, 'model reference');
-      const h = await header(ref);
+      const h = await header(ref, meter);
       const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash };
       return JSON.stringify(info);
     }),
 
-    job: priced('job', async (argument) => {
+    job: priced('job', async (argument, meter) => {
       const input = requestOf<JobInput>('job', argument, 'job');
       promptOf(input);
-      const job = jobFrom(await header(input), input);
+      const job = jobFrom(await header(input, meter), input);
       const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
       return JSON.stringify(info);
     }),
 
-    decode: priced('decode', async (argument) => {
+    decode: priced('decode', async (argument, meter) => {
       const input = requestOf<ModelRef & { prompt: string; tokens: number[] }>('decode', argument, 'completion');
       const prompt = promptOf(input);
-      const h = await header(input);
+      const h = await header(input, meter);
       const tokens = tokenListOf(input.tokens, h.config.config.seqLen);
       const encoded = encode(h.tokenizer, prompt);
       return completionText(h.tokenizer, encoded[encoded.length - 1], tokens);
@@ -683,22 +726,22 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
 
     didAddress: priced('didAddress', (did) => didAddress(capped('didAddress', did))),
 
-    trace: priced('trace', async (argument) => {
+    trace: priced('trace', async (argument, meter) => {
       const input = requestOf<TraceInput>('trace', argument, 'trace reference');
       promptOf(input);
-      const h = await header(input);
+      const h = await header(input, meter);
       // What needs no tokens first: the prompt is tokenised only for a well-formed check.
       checkTraceInput(input, h.config.config.seqLen);
       return JSON.stringify(await checkTrace(store, h, jobFrom(h, input), input));
     }),
 
-    step: priced('step', async (argument) => {
+    step: priced('step', async (argument, meter) => {
       const input = requestOf<StepInput>('step', argument, 'step');
       promptOf(input);
       if (typeof input.opening !== 'string') throw new Error('the opening must be JSON text');
       const length = input.opening.length;
       if (length > HOST_CAPS.openingChars) throw new Error(`shape: the opening is ${length} characters, more than the ${HOST_CAPS.openingChars} a message can carry`);
-      const h = await header(input);
+      const h = await header(input, meter);
       const config = h.config.config;
       // Before tokenising the prompt: no job of this model runs more positions than its context.
       const most = openingBound({ steps: config.seqLen }, config);

@@ -10,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { writeRandomLlama2c } from '../../bench/random-model.js';
-import type { Evaluation } from '../../src/ao/runtime.js';
+import { HostError, type Evaluation } from '../../src/ao/runtime.js';
 import { loadModel, modelTreeLeaves, type Model } from '../../src/engine/index.js';
 import {
-  ARGUMENT_CHARS, HOST_TICKS, coordinatorExtensions, hostCacheStats, hostCallTicks,
+  ARGUMENT_CHARS, HOST_TICKS, coordinatorExtensions, headerTicks, hostCacheStats, hostCallTicks,
   type CoordinatorExtensions, type ExtensionName, type ModelInfo, type PricedExtension,
 } from '../../src/processes/host.js';
 import { HOST_CAPS } from '../../src/processes/protocol.js';
@@ -274,22 +274,30 @@ test('every extension carries its price in ticks: sizes only, more work costs mo
   const result = await ext.job(job(8));
   assert.equal(ext.job.ticks(job(8), result), hostCallTicks('job', job(8), result));
   assert.equal(hostCallTicks('job', job(8), result), HOST_TICKS.call + 1);
+  // The whole price adds the header the call read: stories260K's 512-entry tokenizer.
+  const smallHeader = HOST_TICKS.header + 1;
+  assert.deepEqual(await ext.job.priced(job(8)), { value: result, ticks: HOST_TICKS.call + 1 + smallHeader });
   // A call that threw is priced by its argument: tokenising 4 KiB is work done.
   assert.equal(hostCallTicks('job', job(4096)), HOST_TICKS.call + 4096 / HOST_TICKS.promptBytesPerTick);
   assert.ok(hostCallTicks('job', job(HOST_CAPS.promptBytes)) > 10 * hostCallTicks('job', job(4096)));
   // Non-ASCII prompts cost by their UTF-8 bytes, the tokenizer's input.
   assert.equal(hostCallTicks('job', JSON.stringify({ ...small, ...request, prompt: '€'.repeat(1024) })), HOST_TICKS.call + 3 * 1024 / HOST_TICKS.promptBytesPerTick);
-  // host.model: by the vocabulary it parsed.
-  const big = await ext.model(modelRef(fx.big));
-  assert.equal(hostCallTicks('model', modelRef(fx.big), big), HOST_TICKS.call + HOST_TICKS.header + Math.ceil(32000 / HOST_TICKS.vocabPerTick));
+  // host.model: by the vocabulary it parsed, as every call that reads that header (headerTicks).
+  const bigHeader = HOST_TICKS.header + Math.ceil(32000 / HOST_TICKS.vocabPerTick);
+  assert.equal(headerTicks({ tokenizer: fx.big.model.tokenizer }), bigHeader);
+  assert.equal((await ext.model.priced(modelRef(fx.big))).ticks, HOST_TICKS.call + bigHeader);
+  const bigJob = JSON.stringify({ model: fx.big.modelId, manifest: fx.big.manifestId, ...request, prompt: 'a'.repeat(8) });
+  assert.equal((await ext.job.priced(bigJob)).ticks, HOST_TICKS.call + 1 + bigHeader, 'a job on the big tokenizer pays for its header, cached or not');
+  // A call refused after it read the header pays for the header too.
+  await assert.rejects(ext.job.priced(JSON.stringify({ model: fx.big.modelId, manifest: fx.big.manifestId, ...request, maxTokens: 10_000, prompt: 'a' })), (e: HostError) => e instanceof HostError && e.ticks >= bigHeader);
   // host.trace: by its leaves; host.step: by its opening and the weights it multiplies.
   const trace = JSON.stringify({ ...small, ...request, prompt: 'Hi', tokens: [] });
   assert.equal(hostCallTicks('trace', trace, JSON.stringify({ steps: 2560 })), HOST_TICKS.call + 1 + 10);
   const step = JSON.stringify({ ...small, ...request, prompt: 'Hi', opening: 'o'.repeat(2 * HOST_TICKS.openingCharsPerTick) });
   assert.equal(hostCallTicks('step', step, JSON.stringify({ acc: '', leaf: '', kind: 'layer', weightBytes: 3 * HOST_TICKS.weightBytesPerTick })), HOST_TICKS.call + HOST_TICKS.step + 1 + 2 + 3);
-  // The same argument and result: the same price, whatever a cache holds.
+  // The same argument: the same whole price, whatever a cache holds.
   const cold = coordinatorExtensions(fx.store);
-  assert.equal(cold.model.ticks(modelRef(fx.big), await cold.model(modelRef(fx.big))), ext.model.ticks(modelRef(fx.big), await ext.model(modelRef(fx.big))));
+  assert.deepEqual(await cold.job.priced(bigJob), await ext.job.priced(bigJob));
 });
 
 // ---- (a), (b) the coordinator refuses before it tokenises ----
