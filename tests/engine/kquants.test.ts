@@ -209,12 +209,13 @@ const native = nativeKernels();
 test('Q4_0 and k-quant products: simd, scalar and native agree bit for bit with a naive implementation of the spec', () => {
   const shapes: Record<QuantType, [number, number][]> = {
     q4_0: [[1, 1], [3, 5], [16, 3], [17, 7], [33, 2]],
-    q4_k: [[1, 1], [2, 3], [3, 5], [17, 2]],
-    q5_k: [[1, 1], [2, 3], [3, 5], [17, 2]],
-    q6_k: [[1, 1], [2, 3], [3, 5], [17, 2]],
+    // Row counts around the native kernels' four rows per pass; 17 blocks wrap the 16 accumulators.
+    q4_k: [[1, 1], [2, 3], [3, 5], [17, 2], [2, 4], [1, 9]],
+    q5_k: [[1, 1], [2, 3], [3, 5], [17, 2], [2, 4], [1, 9]],
+    q6_k: [[1, 1], [2, 3], [3, 5], [17, 2], [2, 4], [1, 9]],
   };
-  const settings: [KernelPath, boolean][] = [['simd', false], ['scalar', false]];
-  if (native) settings.push(['native', false], ['native', true]);
+  const settings: [KernelPath, boolean | 'avx2'][] = [['simd', false], ['scalar', false]];
+  if (native) settings.push(['native', false], ['native', 'avx2'], ['native', true]);
   for (const dtype of TYPES) {
     for (const [blocksPerRow, rows] of shapes[dtype]) {
       const n = blocksPerRow * DTYPES[dtype].block;
@@ -225,7 +226,7 @@ test('Q4_0 and k-quant products: simd, scalar and native agree bit for bit with 
       const want = hex(referenceMatvec(dtype, w, x, rows));
       for (const [path, portable] of settings) {
         native?.setPortable(portable);
-        assert.equal(hex(kernelMatvec(path, dtype, w, x, rows)), want, `${dtype} ${blocksPerRow} blocks × ${rows} rows, ${path}${portable ? ' portable' : ''}`);
+        assert.equal(hex(kernelMatvec(path, dtype, w, x, rows)), want, `${dtype} ${blocksPerRow} blocks × ${rows} rows, ${path}${portable ? ` ${portable === true ? 'portable' : portable}` : ''}`);
       }
       native?.setPortable(false);
     }

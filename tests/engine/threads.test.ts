@@ -20,6 +20,7 @@ import {
   type Model,
 } from '../../src/engine/index.js';
 import { writeRandomLlama2c } from '../../bench/random-model.js';
+import { f16ToF32Bits } from '../../src/engine/dtypes.js';
 import { stories260K, tok512, withTempDir } from '../helpers.js';
 
 function fingerprint(model: Model, request: Omit<GenerateRequest, 'observer'>): string {
@@ -114,7 +115,11 @@ test('native matrix products equal the WebAssembly ones bit for bit, AVX-512 and
       const out = arena.alloc(4 * d);
       const bytes = arena.u8(wq, 34 * blocks * d);
       random(bytes.length, blocks).forEach((v, i) => (bytes[i] = Math.floor((v + 1) * 128)));
-      arena.f32(wd, blocks * d).set(random(blocks * d, 7).map((v) => v / 100));
+      // Each block's f16 scale, finite as the loader requires, and wd its widening (as the loader
+      // prepares it): the AVX-512 kernel reads the f16 from the block, the others wd.
+      const halves = Array.from(random(blocks * d, 7), (v) => (v < 0 ? 0x8000 : 0) | (0x1c00 + Math.floor(Math.abs(v) * 0x1000)));
+      halves.forEach((h, b) => ((bytes[34 * b] = h & 0xff), (bytes[34 * b + 1] = h >> 8)));
+      new Uint32Array(arena.f32(wd, blocks * d).buffer, wd, blocks * d).set(halves.map(f16ToF32Bits));
       arena.f32(x, n).set(random(n, d));
       wasm.quantizeQ8(xq, xd, x, n);
       const matvec = (k: Kernels): number => {

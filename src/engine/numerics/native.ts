@@ -15,8 +15,8 @@ export interface NativeKernels {
   ): void;
   /** The instruction sets in use, e.g. "avx512 avx512vnni", or "portable". */
   features(): string;
-  /** Forces the portable C loops (true) or the CPU's best (false). */
-  setPortable(portable: boolean): void;
+  /** Forces the portable C loops (true), the AVX2 ones ('avx2': no AVX-512) or the CPU's best (false). */
+  setPortable(portable: boolean | 'avx2'): void;
 }
 
 let loaded: NativeKernels | null | undefined;
