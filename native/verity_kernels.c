@@ -3,18 +3,29 @@
 // -ffp-contract=off (no FMA), and dispatched at run time: a CPU without AVX-512 gets the portable
 // C loops, which follow the same order. Arguments are a memory handle from `bind` and byte
 // offsets into that shared WebAssembly memory (shared memories never move).
+#define _DEFAULT_SOURCE  // mmap, fstat under -std=c11
 #include <node_api.h>
 #include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if !defined(_WIN32)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #define MAX_MEMORIES 1024
+// Memory handles: a bound WebAssembly memory (activations, and weights loaded into it) or a window
+// of a file mapped read-only (weights, src/engine/load/mapped.ts). Kernels take byte offsets into
+// a handle's base. The table is process-wide, so worker threads use the main thread's handles.
 static uint8_t *bases[MAX_MEMORIES];
+static size_t limits[MAX_MEMORIES];  // bytes readable from the base (SIZE_MAX: a wasm memory, which grows in place)
 static int memories = 0;
 static int use_avx512 = 0;      // avx512f: the f32 16-accumulator layout is one register
 static int use_avx512vnni = 0;  // + avx512bw + avx512vnni: int8 dot products
@@ -612,16 +623,6 @@ static napi_value throw_error(napi_env env, const char *message) {
   return NULL;
 }
 
-static int read_args(napi_env env, napi_callback_info info, size_t want, uint32_t *out) {
-  napi_value argv[12];
-  size_t argc = 12;
-  if (want > 12 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return 0;
-  for (size_t i = 0; i < want; i++) {
-    if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) return 0;
-  }
-  return 1;
-}
-
 /** bind(view) → handle: the memory that `view` (a Uint8Array at offset 0) spans. Main thread only. */
 static napi_value Bind(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -639,6 +640,7 @@ static napi_value Bind(napi_env env, napi_callback_info info) {
   if (id == memories) {
     if (memories == MAX_MEMORIES) return throw_error(env, "too many memories bound");
     bases[memories] = (uint8_t *)data;
+    limits[memories] = SIZE_MAX;
     __atomic_store_n(&memories, memories + 1, __ATOMIC_RELEASE);
   }
   napi_value handle;
@@ -651,13 +653,136 @@ static uint8_t *memory_base(uint32_t id) {
   return id < (uint32_t)__atomic_load_n(&memories, __ATOMIC_ACQUIRE) ? bases[id] : NULL;
 }
 
-/** matvec(memory, out, w, x, n, d) */
+/** A new handle for `base`; -1 when the table is full. Main thread only (as Bind). */
+static int register_base(uint8_t *base, size_t limit) {
+  if (memories == MAX_MEMORIES) return -1;
+  bases[memories] = base;
+  limits[memories] = limit;
+  __atomic_store_n(&memories, memories + 1, __ATOMIC_RELEASE);
+  return memories - 1;
+}
+
+/**
+ * Reads `want` uint32 arguments (the first is the activations' memory handle), then the optional
+ * weights handle after them: `*weights` is its base, or the activations' memory when it is absent.
+ */
+static int read_args_with_weights(napi_env env, napi_callback_info info, size_t want, uint32_t *out, uint8_t **weights) {
+  napi_value argv[13];
+  size_t argc = 13;
+  if (want > 12 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return 0;
+  for (size_t i = 0; i < want; i++) {
+    if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) return 0;
+  }
+  *weights = memory_base(out[0]);
+  if (argc > want) {
+    napi_valuetype type;
+    uint32_t handle;
+    if (napi_typeof(env, argv[want], &type) != napi_ok) return 0;
+    if (type != napi_undefined) {
+      if (napi_get_value_uint32(env, argv[want], &handle) != napi_ok) return 0;
+      *weights = memory_base(handle);
+    }
+  }
+  return memory_base(out[0]) != NULL && *weights != NULL;
+}
+
+/** A non-negative integer argument that may exceed 32 bits (a file offset or length). */
+static int read_size(napi_env env, napi_value value, size_t *out) {
+  int64_t v;
+  if (napi_get_value_int64(env, value, &v) != napi_ok || v < 0) return 0;
+  *out = (size_t)v;
+  return 1;
+}
+
+/**
+ * mapFile(path) → handle: the whole file mapped read-only and private (pages come from the page
+ * cache, shared with other readers of the file, never copied). A write through it faults, so a
+ * weight can never change under the kernels. The mapping lives as long as the process; the file
+ * must not be truncated meanwhile (reading a vanished page is SIGBUS).
+ */
+static napi_value MapFile(napi_env env, napi_callback_info info) {
+#if defined(_WIN32)
+  (void)info;
+  return throw_error(env, "mapFile: not supported on Windows");
+#else
+  napi_value argv[1];
+  size_t argc = 1;
+  char path[4096];
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length) != napi_ok || length >= sizeof path - 1) {
+    return throw_error(env, "mapFile(path): bad arguments");
+  }
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return throw_error(env, "mapFile: cannot open the file");
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+    close(fd);
+    return throw_error(env, "mapFile: the file is empty or cannot be read");
+  }
+  void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);  // the mapping keeps the file open
+  if (map == MAP_FAILED) return throw_error(env, "mapFile: mmap failed");
+  int id = register_base((uint8_t *)map, (size_t)st.st_size);
+  if (id < 0) {
+    munmap(map, (size_t)st.st_size);
+    return throw_error(env, "mapFile: too many memories bound");
+  }
+  napi_value handle;
+  napi_create_uint32(env, (uint32_t)id, &handle);
+  return handle;
+#endif
+}
+
+/**
+ * window(handle, offset) → handle: the same memory seen from `offset` on, so that a kernel's 32-bit
+ * offsets reach every tensor of a file larger than 4 GiB.
+ */
+static napi_value Window(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  uint32_t id;
+  size_t offset;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_uint32(env, argv[0], &id) != napi_ok ||
+      !memory_base(id) || !read_size(env, argv[1], &offset) || offset > limits[id]) {
+    return throw_error(env, "window(handle, offset): bad arguments");
+  }
+  int window = register_base(bases[id] + offset, limits[id] == SIZE_MAX ? SIZE_MAX : limits[id] - offset);
+  if (window < 0) return throw_error(env, "window: too many memories bound");
+  napi_value handle;
+  napi_create_uint32(env, (uint32_t)window, &handle);
+  return handle;
+}
+
+/**
+ * view(handle, offset, length) → ArrayBuffer over those bytes of a mapped file, not a copy (for
+ * hashing, exports, the referee and embedding rows). Valid as long as the mapping: the process.
+ */
+static napi_value View(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  uint32_t id;
+  size_t offset, length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || napi_get_value_uint32(env, argv[0], &id) != napi_ok ||
+      !memory_base(id) || limits[id] == SIZE_MAX || !read_size(env, argv[1], &offset) || !read_size(env, argv[2], &length) ||
+      offset > limits[id] || length > limits[id] - offset) {
+    return throw_error(env, "view(handle, offset, length): bad arguments (a mapped memory, in bounds)");
+  }
+  napi_value buffer;
+  if (napi_create_external_arraybuffer(env, bases[id] + offset, length, NULL, NULL, &buffer) != napi_ok) {
+    return throw_error(env, "view: cannot create an external ArrayBuffer");
+  }
+  return buffer;
+}
+
+/** matvec(memory, out, w, x, n, d, weights?): `w` is an offset into `weights` (default: `memory`). */
 static napi_value Matvec(napi_env env, napi_callback_info info) {
   uint32_t a[6];
-  uint8_t *base = read_args(env, info, 6, a) ? memory_base(a[0]) : NULL;
-  if (!base) return throw_error(env, "matvec(memory, out, w, x, n, d): bad arguments");
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 6, a, &wbase) ? memory_base(a[0]) : NULL;
+  if (!base) return throw_error(env, "matvec(memory, out, w, x, n, d, weights?): bad arguments");
   float *out = (float *)(base + a[1]);
-  const float *w = (const float *)(base + a[2]), *x = (const float *)(base + a[3]);
+  const float *w = (const float *)(wbase + a[2]), *x = (const float *)(base + a[3]);
 #if defined(__x86_64__)
   if (use_avx512) {
     matvec_avx512(out, w, x, (int)a[4], (int)a[5]);
@@ -668,13 +793,14 @@ static napi_value Matvec(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/** matvecQ8(memory, out, wq, wd, xq, xd, n, d) */
+/** matvecQ8(memory, out, wq, wd, xq, xd, n, d, weights?): `wq` is an offset into `weights`, the scales `wd` into `memory`. */
 static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
   uint32_t a[8];
-  uint8_t *base = read_args(env, info, 8, a) ? memory_base(a[0]) : NULL;
-  if (!base || a[6] % Q8_BLOCK != 0) return throw_error(env, "matvecQ8(memory, out, wq, wd, xq, xd, n, d): bad arguments");
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 8, a, &wbase) ? memory_base(a[0]) : NULL;
+  if (!base || a[6] % Q8_BLOCK != 0) return throw_error(env, "matvecQ8(memory, out, wq, wd, xq, xd, n, d, weights?): bad arguments");
   float *out = (float *)(base + a[1]);
-  const uint8_t *wq = base + a[2];
+  const uint8_t *wq = wbase + a[2];
   const float *wd = (const float *)(base + a[3]);
   const int8_t *xq = (const int8_t *)(base + a[4]);
   const float *xd = (const float *)(base + a[5]);
@@ -688,16 +814,17 @@ static napi_value MatvecQ8(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/** matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d): Q4_0 and k-quant products. */
+/** matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d, weights?): Q4_0 and k-quant products; `w` is an offset into `weights`. */
 static napi_value MatvecQuant(napi_env env, napi_callback_info info) {
   uint32_t a[10];
-  uint8_t *base = read_args(env, info, 10, a) ? memory_base(a[0]) : NULL;
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 10, a, &wbase) ? memory_base(a[0]) : NULL;
   const int type = (int)a[1];
   if (!base || quant_block_bytes(type) == 0 || a[8] % (uint32_t)quant_block(type) != 0) {
-    return throw_error(env, "matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d): bad arguments");
+    return throw_error(env, "matvecQuant(memory, type, out, w, wd, xq, xd, xs, n, d, weights?): bad arguments");
   }
   float *out = (float *)(base + a[2]);
-  const uint8_t *w = base + a[3];
+  const uint8_t *w = wbase + a[3];
   const float *wd = (const float *)(base + a[4]);
   const int8_t *xq = (const int8_t *)(base + a[5]);
   const float *xd = (const float *)(base + a[6]);
@@ -826,6 +953,9 @@ NAPI_MODULE_INIT() {
     {"features", NULL, Features, NULL, NULL, NULL, napi_default, NULL},
     {"traceLayer", NULL, TraceLayer, NULL, NULL, NULL, napi_default, NULL},
     {"setPortable", NULL, SetPortable, NULL, NULL, NULL, napi_default, NULL},
+    {"mapFile", NULL, MapFile, NULL, NULL, NULL, napi_default, NULL},
+    {"window", NULL, Window, NULL, NULL, NULL, napi_default, NULL},
+    {"view", NULL, View, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

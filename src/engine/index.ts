@@ -36,3 +36,5 @@ export {
 } from './model-id.js';
 export { leafHash, merkleRoot, nodeHash, rangeProof, rootFromRange, toHex, type Hash } from './merkle.js';
 export { assembleModel, createSparseModel, type SparseModel } from './load/parts.js';
+export { canMapWeights, hasMappedWeights, ownedMatrix, tensorBytes, tensorF32, type WeightPlacement } from './load/mapped.js';
+export { type SessionBackend } from './backend.js';

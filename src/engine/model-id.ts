@@ -10,6 +10,7 @@ import {
   type DType, type Model, type ModelConfig, type Weights,
 } from './model.js';
 import { leafHash, merkleRoot, toHex } from './merkle.js';
+import { tensorBytes } from './load/mapped.js';
 import { createTokenizer, type Tokenizer } from './tokenizer.js';
 import { createBpeTokenizer, type BpeTokenizer } from './tokenizer-bpe.js';
 
@@ -172,7 +173,7 @@ export interface ModelIdentity {
 export function modelTreeLeaves(model: Model): Uint8Array[] {
   const leaves = [canonicalConfig(model), canonicalTokenizer(model.tokenizer)];
   for (const t of canonicalTensors(model.config, model.weights)) {
-    for (let at = 0; at < t.bytes; at += CHUNK_BYTES) leaves.push(model.arena.u8(t.ptr + at, Math.min(CHUNK_BYTES, t.bytes - at)));
+    for (let at = 0; at < t.bytes; at += CHUNK_BYTES) leaves.push(tensorBytes(model.arena, t, at, Math.min(CHUNK_BYTES, t.bytes - at)));
   }
   return leaves;
 }

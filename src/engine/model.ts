@@ -28,10 +28,13 @@ export type { DType } from './dtypes.js';
 export const Q8_BLOCK = DTYPES.q8_0.block;
 export const Q8_BLOCK_BYTES = DTYPES.q8_0.blockBytes;
 
-/** A row-major matrix in the model's arena. */
+/** A row-major matrix: its blocks in the model's arena, or in a mapped file (`memory`). */
 export interface Matrix {
   dtype: DType;
+  /** Offset of the blocks in the model's arena, or in `memory` when that is set. */
   ptr: Ptr;
+  /** The native memory handle holding the blocks: a window of the mapped model file (load/mapped.ts); absent: the arena. */
+  memory?: number;
   /** Quantised types: the block scales widened once at load (dtypes.ts prepareScales); 0 for f32. */
   scales: Ptr;
 }
@@ -90,6 +93,8 @@ export interface TensorRef {
   shape: number[];
   dtype: DType;
   ptr: Ptr;
+  /** As Matrix.memory: set when the bytes are in a mapped file (read them with load/mapped.ts tensorBytes). */
+  memory?: number;
   /** Size in its storage type: the bytes the model id hashes. */
   bytes: number;
 }
@@ -104,7 +109,7 @@ export function canonicalTensors(config: ModelConfig, weights: Weights): TensorR
   const t = (name: string, shape: number[], w: Ptr | Matrix): TensorRef => {
     const m = typeof w === 'number' ? f32Matrix(w) : w;
     const [rows, cols] = shape.length === 2 ? shape : [1, shape[0]];
-    return { name, shape, dtype: m.dtype, ptr: m.ptr, bytes: matrixBytes(m.dtype, rows, cols) };
+    return { name, shape, dtype: m.dtype, ptr: m.ptr, ...(m.memory === undefined ? {} : { memory: m.memory }), bytes: matrixBytes(m.dtype, rows, cols) };
   };
   const list = [t('token_embd.weight', [vocabSize, dim], weights.tokenEmbedding)];
   if (config.ropeFactors) list.push(t('rope_freqs.weight', [config.headSize / 2], weights.ropeFactors ?? 0));

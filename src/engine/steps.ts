@@ -5,6 +5,7 @@
 //   headStep:              residual x, sampling params, RNG state → token, RNG state
 // Generation (generate.ts) is a loop over them, as in llama2.c's run.c.
 import { architectureOf, rotate } from './architecture.js';
+import { sessionBackend, type SessionBackend } from './backend.js';
 import { EngineError } from './errors.js';
 import { paddedSize, type Ptr } from './memory.js';
 import { DTYPES, rowBytes } from './dtypes.js';
@@ -16,6 +17,8 @@ import { createThreadPool, matvecRows, type Activations, type MatvecJob, type Th
 
 export interface Session {
   readonly model: Model;
+  /** What embed, layerStep and classify run on (backend.ts): where the weights live decides it. */
+  readonly backend: SessionBackend;
   readonly kernels: Kernels;
   readonly maxPositions: number;
   // Activations (f32 buffers in the model's arena).
@@ -107,6 +110,7 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   const threads = options.threads ?? 1;
   if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new EngineError(`threads must be an integer in 1..256, got ${threads}`);
   const kernels = options.kernels ?? defaultKernelPath();
+  const backend = sessionBackend(model, kernels);
   const arena = model.arena;
   // Every buffer is carved from one block: offsets first, then the block, so that sessions are
   // freed in any order (memory.ts) and a session's buffers sit together.
@@ -140,11 +144,24 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   const keys = cache();
   const values = cache();
   const instance = instantiateKernels(arena.memory, kernels);
-  const block = arena.allocBlock(used);
+  let block: Ptr;
+  try {
+    block = arena.allocBlock(used);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    // The KV cache is most of a session: say how many positions the WebAssembly memory still holds.
+    const perPosition = 4 * (2 * cached.size * c.kvDim + threads);
+    const free = 2 ** 32 - arena.usage().top;
+    const gib = (n: number): string => `${(n / 2 ** 30).toFixed(2)} GiB`;
+    throw new EngineError(
+      `a session of ${maxPositions} positions needs ${gib(used)} (KV cache ${gib(4 * 2 * cached.size * c.kvDim * maxPositions)}) in the WebAssembly memory, which has about ${gib(free)} left: use maxPositions ≤ ${Math.max(0, Math.floor((free - (used - perPosition * maxPositions)) / perPosition))}`,
+    );
+  }
   const ptrs = Object.fromEntries(Object.entries(at).map(([name, offset]) => [name, block + offset])) as Record<keyof typeof at, Ptr>;
   const placed = (offsets: number[]): Ptr[] => offsets.map((o) => (o < 0 ? 0 : block + o));
   return {
     model,
+    backend,
     kernels: instance,
     maxPositions,
     ...ptrs,
@@ -175,8 +192,14 @@ function checkLive(s: Session): void {
 /** x ← the token's embedding row (quantised types are dequantised exactly, spec §4a/§4c). */
 export function embed(s: Session, token: number): void {
   checkLive(s);
-  const { dim, vocabSize } = s.model.config;
+  const { vocabSize } = s.model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
+  s.backend.embed(s, token);
+}
+
+/** embed on the CPU backends, for an embedding table in the arena. */
+export function cpuEmbed(s: Session, token: number): void {
+  const { dim } = s.model.config;
   const table = s.model.weights.tokenEmbedding;
   if (table.dtype === 'q8_0') {
     const blocks = dim / DTYPES.q8_0.block;
@@ -213,6 +236,11 @@ export function valueRow(s: Session, layer: number, pos: number): Ptr {
 /** One transformer block for one position: updates x and writes this position's K/V rows. */
 export function layerStep(s: Session, layer: number, pos: number): void {
   checkLive(s);
+  s.backend.layerStep(s, layer, pos);
+}
+
+/** layerStep on the CPU backends (the kernels reach the weights wherever they live). */
+export function cpuLayerStep(s: Session, layer: number, pos: number): void {
   const { dim, hiddenDim, kvDim, nHeads, nKvHeads, headSize, normEps } = s.model.config;
   const w = s.model.weights.layers[layer];
   const k = s.kernels;
@@ -260,10 +288,15 @@ export function layerStep(s: Session, layer: number, pos: number): void {
 /** Final norm and classifier: fills the session's logits from x. */
 export function classify(s: Session): Float32Array {
   checkLive(s);
+  s.backend.classify(s);
+  return s.backend.read(s, s.logits, s.model.config.vocabSize);
+}
+
+/** classify on the CPU backends. */
+export function cpuClassify(s: Session): void {
   const { dim, vocabSize, normEps } = s.model.config;
   s.kernels.rmsnorm(s.xb, s.x, s.model.weights.finalNorm, dim, normEps);
   matvecs(s, s.xb, dim, [job(s.logits, s.model.weights.classifier, vocabSize)]);
-  return s.model.arena.f32(s.logits, vocabSize);
 }
 
 /** Final norm, classifier and sampling. */
@@ -313,9 +346,9 @@ export function runLayerStep(model: Model, input: LayerStepInput, kernels: Kerne
     arena.f32(s.values[layer], pos * kvDim).set(input.values);
     layerStep(s, layer, pos);
     return {
-      x: arena.f32(s.x, dim).slice(),
-      key: arena.f32(keyRow(s, layer, pos), kvDim).slice(),
-      value: arena.f32(valueRow(s, layer, pos), kvDim).slice(),
+      x: s.backend.read(s, s.x, dim).slice(),
+      key: s.backend.read(s, keyRow(s, layer, pos), kvDim).slice(),
+      value: s.backend.read(s, valueRow(s, layer, pos), kvDim).slice(),
     };
   });
 }

@@ -22,7 +22,7 @@ export const FAILED = 4;
 const ARGS = 5;
 const CLAIMED = 16; // one counter per job: the next unclaimed row (or head)
 const JOBS = 20;
-const JOB_FIELDS = 5;
+const JOB_FIELDS = 6;
 const MAX_JOBS = 3;
 const CONTROL_INTS = JOBS + JOB_FIELDS * MAX_JOBS;
 
@@ -55,10 +55,11 @@ export function matvecRows(k: Kernels, w: Matrix, out: Ptr, first: number, end: 
   const wp = w.ptr + first * rowBytes(w.dtype, n);
   const wd = w.scales + first * preparedRowBytes(w.dtype, n);
   const t = DTYPES[w.dtype];
-  if (t.activation === 'f32') k.matvec(o, wp, a.x, n, rows);
-  else if (t.dtype === 'q8_0') k.matvecQ8(o, wp, wd, a.xq, a.xd, n, rows);
-  else if (t.activation === 'q8_0') k.matvecQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows);
-  else k.matvecQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows);
+  const m = w.memory; // weights in a mapped file (native kernels only), or undefined: the arena
+  if (t.activation === 'f32') k.matvec(o, wp, a.x, n, rows, m);
+  else if (t.dtype === 'q8_0') k.matvecQ8(o, wp, wd, a.xq, a.xd, n, rows, m);
+  else if (t.activation === 'q8_0') k.matvecQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows, m);
+  else k.matvecQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows, m);
 }
 
 export interface MatvecJob {
@@ -100,7 +101,7 @@ export function runShare(k: Kernels, c: Int32Array, thread: number): void {
     for (let j = 0; j < jobs; j++) {
       const at = JOBS + JOB_FIELDS * j;
       const out = c[at];
-      const w: Matrix = { dtype: DTYPE_CODES[c[at + 1]], ptr: c[at + 2], scales: c[at + 3] };
+      const w: Matrix = { dtype: DTYPE_CODES[c[at + 1]], ptr: c[at + 2], scales: c[at + 3], ...(c[at + 5] >= 0 ? { memory: c[at + 5] } : {}) };
       const rows = c[at + 4];
       claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => matvecRows(k, w, out, first, end, a, n));
     }
@@ -154,7 +155,7 @@ export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, t
     matvecs(a, n, jobs) {
       c[OP] = OP_MATVECS;
       c.set([a.x, a.xq, a.xd, n, jobs.length, a.xqK, a.xdK, a.xsK], ARGS);
-      jobs.forEach((job, j) => c.set([job.out, DTYPE_CODES.indexOf(job.w.dtype), job.w.ptr, job.w.scales, job.rows], JOBS + JOB_FIELDS * j));
+      jobs.forEach((job, j) => c.set([job.out, DTYPE_CODES.indexOf(job.w.dtype), job.w.ptr, job.w.scales, job.rows, job.w.memory ?? -1], JOBS + JOB_FIELDS * j));
       run();
     },
     attention(a) {

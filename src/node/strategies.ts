@@ -6,7 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { completionText, rngNext, type Model } from '../engine/index.js';
+import { completionText, ownedMatrix, rngNext, rowBytes, type Model } from '../engine/index.js';
 import type { Participant, Role } from '../processes/protocol.js';
 import {
   BOS, KV_CHAIN_START, accNext, jobCommitment, leafHash, schedule, traceStart, type Deviation, type Hex, type Job, type LeafPreimage, type Trace,
@@ -60,8 +60,10 @@ function completionOf(lease: Model, job: Job, trace: Trace): Completion {
  * again from its file, so the node's own copy stays intact.
  */
 export function perturbLayer(model: Model, layer: number): void {
-  const w = model.weights.layers[layer].w2;
   const { dim, hiddenDim } = model.config;
+  const lw = model.weights.layers[layer];
+  // Mapped weights are read-only: the matrix is copied into the arena first (the file stays intact).
+  const w = (lw.w2 = ownedMatrix(model, lw.w2, dim * rowBytes(lw.w2.dtype, hiddenDim)));
   const values = w.dtype === 'q8_0' ? model.arena.f32(w.scales, (dim * hiddenDim) / 32) : model.arena.f32(w.ptr, dim * hiddenDim);
   for (let i = 0; i < values.length; i++) values[i] = Math.fround(values[i] * (1 - 2 ** -10));
 }

@@ -2,7 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { InvalidArgumentError } from 'commander';
-import { EngineError, encode, modelIdentity, type Model } from '../../engine/index.js';
+import { EngineError, encode, modelIdentity, ownedMatrix, rowBytes, type Model } from '../../engine/index.js';
 import {
   FAULT_KINDS, createReferee, describeJob, faultProblem, jobCommitment, modelWeightSource, recordTrace, roundsNeeded, schedule, simulateDispute,
   type Fault, type Job, type Party,
@@ -72,8 +72,10 @@ export function parseFault(spec: string, job: Job, reload: () => Model): Fault {
 
 /** A "cheaper model": one layer's feed-forward down-projection scaled by 1 − 2⁻¹⁰. */
 export function perturbLayer(model: Model, layer: number): void {
-  const w = model.weights.layers[layer].w2;
   const { dim, hiddenDim } = model.config;
+  const lw = model.weights.layers[layer];
+  // Mapped weights are read-only: the matrix is copied into the arena first (the file stays intact).
+  const w = (lw.w2 = ownedMatrix(model, lw.w2, dim * rowBytes(lw.w2.dtype, hiddenDim)));
   const values = w.dtype === 'q8_0' ? model.arena.f32(w.scales, (dim * hiddenDim) / 32) : model.arena.f32(w.ptr, dim * hiddenDim);
   for (let i = 0; i < values.length; i++) values[i] = Math.fround(values[i] * (1 - 2 ** -10));
 }

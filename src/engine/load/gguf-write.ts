@@ -6,6 +6,7 @@ import { matrixBytes, storedTensors, type Model, type TensorRef } from '../model
 import { dequantizeBlocks, f32ToF16, fallbackType, mixTensorType, quantizeBlocks, type QuantizeTarget } from '../quantize.js';
 import type { Tokenizer } from '../tokenizer.js';
 import { toSentencePiece } from './gguf.js';
+import { tensorBytes, tensorF32 } from './mapped.js';
 
 export type GgufEntry =
   | { type: 'u32'; value: number }
@@ -219,10 +220,10 @@ export function tokenizerMetadata(t: Tokenizer): [string, GgufEntry][] {
 /** A tensor as the requested weight type: matrices are quantised (quantize.ts picks per tensor for a mix and the fallback for rows that are not whole blocks); vectors stay f32. */
 function tensorData(model: Model, ref: TensorRef, type: ExportType): GgufTensorData {
   const dims = [...ref.shape].reverse();
-  const stored = (): Uint8Array => model.arena.u8(ref.ptr, ref.bytes).slice();
+  const stored = (): Uint8Array => tensorBytes(model.arena, ref, 0, ref.bytes).slice();
   const count = ref.shape.reduce((a, b) => a * b, 1);
   const asF32 = (): Float32Array =>
-    ref.dtype === 'f32' ? model.arena.f32(ref.ptr, count).slice() : dequantizeBlocks(ref.dtype, model.arena.u8(ref.ptr, ref.bytes));
+    ref.dtype === 'f32' ? tensorF32(model.arena, ref, 0, count).slice() : dequantizeBlocks(ref.dtype, tensorBytes(model.arena, ref, 0, ref.bytes));
   const shared = model.weights.classifier === model.weights.tokenEmbedding;
   const wanted = type === 'keep' ? ref.dtype : mixTensorType(type, ref.name, model.config.nLayers, shared);
   const dtype = ref.shape.length === 2 && wanted !== 'f16' ? fallbackType(wanted, ref.shape[1]) : 'f32';

@@ -11,7 +11,8 @@ import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
 import { createBpeTokenizer } from '../tokenizer-bpe.js';
 import { readBytes, readExact, withFile, type OpenFile } from './file.js';
-import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
+import { canMapWeights, mapFile, type MappedFile, type WeightPlacement } from './mapped.js';
+import { MAX_WEIGHT_BYTES, wasmBudgetProblem, type LoadedWeights } from './types.js';
 
 const MAGIC = 0x46554747; // "GGUF"
 const GGML_TYPE_NAMES: Record<number, string> = {
@@ -260,7 +261,14 @@ function ggufBpeTokenizer(m: Map<string, GgufValue>, tokens: Uint8Array[], fail:
   }
 }
 
-export function loadGguf(path: string): LoadedWeights {
+export interface GgufLoadOptions {
+  /** Matrices copied into the arena, mapped from the file (native addon), or 'auto': mapped when they do not fit (default). */
+  weights?: WeightPlacement;
+  /** The arena bytes weights may take (default MAX_WEIGHT_BYTES); tests simulate a big model with a small one. */
+  wasmBudget?: number;
+}
+
+export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWeights {
   return withFile(path, (file) => {
     const fail = (problem: string): never => {
       throw new ModelFileError(path, problem);
@@ -340,7 +348,16 @@ export function loadGguf(path: string): LoadedWeights {
       const blocks = count / q.block;
       return { file: blocks * q.blockBytes, memory: blocks * (q.blockBytes + 4 * preparedPerBlock(q.dtype)) };
     };
+    /** Arena bytes of a mapped tensor: the prepared scales of quantised matrices; F16 (widened) and unaligned F32 are copied. */
+    const mappable = (t: GgufTensorInfo, matrix: boolean): boolean =>
+      matrix && (quantizedType(t.type) !== undefined || (t.type === GGML_F32 && t.offset % 4 === 0));
+    const mappedMemory = (t: GgufTensorInfo, matrix: boolean): number => {
+      if (!mappable(t, matrix)) return sizes(t).memory;
+      const q = quantizedType(t.type);
+      return q ? (sizes(t).file / q.blockBytes) * 4 * preparedPerBlock(q.dtype) : 0;
+    };
     let totalBytes = 0;
+    let mappedBytes = 0;
     for (const [name, shape] of expected) {
       const t = byName.get(name) ?? fail(`missing tensor ${name}`);
       const q = quantizedType(t.type);
@@ -356,15 +373,40 @@ export function loadGguf(path: string): LoadedWeights {
       const { file: bytes, memory } = sizes(t);
       if (t.offset + bytes > file.size) fail(`truncated: tensor ${name} ends at byte ${t.offset + bytes}, the file has ${file.size}`);
       totalBytes += memory;
+      mappedBytes += mappedMemory(t, shape.length === 2);
     }
-    if (totalBytes > MAX_WEIGHT_BYTES) fail(`too large: ${totalBytes} bytes of weights exceed the WebAssembly engine's ${MAX_WEIGHT_BYTES} bytes`);
+    const budget = options.wasmBudget ?? MAX_WEIGHT_BYTES;
+    const placement = options.weights ?? 'auto';
+    const mapped = placement === 'mapped' || (placement === 'auto' && totalBytes > budget && canMapWeights());
+    if (mapped && !canMapWeights()) fail('cannot map the weights: the native addon is not built (npm ci builds it where a C compiler is present)');
+    const tooBig = wasmBudgetProblem(mapped ? mappedBytes : totalBytes, budget, mapped);
+    if (tooBig) fail(tooBig);
 
-    const arena = createArena(totalBytes + 128 * expected.size);
+    const arenaBytes = mapped ? mappedBytes : totalBytes;
+    const arena = createArena(arenaBytes + 128 * expected.size);
+    let mapping: MappedFile | null = null;
+    if (mapped) {
+      const extents = [...expected].filter(([name, shape]) => mappable(byName.get(name)!, shape.length === 2)).map(([name]) => {
+        const t = byName.get(name)!;
+        return { at: t.offset, bytes: sizes(t).file };
+      });
+      mapping = mapFile(path, extents);
+    }
     const kernels = instantiateKernels(arena.memory);
-    const load = (name: string): Matrix => {
+    const load = (name: string, matrix = true): Matrix => {
       const t = byName.get(name)!;
       const { file: bytes, memory } = sizes(t);
       const q = quantizedType(t.type);
+      if (mapping && mappable(t, matrix)) {
+        // The blocks stay in the file; only the scales the kernels read are prepared into the arena.
+        const where = mapping.place(t.offset, bytes);
+        if (!q) return { dtype: 'f32', ...where, scales: 0 };
+        const floats = (bytes / q.blockBytes) * preparedPerBlock(q.dtype);
+        const scales = arena.alloc(4 * floats);
+        const problem = prepareScales(q.dtype, mapping.bytes(t.offset, bytes), new Uint32Array(arena.memory.buffer, scales, floats));
+        if (problem) fail(`bad tensor ${name}: ${q.ggmlName} ${problem}`);
+        return { dtype: q.dtype, ...where, scales };
+      }
       if (q) {
         const ptr = arena.alloc(bytes);
         readExact(file, arena.u8(ptr, bytes), t.offset, `tensor ${name}`);
@@ -382,7 +424,7 @@ export function loadGguf(path: string): LoadedWeights {
       if (t.type === GGML_F16) kernels.f16ToF32(ptr, at, count, 2);
       return { dtype: 'f32', ptr, scales: 0 };
     };
-    const vector = (name: string): number => load(name).ptr;
+    const vector = (name: string): number => load(name, false).ptr;
     const tokenEmbedding = load('token_embd.weight');
     const layers: LayerWeights[] = Array.from({ length: config.nLayers }, (_, l) => ({
       attnNorm: vector(`blk.${l}.attn_norm.weight`),

@@ -4,12 +4,20 @@ import type { Model, ModelFormat } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { readBytes, withFile } from './file.js';
 import { loadGguf } from './gguf.js';
+import type { WeightPlacement } from './mapped.js';
 import { loadLlama2c } from './llama2c.js';
 import { loadTokenizerBin } from './tokenizer-bin.js';
 
 export interface LoadOptions {
   /** A llama2.c tokenizer.bin; required for llama2.c checkpoints, overrides a GGUF's own tokenizer. */
   tokenizer?: string;
+  /**
+   * Where the matrices live: 'memory' (copied into the WebAssembly memory), 'mapped' (mapped from
+   * the file, native kernels only; GGUF), or 'auto' (default): mapped when they exceed the budget.
+   */
+  weights?: WeightPlacement;
+  /** The bytes weights may take in the WebAssembly memory (default MAX_WEIGHT_BYTES, 3.5 GiB). */
+  wasmBudget?: number;
 }
 
 /** The format is told by the file's first bytes; llama2.c checkpoints have no magic. */
@@ -24,7 +32,8 @@ export function detectFormat(path: string): ModelFormat {
 /** Loads a llama2.c checkpoint or a GGUF file; every problem is a ModelFileError naming the file. */
 export function loadModel(path: string, options: LoadOptions = {}): Model {
   const format = detectFormat(path);
-  const loaded = format === 'gguf' ? loadGguf(path) : loadLlama2c(path);
+  if (format !== 'gguf' && options.weights === 'mapped') throw new ModelFileError(path, 'only GGUF files can be mapped (llama2.c checkpoints are read into memory)');
+  const loaded = format === 'gguf' ? loadGguf(path, options) : loadLlama2c(path, options.wasmBudget);
   let tokenizer = loaded.tokenizer;
   if (options.tokenizer !== undefined) tokenizer = loadTokenizerBin(options.tokenizer, loaded.config.vocabSize);
   if (!tokenizer) throw new ModelFileError(path, 'a llama2.c checkpoint needs a tokenizer file (tokenizer.bin)');

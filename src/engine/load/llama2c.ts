@@ -6,12 +6,12 @@ import { ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
 import { configProblem, deriveConfig, f32Matrix, type LayerWeights, type ModelConfig, type Weights } from '../model.js';
 import { readBytes, readExact, withFile } from './file.js';
-import { MAX_WEIGHT_BYTES, type LoadedWeights } from './types.js';
+import { MAX_WEIGHT_BYTES, wasmBudgetProblem, type LoadedWeights } from './types.js';
 
 const HEADER_BYTES = 28;
 const VERSIONED_MAGIC = 0x616b3432; // "ak42": llama2.c's newer export formats
 
-export function loadLlama2c(path: string): LoadedWeights {
+export function loadLlama2c(path: string, wasmBudget = MAX_WEIGHT_BYTES): LoadedWeights {
   return withFile(path, (file) => {
     const fail = (problem: string): never => {
       throw new ModelFileError(path, problem);
@@ -65,9 +65,8 @@ export function loadLlama2c(path: string): LoadedWeights {
       );
     }
 
-    if (mainBytes + classifierBytes > MAX_WEIGHT_BYTES) {
-      fail(`too large: ${mainBytes + classifierBytes} bytes of weights exceed the WebAssembly engine's ${MAX_WEIGHT_BYTES} bytes`);
-    }
+    const tooBig = wasmBudgetProblem(mainBytes + classifierBytes, wasmBudget, false);
+    if (tooBig) fail(tooBig.replace(/; with the native addon.*$/, ' (llama2.c checkpoints are not mapped: convert to GGUF)'));
     const arena = createArena(mainBytes + classifierBytes);
     const base = arena.alloc(mainBytes);
     readExact(file, arena.u8(base, mainBytes), HEADER_BYTES, 'the weights');

@@ -30,7 +30,12 @@ export interface Kernels {
   mapCos32(out: Ptr, x: Ptr, n: number): void;
   dot16(a: Ptr, b: Ptr, n: number): number;
   sum16(a: Ptr, n: number): number;
-  matvec(out: Ptr, w: Ptr, x: Ptr, n: number, d: number): void;
+  /**
+   * `weights` (native only): the memory handle holding the weight blocks, a mapped file's window
+   * (src/engine/load/mapped.ts); scales and activations are always in this memory. The wasm builds
+   * read weights only from their memory (sessions on mapped models refuse them).
+   */
+  matvec(out: Ptr, w: Ptr, x: Ptr, n: number, d: number, weights?: number): void;
   rmsnorm(out: Ptr, x: Ptr, w: Ptr, n: number, eps: number): void;
   add(x: Ptr, y: Ptr, n: number): void;
   softmax(x: Ptr, n: number): void;
@@ -44,12 +49,12 @@ export interface Kernels {
   ): void;
   canonicalizeNaN(x: Ptr, n: number): void;
   quantizeQ8(qs: Ptr, scales: Ptr, x: Ptr, n: number): void;
-  matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number): void;
+  matvecQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number, weights?: number): void;
   dequantizeRowQ8(out: Ptr, wq: Ptr, wd: Ptr, n: number): void;
   /** Q8_K activations (spec §4c): int8 values, one f32 scale per 256, the i32 sum of every 32. */
   quantizeQ8K(qs: Ptr, scales: Ptr, sums: Ptr, x: Ptr, n: number): void;
   /** Q4_0 and k-quant products; `ggmlType` is the weights' GGUF type number (dtypes.ts). */
-  matvecQuant(ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number): void;
+  matvecQuant(ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number, weights?: number): void;
   f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
   divideBy(x: Ptr, n: number, d: number): void;
   argmax(x: Ptr, n: number): number;
@@ -81,11 +86,11 @@ export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath 
   const handle = native.bind(new Uint8Array(memory.buffer));
   return {
     ...kernels,
-    matvec: (out, w, x, n, d) => native.matvec(handle, out, w, x, n, d),
-    matvecQ8: (out, wq, wd, xq, xd, n, d) => native.matvecQ8(handle, out, wq, wd, xq, xd, n, d),
+    matvec: (out, w, x, n, d, weights) => native.matvec(handle, out, w, x, n, d, weights),
+    matvecQ8: (out, wq, wd, xq, xd, n, d, weights) => native.matvecQ8(handle, out, wq, wd, xq, xd, n, d, weights),
     // An addon built before the k-quants lacks matvecQuant: the simd build gives the same bits.
     matvecQuant: native.matvecQuant
-      ? (type, out, w, wd, xq, xd, xs, n, d) => native.matvecQuant(handle, type, out, w, wd, xq, xd, xs, n, d)
+      ? (type, out, w, wd, xq, xd, xs, n, d, weights) => native.matvecQuant(handle, type, out, w, wd, xq, xd, xs, n, d, weights)
       : kernels.matvecQuant,
   };
 }

@@ -4,10 +4,17 @@ import { createRequire } from 'node:module';
 export interface NativeKernels {
   /** A handle for the shared memory that `view` spans. */
   bind(view: Uint8Array): number;
-  matvec(memory: number, out: number, w: number, x: number, n: number, d: number): void;
-  matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number): void;
+  /** The products' weight blocks (w, wq) are offsets into `weights` when given (a mapped file's window), else into `memory`. */
+  matvec(memory: number, out: number, w: number, x: number, n: number, d: number, weights?: number): void;
+  matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number, weights?: number): void;
   /** Q4_0 and k-quant products (the wasm kernels' matvecQuant, bit for bit). */
-  matvecQuant(memory: number, ggmlType: number, out: number, w: number, wd: number, xq: number, xd: number, xs: number, n: number, d: number): void;
+  matvecQuant(memory: number, ggmlType: number, out: number, w: number, wd: number, xq: number, xd: number, xs: number, n: number, d: number, weights?: number): void;
+  /** A file mapped read-only (private, never copied) as a memory handle; it stays mapped for the process's life. Absent in addons built before it. */
+  mapFile?(path: string): number;
+  /** A handle for the same memory seen from `offset` on (so 32-bit offsets reach past 4 GiB). */
+  window?(handle: number, offset: number): number;
+  /** The bytes [offset, offset + length) of a mapped handle, as an ArrayBuffer over the mapping (no copy). */
+  view?(handle: number, offset: number, length: number): ArrayBuffer;
   /** One layer step's trace leaf (see src/proof/trace.ts, which also does it without the addon). */
   traceLayer(
     memory: number, x: number, key: number, value: number, dim: number, kvDim: number,
