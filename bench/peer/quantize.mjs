@@ -129,6 +129,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   if (ti >= 0) threads = Number.parseInt(args[ti + 1], 10);
   const pos = args.filter((a, i) => !a.startsWith('--') && !(ti >= 0 && i === ti + 1));
   if (pos.length !== 3) fail(`usage: node bench/peer/quantize.mjs <in.gguf> <out.gguf> <${Object.keys(FTYPES).join('|')}> [--threads N] [--verbose]`);
+  if (!FTYPES[pos[2].toLowerCase()]) fail(`unknown type '${pos[2]}' (${Object.keys(FTYPES).join(', ')})`);
   if (!existsSync(pos[0])) fail(`input not found: ${pos[0]}`);
   try {
     const log = llamaQuantize(pos[0], pos[1], pos[2], { threads, verbose });
