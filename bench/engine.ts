@@ -27,6 +27,8 @@ const { values: opt } = parseArgs({
     runs: { type: 'string', default: '2' },
     tokens: { type: 'string', default: '200' },
     threads: { type: 'string', default: '1,2' },
+    /** Alternating runs with and without the proof trace, per row (0: the overhead is not measured). */
+    'trace-runs': { type: 'string', default: '9' },
     /** Prompt processing is timed on a prompt of this many tokens (0: not measured). */
     'prompt-tokens': { type: 'string', default: '128' },
   },
@@ -138,10 +140,11 @@ async function main(): Promise<void> {
   console.log('\nbest vs best (each engine at its best thread count):');
   for (const [key, b] of bestOf) console.log(`  ${key.padEnd(18)} Verity ${b.verity.toFixed(1)}  llama.cpp ${peer ? b.peer.toFixed(1) : '-'}  ratio ${peer ? (b.verity / b.peer).toFixed(2) : '-'}`);
 
-  console.log('\nproof trace overhead (whole greedy jobs with and without recording every step leaf; medians of 9 alternating runs):');
+  if (opt['trace-runs'] === '0') return;
+  console.log(`\nproof trace overhead (whole greedy jobs with and without recording every step leaf; medians of ${opt['trace-runs']} alternating runs):`);
   for (const { shape, format } of rows) {
     const threads = Math.max(...threadCounts);
-    const r = (await runJson([join('dist', 'bench', 'verity-run.js'), '--model', ensureModel(shape, format), '--threads', String(threads), '--tokens', opt.tokens, '--runs', '9', '--trace-overhead'])) as
+    const r = (await runJson([join('dist', 'bench', 'verity-run.js'), '--model', ensureModel(shape, format), '--threads', String(threads), '--tokens', opt.tokens, '--runs', opt['trace-runs'], '--trace-overhead'])) as
       | (Measurement & { plainMs: number; tracedMs: number; overhead: number; positions: number })
       | null;
     if (r) console.log(`  ${shape.padEnd(12)} ${format.toUpperCase().padEnd(5)} ${threads} threads  ${r.positions} positions: ${r.plainMs.toFixed(0)} ms → ${r.tracedMs.toFixed(0)} ms traced, overhead ${(100 * r.overhead).toFixed(1)}%`);
