@@ -158,10 +158,32 @@ export function byteLevelDecode(text: Uint8Array): Uint8Array {
     pushUtf8(utf8, c);
     const marker = `[UNK_BYTE_0x${utf8.map(hex2).join('')}`;
     for (const ch of Buffer.from(marker, 'latin1')) out.push(ch);
-    out.push(...text, 0x5d); // llama.cpp appends the whole token text, then "]"
+    for (const ch of text) out.push(ch); // llama.cpp appends the whole token text, then "]"
+    out.push(0x5d);
   }
   return Uint8Array.from(out);
 }
+
+/**
+ * How many bytes byteLevelDecode(text) gives, without building them: each code point outside the
+ * alphabet costs a marker holding the whole token text, so a long token of strays decodes to its
+ * length squared (a 12 KB token of CJK text: 48 MB).
+ */
+export function byteLevelDecodedLength(text: Uint8Array): number {
+  let bytes = 0;
+  for (const c of codePoints(text)) {
+    if (CPT_TO_BYTE.has(c)) bytes += 1;
+    else bytes += 12 + 2 * (c <= 0x7f ? 1 : c <= 0x7ff ? 2 : c <= 0xffff ? 3 : 4) + text.length + 1; // "[UNK_BYTE_0x" hex text "]"
+  }
+  return bytes;
+}
+
+/**
+ * What the markers for code points outside the byte-level alphabet may add to the decoded pieces,
+ * over the vocabulary's own bytes (real vocabularies have none: Llama 3, Qwen2.5). Checked before
+ * any piece is built: the pieces of a hostile vocabulary grow with the square of a token's length.
+ */
+export const MAX_STRAY_MARKER_BYTES = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Pre-tokenizers. Each takes the code points of one text piece and returns word lengths (in code
@@ -437,6 +459,15 @@ export function createBpeTokenizer(spec: BpeTokenizerSpec): BpeTokenizer {
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined || type === TOKEN_TYPE.unknown) special.push(t);
   });
   special.sort((a, b) => spec.vocab[b].length - spec.vocab[a].length || a - b);
+  let vocabBytes = 0;
+  let decodedBytes = 0;
+  roles.forEach((type, t) => {
+    vocabBytes += spec.vocab[t].length;
+    decodedBytes += type === TOKEN_TYPE.normal ? byteLevelDecodedLength(spec.vocab[t]) : spec.vocab[t].length;
+  });
+  if (decodedBytes > vocabBytes + MAX_STRAY_MARKER_BYTES) {
+    fail(`the tokens decode to ${decodedBytes} bytes, more than their ${vocabBytes} plus ${MAX_STRAY_MARKER_BYTES} for characters outside the byte-level alphabet`);
+  }
   const decoded = spec.vocab.map((text, t) => {
     const type = roles[t];
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined || type === TOKEN_TYPE.unknown) return text;

@@ -1,0 +1,45 @@
+// Attacks on what the engine parses from store bytes (a model's canonical config and tokenizer
+// leaves, which anyone can publish): each must be a one-line EngineError, found by a bound checked
+// before the expensive work, never a crash, an out-of-memory or minutes of CPU.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { EngineError, canonicalTokenizer, parseCanonicalTokenizer } from '../../src/engine/index.js';
+import { MAX_STRAY_MARKER_BYTES, byteLevelDecodedLength, byteLevelDecode, createBpeTokenizer, type BpeTokenizer } from '../../src/engine/tokenizer-bpe.js';
+
+const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+/** A BPE leaf as canonicalTokenizer writes it, for the vocabulary given (every token normal). */
+function bpeLeaf(vocab: Uint8Array[]): Uint8Array {
+  // canonicalTokenizer only reads the fields of the leaf layout: build those by hand, not via
+  // createBpeTokenizer (which the attack is about).
+  const t = { kind: 'bpe', pre: 'gpt-2', vocab, tokenTypes: new Uint8Array(vocab.length).fill(1), merges: new Uint32Array(0), bosId: 0, eosId: 0, addBos: false, addEos: false } as unknown as BpeTokenizer;
+  return canonicalTokenizer(t);
+}
+
+describe('a BPE tokenizer leaf whose pieces decode to the square of its size', () => {
+  it('byteLevelDecodedLength is what byteLevelDecode gives', () => {
+    for (const text of ['hello', 'Ġworld', '中文', 'a中b', '\u{1F600}x', '']) {
+      const bytes = utf8(text);
+      assert.equal(byteLevelDecodedLength(bytes), byteLevelDecode(bytes).length, text);
+    }
+  });
+
+  it('a 40,000-character CJK token (120 KB) is refused before its 4.8 GB piece is built', () => {
+    // llama_decode_text appends the whole token text after each code point outside the byte
+    // alphabet: unbounded, this leaf took 13 s and died with "Invalid array length".
+    const leaf = bpeLeaf([utf8('a'), utf8('中'.repeat(40_000))]);
+    assert.throws(() => parseCanonicalTokenizer(leaf), (e: Error) => e instanceof EngineError && /decode to \d+ bytes, more than/.test(e.message) && !e.message.includes('\n'));
+  });
+
+  it('many mid-sized stray tokens are refused by the total, not each alone', () => {
+    // 200 tokens of 1,000 CJK characters: 3 MB each decoded, 600 MB together (from a 600 KB leaf).
+    const vocab = [utf8('a'), ...Array.from({ length: 200 }, (_, i) => utf8(`${String.fromCharCode(0x4e00 + i)}${'中'.repeat(999)}`))];
+    assert.throws(() => parseCanonicalTokenizer(bpeLeaf(vocab)), /decode to \d+ bytes/);
+  });
+
+  it('a few stray characters within the allowance still load, decoded as llama.cpp does', () => {
+    const t = createBpeTokenizer({ pre: 'gpt-2', vocab: [utf8('a'), utf8('中x')], tokenTypes: [1, 1], merges: [], bosId: 0, eosId: 0 });
+    assert.equal(Buffer.from(t.pieces[1]).toString('latin1'), '[UNK_BYTE_0xe4b8ad' + Buffer.from('中x').toString('latin1') + ']x');
+    assert.ok(MAX_STRAY_MARKER_BYTES >= 1 << 20);
+  });
+});
