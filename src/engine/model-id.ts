@@ -249,6 +249,9 @@ export function parseCanonicalConfig(bytes: Uint8Array): CanonicalConfig {
   const problem = configProblem(config);
   if (problem) throw new EngineError(`bad model config: ${problem}`);
   const tensors = doc.tensors as TensorSpec[];
+  // Nine tensors a layer at least: bounded by the leaf's own size before the expected list is built
+  // (n_layers 10^8 in a 300-byte leaf would build 900 million of them).
+  if (!Array.isArray(tensors) || config.nLayers * 9 > tensors.length) throw new EngineError(`bad model config: n_layers ${config.nLayers} with ${Array.isArray(tensors) ? tensors.length : 'no'} tensors`);
   const expected = canonicalTensors(config, placeholderWeights(config.nLayers));
   const valid =
     Array.isArray(tensors) &&

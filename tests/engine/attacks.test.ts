@@ -3,7 +3,7 @@
 // before the expensive work, never a crash, an out-of-memory or minutes of CPU.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { EngineError, canonicalTokenizer, parseCanonicalTokenizer } from '../../src/engine/index.js';
+import { EngineError, canonicalTokenizer, parseCanonicalConfig, parseCanonicalTokenizer } from '../../src/engine/index.js';
 import { MAX_STRAY_MARKER_BYTES, byteLevelDecodedLength, byteLevelDecode, createBpeTokenizer, type BpeTokenizer } from '../../src/engine/tokenizer-bpe.js';
 
 const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -41,5 +41,19 @@ describe('a BPE tokenizer leaf whose pieces decode to the square of its size', (
     const t = createBpeTokenizer({ pre: 'gpt-2', vocab: [utf8('a'), utf8('中x')], tokenTypes: [1, 1], merges: [], bosId: 0, eosId: 0 });
     assert.equal(Buffer.from(t.pieces[1]).toString('latin1'), '[UNK_BYTE_0xe4b8ad' + Buffer.from('中x').toString('latin1') + ']x');
     assert.ok(MAX_STRAY_MARKER_BYTES >= 1 << 20);
+  });
+});
+
+describe('a canonical config naming more layers than it lists tensors', () => {
+  const config = (nLayers: number): Uint8Array =>
+    utf8(JSON.stringify({
+      version: 'verity-model/1', architecture: 'llama', dim: 64, hidden_dim: 64, n_layers: nLayers, n_heads: 2, n_kv_heads: 2, vocab_size: 32,
+      seq_len: 8, norm_eps: '0x3727c5ac', rope_theta: '0x461c4000', chunk_bytes: 262144, tensors: [],
+    }));
+
+  it('n_layers 10^8 in a 300-byte leaf is refused before the expected tensor list is built', () => {
+    // Unbounded, parseCanonicalConfig built 900 million expected tensors: the CU died out of memory.
+    assert.throws(() => parseCanonicalConfig(config(100_000_000)), (e: Error) => e instanceof EngineError && /n_layers 100000000/.test(e.message));
+    assert.throws(() => parseCanonicalConfig(config(2 ** 31)), /n_layers/);
   });
 });
