@@ -359,23 +359,45 @@ VNNI_TARGET static inline void prefetch_span(const uint8_t *p, int bytes) {
   for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
 }
 
-VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
-  (void)wd;  // the f16 scales are read from the blocks themselves: widening f16 → f32 is exact, so
-             // the bits equal the prepared ones, and the product reads 34 bytes per block, not 38
-  const int blocks = n / Q8_BLOCK;
-  const int groups = (blocks + 15) / 16;
-  const size_t row_bytes = (size_t)blocks * Q8_BLOCK_BYTES;
-  // Per block of x: 128·Σx, and x padded to whole groups of 16 blocks.
-  int32_t *xsum = calloc((size_t)groups * 16, sizeof(int32_t));
-  int8_t *xpad = calloc((size_t)groups * 16 * Q8_BLOCK, 1);
-  float *xdpad = calloc((size_t)groups * 16, sizeof(float));
-  memcpy(xpad, xq, (size_t)blocks * Q8_BLOCK);
-  memcpy(xdpad, xd, (size_t)blocks * sizeof(float));
+/** Q8_0 activations as the VNNI loop reads them: padded to whole groups of 16 blocks, with 128·Σx per block. */
+typedef struct {
+  int32_t *xsum;
+  int8_t *xpad;
+  float *xdpad;
+} q8_x;
+
+static int q8_prepare(q8_x *p, const int8_t *xq, const float *xd, int n) {
+  const int blocks = n / Q8_BLOCK, groups = (blocks + 15) / 16;
+  p->xsum = calloc((size_t)groups * 16, sizeof(int32_t));
+  p->xpad = calloc((size_t)groups * 16 * Q8_BLOCK, 1);
+  p->xdpad = calloc((size_t)groups * 16, sizeof(float));
+  if (!p->xsum || !p->xpad || !p->xdpad) return 0;
+  memcpy(p->xpad, xq, (size_t)blocks * Q8_BLOCK);
+  memcpy(p->xdpad, xd, (size_t)blocks * sizeof(float));
   for (int b = 0; b < blocks; b++) {
     int32_t s = 0;
     for (int j = 0; j < Q8_BLOCK; j++) s += xq[b * Q8_BLOCK + j];
-    xsum[b] = 128 * s;
+    p->xsum[b] = 128 * s;
   }
+  return 1;
+}
+
+static void q8_free(q8_x *p) {
+  free(p->xsum);
+  free(p->xpad);
+  free(p->xdpad);
+}
+
+/** Rows 0..d−1 of W·x for one prepared activation vector. */
+VNNI_TARGET static void q8_rows_vnni(float *out, const uint8_t *wq, const q8_x *x, int n, int d) {
+  // The f16 scales are read from the blocks themselves: widening f16 → f32 is exact, so the bits
+  // equal the prepared ones, and the product reads 34 bytes per block, not 38.
+  const int blocks = n / Q8_BLOCK;
+  const int groups = (blocks + 15) / 16;
+  const size_t row_bytes = (size_t)blocks * Q8_BLOCK_BYTES;
+  const int32_t *xsum = x->xsum;
+  const int8_t *xpad = x->xpad;
+  const float *xdpad = x->xdpad;
   const __m512i flip = _mm512_set1_epi8((char)0x80);
   const __m512i scale_at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(Q8_BLOCK_BYTES));
   for (int i = 0; i < d; i++) {
@@ -417,9 +439,13 @@ VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const floa
     }
     out[i] = reduce16(acc);
   }
-  free(xsum);
-  free(xpad);
-  free(xdpad);
+}
+
+VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
+  q8_x x;
+  if (q8_prepare(&x, xq, xd, n)) q8_rows_vnni(out, wq, &x, n, d);
+  else matvec_q8_portable(out, wq, wd, xq, xd, n, d);  // no scratch memory: the same bits, slower
+  q8_free(&x);
 }
 
 // Q4_K, Q5_K and Q6_K with AVX-512: four rows per pass, so that each activation load serves four
@@ -555,16 +581,12 @@ VNNI_TARGET static inline __m128i hsum4_i32x4(__m128i a, __m128i b, __m128i c, _
   return _mm_hadd_epi32(_mm_hadd_epi32(a, b), _mm_hadd_epi32(c, d));
 }
 
-/** Returns 0 when scratch memory could not be had (the caller then takes the AVX2 loop). */
-VNNI_TARGET static int matvec_quant_vnni(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int n, int d) {
+/** Rows 0..d−1 of W·x for one prepared activation vector (xd: its scales, one per 256). */
+VNNI_TARGET static void quant_rows_vnni(int type, float *out, const uint8_t *w, const float *wd, const prepared_x *x, const float *xd, int n, int d) {
   const int blocks = n / 256, bytes = quant_block_bytes(type), per = quant_scales(type);
   const size_t row_bytes = (size_t)blocks * bytes;
   const int five = type == TYPE_Q5_K;
-  prepared_x p;
-  if (!prepare_x(type, &p, xq, xs, n)) {
-    free_x(&p);
-    return 0;
-  }
+  const prepared_x p = *x;
   for (int i = 0; i < d; i += 4) {
     // Rows i..i+3; past the end the last row is computed again and not stored.
     const uint8_t *row[4];
@@ -610,10 +632,112 @@ VNNI_TARGET static int matvec_quant_vnni(int type, float *out, const uint8_t *w,
     _mm_storeu_ps(lanes, sum);
     for (int r = 0; r < 4 && i + r < d; r++) out[i + r] = lanes[r];
   }
+}
+
+/** Returns 0 when scratch memory could not be had (the caller then takes the AVX2 loop). */
+VNNI_TARGET static int matvec_quant_vnni(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int n, int d) {
+  prepared_x p;
+  const int ok = prepare_x(type, &p, xq, xs, n);
+  if (ok) quant_rows_vnni(type, out, w, wd, &p, xd, n, d);
   free_x(&p);
-  return 1;
+  return ok;
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Matrix × matrix (spec §4, "Batches"): `batch` activation vectors stored one after another, out
+// vector v at out + v·out_stride. Every output element is computed by the row loop above for
+// that vector alone — the same dot product, in the same order — so the bits are the matrix-vector
+// kernel's; only the loop around it changes: a tile of MATMUL_TILE rows comes from memory once
+// and is dotted with every vector while it is in the cache. Activations are prepared once per
+// vector, not once per tile.
+
+#define MATMUL_TILE 16
+
+typedef struct {
+  int n, d, batch, out_stride;
+  size_t row_bytes;   // bytes of one weight row
+  size_t scale_floats; // prepared scales per row (wd)
+} matmul_shape;
+
+static void matmul_f32(float *out, const float *w, const float *x, matmul_shape s) {
+  for (int first = 0; first < s.d; first += MATMUL_TILE) {
+    const int rows = s.d - first < MATMUL_TILE ? s.d - first : MATMUL_TILE;
+    for (int v = 0; v < s.batch; v++) {
+      float *o = out + (size_t)v * s.out_stride + first;
+      const float *wr = w + (size_t)first * s.n, *xv = x + (size_t)v * s.n;
+#if defined(__x86_64__)
+      if (use_avx512) {
+        matvec_avx512(o, wr, xv, s.n, rows);
+        continue;
+      }
+#endif
+      matvec_portable(o, wr, xv, s.n, rows);
+    }
+  }
+}
+
+static void matmul_q8(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, matmul_shape s) {
+  const int blocks = s.n / Q8_BLOCK;
+#if defined(__x86_64__)
+  q8_x *prepared = use_avx512vnni ? calloc((size_t)s.batch, sizeof(q8_x)) : NULL;
+  int ready = prepared != NULL;
+  for (int v = 0; ready && v < s.batch; v++) ready = q8_prepare(&prepared[v], xq + (size_t)v * s.n, xd + (size_t)v * blocks, s.n);
+#endif
+  for (int first = 0; first < s.d; first += MATMUL_TILE) {
+    const int rows = s.d - first < MATMUL_TILE ? s.d - first : MATMUL_TILE;
+    const uint8_t *wr = wq + (size_t)first * s.row_bytes;
+    for (int v = 0; v < s.batch; v++) {
+      float *o = out + (size_t)v * s.out_stride + first;
+#if defined(__x86_64__)
+      if (ready) {
+        q8_rows_vnni(o, wr, &prepared[v], s.n, rows);
+        continue;
+      }
+#endif
+      matvec_q8_portable(o, wr, wd + (size_t)first * blocks, xq + (size_t)v * s.n, xd + (size_t)v * blocks, s.n, rows);
+    }
+  }
+#if defined(__x86_64__)
+  for (int v = 0; prepared && v < s.batch; v++) q8_free(&prepared[v]);
+  free(prepared);
+#endif
+}
+
+static void matmul_quant(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, matmul_shape s) {
+  const int blocks = s.n / quant_block(type), sums = s.n / 32;
+#if defined(__x86_64__)
+  prepared_x *prepared = use_avx512vnni && type != TYPE_Q4_0 ? calloc((size_t)s.batch, sizeof(prepared_x)) : NULL;
+  int ready = prepared != NULL;
+  for (int v = 0; ready && v < s.batch; v++) ready = prepare_x(type, &prepared[v], xq + (size_t)v * s.n, xs + (size_t)v * sums, s.n);
+#endif
+  for (int first = 0; first < s.d; first += MATMUL_TILE) {
+    const int rows = s.d - first < MATMUL_TILE ? s.d - first : MATMUL_TILE;
+    const uint8_t *wr = w + (size_t)first * s.row_bytes;
+    const float *sr = wd + (size_t)first * s.scale_floats;
+    for (int v = 0; v < s.batch; v++) {
+      float *o = out + (size_t)v * s.out_stride + first;
+      const int8_t *xqv = xq + (size_t)v * s.n;
+      const float *xdv = xd + (size_t)v * blocks;
+      const int32_t *xsv = xs + (size_t)v * sums;
+#if defined(__x86_64__)
+      if (ready) {
+        quant_rows_vnni(type, o, wr, sr, &prepared[v], xdv, s.n, rows);
+        continue;
+      }
+      if (use_avx2) {
+        matvec_quant_avx2(type, o, wr, sr, xqv, xdv, xsv, s.n, rows);
+        continue;
+      }
+#endif
+      matvec_quant_portable(type, o, wr, sr, xqv, xdv, xsv, s.n, rows);
+    }
+  }
+#if defined(__x86_64__)
+  for (int v = 0; prepared && v < s.batch; v++) free_x(&prepared[v]);
+  free(prepared);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------
 // N-API glue.
@@ -839,6 +963,47 @@ static napi_value MatvecQuant(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/** matmul(memory, out, w, x, n, d, batch, outStride, weights?): `batch` vectors x (n floats apart), outputs outStride floats apart. */
+static napi_value Matmul(napi_env env, napi_callback_info info) {
+  uint32_t a[8];
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 8, a, &wbase) ? memory_base(a[0]) : NULL;
+  if (!base || a[7] < a[5]) return throw_error(env, "matmul(memory, out, w, x, n, d, batch, outStride, weights?): bad arguments");
+  const matmul_shape shape = {(int)a[4], (int)a[5], (int)a[6], (int)a[7], (size_t)a[4] * 4, 0};
+  matmul_f32((float *)(base + a[1]), (const float *)(wbase + a[2]), (const float *)(base + a[3]), shape);
+  return NULL;
+}
+
+/** matmulQ8(memory, out, wq, wd, xq, xd, n, d, batch, outStride, weights?): vector v's activations at xq + v·n, xd + 4·v·n/32. */
+static napi_value MatmulQ8(napi_env env, napi_callback_info info) {
+  uint32_t a[10];
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 10, a, &wbase) ? memory_base(a[0]) : NULL;
+  if (!base || a[6] % Q8_BLOCK != 0 || a[9] < a[7]) {
+    return throw_error(env, "matmulQ8(memory, out, wq, wd, xq, xd, n, d, batch, outStride, weights?): bad arguments");
+  }
+  const int blocks = (int)a[6] / Q8_BLOCK;
+  const matmul_shape shape = {(int)a[6], (int)a[7], (int)a[8], (int)a[9], (size_t)blocks * Q8_BLOCK_BYTES, (size_t)blocks};
+  matmul_q8((float *)(base + a[1]), wbase + a[2], (const float *)(base + a[3]), (const int8_t *)(base + a[4]), (const float *)(base + a[5]), shape);
+  return NULL;
+}
+
+/** matmulQuant(memory, type, out, w, wd, xq, xd, xs, n, d, batch, outStride, weights?): Q4_0 and the k-quants, batched as matmulQ8. */
+static napi_value MatmulQuant(napi_env env, napi_callback_info info) {
+  uint32_t a[12];
+  uint8_t *wbase;
+  uint8_t *base = read_args_with_weights(env, info, 12, a, &wbase) ? memory_base(a[0]) : NULL;
+  const int type = (int)a[1];
+  if (!base || quant_block_bytes(type) == 0 || a[8] % (uint32_t)quant_block(type) != 0 || a[11] < a[9]) {
+    return throw_error(env, "matmulQuant(memory, type, out, w, wd, xq, xd, xs, n, d, batch, outStride, weights?): bad arguments");
+  }
+  const int blocks = (int)a[8] / quant_block(type);
+  const matmul_shape shape = {(int)a[8], (int)a[9], (int)a[10], (int)a[11], (size_t)blocks * quant_block_bytes(type), (size_t)blocks * quant_scales(type)};
+  matmul_quant(type, (float *)(base + a[2]), wbase + a[3], (const float *)(base + a[4]), (const int8_t *)(base + a[5]), (const float *)(base + a[6]),
+               (const int32_t *)(base + a[7]), shape);
+  return NULL;
+}
+
 /**
  * traceLayer(memory, x, key, value, dim, kvDim, pos, layer, chain, acc, out): one layer step's trace
  * leaf (docs/proofs.md), with OpenSSL's SHA-256 (Node's own, SHA-NI where the CPU has it). Reads the
@@ -950,6 +1115,9 @@ NAPI_MODULE_INIT() {
     {"matvec", NULL, Matvec, NULL, NULL, NULL, napi_default, NULL},
     {"matvecQ8", NULL, MatvecQ8, NULL, NULL, NULL, napi_default, NULL},
     {"matvecQuant", NULL, MatvecQuant, NULL, NULL, NULL, napi_default, NULL},
+    {"matmul", NULL, Matmul, NULL, NULL, NULL, napi_default, NULL},
+    {"matmulQ8", NULL, MatmulQ8, NULL, NULL, NULL, napi_default, NULL},
+    {"matmulQuant", NULL, MatmulQuant, NULL, NULL, NULL, napi_default, NULL},
     {"features", NULL, Features, NULL, NULL, NULL, napi_default, NULL},
     {"traceLayer", NULL, TraceLayer, NULL, NULL, NULL, napi_default, NULL},
     {"setPortable", NULL, SetPortable, NULL, NULL, NULL, napi_default, NULL},

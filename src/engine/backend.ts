@@ -13,7 +13,7 @@ import type { Model } from './model.js';
 import type { KernelPath } from './numerics/index.js';
 import { DTYPES, rowBytes } from './dtypes.js';
 import { dequantizeBlocks } from './quantize.js';
-import { cpuClassify, cpuEmbed, cpuLayerStep, type Session } from './steps.js';
+import { cpuClassify, cpuEmbed, cpuLayerBatch, cpuLayerStep, type Session } from './steps.js';
 
 export interface SessionBackend {
   readonly name: 'wasm' | 'mapped';
@@ -21,6 +21,8 @@ export interface SessionBackend {
   embed(s: Session, token: number): void;
   /** One transformer block at one position: updates x, writes the position's K/V rows. */
   layerStep(s: Session, layer: number, pos: number): void;
+  /** One transformer block for the prompt batch's positions first..first+count−1 (steps.ts promptBatch). */
+  layerBatch(s: Session, layer: number, first: number, count: number): void;
   /** Final norm and classifier: fills the session's logits from x. */
   classify(s: Session): void;
   /** A step output (x, a K/V row, the logits) as f32 values: a view of session memory on the CPU backends. */
@@ -29,7 +31,7 @@ export interface SessionBackend {
 
 const read = (s: Session, ptr: Ptr, n: number): Float32Array => s.model.arena.f32(ptr, n);
 
-const wasmBackend: SessionBackend = { name: 'wasm', embed: cpuEmbed, layerStep: cpuLayerStep, classify: cpuClassify, read };
+const wasmBackend: SessionBackend = { name: 'wasm', embed: cpuEmbed, layerStep: cpuLayerStep, layerBatch: cpuLayerBatch, classify: cpuClassify, read };
 
 /** The token's row from the mapping, dequantised as the kernels do (Q8_0 with the prepared f32 scale, spec §4a). */
 function mappedEmbed(s: Session, token: number): void {
@@ -52,7 +54,7 @@ function mappedEmbed(s: Session, token: number): void {
   }
 }
 
-const mappedBackend: SessionBackend = { name: 'mapped', embed: mappedEmbed, layerStep: cpuLayerStep, classify: cpuClassify, read };
+const mappedBackend: SessionBackend = { name: 'mapped', embed: mappedEmbed, layerStep: cpuLayerStep, layerBatch: cpuLayerBatch, classify: cpuClassify, read };
 
 /** The backend for a session of `model` on `kernels`; a mapped model needs the native kernels. */
 export function sessionBackend(model: Model, kernels: KernelPath): SessionBackend {

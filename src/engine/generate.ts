@@ -1,16 +1,20 @@
-// Generation exactly as llama2.c's run.c `generate`: feed the prompt (BOS first) one position at
-// a time, sample once the prompt is consumed, stop after `steps` positions or when BOS is sampled.
+// Generation exactly as llama2.c's run.c `generate`: feed the prompt (BOS first), sample once the
+// prompt is consumed, stop after `steps` positions or when BOS comes next. The prompt's positions
+// run in batches (steps.ts promptBatch), with the bits of run.c's one position at a time.
 import { EngineError } from './errors.js';
 import type { Model } from './model.js';
 import type { KernelPath } from './numerics/index.js';
 import type { SamplingParams } from './sampler.js';
-import { createSession, disposeSession, embed, headStep, keyRow, layerStep, valueRow } from './steps.js';
+import { createSession, disposeSession, embed, headStep, keyRow, layerStep, promptBatch, promptBatchSize, valueRow } from './steps.js';
 import { decodePiece, encode } from './tokenizer.js';
 
 /**
- * Sees every step's outputs, in the canonical order (position, layer; then the head step). The
- * layer outputs are live views of the session's memory, and `head` may return a token to use
- * instead of the sampled one: the dispute simulator plays a dishonest node that way.
+ * Sees every step's outputs, in the canonical order (position, layer; then the head step), and
+ * `head` may return a token to use instead of the sampled one: the dispute simulator plays a
+ * dishonest node that way. The layer outputs are views of session memory, valid during the call.
+ * For prompt positions run as a batch, x is a copy kept for the observer, so writing to it does
+ * not change the run (the calls of a batch come after all of its layers ran); with promptBatch: 1
+ * every position runs alone and x is the live residual, which a write changes.
  */
 export interface StepObserver {
   layer?(pos: number, layer: number, out: { x: Float32Array; key: Float32Array; value: Float32Array }): void;
@@ -29,6 +33,8 @@ export interface GenerateRequest {
   /** Threads for matrix products and attention; the output bits do not depend on it. */
   threads?: number;
   observer?: StepObserver;
+  /** Most prompt positions run as one batch (1: one at a time); the bits do not depend on it. */
+  promptBatch?: number;
 }
 
 export interface GeneratedToken {
@@ -59,21 +65,32 @@ export function* generate(model: Model, request: GenerateRequest): Generator<Gen
   if (promptTokens.length > config.seqLen) {
     throw new EngineError(`prompt too long: ${promptTokens.length} tokens, the model's context is ${config.seqLen}`);
   }
+  const batchLimit = request.promptBatch ?? promptBatchSize(model, observer?.layer !== undefined);
+  if (!Number.isInteger(batchLimit) || batchLimit < 1) throw new EngineError(`promptBatch must be a positive integer, got ${batchLimit}`);
   const s = createSession(model, { maxPositions: steps, kernels: request.kernels, threads: request.threads });
   const tokens: number[] = [];
   let rngState = request.seed;
   let token = promptTokens[0];
   let pos = 0;
+  // The prompt positions that run: up to `steps`, and before any BOS in the prompt (which stops the run).
+  const laterBos = promptTokens.indexOf(tokenizer.bosId, 1);
+  const promptEnd = Math.min(steps, laterBos > 0 ? laterBos : promptTokens.length);
+  const observeLayer = (p: number, l: number, x: Float32Array): void =>
+    observer?.layer?.(p, l, { x, key: arena.f32(keyRow(s, l, p), config.kvDim), value: arena.f32(valueRow(s, l, p), config.kvDim) });
+  let batched = 0; // positions ahead that a batch has already run
   try {
     while (pos < steps) {
-      embed(s, token);
-      for (let l = 0; l < config.nLayers; l++) {
-        layerStep(s, l, pos);
-        observer?.layer?.(pos, l, {
-          x: arena.f32(s.x, config.dim),
-          key: arena.f32(keyRow(s, l, pos), config.kvDim),
-          value: arena.f32(valueRow(s, l, pos), config.kvDim),
-        });
+      const count = Math.min(batchLimit, promptEnd - pos);
+      if (batched > 0) batched--;
+      else if (count > 1) {
+        promptBatch(s, promptTokens.slice(pos, pos + count), pos, observer?.layer ? observeLayer : undefined);
+        batched = count - 1;
+      } else {
+        embed(s, token);
+        for (let l = 0; l < config.nLayers; l++) {
+          layerStep(s, l, pos);
+          observeLayer(pos, l, arena.f32(s.x, config.dim));
+        }
       }
       let next: number;
       if (pos < promptTokens.length - 1) next = promptTokens[pos + 1];

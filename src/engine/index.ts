@@ -25,6 +25,7 @@ export { PRE_TOKENIZERS, TOKEN_TYPE, createBpeTokenizer, type BpeTokenizer, type
 export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {
   classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
+  PROMPT_BATCH, promptBatch, promptBatchSize,
   type HeadStepInput, type LayerStepInput, type LayerStepOutput, type Session, type SessionOptions,
 } from './steps.js';
 export { generate, type GenerateRequest, type GeneratedToken, type GenerationSummary, type StepObserver } from './generate.js';

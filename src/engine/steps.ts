@@ -47,6 +47,8 @@ export interface Session {
   readonly keys: Ptr[];
   readonly values: Ptr[];
   ropePosition: number;
+  /** The prompt batch's buffers (promptBatch), made on first use and freed with the session. */
+  batch: BatchBuffers | null;
   /** The arena block holding every buffer above (one per session, freed by disposeSession). */
   readonly block: Ptr;
   disposed: boolean;
@@ -170,6 +172,7 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
     keys: placed(keys),
     values: placed(values),
     ropePosition: -1,
+    batch: null,
     block,
     disposed: false,
   };
@@ -182,6 +185,7 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
 export function disposeSession(s: Session): void {
   if (s.disposed) return;
   s.disposed = true;
+  if (s.batch) s.model.arena.free(s.batch.block);
   s.model.arena.free(s.block);
 }
 
@@ -212,16 +216,32 @@ export function cpuEmbed(s: Session, token: number): void {
   }
 }
 
-/** out_j = W_j · x for each job, all sharing the input x of length n. */
-function matvecs(s: Session, x: Ptr, n: number, jobs: MatvecJob[]): void {
+/**
+ * out_j = W_j · x for each job, all sharing the input x of length n — for each of a.batch inputs
+ * stored one after another (a prompt batch), each quantised exactly as it would be alone.
+ */
+function matvecs(s: Session, a: Activations, n: number, jobs: MatvecJob[]): void {
   const k = s.kernels;
-  const a: Activations = { x, xq: s.xq, xd: s.xd, xqK: s.xqK, xdK: s.xdK, xsK: s.xsK };
-  if (jobs.some((j) => DTYPES[j.w.dtype].activation === 'q8_0')) k.quantizeQ8(s.xq, s.xd, x, n);
-  if (jobs.some((j) => DTYPES[j.w.dtype].activation === 'q8_k')) k.quantizeQ8K(s.xqK, s.xdK, s.xsK, x, n);
-  const pool = poolFor(s, n * jobs.reduce((rows, j) => rows + j.rows, 0));
+  let q8 = false;
+  let q8k = false;
+  let rows = 0;
+  for (const j of jobs) {
+    const activation = DTYPES[j.w.dtype].activation;
+    q8 ||= activation === 'q8_0';
+    q8k ||= activation === 'q8_k';
+    rows += j.rows;
+  }
+  for (let v = 0; v < a.batch; v++) {
+    if (q8) k.quantizeQ8(a.xq + v * n, a.xd + (4 * v * n) / 32, a.x + 4 * v * n, n);
+    if (q8k) k.quantizeQ8K(a.xqK + v * n, a.xdK + (4 * v * n) / 256, a.xsK + (4 * v * n) / 32, a.x + 4 * v * n, n);
+  }
+  const pool = poolFor(s, n * rows * a.batch);
   if (pool) return pool.matvecs(a, n, jobs);
-  for (const { out, w, rows } of jobs) matvecRows(k, w, out, 0, rows, a, n);
+  for (const { out, w, rows } of jobs) matvecRows(k, w, out, 0, rows, a, n, rows);
 }
+
+/** The session's activation buffers for a product of the single vector x. */
+const single = (s: Session, x: Ptr): Activations => ({ x, xq: s.xq, xd: s.xd, xqK: s.xqK, xdK: s.xdK, xsK: s.xsK, batch: 1 });
 
 const job = (out: Ptr, w: Matrix, rows: number): MatvecJob => ({ out, w, rows });
 
@@ -233,6 +253,18 @@ export function valueRow(s: Session, layer: number, pos: number): Ptr {
   return s.values[layer] + 4 * pos * s.model.config.kvDim;
 }
 
+/** out ← attention of query q at position pos over the layer's K/V rows 0..pos (heads split among threads). */
+function attend(s: Session, layer: number, pos: number, out: Ptr, q: Ptr): void {
+  const { nHeads, nKvHeads, headSize } = s.model.config;
+  const attStride = 4 * s.maxPositions;
+  const pool = poolFor(s, 2 * nHeads * (pos + 1) * headSize);
+  if (pool) {
+    pool.attention({ out, q, keys: s.keys[layer], values: s.values[layer], att: s.att, attStride, pos, nHeads, nKvHeads, headSize });
+  } else {
+    s.kernels.attention(out, q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize, 0, nHeads);
+  }
+}
+
 /** One transformer block for one position: updates x and writes this position's K/V rows. */
 export function layerStep(s: Session, layer: number, pos: number): void {
   checkLive(s);
@@ -241,7 +273,7 @@ export function layerStep(s: Session, layer: number, pos: number): void {
 
 /** layerStep on the CPU backends (the kernels reach the weights wherever they live). */
 export function cpuLayerStep(s: Session, layer: number, pos: number): void {
-  const { dim, hiddenDim, kvDim, nHeads, nKvHeads, headSize, normEps } = s.model.config;
+  const { dim, hiddenDim, kvDim, headSize, normEps } = s.model.config;
   const w = s.model.weights.layers[layer];
   const k = s.kernels;
   if (pos < 0 || pos >= s.maxPositions || !s.keys[layer]) throw new EngineError(`layer ${layer} position ${pos} is outside this session`);
@@ -256,7 +288,7 @@ export function cpuLayerStep(s: Session, layer: number, pos: number): void {
 
   // Attention.
   k.rmsnorm(s.xb, s.x, w.attnNorm, dim, normEps);
-  matvecs(s, s.xb, dim, [job(s.q, w.wq, dim), job(key, w.wk, kvDim), job(value, w.wv, kvDim)]);
+  matvecs(s, single(s, s.xb), dim, [job(s.q, w.wq, dim), job(key, w.wk, kvDim), job(value, w.wv, kvDim)]);
   if (biased) {
     k.add(s.q, w.bq!, dim);
     k.add(key, w.bk!, kvDim);
@@ -266,23 +298,161 @@ export function cpuLayerStep(s: Session, layer: number, pos: number): void {
   rotate(s.model.config, k, s.model.arena, key, kvDim, s.ropeTable);
   k.canonicalizeNaN(key, kvDim);
   k.canonicalizeNaN(value, kvDim);
-  const attStride = 4 * s.maxPositions;
-  const pool = poolFor(s, 2 * nHeads * (pos + 1) * headSize);
-  if (pool) {
-    pool.attention({ out: s.xb, q: s.q, keys: s.keys[layer], values: s.values[layer], att: s.att, attStride, pos, nHeads, nKvHeads, headSize });
-  } else {
-    k.attention(s.xb, s.q, s.keys[layer], s.values[layer], s.att, pos, nHeads, nKvHeads, headSize, 0, nHeads);
-  }
-  matvecs(s, s.xb, dim, [job(s.xb2, w.wo, dim)]);
+  attend(s, layer, pos, s.xb, s.q);
+  matvecs(s, single(s, s.xb), dim, [job(s.xb2, w.wo, dim)]);
   k.add(s.x, s.xb2, dim);
 
   // Feed-forward (SwiGLU).
   k.rmsnorm(s.xb, s.x, w.ffnNorm, dim, normEps);
-  matvecs(s, s.xb, dim, [job(s.hb, w.w1, hiddenDim), job(s.hb2, w.w3, hiddenDim)]);
+  matvecs(s, single(s, s.xb), dim, [job(s.hb, w.w1, hiddenDim), job(s.hb2, w.w3, hiddenDim)]);
   k.siluMul(s.hb, s.hb2, hiddenDim);
-  matvecs(s, s.hb, hiddenDim, [job(s.xb, w.w2, dim)]);
+  matvecs(s, single(s, s.hb), hiddenDim, [job(s.xb, w.w2, dim)]);
   k.add(s.x, s.xb, dim);
   k.canonicalizeNaN(s.x, dim);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompt positions as a batch (spec "Batches"). The prompt's tokens are known in advance, so its
+// positions go through each layer together: the products become matrix × matrix (each weight row
+// read from memory once per batch, not once per position), while RoPE and attention stay per
+// position. Every output element is the same dot product, in the same order, as layerStep computes
+// for that position alone, so the bits — x, the K/V rows, the trace — are the same.
+
+/** Most positions one batch takes; the buffers cost about 4·(4·dim + 2·hiddenDim) bytes a position. */
+export const PROMPT_BATCH = 32;
+/** Bound on the x of every (position, layer) an observed batch keeps for its observer. */
+const SNAPSHOT_BYTES = 16 << 20;
+
+/** Per-position copies of the session's activations, position v's at buffer + 4·v·width. */
+export interface BatchBuffers {
+  capacity: number;
+  x: Ptr; xb: Ptr; xb2: Ptr; q: Ptr; hb: Ptr; hb2: Ptr;
+  xq: Ptr; xd: Ptr; xqK: Ptr; xdK: Ptr; xsK: Ptr;
+  /** One RoPE table per position, for the positions from ropeFirst on. */
+  ropeTables: Ptr;
+  ropeFirst: number;
+  /** x after each layer for each position (layer-major, dim floats each): for observers; 0 if not kept. */
+  snapshots: Ptr;
+  block: Ptr;
+}
+
+/** How many prompt positions one batch takes; fewer when an observer needs every layer's x kept. */
+export function promptBatchSize(model: Model, observed: boolean): number {
+  const { nLayers, dim } = model.config;
+  return observed ? Math.max(1, Math.min(PROMPT_BATCH, Math.floor(SNAPSHOT_BYTES / (4 * nLayers * dim)))) : PROMPT_BATCH;
+}
+
+/** The session's batch buffers for `count` positions, (re)made when too small. */
+function batchBuffers(s: Session, count: number, observed: boolean): BatchBuffers {
+  const old = s.batch;
+  if (old && old.capacity >= count && (!observed || old.snapshots)) return old;
+  const { dim, hiddenDim, headSize, nLayers } = s.model.config;
+  const capacity = Math.max(count, old?.capacity ?? 0);
+  const widest = Math.max(dim, hiddenDim);
+  let used = 0;
+  const bytes = (n: number): number => {
+    const at = used;
+    used += paddedSize(n);
+    return at;
+  };
+  const floats = (n: number): number => bytes(4 * capacity * n);
+  const at = {
+    x: floats(dim), xb: floats(dim), xb2: floats(dim), q: floats(dim), hb: floats(hiddenDim), hb2: floats(hiddenDim),
+    xq: bytes(capacity * widest), xd: floats(Math.ceil(widest / 32)),
+    xqK: bytes(capacity * widest), xdK: floats(Math.ceil(widest / 256)), xsK: floats(Math.ceil(widest / 32)),
+    ropeTables: floats(headSize),
+    snapshots: observed || old?.snapshots ? floats(nLayers * dim) : -1,
+  };
+  let block: Ptr;
+  try {
+    block = s.model.arena.allocBlock(used);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new EngineError(`a prompt batch of ${capacity} positions needs ${(used / 2 ** 20).toFixed(1)} MiB more than the WebAssembly memory has left`);
+  }
+  if (old) s.model.arena.free(old.block);
+  const ptrs = Object.fromEntries(Object.entries(at).map(([name, offset]) => [name, offset < 0 ? 0 : block + offset])) as Record<keyof typeof at, Ptr>;
+  s.batch = { capacity, ...ptrs, ropeFirst: -1, block };
+  return s.batch;
+}
+
+/** Called for each (position, layer) of a batch, in the canonical order, with that step's x. */
+export type BatchObserver = (pos: number, layer: number, x: Float32Array) => void;
+
+/**
+ * Runs the prompt's tokens as positions first.. first+tokens.length−1 through every layer, one
+ * layer at a time over the whole batch. Leaves x (and the K/V rows) as layerStep position by
+ * position would: x is the last position's residual. `observe`, if given, then sees every step.
+ */
+export function promptBatch(s: Session, tokens: number[], first: number, observe?: BatchObserver): void {
+  checkLive(s);
+  const { dim, nLayers } = s.model.config;
+  const count = tokens.length;
+  if (count < 1 || first < 0 || first + count > s.maxPositions) throw new EngineError(`prompt positions ${first}..${first + count - 1} are outside this session`);
+  const b = batchBuffers(s, count, observe !== undefined);
+  const arena = s.model.arena;
+  const row = (buffer: Ptr, width: number, v: number): Float32Array => arena.f32(buffer + 4 * v * width, width);
+  for (let v = 0; v < count; v++) {
+    embed(s, tokens[v]);
+    row(b.x, dim, v).set(arena.f32(s.x, dim));
+  }
+  for (let l = 0; l < nLayers; l++) {
+    s.backend.layerBatch(s, l, first, count);
+    if (observe) arena.f32(b.snapshots + 4 * l * count * dim, count * dim).set(arena.f32(b.x, count * dim));
+  }
+  arena.f32(s.x, dim).set(row(b.x, dim, count - 1));
+  if (!observe) return;
+  for (let v = 0; v < count; v++) {
+    for (let l = 0; l < nLayers; l++) observe(first + v, l, row(b.snapshots, dim, l * count + v));
+  }
+}
+
+/** One layer for positions first..first+count−1 of the batch buffers (layerBatch on the CPU backends). */
+export function cpuLayerBatch(s: Session, layer: number, first: number, count: number): void {
+  const { dim, hiddenDim, kvDim, headSize, normEps } = s.model.config;
+  const w = s.model.weights.layers[layer];
+  const k = s.kernels;
+  const b = s.batch!;
+  if (!s.keys[layer] || count > b.capacity) throw new EngineError(`layer ${layer} positions ${first}.. are outside this session`);
+  const biased = architectureOf(s.model.config).qkvBias;
+  if (!s.model.ropeFrequencies || (biased && !(w.bq && w.bk && w.bv))) throw new EngineError(`layer ${layer}: the model lacks its RoPE factors or biases`);
+  if (b.ropeFirst !== first) {
+    for (let v = 0; v < count; v++) k.ropeTable(b.ropeTables + 4 * v * headSize, s.model.ropeFrequencies, headSize, first + v);
+    b.ropeFirst = first;
+  }
+  const at = (buffer: Ptr, width: number, v: number): Ptr => buffer + 4 * v * width;
+  const acts = (x: Ptr): Activations => ({ x, xq: b.xq, xd: b.xd, xqK: b.xqK, xdK: b.xdK, xsK: b.xsK, batch: count });
+  // The batch's K/V rows are consecutive rows of the cache.
+  const keys = keyRow(s, layer, first);
+  const values = valueRow(s, layer, first);
+
+  // Attention: one product for the batch's Q/K/V, then each position on its own.
+  for (let v = 0; v < count; v++) k.rmsnorm(at(b.xb, dim, v), at(b.x, dim, v), w.attnNorm, dim, normEps);
+  matvecs(s, acts(b.xb), dim, [job(b.q, w.wq, dim), job(keys, w.wk, kvDim), job(values, w.wv, kvDim)]);
+  for (let v = 0; v < count; v++) {
+    const q = at(b.q, dim, v), key = at(keys, kvDim, v), value = at(values, kvDim, v), table = at(b.ropeTables, headSize, v);
+    if (biased) {
+      k.add(q, w.bq!, dim);
+      k.add(key, w.bk!, kvDim);
+      k.add(value, w.bv!, kvDim);
+    }
+    rotate(s.model.config, k, s.model.arena, q, dim, table);
+    rotate(s.model.config, k, s.model.arena, key, kvDim, table);
+  }
+  k.canonicalizeNaN(keys, count * kvDim);
+  k.canonicalizeNaN(values, count * kvDim);
+  // Causal: position first+v sees rows 0..first+v, all written above or by earlier batches.
+  for (let v = 0; v < count; v++) attend(s, layer, first + v, at(b.xb, dim, v), at(b.q, dim, v));
+  matvecs(s, acts(b.xb), dim, [job(b.xb2, w.wo, dim)]);
+  k.add(b.x, b.xb2, count * dim);
+
+  // Feed-forward (SwiGLU).
+  for (let v = 0; v < count; v++) k.rmsnorm(at(b.xb, dim, v), at(b.x, dim, v), w.ffnNorm, dim, normEps);
+  matvecs(s, acts(b.xb), dim, [job(b.hb, w.w1, hiddenDim), job(b.hb2, w.w3, hiddenDim)]);
+  k.siluMul(b.hb, b.hb2, count * hiddenDim);
+  matvecs(s, acts(b.hb), hiddenDim, [job(b.xb, w.w2, dim)]);
+  k.add(b.x, b.xb, count * dim);
+  k.canonicalizeNaN(b.x, count * dim);
 }
 
 /** Final norm and classifier: fills the session's logits from x. */
@@ -296,7 +466,7 @@ export function classify(s: Session): Float32Array {
 export function cpuClassify(s: Session): void {
   const { dim, vocabSize, normEps } = s.model.config;
   s.kernels.rmsnorm(s.xb, s.x, s.model.weights.finalNorm, dim, normEps);
-  matvecs(s, s.xb, dim, [job(s.logits, s.model.weights.classifier, vocabSize)]);
+  matvecs(s, single(s, s.xb), dim, [job(s.logits, s.model.weights.classifier, vocabSize)]);
 }
 
 /** Final norm, classifier and sampling. */

@@ -30,7 +30,11 @@ export const OP_EXIT = -1;
 const OP_MATVECS = 1;
 const OP_ATTENTION = 2;
 
-/** A product's input: f32, and its quantised copies (each made once, on one thread, when a job needs it). */
+/**
+ * A product's input: f32, and its quantised copies (each made once, on one thread, when a job needs
+ * it). `batch` vectors stored one after another (a prompt batch; 1 for generation): f32 n floats
+ * apart, quantised values n bytes apart, their scales and sums n/block apart.
+ */
 export interface Activations {
   x: Ptr;
   /** Q8_0: int8 values and one f32 scale per 32. */
@@ -40,26 +44,36 @@ export interface Activations {
   xqK: Ptr;
   xdK: Ptr;
   xsK: Ptr;
+  batch: number;
 }
 
 /** Weight types by a small code, for the control block (fixed order: the table's). */
 const DTYPE_CODES = Object.keys(DTYPES) as DType[];
 
 /**
- * Rows first..end−1 of out = W·x with the kernel for W's type. Row offsets come from the trait
- * table: a row is whole blocks, so any split of the rows computes the same bits.
+ * Rows first..end−1 of out = W·x with the kernel for W's type, for each of the a.batch vectors
+ * (output vector v at out + 4·v·outStride: a job's outputs are `rows` floats apart). Row offsets
+ * come from the trait table: a row is whole blocks, so any split of the rows computes the same bits.
  */
-export function matvecRows(k: Kernels, w: Matrix, out: Ptr, first: number, end: number, a: Activations, n: number): void {
+export function matvecRows(k: Kernels, w: Matrix, out: Ptr, first: number, end: number, a: Activations, n: number, outStride: number): void {
   const o = out + 4 * first;
   const rows = end - first;
   const wp = w.ptr + first * rowBytes(w.dtype, n);
   const wd = w.scales + first * preparedRowBytes(w.dtype, n);
   const t = DTYPES[w.dtype];
   const m = w.memory; // weights in a mapped file (native kernels only), or undefined: the arena
-  if (t.activation === 'f32') k.matvec(o, wp, a.x, n, rows, m);
-  else if (t.dtype === 'q8_0') k.matvecQ8(o, wp, wd, a.xq, a.xd, n, rows, m);
-  else if (t.activation === 'q8_0') k.matvecQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows, m);
-  else k.matvecQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows, m);
+  if (a.batch === 1) {
+    if (t.activation === 'f32') k.matvec(o, wp, a.x, n, rows, m);
+    else if (t.dtype === 'q8_0') k.matvecQ8(o, wp, wd, a.xq, a.xd, n, rows, m);
+    else if (t.activation === 'q8_0') k.matvecQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows, m);
+    else k.matvecQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows, m);
+    return;
+  }
+  const b = a.batch;
+  if (t.activation === 'f32') k.matmul(o, wp, a.x, n, rows, b, outStride, m);
+  else if (t.dtype === 'q8_0') k.matmulQ8(o, wp, wd, a.xq, a.xd, n, rows, b, outStride, m);
+  else if (t.activation === 'q8_0') k.matmulQuant(t.ggmlType, o, wp, wd, a.xq, a.xd, 0, n, rows, b, outStride, m);
+  else k.matmulQuant(t.ggmlType, o, wp, wd, a.xqK, a.xdK, a.xsK, n, rows, b, outStride, m);
 }
 
 export interface MatvecJob {
@@ -96,14 +110,14 @@ const chunkOf = (count: number, threads: number): number => Math.max(1, Math.cei
 export function runShare(k: Kernels, c: Int32Array, thread: number): void {
   const threads = c[THREADS];
   if (c[OP] === OP_MATVECS) {
-    const [x, xq, xd, n, jobs, xqK, xdK, xsK] = c.subarray(ARGS, ARGS + 8);
-    const a: Activations = { x, xq, xd, xqK, xdK, xsK };
+    const [x, xq, xd, n, jobs, xqK, xdK, xsK, batch] = c.subarray(ARGS, ARGS + 9);
+    const a: Activations = { x, xq, xd, xqK, xdK, xsK, batch };
     for (let j = 0; j < jobs; j++) {
       const at = JOBS + JOB_FIELDS * j;
       const out = c[at];
       const w: Matrix = { dtype: DTYPE_CODES[c[at + 1]], ptr: c[at + 2], scales: c[at + 3], ...(c[at + 5] >= 0 ? { memory: c[at + 5] } : {}) };
       const rows = c[at + 4];
-      claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => matvecRows(k, w, out, first, end, a, n));
+      claimAll(c, CLAIMED + j, rows, chunkOf(rows, threads), (first, end) => matvecRows(k, w, out, first, end, a, n, rows));
     }
   } else if (c[OP] === OP_ATTENTION) {
     const [out, q, keys, values, att, attStride, pos, nHeads, nKvHeads, headSize] = c.subarray(ARGS, ARGS + 10);
@@ -154,7 +168,7 @@ export function createThreadPool(memory: WebAssembly.Memory, path: KernelPath, t
     kernels,
     matvecs(a, n, jobs) {
       c[OP] = OP_MATVECS;
-      c.set([a.x, a.xq, a.xd, n, jobs.length, a.xqK, a.xdK, a.xsK], ARGS);
+      c.set([a.x, a.xq, a.xd, n, jobs.length, a.xqK, a.xdK, a.xsK, a.batch], ARGS);
       jobs.forEach((job, j) => c.set([job.out, DTYPE_CODES.indexOf(job.w.dtype), job.w.ptr, job.w.scales, job.rows, job.w.memory ?? -1], JOBS + JOB_FIELDS * j));
       run();
     },

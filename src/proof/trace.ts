@@ -205,6 +205,8 @@ export interface RecordOptions {
    * deterministic, so it can run the job again when a dispute asks for them.
    */
   keepOutputs?: boolean;
+  /** Most prompt positions run as one batch (generate.ts); the trace does not depend on it. */
+  promptBatch?: number;
 }
 
 /**
@@ -323,6 +325,8 @@ function* traceRun(model: Model, job: Job, options: RecordOptions): Generator<vo
       seed: BigInt(job.seed),
       kernels: options.kernels,
       threads: options.threads,
+      // A deviation writes to a step's x and needs the write to reach the next step: one position at a time.
+      promptBatch: deviation?.activation ? 1 : options.promptBatch,
       observer: {
         layer(pos, layer, out) {
           const a = deviation?.activation;

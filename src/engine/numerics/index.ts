@@ -55,6 +55,17 @@ export interface Kernels {
   quantizeQ8K(qs: Ptr, scales: Ptr, sums: Ptr, x: Ptr, n: number): void;
   /** Q4_0 and k-quant products; `ggmlType` is the weights' GGUF type number (dtypes.ts). */
   matvecQuant(ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number, weights?: number): void;
+  /**
+   * Matrix × matrix (spec "Batches"): `batch` input vectors stored one after another (f32: n floats
+   * apart; Q8_0/Q8_K activations: n values, n/block scales and n/32 sums apart), output vector v at
+   * out + 4·v·outStride. Each output element has the bits the matrix-vector kernel gives for that
+   * vector alone.
+   */
+  matmul(out: Ptr, w: Ptr, x: Ptr, n: number, d: number, batch: number, outStride: number, weights?: number): void;
+  matmulQ8(out: Ptr, wq: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, n: number, d: number, batch: number, outStride: number, weights?: number): void;
+  matmulQuant(
+    ggmlType: number, out: Ptr, w: Ptr, wd: Ptr, xq: Ptr, xd: Ptr, xs: Ptr, n: number, d: number, batch: number, outStride: number, weights?: number,
+  ): void;
   f16ToF32(out: Ptr, src: Ptr, n: number, srcStride: number): void;
   divideBy(x: Ptr, n: number, d: number): void;
   argmax(x: Ptr, n: number): number;
@@ -92,6 +103,21 @@ export function instantiateKernels(memory: WebAssembly.Memory, path: KernelPath 
     matvecQuant: native.matvecQuant
       ? (type, out, w, wd, xq, xd, xs, n, d, weights) => native.matvecQuant(handle, type, out, w, wd, xq, xd, xs, n, d, weights)
       : kernels.matvecQuant,
+    // An addon built before the batched products lacks them: loop its matrix-vector kernels (same bits).
+    matmul: native.matmul
+      ? (out, w, x, n, d, batch, outStride, weights) => native.matmul!(handle, out, w, x, n, d, batch, outStride, weights)
+      : (out, w, x, n, d, batch, outStride, weights) => {
+          for (let v = 0; v < batch; v++) native.matvec(handle, out + 4 * v * outStride, w, x + 4 * v * n, n, d, weights);
+        },
+    matmulQ8: native.matmulQ8
+      ? (out, wq, wd, xq, xd, n, d, batch, outStride, weights) => native.matmulQ8!(handle, out, wq, wd, xq, xd, n, d, batch, outStride, weights)
+      : (out, wq, wd, xq, xd, n, d, batch, outStride, weights) => {
+          for (let v = 0; v < batch; v++) native.matvecQ8(handle, out + 4 * v * outStride, wq, wd, xq + v * n, xd + (4 * v * n) / 32, n, d, weights);
+        },
+    matmulQuant: native.matmulQuant
+      ? (type, out, w, wd, xq, xd, xs, n, d, batch, outStride, weights) =>
+          native.matmulQuant!(handle, type, out, w, wd, xq, xd, xs, n, d, batch, outStride, weights)
+      : kernels.matmulQuant,
   };
 }
 

@@ -9,6 +9,13 @@ export interface NativeKernels {
   matvecQ8(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number, weights?: number): void;
   /** Q4_0 and k-quant products (the wasm kernels' matvecQuant, bit for bit). */
   matvecQuant(memory: number, ggmlType: number, out: number, w: number, wd: number, xq: number, xd: number, xs: number, n: number, d: number, weights?: number): void;
+  /** The batched products (index.ts Kernels.matmul…); absent in addons built before them. */
+  matmul?(memory: number, out: number, w: number, x: number, n: number, d: number, batch: number, outStride: number, weights?: number): void;
+  matmulQ8?(memory: number, out: number, wq: number, wd: number, xq: number, xd: number, n: number, d: number, batch: number, outStride: number, weights?: number): void;
+  matmulQuant?(
+    memory: number, ggmlType: number, out: number, w: number, wd: number, xq: number, xd: number, xs: number,
+    n: number, d: number, batch: number, outStride: number, weights?: number,
+  ): void;
   /** A file mapped read-only (private, never copied) as a memory handle; it stays mapped for the process's life. Absent in addons built before it. */
   mapFile?(path: string): number;
   /** A handle for the same memory seen from `offset` on (so 32-bit offsets reach past 4 GiB). */

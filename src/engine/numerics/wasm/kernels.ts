@@ -965,3 +965,62 @@ export function toppPick(keys: usize, count: i32, p: usize, topp: f32, coin: f32
   }
   return idOf(load<f64>(keys + (<usize>(count - 1 - last) << 3)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Matrix × matrix (spec §4, "Batches"): `batch` activation vectors, stored one after another, each
+// multiplied by the same d×n matrix. Each output element is the same row dot product, in the same
+// order, as the matrix-vector kernels above compute for that vector alone; only the loop order
+// around the dot products changes: a tile of MATMUL_TILE rows is taken from memory once and dotted
+// with every vector while it is in the cache. out[v·outStride + i] = W[i] · x_v.
+
+const MATMUL_TILE = 16;
+
+export function matmul(out: usize, w: usize, x: usize, n: i32, d: i32, batch: i32, outStride: i32): void {
+  const rowBytes = <usize>n << 2;
+  for (let first = 0; first < d; first += MATMUL_TILE) {
+    const end = min(d, first + MATMUL_TILE);
+    for (let v = 0; v < batch; v++) {
+      const xv = x + <usize>v * rowBytes, ov = out + (<usize>v * <usize>outStride << 2);
+      for (let i = first; i < end; i++) store<f32>(ov + (<usize>i << 2), dot16(w + <usize>i * rowBytes, xv, n));
+    }
+  }
+}
+
+/** Q8_0 weights, Q8_0 activations: vector v's values at xq + v·n, its scales at xd + 4·v·(n/32). */
+export function matmulQ8(out: usize, wq: usize, wd: usize, xq: usize, xd: usize, n: i32, d: i32, batch: i32, outStride: i32): void {
+  const blocks = n >> 5;
+  const rowBytes = <usize>blocks * Q8_BLOCK_BYTES;
+  const scaleBytes = <usize>blocks << 2;
+  for (let first = 0; first < d; first += MATMUL_TILE) {
+    const end = min(d, first + MATMUL_TILE);
+    for (let v = 0; v < batch; v++) {
+      const xqv = xq + <usize>v * <usize>n, xdv = xd + <usize>v * scaleBytes, ov = out + (<usize>v * <usize>outStride << 2);
+      for (let i = first; i < end; i++) {
+        store<f32>(ov + (<usize>i << 2), rowDotQ8(wq + <usize>i * rowBytes, wd + <usize>i * scaleBytes, xqv, xdv, blocks));
+      }
+    }
+  }
+}
+
+/**
+ * Q4_0 and k-quant weights (kinds as matvecQuant). Vector v's activations: values at xq + v·n,
+ * scales at xd + 4·v·(n/block) (Q8_0 for Q4_0: block 32; Q8_K: block 256), sums at xs + 4·v·(n/32).
+ */
+export function matmulQuant(kind: i32, out: usize, w: usize, wd: usize, xq: usize, xd: usize, xs: usize, n: i32, d: i32, batch: i32, outStride: i32): void {
+  const q40 = kind == TYPE_Q4_0;
+  const blocks = q40 ? n >> 5 : n >> 8;
+  const blockBytes: usize = q40 ? 18 : kind == TYPE_Q4_K ? 144 : kind == TYPE_Q5_K ? 176 : 210;
+  const scaleBytes: usize = kind == TYPE_Q4_K || kind == TYPE_Q5_K ? 8 : 4;
+  const rowBytes = <usize>blocks * blockBytes;
+  const rowScales = <usize>blocks * scaleBytes;
+  for (let first = 0; first < d; first += MATMUL_TILE) {
+    const end = min(d, first + MATMUL_TILE);
+    for (let v = 0; v < batch; v++) {
+      const xqv = xq + <usize>v * <usize>n, xdv = xd + (<usize>v * <usize>blocks << 2), xsv = xs + (<usize>v * <usize>(n >> 5) << 2);
+      const ov = out + (<usize>v * <usize>outStride << 2);
+      for (let i = first; i < end; i++) {
+        store<f32>(ov + (<usize>i << 2), rowDotQuant(kind, w + <usize>i * rowBytes, wd + <usize>i * rowScales, xqv, xdv, xsv, blocks));
+      }
+    }
+  }
+}
