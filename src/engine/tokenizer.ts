@@ -3,7 +3,7 @@
 // repeated merging of the adjacent pair whose merged string scores highest (leftmost on ties).
 // Strings are byte strings throughout: a token is whatever bytes the tokenizer file holds.
 import { EngineError } from './errors.js';
-import { encodeBpe, type BpeTokenizer } from './tokenizer-bpe.js';
+import { MAX_SPECIAL_SCAN_BYTES, encodeBpe, type BpeTokenizer } from './tokenizer-bpe.js';
 
 export interface SentencePieceTokenizer {
   kind: 'sentencepiece';
@@ -99,7 +99,8 @@ function toBytes(text: string | Uint8Array): Uint8Array {
  */
 export function encode(t: Tokenizer, text: string | Uint8Array, bos = true, eos = false): number[] {
   if (t.kind === 'bpe') {
-    const tokens = encodeBpe(t, text, { addSpecial: bos, parseSpecial: false });
+    // A prompt (host calls, nodes, clients all tokenise one this way): the partition's work bounded.
+    const tokens = encodeBpe(t, text, { addSpecial: bos, parseSpecial: false, maxSpecialScan: MAX_SPECIAL_SCAN_BYTES });
     if (eos && !(bos && t.addEos)) tokens.push(t.eosId);
     return tokens;
   }

@@ -3,8 +3,11 @@
 // before the expensive work, never a crash, an out-of-memory or minutes of CPU.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { EngineError, canonicalTokenizer, parseCanonicalConfig, parseCanonicalTokenizer } from '../../src/engine/index.js';
-import { MAX_STRAY_MARKER_BYTES, byteLevelDecodedLength, byteLevelDecode, createBpeTokenizer, type BpeTokenizer } from '../../src/engine/tokenizer-bpe.js';
+import { EngineError, canonicalTokenizer, encode, parseCanonicalConfig, parseCanonicalTokenizer } from '../../src/engine/index.js';
+import {
+  MAX_SPECIAL_SCAN_BYTES, MAX_STRAY_MARKER_BYTES, byteLevelDecodedLength, byteLevelDecode, createBpeTokenizer, specialScanBytes, type BpeTokenizer,
+} from '../../src/engine/tokenizer-bpe.js';
+import { describeRequest } from '../../src/processes/host.js';
 
 const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -55,5 +58,31 @@ describe('a canonical config naming more layers than it lists tensors', () => {
     // Unbounded, parseCanonicalConfig built 900 million expected tensors: the CU died out of memory.
     assert.throws(() => parseCanonicalConfig(config(100_000_000)), (e: Error) => e instanceof EngineError && /n_layers 100000000/.test(e.message));
     assert.throws(() => parseCanonicalConfig(config(2 ** 31)), /n_layers/);
+  });
+});
+
+describe('a vocabulary of many user-defined tokens against a long prompt', () => {
+  // The shattering token comes first (longest); every later one scans every fragment it left.
+  function shatterTokenizer(count: number): BpeTokenizer {
+    const vocab = [utf8('\x01\x01\x01\x01'), utf8('a')];
+    for (let i = 0; vocab.length < count + 2; i++) vocab.push(Uint8Array.of(0x02 + (i >> 14), 0x40 + ((i >> 7) & 0x7f), 0x80 + (i & 0x7f)));
+    const types = vocab.map((_, i) => (i === 1 ? 1 : 4));
+    return createBpeTokenizer({ pre: 'gpt-2', vocab, tokenTypes: types, merges: [], bosId: 1, eosId: 1 });
+  }
+
+  it('encode refuses a 64 KB prompt over 10,000 user-defined tokens before partitioning it (unbounded: ~30 s)', () => {
+    const t = shatterTokenizer(10_000);
+    const prompt = '\x01\x01\x01\x01a'.repeat(13_107);
+    assert.ok(specialScanBytes(t, prompt.length, false) > MAX_SPECIAL_SCAN_BYTES);
+    assert.throws(() => encode(t, prompt), (e: Error) => e instanceof EngineError && /special tokens in it: \d+ bytes to scan, more than 67108864/.test(e.message));
+    // The job a host call, a node and a client describe from it: the same one-line refusal.
+    const model = { modelId: '0'.repeat(64), tokenizerHash: '0'.repeat(64), tokenizer: t, seqLen: 64 };
+    assert.throws(() => describeRequest(model, { prompt, maxTokens: 1, seed: '1', temperature: 0, topP: 1 }), /bytes to scan/);
+  });
+
+  it('within the bound the same tokenizer still tokenises, as before', () => {
+    const t = shatterTokenizer(100);
+    assert.deepEqual(encode(t, '\x01\x01\x01\x01a'.repeat(3), false), [0, 1, 0, 1, 0, 1]);
+    assert.deepEqual(encode(t, '', false), []);
   });
 });
