@@ -57,8 +57,11 @@ export interface JobInfo {
 const MODEL_ID = /^[0-9a-f]{64}$/;
 const U64 = /^(0|[1-9][0-9]{0,19})$/;
 
-/** The prompt's own tokens, BOS not counted (what usage.prompt_tokens reports). */
-export const promptTokenCount = (promptWithBos: number[]): number => promptWithBos.length - 1;
+/**
+ * The prompt's own tokens, a leading BOS not counted (what usage.prompt_tokens reports). A
+ * tokenizer that adds no BOS (Qwen2's) starts the prompt with its first own token.
+ */
+export const promptTokenCount = (prompt: number[], bosId: number): number => (prompt[0] === bosId ? prompt.length - 1 : prompt.length);
 
 /** The job a request describes: the same function the node and the client use, so all three agree. */
 export interface JobModel {
@@ -76,9 +79,9 @@ export function describeRequest(model: JobModel, input: Omit<JobInput, keyof Mod
   const prompt = encode(model.tokenizer, input.prompt);
   // BOS then n prompt tokens then max_tokens sampled ones: the last prompt position samples the
   // first new token, so n + max_tokens positions (run.c's -n) make exactly max_tokens.
-  const steps = promptTokenCount(prompt) + input.maxTokens;
+  const steps = prompt.length - 1 + input.maxTokens;
   const context = model.seqLen;
-  if (steps > context) throw new Error(`prompt (${promptTokenCount(prompt)} tokens) + max_tokens (${input.maxTokens}) exceeds the model's context of ${context}`);
+  if (steps > context) throw new Error(`prompt (${promptTokenCount(prompt, model.tokenizer.bosId)} tokens) + max_tokens (${input.maxTokens}) exceeds the model's context of ${context}`);
   return describeJob(model, { prompt, steps, sampling: { temperature: input.temperature, topp: input.topP }, seed: BigInt(input.seed) });
 }
 
@@ -710,8 +713,9 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
     job: priced('job', async (argument, meter) => {
       const input = requestOf<JobInput>('job', argument, 'job');
       promptOf(input);
-      const job = jobFrom(await header(input, meter), input);
-      const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens), steps: job.steps };
+      const h = await header(input, meter);
+      const job = jobFrom(h, input);
+      const info: JobInfo = { commitment: jobCommitment(job), promptTokens: promptTokenCount(job.promptTokens, h.tokenizer.bosId), steps: job.steps };
       return JSON.stringify(info);
     }),
 

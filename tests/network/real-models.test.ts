@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { aoClient, expectReply, type AoClient } from '../../src/ao/client.js';
 import { startUnits } from '../../src/ao/units.js';
 import { Verity } from '../../src/client/sdk.js';
-import { completionText, ggufFromModel, loadModel, modelIdentity, writeGguf, type Model } from '../../src/engine/index.js';
+import { completionText, encode, ggufFromModel, loadModel, modelIdentity, writeGguf, type Model } from '../../src/engine/index.js';
 import { startNode, type RunningNode } from '../../src/node/index.js';
 import { describeRequest } from '../../src/processes/host.js';
 import { coordinatorExtensions, publishProcessModule } from '../../src/processes/index.js';
@@ -100,6 +100,8 @@ test('models with Llama 3 and Qwen2.5 BPE vocabularies (Q8_0) are served through
         const trace = recordTrace(model, job);
         const promptTokens = job.promptTokens;
         assert.equal(result.receipt?.traceRoot, trace.root, `${name}: the receipt's root is the job's`);
+        // usage counts the prompt's own tokens: Llama 3's tokenizer adds a BOS, Qwen2's does not.
+        assert.equal(result.usage.prompt_tokens, encode(model.tokenizer, prompt, false).length, `${name}: usage.prompt_tokens`);
         const sampled = trace.tokens.slice(promptTokens.length - 1); // the trace's tokens follow the first prompt token
         assert.equal(sampled.length, 12);
         assert.equal(result.text, completionText(model.tokenizer, promptTokens.at(-1)!, sampled), `${name}: the text`);
