@@ -35,7 +35,7 @@ import {
 import { readGgufHeader } from '../src/engine/load/gguf.js';
 import { readBytes, withFile } from '../src/engine/load/file.js';
 import { tokenizerMetadata } from '../src/engine/load/gguf-write.js';
-import { writeRandomLlama2c, type ModelShape } from './random-model.js';
+import { randomFloats, writeRandomLlama2c, type ModelShape } from './random-model.js';
 import { BPE_MODELS, bpeTokenizer } from '../tests/engine/bpe-models.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -185,18 +185,6 @@ function verityGreedy(model: Model, prompt: number[]): { tokens: number[]; logit
 // ---------------------------------------------------------------------------------------------
 // Models.
 
-function random(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return lo + (hi - lo) * (s / 2 ** 32);
-  });
-}
-
 interface Variant {
   architecture?: Architecture;
   ropeTheta?: number;
@@ -221,7 +209,7 @@ function writeVariant(dir: string, name: string, shape: ModelShape, seed: number
   if (v.ropeFactors) weights.ropeFactors = vector(Float32Array.from({ length: c.headSize / 2 }, (_, i) => Math.fround(1 + (7 * i) / (c.headSize / 2 - 1))));
   if (v.architecture === 'qwen2') {
     weights.layers = weights.layers.map((w, l) => ({
-      ...w, bq: vector(random(c.dim, seed + 10 * l + 1)), bk: vector(random(c.kvDim, seed + 10 * l + 2)), bv: vector(random(c.kvDim, seed + 10 * l + 3)),
+      ...w, bq: vector(randomFloats(c.dim, seed + 10 * l + 1)), bk: vector(randomFloats(c.kvDim, seed + 10 * l + 2)), bv: vector(randomFloats(c.kvDim, seed + 10 * l + 3)),
     }));
   }
   if (v.tied) weights.classifier = weights.tokenEmbedding;
@@ -245,13 +233,13 @@ function writeQwen2Bpe(dir: string, seed: number): string {
     const count = dims.reduce((a, b) => a * b, 1);
     const s = seed * 1000 + n++;
     const data = (): Uint8Array => {
-      const v = fill === 'one' ? new Float32Array(count).fill(1) : random(count, s, fill === 'bias' ? -1 : -1 / Math.sqrt(dims[0]), fill === 'bias' ? 1 : 1 / Math.sqrt(dims[0]));
+      const v = fill === 'one' ? new Float32Array(count).fill(1) : randomFloats(count, s, fill === 'bias' ? -1 : -1 / Math.sqrt(dims[0]), fill === 'bias' ? 1 : 1 / Math.sqrt(dims[0]));
       return new Uint8Array(v.buffer);
     };
     return { name, dims, type: GGML_TYPE.F32, bytes: 4 * count, data };
   };
   const tensors: GgufContents['tensors'] = [
-    { ...tensor('token_embd.weight', [dim, vocabSize], 'weight'), data: () => new Uint8Array(random(vocabSize * dim, seed).buffer) },
+    { ...tensor('token_embd.weight', [dim, vocabSize], 'weight'), data: () => new Uint8Array(randomFloats(vocabSize * dim, seed).buffer) },
     tensor('output_norm.weight', [dim], 'one'),
   ];
   for (let l = 0; l < nLayers; l++) {

@@ -23,7 +23,8 @@ export const SHAPES: Record<string, ModelShape> = {
   llama7B: { dim: 4096, hiddenDim: 11008, nLayers: 32, nHeads: 32, nKvHeads: 32, vocabSize: 32000, seqLen: 4096, separateClassifier: true },
 };
 
-function xorshift32(seed: number): () => number {
+/** Seeded xorshift32 in [0, 1): weights, schedules and test inputs that are random but the same every run. */
+export function xorshift32(seed: number): () => number {
   let s = seed >>> 0 || 0x9e3779b9;
   return () => {
     s ^= s << 13;
@@ -33,6 +34,12 @@ function xorshift32(seed: number): () => number {
     s >>>= 0;
     return s / 4294967296;
   };
+}
+
+/** `n` seeded floats, uniform in [lo, hi). */
+export function randomFloats(n: number, seed: number, lo = -1, hi = 1): Float32Array {
+  const next = xorshift32(seed);
+  return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());
 }
 
 /** Writes the checkpoint; weights uniform in ±1/sqrt(fan-in), norms 1. Returns its size in bytes. */

@@ -10,22 +10,10 @@ import {
   ggufFromModel, instantiateKernels, loadModel, modelIdentity, parseCanonicalConfig, runLayerStep, writeGguf,
   type Architecture, type GgufContents, type KernelPath, type Model,
 } from '../../src/engine/index.js';
-import { writeRandomLlama2c, type ModelShape } from '../../bench/random-model.js';
+import { randomFloats, writeRandomLlama2c, type ModelShape } from '../../bench/random-model.js';
 import { tok512, withTempDir } from '../helpers.js';
 
 /** Seeded xorshift32 floats in [lo, hi). */
-function random(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return lo + (hi - lo) * (s / 2 ** 32);
-  });
-}
-
 interface Variant {
   architecture?: Architecture;
   ropeTheta?: number;
@@ -51,7 +39,7 @@ function variantGguf(dir: string, shape: ModelShape, seed: number, v: Variant): 
   if (v.ropeFactors) weights.ropeFactors = vector(Float32Array.from({ length: c.headSize / 2 }, (_, i) => Math.fround(1 + (7 * i) / (c.headSize / 2 - 1))));
   if (v.architecture === 'qwen2') {
     weights.layers = weights.layers.map((w, l) => ({
-      ...w, bq: vector(random(c.dim, seed + 10 * l + 1)), bk: vector(random(c.kvDim, seed + 10 * l + 2)), bv: vector(random(c.kvDim, seed + 10 * l + 3)),
+      ...w, bq: vector(randomFloats(c.dim, seed + 10 * l + 1)), bk: vector(randomFloats(c.kvDim, seed + 10 * l + 2)), bv: vector(randomFloats(c.kvDim, seed + 10 * l + 3)),
     }));
   }
   if (v.tied) weights.classifier = weights.tokenEmbedding;
@@ -160,8 +148,8 @@ test('Qwen2: a layer step\'s K and V rows equal the spec read in plain JS (biase
     const a = model.arena;
     const w = model.weights.layers[1];
     const pos = 5;
-    const x = random(dim, 77);
-    const out = runLayerStep(model, { layer: 1, pos, x, keys: random(pos * kvDim, 78), values: random(pos * kvDim, 79) });
+    const x = randomFloats(dim, 77);
+    const out = runLayerStep(model, { layer: 1, pos, x, keys: randomFloats(pos * kvDim, 78), values: randomFloats(pos * kvDim, 79) });
 
     const xb = rmsnorm(x, a.f32(w.attnNorm, dim), normEps);
     const row = (ptr: number) => (i: number) => a.f32(ptr + 4 * i * dim, dim);
@@ -219,13 +207,13 @@ test('the model id covers architecture, RoPE type, factors and biases, and round
       ids.add(identity.modelId);
       const { dim, kvDim } = model.config;
       for (const layer of [0, 1]) {
-        const input = { layer, pos: 4, x: random(dim, 90 + layer), keys: random(4 * kvDim, 91), values: random(4 * kvDim, 92) };
+        const input = { layer, pos: 4, x: randomFloats(dim, 90 + layer), keys: randomFloats(4 * kvDim, 91), values: randomFloats(4 * kvDim, 92) };
         assert.deepEqual(runLayerStep(assembled, input), runLayerStep(model, input), `${name} layer ${layer}`);
       }
       if (model.config.ropeFactors) {
         // A referee that lacks the factors cannot run a layer step (rather than running another model).
         const partial = assembleModel(canonical, (n) => (n === 'rope_freqs.weight' ? undefined : tensors.get(n)));
-        assert.throws(() => runLayerStep(partial, { layer: 0, pos: 0, x: random(dim, 1), keys: new Float32Array(0), values: new Float32Array(0) }), /RoPE factors/);
+        assert.throws(() => runLayerStep(partial, { layer: 0, pos: 0, x: randomFloats(dim, 1), keys: new Float32Array(0), values: new Float32Array(0) }), /RoPE factors/);
       }
     }
     assert.equal(ids.size, paths.size);

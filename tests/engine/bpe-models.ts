@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { GGML_TYPE, ggufBytes, quantizeQ8_0, type GgufContents } from '../../src/engine/index.js';
 import { tokenizerMetadata } from '../../src/engine/load/gguf-write.js';
+import { xorshift32 } from '../../bench/random-model.js';
 import { TOKEN_TYPE, byteLevelEncode, createBpeTokenizer, type BpeTokenizer } from '../../src/engine/tokenizer-bpe.js';
 
 interface AddedToken {
@@ -91,17 +92,6 @@ export function bpeTokenizer(spec: BpeModelSpec): BpeTokenizer {
   return t;
 }
 
-function xorshift32(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296 - 0.5;
-  };
-}
 
 export const TINY = { dim: 64, hiddenDim: 128, nLayers: 1, nHeads: 2, nKvHeads: 2, seqLen: 64 } as const;
 
@@ -109,7 +99,8 @@ export const TINY = { dim: 64, hiddenDim: 128, nLayers: 1, nHeads: 2, nKvHeads: 
 export function tinyBpeGguf(tokenizer: BpeTokenizer, seed = 1, edit?: (metadata: GgufContents['metadata']) => void): Uint8Array {
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, seqLen } = TINY;
   const vocabSize = tokenizer.vocab.length;
-  const random = xorshift32(seed);
+  const next = xorshift32(seed);
+  const random = (): number => next() - 0.5;
   const f32 = (count: number, norm = false): Uint8Array => {
     const v = new Float32Array(count);
     for (let i = 0; i < count; i++) v[i] = norm ? 1 : random() * 0.2;

@@ -36,31 +36,18 @@ import {
   type Kernels,
   type Model,
 } from '../../src/engine/index.js';
-import { writeRandomLlama2c } from '../../bench/random-model.js';
+import { randomFloats, writeRandomLlama2c } from '../../bench/random-model.js';
 import { stories260K, tok512, withTempDir } from '../helpers.js';
 
 const f32 = Math.fround;
 type QuantType = 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';
 const TYPES: QuantType[] = ['q4_0', 'q4_k', 'q5_k', 'q6_k'];
 
-/** Seeded xorshift32 floats in [-1, 1). */
-function random(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 31 - 1;
-  });
-}
-
 /** Random blocks with finite f16 scales of a plausible size (random bytes elsewhere). */
 function randomBlocks(dtype: QuantType, count: number, seed: number): Uint8Array {
   const t = DTYPES[dtype];
-  const bytes = Uint8Array.from(random(count * t.blockBytes, seed), (v) => Math.floor((v + 1) * 128));
-  const scales = random(count * 2, seed + 1);
+  const bytes = Uint8Array.from(randomFloats(count * t.blockBytes, seed), (v) => Math.floor((v + 1) * 128));
+  const scales = randomFloats(count * 2, seed + 1);
   for (let b = 0; b < count; b++) {
     t.scaleOffsets.forEach((o, k) => {
       const h = f32ToF16(scales[2 * b + k] / 64);
@@ -220,7 +207,7 @@ test('Q4_0 and k-quant products: simd, scalar and native agree bit for bit with 
     for (const [blocksPerRow, rows] of shapes[dtype]) {
       const n = blocksPerRow * DTYPES[dtype].block;
       const w = randomBlocks(dtype, blocksPerRow * rows, n + rows);
-      const x = random(n, 3 * n + rows);
+      const x = randomFloats(n, 3 * n + rows);
       x[5] = 0; // exact zeros and an all-equal stretch
       x.fill(0.25, 40, 48);
       const want = hex(referenceMatvec(dtype, w, x, rows));
@@ -255,7 +242,7 @@ test('dequantise(quantise(x)) stays within each type\'s error bound, and product
   // Relative RMS error bounds with a margin over what llama.cpp's quantisers reach on uniform data.
   const bounds: Record<DType, number> = { f32: 0, q8_0: 0.006, q4_0: 0.11, q4_k: 0.09, q5_k: 0.045, q6_k: 0.022 };
   const n = 1024;
-  const values = random(4 * n, 99);
+  const values = randomFloats(4 * n, 99);
   for (const dtype of ['q8_0', ...TYPES] as const) {
     const blocks = quantizeBlocks(dtype, values);
     assert.equal(blocks.length, rowBytes(dtype, values.length));
@@ -270,7 +257,7 @@ test('dequantise(quantise(x)) stays within each type\'s error bound, and product
     assert.ok(relative > 0, `${dtype} does round`);
     if (dtype === 'q8_0') continue;
     // A product with the quantised weights is close to the dot product of the dequantised ones.
-    const x = random(n, 5);
+    const x = randomFloats(n, 5);
     const out = kernelMatvec('simd', dtype, blocks, x, 4);
     for (let r = 0; r < 4; r++) {
       let exact = 0, scale = 0;

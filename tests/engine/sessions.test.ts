@@ -8,21 +8,8 @@ import {
   closeThreads, createArena, createFingerprint, createSession, disposeSession, embed, generate, layerStep, loadModel, threadPoolCount,
   type GenerateRequest, type GenerationSummary, type GeneratedToken, type Model,
 } from '../../src/engine/index.js';
-import { writeRandomLlama2c } from '../../bench/random-model.js';
+import { writeRandomLlama2c, xorshift32 } from '../../bench/random-model.js';
 import { stories260K, tok512, withTempDir } from '../helpers.js';
-
-/** Seeded xorshift32 in [0, 1): the test's schedule is random but the same every run. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
-}
 
 function shuffled<T>(items: T[], random: () => number): T[] {
   const out = [...items];
@@ -88,7 +75,7 @@ function requestsFor(model: Model, count: number, steps: number, threads: number
 test('the arena frees blocks in any order, coalesces them and reuses the memory', () => {
   const arena = createArena(0);
   const weights = arena.alloc(1000);
-  const random = rng(7);
+  const random = xorshift32(7);
   const live = new Map<number, number>();
   const overlaps = (ptr: number, bytes: number): boolean => [...live].some(([p, n]) => ptr < p + n && p < ptr + bytes);
   let peakTop = 0;
@@ -148,7 +135,7 @@ test('interleaved generations on stories260K give their solo fingerprints; the a
   const requests = requestsFor(model, 12, 40, [1]).map((r, i) => ({ ...r, kernels: i % 3 === 2 ? ('scalar' as const) : undefined }));
   const expected = requests.map((r) => solo(model, r));
   assert.equal(new Set(expected).size, expected.length, 'every request is a different computation');
-  const random = rng(42);
+  const random = xorshift32(42);
   assert.deepEqual(interleaved(model, requests, random), expected);
   const after = model.arena.usage();
   for (let cycle = 0; cycle < 20; cycle++) {
@@ -177,7 +164,7 @@ test('interleaved generations on a random-weight model, 1 and 2 threads on the s
       const requests = requestsFor(model, 6, 24, [1, 2, 2]);
       const expected = requests.map((r) => solo(model, { ...r, threads: 1 }));
       assert.equal(new Set(expected).size, expected.length);
-      assert.deepEqual(interleaved(model, requests, rng(5)), expected);
+      assert.deepEqual(interleaved(model, requests, xorshift32(5)), expected);
       assert.ok(threadPoolCount(model) > 0, 'the threaded sessions ran on the worker pool');
       assert.equal(model.arena.usage().liveBlocks, 0);
     } finally {

@@ -19,7 +19,7 @@ import {
   type Kernels,
   type Model,
 } from '../../src/engine/index.js';
-import { writeRandomLlama2c } from '../../bench/random-model.js';
+import { randomFloats, writeRandomLlama2c } from '../../bench/random-model.js';
 import { f16ToF32Bits } from '../../src/engine/dtypes.js';
 import { stories260K, tok512, withTempDir } from '../helpers.js';
 
@@ -65,19 +65,6 @@ test('fingerprints are equal across 1, 2 and 4 threads and every kernel build, F
   });
 });
 
-/** Seeded xorshift32 floats in [-1, 1). */
-function random(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 31 - 1;
-  });
-}
-
 const native = nativeKernels();
 
 test('native matrix products equal the WebAssembly ones bit for bit, AVX-512 and portable', { skip: native ? false : 'native kernels not built here' }, () => {
@@ -95,8 +82,8 @@ test('native matrix products equal the WebAssembly ones bit for bit, AVX-512 and
       const w = arena.alloc(4 * n * d);
       const x = arena.alloc(4 * n);
       const out = arena.alloc(4 * d);
-      arena.f32(w, n * d).set(random(n * d, n + d));
-      arena.f32(x, n).set(random(n, n));
+      arena.f32(w, n * d).set(randomFloats(n * d, n + d));
+      arena.f32(x, n).set(randomFloats(n, n));
       const matvec = (k: Kernels): number => {
         k.matvec(out, w, x, n, d);
         return out;
@@ -114,13 +101,13 @@ test('native matrix products equal the WebAssembly ones bit for bit, AVX-512 and
       const xd = arena.alloc(4 * blocks);
       const out = arena.alloc(4 * d);
       const bytes = arena.u8(wq, 34 * blocks * d);
-      random(bytes.length, blocks).forEach((v, i) => (bytes[i] = Math.floor((v + 1) * 128)));
+      randomFloats(bytes.length, blocks).forEach((v, i) => (bytes[i] = Math.floor((v + 1) * 128)));
       // Each block's f16 scale, finite as the loader requires, and wd its widening (as the loader
       // prepares it): the AVX-512 kernel reads the f16 from the block, the others wd.
-      const halves = Array.from(random(blocks * d, 7), (v) => (v < 0 ? 0x8000 : 0) | (0x1c00 + Math.floor(Math.abs(v) * 0x1000)));
+      const halves = Array.from(randomFloats(blocks * d, 7), (v) => (v < 0 ? 0x8000 : 0) | (0x1c00 + Math.floor(Math.abs(v) * 0x1000)));
       halves.forEach((h, b) => ((bytes[34 * b] = h & 0xff), (bytes[34 * b + 1] = h >> 8)));
       new Uint32Array(arena.f32(wd, blocks * d).buffer, wd, blocks * d).set(halves.map(f16ToF32Bits));
-      arena.f32(x, n).set(random(n, d));
+      arena.f32(x, n).set(randomFloats(n, d));
       wasm.quantizeQ8(xq, xd, x, n);
       const matvec = (k: Kernels): number => {
         k.matvecQ8(out, wq, wd, xq, xd, n, d);
