@@ -441,6 +441,54 @@ VNNI_TARGET static void q8_rows_vnni(float *out, const uint8_t *wq, const q8_x *
   }
 }
 
+/**
+ * q8_rows_vnni for up to 4 vectors at once (a prompt batch): each weight load and scale gather
+ * serves all of them, and per vector the operations are q8_rows_vnni's, in its order. Out vector v
+ * at out + v·out_stride.
+ */
+VNNI_TARGET static void q8_rows_multi_vnni(float *out, size_t out_stride, const uint8_t *wq, const q8_x *x, int vectors, int n, int d) {
+  const int blocks = n / Q8_BLOCK;
+  const int groups = (blocks + 15) / 16;
+  const size_t row_bytes = (size_t)blocks * Q8_BLOCK_BYTES;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  const __m512i scale_at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(Q8_BLOCK_BYTES));
+  for (int i = 0; i < d; i++) {
+    const uint8_t *row = wq + (size_t)i * row_bytes;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int g = 0; g < groups; g++) {
+      const int first = g * 16;
+      const int count = blocks - first < 16 ? blocks - first : 16;
+      const uint8_t *wb = row + (size_t)first * Q8_BLOCK_BYTES;
+      // The group's weights, offset by 128; past the row's end zero (so their products are 0, as
+      // q8_rows_vnni's zero sums).
+      __m512i wv[8];
+      for (int k = 0; k < 8; k++) {
+        const int b = 2 * k;
+        if (b + 1 < count) {
+          wv[k] = _mm512_xor_si512(load_two_blocks(wb + (size_t)b * Q8_BLOCK_BYTES), flip);
+        } else if (b < count) {
+          __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wb + (size_t)b * Q8_BLOCK_BYTES + 2)), _mm256_set1_epi8((char)0x80));
+          wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), _mm256_setzero_si256(), 1);
+        } else {
+          wv[k] = _mm512_setzero_si512();
+        }
+      }
+      const __mmask16 live = (__mmask16)((1u << count) - 1);
+      const __m512i halves = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, scale_at, wb, 1);
+      const __m512 wscale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
+      for (int v = 0; v < vectors; v++) {
+        __m512i r[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[k], _mm512_loadu_si512(x[v].xpad + (size_t)(first + 2 * k) * Q8_BLOCK));
+        __m512i isum = _mm512_sub_epi32(sum16blocks(r), _mm512_loadu_si512(x[v].xsum + first));
+        __m512 scale = _mm512_mul_ps(wscale, _mm512_loadu_ps(x[v].xdpad + first));
+        __m512 term = _mm512_maskz_mul_ps(live, scale, _mm512_cvtepi32_ps(isum));
+        acc[v] = _mm512_add_ps(acc[v], term);
+      }
+    }
+    for (int v = 0; v < vectors; v++) out[(size_t)v * out_stride + i] = reduce16(acc[v]);
+  }
+}
+
 VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
   q8_x x;
   if (q8_prepare(&x, xq, xd, n)) q8_rows_vnni(out, wq, &x, n, d);
@@ -687,14 +735,17 @@ static void matmul_q8(float *out, const uint8_t *wq, const float *wd, const int8
   for (int first = 0; first < s.d; first += MATMUL_TILE) {
     const int rows = s.d - first < MATMUL_TILE ? s.d - first : MATMUL_TILE;
     const uint8_t *wr = wq + (size_t)first * s.row_bytes;
+#if defined(__x86_64__)
+    if (ready) {
+      for (int v = 0; v < s.batch; v += 4) {
+        const int vectors = s.batch - v < 4 ? s.batch - v : 4;
+        q8_rows_multi_vnni(out + (size_t)v * s.out_stride + first, (size_t)s.out_stride, wr, &prepared[v], vectors, s.n, rows);
+      }
+      continue;
+    }
+#endif
     for (int v = 0; v < s.batch; v++) {
       float *o = out + (size_t)v * s.out_stride + first;
-#if defined(__x86_64__)
-      if (ready) {
-        q8_rows_vnni(o, wr, &prepared[v], s.n, rows);
-        continue;
-      }
-#endif
       matvec_q8_portable(o, wr, wd + (size_t)first * blocks, xq + (size_t)v * s.n, xd + (size_t)v * blocks, s.n, rows);
     }
   }
