@@ -2,7 +2,7 @@
 // Jinja template as Hugging Face transformers renders it) and tokenised with special tokens
 // parsed, as llama.cpp's server does. One function for the CLI (`verity chat`) and the OpenAI-style
 // API. Rendering is prompt preparation, not a step: the job commits to the tokens it produces.
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { ModelFileError } from './errors.js';
 import type { Model } from './model.js';
 import { tokenize, type Tokenizer } from './tokenizer.js';
@@ -24,6 +24,9 @@ export const DEFAULT_CHAT_TEMPLATE =
 
 /** Templates longer than this are refused before parsing (real ones are a few KiB). */
 export const MAX_CHAT_TEMPLATE_CHARS = 256 * 1024;
+
+/** The most values range() gives a template in one rendering (real templates loop over messages). */
+export const MAX_CHAT_RANGE_VALUES = 1 << 16;
 
 /** Pieces that end a turn in the templates of the common model families (llama.cpp's list of end-of-generation texts). */
 const END_OF_TURN_TEXTS = ['<|eot_id|>', '<|eom_id|>', '<|im_end|>', '<|end|>', '<|endoftext|>', '<end_of_turn>', '<|end_of_text|>', '</s>'];
@@ -50,18 +53,38 @@ const pieceText = (model: Model, id: number): string => Buffer.from(model.tokeni
 /**
  * The conversation as the model expects to read it. No clock is offered to the template
  * (`strftime_now` is undefined, so Llama 3's templates use their fixed default date): the same
- * messages always give the same text. `raise_exception` is the Jinja library's own.
+ * messages always give the same text. `raise_exception` is as the Jinja library's own; `range()`
+ * is bounded (MAX_CHAT_RANGE_VALUES).
  */
 export function renderChat(model: Model, messages: ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): string {
   const t = template(model);
   const { bosId, eosId } = model.tokenizer;
   try {
-    return t.render({
+    // Template.render's globals but two: no strftime_now (the library's reads the clock, and Llama
+    // 3.1's template prints today's date when it is defined), and a range() that gives at most
+    // MAX_CHAT_RANGE_VALUES in one rendering (range(10^8) or two nested range(3000) ran for minutes).
+    const env = new Environment();
+    let ranged = 0;
+    const range = (start: number, stop?: number, step = 1): number[] => {
+      if (stop === undefined) [start, stop] = [0, start];
+      if (step === 0) throw new Error('range() step must not be zero');
+      const count = Math.max(0, Math.ceil((stop - start) / step));
+      if (!Number.isFinite(count) || (ranged += count) > MAX_CHAT_RANGE_VALUES) throw new Error(`range() gives more than ${MAX_CHAT_RANGE_VALUES} values in one rendering`);
+      return Array.from({ length: count }, (_, i) => start + i * step);
+    };
+    const globals: Record<string, unknown> = {
+      false: false, true: true, none: null, False: false, True: true, None: null,
+      raise_exception: (message: string) => {
+        throw new Error(message);
+      },
+      range,
       messages,
       add_generation_prompt: options.addGenerationPrompt ?? true,
       bos_token: pieceText(model, bosId),
       eos_token: pieceText(model, eosId),
-    });
+    };
+    for (const [name, value] of Object.entries(globals)) env.set(name, value);
+    return String(new Interpreter(env).run(t.parsed).value);
   } catch (e) {
     throw new ModelFileError(model.file, `chat template failed: ${firstLine(e)}`);
   }

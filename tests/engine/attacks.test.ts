@@ -3,7 +3,9 @@
 // before the expensive work, never a crash, an out-of-memory or minutes of CPU.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { EngineError, canonicalTokenizer, encode, parseCanonicalConfig, parseCanonicalTokenizer } from '../../src/engine/index.js';
+import {
+  EngineError, ModelFileError, canonicalTokenizer, encode, parseCanonicalConfig, parseCanonicalTokenizer, renderChat, type ChatMessage, type Model,
+} from '../../src/engine/index.js';
 import {
   MAX_SPECIAL_SCAN_BYTES, MAX_STRAY_MARKER_BYTES, byteLevelDecodedLength, byteLevelDecode, createBpeTokenizer, specialScanBytes, type BpeTokenizer,
 } from '../../src/engine/tokenizer-bpe.js';
@@ -84,5 +86,29 @@ describe('a vocabulary of many user-defined tokens against a long prompt', () =>
     const t = shatterTokenizer(100);
     assert.deepEqual(encode(t, '\x01\x01\x01\x01a'.repeat(3), false), [0, 1, 0, 1, 0, 1]);
     assert.deepEqual(encode(t, '', false), []);
+  });
+});
+
+describe('a GGUF chat template that loops or reads the clock', () => {
+  const model = (chatTemplate: string): Model =>
+    ({ file: 'hostile.gguf', chatTemplate, tokenizer: { kind: 'bpe', vocab: [utf8('<s>'), utf8('</s>')], bosId: 0, eosId: 1 } }) as unknown as Model;
+  const hi: ChatMessage[] = [{ role: 'user', content: 'hi' }];
+
+  it('range(10^8) and nested range(3000)s are refused, not run for minutes', () => {
+    for (const source of ['{% for i in range(100000000) %}{% endfor %}x', '{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}x']) {
+      assert.throws(() => renderChat(model(source), hi), (e: Error) => e instanceof ModelFileError && /range\(\) gives more than 65536 values/.test(e.message));
+    }
+  });
+
+  it('range keeps its meaning within the bound; raise_exception still raises', () => {
+    const text = renderChat(model("{% for i in range(3) %}{{ i }}{% endfor %}|{% for i in range(5, 0, -2) %}{{ i }}{% endfor %}|{{ range(2, 4)|length }}|{{ messages[0]['content'] }}{{ bos_token }}"), hi);
+    assert.equal(text, '012|531|2|hi<s>');
+    assert.throws(() => renderChat(model("{{ raise_exception('no system role') }}"), hi), /chat template failed: no system role/);
+  });
+
+  it('strftime_now is not defined: the same messages render the same text on any day', () => {
+    // Llama 3.1's template: {%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}
+    const text = renderChat(model("{% if strftime_now is defined %}{{ strftime_now('%d %b %Y') }}{% else %}26 Jul 2024{% endif %}"), hi);
+    assert.equal(text, '26 Jul 2024');
   });
 });
