@@ -7,27 +7,18 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { aoClient, expectReply, type AoClient } from '../../src/ao/client.js';
-import { startUnits } from '../../src/ao/units.js';
-import { Verity } from '../../src/client/sdk.js';
 import { completionText, encode, ggufFromModel, loadModel, modelIdentity, writeGguf, type Model } from '../../src/engine/index.js';
-import { startNode, type RunningNode } from '../../src/node/index.js';
+import type { RunningNode } from '../../src/node/index.js';
 import { describeRequest } from '../../src/processes/host.js';
-import { coordinatorExtensions, publishProcessModule } from '../../src/processes/index.js';
 import { jobCommitment, recordTrace } from '../../src/proof/index.js';
-import { publishModel } from '../../src/store/models.js';
-import { generateWallet, walletAddress, walletSigner } from '../../src/store/wallet.js';
 import { BPE_MODELS, bpeTokenizer, tinyBpeGguf } from '../engine/bpe-models.js';
+import { startEconomy } from '../economy.js';
 import { withTempDir } from '../helpers.js';
 
 const PARAMS: Record<string, string> = {
   'Min-Stake': '600', Slash: '600', 'Miss-Slash': '60', 'Challenge-Bond': '600', 'Round-Bond': '5', 'Audit-Ppm': '1000000',
   'Max-Tokens': '64', 'Lease-Ms': '20000', 'Reveal-Ms': '8000', 'Clock-Ms': '8000', 'Challenge-Window-Ms': '500',
 };
-
-async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string): Promise<Record<string, string>> {
-  return expectReply(await ao.result(process, await ao.message(process, { tags })), action).tags;
-}
 
 /** The tiny random-weight model around a real vocabulary; Qwen2.5's written back with every matrix Q8_0. */
 function realVocabularyModels(dir: string): { name: string; model: Model }[] {
@@ -46,41 +37,15 @@ function realVocabularyModels(dir: string): { name: string; model: Model }[] {
 
 test('models with Llama 3 and Qwen2.5 BPE vocabularies (Q8_0) are served through the network, audited, final and as run here', { timeout: 180_000 }, () =>
   withTempDir(async (dir) => {
-    const units = await startUnits({ dir, extensions: coordinatorExtensions });
+    const economy = await startEconomy(dir, PARAMS);
     const nodes: RunningNode[] = [];
     const logs: string[] = [];
     try {
-      const owner = await generateWallet('ed25519');
-      const ownerAo = aoClient({ ...units.urls, wallet: owner });
-      const signer = walletSigner(owner);
-      const authority = { name: 'Authority', value: units.messenger.address };
-      const token = await ownerAo.spawn(await publishProcessModule(units.store, signer, 'token'), units.scheduler.address, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
-      const spawn = Object.entries(PARAMS).map(([name, value]) => ({ name, value }));
-      const coordinator = await ownerAo.spawn(await publishProcessModule(units.store, signer, 'coordinator'), units.scheduler.address, { tags: [{ name: 'Token', value: token }, ...spawn, authority] });
       const models = realVocabularyModels(dir);
-      for (const { name, model } of models) {
-        const published = await publishModel(units.store, signer, model, name);
-        await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }, { name: 'Manifest', value: published.manifestId }], 'Register-Model-Response');
-      }
-      await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: '100000000' }], 'Mint-Response');
-      const fund = (address: string, amount: bigint) =>
-        ask(ownerAo, token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: address }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
-      const user = await generateWallet('ed25519');
-      await fund(walletAddress(user), 1_000_000n);
-      const verity = Verity.connect({ ...units.urls, coordinator, token, wallet: user });
-      await verity.deposit(100_000n);
-      const network = { mu: units.urls.mu, cu: units.urls.cu, coordinator, token };
+      for (const { name, model } of models) await economy.register(model, name);
       // Two nodes: every result is audited by the other, which runs the job itself.
-      for (let i = 0; i < 2; i++) {
-        const wallet = await generateWallet('ed25519');
-        await fund(walletAddress(wallet), 10_000n);
-        nodes.push(
-          await startNode({
-            dir: join(dir, `node-${i}`), wallet, store: units.store, network, stake: 2_000n, heartbeatMs: 500, pollMs: 200,
-            log: (line) => logs.push(line),
-          }),
-        );
-      }
+      for (let i = 0; i < 2; i++) nodes.push(await economy.startFundedNode(dir, { log: (line) => logs.push(line) }));
+      const { verity } = economy;
 
       const prompt = 'Hello, wörld! 12345 <|eot_id|>';
       for (const { name, model } of models) {
@@ -108,7 +73,7 @@ test('models with Llama 3 and Qwen2.5 BPE vocabularies (Q8_0) are served through
       }
     } finally {
       for (const n of nodes) await n.close();
-      await units.close();
+      await economy.units.close();
     }
   }),
 );

@@ -5,16 +5,14 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { aoClient, expectReply, waitForMessage, type AoClient } from '../../src/ao/client.js';
-import { startUnits, type RunningUnits } from '../../src/ao/units.js';
+import { expectReply, waitForMessage, type AoClient } from '../../src/ao/client.js';
+import type { RunningUnits } from '../../src/ao/units.js';
 import { BUNDLED_MODEL } from '../../src/client/devnet.js';
-import { Verity } from '../../src/client/sdk.js';
 import { loadModel } from '../../src/engine/index.js';
 import { honest, startNode, type Behaviour, type RunningNode, type StrategyName } from '../../src/node/index.js';
-import { coordinatorExtensions, publishProcessModule } from '../../src/processes/index.js';
 import type { TaskView } from '../../src/processes/protocol.js';
-import { publishModel } from '../../src/store/models.js';
-import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { generateWallet, walletAddress, type Wallet } from '../../src/store/wallet.js';
+import { startEconomy } from '../economy.js';
 import { withTempDir } from '../helpers.js';
 
 const PARAMS: Record<string, string> = {
@@ -40,35 +38,16 @@ interface Net {
 
 type NodeSpec = StrategyName | { strategy?: StrategyName; behaviour?: Behaviour; watchPpm?: number; colludeDir?: string };
 
-async function ask(ao: AoClient, process: string, tags: { name: string; value: string }[], action: string): Promise<Record<string, string>> {
-  return expectReply(await ao.result(process, await ao.message(process, { tags })), action).tags;
-}
-
 /** A network with one node per strategy (nodes[i] runs strategies[i]). */
 async function network(dir: string, strategies: NodeSpec[], params: Record<string, string> = {}): Promise<Net> {
-  const units = await startUnits({ dir, extensions: coordinatorExtensions });
+  const economy = await startEconomy(dir, { ...PARAMS, ...params });
+  const { units, coordinator, token, network: net, user } = economy;
   const logs: string[] = [];
   const t0 = Date.now();
   const nodes: RunningNode[] = [];
   try {
-    const owner = await generateWallet('ed25519');
-    const ownerAo = aoClient({ ...units.urls, wallet: owner });
-    const signer = walletSigner(owner);
-    const authority = { name: 'Authority', value: units.messenger.address };
-    const tokenModule = await publishProcessModule(units.store, signer, 'token');
-    const coordinatorModule = await publishProcessModule(units.store, signer, 'coordinator');
-    const token = await ownerAo.spawn(tokenModule, units.scheduler.address, { tags: [{ name: 'Name', value: 'Verity' }, { name: 'Ticker', value: 'VRT' }, authority] });
-    const spawn = Object.entries({ ...PARAMS, ...params }).map(([name, value]) => ({ name, value }));
-    const coordinator = await ownerAo.spawn(coordinatorModule, units.scheduler.address, { tags: [{ name: 'Token', value: token }, ...spawn, authority] });
-    const published = await publishModel(units.store, signer, loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
-    await ask(ownerAo, coordinator, [{ name: 'Action', value: 'Register-Model' }, { name: 'Model', value: published.modelId }, { name: 'Manifest', value: published.manifestId }], 'Register-Model-Response');
-    const user = await generateWallet('ed25519');
-    await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: '100000000' }], 'Mint-Response');
-    const fund = (w: Wallet, amount: bigint) =>
-      ask(ownerAo, token, [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: walletAddress(w) }, { name: 'Quantity', value: amount.toString() }], 'Debit-Notice');
-    await fund(user, 1_000_000n);
-    await Verity.connect({ ...units.urls, coordinator, token, wallet: user }).deposit(100_000n);
-    const net = { mu: units.urls.mu, cu: units.urls.cu, coordinator, token };
+    const published = await economy.register(loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer }), BUNDLED_MODEL.name);
+    const fund = (w: Wallet, amount: bigint) => economy.fund(walletAddress(w), amount);
     const made = new Map<string, { wallet: Wallet; dir: string; spec: NodeSpec }>();
     const run = (wallet: Wallet, nodeDir: string, s: NodeSpec): Promise<RunningNode> => {
       const o = typeof s === 'string' ? { strategy: s } : s;
@@ -94,7 +73,7 @@ async function network(dir: string, strategies: NodeSpec[], params: Record<strin
       return again;
     };
     for (const s of strategies) await add(s);
-    return { units, coordinator, token, model: published.modelId, user, userAo: aoClient({ ...units.urls, wallet: user }), nodes, logs, add, restart };
+    return { units, coordinator, token, model: published.modelId, user, userAo: economy.userAo, nodes, logs, add, restart };
   } catch (e) {
     for (const n of nodes) await n.close();
     await units.close();
