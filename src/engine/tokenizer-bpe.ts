@@ -402,7 +402,10 @@ function effectiveTypes(types: Uint8Array, index: Map<string, number>): Uint8Arr
 // ---------------------------------------------------------------------------------------------
 
 const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-/** A merge's key: token ids are below 2^21 (loaders cap vocabularies at 2^20), so the pair is an exact double. */
+/** The most tokens a BPE vocabulary may have (the sampler's id space, configProblem's cap). */
+export const MAX_BPE_TOKENS = 1 << 20;
+
+/** A merge's key: token ids are below 2^20 (MAX_BPE_TOKENS), so the pair is an exact double. */
 const pairKey = (left: number, right: number): number => left * 0x200000 + right;
 
 export interface BpeTokenizerSpec {
@@ -426,6 +429,8 @@ export function createBpeTokenizer(spec: BpeTokenizerSpec): BpeTokenizer {
   if (!pre || !Object.hasOwn(PRE_TOKENIZERS, spec.pre)) fail(`unsupported pre-tokenizer '${spec.pre}' (supported: ${Object.keys(PRE_TOKENIZERS).join(', ')})`);
   const n = spec.vocab.length;
   if (n === 0) fail('the tokenizer has no tokens');
+  // Merge keys (pairKey) are exact below 2^21 ids; the engine's vocabularies stop at 2^20.
+  if (n > MAX_BPE_TOKENS) fail(`the tokenizer has ${n} tokens, more than the ${MAX_BPE_TOKENS} supported`);
   if (spec.tokenTypes.length !== n) fail(`tokenizer.ggml.token_type has ${spec.tokenTypes.length} entries for ${n} tokens`);
   const tokenTypes = new Uint8Array(n);
   const index = new Map<string, number>();

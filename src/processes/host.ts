@@ -471,11 +471,13 @@ async function headerLeaves(store: Store, modelId: string, manifestId: string): 
 /** The config and tokenizer of checked leaves; a leaf the id pins but that does not parse is the same error on every CU. */
 function parseContent(modelId: string, leaves: { config: Buffer; tokenizer: Buffer }): ModelContent {
   try {
-    return {
-      config: parseCanonicalConfig(leaves.config),
-      tokenizer: compactTokenizer(parseCanonicalTokenizer(leaves.tokenizer)),
-      tokenizerHash: createHash('sha256').update(leaves.tokenizer).digest('hex'),
-    };
+    const config = parseCanonicalConfig(leaves.config);
+    const tokenizer = compactTokenizer(parseCanonicalTokenizer(leaves.tokenizer));
+    // A token id the embedding has no row for would be committed to and then read past the tensor.
+    if (tokenizer.vocab.length !== config.config.vocabSize) {
+      throw new Error(`the tokenizer has ${tokenizer.vocab.length} tokens, the config's vocabulary ${config.config.vocabSize}`);
+    }
+    return { config, tokenizer, tokenizerHash: createHash('sha256').update(leaves.tokenizer).digest('hex') };
   } catch (e) {
     throw new ModelStoreError(`model ${modelId}: ${(e as Error).message}`);
   }

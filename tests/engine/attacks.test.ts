@@ -112,3 +112,20 @@ describe('a GGUF chat template that loops or reads the clock', () => {
     assert.equal(text, '26 Jul 2024');
   });
 });
+
+describe('a tokenizer that does not fit its config', () => {
+  it('a BPE vocabulary past 2^20 tokens is refused (merge keys and the sampler stop there)', () => {
+    const vocab = Array.from({ length: (1 << 20) + 1 }, (_, i) => utf8(`t${i}`));
+    const started = { pre: 'gpt-2', vocab, tokenTypes: new Uint8Array(vocab.length).fill(1), merges: [], bosId: 0, eosId: 0 };
+    assert.throws(() => createBpeTokenizer(started), (e: Error) => e instanceof EngineError && /1048577 tokens, more than the 1048576 supported/.test(e.message));
+  });
+
+  it('a model assembled from parts whose tokenizer has more tokens than the config has rows is refused', async () => {
+    const { loadModel, modelTreeLeaves, parseCanonicalConfig: parse, assembleModel, createTokenizer } = await import('../../src/engine/index.js');
+    const { stories260K, tok512 } = await import('../helpers.js');
+    const model = loadModel(stories260K, { tokenizer: tok512 });
+    const canonical = parse(modelTreeLeaves(model)[0]);
+    const longer = createTokenizer([...model.tokenizer.vocab, utf8('extra')], Float32Array.from([...model.tokenizer.scores, 0]));
+    assert.throws(() => assembleModel(canonical, () => undefined, longer), /the tokenizer has 513 tokens, the config's vocabulary 512/);
+  });
+});

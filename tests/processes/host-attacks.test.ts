@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { writeRandomLlama2c } from '../../bench/random-model.js';
 import { HostError, type Evaluation } from '../../src/ao/runtime.js';
-import { loadModel, modelTreeLeaves, type Model } from '../../src/engine/index.js';
+import { createTokenizer, loadModel, modelTreeLeaves, type Model } from '../../src/engine/index.js';
 import {
   ARGUMENT_CHARS, HOST_TICKS, coordinatorExtensions, headerTicks, hostCacheStats, hostCallTicks,
   type CoordinatorExtensions, type ExtensionName, type ModelInfo, type PricedExtension,
@@ -429,4 +429,14 @@ test('Register-Node refuses a DID longer than any Ed25519 did:key before host.di
   const r = await c.send({ from: walletAddress(NODE), tags: { Action: 'Register-Node', DID: `did:key:z${'1'.repeat(4000)}`, Models: fx.small.modelId } });
   assert.deepEqual(refusal(r), { code: '400', message: 'DID: not an Ed25519 did:key' });
   assert.equal(c.calls.didAddress, before);
+});
+
+test('a published model whose tokenizer has more tokens than its embedding has rows is refused by every host call, before a prompt is tokenised', async () => {
+  const small = loadModel(stories260K, { tokenizer: tok512 });
+  const longer = createTokenizer([...small.tokenizer.vocab, Buffer.from('extra')], Float32Array.from([...small.tokenizer.scores, 0]));
+  const bad = await publishModel(fx.store, walletSigner(fx.publisher), { ...small, tokenizer: longer }, 'mismatched');
+  const ext = coordinatorExtensions(fx.store);
+  const ref = { model: bad.modelId, manifest: bad.manifestId };
+  await rejectsOneLine(() => ext.model(JSON.stringify(ref)), /the tokenizer has 513 tokens, the config's vocabulary 512/);
+  await rejectsOneLine(() => ext.job(JSON.stringify({ ...ref, prompt: 'Hi', maxTokens: 1, temperature: 0, topP: 0.9, seed: '0' })), /the tokenizer has 513 tokens/);
 });

@@ -96,6 +96,9 @@ export function assembleModel(
   tokenizer?: Tokenizer,
   name?: string,
 ): Model {
+  if (tokenizer && tokenizer.vocab.length !== canonical.config.vocabSize) {
+    throw new RangeError(`the tokenizer has ${tokenizer.vocab.length} tokens, the config's vocabulary ${canonical.config.vocabSize}`);
+  }
   const sparse = createSparseModel(canonical, tokenizer, name);
   for (const t of canonical.tensors) {
     const bytes = tensorBytes(t.name);
