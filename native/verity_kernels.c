@@ -359,6 +359,15 @@ VNNI_TARGET static inline void prefetch_span(const uint8_t *p, int bytes) {
   for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
 }
 
+/**
+ * How far ahead of the bytes being read the Q8_0 loop prefetches, into L1 and L2. Its work per
+ * byte keeps the hardware prefetcher from running far enough ahead on matrices streamed from
+ * DRAM: one core reached about 8.8 GB/s without the hints and 10.8 GB/s with them, against 11.7
+ * for a plain read loop (a 156 MiB matrix, Xeon with AVX-512).
+ */
+#define Q8_PREFETCH_L1 2048
+#define Q8_PREFETCH_L2 4096
+
 /** Q8_0 activations as the VNNI loop reads them: padded to whole groups of 16 blocks, with 128·Σx per block. */
 typedef struct {
   int32_t *xsum;
@@ -395,6 +404,7 @@ VNNI_TARGET static void q8_rows_vnni(float *out, const uint8_t *wq, const q8_x *
   const int blocks = n / Q8_BLOCK;
   const int groups = (blocks + 15) / 16;
   const size_t row_bytes = (size_t)blocks * Q8_BLOCK_BYTES;
+  const uint8_t *end = wq + (size_t)d * row_bytes;
   const int32_t *xsum = x->xsum;
   const int8_t *xpad = x->xpad;
   const float *xdpad = x->xdpad;
@@ -407,6 +417,11 @@ VNNI_TARGET static void q8_rows_vnni(float *out, const uint8_t *wq, const q8_x *
       const int first = g * 16;
       const int count = blocks - first < 16 ? blocks - first : 16;
       const uint8_t *wb = row + (size_t)first * Q8_BLOCK_BYTES;
+      const uint8_t *ahead = wb + Q8_PREFETCH_L2;
+      if (ahead + 16 * Q8_BLOCK_BYTES <= end) {
+        prefetch_span(wb + Q8_PREFETCH_L1, count * Q8_BLOCK_BYTES);
+        for (int o = 0; o < count * Q8_BLOCK_BYTES; o += 64) _mm_prefetch((const char *)(ahead + o), _MM_HINT_T1);
+      }
       __m512i r[8];
       if (count == 16) {
         for (int k = 0; k < 8; k++) {
