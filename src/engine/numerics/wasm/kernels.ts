@@ -350,8 +350,54 @@ export function softmax(x: usize, n: i32): void {
 }
 
 /** SwiGLU gate: h1[i] = (h1[i] · (1 / (1 + exp32(−h1[i])))) · h3[i]. */
+/**
+ * exp64 on two lanes: the same operations as exp64, lane by lane (the special cases are computed
+ * on the polynomial path too and then selected, so each lane gets exp64's value).
+ */
+@inline function exp64x2(x: v128): v128 {
+  const k = f64x2.nearest(f64x2.mul(x, f64x2.splat(INV_LN2)));
+  const r = f64x2.sub(f64x2.sub(x, f64x2.mul(k, f64x2.splat(LN2_HI))), f64x2.mul(k, f64x2.splat(LN2_LO)));
+  let p = f64x2.splat(1.6059043836821613e-10);
+  p = f64x2.add(f64x2.splat(2.08767569878681e-9), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(2.505210838544172e-8), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(2.755731922398589e-7), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.0000027557319223985893), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.0000248015873015873), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.0001984126984126984), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.001388888888888889), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.008333333333333333), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.041666666666666664), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.16666666666666666), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(0.5), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(1.0), f64x2.mul(r, p));
+  p = f64x2.add(f64x2.splat(1.0), f64x2.mul(r, p));
+  // 2^k from k + 1023 in the exponent field (k is clamped only for lanes replaced below).
+  const kc = f64x2.min(f64x2.max(k, f64x2.splat(-1100.0)), f64x2.splat(1100.0));
+  const biased = i64x2.extend_low_i32x4_s(i32x4.trunc_sat_f64x2_s_zero(kc));
+  const scale = i64x2.shl(i64x2.add(biased, i64x2.splat(1023)), 52);
+  let result = f64x2.mul(p, scale);
+  result = v128.bitselect(f64x2.splat(0.0), result, f64x2.lt(x, f64x2.splat(-110.0)));
+  result = v128.bitselect(f64x2.splat(Infinity), result, f64x2.gt(x, f64x2.splat(100.0)));
+  return v128.bitselect(x, result, f64x2.ne(x, x));
+}
+
 export function siluMul(h1: usize, h3: usize, n: i32): void {
-  for (let j = 0; j < n; j++) {
+  let j = 0;
+  if (ASC_FEATURE_SIMD) {
+    // Four lanes at a time: exp32(−v) = f32(exp64(f64(−v))) on two f64 pairs, then the f32 formula below.
+    for (; j + 4 <= n; j += 4) {
+      const o = <usize>j << 2;
+      const v = v128.load(h1 + o);
+      const minus = f32x4.neg(v);
+      const lo = f32x4.demote_f64x2_zero(exp64x2(f64x2.promote_low_f32x4(minus)));
+      const hi = f32x4.demote_f64x2_zero(exp64x2(f64x2.promote_low_f32x4(i32x4.shuffle(minus, minus, 2, 3, 0, 1))));
+      const e = i32x4.shuffle(lo, hi, 0, 1, 4, 5);
+      const one = f32x4.splat(1.0);
+      const silu = f32x4.mul(v, f32x4.div(one, f32x4.add(one, e)));
+      v128.store(h1 + o, f32x4.mul(silu, v128.load(h3 + o)));
+    }
+  }
+  for (; j < n; j++) {
     const o = <usize>j << 2;
     const v = load<f32>(h1 + o);
     const silu = v * (<f32>1.0 / (<f32>1.0 + exp32(-v)));
