@@ -368,6 +368,9 @@ VNNI_TARGET static inline void prefetch_span(const uint8_t *p, int bytes) {
 #define Q8_PREFETCH_L1 2048
 #define Q8_PREFETCH_L2 4096
 
+/** Most activation vectors one pass of the batched Q8_0 loop serves with each weight load. */
+#define Q8_MULTI 8
+
 /** Q8_0 activations as the VNNI loop reads them: padded to whole groups of 16 blocks, with 128·Σx per block. */
 typedef struct {
   int32_t *xsum;
@@ -457,11 +460,11 @@ VNNI_TARGET static void q8_rows_vnni(float *out, const uint8_t *wq, const q8_x *
 }
 
 /**
- * q8_rows_vnni for up to 4 vectors at once (a prompt batch): each weight load and scale gather
- * serves all of them, and per vector the operations are q8_rows_vnni's, in its order. Out vector v
+ * q8_rows_vnni for up to Q8_MULTI vectors at once (a prompt batch): each weight load and scale
+ * gather serves all of them, and per vector the operations are q8_rows_vnni's, in its order. Out vector v
  * at out + v·out_stride.
  */
-VNNI_TARGET static void q8_rows_multi_vnni(float *out, size_t out_stride, const uint8_t *wq, const q8_x *x, int vectors, int n, int d) {
+VNNI_TARGET static inline __attribute__((always_inline)) void q8_rows_multi_body(float *out, size_t out_stride, const uint8_t *wq, const q8_x *x, int vectors, int n, int d) {
   const int blocks = n / Q8_BLOCK;
   const int groups = (blocks + 15) / 16;
   const size_t row_bytes = (size_t)blocks * Q8_BLOCK_BYTES;
@@ -469,7 +472,8 @@ VNNI_TARGET static void q8_rows_multi_vnni(float *out, size_t out_stride, const 
   const __m512i scale_at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(Q8_BLOCK_BYTES));
   for (int i = 0; i < d; i++) {
     const uint8_t *row = wq + (size_t)i * row_bytes;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc[Q8_MULTI];
+    for (int v = 0; v < Q8_MULTI; v++) acc[v] = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
       const int first = g * 16;
       const int count = blocks - first < 16 ? blocks - first : 16;
@@ -502,6 +506,12 @@ VNNI_TARGET static void q8_rows_multi_vnni(float *out, size_t out_stride, const 
     }
     for (int v = 0; v < vectors; v++) out[(size_t)v * out_stride + i] = reduce16(acc[v]);
   }
+}
+
+/** q8_rows_multi_body, compiled separately for Q8_MULTI vectors (the common case: the compiler keeps them in registers). */
+VNNI_TARGET static void q8_rows_multi_vnni(float *out, size_t out_stride, const uint8_t *wq, const q8_x *x, int vectors, int n, int d) {
+  if (vectors == Q8_MULTI) q8_rows_multi_body(out, out_stride, wq, x, Q8_MULTI, n, d);
+  else q8_rows_multi_body(out, out_stride, wq, x, vectors, n, d);
 }
 
 VNNI_TARGET static void matvec_q8_vnni(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
@@ -752,8 +762,8 @@ static void matmul_q8(float *out, const uint8_t *wq, const float *wd, const int8
     const uint8_t *wr = wq + (size_t)first * s.row_bytes;
 #if defined(__x86_64__)
     if (ready) {
-      for (int v = 0; v < s.batch; v += 4) {
-        const int vectors = s.batch - v < 4 ? s.batch - v : 4;
+      for (int v = 0; v < s.batch; v += Q8_MULTI) {
+        const int vectors = s.batch - v < Q8_MULTI ? s.batch - v : Q8_MULTI;
         q8_rows_multi_vnni(out + (size_t)v * s.out_stride + first, (size_t)s.out_stride, wr, &prepared[v], vectors, s.n, rows);
       }
       continue;
