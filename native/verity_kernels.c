@@ -707,6 +707,138 @@ VNNI_TARGET static void quant_rows_vnni(int type, float *out, const uint8_t *w, 
   }
 }
 
+/**
+ * lanes_qxk for up to 4 activation vectors (a prompt batch): the weights' nibbles and sub-block
+ * scales are unpacked once and multiplied with each vector. acc[v], msum[v]: vector v's lanes.
+ */
+VNNI_TARGET static inline __attribute__((always_inline)) void lanes_qxk_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const xs[4],
+                                                                               int vectors, int five, __m512i acc[4], __m128i msum[4]) {
+  uint64_t sc8, m8;
+  scales_mins_k4(w + 4, &sc8, &m8);
+  const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+  const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
+  for (int v = 0; v < vectors; v++) {
+    msum[v] = _mm_madd_epi16(mins, _mm_loadu_si128((const __m128i *)xs[v]));
+    acc[v] = _mm512_setzero_si512();
+  }
+  const uint8_t *qs = w + (five ? 48 : 16);
+  const __m512i nib = _mm512_set1_epi8(15);
+  __m512i high = _mm512_setzero_si512();
+  if (five) high = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16)));
+  for (int h = 0; h < 2; h++) {
+    const __m512i q = _mm512_loadu_si512(qs + 64 * h);
+    __m512i lo = _mm512_and_si512(q, nib), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
+    if (five) {
+      const __m512i one = _mm512_set1_epi8(1);
+      const __m512i shift_lo = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(4 * h)), _mm512_set1_epi16((short)(4 * h + 2)));
+      const __m512i shift_hi = _mm512_add_epi16(shift_lo, _mm512_set1_epi16(1));
+      lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_lo), one), 4));
+      hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_hi), one), 4));
+    }
+    const __m512i scale_lo = two_scales(sc, 4 * h, 4 * h + 2), scale_hi = two_scales(sc, 4 * h + 1, 4 * h + 3);
+    for (int v = 0; v < vectors; v++) {
+      const __m512i plo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(x[v] + 128 * h));
+      const __m512i phi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(x[v] + 128 * h + 64));
+      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], plo, scale_lo), phi, scale_hi);
+    }
+  }
+}
+
+/** lanes_q6k for up to 4 activation vectors: the 6-bit weights and their scales unpacked once. */
+VNNI_TARGET static inline __attribute__((always_inline)) void lanes_q6k_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const pairs[4],
+                                                                               int vectors, __m512i acc[4]) {
+  const __m512i nib = _mm512_set1_epi8(15), three = _mm512_set1_epi8(3);
+  const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 192))));
+  const __m512i quarter_of_lane = _mm512_srli_epi16(_mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00090008, 0x000b000a, 0x000d000c, 0x000f000e,
+                                                                        0x00110010, 0x00130012, 0x00150014, 0x00170016, 0x00190018, 0x001b001a, 0x001d001c, 0x001f001e), 3);
+  for (int v = 0; v < vectors; v++) acc[v] = _mm512_setzero_si512();
+  for (int h = 0; h < 2; h++) {
+    const __m512i q = _mm512_loadu_si512(w + 64 * h);
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
+    const __m512i shift01 = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
+    const __m512i shift23 = _mm512_add_epi16(shift01, _mm512_set1_epi16(4));
+    const __m512i q01 = _mm512_or_si512(_mm512_and_si512(q, nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), three), 4));
+    const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), three), 4));
+    const __m512i s01 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h))), sc);
+    const __m512i s23 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h + 4))), sc);
+    for (int v = 0; v < vectors; v++) {
+      const __m512i p01 = _mm512_sub_epi16(_mm512_maddubs_epi16(q01, _mm512_loadu_si512(x[v] + 128 * h)), _mm512_loadu_si512(pairs[v] + 64 * h));
+      const __m512i p23 = _mm512_sub_epi16(_mm512_maddubs_epi16(q23, _mm512_loadu_si512(x[v] + 128 * h + 64)), _mm512_loadu_si512(pairs[v] + 64 * h + 32));
+      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], p01, s01), p23, s23);
+    }
+  }
+}
+
+/**
+ * quant_rows_vnni for up to 4 prepared vectors at once (x[v], scales xd + v·xd_stride; out vector
+ * v at out + v·out_stride): each weight block is unpacked once for all of them, and per vector the
+ * integer sums, the f32 term and the sum16 layout are quant_rows_vnni's.
+ */
+VNNI_TARGET static inline __attribute__((always_inline)) void quant_rows_multi_body(int type, float *out, size_t out_stride, const uint8_t *w, const float *wd,
+                                                                                     const prepared_x *x, const float *xd, size_t xd_stride, int vectors, int n, int d) {
+  const int blocks = n / 256, bytes = quant_block_bytes(type), per = quant_scales(type);
+  const size_t row_bytes = (size_t)blocks * bytes;
+  const int five = type == TYPE_Q5_K;
+  for (int i = 0; i < d; i += 4) {
+    const uint8_t *row[4];
+    const float *scales[4];
+    for (int r = 0; r < 4; r++) {
+      const int at = i + r < d ? i + r : d - 1;
+      row[r] = w + (size_t)at * row_bytes;
+      scales[r] = wd + (size_t)at * blocks * per;
+    }
+    __m128 acc[4][16];
+    for (int v = 0; v < vectors; v++) for (int k = 0; k < 16; k++) acc[v][k] = _mm_setzero_ps();
+    for (int b = 0; b < blocks; b++) {
+      const size_t at = (size_t)b * bytes;
+      const int8_t *xv[4];
+      const int16_t *side[4]; // Q6_K: the pair sums; Q4_K/Q5_K: the sums of every 32
+      for (int v = 0; v < vectors; v++) {
+        xv[v] = x[v].xq + 256 * b;
+        side[v] = type == TYPE_Q6_K ? x[v].pairs + 128 * b : x[v].xs + 8 * b;
+      }
+      __m512i lanes[4][4];
+      __m128i mins[4][4];
+      for (int r = 0; r < 4; r++) {
+        if (type == TYPE_Q6_K) lanes_q6k_multi(row[r] + at, xv, side, vectors, lanes[r]);
+        else lanes_qxk_multi(row[r] + at, xv, side, vectors, five, lanes[r], mins[r]);
+      }
+      const __m128 dw = _mm_setr_ps(scales[0][b * per], scales[1][b * per], scales[2][b * per], scales[3][b * per]);
+      for (int v = 0; v < vectors; v++) {
+        const __m128 dx = _mm_set1_ps(xd[(size_t)v * xd_stride + b]);
+        const __m128i isum = hsum4_i32(lanes[0][v], lanes[1][v], lanes[2][v], lanes[3][v]);
+        __m128 term;
+        if (type == TYPE_Q6_K) {
+          term = _mm_mul_ps(_mm_mul_ps(dw, dx), _mm_cvtepi32_ps(isum));
+        } else {
+          const __m128i msum = hsum4_i32x4(mins[0][v], mins[1][v], mins[2][v], mins[3][v]);
+          const __m128 dmin = _mm_setr_ps(scales[0][b * per + 1], scales[1][b * per + 1], scales[2][b * per + 1], scales[3][b * per + 1]);
+          term = _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(dw, dx), _mm_cvtepi32_ps(isum)), _mm_mul_ps(_mm_mul_ps(dmin, dx), _mm_cvtepi32_ps(msum)));
+        }
+        acc[v][b & 15] = _mm_add_ps(acc[v][b & 15], term);
+      }
+    }
+    for (int v = 0; v < vectors; v++) {
+      __m128 t[8], u[4];
+      for (int k = 0; k < 8; k++) t[k] = _mm_add_ps(acc[v][k], acc[v][k + 8]);
+      for (int k = 0; k < 4; k++) u[k] = _mm_add_ps(t[k], t[k + 4]);
+      const __m128 sum = _mm_add_ps(_mm_add_ps(u[0], u[2]), _mm_add_ps(u[1], u[3]));
+      float lanes_out[4];
+      _mm_storeu_ps(lanes_out, sum);
+      for (int r = 0; r < 4 && i + r < d; r++) out[(size_t)v * out_stride + i + r] = lanes_out[r];
+    }
+  }
+}
+
+/** quant_rows_multi_body, compiled separately for each type with 4 vectors (the common case). */
+VNNI_TARGET static void quant_rows_multi_vnni(int type, float *out, size_t out_stride, const uint8_t *w, const float *wd, const prepared_x *x,
+                                              const float *xd, size_t xd_stride, int vectors, int n, int d) {
+  if (vectors == 4 && type == TYPE_Q4_K) quant_rows_multi_body(TYPE_Q4_K, out, out_stride, w, wd, x, xd, xd_stride, 4, n, d);
+  else if (vectors == 4 && type == TYPE_Q5_K) quant_rows_multi_body(TYPE_Q5_K, out, out_stride, w, wd, x, xd, xd_stride, 4, n, d);
+  else if (vectors == 4 && type == TYPE_Q6_K) quant_rows_multi_body(TYPE_Q6_K, out, out_stride, w, wd, x, xd, xd_stride, 4, n, d);
+  else quant_rows_multi_body(type, out, out_stride, w, wd, x, xd, xd_stride, vectors, n, d);
+}
+
 /** Returns 0 when scratch memory could not be had (the caller then takes the AVX2 loop). */
 VNNI_TARGET static int matvec_quant_vnni(int type, float *out, const uint8_t *w, const float *wd, const int8_t *xq, const float *xd, const int32_t *xs, int n, int d) {
   prepared_x p;
@@ -791,16 +923,22 @@ static void matmul_quant(int type, float *out, const uint8_t *w, const float *wd
     const int rows = s.d - first < MATMUL_TILE ? s.d - first : MATMUL_TILE;
     const uint8_t *wr = w + (size_t)first * s.row_bytes;
     const float *sr = wd + (size_t)first * s.scale_floats;
+#if defined(__x86_64__)
+    if (ready) {
+      for (int v = 0; v < s.batch; v += 4) {
+        const int vectors = s.batch - v < 4 ? s.batch - v : 4;
+        quant_rows_multi_vnni(type, out + (size_t)v * s.out_stride + first, (size_t)s.out_stride, wr, sr, &prepared[v], xd + (size_t)v * blocks,
+                              (size_t)blocks, vectors, s.n, rows);
+      }
+      continue;
+    }
+#endif
     for (int v = 0; v < s.batch; v++) {
       float *o = out + (size_t)v * s.out_stride + first;
       const int8_t *xqv = xq + (size_t)v * s.n;
       const float *xdv = xd + (size_t)v * blocks;
       const int32_t *xsv = xs + (size_t)v * sums;
 #if defined(__x86_64__)
-      if (ready) {
-        quant_rows_vnni(type, o, wr, sr, &prepared[v], xdv, s.n, rows);
-        continue;
-      }
       if (use_avx2) {
         matvec_quant_avx2(type, o, wr, sr, xqv, xdv, xsv, s.n, rows);
         continue;

@@ -1,7 +1,8 @@
 // Prompt positions run as a batch (steps.ts promptBatch: matrix × matrix products, attention per
 // position) give the bits of one position at a time: the same fingerprint (every step's outputs),
-// the same trace root and tokens, on every kernel build, 1 and 2 threads, F32, Q8_0, a k-quant
-// mix, GQA, Qwen2 (biases, NEOX RoPE), mapped weights; and the matmul kernels equal their matvecs.
+// the same trace root and tokens, on every kernel build, 1 and 2 threads, F32, Q8_0, Q4_0, k-quants
+// (Q4_K_M, Q5_K_M mixes), GQA, Qwen2 (biases, NEOX RoPE), mapped weights; and the matmul kernels
+// equal their matvecs.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -74,7 +75,7 @@ function traceRoot(model: Model, kernels: KernelPath, threads: number, promptBat
 
 test('prompt batches give the bits of one position at a time (every type, kernel build and thread count)', { timeout: 120_000 }, () =>
   withTempDir((dir) => {
-    const paths = writeModels(dir, ['f32', 'q8_0', 'q4_k_m']);
+    const paths = writeModels(dir, ['f32', 'q8_0', 'q4_k_m', 'q5_k_m', 'q4_0']);
     for (const [name, path] of Object.entries(paths)) {
       const model = loadModel(path, { weights: 'memory' });
       const reference = fingerprint(model, 'scalar', 1, 1);
