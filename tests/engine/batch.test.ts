@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { writeRandomLlama2c, type ModelShape } from '../../bench/random-model.js';
 import {
   availableKernelPaths, canMapWeights, closeThreads, createFingerprint, generate, ggufFromModel, instantiateKernels, loadModel,
-  modelIdentity, writeGguf, type ExportType, type KernelPath, type Model,
+  modelIdentity, nativeKernels, writeGguf, type ExportType, type KernelPath, type Model,
 } from '../../src/engine/index.js';
 import { describeJob, recordTrace } from '../../src/proof/index.js';
 import { tok512, withTempDir } from '../helpers.js';
@@ -102,6 +102,26 @@ test('mapped weights: prompt batches give the bits of the model in WebAssembly m
       const mapped = loadModel(path, { weights: 'mapped' });
       for (const threads of [1, 2]) assert.deepEqual(fingerprint(mapped, 'native', threads, undefined), reference, `${name} mapped, ${threads} thread(s)`);
       closeThreads(mapped);
+    }
+  }),
+);
+
+test("the native addon's AVX2 and portable loops batch with the same bits", { skip: nativeKernels() ? false : 'no native addon', timeout: 60_000 }, () =>
+  withTempDir((dir) => {
+    const paths = writeModels(dir, ['q8_0', 'q4_k_m']);
+    const native = nativeKernels()!;
+    try {
+      for (const [name, path] of Object.entries(paths)) {
+        const model = loadModel(path, { weights: 'memory' });
+        const reference = fingerprint(model, 'scalar', 1, 1);
+        for (const level of ['avx2', true] as const) {
+          native.setPortable(level);
+          assert.deepEqual(fingerprint(model, 'native', 1, undefined), reference, `${name} on native (${level === true ? 'portable' : level})`);
+        }
+        native.setPortable(false);
+      }
+    } finally {
+      native.setPortable(false);
     }
   }),
 );
