@@ -3,7 +3,11 @@ import { createFingerprint, generate, type GenerateRequest, type GenerationSumma
 
 export interface TimedRun {
   summary: GenerationSummary;
-  /** Positions per second, timed like run.c: the clock starts after the first (slower) position. */
+  /**
+   * Positions per second over the whole run. Not run.c's clock (started after the first position):
+   * the prompt's positions go through as a batch before the first piece appears, so timing from
+   * then would count positions that ran before the clock started.
+   */
   tokensPerSecond: number;
   fingerprint: string;
 }
@@ -17,17 +21,12 @@ export async function runTimed(
   const fingerprint = createFingerprint();
   const run = generate(model, { ...request, observer: fingerprint });
   const begin = performance.now();
-  let start = 0;
   for (;;) {
     const next = run.next();
     if (next.done) {
-      const end = performance.now();
-      const positions = next.value.positions;
-      const tokensPerSecond =
-        positions > 1 && start > 0 && end > start ? (positions - 1) / ((end - start) / 1000) : positions / ((end - begin) / 1000);
-      return { summary: next.value, tokensPerSecond, fingerprint: fingerprint.hex() };
+      const seconds = (performance.now() - begin) / 1000;
+      return { summary: next.value, tokensPerSecond: next.value.positions / seconds, fingerprint: fingerprint.hex() };
     }
     await onPiece(next.value.piece);
-    if (start === 0) start = performance.now();
   }
 }
