@@ -30,12 +30,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
   GGML_TYPE, DTYPES, closeThreads, createSession, disposeSession, embed, layerStep, classify, dtypeOfGgml, encode, ggufFromModel,
-  loadModel, writeGguf, type Architecture, type GgufContents, type Model,
+  loadModel, writeGguf, type GgufContents, type Model,
 } from '../src/engine/index.js';
 import { readGgufHeader } from '../src/engine/load/gguf.js';
 import { readBytes, withFile } from '../src/engine/load/file.js';
 import { tokenizerMetadata } from '../src/engine/load/gguf-write.js';
-import { randomFloats, writeRandomLlama2c, type ModelShape } from './random-model.js';
+import { architectureVariant, randomFloats, writeRandomLlama2c, type ArchitectureVariant, type ModelShape } from './random-model.js';
 import { BPE_MODELS, bpeTokenizer } from '../tests/engine/bpe-models.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -185,11 +185,7 @@ function verityGreedy(model: Model, prompt: number[]): { tokens: number[]; logit
 // ---------------------------------------------------------------------------------------------
 // Models.
 
-interface Variant {
-  architecture?: Architecture;
-  ropeTheta?: number;
-  ropeFactors?: boolean;
-  tied?: boolean;
+interface Variant extends ArchitectureVariant {
   slidingWindow?: number;
 }
 
@@ -198,22 +194,9 @@ function writeVariant(dir: string, name: string, shape: ModelShape, seed: number
   const bin = join(dir, `${name}.bin`);
   writeRandomLlama2c(bin, shape, seed);
   const base = loadModel(bin, { tokenizer: TOK512 });
-  const { arena, config: c } = base;
-  const vector = (values: Float32Array): number => {
-    const ptr = arena.alloc(4 * values.length);
-    arena.f32(ptr, values.length).set(values);
-    return ptr;
-  };
-  const config = { ...c, ...(v.architecture ? { architecture: v.architecture } : {}), ...(v.ropeFactors ? { ropeFactors: true } : {}), ropeTheta: Math.fround(v.ropeTheta ?? c.ropeTheta) };
-  const weights = { ...base.weights };
-  if (v.ropeFactors) weights.ropeFactors = vector(Float32Array.from({ length: c.headSize / 2 }, (_, i) => Math.fround(1 + (7 * i) / (c.headSize / 2 - 1))));
-  if (v.architecture === 'qwen2') {
-    weights.layers = weights.layers.map((w, l) => ({
-      ...w, bq: vector(randomFloats(c.dim, seed + 10 * l + 1)), bk: vector(randomFloats(c.kvDim, seed + 10 * l + 2)), bv: vector(randomFloats(c.kvDim, seed + 10 * l + 3)),
-    }));
-  }
-  if (v.tied) weights.classifier = weights.tokenEmbedding;
-  const contents = ggufFromModel({ ...base, config, weights }, { name });
+  const variant = architectureVariant(base, seed, v);
+  const { config } = variant;
+  const contents = ggufFromModel(variant, { name });
   if (v.slidingWindow) contents.metadata.push([`${config.architecture ?? 'llama'}.attention.sliding_window`, { type: 'u32', value: v.slidingWindow }]);
   const path = join(dir, `${name}.f32.gguf`);
   writeGguf(path, contents);

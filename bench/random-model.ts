@@ -3,7 +3,7 @@
 import { closeSync, openSync, statSync, writeSync } from 'node:fs';
 import {
   DTYPES, GGML_TYPE, createArena, dtypeOfGgml, f32ToF16, ggufFromModel, writeGguf,
-  type DType, type Matrix, type Model, type ModelConfig, type QuantizeTarget,
+  type Architecture, type DType, type Matrix, type Model, type ModelConfig, type QuantizeTarget,
 } from '../src/engine/index.js';
 import { loadTokenizerBin } from '../src/engine/load/tokenizer-bin.js';
 import { deriveConfig, type LayerWeights } from '../src/engine/model.js';
@@ -141,4 +141,40 @@ export function writeRandomGguf(path: string, shape: ModelShape, target: Quantiz
   });
   writeGguf(path, contents);
   return statSync(path).size;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Architecture variants of a loaded model, for the tests and the llama.cpp cross-check.
+
+export interface ArchitectureVariant {
+  architecture?: Architecture;
+  ropeTheta?: number;
+  /** Llama 3 style per-frequency RoPE factors. */
+  ropeFactors?: boolean;
+  /** The classifier shares the token embedding. */
+  tied?: boolean;
+}
+
+/**
+ * `base` turned into the variant in memory (new tensors in its arena): factors as Llama 3.1's
+ * converter writes them (1 for high frequencies, up to 8 for low ones), Qwen2's Q/K/V biases
+ * seeded by `seed`, the classifier tied. Ready for ggufFromModel.
+ */
+export function architectureVariant(base: Model, seed: number, v: ArchitectureVariant): Model {
+  const { arena, config: c } = base;
+  const vector = (values: Float32Array): number => {
+    const ptr = arena.alloc(4 * values.length);
+    arena.f32(ptr, values.length).set(values);
+    return ptr;
+  };
+  const config = { ...c, ...(v.architecture ? { architecture: v.architecture } : {}), ...(v.ropeFactors ? { ropeFactors: true } : {}), ropeTheta: Math.fround(v.ropeTheta ?? c.ropeTheta) };
+  const weights = { ...base.weights };
+  if (v.ropeFactors) weights.ropeFactors = vector(Float32Array.from({ length: c.headSize / 2 }, (_, i) => Math.fround(1 + (7 * i) / (c.headSize / 2 - 1))));
+  if (v.architecture === 'qwen2') {
+    weights.layers = weights.layers.map((w, l) => ({
+      ...w, bq: vector(randomFloats(c.dim, seed + 10 * l + 1)), bk: vector(randomFloats(c.kvDim, seed + 10 * l + 2)), bv: vector(randomFloats(c.kvDim, seed + 10 * l + 3)),
+    }));
+  }
+  if (v.tied) weights.classifier = weights.tokenEmbedding;
+  return { ...base, config, weights };
 }

@@ -8,42 +8,18 @@ import { test } from 'node:test';
 import {
   ModelFileError, assembleModel, availableKernelPaths, canonicalConfig, canonicalTensors, closeThreads, createFingerprint, generate,
   ggufFromModel, instantiateKernels, loadModel, modelIdentity, parseCanonicalConfig, runLayerStep, writeGguf,
-  type Architecture, type GgufContents, type KernelPath, type Model,
+  type GgufContents, type KernelPath, type Model,
 } from '../../src/engine/index.js';
-import { randomFloats, writeRandomLlama2c, type ModelShape } from '../../bench/random-model.js';
+import { architectureVariant, randomFloats, writeRandomLlama2c, type ArchitectureVariant, type ModelShape } from '../../bench/random-model.js';
 import { tok512, withTempDir } from '../helpers.js';
 
 /** Seeded xorshift32 floats in [lo, hi). */
-interface Variant {
-  architecture?: Architecture;
-  ropeTheta?: number;
-  /** Llama 3 style per-frequency factors. */
-  ropeFactors?: boolean;
-  tied?: boolean;
-}
+type Variant = ArchitectureVariant;
 
-/** A random llama2.c model turned into the variant in memory (new tensors in its arena), as GGUF contents. */
 function variantGguf(dir: string, shape: ModelShape, seed: number, v: Variant): GgufContents {
   const path = join(dir, `base-${seed}.bin`);
   writeRandomLlama2c(path, shape, seed);
-  const base = loadModel(path, { tokenizer: tok512 });
-  const { arena, config: c } = base;
-  const vector = (values: Float32Array): number => {
-    const ptr = arena.alloc(4 * values.length);
-    arena.f32(ptr, values.length).set(values);
-    return ptr;
-  };
-  const config = { ...c, ...(v.architecture ? { architecture: v.architecture } : {}), ...(v.ropeFactors ? { ropeFactors: true } : {}), ropeTheta: Math.fround(v.ropeTheta ?? c.ropeTheta) };
-  const weights = { ...base.weights };
-  // Factors as Llama 3.1's converter writes them: 1 for high frequencies, up to 8 for low ones.
-  if (v.ropeFactors) weights.ropeFactors = vector(Float32Array.from({ length: c.headSize / 2 }, (_, i) => Math.fround(1 + (7 * i) / (c.headSize / 2 - 1))));
-  if (v.architecture === 'qwen2') {
-    weights.layers = weights.layers.map((w, l) => ({
-      ...w, bq: vector(randomFloats(c.dim, seed + 10 * l + 1)), bk: vector(randomFloats(c.kvDim, seed + 10 * l + 2)), bv: vector(randomFloats(c.kvDim, seed + 10 * l + 3)),
-    }));
-  }
-  if (v.tied) weights.classifier = weights.tokenEmbedding;
-  return ggufFromModel({ ...base, config, weights });
+  return ggufFromModel(architectureVariant(loadModel(path, { tokenizer: tok512 }), seed, v));
 }
 
 function fingerprint(model: Model, kernels: KernelPath, threads: number): string {
