@@ -11,6 +11,7 @@
 //      on ties), until no adjacent pair has a rank;
 //   5. each final symbol is its token; one that is not a token falls back to one token per byte.
 import { EngineError } from './errors.js';
+import { heapPop, heapPush } from './heap.js';
 import { LETTER_RANGES, NUMBER_RANGES } from './unicode-classes.js';
 
 /** GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type). */
@@ -541,34 +542,6 @@ interface Candidate {
 /** Heap order: lowest rank first, then the leftmost pair (llama.cpp llm_bigram_bpe::comparator). */
 const before = (a: Candidate, b: Candidate): boolean => a.rank < b.rank || (a.rank === b.rank && a.left < b.left);
 
-function heapPush(heap: Candidate[], c: Candidate): void {
-  heap.push(c);
-  for (let i = heap.length - 1; i > 0; ) {
-    const parent = (i - 1) >> 1;
-    if (!before(heap[i], heap[parent])) break;
-    [heap[i], heap[parent]] = [heap[parent], heap[i]];
-    i = parent;
-  }
-}
-
-function heapPop(heap: Candidate[]): Candidate | undefined {
-  const top = heap[0];
-  const last = heap.pop();
-  if (heap.length > 0 && last) {
-    heap[0] = last;
-    for (let i = 0; ; ) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let best = i;
-      if (l < heap.length && before(heap[l], heap[best])) best = l;
-      if (r < heap.length && before(heap[r], heap[best])) best = r;
-      if (best === i) break;
-      [heap[i], heap[best]] = [heap[best], heap[i]];
-      i = best;
-    }
-  }
-  return top;
-}
 
 /** The tokens of one word (already in the byte-level alphabet). */
 function bpeWord(t: BpeTokenizer, word: Uint8Array, out: number[]): void {
@@ -597,10 +570,10 @@ function bpeWord(t: BpeTokenizer, word: Uint8Array, out: number[]): void {
   const consider = (left: number, right: number): void => {
     if (left < 0 || right < 0 || ids[left] < 0 || ids[right] < 0) return;
     const rank = t.ranks.get(pairKey(ids[left], ids[right]));
-    if (rank !== undefined) heapPush(heap, { rank, left, right, leftId: ids[left], rightId: ids[right] });
+    if (rank !== undefined) heapPush(heap, { rank, left, right, leftId: ids[left], rightId: ids[right] }, before);
   };
   for (let i = 0; i + 1 < count; i++) consider(i, i + 1);
-  for (let c = heapPop(heap); c; c = heapPop(heap)) {
+  for (let c = heapPop(heap, before); c; c = heapPop(heap, before)) {
     const { left, right } = c;
     if (!alive[left] || !alive[right] || next[left] !== right || ids[left] !== c.leftId || ids[right] !== c.rightId) continue;
     ends[left] = ends[right];

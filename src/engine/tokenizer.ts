@@ -3,6 +3,7 @@
 // repeated merging of the adjacent pair whose merged string scores highest (leftmost on ties).
 // Strings are byte strings throughout: a token is whatever bytes the tokenizer file holds.
 import { EngineError } from './errors.js';
+import { heapPop, heapPush } from './heap.js';
 import { MAX_SPECIAL_SCAN_BYTES, encodeBpe, type BpeTokenizer } from './tokenizer-bpe.js';
 
 export interface SentencePieceTokenizer {
@@ -55,36 +56,6 @@ interface Candidate {
 /** Max-heap order: higher score first, then the leftmost pair. */
 const before = (a: Candidate, b: Candidate): boolean => a.score > b.score || (a.score === b.score && a.left.start < b.left.start);
 
-function heapPush(heap: Candidate[], c: Candidate): void {
-  heap.push(c);
-  let i = heap.length - 1;
-  while (i > 0) {
-    const parent = (i - 1) >> 1;
-    if (!before(heap[i], heap[parent])) break;
-    [heap[i], heap[parent]] = [heap[parent], heap[i]];
-    i = parent;
-  }
-}
-
-function heapPop(heap: Candidate[]): Candidate | undefined {
-  const top = heap[0];
-  const last = heap.pop();
-  if (heap.length > 0 && last) {
-    heap[0] = last;
-    let i = 0;
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let best = i;
-      if (l < heap.length && before(heap[l], heap[best])) best = l;
-      if (r < heap.length && before(heap[r], heap[best])) best = r;
-      if (best === i) break;
-      [heap[i], heap[best]] = [heap[best], heap[i]];
-      i = best;
-    }
-  }
-  return top;
-}
 
 function toBytes(text: string | Uint8Array): Uint8Array {
   const bytes = typeof text === 'string' ? new TextEncoder().encode(text) : text;
@@ -142,11 +113,11 @@ export function encode(t: Tokenizer, text: string | Uint8Array, bos = true, eos 
     const merged = lookup(pair);
     if (merged < 0) return;
     const score = t.scores[merged];
-    if (score > MERGE_FLOOR) heapPush(heap, { left, right, leftId: left.id, rightId: right.id, merged, score });
+    if (score > MERGE_FLOOR) heapPush(heap, { left, right, leftId: left.id, rightId: right.id, merged, score }, before);
   };
   for (let i = 0; i + 1 < symbols.length; i++) consider(symbols[i], symbols[i + 1]);
 
-  for (let c = heapPop(heap); c; c = heapPop(heap)) {
+  for (let c = heapPop(heap, before); c; c = heapPop(heap, before)) {
     const { left, right } = c;
     const stale = !left.alive || !right.alive || left.next !== right || left.id !== c.leftId || right.id !== c.rightId;
     if (stale) continue;
