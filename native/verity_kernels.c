@@ -57,17 +57,36 @@ static void matvec_portable(float *out, const float *w, const float *x, int n, i
   }
 }
 
+/** IEEE binary16 → binary32, exactly (subnormals normalised, NaN payloads kept), without F16C. */
+static float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0x1f) bits = sign | 0x7f800000u | (mant << 13);
+  else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
+  else if (mant == 0) bits = sign;
+  else {
+    uint32_t e = 113;
+    while ((mant & 0x400) == 0) mant <<= 1, e--;
+    bits = sign | (e << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The block's own f16 scale, widened (exact, so the bits equal the prepared `wd`'s): every native
+// Q8_0 product reads its scales from the blocks, so mapped Q8_0 weights need no prepared copy.
 static void matvec_q8_portable(float *out, const uint8_t *wq, const float *wd, const int8_t *xq, const float *xd, int n, int d) {
+  (void)wd;
   int blocks = n / Q8_BLOCK;
   for (int i = 0; i < d; i++) {
     const uint8_t *row = wq + (size_t)i * blocks * Q8_BLOCK_BYTES;
-    const float *scales = wd + (size_t)i * blocks;
     float acc[16] = {0};
     for (int b = 0; b < blocks; b++) {
-      const int8_t *qw = (const int8_t *)(row + (size_t)b * Q8_BLOCK_BYTES + 2);
+      const uint8_t *block = row + (size_t)b * Q8_BLOCK_BYTES;
+      const int8_t *qw = (const int8_t *)(block + 2);
       int32_t isum = 0;
       for (int j = 0; j < Q8_BLOCK; j++) isum += (int32_t)qw[j] * (int32_t)xq[b * Q8_BLOCK + j];
-      float scale = scales[b] * xd[b];
+      float scale = f16_to_f32((uint16_t)(block[0] | (block[1] << 8))) * xd[b];
       float term = scale * (float)isum;
       acc[b & 15] = acc[b & 15] + term;
     }

@@ -11,7 +11,7 @@ import { hasMappedWeights, tensorBytes, tensorF32 } from './load/mapped.js';
 import type { Ptr } from './memory.js';
 import type { Model } from './model.js';
 import type { KernelPath } from './numerics/index.js';
-import { DTYPES, rowBytes } from './dtypes.js';
+import { rowBytes } from './dtypes.js';
 import { dequantizeBlocks } from './quantize.js';
 import { cpuClassify, cpuEmbed, cpuLayerBatch, cpuLayerStep, type Session } from './steps.js';
 
@@ -43,15 +43,8 @@ function mappedEmbed(s: Session, token: number): void {
   if (table.dtype === 'f32') return x.set(tensorF32(arena, table, 4 * token * dim, dim));
   const bytes = rowBytes(table.dtype, dim);
   const row = tensorBytes(arena, table, token * bytes, bytes);
-  if (table.dtype !== 'q8_0') return x.set(dequantizeBlocks(table.dtype, row));
-  // Q8_0 reads its scales from the prepared array, as the wasm kernel dequantizeRowQ8 does.
-  const { block, blockBytes } = DTYPES.q8_0;
-  const scales = arena.f32(table.scales + 4 * token * (dim / block), dim / block);
-  const q = new Int8Array(row.buffer, row.byteOffset, row.byteLength);
-  for (let j = 0; j < dim; j++) {
-    const b = Math.floor(j / block);
-    x[j] = Math.fround(scales[b] * q[b * blockBytes + 2 + (j % block)]);
-  }
+  // Every type, Q8_0 included, from the row's own blocks (a mapped Q8_0 has no prepared scales).
+  x.set(dequantizeBlocks(table.dtype, row));
 }
 
 const mappedBackend: SessionBackend = { name: 'mapped', embed: mappedEmbed, layerStep: cpuLayerStep, layerBatch: cpuLayerBatch, classify: cpuClassify, read };

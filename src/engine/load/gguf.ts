@@ -5,7 +5,7 @@
 import { ARCHITECTURES, isArchitecture, type Architecture } from '../architecture.js';
 import { EngineError, ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
-import { DTYPES, dtypeOfGgml, prepareScales, preparedPerBlock, rowsFit } from '../dtypes.js';
+import { DTYPES, dtypeOfGgml, prepareScales, preparedPerBlock, rowsFit, type DType } from '../dtypes.js';
 import { configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
@@ -351,10 +351,13 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
     /** Arena bytes of a mapped tensor: the prepared scales of quantised matrices; F16 (widened) and unaligned F32 are copied. */
     const mappable = (t: GgufTensorInfo, matrix: boolean): boolean =>
       matrix && (quantizedType(t.type) !== undefined || (t.type === GGML_F32 && t.offset % 4 === 0));
+    // Mapped Q8_0 needs no prepared scales: every native Q8_0 product widens each block's own f16
+    // (exact), and a mapped model runs only native kernels; Q8_0 has no malformed-scale rule to check.
+    const mappedScales = (dtype: DType): number => (dtype === 'q8_0' ? 0 : preparedPerBlock(dtype));
     const mappedMemory = (t: GgufTensorInfo, matrix: boolean): number => {
       if (!mappable(t, matrix)) return sizes(t).memory;
       const q = quantizedType(t.type);
-      return q ? (sizes(t).file / q.blockBytes) * 4 * preparedPerBlock(q.dtype) : 0;
+      return q ? (sizes(t).file / q.blockBytes) * 4 * mappedScales(q.dtype) : 0;
     };
     let totalBytes = 0;
     let mappedBytes = 0;
@@ -401,7 +404,8 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
         // The blocks stay in the file; only the scales the kernels read are prepared into the arena.
         const where = mapping.place(t.offset, bytes);
         if (!q) return { dtype: 'f32', ...where, scales: 0 };
-        const floats = (bytes / q.blockBytes) * preparedPerBlock(q.dtype);
+        const floats = (bytes / q.blockBytes) * mappedScales(q.dtype);
+        if (floats === 0) return { dtype: q.dtype, ...where, scales: 0 };
         const scales = arena.alloc(4 * floats);
         const problem = prepareScales(q.dtype, mapping.bytes(t.offset, bytes), new Uint32Array(arena.memory.buffer, scales, floats));
         if (problem) fail(`bad tensor ${name}: ${q.ggmlName} ${problem}`);
