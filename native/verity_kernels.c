@@ -597,21 +597,27 @@ VNNI_TARGET static inline __m512i two_scales(__m512i s, int a, int b) {
   return _mm512_permutexvar_epi16(index, s);
 }
 
-/** One Q4_K/Q5_K super-block of one row: i32 lanes summing to isum, and 4 lanes summing to msum. */
-VNNI_TARGET static inline __m512i lanes_qxk(const uint8_t *w, const int8_t *x, const int16_t *xs, int five, __m128i *msum) {
+/**
+ * lanes_qxk for up to 4 activation vectors (a prompt batch): the weights' nibbles and sub-block
+ * scales are unpacked once and multiplied with each vector. acc[v], msum[v]: vector v's lanes.
+ */
+VNNI_TARGET static inline __attribute__((always_inline)) void lanes_qxk_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const xs[4],
+                                                                               int vectors, int five, __m512i acc[4], __m128i msum[4]) {
   uint64_t sc8, m8;
   scales_mins_k4(w + 4, &sc8, &m8);
   const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
-  *msum = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8)), _mm_loadu_si128((const __m128i *)xs));
+  const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
+  for (int v = 0; v < vectors; v++) {
+    msum[v] = _mm_madd_epi16(mins, _mm_loadu_si128((const __m128i *)xs[v]));
+    acc[v] = _mm512_setzero_si512();
+  }
   const uint8_t *qs = w + (five ? 48 : 16);
   const __m512i nib = _mm512_set1_epi8(15);
-  __m512i acc = _mm512_setzero_si512();
   __m512i high = _mm512_setzero_si512();
   if (five) high = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16)));
   for (int h = 0; h < 2; h++) {
-    // Bytes 0-31: sub-blocks 4h (low nibbles) and 4h+1 (high); bytes 32-63: 4h+2 and 4h+3.
-    const __m512i v = _mm512_loadu_si512(qs + 64 * h);
-    __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+    const __m512i q = _mm512_loadu_si512(qs + 64 * h);
+    __m512i lo = _mm512_and_si512(q, nib), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
     if (five) {
       const __m512i one = _mm512_set1_epi8(1);
       const __m512i shift_lo = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(4 * h)), _mm512_set1_epi16((short)(4 * h + 2)));
@@ -619,37 +625,58 @@ VNNI_TARGET static inline __m512i lanes_qxk(const uint8_t *w, const int8_t *x, c
       lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_lo), one), 4));
       hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_hi), one), 4));
     }
-    const __m512i plo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(x + 128 * h));
-    const __m512i phi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(x + 128 * h + 64));
-    acc = _mm512_dpwssd_epi32(acc, plo, two_scales(sc, 4 * h, 4 * h + 2));
-    acc = _mm512_dpwssd_epi32(acc, phi, two_scales(sc, 4 * h + 1, 4 * h + 3));
+    const __m512i scale_lo = two_scales(sc, 4 * h, 4 * h + 2), scale_hi = two_scales(sc, 4 * h + 1, 4 * h + 3);
+    for (int v = 0; v < vectors; v++) {
+      const __m512i plo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(x[v] + 128 * h));
+      const __m512i phi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(x[v] + 128 * h + 64));
+      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], plo, scale_lo), phi, scale_hi);
+    }
   }
-  return acc;
+}
+
+/** lanes_q6k for up to 4 activation vectors: the 6-bit weights and their scales unpacked once. */
+VNNI_TARGET static inline __attribute__((always_inline)) void lanes_q6k_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const pairs[4],
+                                                                               int vectors, __m512i acc[4]) {
+  const __m512i nib = _mm512_set1_epi8(15), three = _mm512_set1_epi8(3);
+  const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 192))));
+  const __m512i quarter_of_lane = _mm512_srli_epi16(_mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00090008, 0x000b000a, 0x000d000c, 0x000f000e,
+                                                                        0x00110010, 0x00130012, 0x00150014, 0x00170016, 0x00190018, 0x001b001a, 0x001d001c, 0x001f001e), 3);
+  for (int v = 0; v < vectors; v++) acc[v] = _mm512_setzero_si512();
+  for (int h = 0; h < 2; h++) {
+    const __m512i q = _mm512_loadu_si512(w + 64 * h);
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
+    const __m512i shift01 = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
+    const __m512i shift23 = _mm512_add_epi16(shift01, _mm512_set1_epi16(4));
+    const __m512i q01 = _mm512_or_si512(_mm512_and_si512(q, nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), three), 4));
+    const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), three), 4));
+    const __m512i s01 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h))), sc);
+    const __m512i s23 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h + 4))), sc);
+    for (int v = 0; v < vectors; v++) {
+      const __m512i p01 = _mm512_sub_epi16(_mm512_maddubs_epi16(q01, _mm512_loadu_si512(x[v] + 128 * h)), _mm512_loadu_si512(pairs[v] + 64 * h));
+      const __m512i p23 = _mm512_sub_epi16(_mm512_maddubs_epi16(q23, _mm512_loadu_si512(x[v] + 128 * h + 64)), _mm512_loadu_si512(pairs[v] + 64 * h + 32));
+      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], p01, s01), p23, s23);
+    }
+  }
+}
+
+/** One Q4_K/Q5_K super-block of one row: i32 lanes summing to isum, and 4 lanes summing to msum. */
+VNNI_TARGET static inline __m512i lanes_qxk(const uint8_t *w, const int8_t *x, const int16_t *xs, int five, __m128i *msum) {
+  const int8_t *const xv[4] = {x, x, x, x};
+  const int16_t *const sv[4] = {xs, xs, xs, xs};
+  __m512i acc[4];
+  __m128i ms[4];
+  lanes_qxk_multi(w, xv, sv, 1, five, acc, ms);
+  *msum = ms[0];
+  return acc[0];
 }
 
 /** One Q6_K super-block of one row: i32 lanes summing to isum. */
 VNNI_TARGET static inline __m512i lanes_q6k(const uint8_t *w, const int8_t *x, const int16_t *pairs) {
-  const __m512i nib = _mm512_set1_epi8(15), three = _mm512_set1_epi8(3);
-  // The 16 int8 scales as i16; 64 values take four of them, 16 values (8 i16 lanes) each.
-  const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 192))));
-  const __m512i quarter_of_lane = _mm512_srli_epi16(_mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00090008, 0x000b000a, 0x000d000c, 0x000f000e,
-                                                                        0x00110010, 0x00130012, 0x00150014, 0x00170016, 0x00190018, 0x001b001a, 0x001d001c, 0x001f001e), 3);
-  __m512i acc = _mm512_setzero_si512();
-  for (int h = 0; h < 2; h++) {
-    // Low nibbles of ql[64h..] are values 128h + 0..63 in order, high nibbles 128h + 64..127; the
-    // two high bits of value 128h + 32q + l are bits 2q, 2q+1 of qh[32h + l].
-    const __m512i v = _mm512_loadu_si512(w + 64 * h);
-    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
-    const __m512i shift01 = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
-    const __m512i shift23 = _mm512_add_epi16(shift01, _mm512_set1_epi16(4));
-    const __m512i q01 = _mm512_or_si512(_mm512_and_si512(v, nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), three), 4));
-    const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), three), 4));
-    const __m512i p01 = _mm512_sub_epi16(_mm512_maddubs_epi16(q01, _mm512_loadu_si512(x + 128 * h)), _mm512_loadu_si512(pairs + 64 * h));
-    const __m512i p23 = _mm512_sub_epi16(_mm512_maddubs_epi16(q23, _mm512_loadu_si512(x + 128 * h + 64)), _mm512_loadu_si512(pairs + 64 * h + 32));
-    acc = _mm512_dpwssd_epi32(acc, p01, _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h))), sc));
-    acc = _mm512_dpwssd_epi32(acc, p23, _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h + 4))), sc));
-  }
-  return acc;
+  const int8_t *const xv[4] = {x, x, x, x};
+  const int16_t *const pv[4] = {pairs, pairs, pairs, pairs};
+  __m512i acc[4];
+  lanes_q6k_multi(w, xv, pv, 1, acc);
+  return acc[0];
 }
 
 /** The four vectors' lane sums, as lanes 0-3 (exact integer adds, any order). */
@@ -723,68 +750,6 @@ VNNI_TARGET static void quant_rows_vnni(int type, float *out, const uint8_t *w, 
     float lanes[4];
     _mm_storeu_ps(lanes, sum);
     for (int r = 0; r < 4 && i + r < d; r++) out[i + r] = lanes[r];
-  }
-}
-
-/**
- * lanes_qxk for up to 4 activation vectors (a prompt batch): the weights' nibbles and sub-block
- * scales are unpacked once and multiplied with each vector. acc[v], msum[v]: vector v's lanes.
- */
-VNNI_TARGET static inline __attribute__((always_inline)) void lanes_qxk_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const xs[4],
-                                                                               int vectors, int five, __m512i acc[4], __m128i msum[4]) {
-  uint64_t sc8, m8;
-  scales_mins_k4(w + 4, &sc8, &m8);
-  const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
-  const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
-  for (int v = 0; v < vectors; v++) {
-    msum[v] = _mm_madd_epi16(mins, _mm_loadu_si128((const __m128i *)xs[v]));
-    acc[v] = _mm512_setzero_si512();
-  }
-  const uint8_t *qs = w + (five ? 48 : 16);
-  const __m512i nib = _mm512_set1_epi8(15);
-  __m512i high = _mm512_setzero_si512();
-  if (five) high = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16)));
-  for (int h = 0; h < 2; h++) {
-    const __m512i q = _mm512_loadu_si512(qs + 64 * h);
-    __m512i lo = _mm512_and_si512(q, nib), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
-    if (five) {
-      const __m512i one = _mm512_set1_epi8(1);
-      const __m512i shift_lo = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(4 * h)), _mm512_set1_epi16((short)(4 * h + 2)));
-      const __m512i shift_hi = _mm512_add_epi16(shift_lo, _mm512_set1_epi16(1));
-      lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_lo), one), 4));
-      hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(high, shift_hi), one), 4));
-    }
-    const __m512i scale_lo = two_scales(sc, 4 * h, 4 * h + 2), scale_hi = two_scales(sc, 4 * h + 1, 4 * h + 3);
-    for (int v = 0; v < vectors; v++) {
-      const __m512i plo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(x[v] + 128 * h));
-      const __m512i phi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(x[v] + 128 * h + 64));
-      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], plo, scale_lo), phi, scale_hi);
-    }
-  }
-}
-
-/** lanes_q6k for up to 4 activation vectors: the 6-bit weights and their scales unpacked once. */
-VNNI_TARGET static inline __attribute__((always_inline)) void lanes_q6k_multi(const uint8_t *w, const int8_t *const x[4], const int16_t *const pairs[4],
-                                                                               int vectors, __m512i acc[4]) {
-  const __m512i nib = _mm512_set1_epi8(15), three = _mm512_set1_epi8(3);
-  const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 192))));
-  const __m512i quarter_of_lane = _mm512_srli_epi16(_mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00090008, 0x000b000a, 0x000d000c, 0x000f000e,
-                                                                        0x00110010, 0x00130012, 0x00150014, 0x00170016, 0x00190018, 0x001b001a, 0x001d001c, 0x001f001e), 3);
-  for (int v = 0; v < vectors; v++) acc[v] = _mm512_setzero_si512();
-  for (int h = 0; h < 2; h++) {
-    const __m512i q = _mm512_loadu_si512(w + 64 * h);
-    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
-    const __m512i shift01 = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
-    const __m512i shift23 = _mm512_add_epi16(shift01, _mm512_set1_epi16(4));
-    const __m512i q01 = _mm512_or_si512(_mm512_and_si512(q, nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift01), three), 4));
-    const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nib), _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift23), three), 4));
-    const __m512i s01 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h))), sc);
-    const __m512i s23 = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)(8 * h + 4))), sc);
-    for (int v = 0; v < vectors; v++) {
-      const __m512i p01 = _mm512_sub_epi16(_mm512_maddubs_epi16(q01, _mm512_loadu_si512(x[v] + 128 * h)), _mm512_loadu_si512(pairs[v] + 64 * h));
-      const __m512i p23 = _mm512_sub_epi16(_mm512_maddubs_epi16(q23, _mm512_loadu_si512(x[v] + 128 * h + 64)), _mm512_loadu_si512(pairs[v] + 64 * h + 32));
-      acc[v] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[v], p01, s01), p23, s23);
-    }
   }
 }
 
