@@ -5,6 +5,7 @@
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { ModelFileError } from './errors.js';
 import type { Model } from './model.js';
+import { END_OF_GENERATION_TEXTS } from './tokenizer-bpe.js';
 import { tokenize, type Tokenizer } from './tokenizer.js';
 
 export type ChatRole = 'system' | 'user' | 'assistant';
@@ -28,8 +29,6 @@ export const MAX_CHAT_TEMPLATE_CHARS = 256 * 1024;
 /** The most values range() gives a template in one rendering (real templates loop over messages). */
 export const MAX_CHAT_RANGE_VALUES = 1 << 16;
 
-/** Pieces that end a turn in the templates of the common model families (llama.cpp's list of end-of-generation texts). */
-const END_OF_TURN_TEXTS = ['<|eot_id|>', '<|eom_id|>', '<|im_end|>', '<|end|>', '<|endoftext|>', '<end_of_turn>', '<|end_of_text|>', '</s>'];
 
 const parsed = new WeakMap<Model, Template>();
 
@@ -103,11 +102,11 @@ export function chatPromptTokens(model: Model, messages: ChatMessage[]): number[
 /** SentencePiece (run.c) always starts with BOS; a BPE vocabulary says so in `add_bos_token`. */
 const addsBos = (t: Tokenizer): boolean => t.kind !== 'bpe' || t.addBos;
 
-/** Tokens that end the assistant's turn: EOS, and the vocabulary's end-of-turn tokens (spelled as their own text). */
+/** Tokens that end the assistant's turn: EOS, and the vocabulary's tokens spelled as llama.cpp's end-of-generation texts. */
 export function endOfTurnTokens(model: Model): Set<number> {
   const t = model.tokenizer;
   const ends = new Set<number>([t.eosId]);
-  for (const text of END_OF_TURN_TEXTS) {
+  for (const text of END_OF_GENERATION_TEXTS) {
     const id = t.index.get(Buffer.from(text, 'utf8').toString('latin1'));
     if (id !== undefined && id !== t.bosId) ends.add(id);
   }

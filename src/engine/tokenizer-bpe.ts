@@ -374,7 +374,7 @@ function splitter(steps: Step[]): (cpts: Uint32Array) => number[] {
 // llama.cpp): they decide which tokens the special-token partition sees, so they change ids.
 
 /** Tokens whose text marks end of generation; any that is not a control token becomes one. */
-const END_OF_GENERATION_TEXTS = new Set([
+export const END_OF_GENERATION_TEXTS: ReadonlySet<string> = new Set([
   '<|eot_id|>', '<|im_end|>', '<|end|>', '<|return|>', '<|call|>', '<|flush|>', '<|calls|>', '<end_of_turn>',
   '<|endoftext|>', '</s>', '<|eom_id|>', '<EOT>', '_<EOT>', '[EOT]', '[EOS]', '<|end_of_text|>',
   '<end_of_utterance>', '<eos>', '<turn|>', '<|tool_response>',
