@@ -111,8 +111,6 @@ function canonicalBpeTokenizer(t: BpeTokenizer): Uint8Array {
 }
 
 function parseCanonicalBpeTokenizer(leaf: Uint8Array): Tokenizer {
-  // One private copy of the leaf, and every token a view of it: a buffer per token would double the
-  // memory of a 150,000-token vocabulary, and views of the caller's bytes would pin whatever holds them.
   const bytes = new Uint8Array(leaf);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const fail = (why: string): never => {
@@ -273,9 +271,15 @@ function placeholderWeights(layers: number): Weights {
   return { tokenEmbedding: m, layers: Array.from({ length: layers }, () => layer), finalNorm: 0, classifier: m };
 }
 
-export function parseCanonicalTokenizer(bytes: Uint8Array): Tokenizer {
+/**
+ * The tokenizer a leaf encodes. Either kind keeps one private copy of the leaf and its tokens are
+ * views of it: a buffer per token would double the memory of a large vocabulary, and views of the
+ * caller's bytes would pin whatever holds them (a 4 MiB chunk item of the store).
+ */
+export function parseCanonicalTokenizer(leaf: Uint8Array): Tokenizer {
+  if (leaf.length >= 4 && new DataView(leaf.buffer, leaf.byteOffset, 4).getUint32(0, true) === BPE_MAGIC) return parseCanonicalBpeTokenizer(leaf);
+  const bytes = new Uint8Array(leaf);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.length >= 4 && view.getUint32(0, true) === BPE_MAGIC) return parseCanonicalBpeTokenizer(bytes);
   const fail = (): never => {
     throw new EngineError('bad tokenizer encoding');
   };
@@ -290,7 +294,7 @@ export function parseCanonicalTokenizer(bytes: Uint8Array): Tokenizer {
     scores[i] = view.getFloat32(at, true);
     const len = view.getUint32(at + 4, true);
     if (at + 8 + len > bytes.length) fail();
-    vocab.push(bytes.slice(at + 8, at + 8 + len));
+    vocab.push(bytes.subarray(at + 8, at + 8 + len));
     at += 8 + len;
   }
   if (at !== bytes.length || view.getUint32(4, true) >= size || view.getUint32(8, true) >= size) fail();

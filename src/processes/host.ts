@@ -407,7 +407,8 @@ export function contentBytes(c: Pick<ModelContent, 'config' | 'tokenizer'>): num
   const t = c.tokenizer;
   let pieces = 0;
   for (const piece of t.vocab) pieces += piece.length;
-  const common = 4 * KIB + 160 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * c.config.tensors.length;
+  // The parsed tokenizer keeps its leaf (8 bytes of score and length per token beside the pieces).
+  const common = 4 * KIB + 168 * t.vocab.length + 2 * pieces + t.scores.byteLength + 200 * c.config.tensors.length;
   if (t.kind !== 'bpe') return common;
   // A BPE tokenizer also keeps a decoded piece per token (a view each), its types, the rank table
   // and the leaf it was parsed from: Llama 3's (128,256 tokens, 280,147 merges) measured 56 MB, Qwen2.5's
@@ -420,24 +421,6 @@ const manifestBytes = (key: string, name: string): number => 256 + 2 * (key.leng
 
 /** The longest model name a manifest may give: the coordinator keeps it in its state. */
 const MODEL_NAME_CHARS = 256;
-
-/**
- * A tokenizer with its pieces copied into one buffer of their own. It is parsed from the chunk item
- * holding it, and each piece is a view (Buffer#slice does not copy): kept as they are, 32,000 views
- * would keep the whole item — up to 4 MiB of weights — alive.
- */
-function compactTokenizer(t: Tokenizer): Tokenizer {
-  let total = 0;
-  for (const piece of t.vocab) total += piece.length;
-  const buffer = new Uint8Array(total);
-  let at = 0;
-  const vocab = t.vocab.map((piece) => {
-    buffer.set(piece, at);
-    at += piece.length;
-    return buffer.subarray(at - piece.length, at);
-  });
-  return { ...t, vocab };
-}
 
 /**
  * A manifest and its model's config and tokenizer leaves (0 and 1), each leaf checked against the
@@ -472,7 +455,7 @@ async function headerLeaves(store: Store, modelId: string, manifestId: string): 
 function parseContent(modelId: string, leaves: { config: Buffer; tokenizer: Buffer }): ModelContent {
   try {
     const config = parseCanonicalConfig(leaves.config);
-    const tokenizer = compactTokenizer(parseCanonicalTokenizer(leaves.tokenizer));
+    const tokenizer = parseCanonicalTokenizer(leaves.tokenizer); // its own copy of the leaf, not views of the chunk item
     // A token id the embedding has no row for would be committed to and then read past the tensor.
     if (tokenizer.vocab.length !== config.config.vocabSize) {
       throw new Error(`the tokenizer has ${tokenizer.vocab.length} tokens, the config's vocabulary ${config.config.vocabSize}`);
