@@ -1,21 +1,26 @@
 // The Compute Unit: a process's state is nothing but its SU log evaluated in slot order, so the CU
-// replays the log through the process module (runtime.ts) and serves the results. It checks the
-// SU's hash chain as it reads, keeps every result and the state's hash in SQLite, writes state
-// checkpoints to the store so a restart does not replay from zero, and signs each result.
+// replays the log through the process's VM (runtime.ts; the VM keeps the state in place between
+// messages, in an evaluator thread) and serves the results. It checks the SU's hash chain as it
+// reads (cu-rules.ts), keeps every result in SQLite, signs each one, and writes checkpoints of the
+// state to the store so that a restart resumes from the newest one instead of slot 0.
+// The file reads as: storage (SQL), reading the log, evaluating it, the API; the rules are in cu-rules.ts.
 import { listen } from '../store/listen.js';
-import { createHash } from 'node:crypto';
 import { openDatabase } from '../store/database.js';
 import fastify, { type FastifyInstance } from 'fastify';
 import { ITEM_ID, createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
-import { evaluatorPool, type EvaluatorPool } from './evaluator.js';
-import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { VmLost, evaluatorPool, type EvaluatorPool } from './evaluator.js';
+import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage, type ProcessSpec } from './runtime.js';
 import { LocateError } from './locate.js';
-import { nextHashChain, serialQueues } from './protocol.js';
+import { serialQueues } from './protocol.js';
+import {
+  RESULTS_CHAIN_START, assignedMessage, checkpointDue, moduleLimits, nextResultsChain, nextSlotProblem, outputHash, processMessage, sha256hex,
+  type CheckpointPolicy, type LogMessage, type LogPosition,
+} from './cu-rules.js';
 
 export interface ComputeOptions {
-  /** Its SQLite (results, state hashes, checkpoint index). */
+  /** Its SQLite (results, checkpoint index). */
   dir: string;
   /** Where modules are read and checkpoints written. */
   store: Store;
@@ -28,8 +33,12 @@ export interface ComputeOptions {
   extensions?: Extensions;
   /** Evaluator threads (default: defaultEvaluatorThreads()). */
   evaluators?: number;
-  /** A checkpoint every this many messages (and when asked). */
+  /** A checkpoint every this many messages of a process (default 1,024; and when asked). */
   checkpointEvery?: number;
+  /** ... or after this many ms with at least one new message (default 60,000). */
+  checkpointMs?: number;
+  /** Processes whose VMs stay loaded (default 256): past it the least recently used is unloaded. */
+  maxLoaded?: number;
 }
 
 /** The longest a `results` call may wait for a new result. */
@@ -44,9 +53,19 @@ export const MAX_QUEUED_DRY_RUNS = 64;
 /** The largest dry-run body (a JSON message): checked before it is parsed. */
 export const MAX_DRY_RUN_BYTES = 1024 * 1024;
 
+/** The Format tag of checkpoints: the item's data is the state's JSON, its tags say where in the log. */
+const CHECKPOINT_FORMAT = 'verity-checkpoint/2';
+
+/**
+ * Set (by tests) to kill the CU at a point of its checkpoint write, as a crash there would:
+ * `cu-checkpoint-stored` stops it after the checkpoint item is in the store and before the CU's
+ * index names it.
+ */
+const FAILPOINT = process.env.VERITY_FAILPOINT;
+
 /**
  * A result as the CU serves it: AO's shape plus the CU's attestation, a data item signed by the CU
- * (base64url of its bytes) whose tags name the process, message, slot, output hash and state hash.
+ * (base64url of its bytes) whose tags name the process, message, slot, output hash and results chain.
  */
 export interface Result extends Omit<Outcome, 'GasUsed'> {
   GasUsed: number;
@@ -59,10 +78,9 @@ export interface Attestation {
   process: string;
   message: string;
   nonce: number;
-  stateHash: string;
+  /** The results chain at this slot (cu-rules.ts nextResultsChain). */
+  resultsChain: string;
 }
-
-const outputHash = (outcome: Omit<Result, 'Attestation'>): string => sha256hex(JSON.stringify(outcome));
 
 /** Checks a result's attestation (signature, and that it covers this very output); says who signed what. */
 export async function verifyAttestation(result: Result): Promise<Attestation> {
@@ -76,7 +94,7 @@ export async function verifyAttestation(result: Result): Promise<Attestation> {
   };
   if (tag('Type') !== 'Attestation') throw new ComputeError(400, 'the item is not an attestation');
   if (tag('Output-Hash') !== outputHash(outcome)) throw new ComputeError(400, 'the attestation is for another output');
-  return { address: item.address, process: tag('Process'), message: tag('Message'), nonce: Number(tag('Nonce')), stateHash: tag('State-Hash') };
+  return { address: item.address, process: tag('Process'), message: tag('Message'), nonce: Number(tag('Nonce')), resultsChain: tag('Results-Chain') };
 }
 
 export class ComputeError extends Error {
@@ -90,50 +108,29 @@ export class ComputeError extends Error {
 }
 
 interface SuMessage {
-  message: { id: string; owner: { address: string; key: string }; data: string | null; tags: Tag[]; signature: string; anchor: string | null; target: string | null } | null;
+  message: LogMessage | null;
   assignment: { id: string; tags: Tag[] };
 }
 
-interface Loaded {
-  processId: string;
-  /** The scheduler wallet its Process item names: only its signed assignments count. */
-  scheduler: string;
+/** A process the CU has loaded: where its log stands; its state is in its VM. */
+interface Loaded extends LogPosition {
   env: ProcessEnv;
-  source: string;
-  limits: Limits;
+  spec: ProcessSpec;
   /** The host functions its module asked for (none, or the CU's). */
   extensions: Extensions;
-  nonce: number; // last evaluated slot, −1 before the Process itself
-  state: unknown;
-  stateHash: string;
-  hashChain: string | null;
-  lastAssignment: string | null;
+  resultsChain: string;
   timestamp: number;
   blockHeight: number;
-  sinceCheckpoint: number;
+  sinceCheckpoint: { messages: number; since: number };
 }
 
-/** The wallets a process trusts to push messages from other processes: its `Authority` tags (comma-separated lists allowed). */
-const authorities = (tags: Tag[]): Set<string> =>
-  new Set(tags.filter((t) => t.name === 'Authority').flatMap((t) => t.value.split(',').map((a) => a.trim())));
-
-const sha256hex = (text: string): string => createHash('sha256').update(text).digest('hex');
-
-
-/** A module's Memory-Limit ("<n>-b") and Compute-Limit tags, capped by the CU's own limits. */
-function moduleLimits(module: Item, cap: Limits): Limits {
-  const memory = Number(/^(\d+)-b$/.exec(tagValue(module, 'Memory-Limit') ?? '')?.[1] ?? NaN);
-  const compute = Number(tagValue(module, 'Compute-Limit') ?? NaN);
-  return {
-    memory: Number.isSafeInteger(memory) && memory > 0 ? Math.min(memory, cap.memory) : cap.memory,
-    compute: Number.isSafeInteger(compute) && compute > 0 ? Math.min(compute, cap.compute) : cap.compute,
-  };
-}
+/** Where a checkpoint stands in the log: its tags. */
+type CheckpointPosition = Pick<Loaded, 'nonce' | 'resultsChain' | 'hashChain' | 'lastAssignment' | 'timestamp' | 'blockHeight'>;
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS results (
     process TEXT NOT NULL, nonce INTEGER NOT NULL, message TEXT NOT NULL, timestamp INTEGER NOT NULL,
-    result TEXT NOT NULL, state_hash TEXT NOT NULL,
+    result TEXT NOT NULL, results_chain TEXT NOT NULL,
     PRIMARY KEY (process, nonce)
   );
   CREATE INDEX IF NOT EXISTS results_message ON results (message);
@@ -141,6 +138,16 @@ const SCHEMA = `
     process TEXT PRIMARY KEY, nonce INTEGER NOT NULL, item TEXT NOT NULL, state_hash TEXT NOT NULL
   );
 `;
+
+export interface ProcessState {
+  state: unknown;
+  nonce: number;
+  /** sha256 of the state's JSON, computed now. */
+  stateHash: string;
+  resultsChain: string;
+  timestamp: number;
+  blockHeight: number;
+}
 
 export interface ComputeUnit {
   address: string;
@@ -153,7 +160,8 @@ export interface ComputeUnit {
   results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number; wait?: number; after?: string }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
   /** Evaluates a message against the latest state without keeping anything. */
   dryRun(processId: string, message: { Id?: string; Owner?: string; Data?: string; Tags?: Tag[]; Anchor?: string }): Promise<Omit<Result, 'Attestation'>>;
-  state(processId: string): Promise<{ state: unknown; nonce: number; stateHash: string; timestamp: number; blockHeight: number }>;
+  /** The latest state (serialised from the VM: it costs the state's size). */
+  state(processId: string): Promise<ProcessState>;
   /** Writes a checkpoint of every process loaded now. */
   checkpoint(): Promise<void>;
   /** Messages evaluated since this CU was opened (a restart that resumes from a checkpoint evaluates only what follows it). */
@@ -167,15 +175,29 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   // which a restart evaluates again, so no fsync per result.
   const db = openDatabase(options.dir, 'cu.sqlite', SCHEMA, { durable: false });
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const checkpointEvery = options.checkpointEvery ?? 64;
+  const policy: CheckpointPolicy = { messages: options.checkpointEvery ?? 1024, ms: options.checkpointMs ?? 60_000 };
+  const maxLoaded = Math.max(1, options.maxLoaded ?? 256);
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
+  // Loaded processes, least recently used first (a Map keeps insertion order; a use moves it last).
   const loaded = new Map<string, Loaded>();
   // One evaluation at a time per process: the log is a sequence.
   const locks = serialQueues();
+  // Work queued or running per process: a process with any is not unloaded.
+  const active = new Map<string, number>();
+  const serial = <T>(processId: string, work: () => Promise<T>): Promise<T> => {
+    active.set(processId, (active.get(processId) ?? 0) + 1);
+    return locks.run(processId, work).finally(() => {
+      const left = active.get(processId)! - 1;
+      if (left > 0) active.set(processId, left);
+      else active.delete(processId);
+    });
+  };
   let evaluatedCount = 0;
   // Dry-runs waiting (or running) per process: bounded by MAX_QUEUED_DRY_RUNS.
   const dryRuns = new Map<string, number>();
+  // Checkpoint writes under way (they go on while the process evaluates its next messages).
+  const writing = new Set<Promise<void>>();
   let closing = false;
   // Clients waiting for a process's next result (results with `wait`).
   const waiting = new Map<string, Set<() => void>>();
@@ -184,14 +206,12 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   };
 
   const q = {
-    insertResult: db.prepare('INSERT OR REPLACE INTO results (process, nonce, message, timestamp, result, state_hash) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertResult: db.prepare('INSERT OR REPLACE INTO results (process, nonce, message, timestamp, result, results_chain) VALUES (?, ?, ?, ?, ?, ?)'),
+    resultAt: db.prepare<[string, number], { result: string; results_chain: string }>('SELECT result, results_chain FROM results WHERE process = ? AND nonce = ?'),
     resultByMessage: db.prepare<[string, string], { nonce: number; result: string }>('SELECT nonce, result FROM results WHERE process = ? AND message = ?'),
     checkpoint: db.prepare<[string], { nonce: number; item: string; state_hash: string }>('SELECT nonce, item, state_hash FROM checkpoints WHERE process = ?'),
     saveCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (process, nonce, item, state_hash) VALUES (?, ?, ?, ?)'),
   };
-
-  /** One evaluation at a time per process: the log is a sequence. */
-  const serial = locks.run;
 
   async function suJson<T>(processId: string, path: string): Promise<T> {
     let su: string;
@@ -230,9 +250,32 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     throw new ComputeError(404, `item ${id} is not in the store`);
   }
 
+  /** The newest checkpoint this CU indexed for a process, checked against the hash it indexed. */
+  async function newestCheckpoint(processId: string): Promise<{ position: CheckpointPosition; state: string } | null> {
+    const cp = q.checkpoint.get(processId);
+    if (!cp) return null;
+    const item = await readItem(cp.item);
+    if (tagValue(item, 'Format') !== CHECKPOINT_FORMAT) return null; // an older CU's: replay instead
+    const state = item.data.toString('utf8');
+    if (sha256hex(state) !== cp.state_hash || tagValue(item, 'State-Hash') !== cp.state_hash) throw new ComputeError(500, `checkpoint ${cp.item} of ${processId} is corrupt`);
+    const tag = (name: string): string => tagValue(item, name) ?? '';
+    return {
+      position: {
+        nonce: Number(tag('Nonce')), resultsChain: tag('Results-Chain'), hashChain: tag('Hash-Chain') || null, lastAssignment: tag('Last-Assignment') || null,
+        timestamp: Number(tag('Timestamp')), blockHeight: Number(tag('Block-Height')),
+      },
+      state,
+    };
+  }
+
+  /** A process's VM and log position: loaded already, or from its newest checkpoint (or slot 0). */
   async function load(processId: string): Promise<Loaded> {
     const cached = loaded.get(processId);
-    if (cached) return cached;
+    if (cached) {
+      loaded.delete(processId);
+      loaded.set(processId, cached);
+      return cached;
+    }
     // The process as it was signed, not as any unit describes it.
     const p = await readItem(processId);
     if (tagValue(p, 'Type') !== 'Process') throw new ComputeError(400, `item ${processId} is not a Process`);
@@ -246,104 +289,83 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       Process: { Id: processId, Owner: p.address, Tags: p.tags },
       Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
     };
-    const asksForHost = module.tags.some((t) => t.name === 'Extension' && t.value === HOST_EXTENSION);
+    const extensions = module.tags.some((t) => t.name === 'Extension' && t.value === HOST_EXTENSION) ? (options.extensions ?? {}) : {};
+    const spec: ProcessSpec = { source: module.data.toString('utf8'), env, limits: moduleLimits(module, limits), hostNames: Object.keys(extensions) };
+    const checkpoint = await newestCheckpoint(processId);
     const fresh: Loaded = {
-      processId, scheduler, env, source: module.data.toString('utf8'), limits: moduleLimits(module, limits),
-      extensions: asksForHost ? (options.extensions ?? {}) : {},
-      nonce: -1, state: null, stateHash: sha256hex('null'),
-      hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0, sinceCheckpoint: 0,
+      processId, scheduler, env, spec, extensions,
+      nonce: -1, resultsChain: RESULTS_CHAIN_START, hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0,
+      ...checkpoint?.position,
+      sinceCheckpoint: { messages: 0, since: Date.now() },
     };
-    const cp = q.checkpoint.get(processId);
-    if (cp) {
-      const item = await readItem(cp.item);
-      const saved = JSON.parse(item.data.toString('utf8')) as Pick<Loaded, 'nonce' | 'state' | 'stateHash' | 'hashChain' | 'lastAssignment' | 'timestamp' | 'blockHeight'>;
-      if (sha256hex(JSON.stringify(saved.state)) !== cp.state_hash || saved.stateHash !== cp.state_hash) throw new ComputeError(500, `checkpoint ${cp.item} of ${processId} is corrupt`);
-      Object.assign(fresh, saved);
+    try {
+      await pool.open(processId, spec, checkpoint?.state ?? 'null', extensions);
+    } catch (e) {
+      throw new ComputeError(503, `the CU could not load process ${processId} now: ${(e as Error).message}`);
     }
     loaded.set(processId, fresh);
+    await unloadBeyondLimit();
     return fresh;
   }
 
-  async function writeCheckpoint(p: Loaded): Promise<void> {
-    if (p.nonce < 0 || q.checkpoint.get(p.processId)?.nonce === p.nonce) return;
-    const { nonce, state, stateHash, hashChain, lastAssignment, timestamp, blockHeight } = p;
-    const tags: Tag[] = [
-      { name: 'Data-Protocol', value: 'verity' },
-      { name: 'Type', value: 'Checkpoint' },
-      { name: 'Process', value: p.processId },
-      { name: 'Nonce', value: String(nonce) },
-      { name: 'State-Hash', value: stateHash },
-      { name: 'Content-Type', value: 'application/json' },
-    ];
-    const item = await createItem(JSON.stringify({ nonce, state, stateHash, hashChain, lastAssignment, timestamp, blockHeight }), signer, { tags });
-    await options.store.put(item.raw);
-    q.saveCheckpoint.run(p.processId, nonce, item.id, stateHash);
-    p.sinceCheckpoint = 0;
+  /** Past `maxLoaded` VMs, the least recently used idle ones are unloaded (they reload from their checkpoints). */
+  async function unloadBeyondLimit(): Promise<void> {
+    for (const [processId] of loaded) {
+      if (loaded.size <= maxLoaded) return;
+      if (active.has(processId)) continue;
+      loaded.delete(processId);
+      await pool.drop(processId);
+    }
   }
 
-  async function attest(processId: string, messageId: string, nonce: number, outcome: Omit<Result, 'Attestation'>, stateHash: string): Promise<Result> {
-    const values = { Type: 'Attestation', Process: processId, Message: messageId, Nonce: String(nonce), 'Output-Hash': outputHash(outcome), 'State-Hash': stateHash };
+  /** A VM lost with its thread: forget the process, so that the next call loads it again. */
+  function forgetIfLost(processId: string, e: unknown): void {
+    if (e instanceof VmLost) loaded.delete(processId);
+  }
+
+  /** Captures the state now (in its VM) and stores it as a checkpoint, which goes on in the background. */
+  async function checkpointNow(p: Loaded): Promise<void> {
+    if (p.nonce < 0 || q.checkpoint.get(p.processId)?.nonce === p.nonce) return;
+    const state = await pool.state(p.processId);
+    const position: CheckpointPosition = { nonce: p.nonce, resultsChain: p.resultsChain, hashChain: p.hashChain, lastAssignment: p.lastAssignment, timestamp: p.timestamp, blockHeight: p.blockHeight };
+    p.sinceCheckpoint = { messages: 0, since: Date.now() };
+    const write = writeCheckpoint(p.processId, position, state).finally(() => writing.delete(write));
+    writing.add(write);
+  }
+
+  async function writeCheckpoint(processId: string, at: CheckpointPosition, state: string): Promise<void> {
+    const stateHash = sha256hex(state);
+    const values: Record<string, string> = {
+      'Data-Protocol': 'verity', Type: 'Checkpoint', Format: CHECKPOINT_FORMAT, Process: processId, Nonce: String(at.nonce), 'State-Hash': stateHash,
+      'Results-Chain': at.resultsChain, 'Hash-Chain': at.hashChain ?? '', 'Last-Assignment': at.lastAssignment ?? '',
+      Timestamp: String(at.timestamp), 'Block-Height': String(at.blockHeight), 'Content-Type': 'application/json',
+    };
+    try {
+      const item = await createItem(state, signer, { tags: Object.entries(values).map(([name, value]) => ({ name, value })) });
+      await options.store.put(item.raw);
+      if (FAILPOINT === 'cu-checkpoint-stored') process.kill(process.pid, 'SIGKILL');
+      // A newer checkpoint may have been indexed while this one was written.
+      if ((q.checkpoint.get(processId)?.nonce ?? -1) < at.nonce) q.saveCheckpoint.run(processId, at.nonce, item.id, stateHash);
+    } catch (e) {
+      // Only a restart's work is lost: the log and the results are kept. It is tried again later.
+      process.stderr.write(`cu: checkpoint of ${processId} at slot ${at.nonce} not written: ${(e as Error).message}\n`);
+    }
+  }
+
+  async function attest(processId: string, messageId: string, nonce: number, outcome: Omit<Result, 'Attestation'>, resultsChain: string): Promise<Result> {
+    const values = { Type: 'Attestation', Process: processId, Message: messageId, Nonce: String(nonce), 'Output-Hash': outputHash(outcome), 'Results-Chain': resultsChain };
     const item = await createItem('', signer, { tags: Object.entries(values).map(([name, value]) => ({ name, value })) });
     return { ...outcome, Attestation: item.raw.toString('base64url') };
   }
 
-  function toMessage(p: Loaded, m: SuMessage, readOnly = false): ProcessMessage {
-    const a = m.assignment.tags;
-    const tag = (name: string): string => a.find((t) => t.name === name)?.value ?? '';
-    const msg = m.message!;
-    // A From-Process tag is a claim anyone can write: it names the sender only when the item is
-    // signed by one of the process's Authority wallets (its MUs), as in AO.
-    const claimed = msg.tags.find((t) => t.name === 'From-Process')?.value;
-    const fromProcess = claimed !== undefined && authorities(p.env.Process.Tags).has(msg.owner.address) ? claimed : undefined;
-    return {
-      Id: msg.id,
-      Signature: msg.signature,
-      Data: msg.data ?? '',
-      Owner: msg.owner.address,
-      Anchor: msg.anchor,
-      From: fromProcess ?? msg.owner.address,
-      ...(fromProcess ? { 'Forwarded-By': msg.owner.address } : {}),
-      Tags: msg.tags,
-      // The item's own target: an item assigned here from another process's log says so (slot 0,
-      // the process itself, has none). A process acts only on what is addressed to it.
-      Target: Number(tag('Nonce')) === 0 ? p.processId : (msg.target ?? ''),
-      Epoch: Number(tag('Epoch') || 0),
-      Nonce: Number(tag('Nonce')),
-      Timestamp: Number(tag('Timestamp')),
-      'Block-Height': Number(tag('Block-Height')),
-      'Hash-Chain': tag('Hash-Chain'),
-      Cron: false,
-      ...(readOnly ? { 'Read-Only': true } : {}),
-    };
-  }
-
-  /**
-   * A slot made by an assignment carries no message: it is the stored item the assignment names,
-   * without the fields its Exclude tag lists.
-   */
-  async function assignedMessage(assignment: Pick<Item, 'id' | 'tags'>): Promise<NonNullable<SuMessage['message']>> {
-    const id = tagValue(assignment, 'Message');
-    if (!id) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
-    const item = await readItem(id);
-    const exclude = new Set((tagValue(assignment, 'Exclude') ?? '').split(',').map((s) => s.trim()));
-    return {
-      id: item.id,
-      owner: { address: item.address, key: item.owner },
-      data: exclude.has('Data') ? null : item.data.toString('utf8'),
-      tags: item.tags,
-      signature: item.signature,
-      anchor: exclude.has('Anchor') ? null : item.anchor,
-      target: item.target,
-    };
-  }
-
-  /** One message on the process's state, in an evaluator thread; a fault of the thread (never the process's doing) is a 503. */
-  async function evaluateIn(p: Loaded, message: ProcessMessage): Promise<Evaluation> {
+  /** Runs work on a process's VM; a fault of its thread (never the process's doing) is a 503. */
+  async function onVm<T>(p: Loaded, what: string, work: () => Promise<T>): Promise<T> {
     try {
-      return await pool.evaluate(p.source, p.state, message, p.env, p.limits, p.extensions);
+      return await work();
     } catch (e) {
       if (e instanceof HostUnavailable) throw e;
-      throw new ComputeError(503, `the CU could not evaluate message ${message.Id} now: ${(e as Error).message}`);
+      forgetIfLost(p.processId, e);
+      throw new ComputeError(503, `the CU could not ${what} now: ${(e as Error).message}`);
     }
   }
 
@@ -358,31 +380,26 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       if (edges.length === 0) return;
       for (const { node } of edges) {
         // The SU's page only says which assignment comes next: the assignment and its message are
-        // read from the store and checked — signed by the process's scheduler, for this process,
-        // the next slot, the next link of the chain — so a unit that lies is caught here.
+        // read from the store and checked, so a unit that lies is caught here.
         const assignment = await readItem(node.assignment.id);
-        if (assignment.address !== p.scheduler) throw new ComputeError(502, `assignment ${assignment.id} is not signed by the scheduler of ${p.processId}`);
-        if (tagValue(assignment, 'Process') !== p.processId) throw new ComputeError(502, `assignment ${assignment.id} is for another process`);
-        const nonce = Number(tagValue(assignment, 'Nonce'));
-        if (nonce !== p.nonce + 1) throw new ComputeError(502, `the SU skipped from slot ${p.nonce} to ${nonce} of ${p.processId}`);
-        const chain = nextHashChain(p.processId, p.lastAssignment && p.hashChain ? { assignment: p.lastAssignment, chain: p.hashChain } : null);
-        if (tagValue(assignment, 'Hash-Chain') !== chain) throw new ComputeError(502, `the SU's hash chain breaks at slot ${nonce} of ${p.processId}`);
-        const message = toMessage(p, { assignment, message: await assignedMessage(assignment) });
-        const evaluation: Evaluation = await evaluateIn(p, message);
+        const problem = nextSlotProblem(p, assignment);
+        if (problem) throw new ComputeError(502, problem);
+        const id = tagValue(assignment, 'Message');
+        if (!id) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
+        const message = processMessage(p.processId, p.env, assignment, assignedMessage(assignment, await readItem(id)));
+        const outcome = await onVm(p, `evaluate message ${message.Id}`, () => pool.apply(p.processId, message));
         evaluatedCount += 1;
-        const { state, ...outcome } = evaluation;
-        p.state = state;
-        p.stateHash = sha256hex(JSON.stringify(state));
-        p.nonce = nonce;
-        p.hashChain = chain;
-        p.lastAssignment = assignment.id;
-        p.timestamp = message.Timestamp;
-        p.blockHeight = message['Block-Height'];
-        const result = await attest(p.processId, message.Id, nonce, outcome, p.stateHash);
-        q.insertResult.run(p.processId, nonce, message.Id, message.Timestamp, JSON.stringify(result), p.stateHash);
+        const resultsChain = nextResultsChain(p.resultsChain, outputHash(outcome));
+        // A slot evaluated again (after the VM was unloaded) keeps the result already signed.
+        if (q.resultAt.get(p.processId, message.Nonce)?.results_chain !== resultsChain) {
+          const result = await attest(p.processId, message.Id, message.Nonce, outcome, resultsChain);
+          q.insertResult.run(p.processId, message.Nonce, message.Id, message.Timestamp, JSON.stringify(result), resultsChain);
+        }
+        Object.assign(p, { nonce: message.Nonce, resultsChain, hashChain: tagValue(assignment, 'Hash-Chain')!, lastAssignment: assignment.id, timestamp: message.Timestamp, blockHeight: message['Block-Height'] });
+        p.sinceCheckpoint.messages += 1;
         wake(p.processId);
-        if (++p.sinceCheckpoint >= checkpointEvery) await writeCheckpoint(p);
-        if (nonce >= upTo) return;
+        if (checkpointDue({ messages: p.sinceCheckpoint.messages, ms: Date.now() - p.sinceCheckpoint.since }, policy)) await checkpointNow(p);
+        if (p.nonce >= upTo) return;
       }
       if (!page.page_info.has_next_page && edges.length < 100) return;
     }
@@ -473,24 +490,26 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
           Anchor: input.Anchor ?? null, Tags: input.Tags ?? [], Target: processId, Nonce: p.nonce + 1,
           Timestamp: p.timestamp, 'Block-Height': p.blockHeight, Cron: false, 'Read-Only': true,
         };
-        const { state: _state, ...outcome } = await evaluateIn(p, message);
-        return outcome;
+        return onVm(p, `dry-run on ${processId}`, () => pool.dryRun(processId, message));
       }).finally(done);
     },
     state: (processId) =>
       serial(processId, async () => {
         const p = await load(processId);
         await catchUp(p);
-        return { state: p.state, nonce: p.nonce, stateHash: p.stateHash, timestamp: p.timestamp, blockHeight: p.blockHeight };
+        const json = await onVm(p, `read the state of ${processId}`, () => pool.state(processId));
+        return { state: JSON.parse(json) as unknown, nonce: p.nonce, stateHash: sha256hex(json), resultsChain: p.resultsChain, timestamp: p.timestamp, blockHeight: p.blockHeight };
       }),
     async checkpoint() {
-      for (const p of loaded.values()) await serial(p.processId, () => writeCheckpoint(p));
+      for (const p of [...loaded.values()]) await serial(p.processId, () => checkpointNow(p));
+      await Promise.all([...writing]);
     },
     evaluated: () => evaluatedCount,
     async close() {
       closing = true;
       for (const processId of [...waiting.keys()]) wake(processId);
       await locks.settled();
+      await Promise.all([...writing]);
       await pool.close();
       db.close();
     },

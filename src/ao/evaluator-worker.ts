@@ -1,8 +1,9 @@
-// An evaluator thread: QuickJS evaluations for the CU, one at a time, off the CU's event loop. Host
-// calls go back to the CU's thread (which holds the store), and their answers come back here.
+// An evaluator thread: it holds the VMs of its processes and runs their jobs one at a time, off the
+// CU's event loop. Host calls go back to the CU's thread (which holds the store), and their answers
+// come back here.
 import { parentPort } from 'node:worker_threads';
-import { HostError, HostUnavailable, evaluateWith, loadRuntime, type HostCall } from './runtime.js';
-import type { FromEvaluator, ToEvaluator } from './evaluator.js';
+import { HostError, HostUnavailable, ProcessVM, loadRuntime, type HostCall } from './runtime.js';
+import type { FromEvaluator, ToEvaluator, VmJob } from './evaluator.js';
 
 const port = parentPort!;
 const post = (m: FromEvaluator): void => port.postMessage(m);
@@ -10,14 +11,46 @@ await loadRuntime();
 
 let nextCall = 0;
 const calls = new Map<number, { resolve(v: { value: string; ticks: number }): void; reject(e: Error): void }>();
+const vms = new Map<string, ProcessVM>();
 
-const host: HostCall = (name, argument) =>
+/** Host calls of the job now running, tagged with it so the CU uses that process's extensions. */
+const hostFor = (job: () => number): HostCall => (name, argument) =>
   new Promise((resolve, reject) => {
     const call = nextCall++;
     calls.set(call, { resolve, reject });
-    post({ type: 'host', call, name, argument });
+    post({ type: 'host', call, job: job(), name, argument });
   });
+let current = -1;
+const host = hostFor(() => current);
 
+async function run(key: string, work: VmJob): Promise<unknown> {
+  if (work.type === 'open') {
+    const vm = await ProcessVM.open(work.spec, work.state, host);
+    vms.get(key)?.dispose();
+    vms.set(key, vm);
+    return null;
+  }
+  const vm = vms.get(key);
+  if (!vm) throw new Error(`VmLost: no VM holds process ${key}`);
+  switch (work.type) {
+    case 'apply': {
+      const { outcome, vm: after } = await vm.apply(work.message);
+      vms.set(key, after);
+      return outcome;
+    }
+    case 'dry-run':
+      return vm.dryRun(work.message);
+    case 'state':
+      return vm.state();
+    case 'drop':
+      vm.dispose();
+      vms.delete(key);
+      return null;
+  }
+}
+
+// One job at a time: an asyncified QuickJS module holds at most one suspended call.
+let turn: Promise<void> = Promise.resolve();
 port.on('message', (m: ToEvaluator) => {
   if (m.type === 'host-answer') {
     const pending = calls.get(m.call);
@@ -27,10 +60,13 @@ port.on('message', (m: ToEvaluator) => {
     else pending.reject(m.unavailable ? new HostUnavailable(m.error) : new HostError(m.error, m.ticks));
     return;
   }
-  const { job, source, state, message, env, limits, hostNames } = m;
-  evaluateWith(source, state, message, env, limits, hostNames, host).then(
-    (evaluation) => post({ type: 'done', job, evaluation }),
-    (e: Error) => post({ type: 'failed', job, error: e.message, unavailable: e instanceof HostUnavailable }),
-  );
+  const { job, key, work } = m;
+  turn = turn.then(async () => {
+    current = job;
+    try {
+      post({ type: 'done', job, value: (await run(key, work)) as never });
+    } catch (e) {
+      post({ type: 'failed', job, error: (e as Error).message, unavailable: e instanceof HostUnavailable });
+    }
+  });
 });
-post({ type: 'ready' });

@@ -1,31 +1,57 @@
-// The CU's evaluator threads. Evaluations run in worker threads, never on the CU's event loop, so a
+// The CU's evaluator threads. Each process's VM (runtime.ts ProcessVM: its module and its state,
+// kept in place between messages) lives in one worker thread, never on the CU's event loop, so a
 // process that burns its whole compute limit delays only the evaluations queued behind it on its
-// thread — the SU, gateway, MU and the CU's HTTP routes (reads, waits) keep answering. Jobs are
-// taken in arrival order; since the CU evaluates each process one message at a time, a process has
-// at most one job queued, so processes take turns (round robin) whatever their message rates.
+// thread — the SU, gateway, MU and the CU's HTTP routes (reads, waits) keep answering — and
+// processes on different threads are evaluated in parallel. A thread runs its jobs one at a time in
+// arrival order; since the CU evaluates each process one message at a time, a process has at most
+// one job queued, so the processes of a thread take turns whatever their message rates. A new
+// process goes to the thread holding the fewest VMs.
 // Host functions run here, in the CU's thread, where the store is; the thread asks for them.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { HostError, HostUnavailable, hostCallOf, type Evaluation, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from './runtime.js';
+import { HostError, HostUnavailable, hostCallOf, type Extensions, type Outcome, type ProcessMessage, type ProcessSpec } from './runtime.js';
+
+/** A job for the VM of process `key`. */
+export type VmJob =
+  | { type: 'open'; spec: ProcessSpec; state: string }
+  | { type: 'apply'; message: ProcessMessage }
+  | { type: 'dry-run'; message: ProcessMessage }
+  | { type: 'state' }
+  | { type: 'drop' };
 
 /** What the CU's thread sends an evaluator thread. */
 export type ToEvaluator =
-  | { type: 'evaluate'; job: number; source: string; state: unknown; message: ProcessMessage; env: ProcessEnv; limits: Limits; hostNames: string[] }
+  | { type: 'job'; job: number; key: string; work: VmJob }
   | { type: 'host-answer'; call: number; value: string; ticks: number }
   | { type: 'host-answer'; call: number; error: string; unavailable: boolean; ticks: number };
 
 /** What an evaluator thread sends back. */
 export type FromEvaluator =
-  | { type: 'ready' }
-  | { type: 'host'; call: number; name: string; argument: string }
-  | { type: 'done'; job: number; evaluation: Evaluation }
+  | { type: 'host'; call: number; job: number; name: string; argument: string }
+  | { type: 'done'; job: number; value: Outcome | string | null }
   | { type: 'failed'; job: number; error: string; unavailable: boolean };
 
+/** The VM of a process is gone (its thread stopped, or it was never opened): load the process again. */
+export class VmLost extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VmLost';
+  }
+}
+
 export interface EvaluatorPool {
-  /** As runtime.ts's evaluate, in one of the pool's threads. */
-  evaluate(source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits, extensions: Extensions): Promise<Evaluation>;
-  /** Jobs waiting for a thread, and threads at work. */
-  load(): { queued: number; busy: number; threads: number };
+  /** Opens (or replaces) the VM of process `key` holding `state` (JSON). */
+  open(key: string, spec: ProcessSpec, state: string, extensions: Extensions): Promise<void>;
+  /** Evaluates a message of the log on the VM: kept when it succeeds. */
+  apply(key: string, message: ProcessMessage): Promise<Outcome>;
+  /** Evaluates a message without keeping anything. */
+  dryRun(key: string, message: ProcessMessage): Promise<Outcome>;
+  /** The VM's state as JSON. */
+  state(key: string): Promise<string>;
+  /** Frees the VM. */
+  drop(key: string): Promise<void>;
+  /** Jobs in flight, threads, and VMs held. */
+  load(): { busy: number; threads: number; vms: number };
   close(): Promise<void>;
 }
 
@@ -33,37 +59,33 @@ export interface EvaluatorPool {
 export const defaultEvaluatorThreads = (): number => Math.max(2, Math.min(4, availableParallelism() - 1));
 
 interface Job {
-  id: number;
-  request: Extract<ToEvaluator, { type: 'evaluate' }>;
+  key: string;
   extensions: Extensions;
-  resolve(e: Evaluation): void;
+  resolve(value: unknown): void;
   reject(e: Error): void;
 }
 
 interface Thread {
   worker: Worker;
-  ready: boolean;
-  job: Job | null;
+  jobs: Map<number, Job>;
+  vms: Set<string>;
 }
 
 export function evaluatorPool(options: { threads?: number } = {}): EvaluatorPool {
   const size = Math.max(1, options.threads ?? defaultEvaluatorThreads());
-  const queue: Job[] = [];
   const threads: Thread[] = [];
+  const home = new Map<string, Thread>();
+  const extensionsOf = new Map<string, Extensions>();
   let nextJob = 0;
   let closed = false;
 
   function start(): Thread {
     const worker = new Worker(new URL('./evaluator-worker.js', import.meta.url));
-    const thread: Thread = { worker, ready: false, job: null };
+    const thread: Thread = { worker, jobs: new Map(), vms: new Set() };
     worker.on('message', (m: FromEvaluator) => {
-      if (m.type === 'ready') {
-        thread.ready = true;
-        return dispatch();
-      }
-      const job = thread.job;
+      const job = thread.jobs.get(m.job);
+      if (!job) return;
       if (m.type === 'host') {
-        if (!job) return;
         const answer = (a: { value: string; ticks: number } | { error: string; unavailable: boolean; ticks: number }): void =>
           worker.postMessage({ type: 'host-answer', call: m.call, ...a } satisfies ToEvaluator);
         hostCallOf(job.extensions)(m.name, m.argument).then(answer, (e: Error) =>
@@ -71,57 +93,74 @@ export function evaluatorPool(options: { threads?: number } = {}): EvaluatorPool
         );
         return;
       }
-      if (!job || job.id !== m.job) return;
-      thread.job = null;
-      if (m.type === 'done') job.resolve(m.evaluation);
-      else job.reject(m.unavailable ? new HostUnavailable(m.error) : new Error(`evaluation failed in the CU: ${m.error}`));
-      dispatch();
+      thread.jobs.delete(m.job);
+      if (m.type === 'done') job.resolve(m.value);
+      else job.reject(m.unavailable ? new HostUnavailable(m.error) : m.error.startsWith('VmLost: ') ? new VmLost(m.error.slice(8)) : new Error(`evaluation failed in the CU: ${m.error}`));
     });
-    // A thread that dies (a bug, not a process's doing: its limits are QuickJS's) fails its job
-    // as the CU's fault — nothing is stored for it — and is replaced.
+    // A thread that dies (a bug, not a process's doing: its limits are QuickJS's) takes its VMs
+    // with it: their jobs fail as the CU's fault — nothing is stored for them — and the CU loads
+    // those processes again (from their checkpoints) on a new thread.
     const lost = (why: string): void => {
       const index = threads.indexOf(thread);
       if (index < 0) return;
       threads.splice(index, 1);
-      thread.job?.reject(new Error(`the evaluator thread stopped: ${why}`));
-      thread.job = null;
-      if (!closed) {
-        threads.push(start());
-        dispatch();
-      }
+      for (const key of thread.vms) if (home.get(key) === thread) home.delete(key);
+      for (const job of thread.jobs.values()) job.reject(new VmLost(`the evaluator thread stopped: ${why}`));
+      thread.jobs.clear();
+      if (!closed) threads.push(start());
     };
     worker.on('error', (e) => lost(e.message));
     worker.on('exit', (code) => lost(`exit code ${code}`));
     return thread;
   }
 
-  function dispatch(): void {
-    for (const thread of threads) {
-      if (queue.length === 0) return;
-      if (!thread.ready || thread.job) continue;
-      const job = queue.shift()!;
-      thread.job = job;
-      thread.worker.postMessage(job.request);
+  function send<T>(key: string, work: VmJob): Promise<T> {
+    if (closed) return Promise.reject(new Error('the evaluator pool is closed'));
+    let thread = home.get(key);
+    if (!thread) {
+      if (work.type !== 'open') return Promise.reject(new VmLost(`no VM holds process ${key}`));
+      thread = threads.reduce((a, b) => (b.vms.size < a.vms.size ? b : a));
+      home.set(key, thread);
     }
+    const target = thread;
+    if (work.type === 'open') target.vms.add(key);
+    return new Promise<T>((resolve, reject) => {
+      const id = nextJob++;
+      target.jobs.set(id, { key, extensions: extensionsOf.get(key) ?? {}, resolve: resolve as (v: unknown) => void, reject });
+      target.worker.postMessage({ type: 'job', job: id, key, work } satisfies ToEvaluator);
+    });
   }
 
   for (let i = 0; i < size; i++) threads.push(start());
 
   return {
-    evaluate(source, state, message, env, limits, extensions) {
-      if (closed) return Promise.reject(new Error('the evaluator pool is closed'));
-      return new Promise<Evaluation>((resolve, reject) => {
-        const id = nextJob++;
-        const request: ToEvaluator = { type: 'evaluate', job: id, source, state, message, env, limits, hostNames: Object.keys(extensions) };
-        queue.push({ id, request, extensions, resolve, reject });
-        dispatch();
-      });
+    async open(key, spec, state, extensions) {
+      extensionsOf.set(key, extensions);
+      try {
+        await send(key, { type: 'open', spec, state });
+      } catch (e) {
+        home.get(key)?.vms.delete(key);
+        home.delete(key);
+        extensionsOf.delete(key);
+        throw e;
+      }
     },
-    load: () => ({ queued: queue.length, busy: threads.filter((t) => t.job).length, threads: threads.length }),
+    apply: (key, message) => send<Outcome>(key, { type: 'apply', message }),
+    dryRun: (key, message) => send<Outcome>(key, { type: 'dry-run', message }),
+    state: (key) => send<string>(key, { type: 'state' }),
+    async drop(key) {
+      const thread = home.get(key);
+      if (!thread) return;
+      await send(key, { type: 'drop' }).catch(() => undefined);
+      thread.vms.delete(key);
+      if (home.get(key) === thread) home.delete(key);
+      extensionsOf.delete(key);
+    },
+    load: () => ({ busy: threads.reduce((n, t) => n + t.jobs.size, 0), threads: threads.length, vms: home.size }),
     async close() {
       if (closed) return;
       closed = true;
-      for (const job of queue.splice(0)) job.reject(new Error('the evaluator pool is closed'));
+      for (const t of threads) for (const job of t.jobs.values()) job.reject(new Error('the evaluator pool is closed'));
       await Promise.all(threads.map((t) => t.worker.terminate()));
     },
   };

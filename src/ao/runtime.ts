@@ -1,12 +1,14 @@
 // The process runtime: a process module is JavaScript (compiled from TypeScript) exporting
-// `handle(state, message, env)`. The CU runs it in QuickJS (compiled to WebAssembly), a fresh
-// runtime per message, so every CU gets the same result, the same gas and the same limit hits: no
-// clock, no randomness, no timers, no network, no filesystem; a memory limit and a compute limit
-// counted in interpreter ticks (deterministic, unlike a wall-clock timeout). An error or a limit
-// hit leaves the state as it was and returns `Error`.
+// `handle(state, message, env)`. The CU runs each process in a QuickJS VM of its own (compiled to
+// WebAssembly) that keeps the process's state in place between messages, so every CU gets the
+// same result, the same gas and the same limit hits at a cost that does not grow with the state:
+// no clock, no randomness, no timers, no network, no filesystem; a memory limit and a compute
+// limit counted in interpreter ticks (deterministic, unlike a wall-clock timeout). An error or a
+// limit hit undoes the message's writes and returns `Error`.
 import variant from '@jitl/quickjs-wasmfile-release-asyncify';
 import {
-  newQuickJSAsyncWASMModuleFromVariant, type QuickJSAsyncVariant, type QuickJSAsyncWASMModule, type QuickJSContext, type QuickJSHandle,
+  newQuickJSAsyncWASMModuleFromVariant, type QuickJSAsyncContext, type QuickJSAsyncRuntime, type QuickJSAsyncVariant, type QuickJSAsyncWASMModule, type QuickJSContext,
+  type QuickJSHandle,
 } from 'quickjs-emscripten-core';
 import { outboxProblem } from './outbox.js';
 
@@ -160,17 +162,62 @@ export function hostCallOf(extensions: Extensions): HostCall {
 }
 
 let quickjs: QuickJSAsyncWASMModule | null = null;
+// Where QuickJS keeps a context's interrupt counter (see resetTicks), found by calibrate().
+let counterOffset = -1;
 
 /** Loads QuickJS once per thread. */
 export async function loadRuntime(): Promise<void> {
   if (quickjs) return;
-  quickjs = await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
+  const module = await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
   // quickjs-emscripten 0.32's asyncified runtime forgets its callbacks *before* freeing the runtime
   // (the sync one does it after), so host functions the final GC frees find no runtime and throw.
   // Forgetting them a moment later restores the sync variant's order.
-  const callbacks = (quickjs as unknown as { callbacks: { deleteRuntime(rt: number): void } }).callbacks;
+  const callbacks = (module as unknown as { callbacks: { deleteRuntime(rt: number): void } }).callbacks;
   const forget = callbacks.deleteRuntime.bind(callbacks);
   callbacks.deleteRuntime = (rt) => void Promise.resolve().then(() => forget(rt));
+  counterOffset = calibrate(module);
+  quickjs = module;
+}
+
+const contextPointer = (ctx: QuickJSContext): number => (ctx as unknown as { ctx: { value: number } }).ctx.value;
+
+/**
+ * QuickJS calls the interrupt handler (one tick) each time a context's counter of interpreter
+ * steps runs out, then sets it to 10,000 again; a new context starts at 0, so its first step is a
+ * tick. A process's VM now lives across messages, so the counter a message starts with would be
+ * whatever the previous messages left — and a CU restored from a checkpoint would count a message
+ * one tick more or less than one that ran from slot 0, and sign a different GasUsed. Setting the
+ * counter to 0 before each message makes every message count its ticks as in a fresh context, on
+ * every CU. The field's place in QuickJS's JSContext is not exported, so it is found here, once per
+ * thread, and checked: the one 32-bit word that starts at 0, is 10,000 minus the steps after the
+ * first tick, and brings on a tick when set to 0 again.
+ */
+function calibrate(module: QuickJSAsyncWASMModule): number {
+  const runtime = module.newRuntime();
+  let ticks = 0;
+  runtime.setInterruptHandler(() => (ticks++, false));
+  const ctx = runtime.newContext();
+  try {
+    const words = (): Int32Array => new Int32Array(module.getWasmMemory().buffer, contextPointer(ctx), 128);
+    const before = Array.from(words());
+    ctx.evalCode('for (let i = 0; i < 100; i++);').dispose();
+    const after = words();
+    const candidates = before.flatMap((v, i) => (v === 0 && after[i] > 9_000 && after[i] < 10_000 ? [i] : []));
+    for (const index of candidates) {
+      const was = ticks;
+      words()[index] = 0;
+      ctx.evalCode('0').dispose();
+      if (ticks === was + 1 && words()[index] > 9_000) return index * 4;
+    }
+  } finally {
+    ctx.dispose();
+    runtime.dispose();
+  }
+  throw new Error('cannot find the interrupt counter of this QuickJS build: the CU cannot count ticks the same way on every machine');
+}
+
+function resetTicks(ctx: QuickJSContext): void {
+  new Int32Array(quickjs!.getWasmMemory().buffer, contextPointer(ctx) + counterOffset, 1)[0] = 0;
 }
 
 // What a process may not use, with the reason it gets.
@@ -181,6 +228,9 @@ const FORBIDDEN: Record<string, string> = {
   setImmediate: 'a process has no timers',
   queueMicrotask: 'a process runs synchronously',
   fetch: 'a process has no network',
+  // What they answer depends on when the collector ran, which depends on the VM's history.
+  WeakRef: 'a process cannot observe garbage collection',
+  FinalizationRegistry: 'a process cannot observe garbage collection',
 };
 
 const PRELUDE = `(() => {
@@ -195,18 +245,70 @@ const PRELUDE = `(() => {
   });
 })();`;
 
-const CALL = `(ns, input) => {
-  if (typeof ns.handle !== 'function') throw new Error('the module does not export handle(state, message, env)');
-  const [state, message, env] = JSON.parse(input);
-  const out = ns.handle(state, message, env);
-  if (out === null || typeof out !== 'object') throw new Error('handle must return an object { state, Messages?, Spawns?, Assignments?, Output? }');
-  if (typeof out.then === 'function') throw new Error('handle must return synchronously, not a Promise');
-  return JSON.stringify({
-    state: out.state === undefined ? null : out.state,
-    Messages: out.Messages ?? [], Spawns: out.Spawns ?? [], Assignments: out.Assignments ?? [],
-    Output: out.Output ?? null,
-  });
-}`;
+/**
+ * The VM's side of a process: its state, kept in the VM between messages, and the write journal
+ * that rolls a failed message back. The process sees its state through proxies that note, before
+ * each write, what the property was (an undo log); a message that fails has its writes undone in
+ * reverse, one that succeeds drops the log. The cost is the writes a message makes, never the
+ * state's size. Values written are stored unwrapped, so the state itself never holds a proxy the
+ * process did not put there. An object made non-extensible through a proxy could not be undone, so
+ * that is refused. Not reachable from the process: it lives in this closure, not on globalThis.
+ */
+const SUPPORT = `(() => {
+  const targetOf = new WeakMap(), proxyOf = new WeakMap();
+  let undo = null, root = null, next = null, env = '';
+  const journaled = (v) => {
+    if (v === null || typeof v !== 'object' || targetOf.has(v)) return v;
+    let p = proxyOf.get(v);
+    if (p === undefined) { p = new Proxy(v, handler); proxyOf.set(v, p); targetOf.set(p, v); }
+    return p;
+  };
+  const bare = (v) => (v !== null && typeof v === 'object' && targetOf.has(v) ? targetOf.get(v) : v);
+  const PROTOTYPE = {};
+  const note = (t, k) => { if (undo !== null) undo.push(t, k, Reflect.getOwnPropertyDescriptor(t, k)); };
+  const handler = {
+    get: (t, k) => journaled(Reflect.get(t, k)),
+    set(t, k, v, receiver) {
+      if (receiver !== proxyOf.get(t)) return Reflect.set(t, k, v, receiver);
+      note(t, k);
+      return Reflect.set(t, k, bare(v));
+    },
+    defineProperty(t, k, d) { note(t, k); return Reflect.defineProperty(t, k, 'value' in d ? { ...d, value: bare(d.value) } : d); },
+    deleteProperty(t, k) { note(t, k); return Reflect.deleteProperty(t, k); },
+    getOwnPropertyDescriptor(t, k) {
+      const d = Reflect.getOwnPropertyDescriptor(t, k);
+      if (d !== undefined && 'value' in d && (d.writable || d.configurable)) d.value = journaled(d.value);
+      return d;
+    },
+    setPrototypeOf(t, p) { if (undo !== null) undo.push(t, PROTOTYPE, Reflect.getPrototypeOf(t)); return Reflect.setPrototypeOf(t, p); },
+    preventExtensions: () => false,
+  };
+  const rollback = () => {
+    const log = undo ?? [];
+    undo = null;
+    for (let i = log.length - 3; i >= 0; i -= 3) {
+      const t = log[i], k = log[i + 1], d = log[i + 2];
+      if (k === PROTOTYPE) Reflect.setPrototypeOf(t, d);
+      else if (d === undefined) Reflect.deleteProperty(t, k);
+      else Reflect.defineProperty(t, k, d);
+    }
+  };
+  return {
+    open(stateText, envText) { root = JSON.parse(stateText); env = envText; },
+    apply(ns, messageText) {
+      if (typeof ns.handle !== 'function') throw new Error('the module does not export handle(state, message, env)');
+      undo = [];
+      const out = ns.handle(journaled(root), JSON.parse(messageText), JSON.parse(env));
+      if (out === null || typeof out !== 'object') throw new Error('handle must return an object { state, Messages?, Spawns?, Assignments?, Output? }');
+      if (typeof out.then === 'function') throw new Error('handle must return synchronously, not a Promise');
+      next = out.state === undefined ? null : bare(out.state);
+      return JSON.stringify({ Messages: out.Messages ?? [], Spawns: out.Spawns ?? [], Assignments: out.Assignments ?? [], Output: out.Output ?? null });
+    },
+    commit() { root = next; next = null; undo = null; },
+    rollback() { rollback(); next = null; },
+    state: () => JSON.stringify(root) ?? 'null',
+  };
+})()`;
 
 const ANY_ID = 'A'.repeat(43);
 
@@ -249,96 +351,245 @@ export class HostUnavailable extends Error {
   }
 }
 
+/** What a process VM is made of: its module, its environment, its caps and its host functions. */
+export interface ProcessSpec {
+  source: string;
+  env: ProcessEnv;
+  limits: Limits;
+  /** The host functions it is given (`host.<name>`), reached through `host`. */
+  hostNames: string[];
+}
+
+const isMemoryFault = (why: string): boolean => /out of memory|memory limit/i.test(why);
+
+/**
+ * A process's VM: its module loaded once and its state kept in place between messages (in QuickJS,
+ * compiled to WebAssembly, so every CU gets the same result, the same gas and the same limit hits:
+ * no clock, no randomness, no timers, no network, no filesystem). A message costs what it does,
+ * not what the state weighs: nothing is parsed or serialised but the message and the outcome.
+ * A message that fails (throws, hits a limit, or leaves an outbox no MU could push) has its writes
+ * undone (the journal in SUPPORT) and returns `Error`, the state as it was.
+ *
+ * What a VM's history could change, and why it does not: ticks are counted from a reset counter
+ * (resetTicks); the memory a message may use could depend on garbage earlier messages left, so a
+ * message that runs out of memory is decided again in a fresh VM holding only the state
+ * (`apply`): a fresh VM is what every CU can rebuild, and one that has run longer holds at least
+ * as much. The module's top level runs once per VM (after a restart, from a checkpoint, or when
+ * the CU loads the process again), so a process must keep what it remembers in its state, never in
+ * top-level variables that handle() changes — as AO processes keep theirs in globals that the
+ * CU's memory snapshot holds.
+ * One VM runs one message at a time (an asyncified QuickJS module holds one suspended call).
+ */
+export class ProcessVM {
+  private ticks = 0;
+  private counting = false;
+  private unavailable: HostUnavailable | null = null;
+
+  private constructor(
+    private readonly spec: ProcessSpec,
+    private readonly host: HostCall,
+    private readonly runtime: QuickJSAsyncRuntime,
+    private readonly ctx: QuickJSAsyncContext,
+    private readonly handles: QuickJSHandle[],
+    private readonly support: QuickJSHandle | null,
+    private readonly ns: QuickJSHandle | null,
+    /** Why the module cannot run at all; every message fails with it. */
+    private readonly loadError: string | null,
+  ) {}
+
+  /** A VM for `spec` holding `state` (JSON; 'null' before the process's first message). */
+  static async open(spec: ProcessSpec, state: string, host: HostCall): Promise<ProcessVM> {
+    if (!quickjs) throw new Error('call loadRuntime() before opening a process VM');
+    const runtime = quickjs.newRuntime();
+    runtime.setMaxStackSize(1 << 20);
+    const ctx = runtime.newContext();
+    const handles: QuickJSHandle[] = [];
+    const keep = <T extends QuickJSHandle>(h: T): T => (handles.push(h), h);
+    let vm: ProcessVM | null = null;
+    const make = (support: QuickJSHandle | null, ns: QuickJSHandle | null, loadError: string | null): ProcessVM =>
+      (vm = new ProcessVM(spec, host, runtime, ctx, handles, support, ns, loadError));
+    runtime.setInterruptHandler(() => vm !== null && vm.counting && ++vm.ticks > spec.limits.compute);
+    try {
+      const support = keep(ctx.unwrapResult(ctx.evalCode(SUPPORT, 'support.js')));
+      // The state is taken in with no memory cap (it was kept under it), the module under it.
+      ctx.callMethod(support, 'open', [keep(ctx.newString(state)), keep(ctx.newString(JSON.stringify(spec.env)))]).unwrap().dispose();
+      runtime.setMemoryLimit(spec.limits.memory);
+      if (spec.hostNames.length > 0) {
+        const hostObject = keep(ctx.newObject());
+        for (const name of spec.hostNames) ctx.setProp(hostObject, name, keep(ctx.newAsyncifiedFunction(name, (arg) => vm!.callHost(name, ctx.getString(arg)))));
+        ctx.setProp(ctx.global, 'host', hostObject);
+      }
+      const prelude = ctx.evalCode(PRELUDE, 'prelude.js');
+      if (prelude.error) return make(support, null, errorText(ctx, keep(prelude.error)));
+      keep(prelude.value);
+      // The module's top level is compute-limited like a message, and counted from 0 each time.
+      const loading = make(support, null, null);
+      loading.begin();
+      const module = ctx.evalCode(spec.source, 'process.js', { type: 'module' });
+      loading.counting = false;
+      if (module.error) {
+        const why = loading.ticks > spec.limits.compute ? `compute limit: more than ${spec.limits.compute} ticks` : errorText(ctx, keep(module.error));
+        return make(support, null, `the module does not load: ${why}`);
+      }
+      const ns = keep(module.value);
+      if (spec.hostNames.length > 0) {
+        // An asyncified call must start from an eval: one fixed entry, closed over the module.
+        const define = keep(ctx.unwrapResult(ctx.evalCode(`(support, ns) => Object.defineProperty(globalThis, '__call', { value: (input) => support.apply(ns, input) })`)));
+        ctx.unwrapResult(ctx.callFunction(define, ctx.undefined, support, ns)).dispose();
+      }
+      return make(support, ns, null);
+    } catch (e) {
+      for (const h of handles.reverse()) if (h.alive) h.dispose();
+      ctx.dispose();
+      runtime.dispose();
+      if (e instanceof Error && isMemoryFault(e.message)) throw new Error(`the state does not fit in the process's memory: ${e.message}`);
+      throw e;
+    }
+  }
+
+  private begin(): void {
+    this.ticks = 0;
+    this.unavailable = null;
+    resetTicks(this.ctx);
+    this.counting = true;
+  }
+
+  private async callHost(name: string, argument: string): Promise<QuickJSHandle | { error: QuickJSHandle }> {
+    const { ctx, spec } = this;
+    const overLimit = (): boolean => this.ticks > spec.limits.compute;
+    // Host work is metered like the process's own: a call past the limit is not made.
+    if (overLimit()) return { error: ctx.newError(`compute limit: more than ${spec.limits.compute} ticks`) };
+    try {
+      const { value, ticks } = await this.host(name, argument);
+      this.ticks += ticks;
+      if (overLimit()) return { error: ctx.newError(`compute limit: more than ${spec.limits.compute} ticks`) };
+      return ctx.newString(value);
+    } catch (e) {
+      if (e instanceof HostUnavailable) this.unavailable ??= e;
+      this.ticks += e instanceof HostError ? e.ticks : 1;
+      return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
+    }
+  }
+
+  /** Runs handle() on the message; kept when it succeeds (unless `readOnly`), undone when not. */
+  private async run(message: ProcessMessage, readOnly: boolean): Promise<Outcome> {
+    const { ctx, spec } = this;
+    const failed = (why: string): Outcome => ({ Messages: [], Spawns: [], Assignments: [], Output: null, Error: why, GasUsed: this.ticks });
+    if (this.loadError !== null || !this.ns || !this.support) return failed(this.loadError ?? 'the module does not load');
+    const handles: QuickJSHandle[] = [];
+    const keep = <T extends QuickJSHandle>(h: T): T => (handles.push(h), h);
+    let outcome: Outcome | null = null;
+    this.begin();
+    try {
+      const apply = keep(ctx.getProp(this.support, 'apply'));
+      const input = keep(ctx.newString(JSON.stringify(message)));
+      let result;
+      if (spec.hostNames.length === 0) result = ctx.callFunction(apply, this.support, this.ns, input);
+      else {
+        // Through an async eval, so that host functions may suspend it.
+        ctx.setProp(ctx.global, '__input', input);
+        result = await ctx.evalCodeAsync('__call(__input)', 'call.js');
+        ctx.setProp(ctx.global, '__input', ctx.undefined);
+      }
+      this.counting = false;
+      if (this.unavailable) throw this.unavailable;
+      if (result.error) {
+        const why = errorText(ctx, keep(result.error));
+        outcome = failed(this.ticks > spec.limits.compute ? `compute limit: more than ${spec.limits.compute} ticks` : isMemoryFault(why) ? `memory limit: ${why}` : why);
+      } else {
+        const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Outcome, 'GasUsed'>;
+        const undeliverable = outboxFault(out);
+        outcome = undeliverable ? failed(undeliverable) : { ...out, GasUsed: this.ticks };
+      }
+    } catch (e) {
+      // QuickJS itself ran out of memory (a deterministic outcome); anything else is not the process's doing.
+      if (e instanceof HostUnavailable || !isMemoryFault((e as Error).message)) {
+        this.counting = false;
+        this.settle(false);
+        throw e;
+      }
+      outcome = failed(`memory limit: ${(e as Error).message}`);
+    } finally {
+      for (const h of handles.reverse()) if (h.alive) h.dispose();
+    }
+    this.settle(outcome.Error === undefined && !readOnly);
+    return outcome;
+  }
+
+  /** Keeps or undoes the message's writes, with no cap: undoing must not fail for want of memory. */
+  private settle(keep: boolean): void {
+    this.counting = false;
+    this.runtime.setMemoryLimit(-1);
+    try {
+      this.ctx.callMethod(this.support!, keep ? 'commit' : 'rollback', []).unwrap().dispose();
+    } finally {
+      this.runtime.setMemoryLimit(this.spec.limits.memory);
+    }
+  }
+
+  /**
+   * Evaluates a message of the log. A memory fault is decided again in a fresh VM holding only the
+   * state (see the class comment); the VM to go on with is returned with the outcome.
+   */
+  async apply(message: ProcessMessage): Promise<{ outcome: Outcome; vm: ProcessVM }> {
+    const outcome = await this.run(message, false);
+    if (outcome.Error === undefined || !outcome.Error.startsWith('memory limit')) return { outcome, vm: this };
+    const fresh = await ProcessVM.open(this.spec, this.state(), this.host);
+    this.dispose();
+    return { outcome: await fresh.run(message, false), vm: fresh };
+  }
+
+  /** Evaluates a message without keeping anything (a dry-run). */
+  dryRun(message: ProcessMessage): Promise<Outcome> {
+    return this.run(message, true);
+  }
+
+  /** The state as JSON (for a checkpoint, or to read it). */
+  state(): string {
+    this.runtime.setMemoryLimit(-1);
+    try {
+      const text = this.ctx.unwrapResult(this.ctx.callMethod(this.support!, 'state', []));
+      try {
+        return this.ctx.getString(text);
+      } finally {
+        text.dispose();
+      }
+    } finally {
+      this.runtime.setMemoryLimit(this.spec.limits.memory);
+    }
+  }
+
+  dispose(): void {
+    for (const h of this.handles.reverse()) if (h.alive) h.dispose();
+    this.handles.length = 0;
+    if (this.ctx.alive) this.ctx.dispose();
+    if (this.runtime.alive) this.runtime.dispose();
+  }
+}
+
 // One evaluation at a time per QuickJS module: an asyncified module holds at most one suspended
 // call, so two processes waiting on host functions at once would corrupt it.
 let turn: Promise<unknown> = Promise.resolve();
 
 /**
- * Runs `handle(state, message, env)` of a module in this thread (tests, tools; the CU evaluates in
- * its evaluator threads, evaluator.ts). Never throws for anything the module does: its errors (and
- * limit hits) come back in `Error` with the state unchanged.
+ * Runs `handle(state, message, env)` of a module once, in a VM of its own, in this thread (tests,
+ * tools; the CU keeps each process's VM in an evaluator thread, evaluator.ts). Never throws for
+ * anything the module does: its errors (and limit hits) come back in `Error` with the state unchanged.
  */
 export function evaluate(
   source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {},
 ): Promise<Evaluation> {
-  const mine = turn.then(() => evaluateWith(source, state, message, env, limits, Object.keys(extensions), hostCallOf(extensions)));
+  const mine = turn.then(async () => {
+    const vm = await ProcessVM.open({ source, env, limits, hostNames: Object.keys(extensions) }, JSON.stringify(state ?? null), hostCallOf(extensions));
+    let last = vm;
+    try {
+      const { outcome, vm: after } = await vm.apply(message);
+      last = after;
+      return { ...outcome, state: outcome.Error === undefined ? (JSON.parse(after.state()) as unknown) : state };
+    } finally {
+      last.dispose();
+    }
+  });
   turn = mine.catch(() => undefined);
   return mine;
-}
-
-/**
- * Runs `handle(state, message, env)` with `host.<name>` for each of `hostNames`, reached through
- * `host`. The caller runs one at a time per thread (see `turn`).
- */
-export async function evaluateWith(
-  source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits, hostNames: string[], host: HostCall,
-): Promise<Evaluation> {
-  if (!quickjs) throw new Error('call loadRuntime() before evaluate()');
-  let unavailable: HostUnavailable | null = null;
-  const runtime = quickjs.newRuntime();
-  let ticks = 0;
-  const overLimit = (): boolean => ticks > limits.compute;
-  runtime.setMemoryLimit(limits.memory);
-  runtime.setMaxStackSize(1 << 20);
-  runtime.setInterruptHandler(() => ++ticks > limits.compute);
-  const ctx = runtime.newContext();
-  const failed = (why: string): Evaluation => ({ state, Messages: [], Spawns: [], Assignments: [], Output: null, Error: why, GasUsed: ticks });
-  const handles: QuickJSHandle[] = [];
-  const keep = <T extends QuickJSHandle>(h: T): T => {
-    handles.push(h);
-    return h;
-  };
-  try {
-    if (hostNames.length > 0) {
-      const hostObject = keep(ctx.newObject());
-      for (const name of hostNames) {
-        const f = keep(
-          ctx.newAsyncifiedFunction(name, async (arg) => {
-            // Host work is metered like the process's own: a call past the limit is not made.
-            if (overLimit()) return { error: ctx.newError(`compute limit: more than ${limits.compute} ticks`) };
-            const text = ctx.getString(arg);
-            try {
-              const { value, ticks: cost } = await host(name, text);
-              ticks += cost;
-              if (overLimit()) return { error: ctx.newError(`compute limit: more than ${limits.compute} ticks`) };
-              return ctx.newString(value);
-            } catch (e) {
-              if (e instanceof HostUnavailable) unavailable ??= e;
-              ticks += e instanceof HostError ? e.ticks : 1;
-              return { error: ctx.newError(`host.${name}: ${(e as Error).message}`) };
-            }
-          }),
-        );
-        ctx.setProp(hostObject, name, f);
-      }
-      ctx.setProp(ctx.global, 'host', hostObject);
-    }
-    const prelude = ctx.evalCode(PRELUDE, 'prelude.js');
-    if (prelude.error) return failed(errorText(ctx, keep(prelude.error)));
-    keep(prelude.value);
-    const module = ctx.evalCode(source, 'process.js', { type: 'module' });
-    if (module.error) return failed(`the module does not load: ${errorText(ctx, keep(module.error))}`);
-    const ns = keep(module.value);
-    // Called through an async eval so that host functions may suspend it.
-    ctx.setProp(ctx.global, '__process', ns);
-    ctx.setProp(ctx.global, '__input', keep(ctx.newString(JSON.stringify([state, message, env]))));
-    const result = await ctx.evalCodeAsync(`(${CALL})(__process, __input)`, 'call.js');
-    if (unavailable) throw unavailable;
-    if (result.error) {
-      const why = errorText(ctx, keep(result.error));
-      return failed(overLimit() ? `compute limit: more than ${limits.compute} ticks` : why);
-    }
-    const out = JSON.parse(ctx.getString(keep(result.value))) as Omit<Evaluation, 'GasUsed'>;
-    const undeliverable = outboxFault(out);
-    if (undeliverable) return failed(undeliverable);
-    return { ...out, GasUsed: ticks };
-  } catch (e) {
-    // QuickJS itself ran out of memory (a deterministic outcome); anything else is not the process's doing.
-    if (e instanceof HostUnavailable || !/memory/i.test((e as Error).message)) throw e;
-    return failed(`memory limit: ${(e as Error).message}`);
-  } finally {
-    for (const h of handles.reverse()) if (h.alive) h.dispose();
-    ctx.dispose();
-    runtime.dispose();
-  }
 }

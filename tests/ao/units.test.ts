@@ -96,8 +96,8 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
       const last = await ao.result({ process, message: sent[2] });
       assert.deepEqual(last.Output, { count: 6, from: walletAddress(wallet) });
       const attestation = await verifyAttestation(last as unknown as Result);
-      assert.deepEqual(attestation, { address: units.compute.address, process, message: sent[2], nonce: 3, stateHash: attestation.stateHash });
-      assert.equal(attestation.stateHash, (await units.compute.state(process)).stateHash);
+      assert.deepEqual(attestation, { address: units.compute.address, process, message: sent[2], nonce: 3, resultsChain: attestation.resultsChain });
+      assert.equal(attestation.resultsChain, (await units.compute.state(process)).resultsChain);
       const altered = { ...last, Output: { count: 7, from: walletAddress(wallet) } } as unknown as Result;
       await assert.rejects(verifyAttestation(altered), /another output/);
       const all = await ao.results({ process, sort: 'ASC', limit: 10 });
@@ -184,7 +184,7 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     assert.deepEqual(await second.state(process), reference);
     // Every slot's state hash, as each CU signed it.
     const stateHashes = async (cu: { results: typeof second.results }): Promise<string[]> =>
-      Promise.all((await cu.results(process, { limit: 100 })).edges.map(async (e) => (await verifyAttestation(e.node)).stateHash));
+      Promise.all((await cu.results(process, { limit: 100 })).edges.map(async (e) => (await verifyAttestation(e.node)).resultsChain));
     const mine = await stateHashes(second);
     assert.equal(mine.length, 21);
     assert.deepEqual(mine, await stateHashes(units.compute));
