@@ -171,10 +171,16 @@ export async function loadRuntime(): Promise<void> {
   const module = await newQuickJSAsyncWASMModuleFromVariant(variant as unknown as QuickJSAsyncVariant);
   // quickjs-emscripten 0.32's asyncified runtime forgets its callbacks *before* freeing the runtime
   // (the sync one does it after), so host functions the final GC frees find no runtime and throw.
-  // Forgetting them a moment later restores the sync variant's order.
-  const callbacks = (module as unknown as { callbacks: { deleteRuntime(rt: number): void } }).callbacks;
-  const forget = callbacks.deleteRuntime.bind(callbacks);
-  callbacks.deleteRuntime = (rt) => void Promise.resolve().then(() => forget(rt));
+  // Forgetting them a moment later restores the sync variant's order — unless a new runtime has
+  // been given the same address meanwhile (a VM opened right after one is disposed), whose
+  // callbacks must stay.
+  const callbacks = (module as unknown as { callbacks: { runtimeCallbacks: Map<number, unknown>; deleteRuntime(rt: number): void } }).callbacks;
+  callbacks.deleteRuntime = (rt) => {
+    const disposed = callbacks.runtimeCallbacks.get(rt);
+    void Promise.resolve().then(() => {
+      if (callbacks.runtimeCallbacks.get(rt) === disposed) callbacks.runtimeCallbacks.delete(rt);
+    });
+  };
   counterOffset = calibrate(module);
   quickjs = module;
 }
@@ -251,12 +257,19 @@ const PRELUDE = `(() => {
  * each write, what the property was (an undo log); a message that fails has its writes undone in
  * reverse, one that succeeds drops the log. The cost is the writes a message makes, never the
  * state's size. Values written are stored unwrapped, so the state itself never holds a proxy the
- * process did not put there. An object made non-extensible through a proxy could not be undone, so
- * that is refused. Not reachable from the process: it lives in this closure, not on globalThis.
+ * process did not put there. Undoing must give the state back exactly, key order included (it
+ * shows in every JSON of it): a named key deleted and put back would come last, so a message's
+ * deletes of named keys only hide the key (the proxies answer as if it were gone) and happen when
+ * the message is kept; a key deleted and then set again in one message moves for real, and its
+ * object's key order is noted first so that undoing restores it (index keys have no such order).
+ * An object made non-extensible through a proxy could not be undone, so that is refused. Not
+ * reachable from the process: it lives in this closure, not on globalThis.
  */
 const SUPPORT = `(() => {
   const targetOf = new WeakMap(), proxyOf = new WeakMap();
   let undo = null, root = null, next = null, env = '';
+  // Named keys this message deleted, per object (still on it until commit), and key orders to restore on undo.
+  let deleted = null, orders = null;
   const journaled = (v) => {
     if (v === null || typeof v !== 'object' || targetOf.has(v)) return v;
     let p = proxyOf.get(v);
@@ -265,17 +278,64 @@ const SUPPORT = `(() => {
   };
   const bare = (v) => (v !== null && typeof v === 'object' && targetOf.has(v) ? targetOf.get(v) : v);
   const PROTOTYPE = {};
-  const note = (t, k) => { if (undo !== null) undo.push(t, k, Reflect.getOwnPropertyDescriptor(t, k)); };
+  const INDEX = /^(?:0|[1-9][0-9]{0,9})$/;
+  const named = (t, k) => typeof k === 'string' && !Array.isArray(t) && !INDEX.test(k);
+  const gone = (t, k) => deleted !== null && deleted.get(t)?.has(k) === true;
+  const note = (t, k) => {
+    if (undo === null) return;
+    // Writing an array past its end moves its length without a write to 'length': note that too.
+    if (Array.isArray(t) && typeof k === 'string' && k !== 'length' && +k >= t.length) undo.push(t, 'length', Reflect.getOwnPropertyDescriptor(t, 'length'));
+    undo.push(t, k, Reflect.getOwnPropertyDescriptor(t, k));
+  };
+  // Shortening an array drops its elements past the new length without a write to each: note them.
+  const noteLength = (t, k, length) => {
+    if (undo === null || k !== 'length' || !Array.isArray(t)) return;
+    const n = Number(length);
+    for (let i = t.length - 1; i >= n && i >= 0; i--) undo.push(t, String(i), Reflect.getOwnPropertyDescriptor(t, String(i)));
+  };
+  // A hidden key written again: delete it for real (it then comes last, as in any object), after noting the order to restore.
+  const revive = (t, k) => {
+    if (!gone(t, k)) return;
+    orders ??= new Map();
+    if (!orders.has(t)) orders.set(t, Reflect.ownKeys(t));
+    note(t, k);
+    Reflect.deleteProperty(t, k);
+    deleted.get(t).delete(k);
+  };
+  const above = (t) => Reflect.getPrototypeOf(t);
   const handler = {
-    get: (t, k) => journaled(Reflect.get(t, k)),
+    get: (t, k) => (gone(t, k) ? (above(t) === null ? undefined : Reflect.get(above(t), k)) : journaled(Reflect.get(t, k))),
+    has: (t, k) => (gone(t, k) ? above(t) !== null && Reflect.has(above(t), k) : Reflect.has(t, k)),
+    ownKeys(t) {
+      const keys = Reflect.ownKeys(t), hidden = deleted?.get(t);
+      return hidden === undefined ? keys : keys.filter((k) => !hidden.has(k));
+    },
     set(t, k, v, receiver) {
       if (receiver !== proxyOf.get(t)) return Reflect.set(t, k, v, receiver);
+      revive(t, k);
+      noteLength(t, k, v);
       note(t, k);
       return Reflect.set(t, k, bare(v));
     },
-    defineProperty(t, k, d) { note(t, k); return Reflect.defineProperty(t, k, 'value' in d ? { ...d, value: bare(d.value) } : d); },
-    deleteProperty(t, k) { note(t, k); return Reflect.deleteProperty(t, k); },
+    defineProperty(t, k, d) {
+      revive(t, k);
+      if ('value' in d) noteLength(t, k, d.value);
+      note(t, k);
+      return Reflect.defineProperty(t, k, 'value' in d ? { ...d, value: bare(d.value) } : d);
+    },
+    deleteProperty(t, k) {
+      if (undo === null || !named(t, k)) { note(t, k); return Reflect.deleteProperty(t, k); }
+      if (gone(t, k)) return true;
+      const d = Reflect.getOwnPropertyDescriptor(t, k);
+      if (d === undefined) return true;
+      if (!d.configurable) return false;
+      deleted ??= new Map();
+      if (!deleted.has(t)) deleted.set(t, new Set());
+      deleted.get(t).add(k);
+      return true;
+    },
     getOwnPropertyDescriptor(t, k) {
+      if (gone(t, k)) return undefined;
       const d = Reflect.getOwnPropertyDescriptor(t, k);
       if (d !== undefined && 'value' in d && (d.writable || d.configurable)) d.value = journaled(d.value);
       return d;
@@ -283,15 +343,30 @@ const SUPPORT = `(() => {
     setPrototypeOf(t, p) { if (undo !== null) undo.push(t, PROTOTYPE, Reflect.getPrototypeOf(t)); return Reflect.setPrototypeOf(t, p); },
     preventExtensions: () => false,
   };
+  const commit = () => {
+    for (const [t, keys] of deleted ?? []) for (const k of keys) Reflect.deleteProperty(t, k);
+    undo = null; deleted = null; orders = null;
+  };
   const rollback = () => {
     const log = undo ?? [];
-    undo = null;
+    undo = null; deleted = null;
     for (let i = log.length - 3; i >= 0; i -= 3) {
       const t = log[i], k = log[i + 1], d = log[i + 2];
       if (k === PROTOTYPE) Reflect.setPrototypeOf(t, d);
       else if (d === undefined) Reflect.deleteProperty(t, k);
       else Reflect.defineProperty(t, k, d);
     }
+    // Each named key again in the order it had (deleting and defining moves a key last).
+    for (const [t, order] of orders ?? []) {
+      for (const k of order) {
+        if (!named(t, k)) continue;
+        const d = Reflect.getOwnPropertyDescriptor(t, k);
+        if (d === undefined) continue;
+        Reflect.deleteProperty(t, k);
+        Reflect.defineProperty(t, k, d);
+      }
+    }
+    orders = null;
   };
   return {
     open(stateText, envText) { root = JSON.parse(stateText); env = envText; },
@@ -304,7 +379,7 @@ const SUPPORT = `(() => {
       next = out.state === undefined ? null : bare(out.state);
       return JSON.stringify({ Messages: out.Messages ?? [], Spawns: out.Spawns ?? [], Assignments: out.Assignments ?? [], Output: out.Output ?? null });
     },
-    commit() { root = next; next = null; undo = null; },
+    commit() { root = next; next = null; commit(); },
     rollback() { rollback(); next = null; },
     state: () => JSON.stringify(root) ?? 'null',
   };
