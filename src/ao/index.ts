@@ -7,3 +7,6 @@ export { MAX_ITEM_BYTES, SchedulerError, openScheduler, startScheduler, type Sch
 export { ComputeError, openComputeUnit, startComputeUnit, verifyAttestation, type Attestation, type ComputeOptions, type ComputeUnit, type Result } from './cu.js';
 export { MessengerError, openMessenger, startMessenger, type Messenger, type MessengerOptions } from './mu.js';
 export { freePort, startUnits, unitWallet, type RunningUnits, type UnitsOptions } from './units.js';
+export { createHyperbeamApp, startHyperbeam, type HyperbeamOptions, type HyperbeamUnits } from './hyperbeam/server.js';
+export { verifyHttpSignature, HttpSigError, type HttpSignature } from './hyperbeam/httpsig.js';
+export { routeOf, PathError, type Route } from './hyperbeam/paths.js';
