@@ -50,8 +50,9 @@ function ed25519Signer(wallet: Wallet) {
   if (wallet.type !== 'ed25519') throw new Error('an Ed25519 wallet');
   const key = createPrivateKey({ key: { ...wallet.jwk }, format: 'jwk' });
   const publicKey = ownerKey(wallet);
-  return async (create: Create, kind: string) => {
-    const bytes = await create({ type: 2, publicKey, alg: kind === 'httpsig' ? 'ed25519' : 'ed25519' });
+  // One key, one algorithm name for both kinds (an ANS-104 item of type 2, an httpsig base).
+  return async (create: Create) => {
+    const bytes = await create({ type: 2, publicKey, alg: 'ed25519' });
     return { signature: sign(null, Buffer.from(bytes as Uint8Array), key), address: walletAddress(wallet) };
   };
 }
@@ -280,5 +281,27 @@ describe('the HyperBEAM interface with aoconnect in mainnet mode', { timeout: 12
     const other = await ao.spawn({ module: counter, tags: [{ name: 'Name', value: 'counter-5' }] });
     const misread = await ao.request({ path: `/${process}~process@1.0/slot/current`, 'signing-format': 'ans104', target: other });
     assert.equal(misread.status, 400);
+  });
+
+  test('seeded garbage at every route: a 4xx JSON error or an answer, never a 5xx', { timeout: 60_000 }, async () => {
+    const ao = mainnet(hb, ed25519Signer(ed));
+    const process = await ao.spawn({ module: counter, tags: [{ name: 'Name', value: 'garbage' }] });
+    const valid = (await createItem('1', walletSigner(ed), { target: process, tags: [{ name: 'Data-Protocol', value: 'ao' }, { name: 'Type', value: 'Message' }, { name: 'Action', value: 'Inc' }] })).raw;
+    let seed = 7;
+    const next = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+    const paths = ['/push', `/${process}~process@1.0/push`, `/${process}/compute/results=1`, `/${process}/slot/current`, `/${process}~process@1.0/now`, `/${process}~process@1.0/as=execution/compute&Action=Get`, '/~meta@1.0/info', `/${process}~process@1.0/compute&slot=0`, '/%zz', `/${process}/push?x=%`];
+    const before = await head(process);
+    for (let i = 0; i < 200; i++) {
+      const body = Buffer.from(valid);
+      // Flip one to four bytes anywhere (header, signature, owner, tags, data), or cut the item short.
+      for (let k = 0; k <= next(4); k++) body[next(body.length)] ^= 1 + next(255);
+      const sent = next(5) === 0 ? body.subarray(0, next(body.length)) : body;
+      const headers: Record<string, string> = next(2) ? { 'codec-device': 'ans104@1.0' } : next(2) ? { 'signature-input': 'sig=("a");alg="ed25519";keyid="AAAA"', signature: 'sig=:AAAA:' } : {};
+      const response = await fetch(`${hb}${paths[next(paths.length)]}`, { method: 'POST', headers, body: sent });
+      const text = await response.text();
+      assert.ok(response.status < 500, `${response.status}: ${text}`);
+      if (response.status >= 400) assert.equal(typeof (JSON.parse(text) as { error: unknown }).error, 'string');
+    }
+    assert.equal(await head(process), before, 'no mutated item was scheduled');
   });
 });

@@ -178,9 +178,10 @@ export function verifyHttpSignature(request: SignedRequest): HttpSignature | nul
   if (!valid) fail('bad signature: the HTTP message signature does not match the request');
 
   if (components.includes('content-digest') && request.body.length > 0) {
-    const digest = /(?:^|,)\s*sha-256=:([A-Za-z0-9+/]*={0,2}):/.exec(headerText(request.headers['content-digest']) ?? '');
+    // RFC 9530 writes the digest in base64; ao-core-libs 0.0.9 writes base64url. Both are read as bytes.
+    const digest = /(?:^|,)\s*sha-256=:([A-Za-z0-9+/_-]*={0,2}):/.exec(headerText(request.headers['content-digest']) ?? '');
     if (!digest) fail('the signed Content-Digest has no sha-256 value');
-    if (createHash('sha256').update(request.body).digest('base64') !== digest![1]) fail('the body does not match the signed Content-Digest');
+    if (!createHash('sha256').update(request.body).digest().equals(Buffer.from(digest![1], 'base64'))) fail('the body does not match the signed Content-Digest');
   }
-  return { owner: keyid, address: ownerAddress(key), alg, components } as HttpSignature;
+  return { owner: keyid, address: ownerAddress(key), alg: alg as HttpSignature['alg'], components };
 }
