@@ -89,13 +89,14 @@ describe('signing and push rules', () => {
   test('pushPlan: a Process only through /push and with this scheduler; a Message only to its own Target', () => {
     const su = randomBytes(32).toString('base64url');
     const process = { id: pid, target: null, tags: [{ name: 'Type', value: 'Process' }, { name: 'Scheduler', value: su }, { name: 'Module', value: mid }] };
-    assert.deepEqual(pushPlan({ kind: 'push' }, process, su), { type: 'Process', process: pid });
+    assert.deepEqual(pushPlan({ kind: 'push' }, process, su), { type: 'Process', process: pid, mode: 'async' });
     assert.throws(() => pushPlan({ kind: 'push', process: pid }, process, su), /spawned with POST \/push/);
     assert.throws(() => pushPlan({ kind: 'push' }, process, mid), /Scheduler tag must be/);
     assert.throws(() => pushPlan({ kind: 'push' }, { ...process, tags: process.tags.filter((t) => t.name !== 'Module') }, su), /Module tag/);
     const message = { id: mid, target: pid, tags: [{ name: 'Type', value: 'Message' }] };
-    assert.deepEqual(pushPlan({ kind: 'push', process: pid }, message, su), { type: 'Message', process: pid });
-    assert.deepEqual(pushPlan({ kind: 'push' }, message, su), { type: 'Message', process: pid });
+    assert.deepEqual(pushPlan({ kind: 'push', process: pid }, message, su), { type: 'Message', process: pid, mode: 'sync' });
+    assert.deepEqual(pushPlan({ kind: 'push' }, { ...message, tags: [...message.tags, { name: 'push-mode', value: 'async' }] }, su), { type: 'Message', process: pid, mode: 'async' });
+    assert.throws(() => pushPlan({ kind: 'push' }, { ...message, tags: [...message.tags, { name: 'push-mode', value: 'later' }] }, su), /push-mode is sync or async/);
     assert.throws(() => pushPlan({ kind: 'push', process: mid }, message, su), /is not the process in the path/);
     assert.throws(() => pushPlan({ kind: 'push', process: pid }, { ...message, target: null }, su), /needs a Target/);
     assert.throws(() => pushPlan({ kind: 'push', process: pid }, { ...message, tags: [{ name: 'Type', value: 'Assignment' }] }, su), /must be Process or Message/);

@@ -69,7 +69,7 @@ function tamperingSigner(wallet: Wallet, tamper: (raw: Buffer) => Buffer) {
 type Reply = { Output: any; Error?: unknown; Messages: unknown[]; Attestation?: string };
 interface MainnetAo {
   spawn(a: { module: string; tags?: Tag[]; authority?: string; data?: string }): Promise<string>;
-  message(a: { process: string; tags?: Tag[]; data?: string; returnMessageId?: boolean; returnAssignmentSlot?: boolean }): Promise<any>;
+  message(a: { process: string; tags?: Tag[]; data?: string; returnMessageId?: boolean; returnAssignmentSlot?: boolean; opts?: { fullResponse?: boolean } }): Promise<any>;
   result(a: { process: string; slot?: number | string; message?: string }): Promise<Reply>;
   results(a: { process: string }): Promise<{ edges: { cursor: string; node: Reply }[] }>;
   dryrun(a: { process: string; tags?: Tag[]; data?: string }): Promise<Reply>;
@@ -123,6 +123,10 @@ describe('the HyperBEAM interface with aoconnect in mainnet mode', { timeout: 12
       assert.equal(both.slot, 3);
       assert.equal(tagValue((await units.scheduler.message(both.id, process))!.assignment, 'Nonce'), '3', 'acknowledged means in the SU log');
 
+      // push-mode sync (HyperBEAM's default) answers with the result: aoconnect's fullResponse reads it.
+      const full = await ao.message({ process, tags: [{ name: 'Action', value: 'Get' }], data: 'full', opts: { fullResponse: true } });
+      assert.deepEqual(full.Output, { count: 6, from });
+      assert.equal(await ao.message({ process, tags: [{ name: 'Action', value: 'Get' }, { name: 'push-mode', value: 'async' }], data: 'async' }), 5);
       const last = await ao.result({ process, slot: both.slot });
       assert.deepEqual(last.Output, { count: 6, from });
       assert.deepEqual((await ao.result({ process, message: id })).Output, { count: 3, from }, 'a result by message id');
@@ -134,12 +138,12 @@ describe('the HyperBEAM interface with aoconnect in mainnet mode', { timeout: 12
 
       const all = await ao.results({ process });
       assert.equal(all.edges.length, 1);
-      assert.equal(all.edges[0].cursor, '3');
+      assert.equal(all.edges[0].cursor, '5');
       assert.deepEqual(all.edges[0].node.Output, { count: 6, from });
 
       const dry = await ao.dryrun({ process, tags: [{ name: 'Action', value: 'Get' }] });
       assert.deepEqual(dry.Output, { count: 6, from }, 'a dry run sees the state, and its Owner is the signer');
-      assert.equal(await head(process), 3, 'a dry run adds nothing to the log');
+      assert.equal(await head(process), 5, 'a dry run adds nothing to the log');
       // Its tags travel in the path (aoconnect writes them unencoded, so a value cannot hold & or =):
       // a long one, with characters fetch percent-encodes, arrives whole.
       const note = `a note, ${'x'.repeat(400)} ✓ 100%25`;
@@ -151,13 +155,13 @@ describe('the HyperBEAM interface with aoconnect in mainnet mode', { timeout: 12
       assert.equal(slot.status, 200);
       const slotMessage = (await slot.json()) as Record<string, unknown>;
       assert.equal(slotMessage.process, process);
-      assert.equal(slotMessage.current, 3);
+      assert.equal(slotMessage.current, 5);
       const now = await ao.request({ path: `/${process}~process@1.0/now`, method: 'GET' });
       const state = (await now.json()) as { 'at-slot': number; state: { count: number } };
-      assert.equal(state['at-slot'], 3);
+      assert.equal(state['at-slot'], 5);
       assert.equal(state.state.count, 6);
       const viaItem = await ao.request({ path: `/${process}~process@1.0/slot/current`, 'signing-format': 'ans104', target: process });
-      assert.equal(await viaItem.text(), '3');
+      assert.equal(await viaItem.text(), '5');
     });
   }
 

@@ -39,6 +39,12 @@ export interface PushPlan {
   type: 'Process' | 'Message';
   /** The process the item is scheduled on: its own id for a Process, its Target for a Message. */
   process: string;
+  /**
+   * HyperBEAM's `push-mode` (a key of the request, here the item's tag): `sync`, the default, answers
+   * with the message's result too (what aoconnect's `message({ opts: { fullResponse } })` reads);
+   * `async` answers once the message is in the log. A spawn is answered with its assignment only.
+   */
+  mode: 'sync' | 'async';
 }
 
 /**
@@ -49,17 +55,19 @@ export interface PushPlan {
 export function pushPlan(route: Extract<Route, { kind: 'push' }>, item: Pick<Item, 'id' | 'target' | 'tags'>, scheduler: string): PushPlan {
   const type = tagValue(item, 'Type');
   const path = 'process' in route ? route.process : undefined;
+  const mode = (tagValue(item, 'push-mode') ?? 'sync').toLowerCase();
+  if (mode !== 'sync' && mode !== 'async') throw new RuleError(400, `push-mode is sync or async, not ${JSON.stringify(mode.slice(0, 32))}`);
   if (type === 'Process') {
     if (path !== undefined) throw new RuleError(400, `a Process item is spawned with POST /push, not pushed to process ${path}`);
     const named = tagValue(item, 'Scheduler');
     if (named !== scheduler) throw new RuleError(400, `the process's Scheduler tag must be this node's scheduler ${scheduler} (GET /~meta@1.0/info/address), not ${JSON.stringify((named ?? 'absent').slice(0, 64))}`);
     if (!ITEM_ID.test(tagValue(item, 'Module') ?? '')) throw new RuleError(400, 'the process needs a Module tag holding a module id');
-    return { type, process: item.id };
+    return { type, process: item.id, mode: 'async' };
   }
   if (type === 'Message') {
     if (!item.target) throw new RuleError(400, 'a Message needs a Target: the process it is for');
     if (path !== undefined && item.target !== path) throw new RuleError(400, `the item's Target ${item.target} is not the process in the path ${path}: the Target is what the signature covers`);
-    return { type, process: item.target };
+    return { type, process: item.target, mode };
   }
   throw new RuleError(400, `a pushed item's Type tag must be Process or Message, not ${type === undefined ? 'absent' : JSON.stringify(type.slice(0, 64))}`);
 }

@@ -150,7 +150,16 @@ export function createHyperbeamApp(units: HyperbeamUnits, options: HyperbeamOpti
         // The MU's own path: quotas, the SU's commit before the answer, the outbox cranked after it.
         const { id } = await messenger.submit(signed.item.raw);
         const slot = plan.type === 'Process' ? 0 : await slotOf(plan.process, id);
-        return reply.header('process', plan.process).header('slot', String(slot)).header('id', id).send({ slot, id, process: plan.process });
+        reply.header('process', plan.process).header('slot', String(slot)).header('id', id);
+        if (plan.mode === 'async') return { slot, id, process: plan.process };
+        // The message is in the log whatever happens now: a result the CU cannot give yet is said
+        // in the answer, not made a failure of the push (the same push again gets the same slot).
+        try {
+          const result = await compute.result(plan.process, id);
+          return { ...resultsMessage(plan.process, { slot, message: id }, result as unknown as AoResult), id };
+        } catch (e) {
+          return { slot, id, process: plan.process, 'result-error': oneLine((e as Error).message) };
+        }
       }
       case 'result': {
         const at = 'slot' in route.of ? { slot: route.of.slot, message: await messageAt(route.process, route.of.slot) } : { slot: await slotOf(route.process, route.of.message), message: route.of.message };
