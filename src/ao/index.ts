@@ -1,5 +1,6 @@
 // The AO units: a sandboxed process runtime, the Scheduler (SU), Compute (CU) and Messenger (MU)
-// Units speaking AO's legacy HTTP protocol, and their wiring for one machine.
+// Units speaking AO's legacy HTTP protocol, the HyperBEAM-style interface in front of them for
+// aoconnect's mainnet mode (hyperbeam/), and their wiring for one machine.
 export { DEFAULT_LIMITS, MODULE_FORMAT, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
 export { moduleTags, publishModule } from './modules.js';
 export { LocateError, locator, type Locator } from './locate.js';
