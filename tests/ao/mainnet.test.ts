@@ -236,6 +236,9 @@ describe('the HyperBEAM interface with aoconnect in mainnet mode', { timeout: 12
     await refused(await postItem(`${hb}/${process}~process@1.0/push`, (await createItem('', walletSigner(ed), { tags: [...processTags, { name: 'Scheduler', value: units.scheduler.address }] })).raw), 400, /spawned with POST \/push/);
     const elsewhere = await createItem('', walletSigner(ed), { tags: [...processTags, { name: 'Scheduler', value: walletAddress(rsa) }] });
     await refused(await postItem(`${hb}/push`, elsewhere.raw), 400, /Scheduler tag must be this node's scheduler/);
+    // A valid item with a bogus HTTP signature beside it: every signature a request carries must hold.
+    const doubled = await fetch(`${hb}/${process}~process@1.0/push`, { method: 'POST', headers: { 'codec-device': 'ans104@1.0', 'signature-input': 'sig=("codec-device");alg="ed25519";keyid="' + ownerKey(ed).toString('base64url') + '"', signature: 'sig=:' + Buffer.alloc(64).toString('base64') + ':' }, body: (await message('2')).raw });
+    await refused(doubled, 400, /bad signature: the HTTP message signature/);
     // Not an item at all, and an empty ans104 body.
     await refused(await postItem(`${hb}/${process}~process@1.0/push`, Buffer.from('not a data item')), 400, /unsupported signature type|truncated/);
     await refused(await fetch(`${hb}/${process}~process@1.0/push`, { method: 'POST', headers: { 'codec-device': 'ans104@1.0' } }), 400, /body is empty/);

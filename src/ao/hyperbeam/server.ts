@@ -93,6 +93,8 @@ export function createHyperbeamApp(units: HyperbeamUnits, options: HyperbeamOpti
       if (route.kind === 'push') throw new Refused(400, 'push needs a signed ANS-104 data item as the body');
       return { by: 'none' };
     }
+    // Every signature a request carries must hold, the HTTP one too when an item is the body.
+    if (header('signature-input') !== undefined || header('signature') !== undefined) verifyHttpSignature({ method: request.method, target: request.url, headers: request.headers, body });
     let item: Item;
     try {
       item = parseItem(body);
