@@ -8,11 +8,12 @@
 import { fastify, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ItemError, parseItem, verifyItem, type Item } from '../../store/items.js';
 import { listen, type Listening } from '../../store/listen.js';
-import type { ComputeUnit } from '../cu.js';
+import { ComputeError, type ComputeUnit } from '../cu.js';
 import { LocateError } from '../locate.js';
-import type { Messenger } from '../mu.js';
+import { MessengerError, type Messenger } from '../mu.js';
 import { oneLine } from '../protocol.js';
-import { MAX_ITEM_BYTES, type Scheduler } from '../su.js';
+import { HostUnavailable } from '../runtime.js';
+import { MAX_ITEM_BYTES, SchedulerError, type Scheduler } from '../su.js';
 import { HttpSigError, verifyHttpSignature, type HttpSignature } from './httpsig.js';
 import { PathError, routeOf, type Route } from './paths.js';
 import { RuleError, assignmentPlace, checkReadTarget, dryRunTags, pushPlan, resultsMessage, signingOf, slotMessage, type AoResult } from './rules.js';
@@ -33,7 +34,6 @@ class Refused extends Error {
   constructor(
     readonly status: number,
     message: string,
-    readonly retryAfterSeconds?: number,
   ) {
     super(message);
   }
@@ -57,16 +57,18 @@ export function createHyperbeamApp(units: HyperbeamUnits, options: HyperbeamOpti
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
   app.setErrorHandler((error, _request, reply) => {
-    const e = error as Error & { status?: number; statusCode?: number; retryAfterSeconds?: number };
-    if (e instanceof LocateError) return fail(reply, 404, e.message);
-    // The units' own errors (SchedulerError, MessengerError, ComputeError) carry their status.
-    const status = e.status ?? e.statusCode;
-    if (typeof status === 'number' && status >= 400 && status < 600 && status !== 500) {
-      if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
-      return fail(reply, status, e.message);
+    if (error instanceof LocateError) return fail(reply, 404, error.message);
+    // A host extension could not read its data now: nothing was evaluated; ask again later.
+    if (error instanceof HostUnavailable) return fail(reply, 503, error.message);
+    // The units' own refusals and their being at a bound (4xx, 502, 503) pass on as they said them.
+    if (error instanceof SchedulerError || error instanceof MessengerError || error instanceof ComputeError) {
+      if (error instanceof MessengerError && error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
+      if (error.status !== 500) return fail(reply, error.status, error.message);
     }
-    if (e.name === 'HostUnavailable') return fail(reply, 503, e.message);
-    process.stderr.write(`hyperbeam: internal error: ${e.stack ?? String(e)}\n`);
+    // Fastify's own (413 body too large, 415, 400 bad request line).
+    const status = (error as { statusCode?: number }).statusCode;
+    if (typeof status === 'number' && status >= 400 && status < 500) return fail(reply, status, (error as Error).message);
+    process.stderr.write(`hyperbeam: internal error: ${(error as Error).stack ?? String(error)}\n`);
     return fail(reply, 500, 'internal error');
   });
 
@@ -210,10 +212,7 @@ export function createHyperbeamApp(units: HyperbeamUnits, options: HyperbeamOpti
     try {
       return await serve(request, reply);
     } catch (e) {
-      if (e instanceof Refused || e instanceof RuleError || e instanceof PathError) {
-        if (e instanceof Refused && e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
-        return fail(reply, e.status, e.message);
-      }
+      if (e instanceof Refused || e instanceof RuleError || e instanceof PathError) return fail(reply, e.status, e.message);
       if (e instanceof HttpSigError) return fail(reply, 400, e.message);
       throw e;
     }
