@@ -13,6 +13,7 @@ import { locator, type Locator } from './locate.js';
 import { openMessenger, startMessenger, type Messenger } from './mu.js';
 import type { Extensions, Limits } from './runtime.js';
 import { openScheduler, startScheduler, type Scheduler } from './su.js';
+import { startHyperbeam } from './hyperbeam/server.js';
 
 /** A unit's wallet: `<dir>/<name>.json`, created (Ed25519) the first time. */
 export async function unitWallet(dir: string, name: string): Promise<Wallet> {
@@ -36,14 +37,15 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
 export interface UnitsOptions {
   dir: string;
   host?: string;
-  ports?: Partial<Record<'gateway' | 'su' | 'cu' | 'mu', number>>;
+  /** `hyperbeam`: the HyperBEAM-style interface for aoconnect's mainnet mode (docs/ao.md). */
+  ports?: Partial<Record<'gateway' | 'su' | 'cu' | 'mu' | 'hyperbeam', number>>;
   limits?: Limits;
   /** Host extensions for the CU, or a function making them from the units' store. */
   extensions?: Extensions | ((store: Store) => Extensions);
 }
 
 export interface RunningUnits {
-  urls: { gateway: string; su: string; cu: string; mu: string };
+  urls: { gateway: string; su: string; cu: string; mu: string; hyperbeam: string };
   store: Store;
   scheduler: Scheduler;
   compute: ComputeUnit;
@@ -55,7 +57,7 @@ export interface RunningUnits {
 export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
   const { dir } = options;
   const host = options.host ?? '127.0.0.1';
-  const port = async (name: 'gateway' | 'su' | 'cu' | 'mu'): Promise<number> => options.ports?.[name] ?? freePort(host);
+  const port = async (name: 'gateway' | 'su' | 'cu' | 'mu' | 'hyperbeam'): Promise<number> => options.ports?.[name] ?? freePort(host);
   const wallets = join(dir, 'wallets');
   const store = openSqliteStore(join(dir, 'store'));
   const gateway = await startGateway(store, { port: await port('gateway'), host });
@@ -74,14 +76,16 @@ export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
   const cu = await startComputeUnit(compute, { port: await port('cu'), host });
   const messenger = openMessenger({ dir: join(dir, 'mu'), wallet: await unitWallet(wallets, 'mu'), scheduler: locate, cu: cu.url });
   const mu = await startMessenger(messenger, { port: await port('mu'), host });
+  const hyperbeam = await startHyperbeam({ scheduler, compute, messenger }, { port: await port('hyperbeam'), host, maxItemBytes: messenger.maxItemBytes });
   return {
-    urls: { gateway: gateway.url, su: su.url, cu: cu.url, mu: mu.url },
+    urls: { gateway: gateway.url, su: su.url, cu: cu.url, mu: mu.url, hyperbeam: hyperbeam.url },
     store,
     scheduler,
     compute,
     messenger,
     locate,
     async close() {
+      await hyperbeam.close();
       await mu.close();
       await messenger.close();
       await cu.close();

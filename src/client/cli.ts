@@ -117,9 +117,9 @@ export function buildProgram(): Command {
       .option('--json', 'print one JSON object once listening');
   program
     .command('units')
-    .description('run a gateway, SU, CU and MU in this process on --port … --port+3 (AO\'s legacy HTTP protocol)')
+    .description('run a gateway, SU, CU and MU in this process on --port … --port+3 (AO\'s legacy HTTP protocol), and the HyperBEAM-style interface for aoconnect\'s mainnet mode on --port+4')
     .option('--dir <dir>', 'their folder (default ./.verity)')
-    .option('--port <n>', 'first of four ports (0: any free ones)', (v) => positive(v, 0, 65532), 4000)
+    .option('--port <n>', 'first of five ports (0: any free ones)', (v) => positive(v, 0, 65531), 4000)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--json', 'print one JSON object once listening')
     .action(lazy('ao', 'unitsCommand'));
@@ -148,7 +148,7 @@ export function buildProgram(): Command {
     .description('run a whole network here: units, token and coordinator, the bundled model, funded and staked nodes')
     .option('--dir <dir>', 'its state (default ./.verity); a second start resumes it')
     .option('--nodes <n>', 'worker nodes', (v) => positive(v, 1, 16), 3)
-    .option('--port <n>', 'first of four ports for the gateway, SU, CU and MU (0: any free ones)', (v) => positive(v, 0, 65532), 0)
+    .option('--port <n>', 'first of five ports for the gateway, SU, CU, MU and the HyperBEAM interface (0: any free ones)', (v) => positive(v, 0, 65531), 0)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--lease-ms <ms>', 'lease length for a new coordinator', (v) => positive(v, 100, 86_400_000))
     .option('--demo <prompt>', 'run one verified inference of the prompt, then stop')

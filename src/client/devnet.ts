@@ -49,6 +49,8 @@ export interface DevnetInfo {
   su: string;
   cu: string;
   mu: string;
+  /** The HyperBEAM-style interface (aoconnect's mainnet mode); absent in a devnet.json written before it. */
+  hyperbeam?: string;
   token: string;
   coordinator: string;
   model: string;
@@ -168,11 +170,11 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
   const base = options.port ?? 0;
   const step = (n: number, what: string): void => log(`devnet [${n}/4] ${what}`);
 
-  step(1, `starting the store, gateway, SU, CU and MU in ${dir}`);
+  step(1, `starting the store, gateway, SU, CU, MU and HyperBEAM interface in ${dir}`);
   const units = await startUnits({
     dir,
     host: options.host,
-    ports: base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3 },
+    ports: base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3, hyperbeam: base + 4 },
     extensions: options.extensions ?? coordinatorExtensions,
   });
   const nodes: RunningNode[] = [];

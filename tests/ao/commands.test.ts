@@ -8,11 +8,13 @@ test('verity units starts a gateway, SU, CU and MU that answer on their routes',
   withTempDir(async (dir) => {
     const units = await serveCli(['units', '--dir', join(dir, 'v'), '--port', '0']);
     try {
-      const { gateway, su, cu, mu, scheduler } = units.info;
+      const { gateway, su, cu, mu, hyperbeam, scheduler } = units.info;
       assert.equal(((await (await fetch(`${su}/`)).json()) as { address: string }).address, scheduler);
       assert.equal(typeof ((await (await fetch(`${cu}/`)).json()) as { address: string }).address, 'string');
       assert.equal(await (await fetch(`${mu}/`)).text(), 'ao messenger unit');
       assert.ok((await fetch(`${gateway}/info`)).ok);
+      // The HyperBEAM interface, printed with the others: what aoconnect's mainnet spawn asks first.
+      assert.equal(await (await fetch(`${hyperbeam}/~meta@1.0/info/address`)).text(), scheduler);
     } finally {
       await units.stop();
     }

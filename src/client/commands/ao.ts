@@ -49,7 +49,7 @@ function serve(flags: UnitFlags, unit: string, facts: Record<string, string>, cl
 export async function unitsCommand(flags: UnitFlags & { dir?: string }): Promise<void> {
   const dir = flags.dir ?? DEFAULT_HOME;
   const base = flags.port;
-  const ports = base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3 };
+  const ports = base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3, hyperbeam: base + 4 };
   const units = await startUnits({ dir, host: flags.host, ports, extensions: coordinatorExtensions });
   serve(flags, 'units', { ...units.urls, scheduler: units.scheduler.address, dir }, () => units.close());
 }
