@@ -6,12 +6,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { readFileSync } from 'node:fs';
 import { publishModule } from '../src/ao/modules.js';
+import { ProcessVM, evaluate, hostCallOf, loadRuntime, type ProcessEnv, type ProcessMessage } from '../src/ao/runtime.js';
 import { freePort, startUnits } from '../src/ao/units.js';
 import { createItem, type Tag } from '../src/store/items.js';
 import { openGatewayStore } from '../src/store/gateway-store.js';
 import type { Store } from '../src/store/store.js';
-import { generateWallet, walletSigner } from '../src/store/wallet.js';
+import { generateWallet, walletAddress, walletSigner } from '../src/store/wallet.js';
 import { pool, serveCli, type ServingCli } from '../tests/helpers.js';
 
 const MESSAGES = Number(process.env.BENCH_AO_MESSAGES ?? 500);
@@ -102,3 +104,63 @@ for (const [label, run] of [['embedded (one process)', embedded], ['separate (4 
 for (const c of CONCURRENCY) {
   console.log(`\nseparate / embedded throughput at ${c} in flight: ${(rows[`separate (4 processes, HTTP)/${c}`] / rows[`embedded (one process)/${c}`]).toFixed(2)}×`);
 }
+
+// The token process with many holders: what a Transfer costs with the state kept in its VM, against
+// the old way (a fresh VM per message, the whole state parsed in and serialised out: the peer), and
+// what a checkpoint of that state weighs and costs to write and restore.
+const TOKEN = readFileSync(new URL('../src/processes/bundled/token.js', import.meta.url), 'utf8');
+const TOKEN_MESSAGES = Number(process.env.BENCH_AO_TOKEN_MESSAGES ?? 500);
+await loadRuntime();
+const owner = walletAddress(await generateWallet('ed25519'));
+const TOKEN_ID = 'T'.repeat(43);
+const env: ProcessEnv = { Process: { Id: TOKEN_ID, Owner: owner, Tags: [] }, Module: { Id: 'M'.repeat(43), Owner: owner, Tags: [] } };
+const holder = (i: number): string => `holder-${String(i).padStart(36, '0')}`;
+const tokenState = (holders: number): string => {
+  const Balances: Record<string, string> = { [owner]: String(10n ** 30n) };
+  for (let i = 0; i < holders; i++) Balances[holder(i)] = '1000';
+  return JSON.stringify({ Name: 'Bench', Ticker: 'BNC', Denomination: 12, Logo: null, Owner: owner, TotalSupply: String(10n ** 30n + BigInt(holders) * 1000n), Balances });
+};
+let slot = 1;
+const transfer = (holders: number): ProcessMessage => ({
+  Id: `transfer-${slot}`.padEnd(43, 'x'), Data: '', Owner: owner, From: owner, Target: TOKEN_ID, Nonce: slot++, Timestamp: 1_700_000_000_000 + slot, 'Block-Height': 1, Cron: false,
+  Tags: [{ name: 'Action', value: 'Transfer' }, { name: 'Recipient', value: holder(slot % holders) }, { name: 'Quantity', value: '1' }],
+});
+const limits = { memory: 256 * 2 ** 20, compute: 1_000 };
+console.log(`\ntoken process, ms per Transfer (${TOKEN_MESSAGES} in place; the peer: a fresh VM per message with the state parsed in and out)`);
+console.log('holders    in place  fresh VM per message (peer)  ratio');
+const perMessage: Record<number, number> = {};
+for (const holders of [100, 100_000]) {
+  const state = tokenState(holders);
+  let vm = await ProcessVM.open({ source: TOKEN, env, limits, hostNames: [] }, state, hostCallOf({}));
+  for (let i = 0; i < 20; i++) ({ vm } = await vm.apply(transfer(holders))); // warm up
+  let t0 = performance.now();
+  for (let i = 0; i < TOKEN_MESSAGES; i++) {
+    const { outcome, vm: after } = await vm.apply(transfer(holders));
+    if (outcome.Error) throw new Error(`Transfer failed: ${outcome.Error}`);
+    vm = after;
+  }
+  const inPlace = (performance.now() - t0) / TOKEN_MESSAGES;
+  perMessage[holders] = inPlace;
+  const peerMessages = holders > 10_000 ? 10 : 100;
+  let parsed: unknown = JSON.parse(state);
+  t0 = performance.now();
+  for (let i = 0; i < peerMessages; i++) parsed = (await evaluate(TOKEN, JSON.parse(JSON.stringify(parsed)), transfer(holders), env, limits)).state;
+  const fresh = (performance.now() - t0) / peerMessages;
+  console.log(`${String(holders).padEnd(10)} ${inPlace.toFixed(3).padEnd(9)} ${fresh.toFixed(3).padEnd(28)} ${(fresh / inPlace).toFixed(1)}× faster`);
+  if (holders === 100_000) {
+    t0 = performance.now();
+    const json = vm.state();
+    const serialise = performance.now() - t0;
+    t0 = performance.now();
+    const item = await createItem(json, walletSigner(await generateWallet('ed25519')), { tags: [{ name: 'Type', value: 'Checkpoint' }] });
+    const sign = performance.now() - t0;
+    t0 = performance.now();
+    const restored = await ProcessVM.open({ source: TOKEN, env, limits, hostNames: [] }, json, hostCallOf({}));
+    const restore = performance.now() - t0;
+    if (restored.state() !== json) throw new Error('the restored state differs');
+    restored.dispose();
+    console.log(`checkpoint at ${holders} holders: ${(item.raw.length / 2 ** 20).toFixed(1)} MiB; serialise ${serialise.toFixed(0)} ms, sign ${sign.toFixed(0)} ms, restore ${restore.toFixed(0)} ms`);
+  }
+  vm.dispose();
+}
+console.log(`per-Transfer time at 100,000 holders / at 100: ${(perMessage[100_000] / perMessage[100]).toFixed(2)}× (goal: within 2×)`);

@@ -25,6 +25,8 @@ export interface UnitFlags {
   url?: string;
   cu?: string;
   json?: boolean;
+  /** The CU's checkpoint interval in messages. */
+  checkpointEvery?: number;
 }
 
 function urlFlag(name: string, value: string): string {
@@ -75,7 +77,7 @@ export async function cuCommand(flags: UnitFlags): Promise<void> {
   const store = unitStore(flags);
   const wallet = await unitWallet(dir, 'wallet');
   // Verity's CUs offer the coordinator's extensions (docs/network.md) to every process.
-  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store), extensions: coordinatorExtensions(store) });
+  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store), extensions: coordinatorExtensions(store), checkpointEvery: flags.checkpointEvery });
   const server = await startComputeUnit(compute, { port: flags.port, host: flags.host });
   serve(flags, 'cu', { url: server.url, address: walletAddress(wallet), dir }, async () => {
     await server.close();
