@@ -149,7 +149,7 @@ for (const holders of [100, 100_000]) {
   console.log(`${String(holders).padEnd(10)} ${inPlace.toFixed(3).padEnd(9)} ${fresh.toFixed(3).padEnd(28)} ${(fresh / inPlace).toFixed(1)}× faster`);
   if (holders === 100_000) {
     t0 = performance.now();
-    const json = vm.state();
+    const json = await vm.state();
     const serialise = performance.now() - t0;
     t0 = performance.now();
     const item = await createItem(json, walletSigner(await generateWallet('ed25519')), { tags: [{ name: 'Type', value: 'Checkpoint' }] });
@@ -157,7 +157,7 @@ for (const holders of [100, 100_000]) {
     t0 = performance.now();
     const restored = await ProcessVM.open({ source: TOKEN, env, limits, hostNames: [] }, json, hostCallOf({}));
     const restore = performance.now() - t0;
-    if (restored.state() !== json) throw new Error('the restored state differs');
+    if (await restored.state() !== json) throw new Error('the restored state differs');
     restored.dispose();
     console.log(`checkpoint at ${holders} holders: ${(item.raw.length / 2 ** 20).toFixed(1)} MiB; serialise ${serialise.toFixed(0)} ms, sign ${sign.toFixed(0)} ms, restore ${restore.toFixed(0)} ms`);
   }

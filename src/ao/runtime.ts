@@ -426,6 +426,16 @@ export class HostUnavailable extends Error {
   }
 }
 
+// One call into QuickJS at a time per thread: an asyncified module holds at most one suspended
+// call, so two VMs waiting on host functions at once (or one running while another waits) would
+// corrupt it. Every entry into a VM goes through here.
+let turn: Promise<unknown> = Promise.resolve();
+function exclusive<T>(work: () => Promise<T>): Promise<T> {
+  const mine = turn.then(work);
+  turn = mine.catch(() => undefined);
+  return mine;
+}
+
 /** What a process VM is made of: its module, its environment, its caps and its host functions. */
 export interface ProcessSpec {
   source: string;
@@ -473,7 +483,25 @@ export class ProcessVM {
   ) {}
 
   /** A VM for `spec` holding `state` (JSON; 'null' before the process's first message). */
-  static async open(spec: ProcessSpec, state: string, host: HostCall): Promise<ProcessVM> {
+  static open(spec: ProcessSpec, state: string, host: HostCall): Promise<ProcessVM> {
+    return exclusive(() => ProcessVM.openNow(spec, state, host));
+  }
+
+  /** One message on `state` in a VM of its own, disposed after: the state after it, or `state` when it failed. */
+  static once(spec: ProcessSpec, state: unknown, message: ProcessMessage, host: HostCall): Promise<Evaluation> {
+    return exclusive(async () => {
+      let vm = await ProcessVM.openNow(spec, JSON.stringify(state ?? null), host);
+      try {
+        const { outcome, vm: after } = await vm.applyNow(message);
+        vm = after;
+        return { ...outcome, state: outcome.Error === undefined ? (JSON.parse(vm.stateNow()) as unknown) : state };
+      } finally {
+        vm.dispose();
+      }
+    });
+  }
+
+  private static async openNow(spec: ProcessSpec, state: string, host: HostCall): Promise<ProcessVM> {
     if (!quickjs) throw new Error('call loadRuntime() before opening a process VM');
     const runtime = quickjs.newRuntime();
     runtime.setMaxStackSize(1 << 20);
@@ -606,21 +634,29 @@ export class ProcessVM {
    * Evaluates a message of the log. A memory fault is decided again in a fresh VM holding only the
    * state (see the class comment); the VM to go on with is returned with the outcome.
    */
-  async apply(message: ProcessMessage): Promise<{ outcome: Outcome; vm: ProcessVM }> {
+  apply(message: ProcessMessage): Promise<{ outcome: Outcome; vm: ProcessVM }> {
+    return exclusive(() => this.applyNow(message));
+  }
+
+  private async applyNow(message: ProcessMessage): Promise<{ outcome: Outcome; vm: ProcessVM }> {
     const outcome = await this.run(message, false);
     if (outcome.Error === undefined || !outcome.Error.startsWith('memory limit')) return { outcome, vm: this };
-    const fresh = await ProcessVM.open(this.spec, this.state(), this.host);
+    const fresh = await ProcessVM.openNow(this.spec, this.stateNow(), this.host);
     this.dispose();
     return { outcome: await fresh.run(message, false), vm: fresh };
   }
 
   /** Evaluates a message without keeping anything (a dry-run). */
   dryRun(message: ProcessMessage): Promise<Outcome> {
-    return this.run(message, true);
+    return exclusive(() => this.run(message, true));
   }
 
   /** The state as JSON (for a checkpoint, or to read it). */
-  state(): string {
+  state(): Promise<string> {
+    return exclusive(async () => this.stateNow());
+  }
+
+  private stateNow(): string {
     this.runtime.setMemoryLimit(-1);
     try {
       const text = this.ctx.unwrapResult(this.ctx.callMethod(this.support!, 'state', []));
@@ -642,10 +678,6 @@ export class ProcessVM {
   }
 }
 
-// One evaluation at a time per QuickJS module: an asyncified module holds at most one suspended
-// call, so two processes waiting on host functions at once would corrupt it.
-let turn: Promise<unknown> = Promise.resolve();
-
 /**
  * Runs `handle(state, message, env)` of a module once, in a VM of its own, in this thread (tests,
  * tools; the CU keeps each process's VM in an evaluator thread, evaluator.ts). Never throws for
@@ -654,17 +686,5 @@ let turn: Promise<unknown> = Promise.resolve();
 export function evaluate(
   source: string, state: unknown, message: ProcessMessage, env: ProcessEnv, limits: Limits = DEFAULT_LIMITS, extensions: Extensions = {},
 ): Promise<Evaluation> {
-  const mine = turn.then(async () => {
-    const vm = await ProcessVM.open({ source, env, limits, hostNames: Object.keys(extensions) }, JSON.stringify(state ?? null), hostCallOf(extensions));
-    let last = vm;
-    try {
-      const { outcome, vm: after } = await vm.apply(message);
-      last = after;
-      return { ...outcome, state: outcome.Error === undefined ? (JSON.parse(after.state()) as unknown) : state };
-    } finally {
-      last.dispose();
-    }
-  });
-  turn = mine.catch(() => undefined);
-  return mine;
+  return ProcessVM.once({ source, env, limits, hostNames: Object.keys(extensions) }, state, message, hostCallOf(extensions));
 }

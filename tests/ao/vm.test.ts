@@ -57,12 +57,12 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
   test('a message that fails after writing anywhere in the state leaves it exactly as it was', async () => {
     let vm = await open();
     for (let i = 0; i < 3; i++) ({ vm } = await vm.apply(message('Mutate')));
-    const before = vm.state();
+    const before = await vm.state();
     for (const action of ['MutateThenThrow', 'MutateThenBadOutbox', 'ReplaceThenThrow', 'Burn', 'Freeze']) {
       const { outcome, vm: after } = await vm.apply(message(action));
       vm = after;
       assert.ok(outcome.Error, `${action} fails`);
-      assert.equal(vm.state(), before, `${action} left the state as it was`);
+      assert.equal(await vm.state(), before, `${action} left the state as it was`);
     }
     // ... and the same writes, kept, give what a fresh VM per message gives (the JSON hand-over of before).
     let state: unknown = JSON.parse(before);
@@ -70,7 +70,7 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
     const reference = await evaluate(SOURCE, state, message('Mutate'), env, limits);
     state = reference.state;
     assert.equal(outcome.Output, reference.Output);
-    assert.equal(vm.state(), JSON.stringify(state));
+    assert.equal(await vm.state(), JSON.stringify(state));
     vm.dispose();
   });
 
@@ -104,16 +104,16 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
       fc.asyncProperty(start, fc.array(op, { maxLength: 12 }), fc.array(op, { maxLength: 12 }), async (state, setup, attack) => {
         let vm = await open('null', INTERPRETER);
         ({ vm } = await vm.apply({ ...message('Setup', JSON.stringify({ start: state, ops: setup })) }));
-        const before = vm.state();
+        const before = await vm.state();
         const thrown = await vm.apply({ ...message('Attack', JSON.stringify({ ops: attack })), Tags: [{ name: 'Throw', value: '1' }] });
         vm = thrown.vm;
         assert.match(thrown.outcome.Error ?? '', /undo it all/);
-        assert.equal(vm.state(), before);
+        assert.equal(await vm.state(), before);
         // Kept, the same writes give what a fresh VM (the JSON hand-over of before) gives, key order included.
         const kept = await vm.apply(message('Attack', JSON.stringify({ ops: attack })));
         const reference = await evaluate(INTERPRETER, JSON.parse(before), message('Attack', JSON.stringify({ ops: attack })), env, limits);
         assert.equal(kept.outcome.Error, reference.Error);
-        assert.equal(kept.vm.state(), JSON.stringify(reference.state));
+        assert.equal(await kept.vm.state(), JSON.stringify(reference.state));
         kept.vm.dispose();
       }),
       { numRuns: 60, seed: 13 },
@@ -123,12 +123,12 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
   test('a handler may replace its state; a dry-run keeps nothing', async () => {
     let vm = await open();
     ({ vm } = await vm.apply(message('Mutate')));
-    const before = vm.state();
+    const before = await vm.state();
     const dry = await vm.dryRun(message('Mutate'));
     assert.equal(dry.Error, undefined);
-    assert.equal(vm.state(), before);
+    assert.equal(await vm.state(), before);
     ({ vm } = await vm.apply(message('Replace')));
-    assert.deepEqual(JSON.parse(vm.state()), { replaced: true, old: JSON.parse(before) });
+    assert.deepEqual(JSON.parse(await vm.state()), { replaced: true, old: JSON.parse(before) });
     vm.dispose();
   });
 
@@ -136,7 +136,7 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
     let vm = await open();
     for (let i = 0; i < 40; i++) ({ vm } = await vm.apply(message('Work', String(1_000 + 7_919 * i))));
     for (const data of ['5000', '123457', '999']) {
-      const state = JSON.parse(vm.state()) as unknown;
+      const state = JSON.parse(await vm.state()) as unknown;
       const m = message('Work', data);
       const { outcome } = await vm.apply(m);
       const fresh = await evaluate(SOURCE, state, m, env, limits);
@@ -144,7 +144,7 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
       assert.ok(outcome.GasUsed > 0);
     }
     // The compute limit stops a loop at the same tick too.
-    const state = JSON.parse(vm.state()) as unknown;
+    const state = JSON.parse(await vm.state()) as unknown;
     const m = message('Burn');
     const { outcome } = await vm.apply(m);
     const fresh = await evaluate(SOURCE, state, m, env, limits);
@@ -156,11 +156,11 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
   test('a message that runs out of memory fails, is undone, and the process goes on', async () => {
     let vm = await open();
     ({ vm } = await vm.apply(message('Mutate')));
-    const before = vm.state();
+    const before = await vm.state();
     const hog = await vm.apply(message('Hog'));
     vm = hog.vm;
     assert.match(hog.outcome.Error ?? '', /memory limit/);
-    assert.equal(vm.state(), before);
+    assert.equal(await vm.state(), before);
     const next = await vm.apply(message('Mutate'));
     assert.equal(next.outcome.Error, undefined);
     next.vm.dispose();

@@ -1,9 +1,10 @@
 // Drives a process module through the real runtime (QuickJS, src/ao/runtime.ts) without the SU,
-// CU and MU: each send() is one slot of the process's log, evaluated the way the CU evaluates it.
+// CU and MU: each send() is one slot of the process's log, evaluated the way the CU evaluates it
+// (in the process's own VM, its state kept in place).
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import {
-  DEFAULT_LIMITS, MODULE_FORMAT, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type ProcessEnv, type ProcessMessage, type Tag,
+  DEFAULT_LIMITS, MODULE_FORMAT, ProcessVM, hostCallOf, loadRuntime, type Evaluation, type Extensions, type Limits, type ProcessEnv, type ProcessMessage, type Tag,
 } from '../../src/ao/runtime.js';
 
 /** Tags as a list (order and repeats kept) or, for brevity, as a record. */
@@ -86,10 +87,12 @@ export async function openProcess(source: string, options: OpenOptions): Promise
     },
   };
   const limits = options.limits ?? DEFAULT_LIMITS;
-  let state: unknown = null; // what the CU starts from
+  // The process's own VM, its state kept in place between messages, as the CU runs it.
+  let vm = await ProcessVM.open({ source, env, limits, hostNames: Object.keys(options.extensions ?? {}) }, 'null', hostCallOf(options.extensions ?? {}));
+  let state: unknown = null; // the state after the last kept message, as JSON gives it
   let nonce = -1;
   let timestamp = START_TIMESTAMP - 1000;
-  // evaluate() is async: without this, two sends not awaited one by one would read the same state.
+  // Sends not awaited one by one still take their slots in order.
   let queue: Promise<unknown> = Promise.resolve();
 
   const message = (m: SendOptions, slot: number, readOnly: boolean): ProcessMessage => {
@@ -119,12 +122,13 @@ export async function openProcess(source: string, options: OpenOptions): Promise
   const run = (m: SendOptions): Promise<Evaluation> => {
     const next = queue.then(async () => {
       const msg = message(m, nonce + 1, false);
-      const evaluation = await evaluate(source, state, msg, env, limits, options.extensions);
+      const { outcome, vm: after } = await vm.apply(msg);
+      vm = after;
       // A failed message still takes its slot, as in the CU; only its state change is dropped.
       nonce = msg.Nonce;
       timestamp = Math.max(timestamp, msg.Timestamp);
-      if (evaluation.Error === undefined) state = evaluation.state;
-      return evaluation;
+      if (outcome.Error === undefined) state = JSON.parse(await vm.state()) as unknown;
+      return { ...outcome, state };
     });
     queue = next.catch(() => undefined);
     return next;
@@ -137,7 +141,7 @@ export async function openProcess(source: string, options: OpenOptions): Promise
     boot,
     send: run,
     dryRun: (m) => {
-      const next = queue.then(() => evaluate(source, state, message(m, nonce + 1, true), env, limits, options.extensions));
+      const next = queue.then(async () => ({ ...(await vm.dryRun(message(m, nonce + 1, true))), state }));
       queue = next.catch(() => undefined);
       return next;
     },
