@@ -117,16 +117,22 @@ export const outputHash = (outcome: object): string => sha256hex(JSON.stringify(
 export const nextResultsChain = (previous: string, output: string): string => sha256hex(previous + output);
 export const RESULTS_CHAIN_START = sha256hex('');
 
-/** When a CU writes a checkpoint of a process: every `messages` slots, or after `ms` with at least one slot. */
+/**
+ * When a CU writes a checkpoint of a process. A checkpoint costs the state's size (it serialises,
+ * signs and stores it); a restart costs the messages since the last one (it evaluates them again).
+ * So a process checkpoints every `messages` slots while its state is small, and every
+ * stateBytes / `bytesPerMessage` slots once it is large — a checkpoint then adds at most
+ * `bytesPerMessage` of serialising per message, whatever the state weighs — or after `ms` of work
+ * with at least one new slot, so a slow process is saved too.
+ */
 export interface CheckpointPolicy {
   messages: number;
+  bytesPerMessage: number;
   ms: number;
 }
 
-/**
- * A checkpoint costs the state's size (it serialises and stores it), so it comes only every
- * `messages` slots — often enough that a restart replays little, rarely enough that its cost per
- * message is small whatever the state weighs — or after `ms` of work, so a slow process is saved too.
- */
-export const checkpointDue = (since: { messages: number; ms: number }, policy: CheckpointPolicy): boolean =>
-  since.messages >= policy.messages || (since.messages > 0 && since.ms >= policy.ms);
+export const checkpointInterval = (lastStateBytes: number, policy: CheckpointPolicy): number =>
+  Math.max(policy.messages, Math.ceil(lastStateBytes / policy.bytesPerMessage));
+
+export const checkpointDue = (since: { messages: number; ms: number }, lastStateBytes: number, policy: CheckpointPolicy): boolean =>
+  since.messages >= checkpointInterval(lastStateBytes, policy) || (since.messages > 0 && since.ms >= policy.ms);

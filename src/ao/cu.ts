@@ -33,7 +33,10 @@ export interface ComputeOptions {
   extensions?: Extensions;
   /** Evaluator threads (default: defaultEvaluatorThreads()). */
   evaluators?: number;
-  /** A checkpoint every this many messages of a process (default 1,024; and when asked). */
+  /**
+   * A checkpoint every this many messages of a process at least (default 64; more for a large
+   * state: cu-rules.ts checkpointDue), and when asked.
+   */
   checkpointEvery?: number;
   /** ... or after this many ms with at least one new message (default 60,000). */
   checkpointMs?: number;
@@ -122,6 +125,8 @@ interface Loaded extends LogPosition {
   timestamp: number;
   blockHeight: number;
   sinceCheckpoint: { messages: number; since: number };
+  /** The size of the state at its last checkpoint (0 before one). */
+  stateBytes: number;
 }
 
 /** Where a checkpoint stands in the log: its tags. */
@@ -175,7 +180,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   // which a restart evaluates again, so no fsync per result.
   const db = openDatabase(options.dir, 'cu.sqlite', SCHEMA, { durable: false });
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const policy: CheckpointPolicy = { messages: options.checkpointEvery ?? 1024, ms: options.checkpointMs ?? 60_000 };
+  const policy: CheckpointPolicy = { messages: options.checkpointEvery ?? 64, bytesPerMessage: 4096, ms: options.checkpointMs ?? 60_000 };
   const maxLoaded = Math.max(1, options.maxLoaded ?? 256);
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
@@ -297,6 +302,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       nonce: -1, resultsChain: RESULTS_CHAIN_START, hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0,
       ...checkpoint?.position,
       sinceCheckpoint: { messages: 0, since: Date.now() },
+      stateBytes: checkpoint?.state.length ?? 0,
     };
     try {
       await pool.open(processId, spec, checkpoint?.state ?? 'null', extensions);
@@ -327,6 +333,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
   async function checkpointNow(p: Loaded): Promise<void> {
     if (p.nonce < 0 || q.checkpoint.get(p.processId)?.nonce === p.nonce) return;
     const state = await pool.state(p.processId);
+    p.stateBytes = state.length;
     const position: CheckpointPosition = { nonce: p.nonce, resultsChain: p.resultsChain, hashChain: p.hashChain, lastAssignment: p.lastAssignment, timestamp: p.timestamp, blockHeight: p.blockHeight };
     p.sinceCheckpoint = { messages: 0, since: Date.now() };
     const write = writeCheckpoint(p.processId, position, state).finally(() => writing.delete(write));
@@ -398,7 +405,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         Object.assign(p, { nonce: message.Nonce, resultsChain, hashChain: tagValue(assignment, 'Hash-Chain')!, lastAssignment: assignment.id, timestamp: message.Timestamp, blockHeight: message['Block-Height'] });
         p.sinceCheckpoint.messages += 1;
         wake(p.processId);
-        if (checkpointDue({ messages: p.sinceCheckpoint.messages, ms: Date.now() - p.sinceCheckpoint.since }, policy)) await checkpointNow(p);
+        if (checkpointDue({ messages: p.sinceCheckpoint.messages, ms: Date.now() - p.sinceCheckpoint.since }, p.stateBytes, policy)) await checkpointNow(p);
         if (p.nonce >= upTo) return;
       }
       if (!page.page_info.has_next_page && edges.length < 100) return;

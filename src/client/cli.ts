@@ -129,7 +129,7 @@ export function buildProgram(): Command {
     .action(lazy('ao', 'suCommand'));
   unitOptions(program.command('cu'), 4002)
     .description('run a Compute Unit: evaluates processes from their SU logs and signs the results')
-    .option('--checkpoint-every <n>', 'write a checkpoint of a process every n of its messages', (v) => positive(v, 1, 1_000_000), 1024)
+    .option('--checkpoint-every <n>', 'write a checkpoint of a process every n of its messages at least (more for a large state)', (v) => positive(v, 1, 1_000_000), 64)
     .action(lazy('ao', 'cuCommand'));
   unitOptions(program.command('mu'), 4003)
     .description('run a Messenger Unit: forwards signed items to SUs and delivers every outbox message')
