@@ -376,8 +376,8 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     }
   }
 
-  /** Evaluates the log of `p` up to slot `upTo` (or to its end). */
-  async function catchUp(p: Loaded, upTo = Number.MAX_SAFE_INTEGER): Promise<void> {
+  /** Evaluates the log of `p` up to slot `upTo` (or to its end), or until message `wanted` is evaluated. */
+  async function catchUp(p: Loaded, upTo = Number.MAX_SAFE_INTEGER, wanted?: string): Promise<void> {
     while (p.nonce < upTo) {
       const page = await suJson<{ page_info: { has_next_page: boolean }; edges: { node: SuMessage }[] }>(
         p.processId,
@@ -406,7 +406,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         p.sinceCheckpoint.messages += 1;
         wake(p.processId);
         if (checkpointDue({ messages: p.sinceCheckpoint.messages, ms: Date.now() - p.sinceCheckpoint.since }, p.stateBytes, policy)) await checkpointNow(p);
-        if (p.nonce >= upTo) return;
+        if (p.nonce >= upTo || message.Id === wanted) return;
       }
       if (!page.page_info.has_next_page && edges.length < 100) return;
     }
@@ -429,11 +429,17 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       serial(processId, async () => {
         const done = q.resultByMessage.get(processId, messageId);
         if (done) return JSON.parse(done.result) as Result;
-        // The process itself is slot 0 (its boot message); the SU answers its id with the log.
-        const nonce = messageId === processId ? 0 : Number(tagValue((await suJson<SuMessage>(processId, `/${messageId}?process-id=${processId}`)).assignment, 'Nonce'));
         const p = await load(processId);
-        await catchUp(p, nonce);
-        const row = q.resultByMessage.get(processId, messageId);
+        // Most often the message is next in the log: evaluate until it is. Only when the log, as
+        // the SU has it now, ends without it, ask the SU whether it is in the log at all.
+        await catchUp(p, Number.MAX_SAFE_INTEGER, messageId);
+        let row = q.resultByMessage.get(processId, messageId);
+        if (!row) {
+          // The process itself is slot 0 (its boot message); the SU answers its id with the log.
+          const nonce = messageId === processId ? 0 : Number(tagValue((await suJson<SuMessage>(processId, `/${messageId}?process-id=${processId}`)).assignment, 'Nonce'));
+          await catchUp(p, nonce);
+          row = q.resultByMessage.get(processId, messageId);
+        }
         if (!row) throw new ComputeError(404, `message ${messageId} is not in the log of ${processId}`);
         return JSON.parse(row.result) as Result;
       }),
