@@ -175,6 +175,26 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     assert.equal(state.seen.length, 50);
   });
 
+  test('a CU that keeps one VM loaded unloads the other process and reloads it from its checkpoint and the log, agreeing throughout', async () => {
+    const signer = ed25519Signer(ed);
+    const processes = [await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer }), await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer })];
+    const small = await openComputeUnit({ dir: join(dir, 'cu-small'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-small'), scheduler: units.locate, checkpointEvery: 4, maxLoaded: 1 });
+    try {
+      for (let round = 0; round < 6; round++) {
+        for (const [k, process] of processes.entries()) {
+          await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(10 * round + k + 1) });
+          const mine = await small.state(process);
+          const reference = await units.compute.state(process);
+          assert.deepEqual(mine, reference, `round ${round}, process ${k}`);
+        }
+      }
+      // 2 boots and 12 messages, plus what each reload evaluated again since its checkpoint.
+      assert.ok(small.evaluated() > 14, `the processes were unloaded and reloaded (${small.evaluated()} evaluations)`);
+    } finally {
+      await small.close();
+    }
+  });
+
   test('two CUs over the same log agree on every state hash; a restarted CU resumes from its checkpoint and agrees', async () => {
     const signer = ed25519Signer(ed);
     const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
