@@ -268,8 +268,8 @@ const PRELUDE = `(() => {
 const SUPPORT = `(() => {
   const targetOf = new WeakMap(), proxyOf = new WeakMap();
   let undo = null, root = null, next = null, env = '';
-  // Named keys this message deleted, per object (still on it until commit), and key orders to restore on undo.
-  let deleted = null, orders = null;
+  // Named keys this message deleted, per object (still on it until commit).
+  let deleted = null;
   const journaled = (v) => {
     if (v === null || typeof v !== 'object' || targetOf.has(v)) return v;
     let p = proxyOf.get(v);
@@ -277,7 +277,8 @@ const SUPPORT = `(() => {
     return p;
   };
   const bare = (v) => (v !== null && typeof v === 'object' && targetOf.has(v) ? targetOf.get(v) : v);
-  const PROTOTYPE = {};
+  // Undo-log entries that are not a property's old descriptor.
+  const PROTOTYPE = {}, HIDDEN = {}, UNHIDDEN = {}, ORDER = {};
   const INDEX = /^(?:0|[1-9][0-9]{0,9})$/;
   const named = (t, k) => typeof k === 'string' && !Array.isArray(t) && !INDEX.test(k);
   const gone = (t, k) => deleted !== null && deleted.get(t)?.has(k) === true;
@@ -296,11 +297,11 @@ const SUPPORT = `(() => {
   // A hidden key written again: delete it for real (it then comes last, as in any object), after noting the order to restore.
   const revive = (t, k) => {
     if (!gone(t, k)) return;
-    orders ??= new Map();
-    if (!orders.has(t)) orders.set(t, Reflect.ownKeys(t));
+    undo.push(t, ORDER, Reflect.ownKeys(t));
     note(t, k);
     Reflect.deleteProperty(t, k);
     deleted.get(t).delete(k);
+    undo.push(t, UNHIDDEN, k);
   };
   const above = (t) => Reflect.getPrototypeOf(t);
   const handler = {
@@ -332,6 +333,7 @@ const SUPPORT = `(() => {
       deleted ??= new Map();
       if (!deleted.has(t)) deleted.set(t, new Set());
       deleted.get(t).add(k);
+      undo.push(t, HIDDEN, k);
       return true;
     },
     getOwnPropertyDescriptor(t, k) {
@@ -345,29 +347,47 @@ const SUPPORT = `(() => {
   };
   const commit = () => {
     for (const [t, keys] of deleted ?? []) for (const k of keys) Reflect.deleteProperty(t, k);
-    undo = null; deleted = null; orders = null;
-  };
-  const rollback = () => {
-    const log = undo ?? [];
     undo = null; deleted = null;
-    for (let i = log.length - 3; i >= 0; i -= 3) {
+  };
+  // Undoes the log back to \`mark\` (0: the whole message), newest first.
+  const undoTo = (mark) => {
+    const log = undo;
+    for (let i = log.length - 3; i >= mark; i -= 3) {
       const t = log[i], k = log[i + 1], d = log[i + 2];
       if (k === PROTOTYPE) Reflect.setPrototypeOf(t, d);
-      else if (d === undefined) Reflect.deleteProperty(t, k);
+      else if (k === HIDDEN) deleted.get(t).delete(d);
+      else if (k === UNHIDDEN) deleted.get(t).add(d);
+      else if (k === ORDER) {
+        // Each named key again in the order it had (deleting and defining moves a key last).
+        for (const key of d) {
+          if (!named(t, key)) continue;
+          const own = Reflect.getOwnPropertyDescriptor(t, key);
+          if (own === undefined) continue;
+          Reflect.deleteProperty(t, key);
+          Reflect.defineProperty(t, key, own);
+        }
+      } else if (d === undefined) Reflect.deleteProperty(t, k);
       else Reflect.defineProperty(t, k, d);
     }
-    // Each named key again in the order it had (deleting and defining moves a key last).
-    for (const [t, order] of orders ?? []) {
-      for (const k of order) {
-        if (!named(t, k)) continue;
-        const d = Reflect.getOwnPropertyDescriptor(t, k);
-        if (d === undefined) continue;
-        Reflect.deleteProperty(t, k);
-        Reflect.defineProperty(t, k, d);
-      }
-    }
-    orders = null;
+    log.length = mark;
   };
+  const rollback = () => {
+    if (undo !== null) undoTo(0);
+    undo = null; deleted = null;
+  };
+  // Savepoints for the process itself: \`journal.mark()\`, then \`journal.undo(mark)\` puts the state
+  // back as it was at the mark, at the cost of the writes since — what a handler that must drop part
+  // of its work (and keep the rest) would otherwise copy its whole state for.
+  Object.defineProperty(globalThis, 'journal', {
+    value: Object.freeze({
+      mark: () => (undo === null ? 0 : undo.length),
+      undo(mark) {
+        if (undo === null) return;
+        if (!Number.isInteger(mark) || mark < 0 || mark > undo.length || mark % 3 !== 0) throw new RangeError('journal.undo: not a mark of this message');
+        undoTo(mark);
+      },
+    }),
+  });
   return {
     open(stateText, envText) { root = JSON.parse(stateText); env = envText; },
     apply(ns, messageText) {
@@ -434,6 +454,15 @@ function exclusive<T>(work: () => Promise<T>): Promise<T> {
   const mine = turn.then(work);
   turn = mine.catch(() => undefined);
   return mine;
+}
+
+/**
+ * What every process gets as the global `journal`: savepoints of its state within a message.
+ * `undo(mark)` puts the state back as it was at `mark()`, at the cost of the writes since then.
+ */
+export interface Journal {
+  mark(): number;
+  undo(mark: number): void;
 }
 
 /** What a process VM is made of: its module, its environment, its caps and its host functions. */

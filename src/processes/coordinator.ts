@@ -6,7 +6,7 @@
 // dissection game of src/proof, the economic rule, and sha256 from @noble/hashes — all pure.
 import { sha256 } from '@noble/hashes/sha2';
 import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
-import type { OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
+import type { Journal, OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
 import { economicViolation } from '../proof/economics.js';
 import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
 import { HOST_CAPS, resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type TaskStatus, type TaskView } from './protocol.js';
@@ -139,6 +139,7 @@ interface Host {
   step(json: string): string;
 }
 declare const host: Host;
+declare const journal: Journal;
 
 interface Outcome {
   state: State;
@@ -353,16 +354,18 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
   const advanceAll = msg['Read-Only'] ? () => {} : advanceOpenTasks;
   let ctx: Ctx = { state, msg, draws: { next: 0 }, out: [] };
   let sweepFault: string | null = null;
-  const arrived = JSON.stringify(state);
+  // Savepoints of the CU's write journal (runtime.ts): undoing to one costs the writes since, never
+  // the state's size.
+  const arrived = journal.mark();
   try {
     advanceAll(ctx);
   } catch (e) {
     // A fault in the sweep runs on every message: let it cost this sweep, never the process.
-    ctx = { state: JSON.parse(arrived) as State, msg, draws: { next: 0 }, out: [] };
+    journal.undo(arrived);
+    ctx = { state, msg, draws: { next: 0 }, out: [] };
     sweepFault = String(e);
   }
-  const swept = JSON.stringify(ctx.state);
-  const sweptOut = ctx.out.length;
+  const swept = { mark: journal.mark(), state: ctx.state, out: ctx.out.length };
   try {
     const handler = own(HANDLERS, action);
     if (!handler) {
@@ -372,24 +375,25 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
     const output = handler!(ctx) ?? action;
     // What the handler changed may move tasks on (a commit completes a phase, a lease frees a node).
     // A fault there, like one in the sweep, costs only this advance, never the message or the process.
-    const handled = JSON.stringify(ctx.state);
-    const handledOut = ctx.out.length;
+    const handled = { mark: journal.mark(), state: ctx.state, out: ctx.out.length };
     try {
       advanceAll(ctx);
     } catch (e) {
       if (e instanceof Refusal) throw e;
-      ctx.state = JSON.parse(handled) as State;
-      ctx.out.length = handledOut;
+      journal.undo(handled.mark);
+      ctx.state = handled.state;
+      ctx.out.length = handled.out;
       sweepFault = String(e);
     }
     return { state: ctx.state, Messages: ctx.out, Output: sweepFault ? { output, sweepFault } : output };
   } catch (e) {
     if (!(e instanceof Refusal)) throw e;
     // Whatever the handler had begun is dropped: back to the state after the sweep.
+    journal.undo(swept.mark);
     const errorAction = action === 'Infer' ? 'Infer-Response' : `${action || 'Unknown'}-Error`;
     const tags = [{ name: 'Code', value: String(e.code) }, { name: 'Message', value: e.message.slice(0, 300) }];
     if (action === 'Infer') tags.push({ name: 'Status', value: 'rejected' });
-    return { state: JSON.parse(swept) as State, Messages: [...ctx.out.slice(0, sweptOut), reply(msg, errorAction, tags)], Output: { code: e.code, error: e.message } };
+    return { state: swept.state, Messages: [...ctx.out.slice(0, swept.out), reply(msg, errorAction, tags)], Output: { code: e.code, error: e.message } };
   }
 }
 

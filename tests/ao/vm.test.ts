@@ -120,6 +120,35 @@ describe('a process VM that keeps its state in place', { timeout: 120_000 }, () 
     );
   });
 
+  test('journal savepoints: undo to a mark keeps the writes before it, at any depth of nesting', async () => {
+    const SAVEPOINTS = `
+      export function handle(state, msg) {
+        const s = state ?? { kept: [], map: { a: 1, b: 2, c: 3 } };
+        if (msg.Data === 'boot') return { state: s };
+        const outer = journal.mark();
+        s.kept.push('before');
+        delete s.map.a;
+        const inner = journal.mark();
+        s.map.z = 26; delete s.map.b; s.map.b = 'again'; s.kept.length = 0;
+        journal.undo(inner);
+        if (msg.Data === 'all') journal.undo(outer);
+        let refused = false;
+        try { journal.undo(inner + 1); } catch (e) { refused = e instanceof RangeError; }
+        return { state: s, Output: { keys: Object.keys(s.map), kept: s.kept, refused } };
+      }`;
+    let vm = await open('null', SAVEPOINTS);
+    ({ vm } = await vm.apply(message('Boot', 'boot')));
+    const some = await vm.apply(message('Go', 'some'));
+    vm = some.vm;
+    assert.deepEqual(some.outcome.Output, { keys: ['b', 'c'], kept: ['before'], refused: true });
+    assert.equal(await vm.state(), '{"kept":["before"],"map":{"b":2,"c":3}}');
+    const all = await vm.apply(message('Go', 'all'));
+    vm = all.vm;
+    assert.deepEqual(all.outcome.Output, { keys: ['b', 'c'], kept: ['before'], refused: true });
+    assert.equal(await vm.state(), '{"kept":["before"],"map":{"b":2,"c":3}}', 'undone to the outer mark: the message changed nothing');
+    vm.dispose();
+  });
+
   test('a handler may replace its state; a dry-run keeps nothing', async () => {
     let vm = await open();
     ({ vm } = await vm.apply(message('Mutate')));
