@@ -12,7 +12,7 @@
 // again at its answer (the finals are awaited at the end of the row and their rate printed too),
 // and the answer's p50 for a 256-token job of the stories110M shape against the engine's.
 //
-//   BENCH_NETWORK_REQUESTS (default 200: the 8-in-flight row), BENCH_NETWORK_FINAL_REQUESTS (8: rows
+//   BENCH_NETWORK_REQUESTS (default 80: the engine rows and the 8-in-flight row), BENCH_NETWORK_FINAL_REQUESTS (8: rows
 //   that wait for finality), BENCH_NETWORK_110M_REQUESTS (5), BENCH_NETWORK_110M_TYPE (q8_0),
 //   BENCH_NETWORK_CAPACITY (4: leases a node works at once), BENCH_NETWORK_STAKE (1000000 per node).
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
@@ -31,7 +31,7 @@ import { generateWallet, walletAddress, walletSigner } from '../src/store/wallet
 import { pool } from '../tests/helpers.js';
 import { SHAPES, writeRandomGguf } from './random-model.js';
 
-const REQUESTS = Number(process.env.BENCH_NETWORK_REQUESTS ?? 200);
+const REQUESTS = Number(process.env.BENCH_NETWORK_REQUESTS ?? 80);
 const FINAL_REQUESTS = Number(process.env.BENCH_NETWORK_FINAL_REQUESTS ?? 8);
 const BIG_REQUESTS = Number(process.env.BENCH_NETWORK_110M_REQUESTS ?? 5);
 const BIG_TYPE = (process.env.BENCH_NETWORK_110M_TYPE ?? 'q8_0') as QuantizeTarget;
