@@ -679,6 +679,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       return seen;
     });
 
+  // When this node last saw a new result of the coordinator: its clock moved then. The periodic
+  // heartbeat is sent only when it did not move for a whole interval, so that one node's heartbeat
+  // serves every node on a quiet network and none is needed under load.
+  let lastResultAt = 0;
   const loop = (async () => {
     let cursor: string | undefined;
     while (!stopped) {
@@ -687,12 +691,15 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
           lastBeat = Date.now();
           cursor ??= await ao.latest(network.coordinator);
           await reconcile();
-          await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
-          wake = afterBeat(wake, Date.now());
+          if (Date.now() - lastResultAt >= heartbeatMs) {
+            await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
+            wake = afterBeat(wake, Date.now());
+          }
         }
         const page = await ao.results(network.coordinator, { from: cursor, wait: Math.min(heartbeatMs, 5000), signal: stop.signal });
         cursor = page.edges.at(-1)?.cursor ?? cursor;
         if (page.edges.length > 0) {
+          lastResultAt = Date.now();
           wake = observe(wake, seenResults(page), Date.now(), windowMs);
           schedule();
         }
