@@ -35,6 +35,13 @@ export interface DevnetOptions {
   params?: Record<string, string>;
   /** Per node (by index), a strategy of src/node/strategies.ts; default honest. */
   strategies?: (NodeSpec | undefined)[];
+  /**
+   * Each node's stake (default DEVNET_STAKE) and leases at once (default 1). A lease locks Slash of
+   * the stake until its task is final, so a node holds at most stake / Slash tasks in their
+   * challenge windows: throughput past that needs more stake.
+   */
+  stake?: bigint;
+  capacity?: number;
   /** Nodes' pause after a failed round, and how often they send heartbeats (see NodeOptions). */
   pollMs?: number;
   heartbeatMs?: number;
@@ -123,8 +130,9 @@ export interface NetworkSetup {
   owner: Wallet;
   /** Funded with tokens and a deposit at the coordinator. */
   users: Wallet[];
-  /** Funded with tokens to stake. */
+  /** Funded with tokens to stake (NODE_FUNDS each, or nodeFunds). */
   nodes: Wallet[];
+  nodeFunds?: bigint;
   leaseMs?: number;
   /** Coordinator spawn tags over DEVNET_PARAMS. */
   params?: Record<string, string>;
@@ -153,7 +161,7 @@ export async function setupNetwork(units: UnitsAt, setup: NetworkSetup): Promise
   await ask(ownerAo, coordinator, register, 'Register-Model-Response');
   log('funding the nodes and users');
   // The owner pays for canaries (known jobs asked again) from its own deposit.
-  const grants = [...setup.nodes.map((w) => [w, NODE_FUNDS] as const), ...[...setup.users, setup.owner].map((w) => [w, USER_FUNDS] as const)];
+  const grants = [...setup.nodes.map((w) => [w, setup.nodeFunds ?? NODE_FUNDS] as const), ...[...setup.users, setup.owner].map((w) => [w, USER_FUNDS] as const)];
   const total = grants.reduce((sum, [, amount]) => sum + amount, 0n);
   await ask(ownerAo, token, [{ name: 'Action', value: 'Mint' }, { name: 'Quantity', value: total.toString() }], 'Mint-Response');
   for (const [wallet, amount] of grants) {
@@ -169,6 +177,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
   const count = options.nodes ?? 3;
   const base = options.port ?? 0;
   const step = (n: number, what: string): void => log(`devnet [${n}/4] ${what}`);
+  const stake = options.stake ?? DEVNET_STAKE;
 
   step(1, `starting the store, gateway, SU, CU, MU and HyperBEAM interface in ${dir}`);
   const units = await startUnits({
@@ -190,16 +199,16 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     } else {
       step(2, 'setting up the network');
       const at: UnitsAt = { store: units.store, urls: units.urls, scheduler: units.scheduler.address, messenger: units.messenger.address };
-      ids = await setupNetwork(at, { owner: await unitWallet(wallets, 'owner'), users: [user], nodes: nodeWallets, leaseMs: options.leaseMs, params: options.params, log: (line) => log(`devnet [2/4] ${line}`) });
+      ids = await setupNetwork(at, { owner: await unitWallet(wallets, 'owner'), users: [user], nodes: nodeWallets, leaseMs: options.leaseMs, params: options.params, nodeFunds: stake > NODE_FUNDS ? stake : undefined, log: (line) => log(`devnet [2/4] ${line}`) });
       writeJson(saved, ids);
     }
 
-    step(3, `starting ${count} nodes (stake ${DEVNET_STAKE} each)`);
+    step(3, `starting ${count} nodes (stake ${stake} each)`);
     const network = { mu: units.urls.mu, cu: units.urls.cu, coordinator: ids.coordinator, token: ids.token };
     for (const [i, wallet] of nodeWallets.entries()) {
       nodes.push(
         await startNode({
-          dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake: DEVNET_STAKE, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log,
+          dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake, capacity: options.capacity, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log,
           ...options.strategies?.[i],
         }),
       );

@@ -5,7 +5,7 @@
 //
 // `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the
 // coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
-import { aoClient, expectReply, RefusedError, waitForMessage, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply, messagesTo, RefusedError, type AoClient } from '../ao/client.js';
 import { fundCoordinator } from '../processes/calls.js';
 import type { Receipt, TaskView } from '../processes/protocol.js';
 import type { Wallet } from '../store/wallet.js';
@@ -35,6 +35,11 @@ export interface InferOptions {
    * before anyone checked it (no receipt yet: the root is revealed later).
    */
   wait?: 'final' | 'pending';
+  /**
+   * Called once with the first answer (status 'pending', no receipt) while `infer` goes on waiting
+   * for the final one: a dApp shows the text at once and the receipt when it comes.
+   */
+  onAnswer?: (answer: InferResult) => void;
   /** How long to wait (default 5 minutes). */
   timeoutMs?: number;
 }
@@ -98,15 +103,31 @@ function connect(connection: Connection): VerityClient {
       if (options.reference) tags.push({ name: 'X-Reference', value: options.reference });
       if (options.redundancy !== undefined) tags.push({ name: 'Redundancy', value: String(options.redundancy) });
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
-      // Follow the coordinator's results from here on: its Infer-Response to this wallet ends the wait.
-      const from = await ao.latest(coordinator);
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
-      const done = (t: Record<string, string>): boolean => t.Task === id && (options.wait === 'pending' || t.Status !== 'pending');
-      const response = await waitForMessage(ao, coordinator, { from, target: address, action: 'Infer-Response', match: done, timeoutMs: options.timeoutMs ?? 300_000 });
-      if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
-      const task = JSON.parse(response.data) as TaskView;
-      return { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
+      // Everything the Infer leads to is in the results after its own slot: follow them from there
+      // (one CU call fewer than reading the newest cursor before sending).
+      const deadline = Date.now() + (options.timeoutMs ?? 300_000);
+      let cursor: string | undefined;
+      let answered = false;
+      for (;;) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new RefusedError(504, `no Infer-Response for task ${id} within ${options.timeoutMs ?? 300_000} ms`);
+        const wait = Math.min(left, 10_000);
+        const page = await ao.results(coordinator, cursor === undefined ? { after: id, wait } : { from: cursor, wait });
+        cursor = page.edges.at(-1)?.cursor ?? cursor;
+        for (const response of messagesTo(page, address, 'Infer-Response')) {
+          if (response.tags.Task !== id) continue;
+          if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
+          const task = JSON.parse(response.data) as TaskView;
+          const result: InferResult = { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
+          if (response.tags.Status !== 'pending' || options.wait === 'pending') return result;
+          if (!answered) {
+            answered = true;
+            options.onAnswer?.(result);
+          }
+        }
+      }
     },
 
     async task(id) {

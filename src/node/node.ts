@@ -10,7 +10,10 @@
 //                       layer's outputs (the run is deterministic)
 //
 // It learns of these by following the coordinator's results, and with each heartbeat reconciles
-// with a `Tasks` dry-run (open leases and outstanding duties). Every decision — which run to claim,
+// with a `Tasks` dry-run (open leases and outstanding duties). Following the results never waits on
+// the work: leases run up to the capacity at once (more wait in a queue), each task's duties run in
+// order but beside other tasks'. When its own commit or challenge window waits for the
+// coordinator's next message and no one else sends one, the node does (wake.ts). Every decision — which run to claim,
 // whether to reveal, what to post, what to open — is the Behaviour's (behaviour.ts: honest by
 // default; strategies.ts: the cheats); the node does the rest the same way for every behaviour.
 //
@@ -34,6 +37,7 @@ import type { Store } from '../store/store.js';
 import { walletAddress, walletDid, walletSigner, type Wallet } from '../store/wallet.js';
 import { honest, resultCommitment, type Behaviour, type BehaviourContext, type Claim } from './behaviour.js';
 import { strategy as strategyNamed, type StrategyOptions } from './strategies.js';
+import { afterBeat, beatAt, emptyWake, observe, type SeenResult } from './wake.js';
 import type { Assignment } from './work.js';
 
 export interface Network {
@@ -270,6 +274,16 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     log(`${name}: registered as ${did}`);
   }
 
+  // The challenge window, to end this node's unaudited results on time (wake.ts); unknown on a
+  // coordinator that does not say (then the periodic heartbeat ends them).
+  let windowMs: number | null = null;
+  try {
+    const params = await dryData<{ challengeWindowMs?: unknown }>('Params');
+    if (Number.isInteger(params.challengeWindowMs) && (params.challengeWindowMs as number) >= 0) windowMs = params.challengeWindowMs as number;
+  } catch (e) {
+    if (!(e instanceof RefusedError)) throw e;
+  }
+
   // ---- the node's database ----
   const db = openDatabase(options.dir, 'node.sqlite', SCHEMA);
   migrate(db);
@@ -293,9 +307,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   };
 
   /**
-   * When the node last heartbeat; set back to 0 once the coordinator accepts one of its messages, so
-   * that the next message (whose Hash-Chain draws the audit, whose Timestamp moves every clock) and
-   * a fresh look at its duties follow at once rather than a heartbeat later.
+   * When the node last reconciled and heartbeat; set back to 0 once the coordinator accepts one of
+   * its dispute messages, so that a fresh look at its duties follows at once rather than a heartbeat
+   * later. (The messages a commit or a challenge window waits for are wake.ts's.)
    */
   let lastBeat = 0;
   const activity: NodeActivity = { committed: 0, abandoned: 0, reveals: 0, posts: 0, openings: 0, silent: 0, refused: 0, watched: 0, challenges: 0 };
@@ -321,18 +335,23 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   };
 
   // ---- leases: run, claim, commit ----
+  /** Tasks whose Submit-Result is being confirmed now (by the lease's run or a reconcile): confirmed once. */
+  const confirming = new Set<string>();
   async function confirm(row: Pick<Row, 'task' | 'submit_id'>): Promise<void> {
+    if (confirming.has(row.task)) return;
+    confirming.add(row.task);
     try {
       await ask(network.coordinator, row.submit_id!, 'Submit-Result-Response');
       q.set.run('done', null, Date.now(), row.task);
       activity.committed += 1;
-      lastBeat = 0;
     } catch (e) {
       // Only the coordinator's own refusal is final; a CU out of reach is asked again next round.
       if (!(e instanceof RefusedError)) return log(`${name}: result for ${row.task} not confirmed yet: ${(e as Error).message}`);
       q.set.run('rejected', e.message, Date.now(), row.task);
       activity.refused += 1;
       log(`${name}: result for ${row.task} refused: ${e.message}`);
+    } finally {
+      confirming.delete(row.task);
     }
   }
 
@@ -365,7 +384,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     q.submitting.run(submit.raw, submit.id, JSON.stringify(claim), Date.now(), a.task);
     await ao.send(submit.raw);
     q.set.run('submitted', null, Date.now(), a.task);
-    await confirm({ task: a.task, submit_id: submit.id });
+    // The engine is free for the next lease now (the coordinator freed the slot with this commit);
+    // the confirmation is read beside it.
+    track(confirm({ task: a.task, submit_id: submit.id }));
   }
 
   // ---- duties: reveal, post, open ----
@@ -373,7 +394,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     try {
       await ask(network.coordinator, row.message_id!, `${ACTION[row.kind]}-Response`);
       q.dutySet.run('done', null, Date.now(), row.task, row.kind, row.key);
-      lastBeat = 0;
+      // A reveal's window is wake.ts's; a dispute's next round is looked at with a heartbeat at once.
+      if (row.kind !== 'reveal') lastBeat = 0;
       if (row.kind === 'reveal') activity.reveals += 1;
       else if (row.kind === 'post') activity.posts += 1;
       else if (row.kind === 'open') activity.openings += 1;
@@ -475,7 +497,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const { leases, duties } = tasksReply((await dry('Tasks', [{ name: 'Node', value: address }])).data);
     const listed = new Set(leases.map((l) => l.task));
     for (const row of q.unfinished.all()) {
-      if (row.status === 'running' && !listed.has(row.task) && !working.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
+      if (row.status === 'running' && !listed.has(row.task) && !working.has(row.task) && !queued.has(row.task)) q.set.run('released', 'the lease is no longer open', Date.now(), row.task);
       if (row.status === 'submitted') await confirm(row);
     }
     // Duties first: they have deadlines and (but for an opening) cost little.
@@ -488,20 +510,60 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   // so the runs interleave and the loop keeps following the coordinator meanwhile. Sessions on one
   // model are independent (engine/steps.ts), so each run gives the bits it gives alone.
   const working = new Map<string, Promise<void>>();
+  /** Leases waiting for a free slot, in arrival order (rare: the coordinator leases a node at most Capacity at once). */
+  const queued = new Map<string, Assignment>();
+  const QUEUED_MAX = 256;
   let mostAtOnce = 0;
-  const attempt = async (lease: Assignment): Promise<void> => {
-    // At capacity, wait for a slot (rare: the coordinator leases a node at most Capacity at once).
-    while (working.size >= capacity && !working.has(lease.task)) await Promise.race(working.values());
-    if (working.has(lease.task) || stopped) return;
+  /** Work that runs beside the loop (confirmations, duties): awaited by close(). */
+  const background = new Set<Promise<void>>();
+  const track = (p: Promise<void>): void => {
+    const kept = p.catch((e: Error) => {
+      if (!stopped) log(`${name}: ${e.message}`);
+    }).finally(() => background.delete(kept));
+    background.add(kept);
+  };
+  const startNext = (): void => {
+    while (!stopped && working.size < capacity && queued.size > 0) {
+      const [task, lease] = queued.entries().next().value!;
+      queued.delete(task);
+      start(lease);
+    }
+  };
+  const start = (lease: Assignment): void => {
     const job = work(lease)
       .catch((e: Error) => {
         if (!stopped) log(`${name}: task ${lease.task}: ${e.message}`);
       })
-      .finally(() => working.delete(lease.task));
+      .finally(() => {
+        working.delete(lease.task);
+        startNext();
+      });
     working.set(lease.task, job);
     mostAtOnce = Math.max(mostAtOnce, working.size);
   };
-  const attemptDuty = (d: DutyCall): Promise<void> => perform(d).catch((e: Error) => log(`${name}: ${d.kind} duty for ${d.task}: ${e.message}`));
+  const attempt = async (lease: Assignment): Promise<void> => {
+    if (working.has(lease.task) || queued.has(lease.task) || stopped) return;
+    if (working.size < capacity) return start(lease);
+    if (queued.size >= QUEUED_MAX) return log(`${name}: ${QUEUED_MAX} leases wait already: task ${lease.task} is left to the next reconcile`);
+    queued.set(lease.task, lease);
+  };
+  // Each task's duties in order (a duty seen twice is then performed once: the second finds its
+  // row), different tasks' side by side.
+  const dutyChains = new Map<string, Promise<void>>();
+  const DUTY_TASKS_MAX = 1024;
+  const attemptDuty = async (d: DutyCall): Promise<void> => {
+    // Past the bound, the loop waits for one task's duties to end before it reads on.
+    while (dutyChains.size >= DUTY_TASKS_MAX && !dutyChains.has(d.task)) await Promise.race(dutyChains.values());
+    const before = dutyChains.get(d.task) ?? Promise.resolve();
+    const next: Promise<void> = before
+      .then(() => (stopped ? undefined : perform(d)))
+      .catch((e: Error) => log(`${name}: ${d.kind} duty for ${d.task}: ${e.message}`))
+      .finally(() => {
+        if (dutyChains.get(d.task) === next) dutyChains.delete(d.task);
+      });
+    dutyChains.set(d.task, next);
+    track(next);
+  };
 
   // ---- watching others (optional): re-run a share of their revealed results, challenge a mismatch ----
   const watchPpm = options.watchPpm ?? 0;
@@ -564,6 +626,63 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   // catches anything missed (a restart, a CU that was down).
   let stopped = false;
   const stop = new AbortController();
+
+  // The messages this node sends so that the coordinator moves on (wake.ts): one timer for the
+  // earliest need; a beat in flight is not doubled (one more follows it if a need came meanwhile).
+  let wake = emptyWake();
+  let beatTimer: NodeJS.Timeout | null = null;
+  let beating = false;
+  let beatAgain = false;
+  const schedule = (): void => {
+    if (beatTimer) clearTimeout(beatTimer);
+    beatTimer = null;
+    const at = beatAt(wake);
+    if (at === null || stopped) return;
+    beatTimer = setTimeout(() => {
+      beatTimer = null;
+      void beat();
+    }, Math.max(0, at - Date.now()));
+  };
+  async function beat(): Promise<void> {
+    if (stopped) return;
+    const at = beatAt(wake);
+    if (at === null || at > Date.now()) return schedule();
+    if (beating) {
+      beatAgain = true;
+      return;
+    }
+    beating = true;
+    try {
+      await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
+    } catch (e) {
+      if (!stopped) log(`${name}: heartbeat: ${(e as Error).message}`);
+    } finally {
+      beating = false;
+    }
+    // Sent: the commit's draw has its later message; a window still open is looked at again later.
+    wake = afterBeat(wake, Date.now());
+    if (beatAgain) {
+      beatAgain = false;
+      return beat();
+    }
+    schedule();
+  }
+  /** What the wake rules need of a page: the replies to this node and the tasks that ended, per result. */
+  const seenResults = (page: ResultsPage): SeenResult[] =>
+    page.edges.map(({ node }) => {
+      const seen: SeenResult = { toMe: [], ended: [] };
+      for (const m of node.Messages) {
+        const tag = (n: string): string => m.Tags.find((t) => t.name === n)?.value ?? '';
+        if (m.Target === address) seen.toMe.push({ action: tag('Action'), task: tag('Task') });
+        else if (tag('Action') === 'Infer-Response' && (tag('Status') === 'final' || tag('Status') === 'failed')) seen.ended.push(tag('Task'));
+      }
+      return seen;
+    });
+
+  // When this node last saw a new result of the coordinator: its clock moved then. The periodic
+  // heartbeat is sent only when it did not move for a whole interval, so that one node's heartbeat
+  // serves every node on a quiet network and none is needed under load.
+  let lastResultAt = 0;
   const loop = (async () => {
     let cursor: string | undefined;
     while (!stopped) {
@@ -572,10 +691,18 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
           lastBeat = Date.now();
           cursor ??= await ao.latest(network.coordinator);
           await reconcile();
-          await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
+          if (Date.now() - lastResultAt >= heartbeatMs) {
+            await ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] });
+            wake = afterBeat(wake, Date.now());
+          }
         }
         const page = await ao.results(network.coordinator, { from: cursor, wait: Math.min(heartbeatMs, 5000), signal: stop.signal });
         cursor = page.edges.at(-1)?.cursor ?? cursor;
+        if (page.edges.length > 0) {
+          lastResultAt = Date.now();
+          wake = observe(wake, seenResults(page), Date.now(), windowMs);
+          schedule();
+        }
         for (const m of messagesWhere(page, (target) => target === address)) if (!stopped) await handle(m);
         if (watchPpm > 0) for (const m of messagesWhere(page, (target, tags) => target !== address && tags.Action === 'Task-Assigned')) noticeLease(JSON.parse(m.data) as Assignment);
       } catch (e) {
@@ -598,9 +725,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     async close() {
       stopped = true;
       stop.abort();
+      if (beatTimer) clearTimeout(beatTimer);
       await loop;
       // Runs in progress stop at their next position; a running task is run again after a restart.
+      queued.clear();
       await Promise.allSettled([...working.values()]);
+      // Confirmations and duties in flight end too (each is re-sent or confirmed after a restart).
+      while (background.size > 0) await Promise.allSettled([...background]);
       db.close();
     },
   };
