@@ -53,6 +53,9 @@ export const MAX_WAIT_MS = 30_000;
  */
 export const MAX_QUEUED_DRY_RUNS = 64;
 
+/** Slots whose store reads go on ahead of the one being evaluated. */
+const PREFETCH_SLOTS = 8;
+
 /** The largest dry-run body (a JSON message): checked before it is parsed. */
 export const MAX_DRY_RUN_BYTES = 1024 * 1024;
 
@@ -385,15 +388,30 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       );
       const edges = page.edges.filter((e) => Number(tagValue(e.node.assignment, 'Nonce')) > p.nonce);
       if (edges.length === 0) return;
-      for (const { node } of edges) {
+      // The store reads of the next few slots go on while one is evaluated (their checks stay in order).
+      const reads = new Map<number, Promise<[Item, Item | null]>>();
+      const readSlot = (i: number): Promise<[Item, Item | null]> => {
+        let read = reads.get(i);
+        if (!read) {
+          read = readItem(edges[i].node.assignment.id).then(async (a) => {
+            const id = tagValue(a, 'Message');
+            return [a, id ? await readItem(id) : null] as [Item, Item | null];
+          });
+          read.catch(() => undefined); // awaited in turn below
+          reads.set(i, read);
+        }
+        return read;
+      };
+      for (let i = 0; i < edges.length; i++) {
+        for (let ahead = i; ahead < Math.min(edges.length, i + PREFETCH_SLOTS); ahead++) void readSlot(ahead);
         // The SU's page only says which assignment comes next: the assignment and its message are
         // read from the store and checked, so a unit that lies is caught here.
-        const assignment = await readItem(node.assignment.id);
+        const [assignment, item] = await readSlot(i);
+        reads.delete(i);
         const problem = nextSlotProblem(p, assignment);
         if (problem) throw new ComputeError(502, problem);
-        const id = tagValue(assignment, 'Message');
-        if (!id) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
-        const message = processMessage(p.processId, p.env, assignment, assignedMessage(assignment, await readItem(id)));
+        if (!item) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
+        const message = processMessage(p.processId, p.env, assignment, assignedMessage(assignment, item));
         const outcome = await onVm(p, `evaluate message ${message.Id}`, () => pool.apply(p.processId, message));
         evaluatedCount += 1;
         const resultsChain = nextResultsChain(p.resultsChain, outputHash(outcome));
