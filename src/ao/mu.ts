@@ -17,7 +17,7 @@
 import { uploadDecision, uploadLedger, uploadPolicy, type UploadPolicy } from '../store/gateway.js';
 import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
-import { openDatabase } from '../store/database.js';
+import { openCommitDatabase } from '../store/database.js';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
 import { ITEM_ID, createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
@@ -324,7 +324,13 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const ledger = uploadLedger(uploads);
   const log = options.log ?? ((line: string) => console.error(line));
 
-  const db = openDatabase(options.dir, 'mu.sqlite', SCHEMA);
+  // The queue rows that a client's answer or an outbox hangs on (a forward parked before it leaves,
+  // a unit of work marked done with its children, an item's bytes saved before it is sent) are
+  // written in group commits: the submits and cranks that end together share one transaction and
+  // one fsync of the WAL, made off the event loop, each answered once it holds. Other writes (a
+  // retry's next time, a failure's reason) are fsynced with the next commit: a power cut may cost a
+  // retry, never a delivery.
+  const { db, commit: durably, synced } = openCommitDatabase(options.dir, 'mu.sqlite', SCHEMA);
   // Queues written by earlier versions lack these columns; their rows get a root from their payload.
   const columns = new Set(db.prepare<[], { name: string }>('SELECT name FROM pragma_table_info(\'work\')').all().map((c) => c.name));
   if (!columns.has('root')) {
@@ -597,7 +603,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
         // fails here fails again, arbundles' plain Errors included.
         throw new Permanent(`cannot build the item: ${(e as Error)?.message ?? String(e)}`);
       }
-      q.saveItem.run(item.id, item.raw, Date.now(), row.id);
+      await durably(() => q.saveItem.run(item.id, item.raw, Date.now(), row.id));
       return { id: item.id, raw: item.raw };
     })();
   }
@@ -700,7 +706,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     }
     // The database stays open until every attempt in flight has settled, so a success is kept.
     if ('done' in outcome) {
-      for (const cap of finish(row, outcome.done)) logCap(row.root, cap);
+      for (const cap of await durably(() => finish(row, outcome.done))) logCap(row.root, cap);
       return;
     }
     const e = outcome.error;
@@ -818,9 +824,9 @@ export function openMessenger(options: MessengerOptions): Messenger {
     }
   }
 
-  function queue(job: NewJob): void {
+  async function queue(job: NewJob): Promise<void> {
     if (closed) throw new MessengerError(503, 'the messenger is closing');
-    enqueue([job]);
+    await durably(() => enqueue([job]));
     pump();
   }
 
@@ -867,7 +873,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       // restarted MU sends it again (the SU answers a repeated id with its slot) and cranks it.
       const key = `forward:${item.id}`;
       const payload: ForwardPayload = type === 'Process' ? { process: processId, scheduler: tagValue(item, 'Scheduler') } : { process: processId };
-      q.park.run(key, JSON.stringify(payload), item.id, item.id, item.raw, Date.now());
+      await durably(() => q.park.run(key, JSON.stringify(payload), item.id, item.id, item.raw, Date.now()));
       try {
         await toSu(`${su}/`, item.raw, `the SU of ${processId}`);
       } catch (e) {
@@ -880,7 +886,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
         throw e;
       }
       // Done and its crank queued in one transaction, before the client hears 202.
-      finish(q.byKey.get(key)!, { itemId: item.id, children: [crankJob(item.id, processId, item.id, 0)] });
+      await durably(() => finish(q.byKey.get(key)!, { itemId: item.id, children: [crankJob(item.id, processId, item.id, 0)] }));
       pump();
       return { id: item.id, processId };
     },
@@ -891,7 +897,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       const r = await toSu(assignUrl(su, processId, message, extra), undefined, `the SU of ${processId}`);
       const id = (r.body as { id?: unknown } | null)?.id;
       if (typeof id !== 'string') throw new MessengerError(502, 'the SU did not return an assignment id');
-      queue(crankJob(message, processId, message, 0));
+      await queue(crankJob(message, processId, message, 0));
       return { id };
     },
 
@@ -899,6 +905,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
       if (!ITEM_ID.test(processId)) throw new MessengerError(400, 'a process id is 43 base64url characters');
       if (on) q.monitor.run(processId, Date.now());
       else q.unmonitor.run(processId);
+      // Recorded for the next start (cron is not implemented): durable shortly after, not before the answer.
+      synced().catch((e: Error) => log(`mu: the monitor record of ${processId} is not fsynced: ${e.message}`));
     },
 
     monitors: () => q.monitors.all().map((r) => r.process),

@@ -8,7 +8,7 @@
 // aoconnect and AO's own CU and MU can use it as they use the real one.
 import { randomBytes } from 'node:crypto';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
-import { openDatabase } from '../store/database.js';
+import { openCommitDatabase } from '../store/database.js';
 import { ITEM_ID, ItemError, createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { listen, type Listening } from '../store/listen.js';
 import type { Store } from '../store/store.js';
@@ -232,7 +232,9 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   const now = (): number => Math.floor((options.now ?? Date.now)());
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
-  const db = openDatabase(options.dir, 'su.sqlite', SCHEMA);
+  // Each group commit's transaction is made durable by an fsync of the WAL off the event loop
+  // before any of its slots is answered (openCommitDatabase): synchronous=FULL's guarantee.
+  const { db, synced } = openCommitDatabase(options.dir, 'su.sqlite', SCHEMA);
   const q = {
     head: db.prepare<[string], Row>('SELECT * FROM slots WHERE process = ? ORDER BY nonce DESC LIMIT 1'),
     processes: db.prepare<[], { process: string }>('SELECT process FROM slots WHERE nonce = 0'),
@@ -335,6 +337,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
       // The point of no return: the slots are committed before anyone sees their assignments, so
       // the SU never signs two assignments for one slot, even across a crash.
       insertAll(fresh);
+      await synced();
       stats.commits++;
       stats.slots += fresh.length;
     } catch (e) {
