@@ -333,20 +333,30 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
       made.push({ request, row, duplicate: false });
     }
     const fresh = made.filter((m) => !m.duplicate).map((m) => m.row);
+    const rejectAll = (e: unknown): void => {
+      for (const m of made) m.request.reject(e instanceof Error ? e : new Error(String(e)));
+    };
     try {
       // The point of no return: the slots are committed before anyone sees their assignments, so
       // the SU never signs two assignments for one slot, even across a crash.
       insertAll(fresh);
-      await synced();
-      stats.commits++;
-      stats.slots += fresh.length;
     } catch (e) {
-      for (const m of made) m.request.reject(e instanceof Error ? e : new Error(String(e)));
+      rejectAll(e);
       return;
     }
+    stats.commits++;
+    stats.slots += fresh.length;
+    // Committed: the heads move on whatever happens next (the next slot follows these).
     for (const [processId, row] of moved) {
       const head = heads.get(processId);
       heads.set(processId, { ...row, published: head ? head.published : -1 });
+    }
+    try {
+      await synced();
+    } catch (e) {
+      // Not known to be durable: nobody is answered yes (a retry gets the same slots back).
+      rejectAll(e);
+      return;
     }
     // Each request is answered once its own slot and every one before it in its log are stored.
     await Promise.all(
