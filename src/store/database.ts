@@ -84,7 +84,15 @@ export function walSyncer(databasePath: string): () => Promise<void> {
   let running: Promise<void> | null = null;
   let next: Promise<void> | null = null;
   const once = async (): Promise<void> => {
-    const wal = await open(`${databasePath}-wal`, 'r');
+    let wal;
+    try {
+      wal = await open(`${databasePath}-wal`, 'r');
+    } catch (e) {
+      // No log: the last connection to close checkpointed every commit into the database file
+      // (and fsynced it) and removed the log, so there is nothing left to make durable.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
     try {
       await wal.datasync();
     } finally {

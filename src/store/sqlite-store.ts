@@ -167,8 +167,10 @@ export function openSqliteStore(dir: string): Store {
     // Another process sharing the store may have indexed some of them meanwhile: a file without a
     // row is harmless (written again), a row without a durable file never happens.
     const fresh = [...items.values()].filter((item) => !find.get(item.id));
-    indexAll(fresh);
-    await walSynced();
+    if (fresh.length > 0) {
+      indexAll(fresh);
+      await walSynced();
+    }
     return new Set(fresh.map((item) => item.id));
   }
 
