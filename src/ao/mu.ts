@@ -267,7 +267,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const log = options.log ?? ((line: string) => console.error(line));
 
   // The queue rows that a client's answer or an outbox hangs on (a forward parked before it leaves,
-  // a unit of work marked done with its children, an item's bytes saved before it is sent) are
+  // a unit of work marked done with its children) are
   // written in group commits: the submits and cranks that end together share one transaction and
   // one fsync of the WAL, made off the event loop, each answered once it holds. Other writes (a
   // retry's next time, a failure's reason) are fsynced with the next commit: a power cut may cost a
@@ -510,7 +510,11 @@ export function openMessenger(options: MessengerOptions): Messenger {
         // fails here fails again, arbundles' plain Errors included.
         throw new Permanent(`cannot build the item: ${(e as Error)?.message ?? String(e)}`);
       }
-      await durably(() => q.saveItem.run(item.id, item.raw, Date.now(), row.id));
+      // Written before it is sent, fsynced with the next commit rather than waited for: a kill -9
+      // keeps the write (it is in the OS's hands), and were a power cut to lose it, building the
+      // item again from the row gives the same bytes (Ed25519 is deterministic, the anchor comes
+      // from the row's key), so the SU answers it with the slot it already made.
+      q.saveItem.run(item.id, item.raw, Date.now(), row.id);
       return { id: item.id, raw: item.raw };
     })();
   }

@@ -157,6 +157,7 @@ const SCHEMA = `
     assignment TEXT NOT NULL UNIQUE,
     hash_chain TEXT NOT NULL,
     raw BLOB NOT NULL,
+    message_raw BLOB,
     PRIMARY KEY (process, nonce)
   );
   CREATE UNIQUE INDEX IF NOT EXISTS slots_message ON slots (message, process);
@@ -174,6 +175,12 @@ interface Row {
   hash_chain: string;
   /** The signed assignment item: kept here so that a slot committed before a crash can still be published. */
   raw: Buffer;
+  /**
+   * The posted message's bytes until it is in the store: a group commit keeps them with the slot,
+   * then stores the message and the assignment together, so a message costs one durable step
+   * before its slot and one after, not two after. NULL once stored, and for an assignment's slot.
+   */
+  message_raw: Buffer | null;
 }
 
 interface Head extends Row {
@@ -235,6 +242,8 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   // Each group commit's transaction is made durable by an fsync of the WAL off the event loop
   // before any of its slots is answered (openCommitDatabase): synchronous=FULL's guarantee.
   const { db, synced } = openCommitDatabase(options.dir, 'su.sqlite', SCHEMA);
+  // Logs written by earlier versions stored each message before its slot: they have no copy to keep.
+  if (!db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('slots')").all().some((c) => c.name === 'message_raw')) db.exec('ALTER TABLE slots ADD COLUMN message_raw BLOB');
   const q = {
     head: db.prepare<[string], Row>('SELECT * FROM slots WHERE process = ? ORDER BY nonce DESC LIMIT 1'),
     processes: db.prepare<[], { process: string }>('SELECT process FROM slots WHERE nonce = 0'),
@@ -243,10 +252,12 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     anywhere: db.prepare<[string], Row>('SELECT * FROM slots WHERE message = ? ORDER BY rowid LIMIT 1'),
     byTime: db.prepare<[string, number, number, number], Row>('SELECT * FROM slots WHERE process = ? AND timestamp > ? AND timestamp <= ? ORDER BY timestamp LIMIT ?'),
     byNonce: db.prepare<[string, number, number, number], Row>('SELECT * FROM slots WHERE process = ? AND nonce > ? AND nonce <= ? ORDER BY nonce LIMIT ?'),
-    insert: db.prepare('INSERT INTO slots (process, nonce, timestamp, message, assigned, assignment, hash_chain, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+    insert: db.prepare('INSERT INTO slots (process, nonce, timestamp, message, assigned, assignment, hash_chain, raw, message_raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+    // Once a message is in the store its copy here can go (not waited for: the store has it).
+    stored: db.prepare('UPDATE slots SET message_raw = NULL WHERE process = ? AND nonce > ? AND nonce <= ? AND message_raw IS NOT NULL'),
   };
   const insertAll = db.transaction((rows: Row[]) => {
-    for (const r of rows) q.insert.run(r.process, r.nonce, r.timestamp, r.message, r.assigned, r.assignment, r.hash_chain, r.raw);
+    for (const r of rows) q.insert.run(r.process, r.nonce, r.timestamp, r.message, r.assigned, r.assignment, r.hash_chain, r.raw, r.message_raw);
   });
 
   // The last slot of each process, and the last of its slots known to be in the store: the slots
@@ -269,8 +280,14 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   async function publishUpTo(processId: string, nonce: number): Promise<void> {
     const head = headOf(processId);
     if (!head || head.published >= nonce) return;
-    const rows = q.byNonce.all(processId, head.published, nonce, Number.MAX_SAFE_INTEGER);
-    await Promise.all(rows.map((row) => store.put(row.raw)));
+    const from = head.published;
+    const rows = q.byNonce.all(processId, from, nonce, Number.MAX_SAFE_INTEGER);
+    // Each message with its assignment: one group commit of the store for all of them.
+    // Every put settles before a failure is reported: the caller hears of it with nothing still under way.
+    const puts = await Promise.allSettled(rows.flatMap((row) => [store.put(row.raw), ...(row.message_raw ? [store.put(row.message_raw)] : [])]));
+    const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) throw failed.reason;
+    if (rows.some((row) => row.message_raw)) q.stored.run(processId, from, nonce);
     // The head may have moved on (a group commit replaced it) meanwhile: mark the current one.
     const current = heads.get(processId) ?? head;
     current.published = Math.max(current.published, nonce);
@@ -281,6 +298,8 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     processId: string;
     messageId: string;
     assigned: boolean;
+    /** A posted message's bytes (not yet in the store); none for an assignment. */
+    messageRaw: Buffer | null;
     exclude?: string;
     resolve: (slot: Slot) => void;
     reject: (error: Error) => void;
@@ -327,7 +346,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
         request.reject(e instanceof Error ? e : new Error(String(e)));
         continue;
       }
-      const row: Row = { process: processId, nonce: slot.nonce, timestamp: slot.timestamp, message: messageId, assigned: request.assigned ? 1 : 0, assignment: item.id, hash_chain: slot.hashChain, raw: item.raw };
+      const row: Row = { process: processId, nonce: slot.nonce, timestamp: slot.timestamp, message: messageId, assigned: request.assigned ? 1 : 0, assignment: item.id, hash_chain: slot.hashChain, raw: item.raw, message_raw: request.messageRaw };
       moved.set(processId, row);
       inBatch.set(key, row);
       made.push({ request, row, duplicate: false });
@@ -387,9 +406,10 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     }
   }
 
-  function schedule(processId: string, messageId: string, assigned: boolean, exclude?: string): Promise<Slot> {
+  function schedule(processId: string, messageId: string, messageRaw: Buffer | null, exclude?: string): Promise<Slot> {
+    const assigned = messageRaw === null;
     return new Promise<Slot>((resolve, reject) => {
-      requests.push({ processId, messageId, assigned, exclude, resolve, reject });
+      requests.push({ processId, messageId, assigned, messageRaw, exclude, resolve, reject });
       if (!committing) void commitRequests();
     });
   }
@@ -399,7 +419,9 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
       const head = headOf(process)!;
       // A crash after a group commit may leave several trailing slots of a process unpublished.
       let published = head.nonce;
-      while (published >= 0 && !(await store.has(q.slot.get(process, published)!.assignment))) published--;
+      // A slot is published once its assignment and (while the row still holds it) its message are stored.
+      const stored = async (row: Row): Promise<boolean> => (await store.has(row.assignment)) && (row.message_raw === null || (await store.has(row.message)));
+      while (published >= 0 && !(await stored(q.slot.get(process, published)!))) published--;
       head.published = published;
       await publishUpTo(process, head.nonce);
     }
@@ -488,9 +510,9 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     }
     const existing = q.inLog.get(item.id, processId);
     if (existing) return existingSlot(existing);
-    // The message is stored before its slot exists: a committed slot never points at a missing item.
-    await store.put(item.raw);
-    return schedule(processId, item.id, false);
+    // The message's bytes are committed with its slot, then stored with its assignment before the
+    // slot is in the log's pages or answered (publishUpTo): a visible slot never points at a missing item.
+    return schedule(processId, item.id, item.raw);
   }
 
   async function assign(processId: string, messageId: string, exclude?: string[]): Promise<Slot> {
@@ -506,7 +528,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     if (existing) return existingSlot(existing);
     if (!exists(processId)) throw new SchedulerError(404, `no process ${processId} is scheduled here`);
     if (!(await store.has(messageId))) throw new SchedulerError(404, `no item ${messageId} in the store`);
-    return schedule(processId, messageId, true, excluded);
+    return schedule(processId, messageId, null, excluded);
   }
 
   async function messagesOf(processId: string, query: MessagesQuery = {}): Promise<PaginatedMessages | null> {

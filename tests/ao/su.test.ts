@@ -659,3 +659,47 @@ test('group commit: posts that arrive together share one transaction, each answe
     }
   });
 });
+
+test('a message whose assignment was stored but not itself (a failure between the two) is stored before its slot shows, on retry and on reopening', async () => {
+  await withTempDir(async (dir) => {
+    const { su: wallet } = await keys;
+    const inner = openSqliteStore(join(dir, 'store'));
+    let failMessages = 0;
+    const store: Store = {
+      ...inner,
+      async put(raw) {
+        if (failMessages > 0 && tag(parseItem(Buffer.from(raw)).tags, 'Type') === 'Message') {
+          failMessages--;
+          throw new Error('disk full');
+        }
+        return inner.put(raw);
+      },
+    };
+    let su = openScheduler({ dir: join(dir, 'su'), store, wallet, url: PUBLIC_URL });
+    const server = await startScheduler(su, { port: 0 });
+    const unit: Unit = { store, su, server, wallet, close: async () => undefined };
+    const pid = await spawnProcess(unit);
+    const [m1, m2] = await Promise.all(['one', 'two'].map((d) => messageItem(pid, d)));
+    failMessages = 1;
+    await assert.rejects(su.post(m1.raw), /disk full/);
+    const slot1 = (await su.message(m1.id, pid))!.assignment.id;
+    assert.equal(await inner.has(slot1), true, 'the assignment went in');
+    assert.equal(await inner.has(m1.id), false, 'the message did not');
+    assert.deepEqual((await su.messages(pid))!.edges.map((e) => e.node.message?.id), [pid], 'so the slot is not in the log a CU reads');
+    const retry = await su.post(m1.raw);
+    assert.equal(retry.assignment, slot1, 'a retry gets the committed slot');
+    assert.equal(await inner.has(m1.id), true, 'and is answered once the message is stored');
+    failMessages = 1;
+    await assert.rejects(su.post(m2.raw), /disk full/);
+    await server.close();
+    await su.close();
+    su = openScheduler({ dir: join(dir, 'su'), store: inner, wallet, url: PUBLIC_URL });
+    await su.ready;
+    assert.equal(await inner.has(m2.id), true, 'reopening stores it');
+    const nodes = (await su.messages(pid))!.edges.map((e) => e.node);
+    assert.deepEqual(nodes.map((n) => n.message?.id), [pid, m1.id, m2.id]);
+    await checkLog({ ...unit, su, store: inner }, pid, nodes);
+    await su.close();
+    await inner.close();
+  });
+});
