@@ -17,13 +17,14 @@
 import { uploadDecision, uploadLedger, uploadPolicy, type UploadPolicy } from '../store/gateway.js';
 import { listen, type Listening } from '../store/listen.js';
 import { createHash } from 'node:crypto';
-import { openDatabase } from '../store/database.js';
+import { openCommitDatabase } from '../store/database.js';
 import { fastify, type FastifyError, type FastifyReply } from 'fastify';
 import { ITEM_ID, createItem, ItemError, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { LocateError } from './locate.js';
 import { MAX_ITEM_BYTES, anchorProblem, entryTags, outboxData, outboxProblem, outboxTags, paddedAnchor } from './outbox.js';
 import { oneLine } from './protocol.js';
+import { afterFailure, crankJob, needsSenderTags, outboxLists, planOutbox, refusesForGood, timerDelay, withinBudget, type AssignPayload, type Cap, type CrankPayload, type JobKind, type NewJob, type PushPayload } from './mu-rules.js';
 
 export interface MessengerOptions {
   /** Where its SQLite queue lives. */
@@ -79,12 +80,10 @@ export const MESSENGER_DEFAULTS = {
   maxItemBytes: MAX_ITEM_BYTES,
 } as const;
 
-/** Node's setTimeout takes at most 2^31 − 1 ms (longer is a TimeoutOverflowWarning and 1 ms). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The quick tries inside a client's request wait at most this long each: the client is waiting. */
 const CLIENT_RETRY_MS = 100;
 
-export type JobKind = 'forward' | 'crank' | 'push' | 'spawn' | 'assign';
+export type { JobKind } from './mu-rules.js';
 
 /** A row of the queue, for inspection. */
 export interface Job {
@@ -180,58 +179,18 @@ interface Row {
   reason: string | null;
 }
 
-interface NewJob {
-  kind: JobKind;
-  key: string;
-  lane: string | null;
-  payload: unknown;
-  depth: number;
-  root: string;
-}
-
 /** A client's item on its way to its SU; the bytes are in the row. */
 interface ForwardPayload {
   process: string;
   /** For a new process: the scheduler address its Scheduler tag names (it is in no store yet). */
   scheduler?: string;
 }
-interface CrankPayload {
-  message: string;
-  process: string;
-  /** The client's message (or assigned message) the chain started from: Pushed-For. */
-  root: string;
-}
-interface PushPayload {
-  from: string;
-  root: string;
-  entry: unknown;
-  /**
-   * The sender's Module tag (From-Module) and Scheduler tag, read when its result was cranked: a
-   * push then needs nothing from the sender's SU, so an SU that stops answering for its own
-   * processes cannot stall the lanes of the processes they write to. Absent in rows queued by
-   * earlier versions: read then.
-   */
-  module?: string | null;
-  scheduler?: string | null;
-}
-interface AssignPayload {
-  process: string;
-  message: string;
-  root: string;
-}
-
 interface Done {
   children?: NewJob[];
   itemId?: string;
   reason?: string;
   /** A crank limit cut this work short: recorded as failed with the reason (its allowed children still go). */
   capped?: Cap[];
-}
-
-/** A crank limit that was hit. */
-interface Cap {
-  name: 'depth cap' | 'fan-out cap' | 'push budget';
-  reason: string;
 }
 
 /** Worth trying again later. */
@@ -252,17 +211,6 @@ class Stopped extends Error {}
 
 const PARKED = Number.MAX_SAFE_INTEGER;
 
-const crankJob = (message: string, process: string, root: string, depth: number): NewJob => ({
-  kind: 'crank',
-  key: `crank:${process}:${message}`,
-  // One crank per process at a time: the CU evaluates a process one message at a time anyway, so
-  // a process whose messages are slow to evaluate (at its compute limit) holds one slot, not all.
-  lane: `crank:${process}`,
-  payload: { message, process, root } satisfies CrankPayload,
-  depth,
-  root,
-});
-
 /** The anchor the MU writes (outbox.ts has the rule; anchorProblem() was checked first). */
 function anchorFor(anchor: unknown, key: string): string {
   if (anchor === undefined || anchor === null || anchor === '') {
@@ -279,12 +227,6 @@ function tagsOf(value: unknown, what: string): Tag[] {
   if (typeof tags === 'string') throw new Permanent(`${what} ${tags}`);
   return tags;
 }
-
-/** An HTTP status that says the same request will never pass: 4xx, less timeouts and rate limits. */
-const refusesForGood = (status: number): boolean => status >= 400 && status < 500 && status !== 408 && status !== 425 && status !== 429;
-
-/** Exponential backoff after the n-th failure (n ≥ 1). */
-const backoff = (tries: number, baseMs: number, maxMs: number): number => Math.min(maxMs, baseMs * 2 ** Math.min(tries - 1, 30));
 
 interface Reply {
   status: number;
@@ -324,7 +266,13 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const ledger = uploadLedger(uploads);
   const log = options.log ?? ((line: string) => console.error(line));
 
-  const db = openDatabase(options.dir, 'mu.sqlite', SCHEMA);
+  // The queue rows that a client's answer or an outbox hangs on (a forward parked before it leaves,
+  // a unit of work marked done with its children) are
+  // written in group commits: the submits and cranks that end together share one transaction and
+  // one fsync of the WAL, made off the event loop, each answered once it holds. Other writes (a
+  // retry's next time, a failure's reason) are fsynced with the next commit: a power cut may cost a
+  // retry, never a delivery.
+  const { db, commit: durably, synced } = openCommitDatabase(options.dir, 'mu.sqlite', SCHEMA);
   // Queues written by earlier versions lack these columns; their rows get a root from their payload.
   const columns = new Set(db.prepare<[], { name: string }>('SELECT name FROM pragma_table_info(\'work\')').all().map((c) => c.name));
   if (!columns.has('root')) {
@@ -393,15 +341,9 @@ export function openMessenger(options: MessengerOptions): Messenger {
     let children = done.children ?? [];
     const capped = [...(done.capped ?? [])];
     if (row.kind === 'crank' && children.length > 0) {
-      const root = children[0].root;
-      const left = Math.max(0, maxPushes - q.spent.get(root)!.n);
-      if (children.length > left) {
-        capped.push({
-          name: 'push budget',
-          reason: `push budget ${maxPushes} for Pushed-For ${root} spent: ${children.length - left} of ${children.length} outbox entries of ${crankOf(row)} not pushed`,
-        });
-        children = children.slice(0, left);
-      }
+      const budget = withinBudget(children, q.spent.get(children[0].root)!.n, maxPushes, crankOf(row));
+      if (budget.cap) capped.push(budget.cap);
+      children = budget.children;
     }
     enqueue(children);
     const reason = capped.length > 0 ? capped.map((c) => c.reason).join('; ') : (done.reason ?? null);
@@ -538,51 +480,22 @@ export function openMessenger(options: MessengerOptions): Messenger {
     const r = await http('GET', `${cu}/result/${encodeURIComponent(message)}?process-id=${encodeURIComponent(pid)}`);
     if (r.status === 202) throw new Transient('the CU is still evaluating (202)');
     expectOk(r, 'CU result');
-    const result = r.body as { Messages?: unknown; Spawns?: unknown; Assignments?: unknown } | null;
-    if (result === null || typeof result !== 'object') throw new Permanent('the CU result is not a JSON object');
-    const list = (v: unknown, what: string): unknown[] => {
-      if (v === undefined || v === null) return [];
-      if (!Array.isArray(v)) throw new Permanent(`the CU result's ${what} is not a list`);
-      return v;
-    };
-    const messages = list(result.Messages, 'Messages');
-    const spawns = list(result.Spawns, 'Spawns');
-    const assignments = list(result.Assignments, 'Assignments');
-    if (messages.length + spawns.length + assignments.length === 0) return {};
-    const outbox = `${messages.length + spawns.length + assignments.length} outbox entries of ${message} (process ${pid}, Pushed-For ${root})`;
-    // Nothing more is read or queued past the depth cap.
-    if (row.depth >= maxDepth) return { capped: [{ name: 'depth cap', reason: `depth cap ${maxDepth}: ${outbox} not pushed` }] };
-    // The sender's tags are read here, where a failure holds up only this crank (see PushPayload).
-    const sender = messages.length + spawns.length > 0 ? await processTags(pid) : [];
-    const module = tagValue({ tags: sender }, 'Module') ?? null;
-    const scheduler = tagValue({ tags: sender }, 'Scheduler') ?? null;
-    const depth = row.depth + 1;
-    const children: NewJob[] = [];
-    for (const [k, entry] of messages.entries()) {
-      const target = (entry as { Target?: unknown } | null)?.Target;
-      // Deliveries into one process keep their order: its lane is its id.
-      const lane = typeof target === 'string' ? target : null;
-      children.push({ kind: 'push', key: `push:${pid}:${message}:${k}`, lane, payload: { from: pid, root, entry, module } satisfies PushPayload, depth, root });
-    }
-    for (const [k, entry] of spawns.entries()) {
-      children.push({ kind: 'spawn', key: `spawn:${pid}:${message}:${k}`, lane: null, payload: { from: pid, root, entry, module, scheduler } satisfies PushPayload, depth, root });
-    }
-    for (const [k, entry] of assignments.entries()) {
-      const { Processes, Message } = (entry ?? {}) as { Processes?: unknown; Message?: unknown };
-      if (!Array.isArray(Processes) || typeof Message !== 'string') {
-        log(`mu: ${pid} result of ${message}: assignment ${k} is not {Processes: [ids], Message: id}; skipped`);
-        continue;
-      }
-      for (const [j, target] of Processes.entries()) {
-        const process = String(target);
-        children.push({ kind: 'assign', key: `assign:${pid}:${message}:${k}:${j}`, lane: process, payload: { process, message: Message, root } satisfies AssignPayload, depth, root });
-      }
-    }
-    if (children.length > maxFanout) {
-      const reason = `fan-out cap ${maxFanout}: ${children.length - maxFanout} of ${children.length} outbox entries of ${message} (process ${pid}) not pushed`;
-      return { children: children.slice(0, maxFanout), capped: [{ name: 'fan-out cap', reason }] };
-    }
-    return { children };
+    const lists = outboxLists(r.body);
+    if (typeof lists === 'string') throw new Permanent(lists);
+    // The sender's tags are read here, where a failure holds up only this crank (see PushPayload);
+    // nothing is read past the depth cap.
+    const sender = needsSenderTags(lists) && row.depth < maxDepth ? await processTags(pid) : [];
+    const plan = planOutbox(lists, {
+      message,
+      process: pid,
+      root,
+      depth: row.depth,
+      module: tagValue({ tags: sender }, 'Module') ?? null,
+      scheduler: tagValue({ tags: sender }, 'Scheduler') ?? null,
+      limits: { depth: maxDepth, fanout: maxFanout },
+    });
+    for (const line of plan.skipped) log(`mu: ${line}`);
+    return { children: plan.children, capped: plan.capped };
   }
 
   /** Signs once and keeps the bytes in the row before they are sent (see the file comment). */
@@ -597,6 +510,10 @@ export function openMessenger(options: MessengerOptions): Messenger {
         // fails here fails again, arbundles' plain Errors included.
         throw new Permanent(`cannot build the item: ${(e as Error)?.message ?? String(e)}`);
       }
+      // Written before it is sent, fsynced with the next commit rather than waited for: a kill -9
+      // keeps the write (it is in the OS's hands), and were a power cut to lose it, building the
+      // item again from the row gives the same bytes (Ed25519 is deterministic, the anchor comes
+      // from the row's key), so the SU answers it with the slot it already made.
       q.saveItem.run(item.id, item.raw, Date.now(), row.id);
       return { id: item.id, raw: item.raw };
     })();
@@ -700,7 +617,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     }
     // The database stays open until every attempt in flight has settled, so a success is kept.
     if ('done' in outcome) {
-      for (const cap of finish(row, outcome.done)) logCap(row.root, cap);
+      for (const cap of await durably(() => finish(row, outcome.done))) logCap(row.root, cap);
       return;
     }
     const e = outcome.error;
@@ -720,15 +637,13 @@ export function openMessenger(options: MessengerOptions): Messenger {
     const now = Date.now();
     const tries = row.attempts + 1;
     const since = row.failing_since ?? now;
-    const permanent = e instanceof Permanent;
-    if (permanent || tries >= attempts || now - since >= maxAgeMs) {
-      const bound = tries >= attempts ? `retry.attempts ${attempts}` : `retry.maxAgeMs ${maxAgeMs}`;
-      const reason = permanent ? why : `gave up after ${tries} tries in ${((now - since) / 1000).toFixed(1)} s (${bound}): ${why}`;
-      q.failed.run(reason, now, row.id);
-      log(`mu: ${row.key} failed: ${reason}`);
+    const next = afterFailure({ attempts, baseMs, maxMs, maxAgeMs }, { tries, since, now, permanent: e instanceof Permanent, why });
+    if ('failed' in next) {
+      q.failed.run(next.failed, now, row.id);
+      log(`mu: ${row.key} failed: ${next.failed}`);
       return;
     }
-    q.retry.run(tries, now + backoff(tries, baseMs, maxMs), why, since, now, row.id);
+    q.retry.run(tries, next.at, why, since, now, row.id);
     if (tries % 10 === 0) log(`mu: ${row.key} still failing after ${tries} tries: ${why}`);
   }
 
@@ -771,7 +686,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
    */
   function arm(now: number): void {
     const at = q.nextAt.get({ now, busy: JSON.stringify([...inflight.keys()]) })?.at ?? null;
-    if (at === null) {
+    const delay = timerDelay(at, now);
+    if (at === null || delay === null) {
       if (timer) clearTimeout(timer);
       timer = null;
       return;
@@ -780,13 +696,10 @@ export function openMessenger(options: MessengerOptions): Messenger {
     if (timer) clearTimeout(timer);
     timerAt = at;
     stats.timersArmed++;
-    timer = setTimeout(
-      () => {
-        timer = null;
-        pump();
-      },
-      Math.min(MAX_TIMER_MS, Math.max(1, at - now)),
-    );
+    timer = setTimeout(() => {
+      timer = null;
+      pump();
+    }, delay);
   }
 
   // ---- what clients ask for ----
@@ -818,9 +731,9 @@ export function openMessenger(options: MessengerOptions): Messenger {
     }
   }
 
-  function queue(job: NewJob): void {
+  async function queue(job: NewJob): Promise<void> {
     if (closed) throw new MessengerError(503, 'the messenger is closing');
-    enqueue([job]);
+    await durably(() => enqueue([job]));
     pump();
   }
 
@@ -867,7 +780,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       // restarted MU sends it again (the SU answers a repeated id with its slot) and cranks it.
       const key = `forward:${item.id}`;
       const payload: ForwardPayload = type === 'Process' ? { process: processId, scheduler: tagValue(item, 'Scheduler') } : { process: processId };
-      q.park.run(key, JSON.stringify(payload), item.id, item.id, item.raw, Date.now());
+      await durably(() => q.park.run(key, JSON.stringify(payload), item.id, item.id, item.raw, Date.now()));
       try {
         await toSu(`${su}/`, item.raw, `the SU of ${processId}`);
       } catch (e) {
@@ -880,7 +793,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
         throw e;
       }
       // Done and its crank queued in one transaction, before the client hears 202.
-      finish(q.byKey.get(key)!, { itemId: item.id, children: [crankJob(item.id, processId, item.id, 0)] });
+      await durably(() => finish(q.byKey.get(key)!, { itemId: item.id, children: [crankJob(item.id, processId, item.id, 0)] }));
       pump();
       return { id: item.id, processId };
     },
@@ -891,7 +804,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
       const r = await toSu(assignUrl(su, processId, message, extra), undefined, `the SU of ${processId}`);
       const id = (r.body as { id?: unknown } | null)?.id;
       if (typeof id !== 'string') throw new MessengerError(502, 'the SU did not return an assignment id');
-      queue(crankJob(message, processId, message, 0));
+      await queue(crankJob(message, processId, message, 0));
       return { id };
     },
 
@@ -899,6 +812,8 @@ export function openMessenger(options: MessengerOptions): Messenger {
       if (!ITEM_ID.test(processId)) throw new MessengerError(400, 'a process id is 43 base64url characters');
       if (on) q.monitor.run(processId, Date.now());
       else q.unmonitor.run(processId);
+      // Recorded for the next start (cron is not implemented): durable shortly after, not before the answer.
+      synced().catch((e: Error) => log(`mu: the monitor record of ${processId} is not fsynced: ${e.message}`));
     },
 
     monitors: () => q.monitors.all().map((r) => r.process),

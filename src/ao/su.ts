@@ -1,17 +1,22 @@
 // The Scheduler Unit: gives every message sent to a process its place in that process's log (slot
 // = Nonce), a Timestamp, a Block-Height and a link in the Hash-Chain, as an Assignment data item
-// signed by the SU wallet. The log is what a CU replays, so a slot once acknowledged is permanent:
-// it is committed to SQLite (WAL, synchronous=FULL) before the reply, and an id already in the log
-// gets its existing slot back. The HTTP API is AO's legacy SU API (research/ao.md §2b), so
+// signed by the SU wallet (the rules: su-rules.ts). The log is what a CU replays, so a slot once
+// acknowledged is permanent: it is committed to SQLite (WAL, synchronous=FULL) before the reply,
+// and an id already in the log gets its existing slot back. Messages that arrive together share
+// one commit (group commit): one transaction, one fsync, then their assignments go into the store
+// together, and only then is each answered. The HTTP API is AO's legacy SU API (research/ao.md §2b), so
 // aoconnect and AO's own CU and MU can use it as they use the real one.
 import { randomBytes } from 'node:crypto';
 import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
-import { openDatabase } from '../store/database.js';
+import { openCommitDatabase } from '../store/database.js';
 import { ITEM_ID, ItemError, createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { listen, type Listening } from '../store/listen.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
-import { nextHashChain, oneLine, serialQueues } from './protocol.js';
+import { oneLine } from './protocol.js';
+import { assignmentTags, blockHeightOf, nextSlot } from './su-rules.js';
+
+export { blockHeightOf } from './su-rules.js';
 
 export interface Owner {
   address: string;
@@ -115,6 +120,8 @@ export interface Scheduler {
   message(id: string, processId?: string): Promise<Message | null>;
   latest(processId: string): Promise<Message | null>;
   process(id: string): Promise<ProcessInner | null>;
+  /** Slots made and the group commits (SQLite transactions) that made them, since it was opened. */
+  stats(): { slots: number; commits: number };
   /** The current timestamp: never behind the last slot of `processId` when one is given. */
   timestamp(processId?: string): { timestamp: number; blockHeight: string };
   close(): Promise<void>;
@@ -137,12 +144,8 @@ const MAX_LIMIT = 1000;
 const PAGE_DATA_BYTES = 32 * 1024 * 1024;
 const LOCATION_TTL = '3600000';
 
-// There are no Arweave blocks here, so the height is derived from the timestamp alone, the same
-// way on every run: one block per 2 minutes (Arweave's target) counted from 2023-11-14
-// (1,700,000,000,000 ms). Deterministic, monotonic with the timestamp, and 12 digits as AO pads it.
-const HEIGHT_EPOCH_MS = 1_700_000_000_000;
-const BLOCK_MS = 120_000;
-export const blockHeightOf = (timestamp: number): string => String(Math.max(0, Math.floor((timestamp - HEIGHT_EPOCH_MS) / BLOCK_MS))).padStart(12, '0');
+/** The most slots one group commit makes; more requests wait for the next. */
+const MAX_GROUP_COMMIT = 1024;
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS slots (
@@ -154,6 +157,7 @@ const SCHEMA = `
     assignment TEXT NOT NULL UNIQUE,
     hash_chain TEXT NOT NULL,
     raw BLOB NOT NULL,
+    message_raw BLOB,
     PRIMARY KEY (process, nonce)
   );
   CREATE UNIQUE INDEX IF NOT EXISTS slots_message ON slots (message, process);
@@ -171,11 +175,17 @@ interface Row {
   hash_chain: string;
   /** The signed assignment item: kept here so that a slot committed before a crash can still be published. */
   raw: Buffer;
+  /**
+   * The posted message's bytes until it is in the store: a group commit keeps them with the slot,
+   * then stores the message and the assignment together, so a message costs one durable step
+   * before its slot and one after, not two after. NULL once stored, and for an assignment's slot.
+   */
+  message_raw: Buffer | null;
 }
 
 interface Head extends Row {
-  /** The assignment is in the store. */
-  published: boolean;
+  /** The last nonce of this process whose assignment is known to be in the store (−1: none). */
+  published: number;
 }
 
 const slotOf = (row: Row, duplicate: boolean): Slot => ({
@@ -229,7 +239,11 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   const now = (): number => Math.floor((options.now ?? Date.now)());
   const signer = walletSigner(options.wallet);
   const address = walletAddress(options.wallet);
-  const db = openDatabase(options.dir, 'su.sqlite', SCHEMA);
+  // Each group commit's transaction is made durable by an fsync of the WAL off the event loop
+  // before any of its slots is answered (openCommitDatabase): synchronous=FULL's guarantee.
+  const { db, synced } = openCommitDatabase(options.dir, 'su.sqlite', SCHEMA);
+  // Logs written by earlier versions stored each message before its slot: they have no copy to keep.
+  if (!db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('slots')").all().some((c) => c.name === 'message_raw')) db.exec('ALTER TABLE slots ADD COLUMN message_raw BLOB');
   const q = {
     head: db.prepare<[string], Row>('SELECT * FROM slots WHERE process = ? ORDER BY nonce DESC LIMIT 1'),
     processes: db.prepare<[], { process: string }>('SELECT process FROM slots WHERE nonce = 0'),
@@ -238,80 +252,178 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     anywhere: db.prepare<[string], Row>('SELECT * FROM slots WHERE message = ? ORDER BY rowid LIMIT 1'),
     byTime: db.prepare<[string, number, number, number], Row>('SELECT * FROM slots WHERE process = ? AND timestamp > ? AND timestamp <= ? ORDER BY timestamp LIMIT ?'),
     byNonce: db.prepare<[string, number, number, number], Row>('SELECT * FROM slots WHERE process = ? AND nonce > ? AND nonce <= ? ORDER BY nonce LIMIT ?'),
-    insert: db.prepare('INSERT INTO slots (process, nonce, timestamp, message, assigned, assignment, hash_chain, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+    insert: db.prepare('INSERT INTO slots (process, nonce, timestamp, message, assigned, assignment, hash_chain, raw, message_raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+    // Once a message is in the store its copy here can go (not waited for: the store has it).
+    stored: db.prepare('UPDATE slots SET message_raw = NULL WHERE process = ? AND nonce > ? AND nonce <= ? AND message_raw IS NOT NULL'),
   };
+  const insertAll = db.transaction((rows: Row[]) => {
+    for (const r of rows) q.insert.run(r.process, r.nonce, r.timestamp, r.message, r.assigned, r.assignment, r.hash_chain, r.raw, r.message_raw);
+  });
 
-  // The last slot of each process seen so far. Only a head can be unpublished: a new slot is made
-  // only after the one before it is in the store.
+  // The last slot of each process, and the last of its slots known to be in the store: the slots
+  // after it were committed by a group commit whose assignments are being stored (or failed to
+  // be), and stay out of the log's pages until they are.
   const heads = new Map<string, Head>();
   function headOf(processId: string): Head | null {
     let head = heads.get(processId);
     if (!head) {
       const row = q.head.get(processId);
       if (!row) return null;
-      head = { ...row, published: false };
+      // Not known to be stored: publishUpTo looks (recover() does this for every process at start).
+      head = { ...row, published: row.nonce - 1 };
       heads.set(processId, head);
     }
     return head;
   }
 
-  async function publish(head: Head): Promise<void> {
-    if (head.published) return;
-    await store.put(head.raw);
-    head.published = true;
+  /** Puts the assignments of `processId` up to `nonce` into the store, in order of nonce. */
+  async function publishUpTo(processId: string, nonce: number): Promise<void> {
+    const head = headOf(processId);
+    if (!head || head.published >= nonce) return;
+    const from = head.published;
+    const rows = q.byNonce.all(processId, from, nonce, Number.MAX_SAFE_INTEGER);
+    // Each message with its assignment: one group commit of the store for all of them.
+    // Every put settles before a failure is reported: the caller hears of it with nothing still under way.
+    const puts = await Promise.allSettled(rows.flatMap((row) => [store.put(row.raw), ...(row.message_raw ? [store.put(row.message_raw)] : [])]));
+    const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) throw failed.reason;
+    if (rows.some((row) => row.message_raw)) q.stored.run(processId, from, nonce);
+    // The head may have moved on (a group commit replaced it) meanwhile: mark the current one.
+    const current = heads.get(processId) ?? head;
+    current.published = Math.max(current.published, nonce);
   }
 
-  // One slot at a time per process: the next nonce, timestamp and link depend on the last slot.
-  const queues = serialQueues();
-  const serial = queues.run;
+  /** A slot to be made by the next group commit. */
+  interface Request {
+    processId: string;
+    messageId: string;
+    assigned: boolean;
+    /** A posted message's bytes (not yet in the store); none for an assignment. */
+    messageRaw: Buffer | null;
+    exclude?: string;
+    resolve: (slot: Slot) => void;
+    reject: (error: Error) => void;
+  }
+  let requests: Request[] = [];
+  const stats = { slots: 0, commits: 0 };
+  let committing = false;
 
-  /** An existing slot, once its assignment is surely in the store (only a head may not be yet). */
+  /** An existing slot, once its assignment is surely in the store. */
   async function existingSlot(row: Row): Promise<Slot> {
-    const head = heads.get(row.process);
-    if (head && head.nonce === row.nonce) await publish(head);
+    await publishUpTo(row.process, row.nonce);
     return slotOf(row, true);
   }
 
-  async function schedule(processId: string, messageId: string, assigned: boolean, exclude?: string): Promise<Slot> {
-    const existing = q.inLog.get(messageId, processId);
-    if (existing) return existingSlot(existing);
-    const head = headOf(processId);
-    if (!head && messageId !== processId) throw new SchedulerError(404, `no process ${processId} is scheduled here`);
-    if (head) await publish(head);
-    const nonce = head ? head.nonce + 1 : 0;
-    // Strictly increasing, not merely monotonic: the timestamp is the page cursor, and AO's `from`
-    // is exclusive, so two slots sharing one could be skipped at a page boundary.
-    const timestamp = head ? Math.max(now(), head.timestamp + 1) : now();
-    const hashChain = nextHashChain(processId, head ? { assignment: head.assignment, chain: head.hash_chain } : null);
-    const tags: Tag[] = [
-      { name: 'Process', value: processId },
-      { name: 'Epoch', value: '0' },
-      { name: 'Nonce', value: String(nonce) },
-      { name: 'Hash-Chain', value: hashChain },
-      { name: 'Block-Height', value: blockHeightOf(timestamp) },
-      { name: 'Timestamp', value: String(timestamp) },
-      { name: 'Data-Protocol', value: 'ao' },
-      { name: 'Type', value: 'Assignment' },
-      { name: 'Variant', value: 'ao.TN.1' },
-      { name: 'Message', value: messageId },
-      ...(exclude ? [{ name: 'Exclude', value: exclude }] : []),
-    ];
-    const item = await createItem('', signer, { target: processId, tags });
-    const row: Row = { process: processId, nonce, timestamp, message: messageId, assigned: assigned ? 1 : 0, assignment: item.id, hash_chain: hashChain, raw: item.raw };
-    // The point of no return: the slot is committed before anyone sees its assignment, so the SU
-    // never signs two assignments for one slot, even across a crash.
-    q.insert.run(row.process, row.nonce, row.timestamp, row.message, row.assigned, row.assignment, row.hash_chain, row.raw);
-    const next: Head = { ...row, published: false };
-    heads.set(processId, next);
-    await publish(next);
-    return slotOf(row, false);
+  /**
+   * Group commit: every slot requested while the previous commit was being made is made in one
+   * SQLite transaction (one fsync), then their assignments go into the store together (the store
+   * batches them too), and only then is each request answered. The slots of one process are made in
+   * the order they were requested, each from the one before it (su-rules.ts).
+   */
+  async function commitSlots(batch: Request[]): Promise<void> {
+    const made: { request: Request; row: Row; duplicate: boolean }[] = [];
+    // The heads as this batch moves them: written into `heads` only once the transaction holds.
+    const moved = new Map<string, Row>();
+    const inBatch = new Map<string, Row>();
+    for (const request of batch) {
+      const { processId, messageId } = request;
+      const key = `${processId} ${messageId}`;
+      const existing = inBatch.get(key) ?? q.inLog.get(messageId, processId);
+      if (existing) {
+        made.push({ request, row: existing, duplicate: true });
+        continue;
+      }
+      const before = moved.get(processId) ?? headOf(processId);
+      if (!before && messageId !== processId) {
+        request.reject(new SchedulerError(404, `no process ${processId} is scheduled here`));
+        continue;
+      }
+      const slot = nextSlot(processId, before ? { nonce: before.nonce, timestamp: before.timestamp, assignment: before.assignment, hashChain: before.hash_chain } : null, now());
+      let item: Item;
+      try {
+        item = await createItem('', signer, { target: processId, tags: assignmentTags(processId, slot, messageId, request.exclude) });
+      } catch (e) {
+        request.reject(e instanceof Error ? e : new Error(String(e)));
+        continue;
+      }
+      const row: Row = { process: processId, nonce: slot.nonce, timestamp: slot.timestamp, message: messageId, assigned: request.assigned ? 1 : 0, assignment: item.id, hash_chain: slot.hashChain, raw: item.raw, message_raw: request.messageRaw };
+      moved.set(processId, row);
+      inBatch.set(key, row);
+      made.push({ request, row, duplicate: false });
+    }
+    const fresh = made.filter((m) => !m.duplicate).map((m) => m.row);
+    const rejectAll = (e: unknown): void => {
+      for (const m of made) m.request.reject(e instanceof Error ? e : new Error(String(e)));
+    };
+    try {
+      // The point of no return: the slots are committed before anyone sees their assignments, so
+      // the SU never signs two assignments for one slot, even across a crash.
+      insertAll(fresh);
+    } catch (e) {
+      rejectAll(e);
+      return;
+    }
+    stats.commits++;
+    stats.slots += fresh.length;
+    // Committed: the heads move on whatever happens next (the next slot follows these).
+    for (const [processId, row] of moved) {
+      const head = heads.get(processId);
+      heads.set(processId, { ...row, published: head ? head.published : -1 });
+    }
+    try {
+      await synced();
+    } catch (e) {
+      // Not known to be durable: nobody is answered yes (a retry gets the same slots back).
+      rejectAll(e);
+      return;
+    }
+    // Each request is answered once its own slot and every one before it in its log are stored.
+    await Promise.all(
+      made.map(async ({ request, row, duplicate }) => {
+        try {
+          await publishUpTo(row.process, row.nonce);
+          request.resolve(slotOf(row, duplicate));
+        } catch (e) {
+          request.reject(e instanceof Error ? e : new Error(String(e)));
+        }
+      }),
+    );
+  }
+
+  /** Makes group commits until no slot is requested; requests arriving meanwhile form the next. */
+  async function commitRequests(): Promise<void> {
+    committing = true;
+    try {
+      // The requests of this turn of the event loop join the first commit.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      while (requests.length > 0) {
+        const batch = requests.slice(0, MAX_GROUP_COMMIT);
+        requests = requests.slice(batch.length);
+        await commitSlots(batch);
+      }
+    } finally {
+      committing = false;
+    }
+  }
+
+  function schedule(processId: string, messageId: string, messageRaw: Buffer | null, exclude?: string): Promise<Slot> {
+    const assigned = messageRaw === null;
+    return new Promise<Slot>((resolve, reject) => {
+      requests.push({ processId, messageId, assigned, messageRaw, exclude, resolve, reject });
+      if (!committing) void commitRequests();
+    });
   }
 
   async function recover(): Promise<void> {
     for (const { process } of q.processes.all()) {
       const head = headOf(process)!;
-      if (await store.has(head.assignment)) head.published = true;
-      else await publish(head);
+      // A crash after a group commit may leave several trailing slots of a process unpublished.
+      let published = head.nonce;
+      // A slot is published once its assignment and (while the row still holds it) its message are stored.
+      const stored = async (row: Row): Promise<boolean> => (await store.has(row.assignment)) && (row.message_raw === null || (await store.has(row.message)));
+      while (published >= 0 && !(await stored(q.slot.get(process, published)!))) published--;
+      head.published = published;
+      await publishUpTo(process, head.nonce);
     }
   }
 
@@ -398,9 +510,9 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     }
     const existing = q.inLog.get(item.id, processId);
     if (existing) return existingSlot(existing);
-    // The message is stored before its slot exists: a committed slot never points at a missing item.
-    await store.put(item.raw);
-    return serial(processId, () => schedule(processId, item.id, false));
+    // The message's bytes are committed with its slot, then stored with its assignment before the
+    // slot is in the log's pages or answered (publishUpTo): a visible slot never points at a missing item.
+    return schedule(processId, item.id, item.raw);
   }
 
   async function assign(processId: string, messageId: string, exclude?: string[]): Promise<Slot> {
@@ -416,7 +528,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     if (existing) return existingSlot(existing);
     if (!exists(processId)) throw new SchedulerError(404, `no process ${processId} is scheduled here`);
     if (!(await store.has(messageId))) throw new SchedulerError(404, `no item ${messageId} in the store`);
-    return serial(processId, () => schedule(processId, messageId, true, excluded));
+    return schedule(processId, messageId, null, excluded);
   }
 
   async function messagesOf(processId: string, query: MessagesQuery = {}): Promise<PaginatedMessages | null> {
@@ -429,11 +541,16 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     if (limit < 1) throw bad('limit must be at least 1');
     const byNonce = fromNonce !== undefined || toNonce !== undefined;
     if (byNonce && (from !== undefined || to !== undefined)) throw bad('use from/to or from-nonce/to-nonce, not both');
-    if (!exists(processId)) return null;
+    const head = headOf(processId);
+    if (!head) return null;
     const take = Math.min(limit, MAX_LIMIT);
-    const rows = byNonce
-      ? q.byNonce.all(processId, fromNonce ?? -1, toNonce ?? Number.MAX_SAFE_INTEGER, take + 1)
-      : q.byTime.all(processId, from ?? -1, to ?? Number.MAX_SAFE_INTEGER, take + 1);
+    // Only slots whose assignments are in the store: a CU reads each one from there.
+    const visible = (row: Row): boolean => row.nonce <= head.published;
+    const rows = (
+      byNonce
+        ? q.byNonce.all(processId, fromNonce ?? -1, toNonce ?? Number.MAX_SAFE_INTEGER, take + 1)
+        : q.byTime.all(processId, from ?? -1, to ?? Number.MAX_SAFE_INTEGER, take + 1)
+    ).filter(visible);
     const edges: PaginatedMessages['edges'] = [];
     let size = 0;
     for (const row of rows.slice(0, take)) {
@@ -455,7 +572,11 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
   async function latestOf(processId: string): Promise<Message | null> {
     checkId(processId, 'process id');
     const head = headOf(processId);
-    return head ? nodeOf(head) : null;
+    if (!head) return null;
+    // The newest slot in the store: later ones are not in the log's pages yet either.
+    await publishUpTo(processId, head.nonce).catch(() => undefined);
+    const row = head.published === head.nonce ? head : q.slot.get(processId, head.published);
+    return row ? nodeOf(row) : null;
   }
 
   async function processInfo(id: string): Promise<ProcessInner | null> {
@@ -486,6 +607,7 @@ export function openScheduler(options: SchedulerOptions): Scheduler {
     message: (id, processId) => guarded(() => messageById(id, processId)),
     latest: (processId) => guarded(() => latestOf(processId)),
     process: (id) => guarded(() => processInfo(id)),
+    stats: () => ({ ...stats }),
     timestamp(processId) {
       if (closed) throw new SchedulerError(503, 'the scheduler is closed');
       const last = processId !== undefined && ITEM_ID.test(processId) ? (headOf(processId)?.timestamp ?? 0) : 0;

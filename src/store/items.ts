@@ -89,9 +89,52 @@ async function verifyEd25519(item: Item): Promise<boolean> {
   return edVerify(null, message, key, Buffer.from(item.signature, 'base64url'));
 }
 
-/** Parses and verifies a data item; throws ItemError with the reason when it is not a valid one. */
+/**
+ * The items whose exact bytes passed verification, as id → sha256 of the bytes, least recently
+ * used out past `capacity`. A message is checked by the MU, the SU, the store's put and every get:
+ * the same bytes give the same answer, so once is enough. Never keyed by the id alone: the id is
+ * the hash of the signature only, so an item with the same signature and tampered data has the same
+ * id and different bytes; it misses here and fails the full check.
+ */
+export class VerifiedItems {
+  private readonly digests = new Map<string, string>();
+  constructor(readonly capacity: number) {}
+  get size(): number {
+    return this.digests.size;
+  }
+  has(id: string, digest: string): boolean {
+    if (this.digests.get(id) !== digest) return false;
+    // Refreshed: a hot item (a process, a module) stays while a stream of one-off messages passes.
+    this.digests.delete(id);
+    this.digests.set(id, digest);
+    return true;
+  }
+  add(id: string, digest: string): void {
+    this.digests.delete(id);
+    this.digests.set(id, digest);
+    while (this.digests.size > this.capacity) this.digests.delete(this.digests.keys().next().value!);
+  }
+  clear(): void {
+    this.digests.clear();
+  }
+}
+
+/** 16,384 entries of two 43-character strings: about 3 MB at most. */
+export const VERIFIED_ITEMS = 16_384;
+/** The one cache verifyItem uses (exported for tests and for a caller that must drop it). */
+export const verifiedItems = new VerifiedItems(VERIFIED_ITEMS);
+
+const digestOf = (raw: Buffer): string => createHash('sha256').update(raw).digest('base64url');
+
+/**
+ * Parses and verifies a data item; throws ItemError with the reason when it is not a valid one.
+ * Bytes verified before (the same id and the same sha256, see VerifiedItems) are not checked
+ * again: a sha256 over the bytes costs a fraction of the signature's deep hash and key check.
+ */
 export async function verifyItem(raw: Uint8Array): Promise<Item> {
   const item = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength));
+  const digest = digestOf(item.raw);
+  if (verifiedItems.has(item.id, digest)) return item;
   let valid = false;
   try {
     valid = item.signatureType === 1 ? await DataItem.verify(item.raw) : await verifyEd25519(item);
@@ -99,6 +142,7 @@ export async function verifyItem(raw: Uint8Array): Promise<Item> {
     valid = false;
   }
   if (!valid) throw new ItemError(`bad signature: the ${SIGNATURES[item.signatureType].name} signature does not match the item`);
+  verifiedItems.add(item.id, digest);
   return item;
 }
 

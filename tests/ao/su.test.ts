@@ -550,6 +550,7 @@ test('an assignment the store failed to take is published before its slot or any
     assert.deepEqual(failed.body, { error: 'internal error' });
     const slot1 = (await su.message(m1.id, pid))!.assignment.id;
     assert.equal(await store.has(slot1), false, 'committed, not yet published');
+    assert.deepEqual((await su.messages(pid))!.edges.map((e) => e.node.message?.id), [pid], 'and not in the log a CU reads until it is');
     const retry = await su.post(m1.raw);
     assert.equal(retry.duplicate, true);
     assert.equal(retry.assignment, slot1, 'the retry gets the committed slot, not a new one');
@@ -609,5 +610,96 @@ test('kill -9 during a burst of 1,000 posts loses no acknowledged message and br
     } finally {
       await unit.close();
     }
+  });
+});
+
+test('group commit: posts that arrive together share one transaction, each answered once durable, slots consecutive per process', async () => {
+  await withTempDir(async (dir) => {
+    const unit = await openUnit(dir);
+    try {
+      const pids = [await spawnProcess(unit), await spawnProcess(unit), await spawnProcess(unit)];
+      const items = await Promise.all(Array.from({ length: 90 }, (_, i) => messageItem(pids[i % 3], `together ${i}`)));
+      const before = unit.su.stats();
+      // All at once, each twice: 90 new slots, in few commits.
+      const slots = await Promise.all([...items, ...items].map((item) => unit.su.post(item.raw)));
+      const after = unit.su.stats();
+      assert.equal(after.slots - before.slots, 90);
+      assert.ok(after.commits - before.commits <= 10, `${after.commits - before.commits} commits for 90 slots made together`);
+      for (const [i, item] of items.entries()) {
+        assert.equal(slots[i].message, item.id);
+        assert.equal(slots[i + 90].nonce, slots[i].nonce, 'the second post of an item gets the slot of the first');
+        assert.ok(await unit.store.has(slots[i].assignment), 'answered only once its assignment is stored');
+      }
+      for (const pid of pids) {
+        const nodes = await allMessages(unit, pid);
+        assert.equal(nodes.length, 31);
+        await checkLog(unit, pid, nodes);
+        // Per process, the order of the requests is the order of the slots.
+        const sent = items.filter((_, i) => pids[i % 3] === pid).map((m) => m.id);
+        assert.deepEqual(nodes.slice(1).map((n) => n.message!.id), sent);
+      }
+    } finally {
+      await unit.close();
+    }
+  });
+  // A restart resumes every chain where the group commits left it.
+  await withTempDir(async (dir) => {
+    let unit = await openUnit(dir);
+    const pid = await spawnProcess(unit);
+    await Promise.all(Array.from({ length: 20 }, async (_, i) => unit.su.post((await messageItem(pid, `before ${i}`)).raw)));
+    await unit.close();
+    unit = await openUnit(dir);
+    try {
+      await Promise.all(Array.from({ length: 20 }, async (_, i) => unit.su.post((await messageItem(pid, `after ${i}`)).raw)));
+      const nodes = await allMessages(unit, pid);
+      assert.equal(nodes.length, 41);
+      await checkLog(unit, pid, nodes);
+    } finally {
+      await unit.close();
+    }
+  });
+});
+
+test('a message whose assignment was stored but not itself (a failure between the two) is stored before its slot shows, on retry and on reopening', async () => {
+  await withTempDir(async (dir) => {
+    const { su: wallet } = await keys;
+    const inner = openSqliteStore(join(dir, 'store'));
+    let failMessages = 0;
+    const store: Store = {
+      ...inner,
+      async put(raw) {
+        if (failMessages > 0 && tag(parseItem(Buffer.from(raw)).tags, 'Type') === 'Message') {
+          failMessages--;
+          throw new Error('disk full');
+        }
+        return inner.put(raw);
+      },
+    };
+    let su = openScheduler({ dir: join(dir, 'su'), store, wallet, url: PUBLIC_URL });
+    const server = await startScheduler(su, { port: 0 });
+    const unit: Unit = { store, su, server, wallet, close: async () => undefined };
+    const pid = await spawnProcess(unit);
+    const [m1, m2] = await Promise.all(['one', 'two'].map((d) => messageItem(pid, d)));
+    failMessages = 1;
+    await assert.rejects(su.post(m1.raw), /disk full/);
+    const slot1 = (await su.message(m1.id, pid))!.assignment.id;
+    assert.equal(await inner.has(slot1), true, 'the assignment went in');
+    assert.equal(await inner.has(m1.id), false, 'the message did not');
+    assert.deepEqual((await su.messages(pid))!.edges.map((e) => e.node.message?.id), [pid], 'so the slot is not in the log a CU reads');
+    const retry = await su.post(m1.raw);
+    assert.equal(retry.assignment, slot1, 'a retry gets the committed slot');
+    assert.equal(await inner.has(m1.id), true, 'and is answered once the message is stored');
+    failMessages = 1;
+    await assert.rejects(su.post(m2.raw), /disk full/);
+    await server.close();
+    await su.close();
+    su = openScheduler({ dir: join(dir, 'su'), store: inner, wallet, url: PUBLIC_URL });
+    await su.ready;
+    assert.equal(await inner.has(m2.id), true, 'reopening stores it');
+    const nodes = (await su.messages(pid))!.edges.map((e) => e.node);
+    assert.deepEqual(nodes.map((n) => n.message?.id), [pid, m1.id, m2.id]);
+    await checkLog({ ...unit, su, store: inner }, pid, nodes);
+    await su.close();
+    await inner.close();
   });
 });

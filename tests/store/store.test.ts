@@ -2,12 +2,12 @@
 // the embedded store (queries, idempotence, crash safety under kill -9).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ArweaveSigner, DataItem, createData } from '@dha-team/arbundles';
 import fc from 'fast-check';
-import { ItemError, createItem, parseItem, verifyItem, type Item } from '../../src/store/items.js';
+import { ItemError, VERIFIED_ITEMS, VerifiedItems, createItem, parseItem, verifiedItems, verifyItem, type Item } from '../../src/store/items.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import { generateWallet, readWallet, walletAddress, walletSigner, writeWallet, type Wallet } from '../../src/store/wallet.js';
 import { projectRoot, withTempDir } from '../helpers.js';
@@ -172,4 +172,66 @@ test('kill -9 during a burst of 1,000 puts loses no acknowledged item and leaves
     assert.ok(readFileSync(join(dir, 'index.sqlite')).length > 0);
     await store.close();
   });
+});
+
+test('group commit: puts made together share commits, each is answered once durable, one item put twice at once is stored once', async () => {
+  await withTempDir(async (dir) => {
+    const signer = walletSigner((await wallets).ed25519);
+    const store = openSqliteStore(dir);
+    const items = await Promise.all(Array.from({ length: 300 }, (_, i) => createItem(`group ${i}`, signer, { tags: [{ name: 'Group', value: String(i % 3) }] })));
+    // 300 at once: more than one commit holds (GROUP_COMMIT.items), and every one is answered.
+    const results = await Promise.all([...items, items[0], items[1]].map((item) => store.put(item.raw)));
+    assert.deepEqual(results.slice(0, 300).map((r) => r.id), items.map((i) => i.id));
+    assert.equal(results.filter((r) => !r.duplicate).length, 300, 'each item is new exactly once, the second puts of two of them are duplicates');
+    assert.equal((await store.put(items[2].raw)).duplicate, true);
+    await store.close();
+    const again = openSqliteStore(dir);
+    for (const item of items) assert.equal((await again.get(item.id))?.raw.equals(item.raw), true, `${item.id} is readable after reopening`);
+    let count = 0;
+    for (let after: string | undefined; ; ) {
+      const page = await again.query({ tags: [{ name: 'Group', values: ['0', '1', '2'] }], first: 100, after });
+      count += page.edges.length;
+      if (!page.hasNextPage) break;
+      after = page.edges.at(-1)!.cursor;
+    }
+    assert.equal(count, 300, 'one index row each');
+    await again.close();
+  });
+});
+
+test('attack: bytes verified once are not trusted by id alone — a tampered copy with the same signature, on the wire or on disk, fails', async () => {
+  await withTempDir(async (dir) => {
+    for (const type of ['ed25519', 'arweave'] as const) {
+      const good = await createItem(`payload ${type}`, walletSigner((await wallets)[type]), { tags: [{ name: 'Kind', value: 'test' }] });
+      await verifyItem(good.raw); // now in the cache of verified bytes
+      const tampered = Buffer.from(good.raw);
+      tampered[tampered.length - 1] ^= 1;
+      assert.equal(parseItem(tampered).id, good.id, 'the same id: the id hashes the signature only');
+      await assert.rejects(verifyItem(tampered), /bad signature/);
+      await verifyItem(good.raw); // still fine
+    }
+    // On disk: the store verified and wrote the file; a byte changed since is caught on get.
+    const store = openSqliteStore(dir);
+    const item = await createItem('on disk', walletSigner((await wallets).ed25519));
+    await store.put(item.raw);
+    assert.ok(await store.get(item.id));
+    const file = join(dir, 'items', item.id.slice(0, 2), item.id);
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 1] ^= 1;
+    writeFileSync(file, bytes);
+    await assert.rejects(store.get(item.id), /bad signature/);
+    await store.close();
+  });
+});
+
+test('the cache of verified items is bounded and keeps the recently used', () => {
+  const cache = new VerifiedItems(3);
+  for (const id of ['a', 'b', 'c']) cache.add(id, `digest ${id}`);
+  assert.equal(cache.has('a', 'digest a'), true); // a is now the most recent
+  cache.add('d', 'digest d');
+  assert.equal(cache.size, 3);
+  assert.equal(cache.has('b', 'digest b'), false, 'the least recently used went');
+  assert.equal(cache.has('a', 'digest a'), true);
+  assert.equal(cache.has('a', 'another digest'), false, 'an id with other bytes is not verified');
+  assert.equal(VERIFIED_ITEMS <= 65_536 && verifiedItems.capacity === VERIFIED_ITEMS, true);
 });
