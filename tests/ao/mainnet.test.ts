@@ -16,6 +16,7 @@ import { MAX_ITEM_BYTES } from '../../src/ao/su.js';
 import { startUnits, type RunningUnits } from '../../src/ao/units.js';
 import { createItem, tagValue, type Tag } from '../../src/store/items.js';
 import { generateWallet, ownerKey, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { PINGPONG } from './fixtures/processes.js';
 
 const COUNTER = `
 export function handle(state, msg, env) {
@@ -27,17 +28,6 @@ export function handle(state, msg, env) {
   return { state: s, Output: 'booted' };
 }`;
 
-const PINGPONG = `
-export function handle(state, msg, env) {
-  const s = state ?? { seen: [] };
-  const tag = (n) => (msg.Tags.find((t) => t.name === n) || {}).value;
-  if (tag('Action') !== 'Ping') return { state: s, Output: 'booted' };
-  const n = Number(tag('N'));
-  s.seen.push(n);
-  const peer = tag('Peer') || msg.From;
-  const messages = n < Number(tag('Limit')) ? [{ Target: peer, Tags: [{ name: 'Action', value: 'Ping' }, { name: 'N', value: String(n + 1) }, { name: 'Limit', value: tag('Limit') }] }] : [];
-  return { state: s, Output: n, Messages: messages };
-}`;
 
 type Create = (input: { type: number; publicKey: Buffer; alg: string; passthrough?: boolean }) => Promise<Uint8Array | { data: string | Uint8Array; tags: Tag[]; target?: string; anchor?: string }>;
 

@@ -524,27 +524,33 @@ test('a restart continues the nonces, timestamps and hash chain', async () => {
   });
 });
 
+/** A store whose next `n` puts of items of type `type` fail as a full disk would (`fail(n)`). */
+function failingStore(inner: Store, type: string): { store: Store; fail(n: number): void } {
+  let failures = 0;
+  const store: Store = {
+    ...inner,
+    async put(raw) {
+      if (failures > 0 && tag(parseItem(Buffer.from(raw)).tags, 'Type') === type) {
+        failures--;
+        throw new Error('disk full');
+      }
+      return inner.put(raw);
+    },
+  };
+  return { store, fail: (n) => void (failures = n) };
+}
+
 test('an assignment the store failed to take is published before its slot or any later one is acknowledged', async () => {
   await withTempDir(async (dir) => {
     const { su: wallet } = await keys;
     const inner = openSqliteStore(join(dir, 'store'));
-    let failures = 0;
-    const store: Store = {
-      ...inner,
-      async put(raw) {
-        if (failures > 0 && tag(parseItem(Buffer.from(raw)).tags, 'Type') === 'Assignment') {
-          failures--;
-          throw new Error('disk full');
-        }
-        return inner.put(raw);
-      },
-    };
+    const { store, fail } = failingStore(inner, 'Assignment');
     let su = openScheduler({ dir: join(dir, 'su'), store, wallet, url: PUBLIC_URL });
     const server = await startScheduler(su, { port: 0 });
     const unit: Unit = { store, su, server, wallet, close: async () => undefined };
     const pid = await spawnProcess(unit);
     const [m1, m2, m3, m4] = await Promise.all(['one', 'two', 'three', 'four'].map((d) => messageItem(pid, d)));
-    failures = 1;
+    fail(1);
     const failed = await post(unit, m1.raw);
     assert.equal(failed.status, 500);
     assert.deepEqual(failed.body, { error: 'internal error' });
@@ -555,12 +561,12 @@ test('an assignment the store failed to take is published before its slot or any
     assert.equal(retry.duplicate, true);
     assert.equal(retry.assignment, slot1, 'the retry gets the committed slot, not a new one');
     assert.equal(await store.has(slot1), true, 'and is answered only once it is published');
-    failures = 1;
+    fail(1);
     await assert.rejects(su.post(m2.raw), /disk full/);
     const slot2 = (await su.message(m2.id, pid))!.assignment.id;
     await su.post(m3.raw);
     assert.equal(await store.has(slot2), true, 'the next slot publishes the one before it first');
-    failures = 1;
+    fail(1);
     await assert.rejects(su.post(m4.raw), /disk full/);
     const slot4 = (await su.message(m4.id, pid))!.assignment.id;
     await server.close();
@@ -664,23 +670,13 @@ test('a message whose assignment was stored but not itself (a failure between th
   await withTempDir(async (dir) => {
     const { su: wallet } = await keys;
     const inner = openSqliteStore(join(dir, 'store'));
-    let failMessages = 0;
-    const store: Store = {
-      ...inner,
-      async put(raw) {
-        if (failMessages > 0 && tag(parseItem(Buffer.from(raw)).tags, 'Type') === 'Message') {
-          failMessages--;
-          throw new Error('disk full');
-        }
-        return inner.put(raw);
-      },
-    };
+    const { store, fail } = failingStore(inner, 'Message');
     let su = openScheduler({ dir: join(dir, 'su'), store, wallet, url: PUBLIC_URL });
     const server = await startScheduler(su, { port: 0 });
     const unit: Unit = { store, su, server, wallet, close: async () => undefined };
     const pid = await spawnProcess(unit);
     const [m1, m2] = await Promise.all(['one', 'two'].map((d) => messageItem(pid, d)));
-    failMessages = 1;
+    fail(1);
     await assert.rejects(su.post(m1.raw), /disk full/);
     const slot1 = (await su.message(m1.id, pid))!.assignment.id;
     assert.equal(await inner.has(slot1), true, 'the assignment went in');
@@ -689,7 +685,7 @@ test('a message whose assignment was stored but not itself (a failure between th
     const retry = await su.post(m1.raw);
     assert.equal(retry.assignment, slot1, 'a retry gets the committed slot');
     assert.equal(await inner.has(m1.id), true, 'and is answered once the message is stored');
-    failMessages = 1;
+    fail(1);
     await assert.rejects(su.post(m2.raw), /disk full/);
     await server.close();
     await su.close();

@@ -13,6 +13,7 @@ import { publishModule } from '../../src/ao/modules.js';
 import { startUnits, unitWallet, type RunningUnits } from '../../src/ao/units.js';
 import { createItem, tagValue, type Tag } from '../../src/store/items.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { PINGPONG } from './fixtures/processes.js';
 
 const COUNTER = `
 export function handle(state, msg, env) {
@@ -29,18 +30,6 @@ export function handle(state, msg, env) {
   return { state: s, Output: 'booted' };
 }`;
 
-// Each Ping carries a counter; the receiver answers with the counter + 1 until it reaches the limit.
-const PINGPONG = `
-export function handle(state, msg, env) {
-  const s = state ?? { seen: [] };
-  const tag = (n) => (msg.Tags.find((t) => t.name === n) || {}).value;
-  if (tag('Action') !== 'Ping') return { state: s, Output: 'booted' };
-  const n = Number(tag('N'));
-  s.seen.push(n);
-  const peer = tag('Peer') || msg.From;
-  const messages = n < Number(tag('Limit')) ? [{ Target: peer, Tags: [{ name: 'Action', value: 'Ping' }, { name: 'N', value: String(n + 1) }, { name: 'Limit', value: tag('Limit') }] }] : [];
-  return { state: s, Output: n, Messages: messages };
-}`;
 
 /** An aoconnect signer for an Ed25519 wallet: aoconnect accepts a signer that returns the signed item. */
 function ed25519Signer(wallet: Wallet) {
