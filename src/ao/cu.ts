@@ -53,6 +53,9 @@ export const MAX_WAIT_MS = 30_000;
  */
 export const MAX_QUEUED_DRY_RUNS = 64;
 
+/** The largest state JSON a CU keeps for repeated reads of one slot (GET /state, /now). */
+const SERIALISED_STATE_BYTES = 8 * 2 ** 20;
+
 /** Slots whose store reads go on ahead of the one being evaluated. */
 const PREFETCH_SLOTS = 8;
 
@@ -130,6 +133,8 @@ interface Loaded extends LogPosition {
   sinceCheckpoint: { messages: number; since: number };
   /** The size of the state at its last checkpoint (0 before one). */
   stateBytes: number;
+  /** The state's JSON as last read, and at which slot. */
+  serialised?: { nonce: number; json: string };
 }
 
 /** Where a checkpoint stands in the log: its tags. */
@@ -528,7 +533,13 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       serial(processId, async () => {
         const p = await load(processId);
         await catchUp(p);
-        const json = await onVm(p, `read the state of ${processId}`, () => pool.state(processId));
+        // Serialising costs the state's size: reads at one slot share one serialisation (kept up to
+        // SERIALISED_STATE_BYTES per process, dropped at the next slot or when the process unloads).
+        let json = p.serialised?.nonce === p.nonce ? p.serialised.json : null;
+        if (json === null) {
+          json = await onVm(p, `read the state of ${processId}`, () => pool.state(processId));
+          p.serialised = json.length <= SERIALISED_STATE_BYTES ? { nonce: p.nonce, json } : undefined;
+        }
         return { state: JSON.parse(json) as unknown, nonce: p.nonce, stateHash: sha256hex(json), resultsChain: p.resultsChain, timestamp: p.timestamp, blockHeight: p.blockHeight };
       }),
     async checkpoint() {

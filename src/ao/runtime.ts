@@ -372,8 +372,11 @@ const SUPPORT = `(() => {
     log.length = mark;
   };
   const rollback = () => {
-    if (undo !== null) undoTo(0);
-    undo = null; deleted = null;
+    try {
+      if (undo !== null) undoTo(0);
+    } finally {
+      undo = null; deleted = null;
+    }
   };
   // Savepoints for the process itself: \`journal.mark()\`, then \`journal.undo(mark)\` puts the state
   // back as it was at the mark, at the cost of the writes since — what a handler that must drop part
@@ -392,6 +395,8 @@ const SUPPORT = `(() => {
     open(stateText, envText) { root = JSON.parse(stateText); env = envText; },
     apply(ns, messageText) {
       if (typeof ns.handle !== 'function') throw new Error('the module does not export handle(state, message, env)');
+      // A process calling its own entry again would start a second journal over the first.
+      if (undo !== null) throw new Error('a message cannot be applied from inside one');
       undo = [];
       const out = ns.handle(journaled(root), JSON.parse(messageText), JSON.parse(env));
       if (out === null || typeof out !== 'object') throw new Error('handle must return an object { state, Messages?, Spawns?, Assignments?, Output? }');
