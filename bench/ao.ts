@@ -132,7 +132,7 @@ const perMessage: Record<number, number> = {};
 for (const holders of [100, 100_000]) {
   const state = tokenState(holders);
   let vm = await ProcessVM.open({ source: TOKEN, env, limits, hostNames: [] }, state, hostCallOf({}));
-  for (let i = 0; i < 20; i++) ({ vm } = await vm.apply(transfer(holders))); // warm up
+  for (let i = 0; i < 200; i++) ({ vm } = await vm.apply(transfer(holders))); // warm up
   let t0 = performance.now();
   for (let i = 0; i < TOKEN_MESSAGES; i++) {
     const { outcome, vm: after } = await vm.apply(transfer(holders));
