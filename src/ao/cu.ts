@@ -123,7 +123,7 @@ interface SuMessage {
 
 /** A process the CU has loaded: where its log stands; its state is in its VM. */
 interface Loaded extends LogPosition {
-  env: ProcessEnv;
+  /** Its module, environment, limits and host function names. */
   spec: ProcessSpec;
   /** The host functions its module asked for (none, or the CU's). */
   extensions: Extensions;
@@ -306,7 +306,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     const spec: ProcessSpec = { source: module.data.toString('utf8'), env, limits: moduleLimits(module, limits), hostNames: Object.keys(extensions) };
     const checkpoint = await newestCheckpoint(processId);
     const fresh: Loaded = {
-      processId, scheduler, env, spec, extensions,
+      processId, scheduler, spec, extensions,
       nonce: -1, resultsChain: RESULTS_CHAIN_START, hashChain: null, lastAssignment: null, timestamp: 0, blockHeight: 0,
       ...checkpoint?.position,
       sinceCheckpoint: { messages: 0, since: Date.now() },
@@ -416,7 +416,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         const problem = nextSlotProblem(p, assignment);
         if (problem) throw new ComputeError(502, problem);
         if (!item) throw new ComputeError(502, `assignment ${assignment.id} names no message`);
-        const message = processMessage(p.processId, p.env, assignment, assignedMessage(assignment, item));
+        const message = processMessage(p.processId, p.spec.env, assignment, assignedMessage(assignment, item));
         const outcome = await onVm(p, `evaluate message ${message.Id}`, () => pool.apply(p.processId, message));
         evaluatedCount += 1;
         const resultsChain = nextResultsChain(p.resultsChain, outputHash(outcome));

@@ -3,7 +3,7 @@
 // come back here.
 import { parentPort } from 'node:worker_threads';
 import { HostError, HostUnavailable, ProcessVM, loadRuntime, type HostCall } from './runtime.js';
-import type { FromEvaluator, ToEvaluator, VmJob } from './evaluator.js';
+import { VmLost, type FromEvaluator, type ToEvaluator, type VmJob } from './evaluator.js';
 
 const port = parentPort!;
 const post = (m: FromEvaluator): void => port.postMessage(m);
@@ -13,15 +13,14 @@ let nextCall = 0;
 const calls = new Map<number, { resolve(v: { value: string; ticks: number }): void; reject(e: Error): void }>();
 const vms = new Map<string, ProcessVM>();
 
-/** Host calls of the job now running, tagged with it so the CU uses that process's extensions. */
-const hostFor = (job: () => number): HostCall => (name, argument) =>
+// The job now running: its host calls are tagged with it, so the CU uses that process's extensions.
+let current = -1;
+const host: HostCall = (name, argument) =>
   new Promise((resolve, reject) => {
     const call = nextCall++;
     calls.set(call, { resolve, reject });
-    post({ type: 'host', call, job: job(), name, argument });
+    post({ type: 'host', call, job: current, name, argument });
   });
-let current = -1;
-const host = hostFor(() => current);
 
 async function run(key: string, work: VmJob): Promise<unknown> {
   if (work.type === 'open') {
@@ -31,7 +30,7 @@ async function run(key: string, work: VmJob): Promise<unknown> {
     return null;
   }
   const vm = vms.get(key);
-  if (!vm) throw new Error(`VmLost: no VM holds process ${key}`);
+  if (!vm) throw new VmLost(`no VM holds process ${key}`);
   switch (work.type) {
     case 'apply': {
       const { outcome, vm: after } = await vm.apply(work.message);
@@ -66,7 +65,7 @@ port.on('message', (m: ToEvaluator) => {
     try {
       post({ type: 'done', job, value: (await run(key, work)) as never });
     } catch (e) {
-      post({ type: 'failed', job, error: (e as Error).message, unavailable: e instanceof HostUnavailable });
+      post({ type: 'failed', job, error: (e as Error).message, unavailable: e instanceof HostUnavailable, lost: e instanceof VmLost });
     }
   });
 });

@@ -29,7 +29,7 @@ export type ToEvaluator =
 export type FromEvaluator =
   | { type: 'host'; call: number; job: number; name: string; argument: string }
   | { type: 'done'; job: number; value: Outcome | string | null }
-  | { type: 'failed'; job: number; error: string; unavailable: boolean };
+  | { type: 'failed'; job: number; error: string; unavailable: boolean; lost: boolean };
 
 /** The VM of a process is gone (its thread stopped, or it was never opened): load the process again. */
 export class VmLost extends Error {
@@ -95,7 +95,7 @@ export function evaluatorPool(options: { threads?: number } = {}): EvaluatorPool
       }
       thread.jobs.delete(m.job);
       if (m.type === 'done') job.resolve(m.value);
-      else job.reject(m.unavailable ? new HostUnavailable(m.error) : m.error.startsWith('VmLost: ') ? new VmLost(m.error.slice(8)) : new Error(`evaluation failed in the CU: ${m.error}`));
+      else job.reject(m.unavailable ? new HostUnavailable(m.error) : m.lost ? new VmLost(m.error) : new Error(`evaluation failed in the CU: ${m.error}`));
     });
     // A thread that dies (a bug, not a process's doing: its limits are QuickJS's) takes its VMs
     // with it: their jobs fail as the CU's fault — nothing is stored for them — and the CU loads
