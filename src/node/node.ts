@@ -30,7 +30,7 @@ import { loadModel, type KernelPath, type Model } from '../engine/index.js';
 import { fundCoordinator } from '../processes/calls.js';
 import type { Duty, TaskView, TasksReply } from '../processes/protocol.js';
 import { encodeOpening } from '../proof/index.js';
-import { openDatabase } from '../store/database.js';
+import { openCommitDatabase } from '../store/database.js';
 import { createItem } from '../store/items.js';
 import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
@@ -285,8 +285,16 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
 
   // ---- the node's database ----
-  const db = openDatabase(options.dir, 'node.sqlite', SCHEMA);
+  // Writes are not fsynced one by one (each would stall the event loop, which also runs the
+  // engine): they survive a kill -9 as they are, and the bytes of a signed message are made
+  // durable before it leaves (`sendKept`), so the node never forgets a message it sent. A power
+  // loss may undo the newest status changes, which the next reconcile with the coordinator redoes.
+  const { db, synced } = openCommitDatabase(options.dir, 'node.sqlite', SCHEMA);
   migrate(db);
+  const sendKept = async (raw: Uint8Array): Promise<void> => {
+    await synced();
+    await ao.send(raw);
+  };
   const q = {
     get: db.prepare<[string], Row>('SELECT * FROM tasks WHERE task = ?'),
     start: db.prepare<[string, number, string, number]>(
@@ -382,7 +390,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     });
     // The claim (root, trace document) and the signed bytes are kept together, before anything leaves.
     q.submitting.run(submit.raw, submit.id, JSON.stringify(claim), Date.now(), a.task);
-    await ao.send(submit.raw);
+    await sendKept(submit.raw);
     q.set.run('submitted', null, Date.now(), a.task);
     // The engine is free for the next lease now (the coordinator freed the slot with this commit);
     // the confirmation is read beside it.
@@ -459,7 +467,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const row = q.duty.get(d.task, d.kind, key);
     if (row) {
       if (row.status === 'sending') {
-        await ao.send(row.message!);
+        await sendKept(row.message!);
         q.dutySet.run('sent', null, Date.now(), row.task, row.kind, row.key);
       }
       if (row.status === 'sending' || row.status === 'sent') await confirmDuty(row);
@@ -475,7 +483,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     }
     const signed = await ao.sign(network.coordinator, message);
     q.dutyAdd.run(d.task, d.kind, key, 'sending', signed.raw, signed.id, null, Date.now());
-    await ao.send(signed.raw);
+    await sendKept(signed.raw);
     q.dutySet.run('sent', null, Date.now(), d.task, d.kind, key);
     log(`${name}: ${ACTION[d.kind]}${key ? ` ${key}` : ''} for ${d.task}`);
     await confirmDuty({ task: d.task, kind: d.kind, key, message_id: signed.id });
@@ -484,11 +492,11 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   // What a crash interrupted: messages to re-send and confirm; running tasks are settled by the first reconcile.
   for (const row of q.unfinished.all()) {
     if (row.status === 'running') continue;
-    if (row.status === 'submitting') await ao.send(row.submit!);
+    if (row.status === 'submitting') await sendKept(row.submit!);
     await confirm(row);
   }
   for (const row of q.dutiesUnfinished.all()) {
-    if (row.status === 'sending') await ao.send(row.message!);
+    if (row.status === 'sending') await sendKept(row.message!);
     await confirmDuty(row);
   }
 
