@@ -23,6 +23,7 @@ import { ITEM_ID, createItem, ItemError, tagValue, verifyItem, type Item, type T
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { LocateError } from './locate.js';
 import { MAX_ITEM_BYTES, anchorProblem, entryTags, outboxData, outboxProblem, outboxTags, paddedAnchor } from './outbox.js';
+import type { Fetch } from './in-process.js';
 import { oneLine } from './protocol.js';
 import { afterFailure, crankJob, needsSenderTags, outboxLists, planOutbox, refusesForGood, timerDelay, withinBudget, type AssignPayload, type Cap, type CrankPayload, type JobKind, type NewJob, type PushPayload } from './mu-rules.js';
 
@@ -55,6 +56,8 @@ export interface MessengerOptions {
   concurrency?: number;
   /** Per HTTP request to an SU or the CU. */
   timeoutMs?: number;
+  /** How it reaches SUs and the CU (default: the global fetch; in-process.ts for units in one process). */
+  fetch?: Fetch;
   /** The largest item a client may submit (413 past it, before its signature is checked); startMessenger's bodyLimit follows it. */
   maxItemBytes?: number;
   /**
@@ -364,6 +367,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
   const failingUntil = new Map<string, number>();
   const inflightAt = new Map<string, number>();
   const cuOrigin = new URL(cu).origin;
+  const unitFetch = options.fetch ?? fetch;
 
   /** One request; `client`: on a client's behalf (its submit), not queue work, so no share of the queue's slots applies. */
   async function http(method: 'GET' | 'POST', url: string, body?: Uint8Array, client = false): Promise<Reply> {
@@ -384,7 +388,7 @@ export function openMessenger(options: MessengerOptions): Messenger {
     inflightAt.set(origin, busy + 1);
     let res: Response;
     try {
-      res = await fetch(url, {
+      res = await unitFetch(url, {
         method,
         headers: body ? { 'content-type': 'application/octet-stream', accept: 'application/json' } : { accept: 'application/json' },
         body,

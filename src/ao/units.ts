@@ -8,11 +8,14 @@ import { startGateway } from '../store/gateway.js';
 import { openSqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { generateWallet, readWallet, writeWallet, type Wallet } from '../store/wallet.js';
-import { openComputeUnit, startComputeUnit, type ComputeUnit } from './cu.js';
+import type { FastifyInstance } from 'fastify';
+import { listen } from '../store/listen.js';
+import { createComputeServer, openComputeUnit, type ComputeUnit } from './cu.js';
+import { inProcessFetch } from './in-process.js';
 import { locator, type Locator } from './locate.js';
 import { openMessenger, startMessenger, type Messenger } from './mu.js';
 import type { Extensions, Limits } from './runtime.js';
-import { openScheduler, startScheduler, type Scheduler } from './su.js';
+import { createSchedulerApp, openScheduler, type Scheduler } from './su.js';
 import { startHyperbeam } from './hyperbeam/server.js';
 
 /** A unit's wallet: `<dir>/<name>.json`, created (Ed25519) the first time. */
@@ -63,7 +66,13 @@ export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
   const gateway = await startGateway(store, { port: await port('gateway'), host });
   const suUrl = `http://${host}:${await port('su')}`;
   const scheduler = openScheduler({ dir: join(dir, 'su'), store, wallet: await unitWallet(wallets, 'su'), url: suUrl });
-  const su = await startScheduler(scheduler, { port: Number(new URL(suUrl).port), host });
+  await scheduler.ready;
+  // The CU reads this SU, and the MU reaches both, in process (in-process.ts).
+  const local = new Map<string, FastifyInstance>();
+  const unitFetch = inProcessFetch(local);
+  const suApp = createSchedulerApp(scheduler);
+  const su = await listen(suApp, Number(new URL(suUrl).port), host);
+  local.set(new URL(su.url).origin, suApp);
   const locate = locator(store);
   const compute = await openComputeUnit({
     dir: join(dir, 'cu'),
@@ -72,9 +81,12 @@ export async function startUnits(options: UnitsOptions): Promise<RunningUnits> {
     scheduler: locate,
     limits: options.limits,
     extensions: typeof options.extensions === 'function' ? options.extensions(store) : options.extensions,
+    fetch: unitFetch,
   });
-  const cu = await startComputeUnit(compute, { port: await port('cu'), host });
-  const messenger = openMessenger({ dir: join(dir, 'mu'), wallet: await unitWallet(wallets, 'mu'), scheduler: locate, cu: cu.url });
+  const cuApp = createComputeServer(compute);
+  const cu = await listen(cuApp, await port('cu'), host);
+  local.set(new URL(cu.url).origin, cuApp);
+  const messenger = openMessenger({ dir: join(dir, 'mu'), wallet: await unitWallet(wallets, 'mu'), scheduler: locate, cu: cu.url, fetch: unitFetch });
   const mu = await startMessenger(messenger, { port: await port('mu'), host });
   const hyperbeam = await startHyperbeam({ scheduler, compute, messenger }, { port: await port('hyperbeam'), host, maxItemBytes: messenger.maxItemBytes });
   return {
