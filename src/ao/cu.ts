@@ -4,6 +4,7 @@
 // reads (cu-rules.ts), keeps every result in SQLite, signs each one, and writes checkpoints of the
 // state to the store so that a restart resumes from the newest one instead of slot 0.
 // The file reads as: storage (SQL), reading the log, evaluating it, the API; the rules are in cu-rules.ts.
+import type Database from 'better-sqlite3';
 import { listen } from '../store/listen.js';
 import { openDatabase } from '../store/database.js';
 import fastify, { type FastifyInstance } from 'fastify';
@@ -13,6 +14,7 @@ import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { VmLost, evaluatorPool, type EvaluatorPool } from './evaluator.js';
 import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage, type ProcessSpec } from './runtime.js';
 import { LocateError } from './locate.js';
+import type { Fetch } from './in-process.js';
 import { serialQueues } from './protocol.js';
 import {
   RESULTS_CHAIN_START, assignedMessage, checkpointDue, moduleLimits, nextResultsChain, nextSlotProblem, outputHash, processMessage, sha256hex,
@@ -42,6 +44,8 @@ export interface ComputeOptions {
   checkpointMs?: number;
   /** Processes whose VMs stay loaded (default 256): past it the least recently used is unloaded. */
   maxLoaded?: number;
+  /** How it reads SUs (default: the global fetch; in-process.ts for units in one process). */
+  fetch?: Fetch;
 }
 
 /** The longest a `results` call may wait for a new result. */
@@ -55,6 +59,14 @@ export const MAX_QUEUED_DRY_RUNS = 64;
 
 /** The largest state JSON a CU keeps for repeated reads of one slot (GET /state, /now). */
 const SERIALISED_STATE_BYTES = 8 * 2 ** 20;
+
+/** The shortest time between two wake-ups of the clients waiting for a process's results. */
+const WAKE_GAP_MS = 20;
+/** Processes whose last wake-up time is kept (older ones are woken at once next time). */
+const MAX_WAKE_TIMES = 4096;
+
+/** A catch-up this long wakes the clients waiting for results on the way, not only at its end. */
+const WAKE_EVERY = 16;
 
 /** Slots whose store reads go on ahead of the one being evaluated. */
 const PREFETCH_SLOTS = 8;
@@ -171,6 +183,8 @@ export interface ComputeUnit {
    * result is stored, or empty when the time is up: a client follows a process without polling.
    */
   results(processId: string, q: { from?: string; to?: string; sort?: 'ASC' | 'DESC'; limit?: number; wait?: number; after?: string }): Promise<{ pageInfo: { hasNextPage: boolean }; edges: { cursor: string; node: Result }[] }>;
+  /** The same page as `results`, as the JSON text the HTTP API sends. */
+  resultsJson(processId: string, q: Parameters<ComputeUnit['results']>[1]): Promise<string>;
   /** Evaluates a message against the latest state without keeping anything. */
   dryRun(processId: string, message: { Id?: string; Owner?: string; Data?: string; Tags?: Tag[]; Anchor?: string }): Promise<Omit<Result, 'Attestation'>>;
   /** The latest state (serialised from the VM: it costs the state's size). */
@@ -206,16 +220,49 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       else active.delete(processId);
     });
   };
+  // Readers that need the log evaluated only as far as the SU has it (results pages) share one
+  // catch-up: the one queued and not yet started serves everyone who asks before it starts, so
+  // many clients following a process cost one SU read per turn, not one each.
+  const queuedCatchUps = new Map<string, Promise<void>>();
+  const caughtUp = (processId: string): Promise<void> => {
+    let queued = queuedCatchUps.get(processId);
+    if (!queued) {
+      const run = serial(processId, async () => {
+        if (queuedCatchUps.get(processId) === run) queuedCatchUps.delete(processId);
+        await catchUp(await load(processId));
+      });
+      queued = run;
+      queuedCatchUps.set(processId, run);
+    }
+    return queued;
+  };
   let evaluatedCount = 0;
   // Dry-runs waiting (or running) per process: bounded by MAX_QUEUED_DRY_RUNS.
   const dryRuns = new Map<string, number>();
   // Checkpoint writes under way (they go on while the process evaluates its next messages).
   const writing = new Set<Promise<void>>();
   let closing = false;
-  // Clients waiting for a process's next result (results with `wait`).
+  // Clients waiting for a process's next result (results with `wait`). They are woken at most
+  // once per WAKE_GAP_MS per process: a client that follows a busy process then reads a page of
+  // the results of that time, rather than one request per result (each reader of a process reads
+  // all of its results, so the request count would grow with readers × results).
   const waiting = new Map<string, Set<() => void>>();
-  const wake = (processId: string): void => {
+  const lastWoken = new Map<string, number>();
+  const wakeTimers = new Map<string, NodeJS.Timeout>();
+  const wakeNow = (processId: string): void => {
+    lastWoken.delete(processId);
+    lastWoken.set(processId, Date.now());
+    if (lastWoken.size > MAX_WAKE_TIMES) lastWoken.delete(lastWoken.keys().next().value!);
     for (const done of waiting.get(processId) ?? []) done();
+  };
+  const wake = (processId: string): void => {
+    if (wakeTimers.has(processId) || !waiting.has(processId)) return;
+    const due = (lastWoken.get(processId) ?? 0) + WAKE_GAP_MS - Date.now();
+    if (due <= 0 || closing) return wakeNow(processId);
+    wakeTimers.set(processId, setTimeout(() => {
+      wakeTimers.delete(processId);
+      wakeNow(processId);
+    }, due));
   };
 
   const q = {
@@ -226,6 +273,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     saveCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (process, nonce, item, state_hash) VALUES (?, ?, ?, ?)'),
   };
 
+  const suFetch = options.fetch ?? fetch;
   async function suJson<T>(processId: string, path: string): Promise<T> {
     let su: string;
     try {
@@ -236,7 +284,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     }
     let res: Response;
     try {
-      res = await fetch(`${su}${path}`);
+      res = await suFetch(`${su}${path}`);
     } catch (e) {
       // It may have moved: read its Scheduler-Location again next time.
       options.scheduler.forget?.();
@@ -384,8 +432,22 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     }
   }
 
-  /** Evaluates the log of `p` up to slot `upTo` (or to its end), or until message `wanted` is evaluated. */
+  /**
+   * Evaluates the log of `p` up to slot `upTo` (or to its end), or until message `wanted` is evaluated.
+   * Clients waiting for new results are woken once the run ends (or every WAKE_EVERY results of a
+   * long one), so that under load each of them reads several new results per page instead of
+   * coming back for every one.
+   */
   async function catchUp(p: Loaded, upTo = Number.MAX_SAFE_INTEGER, wanted?: string): Promise<void> {
+    const from = p.nonce;
+    try {
+      await evaluateLog(p, upTo, wanted);
+    } finally {
+      if (p.nonce !== from) wake(p.processId);
+    }
+  }
+
+  async function evaluateLog(p: Loaded, upTo: number, wanted: string | undefined): Promise<void> {
     while (p.nonce < upTo) {
       const page = await suJson<{ page_info: { has_next_page: boolean }; edges: { node: SuMessage }[] }>(
         p.processId,
@@ -393,6 +455,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       );
       const edges = page.edges.filter((e) => Number(tagValue(e.node.assignment, 'Nonce')) > p.nonce);
       if (edges.length === 0) return;
+      let unannounced = 0;
       // The store reads of the next few slots go on while one is evaluated (their checks stay in order).
       const reads = new Map<number, Promise<[Item, Item | null]>>();
       const readSlot = (i: number): Promise<[Item, Item | null]> => {
@@ -427,7 +490,10 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         }
         Object.assign(p, { nonce: message.Nonce, resultsChain, hashChain: tagValue(assignment, 'Hash-Chain')!, lastAssignment: assignment.id, timestamp: message.Timestamp, blockHeight: message['Block-Height'] });
         p.sinceCheckpoint.messages += 1;
-        wake(p.processId);
+        if (++unannounced >= WAKE_EVERY) {
+          unannounced = 0;
+          wake(p.processId);
+        }
         if (checkpointDue({ messages: p.sinceCheckpoint.messages, ms: Date.now() - p.sinceCheckpoint.since }, p.stateBytes, policy)) await checkpointNow(p);
         if (p.nonce >= upTo || message.Id === wanted) return;
       }
@@ -445,6 +511,56 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     }
     throw new ComputeError(400, 'bad cursor');
   };
+
+  // The few shapes of a page's query (from/after, to, sort), each prepared once.
+  const pageQueries = new Map<string, Database.Statement<(string | number)[], { nonce: number; result: string }>>();
+  const pageQuery = (sql: string): Database.Statement<(string | number)[], { nonce: number; result: string }> => {
+    let statement = pageQueries.get(sql);
+    if (!statement) pageQueries.set(sql, (statement = db.prepare(sql)));
+    return statement;
+  };
+
+  /** A page of results as stored (JSON text each), after evaluating the log as far as the SU has it. */
+  async function resultRows(processId: string, query: Parameters<ComputeUnit['results']>[1]): Promise<{ hasNextPage: boolean; rows: { nonce: number; result: string }[] }> {
+    await caughtUp(processId);
+    const sort = query.sort === 'DESC' ? 'DESC' : 'ASC';
+    const limit = Math.min(Math.max(query.limit ?? 25, 1), 1000);
+    const where = ['process = ?'];
+    const params: (string | number)[] = [processId];
+    if (query.from !== undefined) {
+      where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
+      params.push(nonceOf(query.from));
+    } else if (query.after !== undefined) {
+      // Results after a given message's own slot (Verity's addition: find what a message led to).
+      const row = q.resultByMessage.get(processId, query.after);
+      if (!row) throw new ComputeError(404, `message ${query.after} is not in the log of ${processId}`);
+      where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
+      params.push(row.nonce);
+    }
+    if (query.to !== undefined) {
+      where.push(sort === 'ASC' ? 'nonce <= ?' : 'nonce >= ?');
+      params.push(nonceOf(query.to));
+    }
+    const select = pageQuery(`SELECT nonce, result FROM results WHERE ${where.join(' AND ')} ORDER BY nonce ${sort} LIMIT ?`);
+    let rows = select.all(...params, limit + 1);
+    const wait = Math.min(Math.max(query.wait ?? 0, 0), MAX_WAIT_MS);
+    if (rows.length === 0 && wait > 0 && sort === 'ASC' && !closing) {
+      await new Promise<void>((resolve) => {
+        const set = waiting.get(processId) ?? new Set();
+        waiting.set(processId, set);
+        const done = (): void => {
+          clearTimeout(timer);
+          set.delete(done);
+          if (set.size === 0) waiting.delete(processId);
+          resolve();
+        };
+        const timer = setTimeout(done, wait);
+        set.add(done);
+      });
+      rows = select.all(...params, limit + 1);
+    }
+    return { hasNextPage: rows.length > limit, rows: rows.slice(0, limit) };
+  }
 
   return {
     address,
@@ -467,47 +583,14 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
         return JSON.parse(row.result) as Result;
       }),
     async results(processId, query) {
-      await serial(processId, async () => catchUp(await load(processId)));
-      const sort = query.sort === 'DESC' ? 'DESC' : 'ASC';
-      const limit = Math.min(Math.max(query.limit ?? 25, 1), 1000);
-      const where = ['process = ?'];
-      const params: (string | number)[] = [processId];
-      if (query.from !== undefined) {
-        where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
-        params.push(nonceOf(query.from));
-      } else if (query.after !== undefined) {
-        // Results after a given message's own slot (Verity's addition: find what a message led to).
-        const row = q.resultByMessage.get(processId, query.after);
-        if (!row) throw new ComputeError(404, `message ${query.after} is not in the log of ${processId}`);
-        where.push(sort === 'ASC' ? 'nonce > ?' : 'nonce < ?');
-        params.push(row.nonce);
-      }
-      if (query.to !== undefined) {
-        where.push(sort === 'ASC' ? 'nonce <= ?' : 'nonce >= ?');
-        params.push(nonceOf(query.to));
-      }
-      const select = db.prepare<(string | number)[], { nonce: number; result: string }>(`SELECT nonce, result FROM results WHERE ${where.join(' AND ')} ORDER BY nonce ${sort} LIMIT ?`);
-      let rows = select.all(...params, limit + 1);
-      const wait = Math.min(Math.max(query.wait ?? 0, 0), MAX_WAIT_MS);
-      if (rows.length === 0 && wait > 0 && sort === 'ASC' && !closing) {
-        await new Promise<void>((resolve) => {
-          const set = waiting.get(processId) ?? new Set();
-          waiting.set(processId, set);
-          const done = (): void => {
-            clearTimeout(timer);
-            set.delete(done);
-            if (set.size === 0) waiting.delete(processId);
-            resolve();
-          };
-          const timer = setTimeout(done, wait);
-          set.add(done);
-        });
-        rows = select.all(...params, limit + 1);
-      }
-      return {
-        pageInfo: { hasNextPage: rows.length > limit },
-        edges: rows.slice(0, limit).map((r) => ({ cursor: cursorOf(r.nonce), node: JSON.parse(r.result) as Result })),
-      };
+      const { hasNextPage, rows } = await resultRows(processId, query);
+      return { pageInfo: { hasNextPage }, edges: rows.map((r) => ({ cursor: cursorOf(r.nonce), node: JSON.parse(r.result) as Result })) };
+    },
+    async resultsJson(processId, query) {
+      // Many clients follow one process and read the same new results: each stored result is
+      // spliced in as it is, not parsed and serialised again per reader.
+      const { hasNextPage, rows } = await resultRows(processId, query);
+      return `{"pageInfo":{"hasNextPage":${hasNextPage}},"edges":[${rows.map((r) => `{"cursor":"${cursorOf(r.nonce)}","node":${r.result}}`).join(',')}]}`;
     },
     dryRun(processId, input) {
       const queued = dryRuns.get(processId) ?? 0;
@@ -549,7 +632,9 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
     evaluated: () => evaluatedCount,
     async close() {
       closing = true;
-      for (const processId of [...waiting.keys()]) wake(processId);
+      for (const timer of wakeTimers.values()) clearTimeout(timer);
+      wakeTimers.clear();
+      for (const processId of [...waiting.keys()]) wakeNow(processId);
       await locks.settled();
       await Promise.all([...writing]);
       await pool.close();
@@ -585,7 +670,8 @@ export function createComputeServer(cu: ComputeUnit): FastifyInstance {
     if (limit !== undefined && !/^\d+$/.test(limit)) return fail(reply, 400, 'limit must be a whole number');
     if (wait !== undefined && !/^\d{1,6}$/.test(wait)) return fail(reply, 400, `wait must be a whole number of ms (at most ${MAX_WAIT_MS})`);
     if (sort !== undefined && sort !== 'ASC' && sort !== 'DESC') return fail(reply, 400, 'sort must be ASC or DESC');
-    return cu.results(request.params.process, { from, to, sort, after, limit: limit === undefined ? undefined : Number(limit), wait: wait === undefined ? undefined : Number(wait) });
+    const page = await cu.resultsJson(request.params.process, { from, to, sort, after, limit: limit === undefined ? undefined : Number(limit), wait: wait === undefined ? undefined : Number(wait) });
+    return reply.type('application/json; charset=utf-8').send(page);
   });
   app.post<{ Querystring: { 'process-id'?: string } }>('/dry-run', async (request, reply) => {
     const pid = request.query['process-id'];
