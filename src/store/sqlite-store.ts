@@ -1,8 +1,15 @@
-// The embedded store: item files on disk, indexed in SQLite (WAL, each commit fsynced before its answer). An item is
-// acknowledged only once its file is fsynced and its index row committed, so a `kill -9` never
+// The embedded store: ANS-104 data items indexed in SQLite (WAL, each commit fsynced before its
+// answer). Where an item's bytes live depends on its size:
+//   - at most INLINE_BYTES of raw bytes: in SQLite, a row of item_bytes keyed by the item's seq,
+//     written in the same transaction as its index row;
+//   - larger: a file items/<first two characters of the id>/<id>, fsynced with its folder before
+//     its index row is committed.
+// An item is acknowledged only once its bytes and its index row are durable, so a `kill -9` never
 // loses an acknowledged item; a file without a row (a crash in between) is simply written again.
-// Puts that arrive together share one commit (GROUP_COMMIT): their files are fsynced in parallel
-// off the event loop, their folders once each, and their rows in one transaction.
+// Puts that arrive together share one commit (GROUP_COMMIT): the large ones' files are fsynced in
+// parallel off the event loop, their folders once each, then every row and inline item is one
+// transaction, made durable by one fsync of the WAL. Stores written before item_bytes existed hold
+// every item in a file: a row without inline bytes is read from its file.
 import { mkdirSync, readFileSync } from 'node:fs';
 import { mkdir, open, rename } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -32,8 +39,27 @@ const SCHEMA = `
     PRIMARY KEY (seq, position)
   );
   CREATE INDEX IF NOT EXISTS tags_name_value ON tags (name, value, seq);
+  -- Apart from items, so that queries, which read only index rows, never page through item bytes.
+  -- Created on opening a store made before it existed; that store's items stay in their files.
+  CREATE TABLE IF NOT EXISTS item_bytes (
+    seq INTEGER PRIMARY KEY,
+    raw BLOB NOT NULL
+  );
 `;
 
+/**
+ * Items of at most this many raw bytes live in SQLite, larger ones in files. Most items are a few
+ * KiB (messages, assignments, results): inline, a commit of them costs one transaction and one WAL
+ * fsync, where a file costs each an open, a write, an fsync, a close and a rename in the thread pool
+ * and its folder an fsync. Why no higher: an inline item is written on the event loop, and twice (to
+ * the WAL, then by the checkpoint), where a file is written once in the thread pool; SQLite's own
+ * measurements find blobs read faster from the database than from files only below about 100 KB
+ * (sqlite.org/intern-v-extern-blob.html); and at 64 KiB a commit's inline bytes stay within
+ * GROUP_COMMIT.items × 64 KiB = 16 MiB of WAL.
+ */
+export const INLINE_BYTES = 64 * 1024;
+
+const isInline = (item: Item): boolean => item.raw.length <= INLINE_BYTES;
 
 /** A put waiting for the next group commit. */
 interface Waiting {
@@ -44,9 +70,10 @@ interface Waiting {
 
 /**
  * Group commit: the puts that arrive while one commit is being made wait and go together in the
- * next, whose files are written and fsynced in parallel (libuv's thread pool, off the event loop)
- * and whose index rows are one SQLite transaction: one index fsync for all of them, not one each.
- * A commit takes at most this many items and bytes; the rest wait for the one after.
+ * next, whose files (for items past INLINE_BYTES) are written and fsynced in parallel (libuv's
+ * thread pool, off the event loop) and whose index rows and inline items are one SQLite
+ * transaction: one WAL fsync for all of them, not one each. A commit takes at most this many items
+ * and raw bytes, inline or not; the rest wait for the one after.
  */
 export const GROUP_COMMIT = { items: 256, bytes: 64 * 1024 * 1024 };
 
@@ -113,23 +140,30 @@ export function openSqliteStore(dir: string): Store {
   const fileOf = (id: string): string => join(dir, 'items', id.slice(0, 2), id);
   const folders = new Set<string>();
   const find = db.prepare<[string], { seq: number }>('SELECT seq FROM items WHERE id = ?');
+  const bytesOf = db.prepare<[string], { raw: Buffer | null }>('SELECT item_bytes.raw FROM items LEFT JOIN item_bytes ON item_bytes.seq = items.seq WHERE items.id = ?');
   const insertItem = db.prepare('INSERT INTO items (id, signature, owner, address, target, anchor, data_size) VALUES (?, ?, ?, ?, ?, ?, ?)');
   const tagsOf = db.prepare<[number], { name: string; value: string }>('SELECT name, value FROM tags WHERE seq = ? ORDER BY position');
   const insertTag = db.prepare('INSERT INTO tags (seq, position, name, value) VALUES (?, ?, ?, ?)');
+  const insertBytes = db.prepare('INSERT INTO item_bytes (seq, raw) VALUES (?, ?)');
   const indexAll = db.transaction((items: Item[]) => {
     for (const item of items) {
       const { lastInsertRowid } = insertItem.run(item.id, item.signature, item.owner, item.address, item.target, item.anchor, item.data.length);
       item.tags.forEach((t, i) => insertTag.run(lastInsertRowid, i, t.name, t.value));
+      if (isInline(item)) insertBytes.run(lastInsertRowid, item.raw);
     }
   });
 
-  // Every get verifies the file it reads again: the folder may be shared with other processes (the
-  // units, a gateway) and a disk may turn a byte. verifyItem's cache makes that a sha256 of the
-  // bytes for a file this process verified before, and the full check for any byte changed since.
+  // Every get verifies the bytes it reads again, inline or from a file: the store may be shared with
+  // other processes (the units, a gateway) and a disk may turn a byte. verifyItem's cache makes that
+  // a sha256 of the bytes for an item this process verified before, and the full check for any byte
+  // changed since.
   async function read(id: string): Promise<Item | null> {
-    if (!ITEM_ID.test(id) || !find.get(id)) return null;
-    const item = await verifyItem(readFileSync(fileOf(id)));
-    if (item.id !== id) throw new ItemError(`the stored file for ${id} holds item ${item.id}`);
+    if (!ITEM_ID.test(id)) return null;
+    const row = bytesOf.get(id);
+    if (!row) return null;
+    // No inline bytes: an item past INLINE_BYTES, or one stored before item_bytes existed.
+    const item = await verifyItem(row.raw ?? readFileSync(fileOf(id)));
+    if (item.id !== id) throw new ItemError(`the stored bytes for ${id} hold item ${item.id}`);
     return item;
   }
 
@@ -152,8 +186,9 @@ export function openSqliteStore(dir: string): Store {
     // One of each id: two puts of one item in one batch write it once.
     const items = new Map<string, Item>();
     for (const w of batch) if (!items.has(w.item.id) && !find.get(w.item.id)) items.set(w.item.id, w.item);
+    const files = [...items.values()].filter((item) => !isInline(item));
     const touched = new Set<string>();
-    for (const id of items.keys()) {
+    for (const { id } of files) {
       const folder = dirname(fileOf(id));
       // 256 shard folders at most: made once, not on every put.
       if (!folders.has(folder)) {
@@ -162,10 +197,11 @@ export function openSqliteStore(dir: string): Store {
       }
       touched.add(folder);
     }
-    await Promise.all([...items.values()].map((item) => writeFileDurably(fileOf(item.id), item.raw)));
+    await Promise.all(files.map((item) => writeFileDurably(fileOf(item.id), item.raw)));
     await Promise.all([...touched].map(syncFolder));
     // Another process sharing the store may have indexed some of them meanwhile: a file without a
-    // row is harmless (written again), a row without a durable file never happens.
+    // row is harmless (written again), a row without a durable file never happens. Inline bytes
+    // commit with their row, so they are durable exactly when it is.
     const fresh = [...items.values()].filter((item) => !find.get(item.id));
     if (fresh.length > 0) {
       indexAll(fresh);

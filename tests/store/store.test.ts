@@ -1,18 +1,43 @@
 // Data items (interop with @dha-team/arbundles both ways, limits, malformed input), wallets, and
-// the embedded store (queries, idempotence, crash safety under kill -9).
+// the embedded store (queries, idempotence, small items inline and large ones in files, stores of
+// the layout before inline items, crash safety under kill -9).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ArweaveSigner, DataItem, createData } from '@dha-team/arbundles';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { ItemError, VERIFIED_ITEMS, VerifiedItems, createItem, parseItem, verifiedItems, verifyItem, type Item } from '../../src/store/items.js';
-import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { INLINE_BYTES, openSqliteStore } from '../../src/store/sqlite-store.js';
 import { generateWallet, readWallet, walletAddress, walletSigner, writeWallet, type Wallet } from '../../src/store/wallet.js';
 import { projectRoot, withTempDir } from '../helpers.js';
 
 const TARGET = Buffer.alloc(32, 7).toString('base64url');
+
+/** Where the embedded store in `dir` keeps the file of an item past INLINE_BYTES. */
+const itemFile = (dir: string, id: string): string => join(dir, 'items', id.slice(0, 2), id);
+
+/** The item's bytes as the store's SQLite holds them inline, or null (read with a connection of its own). */
+function inlineBytes(dir: string, id: string): Buffer | null {
+  const db = new Database(join(dir, 'index.sqlite'), { readonly: true });
+  try {
+    const row = db.prepare<[string], { raw: Buffer }>('SELECT item_bytes.raw FROM items JOIN item_bytes ON item_bytes.seq = items.seq WHERE items.id = ?').get(id);
+    return row?.raw ?? null;
+  } finally {
+    db.close();
+  }
+}
+
+/** An item of exactly `rawBytes` raw bytes. */
+async function itemOfSize(rawBytes: number, signer: ReturnType<typeof walletSigner>, name: string): Promise<Item> {
+  const tags = [{ name: 'Sized', value: name }];
+  const header = (await createItem('', signer, { tags })).raw.length;
+  const item = await createItem(Buffer.alloc(rawBytes - header, name.length), signer, { tags });
+  assert.equal(item.raw.length, rawBytes);
+  return item;
+}
 
 const wallets: Promise<Record<'ed25519' | 'arweave', Wallet>> = (async () => ({
   ed25519: await generateWallet('ed25519'),
@@ -146,6 +171,88 @@ test('the embedded store: put, get, duplicates, queries by ids, owners, recipien
   });
 });
 
+test('the embedded store keeps an item of at most INLINE_BYTES in SQLite (no file) and a larger one in a file', async () => {
+  await withTempDir(async (dir) => {
+    const signer = walletSigner((await wallets).ed25519);
+    const store = openSqliteStore(dir);
+    const small = await createItem(Buffer.alloc(1024, 3), signer, { tags: [{ name: 'Size', value: 'small' }] });
+    const atLimit = await itemOfSize(INLINE_BYTES, signer, 'at the limit');
+    const large = await itemOfSize(INLINE_BYTES + 1, signer, 'past the limit');
+    // Put together: one group commit holds both kinds.
+    const results = await Promise.all([small, atLimit, large].map((item) => store.put(item.raw)));
+    assert.deepEqual(results.map((r) => r.duplicate), [false, false, false]);
+    for (const item of [small, atLimit]) {
+      assert.equal(existsSync(itemFile(dir, item.id)), false, 'no file for an inline item');
+      assert.equal(inlineBytes(dir, item.id)?.equals(item.raw), true, 'its bytes are in SQLite');
+    }
+    assert.equal(readFileSync(itemFile(dir, large.id)).equals(large.raw), true, 'a large item is a file');
+    assert.equal(inlineBytes(dir, large.id), null, 'and not in SQLite');
+    for (const item of [small, atLimit, large]) {
+      const got = await store.get(item.id);
+      assert.equal(got?.raw.equals(item.raw), true, `${item.raw.length} bytes round-trip`);
+      assert.equal(got.data.equals(item.data), true);
+      assert.equal(await store.has(item.id), true);
+      assert.equal((await store.put(item.raw)).duplicate, true);
+    }
+    assert.deepEqual((await store.query({ tags: [{ name: 'Size', values: ['small'] }] })).edges.map((e) => e.node.dataSize), [1024]);
+    await store.close();
+  });
+});
+
+test('a store of the layout before inline items (every item a file, no item_bytes table) reads its items and takes new ones', async () => {
+  await withTempDir(async (dir) => {
+    const signer = walletSigner((await wallets).ed25519);
+    const old = await Promise.all([0, 1, 2].map((i) => createItem(`old ${i}`, signer, { tags: [{ name: 'Era', value: 'old' }] })));
+    // That layout is today's schema without item_bytes and every item's bytes in its file: made
+    // here from a store of today's, its inline items moved out to their files and the table dropped.
+    const before = openSqliteStore(dir);
+    for (const item of old) await before.put(item.raw);
+    await before.close();
+    const db = new Database(join(dir, 'index.sqlite'));
+    for (const item of old) {
+      mkdirSync(join(dir, 'items', item.id.slice(0, 2)), { recursive: true });
+      writeFileSync(itemFile(dir, item.id), inlineBytes(dir, item.id)!);
+    }
+    db.exec('DROP TABLE item_bytes');
+    db.close();
+
+    const store = openSqliteStore(dir);
+    for (const item of old) {
+      assert.equal((await store.get(item.id))?.raw.equals(item.raw), true, 'an old item is read from its file');
+      assert.equal(await store.has(item.id), true);
+      assert.equal((await store.put(item.raw)).duplicate, true, 'and is not stored again');
+      assert.equal(inlineBytes(dir, item.id), null);
+    }
+    const fresh = await createItem('new', signer, { tags: [{ name: 'Era', value: 'new' }] });
+    assert.equal((await store.put(fresh.raw)).duplicate, false);
+    assert.equal(inlineBytes(dir, fresh.id)?.equals(fresh.raw), true, 'a new small item goes inline');
+    assert.equal(existsSync(itemFile(dir, fresh.id)), false);
+    assert.equal((await store.query({ tags: [{ name: 'Era', values: ['old', 'new'] }] })).edges.length, 4);
+    await store.close();
+    const again = openSqliteStore(dir);
+    for (const item of [...old, fresh]) assert.equal((await again.get(item.id))?.raw.equals(item.raw), true, `${item.id} after reopening`);
+    await again.close();
+  });
+});
+
+test('inline and file items put together are durable: read by a second connection while the first is open, and after reopening', async () => {
+  await withTempDir(async (dir) => {
+    const signer = walletSigner((await wallets).ed25519);
+    const items = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 8 === 0 ? itemOfSize(INLINE_BYTES + 1 + i, signer, `large ${i}`) : createItem(`small ${i}`, signer))));
+    const store = openSqliteStore(dir);
+    await Promise.all(items.map((item) => store.put(item.raw)));
+    // Acknowledged means committed: another process sharing the store sees every item at once.
+    const other = openSqliteStore(dir);
+    for (const item of items) assert.equal((await other.get(item.id))?.raw.equals(item.raw), true, `${item.id} seen by a second connection`);
+    await other.close();
+    await store.close();
+    const again = openSqliteStore(dir);
+    for (const item of items) assert.equal((await again.get(item.id))?.raw.equals(item.raw), true, `${item.id} after reopening`);
+    assert.equal(items.filter((item) => existsSync(itemFile(dir, item.id))).length, 5, 'the five large ones are files');
+    await again.close();
+  });
+});
+
 test('kill -9 during a burst of 1,000 puts loses no acknowledged item and leaves a readable store', { timeout: 60_000 }, async () => {
   await withTempDir(async (dir) => {
     const child = spawn(process.execPath, [join(projectRoot, 'dist', 'tests', 'store', 'fixtures', 'put-burst.js'), dir, '1000'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -167,6 +274,7 @@ test('kill -9 during a burst of 1,000 puts loses no acknowledged item and leaves
       const item = await store.get(id);
       assert.ok(item, `acknowledged item ${id} survived`);
     }
+    assert.ok(acknowledged.filter((id) => existsSync(itemFile(dir, id))).length >= 12, 'both kinds were acknowledged: every 25th item is a file');
     const all = await store.query({ tags: [{ name: 'Burst', values: ['0'] }] });
     assert.equal(all.edges.length, 1);
     assert.ok(readFileSync(join(dir, 'index.sqlite')).length > 0);
@@ -210,16 +318,26 @@ test('attack: bytes verified once are not trusted by id alone — a tampered cop
       await assert.rejects(verifyItem(tampered), /bad signature/);
       await verifyItem(good.raw); // still fine
     }
-    // On disk: the store verified and wrote the file; a byte changed since is caught on get.
+    // Stored: the store verified the bytes and kept them, inline or in a file; a byte changed since is caught on get.
     const store = openSqliteStore(dir);
-    const item = await createItem('on disk', walletSigner((await wallets).ed25519));
-    await store.put(item.raw);
-    assert.ok(await store.get(item.id));
-    const file = join(dir, 'items', item.id.slice(0, 2), item.id);
+    const signer = walletSigner((await wallets).ed25519);
+    const small = await createItem('inline', signer);
+    const large = await itemOfSize(INLINE_BYTES + 1, signer, 'in a file');
+    for (const item of [small, large]) {
+      await store.put(item.raw);
+      assert.ok(await store.get(item.id));
+    }
+    const db = new Database(join(dir, 'index.sqlite'));
+    const turned = Buffer.from(small.raw);
+    turned[turned.length - 1] ^= 1;
+    db.prepare('UPDATE item_bytes SET raw = ? WHERE seq = (SELECT seq FROM items WHERE id = ?)').run(turned, small.id);
+    db.close();
+    const file = itemFile(dir, large.id);
     const bytes = readFileSync(file);
     bytes[bytes.length - 1] ^= 1;
     writeFileSync(file, bytes);
-    await assert.rejects(store.get(item.id), /bad signature/);
+    await assert.rejects(store.get(small.id), /bad signature/);
+    await assert.rejects(store.get(large.id), /bad signature/);
     await store.close();
   });
 });
