@@ -5,7 +5,7 @@
 //
 // `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the
 // coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
-import { aoClient, expectReply, messagesTo, RefusedError, type AoClient } from '../ao/client.js';
+import { aoClient, expectReply, messagesTo, RefusedError, type AoClient, type ResultsPage } from '../ao/client.js';
 import { fundCoordinator } from '../processes/calls.js';
 import type { Receipt, TaskView } from '../processes/protocol.js';
 import type { Wallet } from '../store/wallet.js';
@@ -56,6 +56,67 @@ export interface InferResult {
   corrected: boolean;
 }
 
+/** A request's Infer-Responses, as they come. */
+interface ResponseListener {
+  response(message: { tags: Record<string, string>; data: string }): void;
+  failed(error: Error): void;
+}
+
+/** How far a new listener reads back from its request before the shared reader takes over. */
+const CATCH_UP = { page: 100, pages: 50 };
+
+/**
+ * One reader of the coordinator's results per client, shared by all of its requests in flight:
+ * n requests waiting cost one waiting `results` call, not n (each call reads every result of the
+ * coordinator, so n readers would cost the CU and this client n times the work).
+ * With no reader running, a new listener starts one from its own request. Otherwise it reads once
+ * what its request led to so far: what the reader read before the listener joined is no newer
+ * than the end of that read, and all it reads after reaches the listener.
+ */
+function followResponses(ao: AoClient, coordinator: string, address: string): { listen(task: string, listener: ResponseListener): void; stop(task: string): void } {
+  const listeners = new Map<string, ResponseListener>();
+  let reading = false;
+  const dispatch = (page: ResultsPage): void => {
+    for (const response of messagesTo(page, address, 'Infer-Response')) listeners.get(response.tags.Task)?.response(response);
+  };
+  async function read(task: string): Promise<void> {
+    reading = true;
+    let position: { from?: string; after?: string } = { after: task };
+    try {
+      while (listeners.size > 0) {
+        const page = await ao.results(coordinator, { ...position, wait: 10_000 });
+        const last = page.edges.at(-1)?.cursor;
+        if (last) position = { from: last };
+        dispatch(page);
+      }
+    } catch (e) {
+      for (const listener of [...listeners.values()]) listener.failed(e as Error);
+    } finally {
+      reading = false;
+    }
+  }
+  async function catchUp(task: string): Promise<void> {
+    let query: { from?: string; after?: string } = { after: task };
+    for (let page = 0; page < CATCH_UP.pages && listeners.has(task); page++) {
+      const results = await ao.results(coordinator, { ...query, limit: CATCH_UP.page });
+      const last = results.edges.at(-1)?.cursor;
+      if (last) query = { from: last };
+      dispatch(results);
+      if (!results.pageInfo.hasNextPage) break;
+    }
+  }
+  return {
+    listen(task, listener) {
+      listeners.set(task, listener);
+      if (!reading) void read(task);
+      else catchUp(task).catch((e: Error) => listeners.get(task)?.failed(e));
+    },
+    stop(task) {
+      listeners.delete(task);
+    },
+  };
+}
+
 /** How far `task()` looks past the request for an ended task's last answer. */
 const ARCHIVE_SCAN = { page: 200, pages: 50 };
 
@@ -88,6 +149,7 @@ function connect(connection: Connection): VerityClient {
   const ao = aoClient(connection);
   const address = walletAddress(connection.wallet);
   const { coordinator } = connection;
+  const responses = followResponses(ao, coordinator, address);
 
   const client: VerityClient = {
     address,
@@ -105,29 +167,29 @@ function connect(connection: Connection): VerityClient {
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
-      // Everything the Infer leads to is in the results after its own slot: follow them from there
-      // (one CU call fewer than reading the newest cursor before sending).
-      const deadline = Date.now() + (options.timeoutMs ?? 300_000);
-      let cursor: string | undefined;
-      let answered = false;
-      for (;;) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new RefusedError(504, `no Infer-Response for task ${id} within ${options.timeoutMs ?? 300_000} ms`);
-        const wait = Math.min(left, 10_000);
-        const page = await ao.results(coordinator, cursor === undefined ? { after: id, wait } : { from: cursor, wait });
-        cursor = page.edges.at(-1)?.cursor ?? cursor;
-        for (const response of messagesTo(page, address, 'Infer-Response')) {
-          if (response.tags.Task !== id) continue;
-          if (response.tags.Code) throw new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`);
-          const task = JSON.parse(response.data) as TaskView;
-          const result: InferResult = { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
-          if (response.tags.Status !== 'pending' || options.wait === 'pending') return result;
-          if (!answered) {
-            answered = true;
-            options.onAnswer?.(result);
-          }
-        }
-      }
+      const timeoutMs = options.timeoutMs ?? 300_000;
+      return new Promise<InferResult>((resolve, reject) => {
+        let answered = false;
+        const timer = setTimeout(() => settle(() => reject(new RefusedError(504, `no Infer-Response for task ${id} within ${timeoutMs} ms`))), timeoutMs);
+        const settle = (how: () => void): void => {
+          clearTimeout(timer);
+          responses.stop(id);
+          how();
+        };
+        responses.listen(id, {
+          response(response) {
+            if (response.tags.Code) return settle(() => reject(new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`)));
+            const task = JSON.parse(response.data) as TaskView;
+            const result: InferResult = { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
+            if (response.tags.Status !== 'pending' || options.wait === 'pending') return settle(() => resolve(result));
+            if (!answered) {
+              answered = true;
+              options.onAnswer?.(result);
+            }
+          },
+          failed: (e) => settle(() => reject(e)),
+        });
+      });
     },
 
     async task(id) {
