@@ -184,6 +184,30 @@ describe('the AO units with aoconnect', { timeout: 120_000 }, () => {
     }
   });
 
+  test('readers of a process\'s results share the CU\'s reads of the SU, and the HTTP page is the same page as results()', async () => {
+    const signer = ed25519Signer(ed);
+    const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
+    for (let i = 0; i < 5; i++) await ao.message({ process, signer, tags: [{ name: 'Action', value: 'Inc' }], data: String(i) });
+    let suReads = 0;
+    const counting: typeof fetch = (input, init) => {
+      suReads += 1;
+      return fetch(input, init);
+    };
+    const reader = await openComputeUnit({ dir: join(dir, 'cu-readers'), store: units.store, wallet: await unitWallet(join(dir, 'wallets'), 'cu-readers'), scheduler: units.locate, fetch: counting });
+    try {
+      await reader.results(process, { limit: 100 });
+      suReads = 0;
+      // 32 readers at once: one catch-up queued behind another serves them all (not one SU read each).
+      const pages = await Promise.all(Array.from({ length: 32 }, () => reader.results(process, { limit: 100 })));
+      assert.ok(suReads <= 4, `${suReads} SU reads for 32 readers`);
+      for (const page of pages) assert.equal(page.edges.length, 6);
+      assert.deepEqual(JSON.parse(await reader.resultsJson(process, { limit: 100 })), pages[0]);
+      assert.deepEqual(JSON.parse(await reader.resultsJson(process, { limit: 2, from: pages[0].edges[1].cursor })), await reader.results(process, { limit: 2, from: pages[0].edges[1].cursor }));
+    } finally {
+      await reader.close();
+    }
+  });
+
   test('two CUs over the same log agree on every state hash; a restarted CU resumes from its checkpoint and agrees', async () => {
     const signer = ed25519Signer(ed);
     const process = await ao.spawn({ module: counter, scheduler: units.scheduler.address, signer });
