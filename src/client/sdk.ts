@@ -56,6 +56,19 @@ export interface InferResult {
   corrected: boolean;
 }
 
+/**
+ * Reads the coordinator's results after message `id`, page by page (at most `bound.pages` pages
+ * of `bound.page`), until the log ends or `visit` says it has what it wanted.
+ */
+async function scanAfter(ao: AoClient, coordinator: string, id: string, bound: { page: number; pages: number }, visit: (page: ResultsPage) => boolean): Promise<void> {
+  let query: { from?: string; after?: string } = { after: id };
+  for (let page = 0; page < bound.pages; page++) {
+    const results = await ao.results(coordinator, { ...query, limit: bound.page });
+    if (visit(results) || !results.pageInfo.hasNextPage) return;
+    query = { from: results.edges.at(-1)!.cursor };
+  }
+}
+
 /** A request's Infer-Responses, as they come. */
 interface ResponseListener {
   response(message: { tags: Record<string, string>; data: string }): void;
@@ -95,21 +108,15 @@ function followResponses(ao: AoClient, coordinator: string, address: string): { 
       reading = false;
     }
   }
-  async function catchUp(task: string): Promise<void> {
-    let query: { from?: string; after?: string } = { after: task };
-    for (let page = 0; page < CATCH_UP.pages && listeners.has(task); page++) {
-      const results = await ao.results(coordinator, { ...query, limit: CATCH_UP.page });
-      const last = results.edges.at(-1)?.cursor;
-      if (last) query = { from: last };
-      dispatch(results);
-      if (!results.pageInfo.hasNextPage) break;
-    }
-  }
   return {
     listen(task, listener) {
       listeners.set(task, listener);
       if (!reading) void read(task);
-      else catchUp(task).catch((e: Error) => listeners.get(task)?.failed(e));
+      else
+        scanAfter(ao, coordinator, task, CATCH_UP, (page) => {
+          dispatch(page);
+          return !listeners.has(task);
+        }).catch((e: Error) => listeners.get(task)?.failed(e));
     },
     stop(task) {
       listeners.delete(task);
@@ -199,18 +206,18 @@ function connect(connection: Connection): VerityClient {
         if (!(e instanceof RefusedError) || e.code !== 404) throw e;
       }
       // An ended task left the coordinator's state: its last Infer-Response, in a later result, holds all of it.
-      let from: string | undefined;
-      for (let page = 0; page < ARCHIVE_SCAN.pages; page++) {
-        const results = await ao.results(coordinator, from === undefined ? { after: id, limit: ARCHIVE_SCAN.page } : { from, limit: ARCHIVE_SCAN.page });
-        for (const { node } of results.edges) {
+      let ended: TaskView | null = null;
+      await scanAfter(ao, coordinator, id, ARCHIVE_SCAN, (page) => {
+        for (const { node } of page.edges) {
           for (const m of node.Messages) {
             const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value]));
-            if (tags.Action === 'Infer-Response' && tags.Task === id && (tags.Status === 'final' || tags.Status === 'failed')) return JSON.parse(m.Data ?? '') as TaskView;
+            if (!ended && tags.Action === 'Infer-Response' && tags.Task === id && (tags.Status === 'final' || tags.Status === 'failed')) ended = JSON.parse(m.Data ?? '') as TaskView;
           }
+          if (ended) return true;
         }
-        if (!results.pageInfo.hasNextPage) break;
-        from = results.edges.at(-1)!.cursor;
-      }
+        return false;
+      });
+      if (ended) return ended;
       throw new RefusedError(404, `task ${id} is neither live nor ended within ${ARCHIVE_SCAN.page * ARCHIVE_SCAN.pages} messages of its request`);
     },
 
