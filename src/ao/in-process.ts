@@ -9,6 +9,20 @@ export type Fetch = typeof fetch;
 /** Statuses whose response has no body (the Response constructor refuses one). */
 const NO_BODY = new Set([101, 204, 205, 304]);
 
+/** `work`, or the signal's reason once it aborts first (its listener removed either way). */
+async function abortable<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 /**
  * A fetch that serves URLs of `apps` (origin → app, filled in as the units start listening) in
  * process, and every other URL with the global fetch.
@@ -24,7 +38,7 @@ export function inProcessFetch(apps: Map<string, FastifyInstance>): Fetch {
     if (body !== undefined && body !== null && !(body instanceof Uint8Array) && typeof body !== 'string') throw new TypeError('in-process requests take a string or bytes as body');
     const headers = Object.fromEntries(new Headers(init?.headers).entries());
     const injected = app.inject({ method: (init?.method ?? 'GET') as 'GET', url: `${url.pathname}${url.search}`, headers, payload: body ?? undefined });
-    const res = await (signal ? Promise.race([injected, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))]) : injected);
+    const res = signal ? await abortable(injected, signal) : await injected;
     const out = new Headers();
     for (const [name, value] of Object.entries(res.headers)) {
       if (value === undefined) continue;
