@@ -8,9 +8,9 @@
 -- Written for Verity from aos's documented behaviour; docs/lua.md ("The aos library") says what
 -- is covered and how it differs. Determinism is a correctness property here: every CU that runs the
 -- same messages must produce the same outcome bytes. So nothing below lets `pairs` order, table
--- addresses, the clock or the GC reach an outcome: JSON objects are written with sorted keys,
--- `pairs` itself walks keys in a fixed order, `tostring` of a table names it by a counter instead
--- of its address, `os.time` is the message's Timestamp and `math.random` is seeded from the message.
+-- addresses, the clock or the GC reach an outcome: JSON objects are written with sorted keys, tags
+-- built from a table come in name order, `tostring` of a table names it by a counter instead of its
+-- address, `os.time` is the message's Timestamp and `math.random` is seeded from the message.
 
 local rawnext, rawtype, rawget, rawset, rawtostring = next, type, rawget, rawset, tostring
 local getmetatable, setmetatable, select, error, pcall, xpcall = getmetatable, setmetatable, select, error, pcall, xpcall
@@ -80,17 +80,12 @@ local function sortedKeys(t)
   return keys, n
 end
 
--- pairs in a fixed order: numbers ascending, then strings (byte order), then booleans, then other
--- keys in the order they were first named. Keys set to nil during the walk are skipped; keys added
--- during it are not visited (Lua leaves that undefined anyway). __pairs is honoured.
+-- The library's own walks over tables go in a fixed order: numbers ascending, then strings (byte
+-- order), then booleans, then other keys in the order they were first named. Keys set to nil during
+-- the walk are skipped. (The global `pairs` is Lua's own: the runtime fixes the string-hash seed and
+-- keeps the memory image, so its order is the same on every CU that ran the same messages; sorting
+-- every pairs call would cost process code O(n log n) instructions.)
 local function detPairs(t)
-  if hasMetafield(t, '__pairs') then
-    local f, s, c = getmetatable(t).__pairs(t)
-    return f, s, c
-  end
-  if rawtype(t) ~= 'table' then
-    error("bad argument #1 to 'for iterator' (table expected, got " .. rawtype(t) .. ')', 2)
-  end
   local keys, n = sortedKeys(t)
   local i = 0
   return function()
@@ -103,7 +98,6 @@ local function detPairs(t)
     return nil
   end, t, nil
 end
-pairs = detPairs
 
 -- string.format: %p (an address) is refused, and %s of a table/function names it deterministically.
 local function detFormat(fmt, ...)
