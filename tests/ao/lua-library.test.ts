@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
 import { LuaFactory } from 'wasmoon';
 import { DEFAULT_LIMITS, hostCallOf, type ProcessEnv, type ProcessMessage, type Tag } from '../../src/ao/runtime.js';
 
@@ -174,6 +175,40 @@ describe('aos library: json', () => {
     assert.equal(await evalValue(p, `json.decode('"\\\\ud800x"')`), '\uFFFDx');
     const doc = { s: 'é 😀 "q" \\ \u0001', n: [1, -2, 3.25, 1e-7], o: { k: null, t: true }, e: [] };
     assert.equal(await evalValue(p, `json.encode(json.decode(${JSON.stringify(JSON.stringify(doc))}))`), JSON.stringify({ e: [], n: [1, -2, 3.25, 1e-7], o: { t: true }, s: doc.s }));
+    p.close();
+  });
+
+  test('decode then encode gives back the same value (property: JSON values from JavaScript)', T, async () => {
+    const p = await spawnLua(`Handlers.add('RT', 'RT', function(m) m.reply({ Data = json.encode(json.decode(m.Data)) }) end)`);
+    const wellFormed = (s: string): boolean => {
+      try {
+        encodeURIComponent(s);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const str = fc.string({ unit: 'binary', maxLength: 12 }).filter(wellFormed);
+    const { value } = fc.letrec((tie) => ({
+      value: fc.oneof(
+        { depthSize: 'small' },
+        fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
+        fc.double({ noNaN: true, noDefaultInfinity: true }),
+        fc.boolean(),
+        str,
+        fc.array(tie('value'), { maxLength: 4 }),
+        fc.dictionary(str, tie('value'), { minKeys: 1, maxKeys: 4 }),
+      ),
+    }));
+    await fc.assert(
+      fc.asyncProperty(value, async (v) => {
+        const text = JSON.stringify(v, null, JSON.stringify(v).length % 3 === 0 ? 1 : 0); // some with whitespace
+        const r = await ok(p.send({ Action: 'RT', Data: text }));
+        assert.deepEqual(JSON.parse(r.Messages[0].Data!), JSON.parse(text));
+      }),
+      { numRuns: 60, seed: 7 },
+    );
+    assert.equal(await evalValue(p, `json.encode(json.decode('{ "b" : 2 , "a":-17,"c" :{"d":0,"e":12345678901234567890, "f": 1e2 }}'))`), '{"a":-17,"b":2,"c":{"d":0,"e":1.2345678901234567e+19,"f":100.0}}');
     p.close();
   });
 

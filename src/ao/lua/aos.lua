@@ -71,12 +71,15 @@ local function keyLess(a, b)
 end
 
 local function sortedKeys(t)
-  local keys, n = {}, 0
+  local keys, n, strings, numbers = {}, 0, 0, 0
   for k in rawnext, t do
     n = n + 1
     keys[n] = k
+    local tk = rawtype(k)
+    if tk == 'string' then strings = strings + 1 elseif tk == 'number' then numbers = numbers + 1 end
   end
-  tsort(keys, keyLess)
+  -- one type of key: Lua's own comparison, without a Lua function call per comparison
+  if strings == n or numbers == n then tsort(keys) else tsort(keys, keyLess) end
   return keys, n
 end
 
@@ -185,6 +188,7 @@ local function escapeChar(c)
   return ESCAPES[c] or sformat('\\u%04x', sbyte(c))
 end
 local function encodeString(s)
+  if not sfind(s, '[%c"\\]') then return '"' .. s .. '"' end
   return '"' .. sgsub(s, '[%c"\\]', escapeChar) .. '"'
 end
 
@@ -230,15 +234,26 @@ local function encodeTable(t, out, depth, seen)
   else
     if strings ~= count then error('json.encode: a table with mixed or non-string keys cannot be a JSON object', 0) end
     local keys = sortedKeys(t)
-    out[#out + 1] = '{'
+    local n = #out + 1
+    out[n] = '{'
     for i = 1, count do
       local k = keys[i]
-      if i > 1 then out[#out + 1] = ',' end
-      out[#out + 1] = encodeString(k)
-      out[#out + 1] = ':'
-      encodeValue(rawget(t, k), out, depth + 1, seen)
+      local v = rawget(t, k)
+      local key = (i > 1 and ',' or '') .. encodeString(k) .. ':'
+      -- strings and integers written here, without a call per value
+      if mtype(v) == 'integer' then
+        n = n + 1
+        out[n] = key .. sformat('%d', v)
+      elseif rawtype(v) == 'string' and not sfind(v, '[%c"\\]') then
+        n = n + 1
+        out[n] = key .. '"' .. v .. '"'
+      else
+        out[n + 1] = key
+        encodeValue(v, out, depth + 1, seen)
+        n = #out
+      end
     end
-    out[#out + 1] = '}'
+    out[n + 1] = '}'
   end
   seen[t] = nil
 end
@@ -274,6 +289,8 @@ local function decodeError(str, pos, what)
 end
 
 local function skipSpace(str, pos)
+  local b = sbyte(str, pos)
+  if b == nil or b > 32 then return pos end
   local _, e = sfind(str, '^[ \t\r\n]*', pos)
   return e + 1
 end
@@ -285,7 +302,9 @@ end
 local decodeValue
 
 local function decodeString(str, pos)
-  -- pos is at the opening quote
+  -- pos is at the opening quote; the common case is a string without escapes
+  local q = sfind(str, '["\\%c]', pos + 1)
+  if q and sbyte(str, q) == 34 then return ssub(str, pos + 1, q - 1), q + 1 end
   local parts, n = {}, 0
   local i = pos + 1
   while true do
@@ -331,14 +350,22 @@ end
 local function decodeNumber(str, pos)
   local s, e = sfind(str, '^-?%d+', pos)
   if not s then decodeError(str, pos, 'unexpected character') end
-  if smatch(str, '^-?0%d', pos) then decodeError(str, pos, 'leading zero in number') end
+  local first = sbyte(str, pos) == 45 and pos + 1 or pos
+  if sbyte(str, first) == 48 and e > first then decodeError(str, pos, 'leading zero in number') end
   local isFloat = false
-  local fs, fe = sfind(str, '^%.%d+', e + 1)
-  if fs then e, isFloat = fe, true elseif ssub(str, e + 1, e + 1) == '.' then decodeError(str, e + 1, 'bad number') end
-  local xs, xe = sfind(str, '^[eE][-+]?%d+', e + 1)
-  if xs then e, isFloat = xe, true elseif sfind(str, '^[eE]', e + 1) then decodeError(str, e + 1, 'bad number') end
-  local text = ssub(str, pos, e)
-  local v = tonumber(text)
+  local b = sbyte(str, e + 1)
+  if b == 46 then -- .
+    local fs, fe = sfind(str, '^%.%d+', e + 1)
+    if not fs then decodeError(str, e + 1, 'bad number') end
+    e, isFloat = fe, true
+    b = sbyte(str, e + 1)
+  end
+  if b == 101 or b == 69 then -- e E
+    local xs, xe = sfind(str, '^[eE][-+]?%d+', e + 1)
+    if not xs then decodeError(str, e + 1, 'bad number') end
+    e, isFloat = xe, true
+  end
+  local v = tonumber(ssub(str, pos, e))
   if isFloat then v = v + 0.0 end
   return v, e + 1
 end
@@ -354,9 +381,9 @@ local function decodeArray(str, pos, depth)
     n = n + 1
     arr[n] = v
     pos = skipSpace(str, pos)
-    local c = ssub(str, pos, pos)
-    if c == ']' then return arr, pos + 1 end
-    if c ~= ',' then decodeError(str, pos, "expected ',' or ']'") end
+    local c = sbyte(str, pos)
+    if c == 93 then return arr, pos + 1 end
+    if c ~= 44 then decodeError(str, pos, "expected ',' or ']'") end
     pos = skipSpace(str, pos + 1)
   end
 end
@@ -367,33 +394,50 @@ local function decodeObject(str, pos, depth)
   pos = skipSpace(str, pos + 1)
   if ssub(str, pos, pos) == '}' then return obj, pos + 1 end
   while true do
-    if ssub(str, pos, pos) ~= '"' then decodeError(str, pos, 'expected a string key') end
-    local k
-    k, pos = decodeString(str, pos)
-    pos = skipSpace(str, pos)
-    if ssub(str, pos, pos) ~= ':' then decodeError(str, pos, "expected ':'") end
-    pos = skipSpace(str, pos + 1)
-    local v
+    local k, v
+    -- the common case in one step: a key without escapes, the colon and the spaces around it
+    local _, e, key = sfind(str, '^"([^"\\%c]*)"[ \t\r\n]*:[ \t\r\n]*', pos)
+    if e then
+      k, pos = key, e + 1
+    else
+      if sbyte(str, pos) ~= 34 then decodeError(str, pos, 'expected a string key') end
+      k, pos = decodeString(str, pos)
+      pos = skipSpace(str, pos)
+      if sbyte(str, pos) ~= 58 then decodeError(str, pos, "expected ':'") end
+      pos = skipSpace(str, pos + 1)
+    end
+    local b = sbyte(str, pos)
+    if b == 45 or (b and b >= 48 and b <= 57) then
+      -- a number straight after the colon, the common case of a map of amounts
+      local _, ne, digits, sep = sfind(str, '^(-?[1-9]%d*)[ \t\r\n]*([,}])', pos)
+      if ne and #digits < 19 then
+        obj[k] = tonumber(digits)
+        if sep == '}' then return obj, ne + 1 end
+        pos = skipSpace(str, ne + 1)
+        goto continue
+      end
+    end
     v, pos = decodeValue(str, pos, depth)
     obj[k] = v
     pos = skipSpace(str, pos)
-    local c = ssub(str, pos, pos)
-    if c == '}' then return obj, pos + 1 end
-    if c ~= ',' then decodeError(str, pos, "expected ',' or '}'") end
+    local c = sbyte(str, pos)
+    if c == 125 then return obj, pos + 1 end
+    if c ~= 44 then decodeError(str, pos, "expected ',' or '}'") end
     pos = skipSpace(str, pos + 1)
+    ::continue::
   end
 end
 
 decodeValue = function(str, pos, depth)
   pos = skipSpace(str, pos)
-  local c = ssub(str, pos, pos)
-  if c == '{' then return decodeObject(str, pos, depth + 1) end
-  if c == '[' then return decodeArray(str, pos, depth + 1) end
-  if c == '"' then return decodeString(str, pos) end
-  if c == '' then decodeError(str, pos, 'unexpected end of input') end
-  if ssub(str, pos, pos + 3) == 'true' then return true, pos + 4 end
-  if ssub(str, pos, pos + 4) == 'false' then return false, pos + 5 end
-  if ssub(str, pos, pos + 3) == 'null' then return nil, pos + 4 end
+  local b = sbyte(str, pos)
+  if b == 34 then return decodeString(str, pos) end -- "
+  if b == 123 then return decodeObject(str, pos, depth + 1) end -- {
+  if b == 91 then return decodeArray(str, pos, depth + 1) end -- [
+  if b == nil then decodeError(str, pos, 'unexpected end of input') end
+  if b == 116 and ssub(str, pos, pos + 3) == 'true' then return true, pos + 4 end
+  if b == 102 and ssub(str, pos, pos + 4) == 'false' then return false, pos + 5 end
+  if b == 110 and ssub(str, pos, pos + 3) == 'null' then return nil, pos + 4 end
   return decodeNumber(str, pos)
 end
 
