@@ -1164,7 +1164,10 @@ function __verity_handle(messageJson, envJson)
   }
   if not ok then
     -- one readable line
-    outcome.Error = (sgsub(rawtostring(err), '[\r\n]+', ' '))
+    local text = sgsub(rawtostring(err), '[\r\n]+', ' ')
+    -- Lua's allocation failure (the runtime's memory limit), named as the runtime names it
+    if text == 'not enough memory' then text = 'memory limit: not enough memory' end
+    outcome.Error = text
   end
   ao.clearOutbox()
   resetOutput()
