@@ -414,6 +414,8 @@ describe('aos library: messages out', () => {
     const next = await ok(p.eval(`Send({ Target = '${OTHER}' })`));
     assert.equal(tag(next.Messages[0].Tags, 'Reference'), '6');
     assert.match((await p.eval(`Send({ Data = 'no target' })`)).Error ?? '', /Target/);
+    assert.equal(await evalValue(p, `Send({ Target = '${OTHER}' })`), 'message added to outbox');
+    assert.equal(await evalValue(p, `Spawn('${MODULE}', {})`), 'spawn process request');
     p.close();
   });
 

@@ -1023,12 +1023,16 @@ function Prompt()
   return 'aos> '
 end
 
+-- What Send and Spawn return shows in an Eval's Output as aos's words, not as a table.
+local SENT = { __tostring = function() return 'message added to outbox' end }
+local SPAWNED = { __tostring = function() return 'spawn process request' end }
+
 function Send(msg)
-  return ao.send(msg)
+  return setmetatable(ao.send(msg), SENT)
 end
 
 function Spawn(module, msg)
-  return ao.spawn(module, msg or {})
+  return setmetatable(ao.spawn(module, msg or {}), SPAWNED)
 end
 
 function Assign(assignment)
