@@ -14,6 +14,7 @@ import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { VmLost, evaluatorPool, type EvaluatorPool } from './evaluator.js';
 import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage, type ProcessSpec } from './runtime.js';
 import { LocateError } from './locate.js';
+import { LUA_MODULE_FORMAT } from './lua-runtime.js';
 import type { Fetch } from './in-process.js';
 import { serialQueues } from './protocol.js';
 import {
@@ -351,7 +352,9 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
     };
     const extensions = module.tags.some((t) => t.name === 'Extension' && t.value === HOST_EXTENSION) ? (options.extensions ?? {}) : {};
-    const spec: ProcessSpec = { source: module.data.toString('utf8'), env, limits: moduleLimits(module, limits), hostNames: Object.keys(extensions) };
+    const spec: ProcessSpec = {
+      format: tagValue(module, 'Module-Format') === LUA_MODULE_FORMAT ? 'lua' : 'js',
+      source: module.data.toString('utf8'), env, limits: moduleLimits(module, limits), hostNames: Object.keys(extensions) };
     const checkpoint = await newestCheckpoint(processId);
     const fresh: Loaded = {
       processId, scheduler, spec, extensions,

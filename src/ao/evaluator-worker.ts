@@ -4,6 +4,7 @@
 import { parentPort } from 'node:worker_threads';
 import { HostError, HostUnavailable, ProcessVM, loadRuntime, type HostCall } from './runtime.js';
 import { VmLost, type FromEvaluator, type ToEvaluator, type VmJob } from './evaluator.js';
+import { LuaVM } from './lua-runtime.js';
 
 const port = parentPort!;
 const post = (m: FromEvaluator): void => port.postMessage(m);
@@ -11,7 +12,7 @@ await loadRuntime();
 
 let nextCall = 0;
 const calls = new Map<number, { resolve(v: { value: string; ticks: number }): void; reject(e: Error): void }>();
-const vms = new Map<string, ProcessVM>();
+const vms = new Map<string, ProcessVM | LuaVM>();
 
 // The job now running: its host calls are tagged with it, so the CU uses that process's extensions.
 let current = -1;
@@ -24,7 +25,7 @@ const host: HostCall = (name, argument) =>
 
 async function run(key: string, work: VmJob): Promise<unknown> {
   if (work.type === 'open') {
-    const vm = await ProcessVM.open(work.spec, work.state, host);
+    const vm = await (work.spec.format === 'lua' ? LuaVM.open(work.spec, work.state, host) : ProcessVM.open(work.spec, work.state, host));
     vms.get(key)?.dispose();
     vms.set(key, vm);
     return null;

@@ -3,6 +3,7 @@
 // aoconnect's mainnet mode (hyperbeam/), and their wiring for one machine.
 export { DEFAULT_LIMITS, MODULE_FORMAT, evaluate, loadRuntime, type Evaluation, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage } from './runtime.js';
 export { moduleTags, publishModule } from './modules.js';
+export { INSTRUCTIONS_PER_TICK, LUA_MODULE_FORMAT, LuaVM } from './lua-runtime.js';
 export { LocateError, locator, type Locator } from './locate.js';
 export { MAX_ITEM_BYTES, SchedulerError, openScheduler, startScheduler, type Scheduler, type SchedulerOptions } from './su.js';
 export { ComputeError, openComputeUnit, startComputeUnit, verifyAttestation, type Attestation, type ComputeOptions, type ComputeUnit, type Result } from './cu.js';

@@ -417,7 +417,7 @@ const ANY_ID = 'A'.repeat(43);
  * not kept: a Transfer whose Credit-Notice no MU can push fails whole, rather than debiting one
  * account and crediting none.
  */
-function outboxFault(out: Pick<Outcome, 'Messages' | 'Spawns' | 'Assignments'>): string | null {
+export function outboxFault(out: Pick<Outcome, 'Messages' | 'Spawns' | 'Assignments'>): string | null {
   const lists = [['message', out.Messages], ['spawn', out.Spawns]] as const;
   for (const [kind, list] of lists) {
     if (!Array.isArray(list)) return `the result's ${kind === 'message' ? 'Messages' : 'Spawns'} must be a list`;
@@ -472,6 +472,8 @@ export interface Journal {
 
 /** What a process VM is made of: its module, its environment, its caps and its host functions. */
 export interface ProcessSpec {
+  /** The module's language: JavaScript (Module-Format verity-js/1, the default) or Lua (verity-lua/1, lua-runtime.ts). */
+  format?: 'js' | 'lua';
   source: string;
   env: ProcessEnv;
   limits: Limits;
