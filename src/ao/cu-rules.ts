@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import { tagValue, type Item, type Tag } from '../store/items.js';
 import { nextHashChain } from './protocol.js';
-import type { Limits, ProcessEnv, ProcessMessage } from './runtime.js';
+import { HOST_EXTENSION, LLAMA_EXTENSION, LLAMA_EXTENSION_NAMES, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from './runtime.js';
 
 export const sha256hex = (text: string): string => createHash('sha256').update(text).digest('hex');
 
@@ -20,6 +20,16 @@ export function moduleLimits(module: Pick<Item, 'tags'>, cap: Limits): Limits {
     memory: Number.isSafeInteger(memory) && memory > 0 ? Math.min(memory, cap.memory) : cap.memory,
     compute: Number.isSafeInteger(compute) && compute > 0 ? Math.min(compute, cap.compute) : cap.compute,
   };
+}
+
+/**
+ * The host functions of `offered` a module is given, by the Extension tags it declares: the llama
+ * functions with `Llama`, the others (the coordinator's) with `Verity-Host`; none without a tag.
+ */
+export function moduleExtensions(module: Pick<Item, 'tags'>, offered: Extensions): Extensions {
+  const declared = new Set(module.tags.filter((t) => t.name === 'Extension').map((t) => t.value));
+  const llama: readonly string[] = LLAMA_EXTENSION_NAMES;
+  return Object.fromEntries(Object.entries(offered).filter(([name]) => declared.has(llama.includes(name) ? LLAMA_EXTENSION : HOST_EXTENSION)));
 }
 
 /** Where a process's log stands: the last slot evaluated and the link it ended with. */

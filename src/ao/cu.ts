@@ -12,13 +12,13 @@ import { ITEM_ID, createItem, tagValue, verifyItem, type Item, type Tag } from '
 import type { Store } from '../store/store.js';
 import { walletAddress, walletSigner, type Wallet } from '../store/wallet.js';
 import { VmLost, evaluatorPool, type EvaluatorPool } from './evaluator.js';
-import { DEFAULT_LIMITS, HOST_EXTENSION, HostUnavailable, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage, type ProcessSpec } from './runtime.js';
+import { DEFAULT_LIMITS, HostUnavailable, type Extensions, type Limits, type Outcome, type ProcessEnv, type ProcessMessage, type ProcessSpec } from './runtime.js';
 import { LocateError } from './locate.js';
 import { LUA_MODULE_FORMAT } from './lua-runtime.js';
 import type { Fetch } from './in-process.js';
 import { serialQueues } from './protocol.js';
 import {
-  RESULTS_CHAIN_START, assignedMessage, checkpointDue, moduleLimits, nextResultsChain, nextSlotProblem, outputHash, processMessage, sha256hex,
+  RESULTS_CHAIN_START, assignedMessage, checkpointDue, moduleExtensions, moduleLimits, nextResultsChain, nextSlotProblem, outputHash, processMessage, sha256hex,
   type CheckpointPolicy, type LogMessage, type LogPosition,
 } from './cu-rules.js';
 
@@ -351,7 +351,7 @@ export async function openComputeUnit(options: ComputeOptions): Promise<ComputeU
       Process: { Id: processId, Owner: p.address, Tags: p.tags },
       Module: { Id: moduleId, Owner: module.address, Tags: module.tags },
     };
-    const extensions = module.tags.some((t) => t.name === 'Extension' && t.value === HOST_EXTENSION) ? (options.extensions ?? {}) : {};
+    const extensions = moduleExtensions(module, options.extensions ?? {});
     const spec: ProcessSpec = {
       format: tagValue(module, 'Module-Format') === LUA_MODULE_FORMAT ? 'lua' : 'js',
       source: module.data.toString('utf8'), env, limits: moduleLimits(module, limits), hostNames: Object.keys(extensions) };

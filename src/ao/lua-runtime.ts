@@ -39,10 +39,15 @@ const LUA_TSTRING = 4;
 const LUA_TYPES = ['nil', 'boolean', 'light userdata', 'number', 'string', 'table', 'function', 'userdata', 'thread'];
 const LUA_MASKCOUNT = 8;
 
-/** The library every Lua process runs on, and the runtime's own prelude under it. */
-const LIBRARY_PATH = new URL('./lua/aos.lua', import.meta.url);
-let library: string | null = null;
-const libraryText = (): string => (library ??= readFileSync(LIBRARY_PATH, 'utf8'));
+/**
+ * The library every Lua process runs on (over the runtime's own prelude): aos, then the `llama`
+ * module that `require('llama')` gives (its host functions only for a module declaring the Llama
+ * extension).
+ */
+const LIBRARY_FILES = ['aos', 'llama'] as const;
+let library: { name: string; source: string }[] | null = null;
+const libraryFiles = (): { name: string; source: string }[] =>
+  (library ??= LIBRARY_FILES.map((name) => ({ name: `=${name}`, source: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') })));
 
 /**
  * Runs before the library: closes what a process may not reach and adds the host-call bridge.
@@ -208,7 +213,7 @@ export class LuaVM {
     this.L = atTimeZero(() => m._lua_newstate(alloc, 0));
     if (!this.L) throw new Error('the Lua state could not be made');
     this.scratch = m._malloc(16);
-    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=process']) {
+    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=llama', '=process']) {
       const bytes = encoder.encode(`${name}\0`);
       const p = m._malloc(bytes.length);
       m.HEAPU8.set(bytes, p);
@@ -231,8 +236,10 @@ export class LuaVM {
       const prelude = this.runChunk(PRELUDE, '=prelude', 1);
       if (prelude) throw new Error(`the Lua prelude does not load: ${prelude}`);
       m._lua_setfield(L, LUA_REGISTRYINDEX, this.name('verity.host'));
-      const aos = this.runChunk(libraryText(), '=aos', 0);
-      if (aos) throw new Error(`the aos library does not load: ${aos}`);
+      for (const file of libraryFiles()) {
+        const why = this.runChunk(file.source, file.name, 0);
+        if (why) throw new Error(`the Lua library ${file.name.slice(1)} does not load: ${why}`);
+      }
       this.instructions = 0;
       const module = this.runChunk(this.spec.source, '=process', 0);
       if (module) this.loadError = `the module does not load: ${module}`;

@@ -108,6 +108,13 @@ export type Extensions = Record<string, Extension>;
  */
 export const HOST_EXTENSION = 'Verity-Host';
 
+/**
+ * The Extension tag of a Lua module that generates text inside its evaluation (aos-llama:
+ * `require('llama')`, src/processes/llama.ts), and the host functions it is given.
+ */
+export const LLAMA_EXTENSION = 'Llama';
+export const LLAMA_EXTENSION_NAMES = ['llama.info', 'llama.encode', 'llama.generate'] as const;
+
 /** The default cost of a host call: one tick, plus one per 4 KiB in and out. */
 export const HOST_CALL_TICKS = (argument: string, result = ''): number => 1 + Math.ceil((argument.length + result.length) / 4096);
 

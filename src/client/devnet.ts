@@ -10,7 +10,7 @@ import type { Extensions } from '../ao/runtime.js';
 import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
 import { loadModel } from '../engine/index.js';
 import { startNode, type RunningNode, type StrategyOptions } from '../node/index.js';
-import { coordinatorExtensions, publishProcessModule } from '../processes/index.js';
+import { publishProcessModule, verityExtensions } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
@@ -46,7 +46,7 @@ export interface DevnetOptions {
   pollMs?: number;
   heartbeatMs?: number;
   log?: (line: string) => void;
-  /** The CU's host extensions, made from the units' store (default coordinatorExtensions; `npm run sim` wraps it to time host.step). */
+  /** The CU's host extensions, made from the units' store (default verityExtensions: the coordinator's and aos-llama's; `npm run sim` wraps it to time host.step). */
   extensions?: (store: Store) => Extensions;
 }
 
@@ -184,7 +184,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     dir,
     host: options.host,
     ports: base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3, hyperbeam: base + 4 },
-    extensions: options.extensions ?? coordinatorExtensions,
+    extensions: options.extensions ?? verityExtensions,
   });
   const nodes: RunningNode[] = [];
   try {

@@ -2,11 +2,20 @@
 import { readFileSync } from 'node:fs';
 import type { Signer } from '@dha-team/arbundles';
 import { publishModule } from '../ao/modules.js';
-import { HOST_EXTENSION } from '../ao/runtime.js';
+import { HOST_EXTENSION, type Extensions } from '../ao/runtime.js';
+import { coordinatorExtensions } from './host.js';
+import { llamaExtensions } from './llama.js';
 import type { Store } from '../store/store.js';
 
 export { fundCoordinator } from './calls.js';
+export { llamaExtensions, positionTicks } from './llama.js';
 export { coordinatorExtensions, describeRequest, promptTokenCount, type JobInfo, type JobInput, type JobModel, type ModelInfo } from './host.js';
+
+/**
+ * Every host function a Verity CU offers: the coordinator's and aos-llama's. A module gets those of
+ * the Extension tags it declares (cu-rules.ts moduleExtensions).
+ */
+export const verityExtensions = (store: Store): Extensions => ({ ...coordinatorExtensions(store), ...llamaExtensions(store) });
 
 /** The module a process runs: `<name>.js` bundled with what it imports (scripts/build-processes.js). */
 export function processModule(name: 'token' | 'coordinator'): string {

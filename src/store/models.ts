@@ -288,6 +288,22 @@ export async function readModelHeader(store: Store, modelId: string, manifestId?
   };
 }
 
+/** A model by id from the store, every leaf checked, assembled in memory (no file), with the manifest it was read by. */
+export async function readModel(store: Store, modelId: string, progress?: Progress): Promise<{ model: Model; manifest: Manifest }> {
+  const manifest = await findManifest(store, modelId);
+  const leaves: Buffer[] = [];
+  for (const [i, chunk] of manifest.chunks.entries()) {
+    leaves.push(...(await chunkLeaves(store, manifest, chunk)));
+    progress?.(i + 1, manifest.chunks.length);
+  }
+  const canonical = parseCanonicalConfig(leaves[0]);
+  const layout = chunkLayout(canonical);
+  const tensors = new Map(layout.tensors.map((t) => [t.name, Buffer.concat(leaves.slice(t.firstLeaf, t.firstLeaf + t.chunks))]));
+  const model = assembleModel(canonical, (name) => tensors.get(name), parseCanonicalTokenizer(leaves[1]), manifest.name);
+  if (modelIdentity(model).modelId !== modelId) throw new ModelStoreError(`model ${modelId} assembled to another id`);
+  return { model, manifest };
+}
+
 /**
  * Downloads a model by id, checks every leaf, and writes it to `cacheDir/<modelId>.gguf` (only
  * once all of it checked out). Returns the path; a cached model is returned as it is.
@@ -295,18 +311,7 @@ export async function readModelHeader(store: Store, modelId: string, manifestId?
 export async function fetchModel(store: Store, modelId: string, cacheDir: string, progress?: Progress): Promise<string> {
   const path = join(cacheDir, `${modelId}.gguf`);
   if (existsSync(path)) return path;
-  const manifest = await findManifest(store, modelId);
-  const leaves: Buffer[] = [];
-  for (const [i, chunk] of manifest.chunks.entries()) {
-    leaves.push(...(await chunkLeaves(store, manifest, chunk)));
-    progress?.(i + 1, manifest.chunks.length);
-  }
-
-  const canonical = parseCanonicalConfig(leaves[0]);
-  const layout = chunkLayout(canonical);
-  const tensors = new Map(layout.tensors.map((t) => [t.name, Buffer.concat(leaves.slice(t.firstLeaf, t.firstLeaf + t.chunks))]));
-  const model = assembleModel(canonical, (name) => tensors.get(name), parseCanonicalTokenizer(leaves[1]), manifest.name);
-  if (modelIdentity(model).modelId !== modelId) throw new ModelStoreError(`model ${modelId} assembled to another id`);
+  const { model, manifest } = await readModel(store, modelId, progress);
   mkdirSync(cacheDir, { recursive: true });
   const temp = `${path}.${process.pid}.tmp`;
   try {

@@ -8,7 +8,7 @@ import { openComputeUnit, startComputeUnit } from '../../ao/cu.js';
 import { openMessenger, startMessenger } from '../../ao/mu.js';
 import { openScheduler, startScheduler } from '../../ao/su.js';
 import { freePort, startUnits, unitWallet } from '../../ao/units.js';
-import { coordinatorExtensions } from '../../processes/index.js';
+import { verityExtensions } from '../../processes/index.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import type { Store } from '../../store/store.js';
@@ -52,7 +52,7 @@ export async function unitsCommand(flags: UnitFlags & { dir?: string }): Promise
   const dir = flags.dir ?? DEFAULT_HOME;
   const base = flags.port;
   const ports = base === 0 ? {} : { gateway: base, su: base + 1, cu: base + 2, mu: base + 3, hyperbeam: base + 4 };
-  const units = await startUnits({ dir, host: flags.host, ports, extensions: coordinatorExtensions });
+  const units = await startUnits({ dir, host: flags.host, ports, extensions: verityExtensions });
   serve(flags, 'units', { ...units.urls, scheduler: units.scheduler.address, dir }, () => units.close());
 }
 
@@ -76,8 +76,8 @@ export async function cuCommand(flags: UnitFlags): Promise<void> {
   const dir = flags.dir ?? join(DEFAULT_HOME, 'cu');
   const store = unitStore(flags);
   const wallet = await unitWallet(dir, 'wallet');
-  // Verity's CUs offer the coordinator's extensions (docs/network.md) to every process.
-  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store), extensions: coordinatorExtensions(store), checkpointEvery: flags.checkpointEvery });
+  // Verity's CUs offer the coordinator's extensions (docs/network.md) and aos-llama's (docs/lua.md) to the modules that declare them.
+  const compute = await openComputeUnit({ dir, store, wallet, scheduler: locator(store), extensions: verityExtensions(store), checkpointEvery: flags.checkpointEvery });
   const server = await startComputeUnit(compute, { port: flags.port, host: flags.host });
   serve(flags, 'cu', { url: server.url, address: walletAddress(wallet), dir }, async () => {
     await server.close();
