@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { readFileSync } from 'node:fs';
+import { LuaVM } from '../src/ao/lua-runtime.js';
 import { publishModule } from '../src/ao/modules.js';
 import { ProcessVM, evaluate, hostCallOf, loadRuntime, type ProcessEnv, type ProcessMessage } from '../src/ao/runtime.js';
 import { freePort, startUnits } from '../src/ao/units.js';
@@ -19,6 +20,9 @@ import { pool, serveCli, type ServingCli } from '../tests/helpers.js';
 const MESSAGES = Number(process.env.BENCH_AO_MESSAGES ?? 500);
 const CONCURRENCY = [1, 8];
 const TRIVIAL = `export function handle(state, msg) { const n = (state ?? 0) + 1; return { state: n, Output: n }; }`;
+/** The same in Lua on the aos library: a handler that counts (every message matches it). */
+const TRIVIAL_LUA = `N = 0\nHandlers.add('count', function() return true end, function() N = N + 1; print(N) end)`;
+type TrivialModule = { source: string; format: 'js' | 'lua' };
 const AO = (type: string): Tag[] => [{ name: 'Data-Protocol', value: 'ao' }, { name: 'Variant', value: 'ao.TN.1' }, { name: 'Type', value: type }];
 
 interface Urls {
@@ -43,9 +47,9 @@ async function result(cu: string, process: string, message: string): Promise<voi
 const percentile = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 
 /** Sends MESSAGES messages to a fresh process, `concurrency` at a time; returns throughput and latencies. */
-async function measure(store: Store, urls: Urls, scheduler: string, concurrency: number): Promise<{ rate: number; p50: number; p99: number }> {
+async function measure(store: Store, urls: Urls, scheduler: string, concurrency: number, trivial: TrivialModule): Promise<{ rate: number; p50: number; p99: number }> {
   const signer = walletSigner(await generateWallet('ed25519'));
-  const module = await publishModule(store, signer, TRIVIAL, 'trivial');
+  const module = await publishModule(store, signer, trivial.source, 'trivial', { format: trivial.format });
   const spawn = await createItem('', signer, { tags: [...AO('Process'), { name: 'Module', value: module }, { name: 'Scheduler', value: scheduler }] });
   const process = await post(urls.mu, spawn.raw);
   const items = await Promise.all(Array.from({ length: MESSAGES }, (_, n) => createItem(String(n), signer, { target: process, tags: AO('Message') })));
@@ -61,10 +65,10 @@ async function measure(store: Store, urls: Urls, scheduler: string, concurrency:
   return { rate: MESSAGES / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
 }
 
-async function embedded(dir: string, concurrency: number) {
+async function embedded(dir: string, concurrency: number, trivial: TrivialModule = { source: TRIVIAL, format: 'js' }) {
   const units = await startUnits({ dir });
   try {
-    return await measure(units.store, units.urls, units.scheduler.address, concurrency);
+    return await measure(units.store, units.urls, units.scheduler.address, concurrency, trivial);
   } finally {
     await units.close();
   }
@@ -80,7 +84,7 @@ async function separate(dir: string, concurrency: number) {
     started.push(su);
     started.push(await serveCli(['cu', '--gateway', url('gateway'), '--dir', join(dir, 'cu'), '--port', String(port.cu)]));
     started.push(await serveCli(['mu', '--gateway', url('gateway'), '--dir', join(dir, 'mu'), '--port', String(port.mu), '--cu', url('cu')]));
-    return await measure(openGatewayStore(url('gateway')), { mu: url('mu'), cu: url('cu') }, su.info.address, concurrency);
+    return await measure(openGatewayStore(url('gateway')), { mu: url('mu'), cu: url('cu') }, su.info.address, concurrency, { source: TRIVIAL, format: 'js' });
   } finally {
     await Promise.all(started.map((s) => s.stop()));
   }
@@ -89,7 +93,8 @@ async function separate(dir: string, concurrency: number) {
 console.log(`AO units: ${MESSAGES} messages to a trivial process through MU → SU → CU (POST to the MU, then GET /result)\n`);
 console.log('mode                         in flight  messages/s  p50 ms  p99 ms');
 const rows: Record<string, number> = {};
-for (const [label, run] of [['embedded (one process)', embedded], ['separate (4 processes, HTTP)', separate]] as const) {
+const embeddedLua = (dir: string, concurrency: number) => embedded(dir, concurrency, { source: TRIVIAL_LUA, format: 'lua' });
+for (const [label, run] of [['embedded (one process)', embedded], ['separate (4 processes, HTTP)', separate], ['embedded, Lua (aos handler)', embeddedLua]] as const) {
   for (const concurrency of CONCURRENCY) {
     const dir = mkdtempSync(join(tmpdir(), 'verity-bench-ao-'));
     try {
@@ -164,3 +169,50 @@ for (const holders of [100, 100_000]) {
   vm.dispose();
 }
 console.log(`per-Transfer time at 100,000 holders / at 100: ${(perMessage[100_000] / perMessage[100]).toFixed(2)}× (goal: within 2×)`);
+
+// The same token bookkeeping as a Lua process on the aos library (balances in a Lua table, kept in
+// the process's WebAssembly memory): a Transfer debits, credits and sends both notices.
+const TOKEN_LUA = `
+Balances = Balances or {}
+Handlers.add('Mint-Many', 'Mint-Many', function(msg)
+  for i = 1, tonumber(msg.Data) do Balances[string.format('holder-%036d', i - 1)] = 1000 end
+  Balances[msg.From] = 10 ^ 15 // 1
+end)
+Handlers.add('Transfer', 'Transfer', function(msg)
+  local q, to = tonumber(msg.Tags.Quantity), msg.Tags.Recipient
+  if (Balances[msg.From] or 0) < q then error('Insufficient Balance') end
+  Balances[msg.From] = Balances[msg.From] - q
+  Balances[to] = (Balances[to] or 0) + q
+  Send({ Target = msg.From, Action = 'Debit-Notice', Recipient = to, Quantity = tostring(q) })
+  Send({ Target = to, Action = 'Credit-Notice', Sender = msg.From, Quantity = tostring(q) })
+end)
+`;
+console.log(`\nLua token process (aos handlers), ms per Transfer (${TOKEN_MESSAGES} in place)`);
+console.log('holders    in place');
+const luaPerMessage: Record<number, number> = {};
+for (const holders of [100, 100_000]) {
+  const spec = { format: 'lua' as const, source: TOKEN_LUA, env, limits, hostNames: [] };
+  const vm = await LuaVM.open(spec, 'null', hostCallOf({}));
+  const mint = { ...transfer(holders), Data: String(holders), Tags: [{ name: 'Action', value: 'Mint-Many' }] };
+  const minted = (await vm.apply(mint)).outcome;
+  if (minted.Error) throw new Error(`Mint-Many failed: ${minted.Error}`);
+  for (let i = 0; i < 200; i++) await vm.apply(transfer(holders)); // warm up
+  let t0 = performance.now();
+  for (let i = 0; i < TOKEN_MESSAGES; i++) {
+    const { outcome } = await vm.apply(transfer(holders));
+    if (outcome.Error) throw new Error(`Transfer failed: ${outcome.Error}`);
+  }
+  luaPerMessage[holders] = (performance.now() - t0) / TOKEN_MESSAGES;
+  console.log(`${String(holders).padEnd(10)} ${luaPerMessage[holders].toFixed(3)}`);
+  if (holders === 100_000) {
+    t0 = performance.now();
+    const image = await vm.state();
+    const serialise = performance.now() - t0;
+    t0 = performance.now();
+    const restored = await LuaVM.open(spec, image, hostCallOf({}));
+    const restore = performance.now() - t0;
+    if ((await restored.state()) !== image) throw new Error('the restored memory differs');
+    console.log(`memory image at ${holders} holders: ${(image.length / 2 ** 20).toFixed(1)} MiB; take ${serialise.toFixed(0)} ms, restore ${restore.toFixed(0)} ms`);
+  }
+}
+console.log(`Lua per-Transfer time at 100,000 holders / at 100: ${(luaPerMessage[100_000] / luaPerMessage[100]).toFixed(2)}× (goal: within 2×)`);

@@ -475,13 +475,23 @@ export class LuaVM {
     this.used = base.used;
   }
 
-  /** Grows the instance's memory (through Emscripten, which keeps its views) to hold `length` bytes. */
+  /**
+   * Grows the instance's memory (through Emscripten, which keeps its views) to hold `length` bytes:
+   * blocks are taken until it does (each may partly fit in free space), then given back — the
+   * image written next overwrites the allocator's record of them anyway.
+   */
   private fitMemory(length: number): void {
     const m = this.m;
-    if (m.HEAPU8.length >= length) return;
-    const p = m._malloc(length - m.HEAPU8.length + PAGE);
-    if (!p) throw new Error('the CU could not grow a Lua process memory');
-    m._free(p);
+    const taken: number[] = [];
+    try {
+      while (m.HEAPU8.length < length) {
+        const p = m._malloc(length - m.HEAPU8.length + PAGE);
+        if (!p) throw new Error('the CU could not grow a Lua process memory');
+        taken.push(p);
+      }
+    } finally {
+      for (const p of taken) m._free(p);
+    }
   }
 
   /** Back to the base image, and the kept messages since it again. */
