@@ -230,8 +230,8 @@ export class LuaVM {
       }
     });
     m._lua_sethook(L, this.hook, LUA_MASKCOUNT, INSTRUCTIONS_PER_TICK);
-    this.counting = true;
-    this.instructions = 0;
+    // The runtime's own code loads uncounted: a module's tiny limits must not keep it from loading.
+    this.counting = false;
     try {
       const prelude = this.runChunk(PRELUDE, '=prelude', 1);
       if (prelude) throw new Error(`the Lua prelude does not load: ${prelude}`);
@@ -241,6 +241,7 @@ export class LuaVM {
         if (why) throw new Error(`the Lua library ${file.name.slice(1)} does not load: ${why}`);
       }
       this.instructions = 0;
+      this.counting = true;
       const module = this.runChunk(this.spec.source, '=process', 0);
       if (module) this.loadError = `the module does not load: ${module}`;
     } finally {

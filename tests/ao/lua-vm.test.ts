@@ -130,6 +130,12 @@ describe('the Lua runtime', { timeout: 120_000 }, () => {
     await assert.rejects(open((await a.state()).replace(/"MemoryHash":"[0-9a-f]{64}"/, `"MemoryHash":"${'0'.repeat(64)}"`)), /hash/);
   });
 
+  test('a module with a compute limit of one tick still loads (the library is not charged to it) and runs a cheap message', async () => {
+    const vm = await open('null', SOURCE, { memory: limits.memory, compute: 1 });
+    assert.equal((await send(vm, 'n')).Output, 1);
+    assert.match((await send(vm, 'loop')).Error ?? '', /compute limit: more than 1 ticks/);
+  });
+
   test('a module that does not parse fails every message with why', async () => {
     const vm = await open('null', 'function (');
     const out = await send(vm, 'n');
