@@ -63,6 +63,21 @@ describe('verity process', { timeout: 240_000 }, () => {
     pid = id;
   });
 
+  test('spawn --json bundles the modules the file requires; a module that does not load is the Error, exit 1', T, async () => {
+    const spawn = (lua: string, extra: string[] = []): Promise<CliResult> =>
+      runCli(['process', 'spawn', '--lua', lua, '--json', ...extra, ...flags, '--gateway', units.urls.gateway, '--su', units.urls.su]);
+    const ok = await spawn(file('with-lib.lua', "local counter = require('lib.counter')\nStart = counter.bump(1)\nHandlers.add('Start', function(msg) msg.reply({ Action = 'Started', Data = tostring(Start) }) end)\n"), ['--name', 'with-lib', '--compute-limit', '500']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const spawned = JSON.parse(ok.stdout.toString()) as { process: string; module: string; error: string | null };
+    assert.match(spawned.process, /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(spawned.error, null);
+    const started = await cli(['dryrun', spawned.process, '--action', 'Start', '--json']);
+    assert.equal((JSON.parse(started.stdout.toString()) as { messages: { data: string }[] }).messages[0].data, '11');
+    const broken = await spawn(file('broken-module.lua', 'x = = 1\n'));
+    assert.equal(broken.code, 1);
+    assert.match((JSON.parse(broken.stdout.toString()) as { error: string }).error, /near/);
+  });
+
   test('send --action Ping prints the Output and the reply line with the counter', T, async () => {
     const r = await cli(['send', pid, '--action', 'Ping']);
     assert.equal(r.code, 0, r.stderr);
