@@ -47,16 +47,17 @@ function positive(value: string, min: number, max: number): number {
   return n;
 }
 
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 /** verity process spawn | eval | send | dryrun (commands/process.ts). */
 function processCommands(program: Command, networkOptions: (c: Command) => Command): void {
   const proc = program.command('process').description('spawn Lua (aos) processes on the network and talk to them as aos\'s REPL does');
-  const tagOption = (c: Command): Command => c.option('--tag <name=value>', 'a tag (repeat it for more)', collect, []);
+  const tagOption = (c: Command): Command => c.option('--tag <name=value>', 'a tag (repeat it for more)', collect);
   const bundling =
-    '\nLua files are bundled as aos\'s .load does: each require(\'name\') whose name.lua (dots become slashes) lies next to the\n' +
-    'file becomes a package.preload entry ahead of it; require(\'verity\') is the Verity Lua client. A require of a module that\n' +
-    'is not there is left as it is (the process may have it preloaded already).\n';
+    '\nLua files are bundled as aos\'s .load does: each require(\'name\') whose name.lua (dots become\n' +
+    'slashes) lies next to the file becomes a package.preload entry ahead of it; require(\'verity\') is\n' +
+    'the Verity Lua client. A require of a module that is not there is left as it is (the process may\n' +
+    'have it preloaded already).\n';
   tagOption(networkOptions(proc.command('spawn')))
     .description('publish a Lua file (and the local modules it requires) as a module, spawn a process of it and print its id')
     .requiredOption('--lua <file>', 'the Lua source')
