@@ -13,6 +13,7 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/store.js') &
   typeof import('./commands/ao.js') &
   typeof import('./commands/network.js') &
+  typeof import('./commands/process.js') &
   typeof import('./commands/sim.js');
 
 const modules = {
@@ -25,6 +26,7 @@ const modules = {
   store: () => import('./commands/store.js'),
   ao: () => import('./commands/ao.js'),
   network: () => import('./commands/network.js'),
+  process: () => import('./commands/process.js'),
   sim: () => import('./commands/sim.js'),
 };
 
@@ -43,6 +45,51 @@ function positive(value: string, min: number, max: number): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < min || n > max) throw new InvalidArgumentError(`use a whole number from ${min} to ${max}`);
   return n;
+}
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/** verity process spawn | eval | send | dryrun (commands/process.ts). */
+function processCommands(program: Command, networkOptions: (c: Command) => Command): void {
+  const proc = program.command('process').description('spawn Lua (aos) processes on the network and talk to them as aos\'s REPL does');
+  const tagOption = (c: Command): Command => c.option('--tag <name=value>', 'a tag (repeat it for more)', collect);
+  const bundling =
+    '\nLua files are bundled as aos\'s .load does: each require(\'name\') whose name.lua (dots become\n' +
+    'slashes) lies next to the file becomes a package.preload entry ahead of it; require(\'verity\') is\n' +
+    'the Verity Lua client. A require of a module that is not there is left as it is (the process may\n' +
+    'have it preloaded already).\n';
+  tagOption(networkOptions(proc.command('spawn')))
+    .description('publish a Lua file (and the local modules it requires) as a module, spawn a process of it and print its id')
+    .requiredOption('--lua <file>', 'the Lua source')
+    .option('--name <name>', 'the module\'s and process\'s Name (default the file name)')
+    .option('--memory-limit <bytes>', `the process's memory limit in bytes (default ${256 * 2 ** 20})`)
+    .option('--compute-limit <ticks>', 'compute ticks a message may use (default 1000)')
+    .option('--gateway <url>', 'the gateway to publish the module through (default the devnet\'s; or VERITY_GATEWAY)')
+    .option('--su <url>', 'the Scheduler Unit to spawn on (default the devnet\'s; or VERITY_SU)')
+    .option('--scheduler <address>', 'the SU\'s address instead of asking --su for it (or VERITY_SCHEDULER)')
+    .addHelpText('after', `\nExample:\n  $ verity process spawn --devnet .verity --lua counter.lua --tag App=demo\n${bundling}`)
+    .action(lazy('process', 'processSpawnCommand'));
+  networkOptions(proc.command('eval'))
+    .description('run a Lua file (bundled) in a process you own (Action=Eval); prints its Output, exits 1 on Error')
+    .argument('<pid>', 'the process id')
+    .argument('<file>', 'the Lua file')
+    .addHelpText('after', `\nExample:\n  $ verity process eval --devnet .verity <pid> patch.lua\n${bundling}`)
+    .action(lazy('process', 'processEvalCommand'));
+  const message = (c: Command): Command =>
+    tagOption(networkOptions(c))
+      .argument('<pid>', 'the process id')
+      .requiredOption('--action <action>', 'the Action tag')
+      .option('--data <text>', 'the Data')
+      .option('--data-file <file>', 'the Data, from a file');
+  message(proc.command('send'))
+    .description('send a message and print its result: Output, a line per outgoing message, Error (exit 1)')
+    .option('--no-wait', 'print the message id only')
+    .addHelpText('after', '\nExample:\n  $ verity process send --devnet .verity <pid> --action Ping --tag Reply-To=<pid2> --data hello\n')
+    .action(lazy('process', 'processSendCommand'));
+  message(proc.command('dryrun'))
+    .description('evaluate a message on the process\'s latest state without keeping anything; prints what send would')
+    .addHelpText('after', '\nExample:\n  $ verity process dryrun --devnet .verity <pid> --action Balance\n')
+    .action(lazy('process', 'processDryrunCommand'));
 }
 
 export function buildProgram(): Command {
@@ -171,6 +218,7 @@ export function buildProgram(): Command {
     .description('show a task: its status, result and receipt')
     .argument('<id>', 'task id (the Infer message id)')
     .action(lazy('network', 'taskCommand'));
+  processCommands(program, networkOptions);
   const node = program.command('node').description('run a worker node');
   networkOptions(node.command('start'))
     .description('register, stake, fetch the models and take tasks until stopped')

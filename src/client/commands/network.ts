@@ -28,7 +28,7 @@ export interface NetworkFlags {
 const env = (name: string): string | undefined => process.env[`VERITY_${name}`] || undefined;
 
 /** Where the network is: explicit flags first, then a devnet folder, then the environment. */
-function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } {
+export function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } {
   const explicit = flags.mu ?? flags.cu ?? flags.coordinator;
   if (explicit && flags.devnet) throw new InvalidArgumentError('use --devnet or --mu/--cu/--coordinator, not both');
   const dir = flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
@@ -43,12 +43,12 @@ function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } 
   };
 }
 
-function need<T>(value: T | undefined, what: string): T {
+export function need<T>(value: T | undefined, what: string): T {
   if (value === undefined) throw new InvalidArgumentError(`no ${what}: give --devnet <dir>, --${what} or VERITY_${what.toUpperCase()}`);
   return value;
 }
 
-function walletOf(flags: NetworkFlags, dir: string | undefined): Wallet {
+export function walletOf(flags: NetworkFlags, dir: string | undefined): Wallet {
   const path = flags.wallet ?? env('WALLET') ?? join(dir ?? DEFAULT_HOME, 'wallet.json');
   if (!existsSync(path)) throw new WalletError(`no wallet at ${path}: create one with verity wallet new, or pass --wallet`);
   return readWallet(path);
