@@ -1106,7 +1106,8 @@ local function handleMessage(messageJson, envJson)
   end
   current.timestamp = msg.Timestamp or 0
   math.randomseed(seedOf(rawtype(msg['Hash-Chain']) == 'string' and msg['Hash-Chain'] or (msg.Id or '')))
-  resetOutput()
+  -- What the module printed as it loaded is the first message's (the spawn's) Output, as aos shows it.
+  if ao._booted then resetOutput() end
   ao.clearOutbox()
   ao.init(env)
   if not ao._booted then
