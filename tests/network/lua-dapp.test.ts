@@ -57,7 +57,8 @@ async function evalUntil(ao: AoClient, process: string, code: string, timeoutMs 
 
 test('a Lua dApp with the verity client: funded by its owner, asked by anyone, answers what the SDK answers; forged replies and refusals', { timeout: 300_000 }, () =>
   withTempDir(async (dir) => {
-    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 2, heartbeatMs: 500, log: () => {} });
+    // The third node takes leases and never submits: a request restricted to it stays waiting.
+    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 3, leaseMs: 10_000, strategies: [undefined, undefined, { strategy: 'offline-mid-task' }], heartbeatMs: 500, log: () => {} });
     try {
       const { info, units } = devnet;
       const owner = aoClient({ mu: info.mu, cu: info.cu, wallet: devnet.user });
@@ -98,20 +99,6 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       const ref = accepted.tags.Ref;
       assert.ok(ref);
 
-      // Forged answers while the request waits: from another process, and from a wallet.
-      await owner.message(forger, { tags: tags({ Action: 'Forge', Victim: dapp, Ref: ref, Task: 'f'.repeat(43) }) });
-      const forged = await asker.message(dapp, {
-        tags: tags({ Action: 'Infer-Response', 'X-Reference': ref, Status: 'final' }), data: JSON.stringify({ result: 'forged by a wallet' }),
-      });
-      const forgedResult = await asker.result(dapp, forged);
-      assert.equal(forgedResult.Error, undefined);
-      assert.deepEqual(forgedResult.Messages, [], 'the forged reply caused no answer');
-      assert.match((forgedResult.Output as { data: string }).data, /New Message From .*Action = Infer-Response/);
-      // The request was still waiting when the forged reply came (so the test means something).
-      assert.equal(await evalLua(owner, dapp, `return tostring(Verity_Client.pending['${ref}'] ~= nil)`), 'true');
-      // The process forger's message reached the dApp's Inbox, not the callback.
-      await evalUntil(owner, dapp, `for _, m in ipairs(Inbox) do if m.From == '${forger}' and m.Action == 'Infer-Response' then return 'yes' end end return ''`);
-
       // The answer comes back to the asker, and is what the SDK gets for the same job.
       const answer = await waitForMessage(asker, dapp, { from: askFrom, target: askerAddress, action: 'Ask-Response', match: (t) => t.Ref === ref, timeoutMs: WAIT });
       assert.equal(answer.tags.Status, 'final');
@@ -119,7 +106,6 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       assert.equal(sdk.status, 'final');
       assert.ok(sdk.text.length > 0);
       assert.equal(answer.data, sdk.text);
-      assert.notEqual(answer.tags.Task, 'f'.repeat(43));
 
       // The dApp kept it (a dry-run reads it), with the receipt.
       const stored = expectReply(await asker.dryRun(dapp, { tags: tags({ Action: 'Answer', Ref: ref }), from: askerAddress }), 'Answer-Response');
@@ -156,6 +142,29 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       const poorAnswer = expectReply(await asker.dryRun(unfunded, { tags: tags({ Action: 'Answer', Ref: poorRef }), from: askerAddress }), 'Answer-Response');
       assert.equal(poorAnswer.tags.Status, 'error');
       assert.equal((JSON.parse(poorAnswer.data) as { error: { code: number } }).error.code, 402);
+
+      // Forged answers to a request that is waiting (its only node never submits), naming its real
+      // task (anyone can read it from the coordinator's results): from another process, and from a
+      // wallet. Neither reaches the callback; the request stays pending.
+      const offline = devnet.nodes[2].address;
+      const coordinatorFrom = await owner.latest(info.coordinator);
+      const waiting = await evalLua(owner, dapp,
+        `return require('verity').infer('Once upon a time', { max_tokens = 8, nodes = { '${offline}' } }, function(err, res) Forged = err and ('error ' .. tostring(err.code)) or res.data end)`);
+      const acceptedAt = await waitForMessage(owner, info.coordinator, { from: coordinatorFrom, target: dapp, action: 'Infer-Accepted', match: (t) => t['X-Reference'] === waiting, timeoutMs: WAIT });
+      const task = acceptedAt.tags.Task;
+      assert.match(task, /^[A-Za-z0-9_-]{43}$/);
+      await evalUntil(owner, dapp, `local e = Verity_Client.pending['${waiting}'] return e and e.task or ''`);
+      await owner.message(forger, { tags: tags({ Action: 'Forge', Victim: dapp, Ref: waiting, Task: task }) });
+      const forged = await asker.message(dapp, {
+        tags: tags({ Action: 'Infer-Response', 'X-Reference': waiting, Task: task, Status: 'final' }), data: JSON.stringify({ result: 'forged by a wallet', task, status: 'final' }),
+      });
+      const forgedResult = await asker.result(dapp, forged);
+      assert.equal(forgedResult.Error, undefined);
+      assert.deepEqual(forgedResult.Messages, [], 'the forged reply caused no answer');
+      assert.match((forgedResult.Output as { data: string }).data, /New Message From .*Action = Infer-Response/);
+      // The process forger's message reached the dApp's Inbox, not the callback.
+      await evalUntil(owner, dapp, `for _, m in ipairs(Inbox) do if m.From == '${forger}' and m.Action == 'Infer-Response' then return 'yes' end end return ''`);
+      assert.equal(await evalLua(owner, dapp, `return tostring(Forged) .. ' ' .. tostring(Verity_Client.pending['${waiting}'] ~= nil)`), 'nil true');
     } finally {
       await devnet.close();
     }
