@@ -206,11 +206,13 @@ describe('the verity Lua client', () => {
     await p.run(`require('verity').getTaskStatus('2', record('gone'))`);
     await p.send({ From: COORDINATOR, Tags: { Action: 'Task-Error', 'X-Reference': '4', Code: '404', Message: 'no live task by that id' } });
     await p.run(`require('verity').getTaskStatus('99', record('unknown'))`);
+    const other = await p.run(`require('verity').getBalance(function() end, '${OTHER}')`);
+    assert.deepEqual([other.Messages[0].Target, tagsOf(other.Messages[0]).Target, tagsOf(other.Messages[0]).Action], [COORDINATOR, OTHER, 'Balance']);
     const calls = await p.calls();
     assert.deepEqual(calls.map((c) => [c.name, c.err?.code ?? null]), [['balance', null], ['status', null], ['gone', 404], ['unknown', 404]]);
     assert.equal(calls[0].res!.balance, '42');
     assert.equal(calls[1].res!.status, 'assigned');
-    assert.equal(await p.value(`return require('verity').pending()`), '1', 'only the infer waits');
+    assert.equal(await p.value(`return require('verity').pending()`), '2', 'the infer and the unanswered balance query wait');
     p.close();
   });
 
