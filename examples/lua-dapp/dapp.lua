@@ -16,9 +16,25 @@ local verity = require('verity')
 local json = require('json')
 
 Answers = Answers or {}   -- Ref → { text, task, status, receipt } or { error = { code, message } }
-Received = Received or {} -- token Credit-Notices: { sender, quantity }
+AnswerOrder = AnswerOrder or { first = 1, last = 0 } -- Refs in Answers, oldest first
+Received = Received or { count = 0 } -- token Credit-Notices: how many, and the last { sender, quantity }
 
 local MAX_TOKENS = 64
+-- Anyone may Ask, so the answers kept are bounded: the oldest are forgotten first.
+local MAX_ANSWERS = 1000
+
+local function keep(ref, answer)
+  if Answers[ref] == nil then
+    AnswerOrder.last = AnswerOrder.last + 1
+    AnswerOrder[AnswerOrder.last] = ref
+    while AnswerOrder.last - AnswerOrder.first + 1 > MAX_ANSWERS do
+      Answers[AnswerOrder[AnswerOrder.first]] = nil
+      AnswerOrder[AnswerOrder.first] = nil
+      AnswerOrder.first = AnswerOrder.first + 1
+    end
+  end
+  Answers[ref] = answer
+end
 
 local function number(value, default)
   if value == nil then return default end
@@ -36,15 +52,15 @@ Handlers.add('Ask', function(msg)
   if msg.Seed ~= nil then options.seed = number(msg.Seed, 0) end
   local ref = verity.infer(prompt, options, function(err, res)
     if err then
-      Answers[err.reference] = { error = { code = err.code, message = err.message } }
+      keep(err.reference, { error = { code = err.code, message = err.message } })
       Send({ Target = asker, Action = 'Ask-Error', Ref = err.reference, Code = tostring(err.code), Message = tostring(err.message) })
       return
     end
-    Answers[res.reference] = { text = res.data, task = res.task, status = res.status, receipt = res.receipt }
+    keep(res.reference, { text = res.data, task = res.task, status = res.status, receipt = res.receipt })
     Send({ Target = asker, Action = 'Ask-Response', Ref = res.reference, Task = res.task, Status = res.status, Data = res.data })
   end)
   if ref then
-    Answers[ref] = Answers[ref] or { status = 'pending' }
+    if Answers[ref] == nil then keep(ref, { status = 'pending' }) end
     msg.reply({ Action = 'Ask-Accepted', Ref = ref })
   end
 end)
@@ -72,7 +88,8 @@ end)
 -- Tokens sent to the dApp (the owner's Transfer): kept, from the token only.
 Handlers.add('Credit-Notice', function(msg)
   if msg.From ~= verity.token() then return end
-  Received[#Received + 1] = { sender = msg.Sender, quantity = msg.Quantity }
+  Received.count = Received.count + 1
+  Received.last = { sender = msg.Sender, quantity = msg.Quantity }
 end)
 
 -- The token's answers to the dApp's own transfers (the client already took the ones it asked for).

@@ -84,6 +84,8 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       const funded = await waitForMessage(owner, dapp, { from: fundFrom, target: ownerAddress, action: 'Fund-Response', match: () => true, timeoutMs: WAIT });
       assert.equal(funded.tags.Quantity, '5000');
       assert.equal(funded.tags.Balance, '5000');
+      // The owner's tokens arrived as the token's Credit-Notice (the dApp counts those from the token only).
+      assert.equal(await evalUntil(owner, dapp, "return Received.last and (Received.count .. ' ' .. Received.last.sender .. ' ' .. Received.last.quantity)"), `1 ${ownerAddress} 10000`);
       // Only the owner funds.
       const stranger = await asker.result(dapp, await asker.message(dapp, { tags: tags({ Action: 'Fund', Quantity: '1' }) }));
       assert.equal(expectReply(stranger, 'Fund-Error').tags.Code, '403');
