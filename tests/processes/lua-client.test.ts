@@ -246,6 +246,12 @@ describe('the verity Lua client', () => {
     assert.match(empty.Error ?? '', /non-empty string/);
     const sent = await p.run(`return require('verity').infer('Hello')`);
     assert.equal(tagsOf(sent.Messages[0])['X-Options'], '{}', 'no options: an empty JSON object, which the coordinator reads as its defaults');
+    // A reference of one's own; the counter steps over it while it waits.
+    assert.equal(await p.value(`return require('verity').infer('Hello', { reference = '3' })`), '3');
+    assert.equal(await p.value(`return require('verity').getBalance(function() end)`), '2');
+    assert.equal(await p.value(`return require('verity').getBalance(function() end)`), '4');
+    const twice = await p.send({ Tags: { Action: 'Eval' }, Data: `require('verity').infer('Hello', { reference = '3' })` });
+    assert.match(twice.Error ?? '', /request 3 is already waiting/);
     p.close();
   });
 });

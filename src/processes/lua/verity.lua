@@ -93,8 +93,9 @@ local function need(which)
   return id
 end
 
+-- The next counter value that no waiting request uses (a request may have chosen its own reference).
 local function nextReference()
-  S.counter = S.counter + 1
+  repeat S.counter = S.counter + 1 until S.pending[tostring(S.counter)] == nil
   return tostring(S.counter)
 end
 
@@ -167,6 +168,7 @@ function verity.infer(prompt, options, callback)
     elseif not REQUEST_OPTIONS[key] then error('verity.infer: unknown option ' .. tostring(key), 2) end
   end
   if options.wait ~= nil and options.wait ~= 'final' and options.wait ~= 'pending' then error("verity.infer: wait is 'final' or 'pending'", 2) end
+  if options.on_pending ~= nil and type(options.on_pending) ~= 'function' then error('verity.infer: on_pending must be a function', 2) end
   local coordinator = need('coordinator')
   local reference = options.reference and tostring(options.reference) or nextReference()
   if S.pending[reference] ~= nil then error('verity.infer: request ' .. reference .. ' is already waiting for an answer', 2) end
@@ -216,6 +218,8 @@ function verity.getTaskStatus(reference, callback)
   if type(callback) ~= 'function' then error('verity.getTaskStatus: callback must be a function', 2) end
   reference = tostring(reference)
   local record = S.recent[reference]
+  local entry = S.pending[reference]
+  if record == nil and entry ~= nil and entry.kind == 'infer' then record = { reference = reference, status = entry.task and 'accepted' or 'sent', task = entry.task } end
   if record == nil then return failNow(callback, 404, 'verity: no request ' .. reference .. ' is known to this client', reference) end
   if record.view ~= nil and (record.status == 'final' or record.status == 'failed' or record.status == 'rejected') then
     callback(nil, record.view)
