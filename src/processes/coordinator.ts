@@ -53,6 +53,8 @@ interface Task {
   id: string;
   requester: string;
   reference: string;
+  /** The request's X-Session, echoed on its Infer-Responses (Apus's clients read it); absent when it had none. */
+  session?: string;
   model: string;
   prompt: string;
   options: Options;
@@ -230,11 +232,16 @@ const chance = (msg: ProcessMessage, draws: Draws, ppm: number): boolean => draw
 
 // ---- replies ----
 
+/** A reply to `msg`'s sender: its X-Reference and X-Session come back (as Apus's router echoes them). */
 function reply(msg: ProcessMessage, action: string, tags: Tag[] = [], data?: string): OutboxMessage {
   const ref = tagOf(msg, 'X-Reference');
+  const session = tagOf(msg, 'X-Session');
   return {
     Target: msg.From,
-    Tags: [{ name: 'Action', value: action }, { name: 'Reference', value: msg.Id }, ...(ref === undefined ? [] : [{ name: 'X-Reference', value: ref }]), ...tags],
+    Tags: [
+      { name: 'Action', value: action }, { name: 'Reference', value: msg.Id }, ...(ref === undefined ? [] : [{ name: 'X-Reference', value: ref }]),
+      ...(session === undefined ? [] : [{ name: 'X-Session', value: session }]), ...tags,
+    ],
     ...(data === undefined ? {} : { Data: data }),
   };
 }
@@ -615,6 +622,8 @@ const HANDLERS: Record<string, Handler> = {
     if (nodes && (nodes.length === 0 || nodes.length > 64 || nodes.some((n) => !ID.test(n)))) refuse(400, 'Nodes must be up to 64 comma-separated addresses');
     const reference = tagOf(msg, 'X-Reference') ?? msg.Id;
     if (reference.length > 128) refuse(400, 'X-Reference is at most 128 characters');
+    const session = tagOf(msg, 'X-Session');
+    if (session !== undefined && session.length > 128) refuse(400, 'X-Session is at most 128 characters');
     const key = `${msg.From} ${reference}`;
     // A message id is in a process's log at most once (the SU keeps the slot it has: tests/ao/su.test.ts),
     // so an ended task's Infer cannot come again; the state need not remember ended ids.
@@ -632,7 +641,7 @@ const HANDLERS: Record<string, Handler> = {
       return refuse(400, hostError(e, 'job'));
     }
     state.deposits[msg.From] = (deposit - escrow).toString();
-    const task = newTask(state, { id: msg.Id, requester: msg.From, reference, model: model.id, prompt: msg.Data, options, redundancy, nodes, job, escrow, now: msg.Timestamp });
+    const task = newTask(state, { id: msg.Id, requester: msg.From, reference, session, model: model.id, prompt: msg.Data, options, redundancy, nodes, job, escrow, now: msg.Timestamp });
     state.references[key] = task.id;
     drawLeases(ctx, task);
     out.push(reply(msg, 'Infer-Accepted', [{ name: 'Task', value: task.id }, { name: 'Escrow', value: task.escrow }]));
@@ -834,10 +843,11 @@ function isActive(state: State, node: NodeEntry): boolean {
 
 function newTask(
   state: State,
-  r: { id: string; requester: string; reference: string; model: string; prompt: string; options: Options; redundancy: number; nodes: string[] | null; job: { commitment: string; promptTokens: number; steps: number }; escrow: bigint; now: number },
+  r: { id: string; requester: string; reference: string; session?: string; model: string; prompt: string; options: Options; redundancy: number; nodes: string[] | null; job: { commitment: string; promptTokens: number; steps: number }; escrow: bigint; now: number },
 ): Task {
   const task: Task = {
     id: r.id, requester: r.requester, reference: r.reference, model: r.model, prompt: r.prompt, options: r.options, redundancy: r.redundancy, nodes: r.nodes,
+    ...(r.session === undefined ? {} : { session: r.session }),
     commitment: r.job.commitment, promptTokens: r.job.promptTokens, steps: r.job.steps, traceSteps: 0, escrow: r.escrow.toString(), pot: '0',
     status: 'assigned', pending: r.redundancy, waitingSince: r.now, participants: [], candidate: null, compared: [], queue: [], lostRoots: [], audits: 0,
     drawAfter: null, revealEnd: null, windowEnd: null, disputes: [], winners: [], canary: null, canaryChecked: false, pendingSent: false, corrected: false,
@@ -1291,6 +1301,7 @@ function inferResponse(task: Task, status: string, why = ''): OutboxMessage {
   const tags: Tag[] = [
     { name: 'Reference', value: task.id },
     { name: 'X-Reference', value: task.reference },
+    ...(task.session === undefined ? [] : [{ name: 'X-Session', value: task.session }]),
     { name: 'Task', value: task.id },
     { name: 'Status', value: status },
   ];

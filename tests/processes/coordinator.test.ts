@@ -1360,3 +1360,21 @@ test('Min-Stake 0: an expired lease with only an unstaked node left does not sto
 // The task id is the Infer message id and ended tasks leave the state, so the coordinator no longer
 // knows a message it already served: the same signed Infer, assigned to the process again (AO lets
 // anyone assign a stored item), is served and paid for a second time.
+
+test('X-Session is echoed as Apus\'s router does: on Infer-Accepted, every Infer-Response of the task, refusals and other replies; over 128 characters is 400', async () => {
+  const net = await network({ nodes: 2, spawn: UNAUDITED });
+  const { w } = net;
+  const r = await infer(w, ALICE, { max_tokens: 4 }, { 'X-Reference': 's-1', 'X-Session': 'chat-7' });
+  assert.equal(tagOf(one(r, 'Infer-Accepted'), 'X-Session'), 'chat-7');
+  const responses = await play(net, r, { tickMs: 500 });
+  assert.deepEqual(responses.map((m) => tagOf(m, 'Status')), ['pending', 'final']);
+  for (const m of responses) assert.deepEqual(['X-Reference', 'X-Session'].map((t) => tagOf(m, t)), ['s-1', 'chat-7']);
+  const rejected = await refused(w, inferMessage(ALICE, { max_tokens: 0 }, { 'X-Session': 'chat-7' }), 400, 'bad options');
+  assert.equal(tagOf(rejected, 'X-Session'), 'chat-7');
+  await refused(w, inferMessage(ALICE, { max_tokens: 4 }, { 'X-Session': 's'.repeat(129) }), 400, 'a long session', /X-Session is at most 128 characters/);
+  const balance = await w.send({ from: ALICE, tags: { Action: 'Balance', 'X-Session': 'chat-7' } });
+  assert.equal(tagOf(balance.Messages[0], 'X-Session'), 'chat-7');
+  // Without X-Session, no tag.
+  const plain = await infer(w, ALICE, { max_tokens: 4 });
+  assert.equal(tagOf(one(plain, 'Infer-Accepted'), 'X-Session'), undefined);
+});
