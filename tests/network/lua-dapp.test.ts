@@ -1,8 +1,8 @@
 // A Lua dApp on the embedded devnet, through the real units: the example dApp
-// (examples/lua-dapp/dapp.lua) bundled with the verity Lua client (src/processes/lua/verity.lua),
-// spawned with Verity-Coordinator / Verity-Token tags, funded by its owner (tokens to the dApp, then
+// (examples/lua-dapp/dapp.lua) spawned with `verity process spawn --lua`, which bundles the verity
+// Lua client (src/processes/lua/verity.lua), with Verity-Coordinator / Verity-Token tags, funded by its owner (tokens to the dApp, then
 // `Fund`: the client deposits them with the coordinator), asked a question by someone else; its
-// answer is the text the SDK gets for the same job. A forged Infer-Response (from another process,
+// answer is the text `verity infer` prints for the same job. A forged Infer-Response (from another process,
 // and from a wallet) never reaches the client's callback; refused Infers (400 options, 402 unfunded)
 // reach it as errors with Code and Message.
 import assert from 'node:assert/strict';
@@ -14,7 +14,7 @@ import { publishModule } from '../../src/ao/modules.js';
 import { startDevnet } from '../../src/client/devnet.js';
 import { Verity } from '../../src/client/sdk.js';
 import { generateWallet, walletAddress, walletSigner } from '../../src/store/wallet.js';
-import { projectRoot, withTempDir } from '../helpers.js';
+import { projectRoot, runCli, withTempDir } from '../helpers.js';
 
 const PROMPT = 'Once upon a time';
 const MAX_TOKENS = 24;
@@ -55,7 +55,7 @@ async function evalUntil(ao: AoClient, process: string, code: string, timeoutMs 
   }
 }
 
-test('a Lua dApp with the verity client: funded by its owner, asked by anyone, answers what the SDK answers; forged replies and refusals', { timeout: 300_000 }, () =>
+test('a Lua dApp with the verity client: funded by its owner, asked by anyone, answers what `verity infer` answers; forged replies and refusals', { timeout: 300_000 }, () =>
   withTempDir(async (dir) => {
     // The third node takes leases and never submits: a request restricted to it stays waiting.
     const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 3, leaseMs: 20_000, strategies: [undefined, undefined, { strategy: 'offline-mid-task' }], heartbeatMs: 500, log: () => {} });
@@ -72,7 +72,12 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       const forgerModule = await publishModule(units.store, signer, FORGER, 'forger', { format: 'lua' });
       const spawnTags = (name: string): Tags =>
         tags({ Name: name, 'Verity-Coordinator': info.coordinator, 'Verity-Token': info.token, Authority: units.messenger.address });
-      const dapp = await owner.spawn(dappModule, units.scheduler.address, { tags: spawnTags('lua-dapp') });
+      // The example as a developer spawns it: `verity process spawn --lua`, which bundles the client.
+      const net = join(dir, 'net');
+      const spawned = await runCli(['process', 'spawn', '--lua', join(projectRoot, 'examples/lua-dapp/dapp.lua'), '--devnet', net, '--json',
+        '--tag', 'Name=lua-dapp', '--tag', `Verity-Coordinator=${info.coordinator}`, '--tag', `Verity-Token=${info.token}`, '--tag', `Authority=${units.messenger.address}`], WAIT);
+      assert.equal(spawned.code, 0, spawned.stderr);
+      const dapp = (JSON.parse(spawned.stdout.toString()) as { process: string }).process;
       const forger = await owner.spawn(forgerModule, units.scheduler.address, { tags: spawnTags('forger') });
       const unfunded = await owner.spawn(dappModule, units.scheduler.address, { tags: spawnTags('lua-dapp-unfunded') });
 
@@ -104,16 +109,18 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       // The answer comes back to the asker, and is what the SDK gets for the same job.
       const answer = await waitForMessage(asker, dapp, { from: askFrom, target: askerAddress, action: 'Ask-Response', match: (t) => t.Ref === ref, timeoutMs: WAIT });
       assert.equal(answer.tags.Status, 'final');
-      const sdk = await Verity.connect({ ...info, wallet: devnet.user }).infer(PROMPT, { maxTokens: MAX_TOKENS, temperature: 0, seed: SEED, timeoutMs: WAIT });
-      assert.equal(sdk.status, 'final');
-      assert.ok(sdk.text.length > 0);
-      assert.equal(answer.data, sdk.text);
+      const inferred = await runCli(['infer', PROMPT, '--devnet', net, '--max-tokens', String(MAX_TOKENS), '--temperature', '0', '--seed', String(SEED), '--json'], WAIT);
+      assert.equal(inferred.code, 0, inferred.stderr);
+      const cli = JSON.parse(inferred.stdout.toString()) as { status: string; text: string };
+      assert.equal(cli.status, 'final');
+      assert.ok(cli.text.length > 0);
+      assert.equal(answer.data, cli.text, 'the dApp got the text `verity infer` prints for the same job');
 
       // The dApp kept it (a dry-run reads it), with the receipt.
       const stored = expectReply(await asker.dryRun(dapp, { tags: tags({ Action: 'Answer', Ref: ref }), from: askerAddress }), 'Answer-Response');
       assert.equal(stored.tags.Status, 'final');
       const kept = JSON.parse(stored.data) as { text: string; task: string; receipt: { task: string; traceRoot: string } };
-      assert.equal(kept.text, sdk.text);
+      assert.equal(kept.text, cli.text);
       assert.equal(kept.receipt.task, kept.task);
       assert.match(kept.receipt.traceRoot, /^[0-9a-f]{64}$/);
 
@@ -121,7 +128,7 @@ test('a Lua dApp with the verity client: funded by its owner, asked by anyone, a
       assert.equal(await evalLua(owner, dapp, 'return tostring(require("verity").pending())'), '0');
       // getTaskStatus of an ended request: from what the client kept.
       await evalLua(owner, dapp, `require('verity').getTaskStatus('${ref}', function(err, view) SeenStatus = err and ('error ' .. err.code) or (view.status .. ' ' .. view.result) end)`);
-      assert.equal(await evalUntil(owner, dapp, 'return SeenStatus'), `final ${sdk.text}`);
+      assert.equal(await evalUntil(owner, dapp, 'return SeenStatus'), `final ${cli.text}`);
       // The client's balance is the coordinator's account of the dApp (5000, less what the task paid,
       // plus any slash of a node that let a lease of it expire).
       await evalLua(owner, dapp, "SeenBalance = nil; require('verity').getBalance(function(err, res) SeenBalance = res.balance end)");
