@@ -14,7 +14,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/ao.js') &
   typeof import('./commands/network.js') &
   typeof import('./commands/process.js') &
-  typeof import('./commands/sim.js');
+  typeof import('./commands/sim.js') &
+  typeof import('./commands/api.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -28,6 +29,7 @@ const modules = {
   network: () => import('./commands/network.js'),
   process: () => import('./commands/process.js'),
   sim: () => import('./commands/sim.js'),
+  api: () => import('./commands/api.js'),
 };
 
 /** An action that loads its module first. */
@@ -200,8 +202,19 @@ export function buildProgram(): Command {
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--lease-ms <ms>', 'lease length for a new coordinator', (v) => positive(v, 100, 86_400_000))
     .option('--demo <prompt>', 'run one verified inference of the prompt, then stop')
+    .option('--api-port <n>', 'also serve the OpenAI-compatible API (docs/api.md) on this port (0: any free one)', (v) => positive(v, 0, 65535))
+    .option('--keys <file>', 'with --api-port: the API\'s key file (default: local mode, the devnet user\'s wallet for any key)')
     .option('--json', 'print one JSON line once ready')
     .action(lazy('network', 'devnetCommand'));
+  networkOptions(program.command('api'))
+    .description('serve the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the network; every answer carries its receipt (docs/api.md)')
+    .option('--port <n>', 'port to listen on (0: any free one)', (v) => positive(v, 0, 65535), 8080)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--keys <file>', 'key file: a JSON object from API key to a wallet file path or an inline wallet (default: local mode, this wallet for any key)')
+    .option('--gateway <url>', 'the gateway the models\' tokenizers are read from (default: the devnet\'s)')
+    .option('--model-file <path>', 'a local GGUF copy of a served model whose chat template the API applies (repeat it for more; default: the documented ChatML template)', collect)
+    .option('--max-in-flight <n>', 'requests in flight at once (429 past it; default 32)', (v) => positive(v, 1, 4096))
+    .action(lazy('api', 'apiCommand'));
   networkOptions(program.command('infer'))
     .description('ask the network for a completion; prints the text and its receipt')
     .argument('<prompt>', 'the prompt')

@@ -14,6 +14,7 @@ import { publishProcessModule, verityExtensions } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { readWallet, walletAddress, walletSigner, writeWallet, generateWallet, type Wallet } from '../store/wallet.js';
+import { startApi, type ApiLimits, type RunningApi } from './api.js';
 import { Verity } from './sdk.js';
 
 /** The model every devnet serves: llama2.c's stories260K from the shared models folder. */
@@ -46,6 +47,11 @@ export interface DevnetOptions {
   pollMs?: number;
   heartbeatMs?: number;
   log?: (line: string) => void;
+  /**
+   * Also serve the OpenAI-compatible API (docs/api.md) on this port (0: any free one), as the
+   * devnet user in local mode unless keys are given; its URL goes into devnet.json as `api`.
+   */
+  api?: { port?: number; host?: string; keys?: Map<string, Wallet>; limits?: Partial<ApiLimits>; timeoutMs?: number };
   /** The CU's host extensions, made from the units' store (default verityExtensions: the coordinator's and aos-llama's; `npm run sim` wraps it to time host.step). */
   extensions?: (store: Store) => Extensions;
 }
@@ -61,6 +67,8 @@ export interface DevnetInfo {
   token: string;
   coordinator: string;
   model: string;
+  /** The OpenAI-compatible API's base URL (…/v1), when the devnet serves it. */
+  api?: string;
 }
 
 export interface Devnet {
@@ -69,6 +77,8 @@ export interface Devnet {
   nodes: RunningNode[];
   /** The wallet `verity infer --devnet <dir>` uses: `<dir>/wallet.json`, funded with a deposit. */
   user: Wallet;
+  /** The OpenAI-compatible API, when asked for (DevnetOptions.api). */
+  api?: RunningApi;
   close(): Promise<void>;
 }
 
@@ -187,6 +197,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     extensions: options.extensions ?? verityExtensions,
   });
   const nodes: RunningNode[] = [];
+  let api: RunningApi | undefined;
   try {
     const wallets = join(dir, 'wallets');
     const user = await userWallet(dir);
@@ -215,19 +226,27 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
     }
 
     const info: DevnetInfo = { ...units.urls, ...ids };
+    if (options.api) {
+      const a = options.api;
+      api = await startApi({ ...units.urls, ...ids, wallet: user, store: units.store, host: a.host ?? options.host, port: a.port, keys: a.keys, limits: a.limits, timeoutMs: a.timeoutMs, commandArgs: `--devnet ${dir}` });
+      info.api = `${api.url}/v1`;
+    }
     writeJson(join(dir, DEVNET_FILE), info);
-    step(4, `ready: coordinator ${ids.coordinator}, model ${ids.model.slice(0, 12)}…`);
+    step(4, `ready: coordinator ${ids.coordinator}, model ${ids.model.slice(0, 12)}…${api ? `, OpenAI-compatible API at ${info.api}` : ''}`);
     return {
       info,
       units,
       nodes,
       user,
+      api,
       async close() {
+        await api?.close();
         for (const node of nodes) await node.close();
         await units.close();
       },
     };
   } catch (e) {
+    await api?.close();
     for (const node of nodes) await node.close();
     await units.close();
     throw e;

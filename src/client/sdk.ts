@@ -54,6 +54,8 @@ export interface InferResult {
   usage: TaskView['usage'];
   /** A dispute replaced the first answer with this one. */
   corrected: boolean;
+  /** The Timestamp (ms) of the request's Infer message, as the coordinator recorded it. */
+  createdAt?: number;
 }
 
 /**
@@ -187,7 +189,7 @@ function connect(connection: Connection): VerityClient {
           response(response) {
             if (response.tags.Code) return settle(() => reject(new RefusedError(Number(response.tags.Code), `task ${id}: ${response.tags.Message ?? response.tags.Status}`)));
             const task = JSON.parse(response.data) as TaskView;
-            const result: InferResult = { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected };
+            const result: InferResult = { task: id, text: task.result ?? '', status: task.status, receipt: task.receipt, usage: task.usage, corrected: task.corrected, createdAt: task.createdAt };
             if (response.tags.Status !== 'pending' || options.wait === 'pending') return settle(() => resolve(result));
             if (!answered) {
               answered = true;

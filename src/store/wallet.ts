@@ -95,6 +95,14 @@ export function readWallet(path: string): Wallet {
     const code = (e as NodeJS.ErrnoException).code;
     throw new WalletError(`${path}: ${code === 'ENOENT' ? 'no such wallet file' : 'not a JSON wallet'}`);
   }
+  return parseWallet(doc, path);
+}
+
+/** Checks a parsed wallet document (an Arweave JWK, or an Ed25519 OKP JWK); `where` names it in errors. */
+export function parseWallet(value: unknown, where: string): Wallet {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new WalletError(`${where}: not a JSON wallet`);
+  const doc = value as Record<string, unknown>;
+  const path = where;
   const str = (k: string): boolean => typeof doc[k] === 'string' && (doc[k] as string).length > 0;
   if (doc.kty === 'RSA' && ['n', 'e', 'd', 'p', 'q', 'dp', 'dq', 'qi'].every(str)) {
     const n = Buffer.from(doc.n as string, 'base64url');

@@ -159,11 +159,18 @@ export interface DevnetFlags {
   leaseMs?: number;
   json?: boolean;
   demo?: string;
+  /** Also serve the OpenAI-compatible API on this port (docs/api.md). */
+  apiPort?: number;
+  /** Its key file (default: local mode). */
+  keys?: string;
 }
 
 export async function devnetCommand(flags: DevnetFlags): Promise<void> {
   const dir = flags.dir ?? DEFAULT_HOME;
-  const devnet = await startDevnet({ dir, nodes: flags.nodes, port: flags.port, host: flags.host, leaseMs: flags.leaseMs });
+  if (flags.keys !== undefined && flags.apiPort === undefined) throw new InvalidArgumentError('--keys goes with --api-port');
+  const keys = flags.keys === undefined ? undefined : (await import('../api.js')).readKeyFile(flags.keys);
+  const api = flags.apiPort === undefined ? undefined : { port: flags.apiPort, keys };
+  const devnet = await startDevnet({ dir, nodes: flags.nodes, port: flags.port, host: flags.host, leaseMs: flags.leaseMs, api });
   if (flags.demo !== undefined) {
     // The Quick start: one inference through the network, then its receipt checked by re-running the job here.
     try {

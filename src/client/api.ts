@@ -1,0 +1,602 @@
+// The OpenAI-compatible HTTP API (docs/api.md): /v1/models, /v1/completions and
+// /v1/chat/completions in OpenAI's shapes, each answer served by the network through the SDK and
+// carrying a `verity` object (the task, its receipt, its status and where to check it). The
+// request → response mapping is pure functions (parse*, *Response, toApiError), unit-tested apart
+// from the Fastify wiring (startApi).
+import { createHash } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { dirname, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { aoClient, AoClientError, expectReply, RefusedError } from '../ao/client.js';
+import { DEFAULT_CHAT_TEMPLATE, renderChat, type ChatMessage, type ChatRole } from '../engine/chat.js';
+import type { Model } from '../engine/model.js';
+import { readModelHeader } from '../store/models.js';
+import type { Store } from '../store/store.js';
+import { parseWallet, readWallet, walletAddress, WalletError, type Wallet } from '../store/wallet.js';
+import { Verity, type InferResult, type Receipt, type VerityClient } from './sdk.js';
+
+// ---- errors ----
+
+/** An answer in OpenAI's error shape, with its HTTP status. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string = 'invalid_request_error',
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export const errorBody = (e: ApiError): ErrorBody => ({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
+
+const invalid = (message: string, param: string | null = null, code: string | null = null): ApiError => new ApiError(400, message, 'invalid_request_error', param, code);
+
+/**
+ * Any failure as the API answers it: a coordinator's refusal by its Code (docs/api.md, "Errors"),
+ * Fastify's own (bad JSON, a body over the limit), the network not answering, or a bug (500,
+ * without its details).
+ */
+export function toApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  if (e instanceof RefusedError) {
+    const m = e.message;
+    switch (e.code) {
+      case 400:
+        return /max_tokens/.test(m) ? invalid(m, 'max_tokens', 'context_length_exceeded') : invalid(m);
+      case 402:
+        return new ApiError(402, m, 'insufficient_quota', null, 'insufficient_quota');
+      case 403:
+        return new ApiError(403, m, 'permission_error');
+      case 404:
+        return /model/.test(m) ? new ApiError(404, m, 'invalid_request_error', 'model', 'model_not_found') : new ApiError(404, m, 'invalid_request_error', null, 'not_found');
+      case 409:
+        return new ApiError(409, m, 'invalid_request_error', null, 'conflict');
+      case 413:
+        return invalid(m, 'prompt', 'context_length_exceeded');
+      case 503:
+        return new ApiError(503, m, 'server_error', null, 'overloaded');
+      case 504:
+        return new ApiError(504, m, 'server_error', null, 'timeout');
+      default:
+        return new ApiError(502, `the coordinator refused (${e.code}): ${m}`, 'api_error', null, 'upstream_error');
+    }
+  }
+  if (e instanceof AoClientError) return new ApiError(502, `the network did not answer: ${e.message.split('\n')[0]}`, 'api_error', null, 'network_error');
+  const fastify = e as { statusCode?: number; code?: string; message?: string };
+  if (typeof fastify?.statusCode === 'number' && fastify.statusCode >= 400 && fastify.statusCode < 500) {
+    const status = fastify.statusCode;
+    const message = String(fastify.message ?? 'bad request');
+    if (status === 413) return new ApiError(413, message, 'invalid_request_error', null, 'request_too_large');
+    if (status === 415) return new ApiError(415, `${message} (send Content-Type: application/json)`, 'invalid_request_error', null, 'unsupported_media_type');
+    if (status === 400 && (/JSON/i.test(message) || fastify.code?.startsWith('FST_ERR_CTP') === true)) return invalid(`the body is not valid JSON: ${message}`, null, 'invalid_json');
+    return new ApiError(status, message, 'invalid_request_error');
+  }
+  return new ApiError(500, 'internal error', 'api_error');
+}
+
+// ---- limits ----
+
+export interface ApiLimits {
+  /** Bytes of a request body (413 past it). */
+  bodyBytes: number;
+  /** Bytes of a request's headers (Node answers 431 past it). */
+  headerBytes: number;
+  /** Messages of a chat completion. */
+  messages: number;
+  /** Requests in flight at once, all keys together (429 past it). */
+  inFlight: number;
+  /** Choices of one request (n). */
+  n: number;
+  /** Stop sequences, and the characters of each. */
+  stops: number;
+  stopChars: number;
+}
+
+export const DEFAULT_LIMITS: ApiLimits = { bodyBytes: 1 << 20, headerBytes: 16 * 1024, messages: 256, inFlight: 32, n: 4, stops: 4, stopChars: 64 };
+
+/** What the coordinator allows (its Params), checked here before any work. */
+export interface NetworkLimits {
+  maxTokens: number;
+  maxPromptBytes: number;
+}
+
+/** The tokens asked for when a request names none (the coordinator's own default). */
+export const DEFAULT_MAX_TOKENS = 128;
+
+// ---- requests ----
+
+export interface ApiModel {
+  id: string;
+  name: string;
+  manifest: string;
+  contextLength: number;
+  tokenizerHash: string;
+}
+
+export interface GenerationRequest {
+  /** The model as asked: its id or its name. */
+  model: string;
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+  stop: string[];
+  n: number;
+}
+
+export interface CompletionRequest extends GenerationRequest {
+  prompt: string;
+}
+
+export interface ChatRequest extends GenerationRequest {
+  messages: ChatMessage[];
+}
+
+const given = (o: Record<string, unknown>, key: string): boolean => Object.prototype.hasOwnProperty.call(o, key) && o[key] !== undefined && o[key] !== null;
+
+function bodyObject(body: unknown): Record<string, unknown> {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('the request body must be a JSON object');
+  return body as Record<string, unknown>;
+}
+
+/** Parameters of OpenAI's that the network does not do: refused unless given their neutral value. */
+const UNSUPPORTED: [string, (v: unknown) => boolean][] = [
+  ['suffix', (v) => v === ''],
+  ['echo', (v) => v === false],
+  ['logprobs', (v) => v === false || v === 0],
+  ['top_logprobs', (v) => v === 0],
+  ['best_of', (v) => v === 1],
+  ['logit_bias', (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0],
+  ['presence_penalty', (v) => v === 0],
+  ['frequency_penalty', (v) => v === 0],
+  ['tools', (v) => Array.isArray(v) && v.length === 0],
+  ['functions', (v) => Array.isArray(v) && v.length === 0],
+  ['tool_choice', (v) => v === 'none' || v === 'auto'],
+  ['response_format', (v) => typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text'],
+];
+
+function number(o: Record<string, unknown>, key: string, ok: (n: number) => boolean, range: string): number | undefined {
+  if (!given(o, key)) return undefined;
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw invalid(`${key} must be ${range}`, key, 'invalid_value');
+  return v;
+}
+
+function parseGeneration(o: Record<string, unknown>, limits: ApiLimits, net: NetworkLimits, tokensKeys: string[]): GenerationRequest {
+  if (given(o, 'stream')) {
+    if (typeof o.stream !== 'boolean') throw invalid('stream must be a boolean', 'stream', 'invalid_type');
+    if (o.stream) throw invalid('stream: true is not served yet: streaming with receipts (live tokens, then the final event with the receipt) is the next piece of work; send stream: false', 'stream', 'stream_unsupported');
+  }
+  if (typeof o.model !== 'string' || o.model === '') throw invalid('you must provide a model parameter (a model id or name of GET /v1/models)', 'model', 'missing_required_parameter');
+  if (o.model.length > 200) throw invalid('model is at most 200 characters', 'model', 'invalid_value');
+  for (const [key, neutral] of UNSUPPORTED) if (given(o, key) && !neutral(o[key])) throw invalid(`${key} is not supported by this API`, key, 'unsupported_parameter');
+  let maxTokens: number | undefined;
+  for (const key of tokensKeys) {
+    const v = number(o, key, (n) => Number.isInteger(n) && n >= 1, 'a whole number ≥ 1');
+    if (v === undefined) continue;
+    if (v > net.maxTokens) throw invalid(`${key} is ${v}; the network serves at most ${net.maxTokens} tokens a request (Max-Tokens)`, key, 'context_length_exceeded');
+    maxTokens = v;
+  }
+  const temperature = number(o, 'temperature', (n) => n >= 0 && n <= 2, 'a number in [0, 2]');
+  const topP = number(o, 'top_p', (n) => n > 0 && n <= 1, 'a number in (0, 1]');
+  const seed = number(o, 'seed', (n) => Number.isSafeInteger(n) && n >= 0, 'a whole number ≥ 0 (at most 2^53 − 1)');
+  const n = number(o, 'n', (x) => Number.isInteger(x) && x >= 1 && x <= limits.n, `a whole number from 1 to ${limits.n}`) ?? 1;
+  let stop: string[] = [];
+  if (given(o, 'stop')) {
+    stop = typeof o.stop === 'string' ? [o.stop] : Array.isArray(o.stop) ? (o.stop as unknown[]).map((s) => (typeof s === 'string' ? s : '')) : [''];
+    if (!Array.isArray(o.stop) && typeof o.stop !== 'string') throw invalid('stop must be a string or a list of strings', 'stop', 'invalid_type');
+    if (stop.length > limits.stops) throw invalid(`stop has at most ${limits.stops} sequences`, 'stop', 'invalid_value');
+    if (stop.some((s) => s === '' || s.length > limits.stopChars)) throw invalid(`each stop sequence is a non-empty string of at most ${limits.stopChars} characters`, 'stop', 'invalid_value');
+  }
+  return { model: o.model, maxTokens: maxTokens ?? Math.min(DEFAULT_MAX_TOKENS, net.maxTokens), temperature, topP, seed, stop, n };
+}
+
+const utf8Bytes = (s: string): number => Buffer.byteLength(s, 'utf8');
+
+function checkPromptBytes(bytes: number, net: NetworkLimits, param: string): void {
+  if (bytes > net.maxPromptBytes) throw invalid(`the prompt is ${bytes} bytes; the network takes at most ${net.maxPromptBytes} (Max-Prompt-Bytes)`, param, 'context_length_exceeded');
+}
+
+/** A POST /v1/completions body, checked; the prompt is one string (or a list of exactly one). */
+export function parseCompletionRequest(body: unknown, limits: ApiLimits, net: NetworkLimits): CompletionRequest {
+  const o = bodyObject(body);
+  const generation = parseGeneration(o, limits, net, ['max_tokens']);
+  let prompt = o.prompt;
+  if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
+  if (prompt === undefined || prompt === null) throw invalid('you must provide a prompt', 'prompt', 'missing_required_parameter');
+  if (typeof prompt !== 'string') throw invalid('prompt must be a string (token lists and batches of prompts are not served)', 'prompt', 'invalid_type');
+  if (prompt === '') throw invalid('prompt must not be empty', 'prompt', 'invalid_value');
+  checkPromptBytes(utf8Bytes(prompt), net, 'prompt');
+  return { ...generation, prompt };
+}
+
+const ROLES: Record<string, ChatRole> = { system: 'system', developer: 'system', user: 'user', assistant: 'assistant' };
+
+/** A POST /v1/chat/completions body, checked: messages of system (or developer), user and assistant, text content. */
+export function parseChatRequest(body: unknown, limits: ApiLimits, net: NetworkLimits): ChatRequest {
+  const o = bodyObject(body);
+  const generation = parseGeneration(o, limits, net, ['max_tokens', 'max_completion_tokens']);
+  if (!given(o, 'messages')) throw invalid('you must provide messages', 'messages', 'missing_required_parameter');
+  if (!Array.isArray(o.messages) || o.messages.length === 0) throw invalid('messages must be a non-empty list', 'messages', 'invalid_type');
+  if (o.messages.length > limits.messages) throw invalid(`messages holds at most ${limits.messages} messages`, 'messages', 'invalid_value');
+  let bytes = 0;
+  const messages = (o.messages as unknown[]).map((m, i): ChatMessage => {
+    const param = `messages[${i}]`;
+    if (m === null || typeof m !== 'object' || Array.isArray(m)) throw invalid(`${param} must be an object`, param, 'invalid_type');
+    const { role, content } = m as { role?: unknown; content?: unknown };
+    const r = typeof role === 'string' ? ROLES[role] : undefined;
+    if (r === undefined || !Object.prototype.hasOwnProperty.call(ROLES, role as string)) throw invalid(`${param}.role must be system, developer, user or assistant`, `${param}.role`, 'invalid_value');
+    let text: string;
+    if (typeof content === 'string') text = content;
+    else if (Array.isArray(content) && content.every((p) => p !== null && typeof p === 'object' && (p as { type?: unknown }).type === 'text' && typeof (p as { text?: unknown }).text === 'string'))
+      text = content.map((p) => (p as { text: string }).text).join('');
+    else throw invalid(`${param}.content must be a string or a list of text parts`, `${param}.content`, 'invalid_type');
+    bytes += utf8Bytes(text);
+    return { role: r, content: text };
+  });
+  // The template adds its markers; the rendered prompt is checked again once rendered.
+  checkPromptBytes(bytes, net, 'messages');
+  return { ...generation, messages };
+}
+
+/** The model a request names, by id or by name. */
+export function findModel(models: ApiModel[], asked: string): ApiModel {
+  const model = models.find((m) => m.id === asked) ?? models.find((m) => m.name === asked);
+  if (!model) throw new ApiError(404, `the model '${asked.slice(0, 80)}' does not exist (GET /v1/models lists the network's)`, 'invalid_request_error', 'model', 'model_not_found');
+  return model;
+}
+
+/** A request's max_tokens must leave its prompt a position in the model's context. */
+export function checkContext(model: ApiModel, request: GenerationRequest): void {
+  if (request.maxTokens >= model.contextLength) throw invalid(`max_tokens (${request.maxTokens}) leaves the prompt no room in the model's context of ${model.contextLength} tokens`, 'max_tokens', 'context_length_exceeded');
+}
+
+// ---- responses ----
+
+export type VerityStatus = 'pending' | 'final' | 'disputed' | 'corrected';
+
+export interface VerityInfo {
+  task: string;
+  model: string;
+  coordinator: string;
+  job_commitment: string | null;
+  trace_root: string | null;
+  node: string | null;
+  status: VerityStatus;
+  receipt: Receipt | null;
+  /** Where to check it: this server's view of the task, and the command. */
+  check: { url: string; command: string };
+  /** The generated text as the receipt covers it, when a stop sequence cut the returned text. */
+  full_text?: string;
+}
+
+export function statusOf(r: Pick<InferResult, 'status' | 'corrected'>): VerityStatus {
+  if (r.corrected) return 'corrected';
+  if (r.status === 'final') return 'final';
+  if (r.status === 'disputed') return 'disputed';
+  return 'pending';
+}
+
+/** The text up to the first stop sequence, and whether one cut it. */
+export function applyStop(text: string, stops: string[]): { text: string; stopped: boolean } {
+  let cut = -1;
+  for (const s of stops) {
+    const at = text.indexOf(s);
+    if (at !== -1 && (cut === -1 || at < cut)) cut = at;
+  }
+  return cut === -1 ? { text, stopped: false } : { text: text.slice(0, cut), stopped: true };
+}
+
+export interface ResponseContext {
+  coordinator: string;
+  /** This server's URL (the check URLs are under it). */
+  url: string;
+  /** What `verity task <id>` needs besides the id, e.g. `--devnet <dir>`. */
+  commandArgs?: string;
+}
+
+export function verityInfo(r: InferResult, model: ApiModel, ctx: ResponseContext, fullText?: string): VerityInfo {
+  const receipt = r.receipt;
+  return {
+    task: r.task,
+    model: model.id,
+    coordinator: ctx.coordinator,
+    job_commitment: receipt?.commitment ?? null,
+    trace_root: receipt?.traceRoot ?? null,
+    node: receipt?.node ?? null,
+    status: statusOf(r),
+    receipt,
+    check: { url: `${ctx.url}/v1/verity/tasks/${r.task}`, command: `verity task ${r.task}${ctx.commandArgs ? ` ${ctx.commandArgs}` : ''}` },
+    ...(fullText === undefined ? {} : { full_text: fullText }),
+  };
+}
+
+interface Choice {
+  text: string;
+  finish_reason: 'stop' | 'length';
+  verity: VerityInfo;
+}
+
+function choices(results: InferResult[], request: GenerationRequest, model: ApiModel, ctx: ResponseContext): Choice[] {
+  return results.map((r) => {
+    const { text, stopped } = applyStop(r.text, request.stop);
+    const finish = stopped || r.usage.completion_tokens < request.maxTokens ? 'stop' : 'length';
+    return { text, finish_reason: finish, verity: verityInfo(r, model, ctx, stopped ? r.text : undefined) };
+  });
+}
+
+const createdOf = (r: InferResult): number => Math.floor((r.createdAt ?? Date.now()) / 1000);
+
+function usageOf(results: InferResult[]): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
+  const prompt = results[0].usage.prompt_tokens;
+  const completion = results.reduce((sum, r) => sum + r.usage.completion_tokens, 0);
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+}
+
+/** The top-level verity object: the first choice's, and every choice's when there are several. */
+function topVerity(cs: Choice[], extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { ...cs[0].verity, ...extra, ...(cs.length > 1 ? { choices: cs.map((c) => c.verity) } : {}) };
+}
+
+export function completionResponse(results: InferResult[], request: CompletionRequest, model: ApiModel, ctx: ResponseContext) {
+  const cs = choices(results, request, model, ctx);
+  return {
+    id: `cmpl-${results[0].task}`,
+    object: 'text_completion' as const,
+    created: createdOf(results[0]),
+    model: model.id,
+    choices: cs.map((c, index) => ({ index, text: c.text, logprobs: null, finish_reason: c.finish_reason })),
+    usage: usageOf(results),
+    verity: topVerity(cs),
+  };
+}
+
+export function chatResponse(results: InferResult[], request: ChatRequest, model: ApiModel, ctx: ResponseContext, template: 'model' | 'default') {
+  const cs = choices(results, request, model, ctx);
+  return {
+    id: `chatcmpl-${results[0].task}`,
+    object: 'chat.completion' as const,
+    created: createdOf(results[0]),
+    model: model.id,
+    choices: cs.map((c, index) => ({ index, message: { role: 'assistant' as const, content: c.text, refusal: null }, logprobs: null, finish_reason: c.finish_reason })),
+    usage: usageOf(results),
+    verity: topVerity(cs, { chat_template: template }),
+  };
+}
+
+export function modelsResponse(models: ApiModel[], coordinator: string) {
+  return { object: 'list' as const, data: models.map((m) => modelObject(m, coordinator)) };
+}
+
+export function modelObject(m: ApiModel, coordinator: string) {
+  return { id: m.id, object: 'model' as const, created: 0, owned_by: coordinator, verity: { name: m.name, manifest: m.manifest, context_length: m.contextLength, tokenizer_hash: m.tokenizerHash } };
+}
+
+// ---- keys ----
+
+/**
+ * A key file (docs/api.md): a JSON object from API key to a wallet — a path to a wallet file
+ * (relative to the key file's folder) or the wallet's JWK inline.
+ */
+export function parseKeyFile(doc: unknown, baseDir: string, where = 'the key file'): Map<string, Wallet> {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new WalletError(`${where}: must be a JSON object from API key to a wallet file path or an inline wallet`);
+  const keys = new Map<string, Wallet>();
+  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
+    if (!/^[\x21-\x7e]{8,256}$/.test(key)) throw new WalletError(`${where}: an API key is 8 to 256 printable characters without spaces`);
+    const label = `${where}, key ${key.slice(0, 6)}…`;
+    keys.set(key, typeof value === 'string' ? readWallet(resolve(baseDir, value)) : parseWallet(value, label));
+  }
+  if (keys.size === 0) throw new WalletError(`${where}: holds no keys`);
+  return keys;
+}
+
+export function readKeyFile(path: string): Map<string, Wallet> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new WalletError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such key file' : 'not JSON'}`);
+  }
+  return parseKeyFile(doc, dirname(resolve(path)), path);
+}
+
+const keyHash = (key: string): string => createHash('sha256').update(key).digest('hex');
+
+/** The wallet a request runs as: the key's (key mode), or the server's own (local mode: any key). */
+export function authenticate(header: string | undefined, keys: Pick<Map<string, Wallet>, 'get'> | undefined, own: Wallet): Wallet {
+  if (!keys) return own;
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (!m) throw new ApiError(401, 'you didn\'t provide an API key: send Authorization: Bearer <key>', 'invalid_request_error', null, 'missing_api_key');
+  const wallet = keys.get(m[1]);
+  if (!wallet) throw new ApiError(401, 'incorrect API key provided', 'invalid_request_error', null, 'invalid_api_key');
+  return wallet;
+}
+
+// ---- the server ----
+
+export interface ApiOptions {
+  mu: string;
+  cu: string;
+  coordinator: string;
+  token?: string;
+  /** The server's own wallet: local mode's, and the one it reads the coordinator's models with. */
+  wallet: Wallet;
+  /** Key mode: API key → wallet (readKeyFile). Absent: local mode. */
+  keys?: Map<string, Wallet>;
+  /** Where the models' tokenizers are read from (chat templates need BOS and EOS). */
+  store?: Store;
+  /** Model id → the chat template the engine read from a local copy of that model (GGUF). */
+  chatTemplates?: Map<string, string>;
+  host?: string;
+  port?: number;
+  limits?: Partial<ApiLimits>;
+  /** How long a request waits for its final answer (default 5 minutes). */
+  timeoutMs?: number;
+  /** What `verity task <id>` needs besides the id, printed in each answer's check. */
+  commandArgs?: string;
+}
+
+export interface RunningApi {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** How long the coordinator's models and limits are kept before they are read again. */
+const NETWORK_TTL_MS = 10_000;
+
+export async function startApi(options: ApiOptions): Promise<RunningApi> {
+  const limits: ApiLimits = { ...DEFAULT_LIMITS, ...options.limits };
+  const clients = new Map<string, VerityClient>();
+  const clientFor = (wallet: Wallet): VerityClient => {
+    const address = walletAddress(wallet);
+    let c = clients.get(address);
+    if (!c) clients.set(address, (c = Verity.connect({ mu: options.mu, cu: options.cu, coordinator: options.coordinator, token: options.token, wallet })));
+    return c;
+  };
+  // Keys are kept and looked up by their sha256, so a lookup's time says nothing of the keys' text.
+  const hashed = options.keys && new Map([...options.keys].map(([k, w]) => [keyHash(k), w]));
+  const lookup = hashed && { get: (key: string) => hashed.get(keyHash(key)) };
+  const own = clientFor(options.wallet);
+
+  interface Network {
+    at: number;
+    models: ApiModel[];
+    limits: NetworkLimits;
+  }
+  let network: Network | null = null;
+  let reading: Promise<Network> | null = null;
+  const networkNow = async (): Promise<Network> => {
+    if (network && Date.now() - network.at < NETWORK_TTL_MS) return network;
+    reading ??= (async (): Promise<Network> => {
+      try {
+        const models = (await own.models()) as unknown as ApiModel[];
+        const params = await readParams();
+        return (network = { at: Date.now(), models, limits: params });
+      } finally {
+        reading = null;
+      }
+    })();
+    return reading;
+  };
+  const readParams = async (): Promise<NetworkLimits> => {
+    const ao = aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet });
+    const reply = expectReply(await ao.dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Params' }], from: own.address }), 'Params-Response');
+    const p = JSON.parse(reply.data) as { maxTokens: number; maxPromptBytes: number };
+    return { maxTokens: p.maxTokens, maxPromptBytes: p.maxPromptBytes };
+  };
+
+  // Chat: each model's tokenizer (for bos_token and eos_token) and template, read once.
+  const chatModels = new Map<string, Promise<{ model: Model; template: 'model' | 'default' }>>();
+  const chatModel = (m: ApiModel): Promise<{ model: Model; template: 'model' | 'default' }> => {
+    let p = chatModels.get(m.id);
+    if (!p) {
+      const store = options.store;
+      if (!store) throw new ApiError(503, 'this server has no store to read the model\'s tokenizer from (chat needs it)', 'server_error', null, 'no_store');
+      p = readModelHeader(store, m.id, m.manifest).then((header) => {
+        const own = options.chatTemplates?.get(m.id);
+        const model = { file: `model ${m.id.slice(0, 12)}…`, tokenizer: header.tokenizer, chatTemplate: own ?? DEFAULT_CHAT_TEMPLATE } as unknown as Model;
+        return { model, template: own === undefined ? ('default' as const) : ('model' as const) };
+      });
+      p.catch(() => chatModels.delete(m.id));
+      chatModels.set(m.id, p);
+    }
+    return p;
+  };
+
+  let url = '';
+  const ctx = (): ResponseContext => ({ coordinator: options.coordinator, url, commandArgs: options.commandArgs });
+  const timeoutMs = options.timeoutMs ?? 300_000;
+
+  const run = async (wallet: Wallet, prompt: string, model: ApiModel, request: GenerationRequest): Promise<InferResult[]> => {
+    const client = clientFor(wallet);
+    const results = await Promise.all(
+      Array.from({ length: request.n }, (_, i) =>
+        client.infer(prompt, { model: model.id, maxTokens: request.maxTokens, temperature: request.temperature, topP: request.topP, seed: (request.seed ?? 0) + i, timeoutMs }),
+      ),
+    );
+    const failed = results.find((r) => r.status === 'failed');
+    if (failed) throw new ApiError(502, `task ${failed.task} failed: the network had no valid result for it`, 'api_error', null, 'task_failed');
+    return results;
+  };
+
+  const app = Fastify({
+    logger: false,
+    bodyLimit: limits.bodyBytes,
+    serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => createServer({ maxHeaderSize: limits.headerBytes }, handler),
+  } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
+  const wallets = new WeakMap<FastifyRequest, Wallet>();
+  let inFlight = 0;
+
+  app.setErrorHandler((error: unknown, _request: FastifyRequest, reply: FastifyReply) => {
+    const e = toApiError(error);
+    void reply.status(e.status).send(errorBody(e));
+  });
+  app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {
+    void reply.status(404).send(errorBody(new ApiError(404, `no such endpoint: ${request.method} ${request.url.split('?')[0].slice(0, 100)}`, 'invalid_request_error', null, 'unknown_url')));
+  });
+  app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    wallets.set(request, authenticate(request.headers.authorization, lookup, options.wallet));
+    if (request.method === 'POST') {
+      if (inFlight >= limits.inFlight) throw new ApiError(429, `this server has ${limits.inFlight} requests in flight; try again shortly`, 'rate_limit_exceeded', null, 'rate_limit_exceeded');
+      inFlight++;
+      reply.raw.once('close', () => inFlight--);
+    }
+  });
+
+  app.get('/v1/models', async () => modelsResponse((await networkNow()).models, options.coordinator));
+  app.get('/v1/models/:id', async (request: FastifyRequest) => {
+    const { id } = request.params as { id: string };
+    return modelObject(findModel((await networkNow()).models, id), options.coordinator);
+  });
+  app.get('/v1/verity/tasks/:id', async (request: FastifyRequest) => {
+    const { id } = request.params as { id: string };
+    if (!/^[A-Za-z0-9_-]{43}$/.test(id)) throw new ApiError(400, 'a task id is 43 base64url characters', 'invalid_request_error', 'id', 'invalid_value');
+    return clientFor(wallets.get(request)!).task(id);
+  });
+  app.post('/v1/completions', async (request: FastifyRequest) => {
+    const net = await networkNow();
+    const req = parseCompletionRequest(request.body, limits, net.limits);
+    const model = findModel(net.models, req.model);
+    checkContext(model, req);
+    return completionResponse(await run(wallets.get(request)!, req.prompt, model, req), req, model, ctx());
+  });
+  app.post('/v1/chat/completions', async (request: FastifyRequest) => {
+    const net = await networkNow();
+    const req = parseChatRequest(request.body, limits, net.limits);
+    const model = findModel(net.models, req.model);
+    checkContext(model, req);
+    const chat = await chatModel(model);
+    let prompt: string;
+    try {
+      prompt = renderChat(chat.model, req.messages);
+    } catch (e) {
+      throw invalid(`the conversation does not render with the model's chat template: ${(e as Error).message}`, 'messages', 'invalid_value');
+    }
+    checkPromptBytes(utf8Bytes(prompt), net.limits, 'messages');
+    // ChatML's end-of-turn marker ends the answer when the default template is used (the model may write it as text).
+    const answered = chat.template === 'default' ? { ...req, stop: [...req.stop, '<|im_end|>'] } : req;
+    return chatResponse(await run(wallets.get(request)!, prompt, model, req), answered, model, ctx(), chat.template);
+  });
+
+  const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 0 });
+  const port = (app.server.address() as { port: number }).port;
+  url = address.startsWith('http') ? `http://${options.host ?? '127.0.0.1'}:${port}` : address;
+  return {
+    url,
+    port,
+    async close() {
+      await app.close();
+    },
+  };
+}
+
