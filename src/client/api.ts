@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP API (docs/api.md): /v1/models, /v1/completions and
 // /v1/chat/completions in OpenAI's shapes, each answer served by the network through the SDK and
-// carrying a `verity` object (the task, its receipt, its status and where to check it). The
+// carrying a `verity` object (the task, its receipt, its status and where to check it); with
+// stream: true, server-sent events from the coordinator's first answer to the final receipt. The
 // request → response mapping is pure functions (parse*, *Response, toApiError), unit-tested apart
 // from the Fastify wiring (startApi).
 import { createHash } from 'node:crypto';
@@ -131,6 +132,8 @@ export interface GenerationRequest {
   seed?: number;
   stop: string[];
   n: number;
+  /** Server-sent events: the first answer as soon as the coordinator reports it, then the receipt. */
+  stream: boolean;
 }
 
 export interface CompletionRequest extends GenerationRequest {
@@ -172,10 +175,8 @@ function number(o: Record<string, unknown>, key: string, ok: (n: number) => bool
 }
 
 function parseGeneration(o: Record<string, unknown>, limits: ApiLimits, net: NetworkLimits, tokensKeys: string[]): GenerationRequest {
-  if (given(o, 'stream')) {
-    if (typeof o.stream !== 'boolean') throw invalid('stream must be a boolean', 'stream', 'invalid_type');
-    if (o.stream) throw invalid('stream: true is not served yet: streaming with receipts (live tokens, then the final event with the receipt) is the next piece of work; send stream: false', 'stream', 'stream_unsupported');
-  }
+  if (given(o, 'stream') && typeof o.stream !== 'boolean') throw invalid('stream must be a boolean', 'stream', 'invalid_type');
+  const stream = o.stream === true;
   if (typeof o.model !== 'string' || o.model === '') throw invalid('you must provide a model parameter (a model id or name of GET /v1/models)', 'model', 'missing_required_parameter');
   if (o.model.length > 200) throw invalid('model is at most 200 characters', 'model', 'invalid_value');
   for (const [key, neutral] of UNSUPPORTED) if (given(o, key) && !neutral(o[key])) throw invalid(`${key} is not supported by this API`, key, 'unsupported_parameter');
@@ -197,7 +198,8 @@ function parseGeneration(o: Record<string, unknown>, limits: ApiLimits, net: Net
     if (stop.length > limits.stops) throw invalid(`stop has at most ${limits.stops} sequences`, 'stop', 'invalid_value');
     if (stop.some((s) => s === '' || s.length > limits.stopChars)) throw invalid(`each stop sequence is a non-empty string of at most ${limits.stopChars} characters`, 'stop', 'invalid_value');
   }
-  return { model: o.model, maxTokens: maxTokens ?? Math.min(DEFAULT_MAX_TOKENS, net.maxTokens), temperature, topP, seed, stop, n };
+  if (stream && n > 1) throw invalid('stream: true serves one choice (n = 1)', 'n', 'invalid_value');
+  return { model: o.model, maxTokens: maxTokens ?? Math.min(DEFAULT_MAX_TOKENS, net.maxTokens), temperature, topP, seed, stop, n, stream };
 }
 
 const utf8Bytes = (s: string): number => Buffer.byteLength(s, 'utf8');
@@ -373,6 +375,35 @@ export function chatResponse(results: InferResult[], request: ChatRequest, model
   };
 }
 
+// ---- streaming (server-sent events) ----
+
+export type StreamKind = 'completion' | 'chat';
+
+/**
+ * The chunk that carries an answer's text as it arrived: the coordinator's first (pending) answer
+ * — the whole text the asserting node committed to, before anyone checked it — or, when the final
+ * one came first, that. Chat's first chunk also names the role.
+ */
+export function textChunk(kind: StreamKind, r: InferResult, model: ApiModel, text: string) {
+  const head = { id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${r.task}`, object: kind === 'chat' ? ('chat.completion.chunk' as const) : ('text_completion' as const), created: createdOf(r), model: model.id };
+  const choice = kind === 'chat' ? { index: 0, delta: { role: 'assistant' as const, content: text }, logprobs: null, finish_reason: null } : { index: 0, text, logprobs: null, finish_reason: null };
+  return { ...head, choices: [choice], verity: { task: r.task, status: statusOf(r) } };
+}
+
+/**
+ * The last chunk, once the task is final: no more text, the finish reason, usage and the whole
+ * verity object with the receipt. When a dispute corrected the first answer, verity.status is
+ * `corrected` and verity.text is the corrected text (what was streamed was the first answer).
+ */
+export function finalChunk(kind: StreamKind, r: InferResult, request: GenerationRequest, model: ApiModel, ctx: ResponseContext, streamed: string, extra: Record<string, unknown> = {}) {
+  const [c] = choices([r], request, model, ctx);
+  const head = { id: `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${r.task}`, object: kind === 'chat' ? ('chat.completion.chunk' as const) : ('text_completion' as const), created: createdOf(r), model: model.id };
+  const choice = kind === 'chat' ? { index: 0, delta: {}, logprobs: null, finish_reason: c.finish_reason } : { index: 0, text: '', logprobs: null, finish_reason: c.finish_reason };
+  return { ...head, choices: [choice], usage: usageOf([r]), verity: { ...c.verity, ...extra, ...(c.text === streamed ? {} : { text: c.text }) } };
+}
+
+export const sseEvent = (data: unknown): string => `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+
 export function modelsResponse(models: ApiModel[], coordinator: string) {
   return { object: 'list' as const, data: models.map((m) => modelObject(m, coordinator)) };
 }
@@ -529,6 +560,34 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     return results;
   };
 
+  /**
+   * A streamed answer: the SSE response starts when the coordinator reports the first answer (or
+   * a refusal comes first, which is answered as a plain JSON error), then ends with the final chunk
+   * and [DONE]. A failure after the start is an `error` event.
+   */
+  const stream = async (reply: FastifyReply, kind: StreamKind, wallet: Wallet, prompt: string, model: ApiModel, request: GenerationRequest, extra: Record<string, unknown> = {}): Promise<FastifyReply> => {
+    let streamed: string | null = null;
+    const start = (r: InferResult): void => {
+      if (streamed !== null) return;
+      streamed = applyStop(r.text, request.stop).text;
+      reply.hijack();
+      // A client that goes away mid-stream must not become an unhandled 'error' event.
+      reply.raw.on('error', () => {});
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      reply.raw.write(sseEvent(textChunk(kind, r, model, streamed)));
+    };
+    try {
+      const r = await clientFor(wallet).infer(prompt, { model: model.id, maxTokens: request.maxTokens, temperature: request.temperature, topP: request.topP, seed: request.seed ?? 0, timeoutMs, onAnswer: start });
+      if (r.status === 'failed') throw new ApiError(502, `task ${r.task} failed: the network had no valid result for it`, 'api_error', null, 'task_failed');
+      start(r);
+      if (!reply.raw.destroyed) reply.raw.end(sseEvent(finalChunk(kind, r, request, model, ctx(), streamed!, extra)) + sseEvent('[DONE]'));
+    } catch (e) {
+      if (streamed === null) throw e;
+      if (!reply.raw.destroyed) reply.raw.end(sseEvent(errorBody(toApiError(e))));
+    }
+    return reply;
+  };
+
   const app = Fastify({
     logger: false,
     bodyLimit: limits.bodyBytes,
@@ -563,14 +622,15 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     if (!/^[A-Za-z0-9_-]{43}$/.test(id)) throw new ApiError(400, 'a task id is 43 base64url characters', 'invalid_request_error', 'id', 'invalid_value');
     return clientFor(wallets.get(request)!).task(id);
   });
-  app.post('/v1/completions', async (request: FastifyRequest) => {
+  app.post('/v1/completions', async (request: FastifyRequest, reply: FastifyReply) => {
     const net = await networkNow();
     const req = parseCompletionRequest(request.body, limits, net.limits);
     const model = findModel(net.models, req.model);
     checkContext(model, req);
+    if (req.stream) return stream(reply, 'completion', wallets.get(request)!, req.prompt, model, req);
     return completionResponse(await run(wallets.get(request)!, req.prompt, model, req), req, model, ctx());
   });
-  app.post('/v1/chat/completions', async (request: FastifyRequest) => {
+  app.post('/v1/chat/completions', async (request: FastifyRequest, reply: FastifyReply) => {
     const net = await networkNow();
     const req = parseChatRequest(request.body, limits, net.limits);
     const model = findModel(net.models, req.model);
@@ -585,6 +645,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     checkPromptBytes(utf8Bytes(prompt), net.limits, 'messages');
     // ChatML's end-of-turn marker ends the answer when the default template is used (the model may write it as text).
     const answered = chat.template === 'default' ? { ...req, stop: [...req.stop, '<|im_end|>'] } : req;
+    if (req.stream) return stream(reply, 'chat', wallets.get(request)!, prompt, model, answered, { chat_template: chat.template });
     return chatResponse(await run(wallets.get(request)!, prompt, model, req), answered, model, ctx(), chat.template);
   });
 

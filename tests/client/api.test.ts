@@ -33,12 +33,14 @@ const status400 = (f: () => unknown, code: string | null, param?: string): void 
 
 test('the request mapping: defaults, limits and refusals, each before any work', () => {
   const r = parseCompletionRequest({ model: 'm', prompt: ['hi'], max_tokens: 5, temperature: 0, top_p: 1, seed: 3, stop: 'x', n: 2, user: 'u' }, DEFAULT_LIMITS, NET);
-  assert.deepEqual(r, { model: 'm', prompt: 'hi', maxTokens: 5, temperature: 0, topP: 1, seed: 3, stop: ['x'], n: 2 });
+  assert.deepEqual(r, { model: 'm', prompt: 'hi', maxTokens: 5, temperature: 0, topP: 1, seed: 3, stop: ['x'], n: 2, stream: false });
   assert.equal(parseCompletionRequest({ model: 'm', prompt: 'hi', temperature: null }, DEFAULT_LIMITS, NET).maxTokens, 128);
   status400(() => parseCompletionRequest({ prompt: 'hi' }, DEFAULT_LIMITS, NET), 'missing_required_parameter', 'model');
   status400(() => parseCompletionRequest({ model: 'm' }, DEFAULT_LIMITS, NET), 'missing_required_parameter', 'prompt');
   status400(() => parseCompletionRequest([], DEFAULT_LIMITS, NET), null);
-  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', stream: true }, DEFAULT_LIMITS, NET), 'stream_unsupported', 'stream');
+  assert.equal(parseCompletionRequest({ model: 'm', prompt: 'hi', stream: true }, DEFAULT_LIMITS, NET).stream, true);
+  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', stream: true, n: 2 }, DEFAULT_LIMITS, NET), 'invalid_value', 'n');
+  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', stream: 'yes' }, DEFAULT_LIMITS, NET), 'invalid_type', 'stream');
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', max_tokens: 513 }, DEFAULT_LIMITS, NET), 'context_length_exceeded', 'max_tokens');
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'é'.repeat(2049) }, DEFAULT_LIMITS, NET), 'context_length_exceeded', 'prompt');
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', temperature: 3 }, DEFAULT_LIMITS, NET), 'invalid_value', 'temperature');
@@ -165,6 +167,21 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
       assert.equal(stopped.choices[0].finish_reason, 'stop');
       assert.equal((stopped as unknown as { verity: { full_text: string } }).verity.full_text, direct.text);
 
+      // Streamed: the first answer in one chunk as the coordinator reported it (pending), then the final chunk with the receipt.
+      const chunks: { choices: { text?: string; delta?: { content?: string }; finish_reason: string | null }[]; verity: { status: string; trace_root?: string } }[] = [];
+      for await (const chunk of await openai.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7, stream: true })) chunks.push(chunk as unknown as (typeof chunks)[number]);
+      assert.equal(chunks.length, 2, JSON.stringify(chunks));
+      assert.equal(chunks.map((c) => c.choices[0].text).join(''), direct.text);
+      assert.equal(chunks[0].choices[0].finish_reason, null);
+      assert.equal(chunks[0].verity.status, 'pending');
+      assert.equal(chunks[1].choices[0].finish_reason, completion.choices[0].finish_reason);
+      assert.equal(chunks[1].verity.status, 'final');
+      assert.equal(chunks[1].verity.trace_root, direct.receipt!.traceRoot);
+      const chatChunks: typeof chunks = [];
+      for await (const chunk of await openai.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0, seed: 3, stream: true })) chatChunks.push(chunk as unknown as (typeof chunks)[number]);
+      assert.equal(chatChunks.map((c) => c.choices[0].delta?.content ?? '').join(''), chat.choices[0].message.content);
+      assert.equal(chatChunks.at(-1)!.verity.trace_root, chatDirect.receipt!.traceRoot);
+
       // Errors, each in OpenAI's shape.
       const post = async (path: string, body: string, headers: Record<string, string> = {}): Promise<{ status: number; error: { message: string; type: string; param: string | null; code: string | null } }> => {
         const res = await fetch(`${base}${path}`, { method: 'POST', body, headers: { 'content-type': 'application/json', authorization: 'Bearer sk-test-user-key', ...headers }, signal: AbortSignal.timeout(60_000) });
@@ -180,8 +197,11 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
       assert.equal((await post('/chat/completions', json({ model }))).error.param, 'messages');
       const tooMany = await post('/completions', json({ model, prompt: PROMPT, max_tokens: 100_000 }));
       assert.deepEqual([tooMany.status, tooMany.error.code], [400, 'context_length_exceeded']);
-      const streaming = await post('/chat/completions', json({ model, messages, stream: true }));
-      assert.deepEqual([streaming.status, streaming.error.code], [400, 'stream_unsupported']);
+      const streamRefused = await post('/chat/completions', json({ model, messages, stream: true, n: 2 }));
+      assert.deepEqual([streamRefused.status, streamRefused.error.param], [400, 'n']);
+      // A refusal before the first answer is a plain JSON error, not an event stream.
+      const streamUnfunded = await post('/completions', json({ model, prompt: PROMPT, max_tokens: 8, stream: true }), { authorization: 'Bearer sk-test-poor-key' });
+      assert.equal(streamUnfunded.status, 402);
       assert.equal((await post('/completions', json({ model, prompt: PROMPT }), { authorization: '' })).status, 401);
       const wrong = await post('/completions', json({ model, prompt: PROMPT }), { authorization: 'Bearer sk-not-a-key' });
       assert.deepEqual([wrong.status, wrong.error.code], [401, 'invalid_api_key']);
@@ -198,12 +218,17 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
 
       // Local mode (the devnet's own API): any key runs as the devnet user; past its one request in flight, 429.
       const local = new OpenAI({ baseURL: devnet.info.api, apiKey: 'anything', maxRetries: 0, timeout: 150_000 });
-      const first = local.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7 });
-      await new Promise((r) => setTimeout(r, 300));
-      await assert.rejects(local.completions.create({ model, prompt: PROMPT, max_tokens: 4 }), (e: { status?: number; code?: string }) => e.status === 429 && e.code === 'rate_limit_exceeded');
-      const answered = await first;
+      // Two at once: whichever arrives second finds the first in flight (an inference takes seconds).
+      const both = await Promise.allSettled([0, 1].map(() => local.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7 })));
+      const refused = both.filter((b): b is PromiseRejectedResult => b.status === 'rejected');
+      assert.equal(refused.length, 1, JSON.stringify(both.map((b) => b.status)));
+      assert.equal((refused[0].reason as { status?: number }).status, 429);
+      assert.equal((refused[0].reason as { code?: string }).code, 'rate_limit_exceeded');
+      const answered = both.find((b): b is PromiseFulfilledResult<OpenAI.Completions.Completion> => b.status === 'fulfilled')!.value;
       assert.equal(answered.choices[0].text, direct.text);
       assert.equal((answered as unknown as { verity: { status: string } }).verity.status, 'final');
+      // Its slot is free again: the next request is answered (here refused for its empty prompt), not 429.
+      await assert.rejects(local.completions.create({ model, prompt: '' }), (e: { status?: number }) => e.status === 400);
 
       // Still serving after all of that.
       assert.equal((await openai.models.list()).data[0].id, model);
