@@ -162,10 +162,19 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
 
       // A stop sequence cuts the returned text: finish_reason stop, the full text kept in verity.
       const stop = direct.text.slice(12, 16);
-      const stopped = await openai.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7, stop: [stop] });
-      assert.equal(stopped.choices[0].text, direct.text.slice(0, direct.text.indexOf(stop)));
-      assert.equal(stopped.choices[0].finish_reason, 'stop');
-      assert.equal((stopped as unknown as { verity: { full_text: string } }).verity.full_text, direct.text);
+      // n = 2: two independent tasks (seeds 7 and 8: at temperature 0 the same text), each with its verity object.
+      const stopped = await openai.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7, stop: [stop], n: 2 });
+      assert.equal(stopped.choices.length, 2);
+      for (const c of stopped.choices) {
+        assert.equal(c.text, direct.text.slice(0, direct.text.indexOf(stop)));
+        assert.equal(c.finish_reason, 'stop');
+      }
+      const sv = (stopped as unknown as { verity: { full_text: string; choices: { task: string; status: string; full_text: string }[] } }).verity;
+      assert.equal(sv.full_text, direct.text);
+      assert.equal(sv.choices.length, 2);
+      assert.notEqual(sv.choices[0].task, sv.choices[1].task);
+      assert.ok(sv.choices.every((c) => c.status === 'final' && c.full_text === direct.text));
+      assert.equal(stopped.usage!.completion_tokens, 2 * direct.usage.completion_tokens);
 
       // Streamed: the first answer in one chunk as the coordinator reported it (pending), then the final chunk with the receipt.
       const chunks: { choices: { text?: string; delta?: { content?: string }; finish_reason: string | null }[]; verity: { status: string; trace_root?: string } }[] = [];
