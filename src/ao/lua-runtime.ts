@@ -26,9 +26,14 @@ const IMAGE_FORMAT = 'verity-lua-memory/1';
 /** One tick of the compute limit (the Compute-Limit tag counts ticks, as for JavaScript modules). */
 export const INSTRUCTIONS_PER_TICK = 10_000;
 
-/** A new base image after this many kept messages, or this many bytes of them. */
+/**
+ * A new base image after this many kept messages, this many bytes of them, or this many ticks of
+ * their work: what a failure replays is bounded (without the ticks bound, one failing message
+ * after 63 kept ones at the compute limit would cost the CU 63 messages' work).
+ */
 const BASE_EVERY = 64;
 const BASE_BYTES = 8 * 2 ** 20;
+const BASE_TICKS = 1_000;
 
 const PAGE = 65_536;
 const LUA_REGISTRYINDEX = -1_001_000;
@@ -180,6 +185,7 @@ export class LuaVM {
   private base: { bytes: Uint8Array; used: number } | null = null;
   private sinceBase: ProcessMessage[] = [];
   private sinceBaseBytes = 0;
+  private sinceBaseTicks = 0;
 
   private constructor(
     private readonly spec: ProcessSpec,
@@ -437,7 +443,7 @@ export class LuaVM {
       throw e;
     }
     if (outcome.Error !== undefined) await this.rollback();
-    else this.kept(message);
+    else this.kept(message, outcome.GasUsed);
     return { outcome, vm: this };
   }
 
@@ -451,10 +457,11 @@ export class LuaVM {
     }
   }
 
-  private kept(message: ProcessMessage): void {
+  private kept(message: ProcessMessage, ticks: number): void {
     this.sinceBase.push(message);
     this.sinceBaseBytes += message.Data.length + 1024;
-    if (this.sinceBase.length >= BASE_EVERY || this.sinceBaseBytes >= BASE_BYTES) this.takeBase();
+    this.sinceBaseTicks += ticks;
+    if (this.sinceBase.length >= BASE_EVERY || this.sinceBaseBytes >= BASE_BYTES || this.sinceBaseTicks >= BASE_TICKS) this.takeBase();
   }
 
   private takeBase(): void {
@@ -464,6 +471,7 @@ export class LuaVM {
     this.base.used = this.used;
     this.sinceBase = [];
     this.sinceBaseBytes = 0;
+    this.sinceBaseTicks = 0;
   }
 
   private restoreBase(): void {

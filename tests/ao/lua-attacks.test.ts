@@ -1,0 +1,48 @@
+// Attacks on the Lua runtime by a process's own module and messages (docs/lua.md "Limits and
+// attacks"). Each test is bounded in time and shows one bound holding.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { LuaVM } from '../../src/ao/lua-runtime.js';
+import { hostCallOf, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from '../../src/ao/runtime.js';
+
+const ID = 'P'.repeat(43);
+const env: ProcessEnv = { Process: { Id: ID, Owner: 'owner', Tags: [] }, Module: { Id: 'M'.repeat(43), Owner: 'owner', Tags: [] } };
+let nonce = 0;
+const message = (data: string): ProcessMessage => ({
+  Id: `a${nonce}`.padEnd(43, 'x'), Data: data, Owner: 'owner', From: 'owner', Tags: [], Target: ID,
+  Nonce: nonce++, Timestamp: 1_700_000_000_000 + nonce, 'Block-Height': 1, Cron: false,
+});
+
+// A process that speaks to the runtime directly (as in lua-vm.test.ts).
+const raw = (body: string): string => `
+Count = 0
+local function out(v) return '{"Output":' .. v .. '}' end
+function __verity_handle(m, e)
+  local d = m:match('"Data":"(.-)"')
+  Count = Count + 1
+  ${body}
+  return out(Count)
+end`;
+
+const open = (source: string, extensions: Extensions = {}, limits: Limits = { memory: 32 * 2 ** 20, compute: 200 }): Promise<LuaVM> =>
+  LuaVM.open({ format: 'lua', source, env, limits, hostNames: Object.keys(extensions) }, 'null', hostCallOf(extensions));
+const send = async (vm: LuaVM, data: string) => (await vm.apply(message(data))).outcome;
+
+describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
+  test('replay: a failed message after many costly kept ones replays a bounded amount of work, not BASE_EVERY full messages', async () => {
+    let calls = 0;
+    const vm = await open(
+      raw(`
+        if d == 'burn' then __verity_host('count', '') local x = 0 for i = 1, 830000 do x = x + i end end
+        if d == 'error' then error('boom') end`),
+      { count: () => String(++calls) },
+    );
+    for (let i = 0; i < 40; i++) assert.equal((await send(vm, 'burn')).GasUsed, 168);
+    const before = calls;
+    assert.match((await send(vm, 'error')).Error ?? '', /boom/);
+    const replayed = calls - before;
+    // each 'burn' is ~170 ticks: with a base image at least every 1,000 kept ticks, at most 6 are replayed
+    assert.ok(replayed <= 6, `a failure replayed ${replayed} messages of ~170 ticks`);
+    assert.equal((await send(vm, 'n')).Output, 41);
+  });
+});
