@@ -47,9 +47,9 @@ const LUA_MASKCOUNT = 8;
 /**
  * The library every Lua process runs on (over the runtime's own prelude): aos, then the `llama`
  * module that `require('llama')` gives (its host functions only for a module declaring the Llama
- * extension).
+ * extension), then the metered string.find / match / gmatch / gsub the process gets (patterns.lua).
  */
-const LIBRARY_FILES = ['aos', 'llama'] as const;
+const LIBRARY_FILES = ['aos', 'llama', 'patterns'] as const;
 let library: { name: string; source: string }[] | null = null;
 const libraryFiles = (): { name: string; source: string }[] =>
   (library ??= LIBRARY_FILES.map((name) => ({ name: `=${name}`, source: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') })));
@@ -109,6 +109,8 @@ interface LuaModule {
   _lua_type(L: number, index: number): number;
   _lua_pushlstring(L: number, s: number, len: number): number;
   _lua_pushboolean(L: number, b: number): void;
+  _lua_pushcclosure(L: number, fn: number, n: number): void;
+  _lua_tointegerx(L: number, index: number, isnum: number): bigint;
   _lua_tolstring(L: number, index: number, len: number): number;
   _luaL_loadbufferx(L: number, buffer: number, size: number, name: number, mode: number): number;
   _lua_pcallk(L: number, nargs: number, nresults: number, errfunc: number, ctx: number, k: number): number;
@@ -216,10 +218,11 @@ export class LuaVM {
     const m = this.m;
     const alloc = m.addFunction((_ud, pointer, oldSize, newSize) => this.allocate(pointer, oldSize, newSize), 'iiiii');
     this.hook = m.addFunction((L) => this.onCount(L), 'vii');
+    const charge = m.addFunction((L) => this.onCharge(L), 'ii');
     this.L = atTimeZero(() => m._lua_newstate(alloc, 0));
     if (!this.L) throw new Error('the Lua state could not be made');
     this.scratch = m._malloc(16);
-    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=llama', '=process']) {
+    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', '__verity_charge', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=llama', '=patterns', '=process']) {
       const bytes = encoder.encode(`${name}\0`);
       const p = m._malloc(bytes.length);
       m.HEAPU8.set(bytes, p);
@@ -234,6 +237,8 @@ export class LuaVM {
         open.call(m, L);
         m._lua_setglobal(L, this.name(name));
       }
+      m._lua_pushcclosure(L, charge, 0);
+      m._lua_setglobal(L, this.name('__verity_charge'));
     });
     m._lua_sethook(L, this.hook, LUA_MASKCOUNT, INSTRUCTIONS_PER_TICK);
     this.counting = true;
@@ -291,6 +296,18 @@ export class LuaVM {
       this.pushString(L, `compute limit: more than ${this.spec.limits.compute} ticks`);
       m._lua_error(L);
     } else if (count !== INSTRUCTIONS_PER_TICK) m._lua_sethook(L, this.hook, LUA_MASKCOUNT, INSTRUCTIONS_PER_TICK);
+  }
+
+  /**
+   * `__verity_charge(n)` (for patterns.lua, which takes it from the globals): n more instructions,
+   * for work done in C that the count hook does not see. Past the limit the hook fires on the
+   * thread's next instruction, which raises the error.
+   */
+  private onCharge(L: number): number {
+    const n = Number(this.m._lua_tointegerx(L, 1, 0));
+    if (n > 0) this.instructions += n;
+    if (this.counting && this.instructions > this.limit) this.m._lua_sethook(L, this.hook, LUA_MASKCOUNT, 1);
+    return 0;
   }
 
   private pushString(L: number, text: string): void {

@@ -45,4 +45,41 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
     assert.ok(replayed <= 6, `a failure replayed ${replayed} messages of ~170 ticks`);
     assert.equal((await send(vm, 'n')).Output, 41);
   });
+
+  test('patterns: a backtracking match in C (exponential, or quadratic on a long subject) stops at the compute limit in well under a second', async () => {
+    const vm = await open(
+      raw(`
+        if d == 'exp' then string.find(('a'):rep(40), ('a*'):rep(40) .. 'b') end
+        if d == 'quad' then local _ = ('a'):rep(100000):find('a*b') end
+        if d == 'gsub' then string.gsub(('a'):rep(30), ('(a-)'):rep(30) .. 'b', '') end
+        if d == 'gmatch' then for _ in string.gmatch(('x'):rep(5000), '.-y') do end end
+        if d == 'method' then local s = ('ab'):rep(3000) return out(select(2, s:gsub('(a)(b)', '%2%1'))) end
+        if d == 'plain' then local s = ('a'):rep(200000) return out(tostring(s:find(('a'):rep(10000) .. 'b', 1, true))) end`),
+    );
+    for (const attack of ['exp', 'quad', 'gsub', 'gmatch', 'plain']) {
+      const started = performance.now();
+      const outcome = await send(vm, attack);
+      const ms = performance.now() - started;
+      assert.match(outcome.Error ?? '', /compute limit/, attack);
+      assert.equal(outcome.GasUsed, 201, attack);
+      assert.ok(ms < 2_000, `${attack} ran ${Math.round(ms)} ms`);
+    }
+    assert.equal((await send(vm, 'method')).Output, 3000, 'a pattern over a long subject still works (metered)');
+    assert.equal((await send(vm, 'n')).Output, 2);
+  });
+
+  test('patterns: the same results as Lua\'s own matcher, on both paths (C within the bound, Lua past it)', async () => {
+    const vm = await open(
+      raw(`
+        if d == 'same' then
+          local long = ('k=v; '):rep(2000)
+          local a = { long:find('(%w+)=(%w+)', 9000) }
+          local b = { select(2, long:gsub('(%w+)=(%w+)', '%2=%1')) }
+          local c = {} for k, v in long:gmatch('(%w+)=(%w+)') do c[#c + 1] = k .. v end
+          local short = { ('  x  '):match('^%s*(.-)%s*$'), ('f(a(b))c'):match('%b()'), ('THE (quick) fox'):find('%f[%a]%a+', 5) }
+          return out('"' .. table.concat(a, ',') .. '|' .. table.concat(b, ',') .. '|' .. #c .. '|' .. table.concat(short, ',') .. '"')
+        end`),
+    );
+    assert.equal((await send(vm, 'same')).Output, '9001,9003,k,v|2000|2000|x,(a(b)),6,10');
+  });
 });
