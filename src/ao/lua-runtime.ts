@@ -26,6 +26,9 @@ const IMAGE_FORMAT = 'verity-lua-memory/1';
 /** One tick of the compute limit (the Compute-Limit tag counts ticks, as for JavaScript modules). */
 export const INSTRUCTIONS_PER_TICK = 10_000;
 
+/** Bytes of memory a process's allocation may take per instruction charged (docs/lua.md "Limits and attacks"). */
+const BYTES_PER_INSTRUCTION = 256;
+
 /**
  * A new base image after this many kept messages, this many bytes of them, or this many ticks of
  * their work: what a failure replays is bounded (without the ticks bound, one failing message
@@ -71,6 +74,15 @@ load = function(chunk, name, mode, ...)
   return load_text(chunk, name, 't')
 end
 dofile, loadfile, warn, string.dump = nil, nil, nil, nil
+-- Past the compute limit nothing catches: a pcall loop around a refused allocation (which makes Lua
+-- collect everything first) or a limit error would otherwise run on until the next count.
+local over, rawpcall, rawxpcall = __verity_charge, pcall, xpcall
+local function passed(ok, ...)
+  if not ok and over(0) then error((...), 0) end
+  return ok, ...
+end
+pcall = function(f, ...) return passed(rawpcall(f, ...)) end
+xpcall = function(f, handler, ...) return passed(rawxpcall(f, handler, ...)) end
 function __verity_host(name, argument)
   local ok, value = yield(HOST, name, argument)
   if not ok then error(value, 2) end
@@ -82,7 +94,7 @@ local function relay(co, r)
   end
   return unpack(r, 1, r.n)
 end
-coroutine.resume = function(co, ...) return relay(co, pack(resume(co, ...))) end
+coroutine.resume = function(co, ...) return passed(relay(co, pack(resume(co, ...)))) end
 coroutine.wrap = function(f)
   local co = create(f)
   return function(...)
@@ -177,6 +189,8 @@ export class LuaVM {
   private counting = false;
   private used = 0;
   private unavailable: HostUnavailable | null = null;
+  /** Why the allocator last refused a block in this message. */
+  private refused: 'memory' | 'compute' | null = null;
   private L = 0;
   private scratch = 0;
   private hook = 0;
@@ -276,7 +290,20 @@ export class LuaVM {
       return 0;
     }
     const delta = pointer ? newSize - oldSize : newSize;
-    if (delta > 0 && this.counting && this.used + delta > this.spec.limits.memory) return 0;
+    if (delta > 0 && this.counting) {
+      // C work that makes memory (string.rep, table.concat, gsub's result…) is priced by the bytes
+      // it makes; a refused block, by what Lua holds (it collects all of it before giving up).
+      this.instructions += Math.ceil(delta / BYTES_PER_INSTRUCTION);
+      if (this.used + delta > this.spec.limits.memory) {
+        this.instructions += Math.ceil(this.used / BYTES_PER_INSTRUCTION);
+        this.refused = 'memory';
+        return 0;
+      }
+      if (this.instructions > this.limit) {
+        this.refused = 'compute';
+        return 0;
+      }
+    }
     const moved = m._realloc(pointer, newSize);
     if (moved) this.used += delta;
     return moved;
@@ -299,15 +326,17 @@ export class LuaVM {
   }
 
   /**
-   * `__verity_charge(n)` (for patterns.lua, which takes it from the globals): n more instructions,
-   * for work done in C that the count hook does not see. Past the limit the hook fires on the
-   * thread's next instruction, which raises the error.
+   * `__verity_charge(n)` (for the prelude and patterns.lua, which take it from the globals): n more
+   * instructions, for work done in C that the count hook does not see; true when past the limit,
+   * and then the hook fires on the thread's next instruction, which raises the error.
    */
   private onCharge(L: number): number {
     const n = Number(this.m._lua_tointegerx(L, 1, 0));
     if (n > 0) this.instructions += n;
-    if (this.counting && this.instructions > this.limit) this.m._lua_sethook(L, this.hook, LUA_MASKCOUNT, 1);
-    return 0;
+    const over = this.counting && this.instructions > this.limit;
+    if (over) this.m._lua_sethook(L, this.hook, LUA_MASKCOUNT, 1);
+    this.m._lua_pushboolean(L, over ? 1 : 0);
+    return 1;
   }
 
   private pushString(L: number, text: string): void {
@@ -377,6 +406,7 @@ export class LuaVM {
       }
       if (status !== LUA_YIELD) {
         const why = this.readString(T, -1);
+        if (isMemoryFault(why) && this.refused === 'memory') return { error: `memory limit: ${why}` };
         return { error: this.instructions > this.limit ? `compute limit: more than ${this.spec.limits.compute} ticks` : isMemoryFault(why) ? `memory limit: ${why}` : why };
       }
       if (results !== 3 || !this.isHostMark(T, -3)) return { error: 'a process may yield only inside a coroutine of its own' };
@@ -419,6 +449,7 @@ export class LuaVM {
     if (this.loadError !== null) return failed(this.loadError);
     this.instructions = 0;
     this.unavailable = null;
+    this.refused = null;
     this.counting = true;
     let answer: { json: string } | { error: string };
     try {

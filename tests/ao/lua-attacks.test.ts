@@ -37,7 +37,7 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
         if d == 'error' then error('boom') end`),
       { count: () => String(++calls) },
     );
-    for (let i = 0; i < 40; i++) assert.equal((await send(vm, 'burn')).GasUsed, 168);
+    for (let i = 0; i < 40; i++) assert.equal((await send(vm, 'burn')).GasUsed, 169);
     const before = calls;
     assert.match((await send(vm, 'error')).Error ?? '', /boom/);
     const replayed = calls - before;
@@ -81,5 +81,30 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
         end`),
     );
     assert.equal((await send(vm, 'same')).Output, '9001,9003,k,v|2000|2000|x,(a(b)),6,10');
+  });
+
+  test('C work that makes memory (string.rep, table.concat, upper) in a loop, and a pcall loop around a refused allocation, stop at the compute limit', async () => {
+    const vm = await open(
+      raw(`
+        if d == 'fill' then Keep = {} for i = 1, 200000 do Keep[i] = { i } end end
+        if d == 'oom' then for i = 1, 1e9 do pcall(string.rep, 'x', 1 << 24) end end
+        if d == 'rep' then for i = 1, 1e9 do local s = string.rep('x', 1 << 22) end end
+        if d == 'concat' then local t = {} for i = 1, 16 do t[i] = ('x'):rep(1 << 18) end for i = 1, 1e9 do local s = table.concat(t) end end
+        if d == 'caught' then for i = 1, 1e9 do pcall(function() for j = 1, 1e9 do end end) local co = coroutine.create(function() while true do end end) coroutine.resume(co) end end`),
+      {},
+      { memory: 32 * 2 ** 20, compute: 200 },
+    );
+    for (const attack of ['rep', 'concat', 'caught', 'fill', 'oom']) {
+      const started = performance.now();
+      const outcome = await send(vm, attack);
+      const ms = performance.now() - started;
+      if (attack === 'fill') {
+        assert.equal(outcome.Error, undefined);
+        continue;
+      }
+      assert.match(outcome.Error ?? '', /compute limit/, attack);
+      assert.ok(ms < 3_000, `${attack} ran ${Math.round(ms)} ms`);
+    }
+    assert.equal((await send(vm, 'n')).Output, 2);
   });
 });
