@@ -433,7 +433,7 @@ export class LuaVM {
     const over = `compute limit: more than ${this.spec.limits.compute} ticks`;
     if (this.instructions > this.limit) return { error: over };
     try {
-      const { value, ticks } = await this.host(name, argument);
+      const { value, ticks } = await this.host(name, argument, Math.floor((this.limit - this.instructions) / INSTRUCTIONS_PER_TICK));
       this.instructions += ticks * INSTRUCTIONS_PER_TICK;
       return this.instructions > this.limit ? { error: over } : { value };
     } catch (e) {

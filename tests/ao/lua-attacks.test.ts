@@ -1,9 +1,18 @@
 // Attacks on the Lua runtime by a process's own module and messages (docs/lua.md "Limits and
 // attacks"). Each test is bounded in time and shows one bound holding.
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { LuaVM } from '../../src/ao/lua-runtime.js';
-import { hostCallOf, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from '../../src/ao/runtime.js';
+import { HostError, hostCallOf, type Extensions, type Limits, type ProcessEnv, type ProcessMessage } from '../../src/ao/runtime.js';
+import { BUNDLED_MODEL } from '../../src/client/devnet.js';
+import { loadModel } from '../../src/engine/index.js';
+import { llamaExtensions } from '../../src/processes/llama.js';
+import { publishModel } from '../../src/store/models.js';
+import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { generateWallet, walletSigner } from '../../src/store/wallet.js';
 
 const ID = 'P'.repeat(43);
 const env: ProcessEnv = { Process: { Id: ID, Owner: 'owner', Tags: [] }, Module: { Id: 'M'.repeat(43), Owner: 'owner', Tags: [] } };
@@ -106,5 +115,35 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
       assert.ok(ms < 3_000, `${attack} ran ${Math.round(ms)} ms`);
     }
     assert.equal((await send(vm, 'n')).Output, 2);
+  });
+
+  test('a host call is told the ticks the message has left, and llama.generate refuses work it cannot pay for before doing it', async () => {
+    const budgets: (number | undefined)[] = [];
+    const spy: Extensions = {
+      spy: Object.assign(() => '', {
+        priced: async (_argument: string, budget?: number) => {
+          budgets.push(budget);
+          return { value: 'ok', ticks: 1 };
+        },
+      }),
+    };
+    const vm = await open(raw(`if d == 'spy' then local x = 0 for i = 1, 500000 do x = x + i end __verity_host('spy', '') end`), spy);
+    assert.equal((await send(vm, 'spy')).Error, undefined);
+    assert.equal(budgets.length, 1);
+    assert.ok(budgets[0]! > 0 && budgets[0]! < 200, `budget ${budgets[0]}`);
+
+    const dir = mkdtempSync(join(tmpdir(), 'verity-lua-attacks-'));
+    try {
+      const store = openSqliteStore(dir);
+      const model = loadModel(BUNDLED_MODEL.path, { tokenizer: BUNDLED_MODEL.tokenizer });
+      const { modelId } = await publishModel(store, walletSigner(await generateWallet('arweave')), model, BUNDLED_MODEL.name);
+      const generate = llamaExtensions(store)['llama.generate']!;
+      const argument = JSON.stringify({ model: modelId, tokens: [model.tokenizer.bosId], n: 200 });
+      const paid = await generate.priced!(argument);
+      await assert.rejects(generate.priced!(argument, paid.ticks - 1), (e: unknown) => e instanceof HostError && /more than the \d+ left/.test(e.message) && e.ticks === paid.ticks);
+      assert.deepEqual(await generate.priced!(argument, paid.ticks), paid);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
