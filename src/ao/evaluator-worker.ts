@@ -16,11 +16,11 @@ const vms = new Map<string, ProcessVM | LuaVM>();
 
 // The job now running: its host calls are tagged with it, so the CU uses that process's extensions.
 let current = -1;
-const host: HostCall = (name, argument) =>
+const host: HostCall = (name, argument, budget) =>
   new Promise((resolve, reject) => {
     const call = nextCall++;
     calls.set(call, { resolve, reject });
-    post({ type: 'host', call, job: current, name, argument });
+    post({ type: 'host', call, job: current, name, argument, budget });
   });
 
 async function run(key: string, work: VmJob): Promise<unknown> {

@@ -27,7 +27,7 @@ export type ToEvaluator =
 
 /** What an evaluator thread sends back. */
 export type FromEvaluator =
-  | { type: 'host'; call: number; job: number; name: string; argument: string }
+  | { type: 'host'; call: number; job: number; name: string; argument: string; budget?: number }
   | { type: 'done'; job: number; value: Outcome | string | null }
   | { type: 'failed'; job: number; error: string; unavailable: boolean; lost: boolean };
 
@@ -88,7 +88,7 @@ export function evaluatorPool(options: { threads?: number } = {}): EvaluatorPool
       if (m.type === 'host') {
         const answer = (a: { value: string; ticks: number } | { error: string; unavailable: boolean; ticks: number }): void =>
           worker.postMessage({ type: 'host-answer', call: m.call, ...a } satisfies ToEvaluator);
-        hostCallOf(job.extensions)(m.name, m.argument).then(answer, (e: Error) =>
+        hostCallOf(job.extensions)(m.name, m.argument, m.budget).then(answer, (e: Error) =>
           answer({ error: e.message, unavailable: e instanceof HostUnavailable, ticks: e instanceof HostError ? e.ticks : 1 }),
         );
         return;

@@ -26,9 +26,17 @@ const IMAGE_FORMAT = 'verity-lua-memory/1';
 /** One tick of the compute limit (the Compute-Limit tag counts ticks, as for JavaScript modules). */
 export const INSTRUCTIONS_PER_TICK = 10_000;
 
-/** A new base image after this many kept messages, or this many bytes of them. */
+/** Bytes of memory a process's allocation may take per instruction charged (docs/lua.md "Limits and attacks"). */
+const BYTES_PER_INSTRUCTION = 256;
+
+/**
+ * A new base image after this many kept messages, this many bytes of them, or this many ticks of
+ * their work: what a failure replays is bounded (without the ticks bound, one failing message
+ * after 63 kept ones at the compute limit would cost the CU 63 messages' work).
+ */
 const BASE_EVERY = 64;
 const BASE_BYTES = 8 * 2 ** 20;
+const BASE_TICKS = 1_000;
 
 const PAGE = 65_536;
 const LUA_REGISTRYINDEX = -1_001_000;
@@ -42,9 +50,9 @@ const LUA_MASKCOUNT = 8;
 /**
  * The library every Lua process runs on (over the runtime's own prelude): aos, then the `llama`
  * module that `require('llama')` gives (its host functions only for a module declaring the Llama
- * extension).
+ * extension), then the metered string.find / match / gmatch / gsub the process gets (patterns.lua).
  */
-const LIBRARY_FILES = ['aos', 'llama'] as const;
+const LIBRARY_FILES = ['aos', 'llama', 'patterns'] as const;
 let library: { name: string; source: string }[] | null = null;
 const libraryFiles = (): { name: string; source: string }[] =>
   (library ??= LIBRARY_FILES.map((name) => ({ name: `=${name}`, source: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') })));
@@ -66,6 +74,15 @@ load = function(chunk, name, mode, ...)
   return load_text(chunk, name, 't')
 end
 dofile, loadfile, warn, string.dump = nil, nil, nil, nil
+-- Past the compute limit nothing catches: a pcall loop around a refused allocation (which makes Lua
+-- collect everything first) or a limit error would otherwise run on until the next count.
+local over, rawpcall, rawxpcall = __verity_charge, pcall, xpcall
+local function passed(ok, ...)
+  if not ok and over(0) then error((...), 0) end
+  return ok, ...
+end
+pcall = function(f, ...) return passed(rawpcall(f, ...)) end
+xpcall = function(f, handler, ...) return passed(rawxpcall(f, handler, ...)) end
 function __verity_host(name, argument)
   local ok, value = yield(HOST, name, argument)
   if not ok then error(value, 2) end
@@ -77,7 +94,7 @@ local function relay(co, r)
   end
   return unpack(r, 1, r.n)
 end
-coroutine.resume = function(co, ...) return relay(co, pack(resume(co, ...))) end
+coroutine.resume = function(co, ...) return passed(relay(co, pack(resume(co, ...)))) end
 coroutine.wrap = function(f)
   local co = create(f)
   return function(...)
@@ -104,6 +121,8 @@ interface LuaModule {
   _lua_type(L: number, index: number): number;
   _lua_pushlstring(L: number, s: number, len: number): number;
   _lua_pushboolean(L: number, b: number): void;
+  _lua_pushcclosure(L: number, fn: number, n: number): void;
+  _lua_tointegerx(L: number, index: number, isnum: number): bigint;
   _lua_tolstring(L: number, index: number, len: number): number;
   _luaL_loadbufferx(L: number, buffer: number, size: number, name: number, mode: number): number;
   _lua_pcallk(L: number, nargs: number, nresults: number, errfunc: number, ctx: number, k: number): number;
@@ -170,6 +189,8 @@ export class LuaVM {
   private counting = false;
   private used = 0;
   private unavailable: HostUnavailable | null = null;
+  /** Why the allocator last refused a block in this message. */
+  private refused: 'memory' | 'compute' | null = null;
   private L = 0;
   private scratch = 0;
   private hook = 0;
@@ -180,6 +201,7 @@ export class LuaVM {
   private base: { bytes: Uint8Array; used: number } | null = null;
   private sinceBase: ProcessMessage[] = [];
   private sinceBaseBytes = 0;
+  private sinceBaseTicks = 0;
 
   private constructor(
     private readonly spec: ProcessSpec,
@@ -210,10 +232,11 @@ export class LuaVM {
     const m = this.m;
     const alloc = m.addFunction((_ud, pointer, oldSize, newSize) => this.allocate(pointer, oldSize, newSize), 'iiiii');
     this.hook = m.addFunction((L) => this.onCount(L), 'vii');
+    const charge = m.addFunction((L) => this.onCharge(L), 'ii');
     this.L = atTimeZero(() => m._lua_newstate(alloc, 0));
     if (!this.L) throw new Error('the Lua state could not be made');
     this.scratch = m._malloc(16);
-    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=llama', '=process']) {
+    for (const name of ['_G', 'table', 'string', 'math', 'utf8', 'coroutine', '__verity_handle', '__verity_charge', 'verity.host', 'verity.thread', 't', '=prelude', '=aos', '=llama', '=patterns', '=process']) {
       const bytes = encoder.encode(`${name}\0`);
       const p = m._malloc(bytes.length);
       m.HEAPU8.set(bytes, p);
@@ -228,6 +251,8 @@ export class LuaVM {
         open.call(m, L);
         m._lua_setglobal(L, this.name(name));
       }
+      m._lua_pushcclosure(L, charge, 0);
+      m._lua_setglobal(L, this.name('__verity_charge'));
     });
     m._lua_sethook(L, this.hook, LUA_MASKCOUNT, INSTRUCTIONS_PER_TICK);
     // The runtime's own code loads uncounted: a module's tiny limits must not keep it from loading.
@@ -266,7 +291,20 @@ export class LuaVM {
       return 0;
     }
     const delta = pointer ? newSize - oldSize : newSize;
-    if (delta > 0 && this.counting && this.used + delta > this.spec.limits.memory) return 0;
+    if (delta > 0 && this.counting) {
+      // C work that makes memory (string.rep, table.concat, gsub's result…) is priced by the bytes
+      // it makes; a refused block, by what Lua holds (it collects all of it before giving up).
+      this.instructions += Math.ceil(delta / BYTES_PER_INSTRUCTION);
+      if (this.used + delta > this.spec.limits.memory) {
+        this.instructions += Math.ceil(this.used / BYTES_PER_INSTRUCTION);
+        this.refused = 'memory';
+        return 0;
+      }
+      if (this.instructions > this.limit) {
+        this.refused = 'compute';
+        return 0;
+      }
+    }
     const moved = m._realloc(pointer, newSize);
     if (moved) this.used += delta;
     return moved;
@@ -286,6 +324,20 @@ export class LuaVM {
       this.pushString(L, `compute limit: more than ${this.spec.limits.compute} ticks`);
       m._lua_error(L);
     } else if (count !== INSTRUCTIONS_PER_TICK) m._lua_sethook(L, this.hook, LUA_MASKCOUNT, INSTRUCTIONS_PER_TICK);
+  }
+
+  /**
+   * `__verity_charge(n)` (for the prelude and patterns.lua, which take it from the globals): n more
+   * instructions, for work done in C that the count hook does not see; true when past the limit,
+   * and then the hook fires on the thread's next instruction, which raises the error.
+   */
+  private onCharge(L: number): number {
+    const n = Number(this.m._lua_tointegerx(L, 1, 0));
+    if (n > 0) this.instructions += n;
+    const over = this.counting && this.instructions > this.limit;
+    if (over) this.m._lua_sethook(L, this.hook, LUA_MASKCOUNT, 1);
+    this.m._lua_pushboolean(L, over ? 1 : 0);
+    return 1;
   }
 
   private pushString(L: number, text: string): void {
@@ -355,6 +407,7 @@ export class LuaVM {
       }
       if (status !== LUA_YIELD) {
         const why = this.readString(T, -1);
+        if (isMemoryFault(why) && this.refused === 'memory') return { error: `memory limit: ${why}` };
         return { error: this.instructions > this.limit ? `compute limit: more than ${this.spec.limits.compute} ticks` : isMemoryFault(why) ? `memory limit: ${why}` : why };
       }
       if (results !== 3 || !this.isHostMark(T, -3)) return { error: 'a process may yield only inside a coroutine of its own' };
@@ -381,7 +434,7 @@ export class LuaVM {
     const over = `compute limit: more than ${this.spec.limits.compute} ticks`;
     if (this.instructions > this.limit) return { error: over };
     try {
-      const { value, ticks } = await this.host(name, argument);
+      const { value, ticks } = await this.host(name, argument, Math.floor((this.limit - this.instructions) / INSTRUCTIONS_PER_TICK));
       this.instructions += ticks * INSTRUCTIONS_PER_TICK;
       return this.instructions > this.limit ? { error: over } : { value };
     } catch (e) {
@@ -397,6 +450,7 @@ export class LuaVM {
     if (this.loadError !== null) return failed(this.loadError);
     this.instructions = 0;
     this.unavailable = null;
+    this.refused = null;
     this.counting = true;
     let answer: { json: string } | { error: string };
     try {
@@ -438,7 +492,7 @@ export class LuaVM {
       throw e;
     }
     if (outcome.Error !== undefined) await this.rollback();
-    else this.kept(message);
+    else this.kept(message, outcome.GasUsed);
     return { outcome, vm: this };
   }
 
@@ -452,10 +506,11 @@ export class LuaVM {
     }
   }
 
-  private kept(message: ProcessMessage): void {
+  private kept(message: ProcessMessage, ticks: number): void {
     this.sinceBase.push(message);
     this.sinceBaseBytes += message.Data.length + 1024;
-    if (this.sinceBase.length >= BASE_EVERY || this.sinceBaseBytes >= BASE_BYTES) this.takeBase();
+    this.sinceBaseTicks += ticks;
+    if (this.sinceBase.length >= BASE_EVERY || this.sinceBaseBytes >= BASE_BYTES || this.sinceBaseTicks >= BASE_TICKS) this.takeBase();
   }
 
   private takeBase(): void {
@@ -465,6 +520,7 @@ export class LuaVM {
     this.base.used = this.used;
     this.sinceBase = [];
     this.sinceBaseBytes = 0;
+    this.sinceBaseTicks = 0;
   }
 
   private restoreBase(): void {

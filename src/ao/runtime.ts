@@ -96,9 +96,10 @@ export interface Extension {
   /**
    * The call with its whole price, for a host function whose work its argument and result do not
    * show (a model header it parsed on the way); used instead of calling and `ticks` when present.
-   * A refusal throws a HostError carrying its price.
+   * A refusal throws a HostError carrying its price. `budget`, where the runtime gives it, is the
+   * ticks left to the message: a call that would cost more can refuse before doing the work.
    */
-  priced?: (argument: string) => Promise<{ value: string; ticks: number }>;
+  priced?: (argument: string, budget?: number) => Promise<{ value: string; ticks: number }>;
 }
 export type Extensions = Record<string, Extension>;
 
@@ -133,14 +134,14 @@ export class HostError extends Error {
  * How a runtime reaches its host functions: by name, answering the result and the ticks it costs.
  * In this thread it calls the Extensions; in an evaluator thread it asks the CU's thread.
  */
-export type HostCall = (name: string, argument: string) => Promise<{ value: string; ticks: number }>;
+export type HostCall = (name: string, argument: string, budget?: number) => Promise<{ value: string; ticks: number }>;
 
 /**
  * Calls an extension and prices it. HostUnavailable passes through (nothing is evaluated); any
  * other failure is a HostError with its price, which the process sees as a thrown Error.
  */
 export function hostCallOf(extensions: Extensions): HostCall {
-  return async (name, argument) => {
+  return async (name, argument, budget) => {
     const fn = Object.hasOwn(extensions, name) ? extensions[name] : undefined;
     if (!fn) throw new HostError(`no host function ${name}`, 1);
     const valid = (ticks: number): number => (Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 1);
@@ -148,7 +149,7 @@ export function hostCallOf(extensions: Extensions): HostCall {
     if (fn.priced) {
       let answer: { value: string; ticks: number };
       try {
-        answer = await fn.priced(argument);
+        answer = await fn.priced(argument, budget);
       } catch (e) {
         if (e instanceof HostUnavailable || e instanceof HostError) throw e;
         throw new HostError((e as Error).message, 1);

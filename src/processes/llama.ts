@@ -70,12 +70,12 @@ export function llamaExtensions(store: Store): Extensions {
     while (held.size > MODELS_HELD) held.delete(held.keys().next().value!);
     return loading;
   }
-  const priced = (work: (input: Record<string, unknown>) => Promise<{ value: unknown; ticks: number }>): Extension => {
+  const priced = (work: (input: Record<string, unknown>, budget: number) => Promise<{ value: unknown; ticks: number }>): Extension => {
     const fn: Extension = () => {
       throw new Error('called through priced');
     };
-    fn.priced = async (argument) => {
-      const { value, ticks } = await work(parseArgument(argument));
+    fn.priced = async (argument, budget) => {
+      const { value, ticks } = await work(parseArgument(argument), budget ?? Infinity);
       return { value: JSON.stringify(value), ticks: Math.max(1, Math.ceil(ticks)) };
     };
     return fn;
@@ -94,7 +94,7 @@ export function llamaExtensions(store: Store): Extensions {
       const text = printed(tokens.slice(1).map((t, i) => decodePiece(m.tokenizer, tokens[i], t)));
       return { value: { tokens, text }, ticks: 1 + Buffer.byteLength(input.text) / 4096 };
     }),
-    [generateName]: priced(async (input) => {
+    [generateName]: priced(async (input, budget) => {
       const m = await model(input.model);
       const { tokens, n } = input;
       const vocab = m.config.vocabSize;
@@ -107,6 +107,9 @@ export function llamaExtensions(store: Store): Extensions {
       if (want < 1) return { value: { tokens: [], text: '' }, ticks: 1 };
       const context = tokens as number[];
       const steps = context.length - 1 + want;
+      // The price is known before the work: past what the message has left, refuse without running.
+      const price = 1 + steps * positionTicks(m);
+      if (price > budget) throw new HostError(`generating ${want} tokens after ${context.length} costs ${Math.ceil(price)} ticks, more than the ${budget} left`, Math.ceil(price));
       const run = generate(m, { prompt: context, steps, sampling: { temperature: 0, topp: 1 }, seed: 0n });
       const fresh: number[] = [];
       const pieces: Uint8Array[] = [];
@@ -116,7 +119,7 @@ export function llamaExtensions(store: Store): Extensions {
         fresh.push(step.value.token);
         pieces.push(step.value.piece);
       }
-      return { value: { tokens: fresh, text: printed(pieces) }, ticks: 1 + steps * positionTicks(m) };
+      return { value: { tokens: fresh, text: printed(pieces) }, ticks: price };
     }),
   };
 }

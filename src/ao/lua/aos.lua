@@ -17,6 +17,7 @@ local getmetatable, setmetatable, select, error, pcall, xpcall = getmetatable, s
 local tconcat, tinsert, tremove, tsort, tunpack = table.concat, table.insert, table.remove, table.sort, table.unpack
 local sformat, sbyte, schar, ssub, sfind, sgsub, smatch, srep = string.format, string.byte, string.char, string.sub, string.find, string.gsub, string.match, string.rep
 local mtype, mfloor, mhuge = math.type, math.floor, math.huge
+local sgmatch = string.gmatch
 
 ---------------------------------------------------------------------------------------------------
 -- Limits this library enforces itself (memory and instructions are the runtime's).
@@ -105,7 +106,8 @@ end
 -- string.format: %p (an address) is refused, and %s of a table/function names it deterministically.
 local function detFormat(fmt, ...)
   if rawtype(fmt) == 'string' and sfind(fmt, '%', 1, true) then
-    for conv in string.gmatch(fmt, '%%[-+ #0]*%d*%.?%d*(.)') do
+    -- C's matcher (this pattern's (.) ends every try at once: linear)
+    for conv in sgmatch(fmt, '%%[-+ #0]*%d*%.?%d*(.)') do
       if conv == 'p' then error("string.format: '%p' is not available (addresses differ between CUs)", 2) end
     end
   end
@@ -534,7 +536,8 @@ function utils.matchesPattern(pattern, value, msg)
   if rawtype(pattern) == 'string' then
     if rawtype(value) ~= 'string' then return false end
     if sfind(pattern, '[%^%$%(%)%%%.%[%]%*%+%?]') then
-      return smatch(value, pattern) ~= nil
+      -- the process's pattern: string.match as the process has it (metered, lua/patterns.lua)
+      return string.match(value, pattern) ~= nil
     end
     return value == pattern
   end
