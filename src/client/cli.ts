@@ -15,7 +15,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/network.js') &
   typeof import('./commands/process.js') &
   typeof import('./commands/sim.js') &
-  typeof import('./commands/api.js');
+  typeof import('./commands/api.js') &
+  typeof import('./commands/verify.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -30,6 +31,7 @@ const modules = {
   process: () => import('./commands/process.js'),
   sim: () => import('./commands/sim.js'),
   api: () => import('./commands/api.js'),
+  verify: () => import('./commands/verify.js'),
 };
 
 /** An action that loads its module first. */
@@ -231,6 +233,15 @@ export function buildProgram(): Command {
     .description('show a task: its status, result and receipt')
     .argument('<id>', 'task id (the Infer message id)')
     .action(lazy('network', 'taskCommand'));
+  networkOptions(program.command('verify'))
+    .description('check a task without trusting anyone: re-run its job here and compare every step with the stored trace; match (exit 0), mismatch (exit 1, with the first differing step) or cannot check (exit 2)')
+    .argument('<task>', 'a task id (the Infer message id) or a receipt file (what verity infer --json prints)')
+    .option('--gateway <url>', 'the gateway the trace and the model are read from (default: the devnet\'s)')
+    .option('--cache <dir>', 'where the fetched model goes (default <devnet>/verify)')
+    .option('--challenge', 'on a mismatch, challenge the result through the coordinator (the wallet must be an active staked node) and play the dispute')
+    .option('--wait-ms <ms>', 'with --challenge: how long to wait for the dispute\'s outcome (default 120000)')
+    .addHelpText('after', '\nExit codes: 0 match, 1 mismatch, 2 cannot check (missing data, network out of reach, bad input).\n\nExamples:\n  $ verity verify --devnet .verity <task-id>\n  $ verity infer --devnet .verity --json "Once upon a time" > answer.json && verity verify --devnet .verity answer.json\n  $ verity verify --devnet .verity <task-id> --challenge --wallet .verity/wallets/node-2.json\n')
+    .action(lazy('verify', 'verifyCommand'));
   processCommands(program, networkOptions);
   const node = program.command('node').description('run a worker node');
   networkOptions(node.command('start'))

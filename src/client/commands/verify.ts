@@ -1,0 +1,110 @@
+// verity verify <task-id|receipt.json> [--challenge]: re-runs a task's job here and compares it
+// with the stored trace, step by step (src/client/verify.ts). Exit codes: 0 match, 1 mismatch,
+// 2 cannot check (missing data, the network out of reach, bad input). docs/network.md "verity verify".
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { InvalidArgumentError } from 'commander';
+import { loadModel } from '../../engine/index.js';
+import { fetchModel } from '../../store/models.js';
+import { openGatewayStore } from '../../store/gateway-store.js';
+import type { Store } from '../../store/store.js';
+import { challengeTask, type ChallengeReport } from '../challenge.js';
+import { Verity, type Receipt } from '../sdk.js';
+import { checkAnswer, describeStepName, type VerifyReport } from '../verify.js';
+import { need, networkOf, walletOf, type NetworkFlags } from './network.js';
+import { DEFAULT_HOME } from './store.js';
+
+export interface VerifyFlags extends NetworkFlags {
+  challenge?: boolean;
+  waitMs?: string;
+  cache?: string;
+}
+
+export const VERIFY_EXIT = { match: 0, mismatch: 1, cannotCheck: 2 } as const;
+
+const TASK_ID = /^[A-Za-z0-9_-]{43}$/;
+
+interface Answer {
+  task: string;
+  text: string;
+  receipt: Receipt | null;
+}
+
+/** A receipt file as `verity infer --json` prints it: { task, text, status, usage, receipt }. */
+function readReceiptFile(path: string): Answer {
+  let doc: Partial<Answer>;
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8')) as Partial<Answer>;
+  } catch (e) {
+    throw new InvalidArgumentError(`${path}: not a receipt JSON file (${(e as Error).message})`);
+  }
+  const r = doc.receipt;
+  if (!doc || typeof doc.text !== 'string' || !r || typeof r !== 'object' || typeof r.trace !== 'string' || typeof r.traceRoot !== 'string' || typeof r.commitment !== 'string' || typeof r.model !== 'string') {
+    throw new InvalidArgumentError(`${path}: not a receipt file (want verity infer --json's { task, text, receipt: { model, commitment, traceRoot, trace, … } })`);
+  }
+  return { task: typeof doc.task === 'string' ? doc.task : r.task, text: doc.text, receipt: r };
+}
+
+function lines(report: VerifyReport, challenge: ChallengeReport | undefined): string {
+  const out = [`task: ${report.task}`, `model: ${report.model}`, `trace root: receipt ${report.traceRoot.receipt}, stored ${report.traceRoot.stored ?? '-'}, local ${report.traceRoot.local ?? '-'}`];
+  if (report.steps !== null) out.push(`steps: ${report.steps}`);
+  const d = report.firstDifference;
+  if (d) out.push(`first difference: ${describeStepName(d)}`, `  stored leaf ${d.stored ?? '-'}`, `  local leaf  ${d.local ?? '-'}`);
+  out.push(`text: ${report.text.match ? 'matches' : 'differs'}`);
+  if (!report.text.match && report.text.local !== null) out.push(`  answer: ${JSON.stringify(report.text.answer)}`, `  local:  ${JSON.stringify(report.text.local)}`);
+  for (const reason of report.reasons) out.push(`mismatch: ${reason}`);
+  if (challenge) {
+    if (!challenge.opened) out.push(`challenge refused${challenge.refused ? ` (${challenge.refused.code}): ${challenge.refused.message}` : ''}`);
+    else {
+      out.push(`challenge: ${challenge.message} opened, ${challenge.answered} dispute messages sent from here`);
+      const o = challenge.dispute?.outcome;
+      out.push(o ? `dispute outcome: ${challenge.winner} won (${o.reason}); task ${challenge.taskStatus}${challenge.corrected ? ', result corrected' : ''}` : `dispute still running after --wait-ms (task ${challenge.taskStatus})`);
+    }
+  }
+  return `${out.join('\n')}\n`;
+}
+
+export async function verifyCommand(target: string, flags: VerifyFlags): Promise<void> {
+  const json = flags.json === true;
+  // Progress goes to stderr (stdout is the verdict, or the one JSON object).
+  const progress = (line: string): void => void process.stderr.write(`verify: ${line}\n`);
+  let store: Store | undefined;
+  try {
+    const waitMs = flags.waitMs === undefined ? 120_000 : Number(flags.waitMs);
+    if (!Number.isInteger(waitMs) || waitMs < 0 || waitMs > 86_400_000) throw new InvalidArgumentError('--wait-ms must be a whole number of ms');
+    const net = networkOf(flags);
+    const connect = () => Verity.connect({ mu: need(net.mu, 'mu'), cu: need(net.cu, 'cu'), coordinator: need(net.coordinator, 'coordinator'), token: net.token, wallet: walletOf(flags, net.dir) });
+    let answer: Answer;
+    if (existsSync(target)) answer = readReceiptFile(target);
+    else if (TASK_ID.test(target)) {
+      const view = await connect().task(target);
+      answer = { task: view.task, text: view.result ?? '', receipt: view.receipt };
+    } else throw new InvalidArgumentError(`${target} is neither a receipt file nor a task id (43 base64url characters)`);
+    store = openGatewayStore(need(net.gateway, 'gateway'));
+    const cacheDir = flags.cache ?? join(net.dir ?? DEFAULT_HOME, 'verify');
+    const { report, job, trace } = await checkAnswer(store, answer, cacheDir, progress);
+    let challenge: ChallengeReport | undefined;
+    if (flags.challenge && report.verdict === 'mismatch') {
+      if (!job || !trace) throw new InvalidArgumentError('cannot challenge: the receipt names no job this machine could run');
+      const verity = connect();
+      const model = loadModel(await fetchModel(store, report.model, cacheDir));
+      challenge = await challengeTask({
+        connection: { mu: need(net.mu, 'mu'), cu: need(net.cu, 'cu'), coordinator: need(net.coordinator, 'coordinator'), wallet: walletOf(flags, net.dir) },
+        store, task: answer.task, model, job, trace, text: report.text.local ?? '', view: (t) => verity.task(t), waitMs, progress,
+      });
+    }
+    if (json) process.stdout.write(`${JSON.stringify({ ...report, ...(challenge ? { challenge } : {}) })}\n`);
+    else {
+      process.stdout.write(`${report.verdict}\n`);
+      process.stderr.write(lines(report, challenge));
+    }
+    process.exitCode = report.verdict === 'match' ? VERIFY_EXIT.match : VERIFY_EXIT.mismatch;
+  } catch (e) {
+    const message = e instanceof Error ? e.message.split('\n')[0] : String(e);
+    if (json) process.stdout.write(`${JSON.stringify({ verdict: 'cannot-check', error: message })}\n`);
+    process.stderr.write(`verity: cannot check: ${message}\n`);
+    process.exitCode = VERIFY_EXIT.cannotCheck;
+  } finally {
+    await store?.close();
+  }
+}
