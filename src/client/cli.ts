@@ -241,6 +241,8 @@ export function buildProgram(): Command {
     .option('--challenge', 'on a mismatch, challenge the result through the coordinator (the wallet must be an active staked node) and play the dispute')
     .option('--wait-ms <ms>', 'with --challenge: how long to wait for the dispute\'s outcome (default 120000)')
     .addHelpText('after', '\nExit codes: 0 match, 1 mismatch, 2 cannot check (missing data, network out of reach, bad input).\n\nExamples:\n  $ verity verify --devnet .verity <task-id>\n  $ verity infer --devnet .verity --json "Once upon a time" > answer.json && verity verify --devnet .verity answer.json\n  $ verity verify --devnet .verity <task-id> --challenge --wallet .verity/wallets/node-2.json\n')
+    // A malformed command line cannot be checked either: exit 2, never 1 (which means mismatch).
+    .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
     .action(lazy('verify', 'verifyCommand'));
   processCommands(program, networkOptions);
   const node = program.command('node').description('run a worker node');

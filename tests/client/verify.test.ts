@@ -34,6 +34,15 @@ test('nameStep: a step as the schedule names it (layer, head at a position)', ()
   assert.equal(describeStepName(nameStep(job, L, 2)), 'step 2 (layer 1 at position 0)');
 });
 
+test('verity verify: a malformed command line or a target that is neither a file nor a task id cannot be checked (exit 2, not 1)', async () => {
+  assert.equal((await runCli(['verify', '--bogus', 'x'])).code, 2);
+  assert.equal((await runCli(['verify'])).code, 2);
+  const neither = await runCli(['verify', 'not-a-task', '--devnet', '/nonexistent-devnet', '--json']);
+  assert.equal(neither.code, 2);
+  assert.equal((JSON.parse(neither.stdout.toString()) as { verdict: string }).verdict, 'cannot-check');
+  assert.equal((await runCli(['verify', '--help'])).code, 0);
+});
+
 const PROMPT = 'Once upon a time';
 const MAX_TOKENS = 32;
 
