@@ -93,6 +93,8 @@ export interface VerifyReport {
   firstDifference: (StepName & { stored: string | null; local: string | null }) | null;
   text: { match: boolean; answer: string; local: string | null };
   trace: string;
+  /** Whether the receipt's job commitment was compared with the coordinator's for the task (a receipt file read offline is not). */
+  commitmentChecked: boolean;
 }
 
 interface StoredTrace {
@@ -109,6 +111,8 @@ interface StoredTrace {
  */
 export async function checkAnswer(
   store: Store, answer: { task: string; receipt: Receipt | null; text: string }, cacheDir: string, progress: (line: string) => void = () => {},
+  /** The job commitment the coordinator holds for the task (its task view's receipt), when known. */
+  coordinatorCommitment?: string,
 ): Promise<{ report: VerifyReport; job: Job | null; trace: Trace | null }> {
   const { receipt } = answer;
   if (!receipt) throw new CannotCheckError(`task ${answer.task} has no receipt yet: its result is not revealed (or it did not complete)`);
@@ -125,7 +129,9 @@ export async function checkAnswer(
     task: answer.task, verdict: 'mismatch', reasons, model: receipt.model, commitment: receipt.commitment,
     traceRoot: { receipt: receipt.traceRoot, stored: typeof stored.root === 'string' ? stored.root : null, local: null },
     steps: null, firstDifference: null, text: { match: false, answer: answer.text, local: null }, trace: receipt.trace,
+    commitmentChecked: coordinatorCommitment !== undefined,
   };
+  if (coordinatorCommitment !== undefined && coordinatorCommitment !== receipt.commitment) reasons.push(`the receipt's job commitment is not the coordinator's for task ${answer.task} (${coordinatorCommitment})`);
   if (stored.root !== receipt.traceRoot) reasons.push(`the stored trace's root ${stored.root ?? '(none)'} is not the receipt's ${receipt.traceRoot}`);
   if (stored.commitment !== receipt.commitment) reasons.push('the stored trace is for another job commitment than the receipt\'s');
   const job = stored.job;

@@ -87,8 +87,9 @@ test('verity verify on a devnet: match, mismatch at the wrong token, receipt fil
       writeFileSync(file, JSON.stringify(answer));
       const byFile = await runCli(['verify', file, '--devnet', net, '--json'], 120_000);
       assert.equal(byFile.code, 0, byFile.stderr);
-      const fileReport = JSON.parse(byFile.stdout.toString()) as { verdict: string; firstDifference: unknown; text: { match: boolean } };
+      const fileReport = JSON.parse(byFile.stdout.toString()) as { verdict: string; firstDifference: unknown; text: { match: boolean }; commitmentChecked: boolean };
       assert.equal(fileReport.verdict, 'match');
+      assert.equal(fileReport.commitmentChecked, true);
       assert.equal(fileReport.firstDifference, null);
       assert.equal(fileReport.text.match, true);
 
@@ -100,6 +101,12 @@ test('verity verify on a devnet: match, mismatch at the wrong token, receipt fil
       const badReport = JSON.parse(bad.stdout.toString()) as { verdict: string; reasons: string[] };
       assert.equal(badReport.verdict, 'mismatch');
       assert.ok(badReport.reasons.some((r) => /root/.test(r)), badReport.reasons.join('; '));
+      // A receipt for another job than the coordinator's (commitment changed) is a mismatch too.
+      const otherJob = join(dir, 'other-job.json');
+      writeFileSync(otherJob, JSON.stringify({ ...answer, receipt: { ...answer.receipt!, commitment: 'cd'.repeat(32) } }));
+      const other = await runCli(['verify', otherJob, '--devnet', net, '--json'], 120_000);
+      assert.equal(other.code, 1, other.stderr);
+      assert.ok((JSON.parse(other.stdout.toString()) as { reasons: string[] }).reasons.some((r) => /coordinator's/.test(r)));
 
       // Cannot check: a task id nobody knows.
       const unknown = await runCli(['verify', 'A'.repeat(43), '--devnet', net, '--json'], 60_000);

@@ -48,6 +48,7 @@ function readReceiptFile(path: string): Answer {
 function lines(report: VerifyReport, challenge: ChallengeReport | undefined): string {
   const out = [`task: ${report.task}`, `model: ${report.model}`, `trace root: receipt ${report.traceRoot.receipt}, stored ${report.traceRoot.stored ?? '-'}, local ${report.traceRoot.local ?? '-'}`];
   if (report.steps !== null) out.push(`steps: ${report.steps}`);
+  if (!report.commitmentChecked) out.push('job commitment: the receipt\'s, not compared with the coordinator\'s');
   const d = report.firstDifference;
   if (d) out.push(`first difference: ${describeStepName(d)}`, `  stored leaf ${d.stored ?? '-'}`, `  local leaf  ${d.local ?? '-'}`);
   out.push(`text: ${report.text.match ? 'matches' : 'differs'}`);
@@ -75,14 +76,24 @@ export async function verifyCommand(target: string, flags: VerifyFlags): Promise
     const net = networkOf(flags);
     const connect = () => Verity.connect({ mu: need(net.mu, 'mu'), cu: need(net.cu, 'cu'), coordinator: need(net.coordinator, 'coordinator'), token: net.token, wallet: walletOf(flags, net.dir) });
     let answer: Answer;
-    if (existsSync(target)) answer = readReceiptFile(target);
-    else if (TASK_ID.test(target)) {
+    /** The coordinator's job commitment for the task: what the request describes. */
+    let commitment: string | undefined;
+    if (existsSync(target)) {
+      answer = readReceiptFile(target);
+      // A receipt file is checked against the coordinator's task when the network answers; offline, against itself only.
+      try {
+        commitment = (await connect().task(answer.task)).receipt?.commitment;
+      } catch (e) {
+        progress(`the receipt's job commitment is not compared with the coordinator's: ${(e as Error).message.split('\n')[0]}`);
+      }
+    } else if (TASK_ID.test(target)) {
       const view = await connect().task(target);
       answer = { task: view.task, text: view.result ?? '', receipt: view.receipt };
+      commitment = view.receipt?.commitment;
     } else throw new InvalidArgumentError(`${target} is neither a receipt file nor a task id (43 base64url characters)`);
     store = openGatewayStore(need(net.gateway, 'gateway'));
     const cacheDir = flags.cache ?? join(net.dir ?? DEFAULT_HOME, 'verify');
-    const { report, job, trace } = await checkAnswer(store, answer, cacheDir, progress);
+    const { report, job, trace } = await checkAnswer(store, answer, cacheDir, progress, commitment);
     let challenge: ChallengeReport | undefined;
     if (flags.challenge && report.verdict === 'mismatch') {
       if (!job || !trace) throw new InvalidArgumentError('cannot challenge: the receipt names no job this machine could run');
