@@ -5,14 +5,20 @@ import { randomBytes } from 'node:crypto';
 import { createItem, type Item, type Tag } from '../store/items.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
 import type { Result } from './cu.js';
+import { VerityError } from '../errors.js';
 
-export class AoClientError extends Error {
+export class AoClientError extends VerityError {
   constructor(
     message: string,
     readonly status = 0,
   ) {
     super(message);
     this.name = 'AoClientError';
+  }
+
+  /** A unit that did not answer, or answered garbage: the gateway's fault, not the caller's. */
+  override get httpStatus(): number {
+    return 502;
   }
 }
 
@@ -139,9 +145,9 @@ export function aoClient(options: { mu: string; cu: string; wallet: Wallet }): A
 }
 
 /** A process's refusal (its Code and Message tags), or an answer that did not come. */
-export class RefusedError extends Error {
+export class RefusedError extends VerityError {
   constructor(
-    readonly code: number,
+    override readonly code: number,
     message: string,
   ) {
     super(message);

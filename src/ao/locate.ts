@@ -3,14 +3,19 @@
 // AO's own lookup, answered from our store or gateway instead of ao-testnet's router.
 import { tagValue } from '../store/items.js';
 import type { Store } from '../store/store.js';
+import { VerityError } from '../errors.js';
 
-export class LocateError extends Error {
+export class LocateError extends VerityError {
   /** True when the id names no process at all (e.g. a wallet address): trying again will not help. */
   readonly notAProcess: boolean;
   constructor(message: string, notAProcess = false) {
     super(message);
     this.name = 'LocateError';
     this.notAProcess = notAProcess;
+  }
+
+  override get httpStatus(): number {
+    return 404;
   }
 }
 

@@ -16,20 +16,25 @@ import { readModelHeader } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { parseWallet, readWallet, walletAddress, WalletError, type Wallet } from '../store/wallet.js';
 import { Verity, type InferResult, type Receipt, type VerityClient } from './sdk.js';
+import { VerityError } from '../errors.js';
 
 // ---- errors ----
 
 /** An answer in OpenAI's error shape, with its HTTP status. */
-export class ApiError extends Error {
+export class ApiError extends VerityError {
   constructor(
     readonly status: number,
     message: string,
     readonly type: string = 'invalid_request_error',
     readonly param: string | null = null,
-    readonly code: string | null = null,
+    override readonly code: string | null = null,
   ) {
     super(message);
     this.name = 'ApiError';
+  }
+
+  override get httpStatus(): number {
+    return this.status;
   }
 }
 
@@ -81,6 +86,7 @@ export function toApiError(e: unknown): ApiError {
     if (status === 400 && (/JSON/i.test(message) || fastify.code?.startsWith('FST_ERR_CTP') === true)) return invalid(`the body is not valid JSON: ${message}`, null, 'invalid_json');
     return new ApiError(status, message, 'invalid_request_error');
   }
+  if (e instanceof VerityError) return new ApiError(e.httpStatus, e.message.split('\n')[0], e.httpStatus >= 500 ? 'server_error' : 'invalid_request_error');
   return new ApiError(500, 'internal error', 'api_error');
 }
 

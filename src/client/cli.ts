@@ -1,6 +1,7 @@
 // The `verity` command line: one module per command group under commands/, each loaded only when
 // its command runs (the store's and the network's dependencies cost time to load).
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { INTERNAL_EXIT_CODE, VerityError } from '../errors.js';
 import { withGenerationOptions } from './commands/shared.js';
 import { tuneRuntime } from './runtime.js';
 
@@ -43,7 +44,6 @@ function lazy<K extends keyof Commands>(module: keyof typeof modules, name: K) {
 }
 
 /** Errors that are the user's input, not a bug: one line, exit code 1. */
-const USER_ERRORS = new Set(['SimError', 'ModelFileError', 'EngineError', 'ProofError', 'WalletError', 'ItemError', 'ModelStoreError', 'QueryError', 'LocateError', 'GatewayError', 'RefusedError', 'NodeError', 'AoClientError', 'TaskError']);
 
 function positive(value: string, min: number, max: number): number {
   const n = Number(value);
@@ -299,9 +299,10 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
-    const known = e instanceof InvalidArgumentError || (e instanceof Error && USER_ERRORS.has(e.name));
+    // What the user can act on is a VerityError (or a bad flag, commander's); anything else is a bug.
+    const known = e instanceof InvalidArgumentError || e instanceof VerityError;
     const message = e instanceof Error ? e.message : String(e);
     process.stderr.write(`verity: ${known ? '' : 'internal error: '}${message.split('\n')[0]}\n`);
-    process.exitCode = known ? 1 : 2;
+    process.exitCode = e instanceof VerityError ? e.exitCode : known ? 1 : INTERNAL_EXIT_CODE;
   }
 }

@@ -22,8 +22,9 @@ import { jobCommitment, recordTrace } from '../proof/index.js';
 import type { Store } from '../store/store.js';
 import { BUNDLED_MODEL, DEVNET_STAKE, startDevnet, type NodeSpec } from './devnet.js';
 import { Verity } from './sdk.js';
+import { VerityError } from '../errors.js';
 
-export class SimError extends Error {
+export class SimError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'SimError';

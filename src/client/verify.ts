@@ -9,6 +9,7 @@ import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { RefusedError } from '../ao/client.js';
 import type { Receipt } from './sdk.js';
+import { VerityError } from '../errors.js';
 
 export interface ReceiptRequest {
   prompt: string;
@@ -73,10 +74,15 @@ export const describeStepName = (s: StepName): string =>
   s.kind === 'layer' ? `step ${s.step} (layer ${s.layer} at position ${s.pos})` : s.kind === 'head' ? `step ${s.step} (head at position ${s.pos})` : `step ${s.step} (end)`;
 
 /** A check that could not be made: data missing, the network out of reach. */
-export class CannotCheckError extends Error {
+export class CannotCheckError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'CannotCheckError';
+  }
+
+  /** `verity verify`'s "cannot check" (1 is a mismatch). */
+  override get exitCode(): number {
+    return 2;
   }
 }
 

@@ -39,6 +39,7 @@ import { honest, resultCommitment, type Behaviour, type BehaviourContext, type C
 import { strategy as strategyNamed, type StrategyOptions } from './strategies.js';
 import { afterBeat, beatAt, emptyWake, observe, type SeenResult } from './wake.js';
 import type { Assignment } from './work.js';
+import { VerityError } from '../errors.js';
 
 export interface Network {
   mu: string;
@@ -111,7 +112,7 @@ export interface RunningNode {
   close(): Promise<void>;
 }
 
-export class NodeError extends Error {
+export class NodeError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'NodeError';

@@ -4,6 +4,7 @@ import { completionText, modelIdentity, type KernelPath, type Model } from '../e
 import { jobCommitment, recordTrace, recordTraceCooperatively, type Job, type Trace } from '../proof/index.js';
 import { describeRequest } from '../processes/host.js';
 import type { Tag } from '../store/items.js';
+import { VerityError } from '../errors.js';
 
 /** A lease as the coordinator's `Tasks` reply lists it (docs/network.md). */
 export interface Assignment {
@@ -25,7 +26,7 @@ export interface Completion {
   text: string;
 }
 
-export class TaskError extends Error {
+export class TaskError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'TaskError';

@@ -10,6 +10,7 @@ import {
   BOS, KV_CHAIN_START, accNext, accumulators, kvChainNext, kvHashOf, leafHash, schedule, xHashOf,
   type Hex, type Job, type LeafPreimage, type StepRef, type Trace,
 } from './trace.js';
+import { VerityError } from '../errors.js';
 
 export interface Opening {
   step: number;
@@ -30,9 +31,9 @@ export interface Opening {
 /** An opening as JSON: the float arrays as base64 of their f32 little-endian bytes. */
 export type OpeningJson = Omit<Opening, 'x' | 'keys' | 'values'> & { x?: string; keys?: string; values?: string };
 
-export class ProofError extends Error {
+export class ProofError extends VerityError {
   constructor(
-    readonly code: 'chain' | 'preimage' | 'input' | 'kv' | 'weights' | 'model' | 'shape',
+    override readonly code: 'chain' | 'preimage' | 'input' | 'kv' | 'weights' | 'model' | 'shape',
     message: string,
   ) {
     super(message);

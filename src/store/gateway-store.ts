@@ -3,6 +3,7 @@
 // processes or on separate hosts.
 import { ItemError, verifyItem, type Item } from './items.js';
 import { QueryError, checkQuery, type ItemSummary, type PutResult, type Store, type TransactionsPage } from './store.js';
+import { VerityError } from '../errors.js';
 
 const QUERY = `query($ids: [ID!], $owners: [String!], $recipients: [String!], $tags: [TagFilter!], $first: Int, $after: String, $sort: SortOrder) {
   transactions(ids: $ids, owners: $owners, recipients: $recipients, tags: $tags, first: $first, after: $after, sort: $sort) {
@@ -23,10 +24,14 @@ interface Node {
 }
 
 /** The gateway could not be reached or answered with a server error. */
-export class GatewayError extends Error {
+export class GatewayError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'GatewayError';
+  }
+
+  override get httpStatus(): number {
+    return 502;
   }
 }
 

@@ -4,6 +4,7 @@
 import { createHash, createPublicKey, verify as edVerify } from 'node:crypto';
 import { DataItem, createData, deserializeTags, type Signer } from '@dha-team/arbundles';
 import { b64url, ownerAddress } from './wallet.js';
+import { VerityError } from '../errors.js';
 
 export interface Tag {
   name: string;
@@ -25,7 +26,7 @@ export interface Item {
   raw: Buffer;
 }
 
-export class ItemError extends Error {
+export class ItemError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'ItemError';

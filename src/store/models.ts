@@ -26,6 +26,7 @@ import type { Signer } from '@dha-team/arbundles';
 import { createItem, tagValue, type Item, type Tag } from './items.js';
 import type { Store } from './store.js';
 import { ownerAddress } from './wallet.js';
+import { VerityError } from '../errors.js';
 
 export const MANIFEST_VERSION = 'verity-model-manifest/1';
 export const MAX_CHUNK_ITEM_BYTES = 4 * 2 ** 20;
@@ -47,10 +48,15 @@ export interface Manifest {
   config: { architecture: 'llama'; dim: number; layers: number; heads: number; kvHeads: number; vocab: number; seqLen: number; dtypes: string[] };
 }
 
-export class ModelStoreError extends Error {
+export class ModelStoreError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'ModelStoreError';
+  }
+
+  /** The store has no such model, or not all of it. */
+  override get httpStatus(): number {
+    return 404;
   }
 }
 

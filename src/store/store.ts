@@ -2,6 +2,7 @@
 // implement it — the embedded SQLite store (sqlite-store.ts) and an Arweave gateway
 // (arweave-store.ts) — and the gateway HTTP server (gateway.ts) serves either.
 import type { Item, Tag } from './items.js';
+import { VerityError } from '../errors.js';
 
 /** A query in the shape of the Arweave GraphQL `transactions` query. */
 export interface TransactionsQuery {
@@ -51,7 +52,7 @@ export interface Store {
   close(): Promise<void>;
 }
 
-export class QueryError extends Error {
+export class QueryError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'QueryError';

@@ -5,6 +5,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import { ArweaveSigner, type JWKInterface, type Signer } from '@dha-team/arbundles';
 import Arweave from 'arweave';
 import bs58 from 'bs58';
+import { VerityError } from '../errors.js';
 
 export type WalletType = 'arweave' | 'ed25519';
 
@@ -17,7 +18,7 @@ export interface Ed25519Jwk {
 
 export type Wallet = { type: 'arweave'; jwk: JWKInterface } | { type: 'ed25519'; jwk: Ed25519Jwk };
 
-export class WalletError extends Error {
+export class WalletError extends VerityError {
   constructor(message: string) {
     super(message);
     this.name = 'WalletError';
