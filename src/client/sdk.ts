@@ -136,8 +136,10 @@ export interface Balance {
   stake: bigint;
 }
 
-/** A refusal from the coordinator (its Code and Message), or a task that did not complete. */
-export { RefusedError as VerityError };
+/** A refusal from the coordinator (its Code and Message), or a task that did not complete; like every error a caller can act on, a VerityError. */
+export { RefusedError };
+export { VerityError } from '../errors.js';
+export type { Wallet } from '../store/wallet.js';
 
 export interface VerityClient {
   readonly address: string;
@@ -241,3 +243,6 @@ function connect(connection: Connection): VerityClient {
 }
 
 export const Verity = { connect };
+
+// The same in viem's style: a client and composable actions (actions.ts).
+export { createVerityClient, deposit, getBalance, getTask, http, infer, inferStream, verifyReceipt, verityActions, watchTask, type Client, type InferArgs, type Transport } from './actions.js';
