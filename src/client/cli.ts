@@ -291,7 +291,47 @@ export function buildProgram(): Command {
     .option('--parse-special', 'control tokens written in the text (<|im_start|> …) become those tokens')
     .option('--json', 'print {"tokens":[ids...]}')
     .action(lazy('tokenize', 'tokenizeCommand'));
+  addExamples(program);
   return program;
+}
+
+/** An example for every command that does not give its own (`verity <command> --help` ends with it). */
+const EXAMPLES: Record<string, string[]> = {
+  run: ['verity run ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -t 0 -n 64 -i "Once upon a time"'],
+  chat: ['verity chat model.gguf --message "Tell me a story" -n 128'],
+  trace: ['verity trace ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -t 0 -n 32 -i "Once" --out trace.json'],
+  'dispute-sim': ['verity dispute-sim ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -n 32 --fault token@40'],
+  quantize: ['verity quantize model.gguf model-q8.gguf --type q8_0'],
+  'wallet new': ['verity wallet new --type ed25519 --wallet wallet.json'],
+  'wallet show': ['verity wallet show --wallet wallet.json --json'],
+  'model publish': ['verity model publish ../shared/models/stories260K.bin -z ../shared/models/tok512.bin --gateway http://127.0.0.1:4000'],
+  'model fetch': ['verity model fetch <model-id> --gateway http://127.0.0.1:4000 --cache ./models'],
+  'model list': ['verity model list --gateway http://127.0.0.1:4000 --json'],
+  gateway: ['verity gateway --store ./store --port 4000'],
+  units: ['verity units --dir ./units --port 4000'],
+  su: ['verity su --gateway http://127.0.0.1:4000 --port 4001'],
+  cu: ['verity cu --gateway http://127.0.0.1:4000 --port 4002'],
+  mu: ['verity mu --gateway http://127.0.0.1:4000 --cu http://127.0.0.1:4002 --port 4003'],
+  devnet: ['verity devnet', 'verity devnet --demo "Once upon a time"'],
+  api: ['verity api --devnet .verity --port 8080 --keys keys.json'],
+  infer: ['verity infer --devnet .verity "Once upon a time" --max-tokens 64', 'verity infer --devnet .verity --json "Once upon a time"'],
+  task: ['verity task --devnet .verity <task-id> --json'],
+  'node start': ['verity node start --devnet .verity --wallet node.json --stake 1000'],
+  sim: ['verity sim --honest 6 --per-strategy 1 --requests 100 --json'],
+  inspect: ['verity inspect ../shared/models/stories260K.bin --json'],
+  tokenize: ['verity tokenize ../shared/models/stories260K.bin -z ../shared/models/tok512.bin "Once upon a time" --json'],
+};
+
+function addExamples(program: Command): void {
+  const walk = (command: Command, path: string[]): void => {
+    for (const sub of command.commands) {
+      const name = [...path, sub.name()];
+      const examples = EXAMPLES[name.join(' ')];
+      if (examples) sub.addHelpText('after', `\n${examples.length > 1 ? 'Examples' : 'Example'}:\n${examples.map((e) => `  $ ${e}`).join('\n')}\n`);
+      walk(sub, name);
+    }
+  };
+  walk(program, []);
 }
 
 export async function main(argv: string[]): Promise<void> {
