@@ -126,6 +126,7 @@ export function buildProgram(): Command {
     .argument('<out>', 'GGUF file to write')
     .option('-z, --tokenizer <path>', 'tokenizer.bin (default ./tokenizer.bin for .bin models)')
     .addOption(new Option('--type <type>', 'weight type for matrices').choices(['q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m', 'f16', 'f32']).default('q8_0'))
+    .option('--json', 'print one JSON object: the file and its tensors\' types')
     .action(lazy('quantize', 'quantizeCommand'));
   const storeOptions = (c: Command): Command =>
     c
@@ -300,7 +301,7 @@ const EXAMPLES: Record<string, string[]> = {
   run: ['verity run ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -t 0 -n 64 -i "Once upon a time"'],
   chat: ['verity chat model.gguf --message "Tell me a story" -n 128'],
   trace: ['verity trace ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -t 0 -n 32 -i "Once" --out trace.json'],
-  'dispute-sim': ['verity dispute-sim ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -n 32 --fault token@40'],
+  'dispute-sim': ['verity dispute-sim ../shared/models/stories260K.bin -z ../shared/models/tok512.bin -n 32 -i "Once upon a time" --fault activation@40'],
   quantize: ['verity quantize model.gguf model-q8.gguf --type q8_0'],
   'wallet new': ['verity wallet new --type ed25519 --wallet wallet.json'],
   'wallet show': ['verity wallet show --wallet wallet.json --json'],

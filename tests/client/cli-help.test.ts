@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Command } from 'commander';
+import { join } from 'node:path';
 import { buildProgram } from '../../src/client/cli.js';
+import { runCli, stories260K, tok512, withTempDir } from '../helpers.js';
 
 function leaves(command: Command, path: string[] = []): { name: string; command: Command }[] {
   return command.commands.flatMap((sub) => {
@@ -36,3 +38,29 @@ test('every command has an example in its --help, using only flags it takes', ()
   }
   assert.deepEqual(problems, []);
 });
+
+test('every command takes --json', () => {
+  const without = leaves(buildProgram()).filter(({ command }) => !command.options.some((o) => o.long === '--json')).map(({ name }) => name);
+  assert.deepEqual(without, []);
+});
+
+test('--json prints exactly one JSON object: run, trace, quantize, dispute-sim', { timeout: 120_000 }, () =>
+  withTempDir(async (dir) => {
+    const model = ['-z', tok512, '-t', '0', '-n', '24', '-i', 'Once upon a time'];
+    const one = async (args: string[]): Promise<Record<string, unknown>> => {
+      const r = await runCli([...args, '--json']);
+      assert.equal(r.code, 0, `${args[0]}: ${r.stderr}`);
+      const lines = r.stdout.toString().trim().split('\n');
+      assert.equal(lines.length, 1, `${args[0]} printed ${lines.length} lines`);
+      return JSON.parse(lines[0]) as Record<string, unknown>;
+    };
+    const plain = (await runCli(['run', stories260K, ...model])).stdout.toString();
+    const run = await one(['run', stories260K, ...model]);
+    assert.equal(`${String(run.text)}\n`, plain, 'the same text as without --json');
+    assert.match(String(run.fingerprint), /^[0-9a-f]+$/);
+    assert.match(String((await one(['trace', stories260K, ...model, '--out', join(dir, 't.json')])).root), /^[0-9a-f]{64}$/);
+    assert.equal((await one(['quantize', stories260K, join(dir, 'q.gguf'), '-z', tok512])).out, join(dir, 'q.gguf'));
+    const sim = await one(['dispute-sim', stories260K, ...model, '--fault', 'token@32']);
+    assert.equal((sim.verdict as { winner: string }).winner, (sim.verdict as { honest: string }).honest);
+  }),
+);

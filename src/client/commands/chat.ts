@@ -1,6 +1,7 @@
 // verity chat: a conversation with a model through its own chat template. Interactive in a
 // terminal (or one user turn per line of standard input); `--message` runs one turn and exits.
 import { createInterface } from 'node:readline';
+import { InvalidArgumentError } from 'commander';
 import { chatPromptTokens, endOfTurnTokens, generate, printableBytes, type ChatMessage, type Model } from '../../engine/index.js';
 import { parseRunFlags } from '../run-flags.js';
 import { load, write, type GenerationFlags } from './shared.js';
@@ -28,10 +29,10 @@ async function reply(model: Model, messages: ChatMessage[], raw: ChatFlags): Pro
     if (pos < prompt.length) continue; // the prompt's own tokens
     if (ends.has(token)) break;
     pieces.push(piece);
-    await write(process.stdout, printableBytes(piece));
+    if (!raw.json) await write(process.stdout, printableBytes(piece));
   }
   run.return(undefined as never);
-  await write(process.stdout, '\n');
+  if (!raw.json) await write(process.stdout, '\n');
   return Buffer.concat(pieces).toString('utf8');
 }
 
@@ -40,9 +41,11 @@ export async function chatCommand(modelPath: string, raw: ChatFlags): Promise<vo
   const messages: ChatMessage[] = raw.system ? [{ role: 'system', content: raw.system }] : [];
   if (raw.message !== undefined) {
     messages.push({ role: 'user', content: raw.message });
-    await reply(model, messages, raw);
+    const text = await reply(model, messages, raw);
+    if (raw.json) process.stdout.write(`${JSON.stringify({ reply: text })}\n`);
     return;
   }
+  if (raw.json) throw new InvalidArgumentError('--json prints one reply: give it with --message');
   const lines = createInterface({ input: process.stdin, output: process.stdin.isTTY ? process.stdout : undefined, terminal: process.stdin.isTTY });
   if (process.stdin.isTTY) lines.setPrompt('> ');
   lines.prompt();

@@ -38,7 +38,8 @@ export function traceCommand(modelPath: string, raw: GenerationFlags & { out: st
     leaves: trace.leaves.map((leaf, i) => ({ step: i + 1, leaf, ...trace.preimages[i] })),
   };
   writeFileSync(raw.out, `${JSON.stringify(doc, null, 1)}\n`);
-  process.stderr.write(`${raw.out}: ${trace.leaves.length} steps, commitment ${trace.commitment}, root ${trace.root}\n`);
+  if (raw.json) process.stdout.write(`${JSON.stringify({ out: raw.out, steps: trace.leaves.length, commitment: trace.commitment, root: trace.root })}\n`);
+  else process.stderr.write(`${raw.out}: ${trace.leaves.length} steps, commitment ${trace.commitment}, root ${trace.root}\n`);
 }
 
 /** "kind@where" → a fault; `model` is reloaded for a weights fault (a perturbed copy). */
@@ -89,7 +90,8 @@ export function disputeSimCommand(modelPath: string, raw: GenerationFlags & { fa
   const model = load(modelPath, raw.tokenizer);
   const job = jobFor(model, raw);
   const fault = parseFault(raw.fault, job, () => load(modelPath, raw.tokenizer));
-  const out = (line = ''): boolean => process.stdout.write(`${line}\n`);
+  // With --json the report is one object at the end, not these lines.
+  const out = (line = ''): boolean => (raw.json ? true : process.stdout.write(`${line}\n`));
 
   const t0 = performance.now();
   const honest = recordTrace(model, job, { kernels: raw.kernels, threads: raw.threads, keepOutputs: true });
@@ -126,5 +128,14 @@ export function disputeSimCommand(modelPath: string, raw: GenerationFlags & { fa
   const s = result.state.settlement;
   if (s) out(`bonds       asserter returned ${s.asserter.returned} forfeited ${s.asserter.forfeited}; challenger returned ${s.challenger.returned} forfeited ${s.challenger.forfeited}`);
   out(`bytes       bisection ${result.bytes.bisection} B; openings asserter ${result.bytes.openings.asserter} B, challenger ${result.bytes.openings.challenger} B`);
+  if (raw.json) {
+    process.stdout.write(`${JSON.stringify({
+      job: { model: job.modelId, promptTokens: job.promptTokens.length, positions: job.steps, seed: String(job.seed), commitment: jobCommitment(job) },
+      steps: honest.leaves.length, honestRoot: honest.root, k: raw.k, faulty: raw.faulty, fault: raw.fault,
+      rounds: result.state.log.map((r) => ({ round: r.round, interval: r.interval, next: r.next })),
+      disputedStep: result.disputed?.step ?? null, rejected: result.rejected, verdict: { winner: o.winner, reason: o.reason, honest: result.honest },
+      bytes: result.bytes, referee: result.referee ?? null, inferenceMs,
+    })}\n`);
+  }
   if (o.winner !== result.honest) process.exitCode = 1;
 }

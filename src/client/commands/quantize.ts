@@ -4,7 +4,7 @@ import { GGML_TYPE, ggufFromModel, writeGguf, type ExportType } from '../../engi
 import { load } from './shared.js';
 
 /** verity quantize: a model as GGUF with quantised (Q8_0, Q4_0, k-quants or a mix), F16 or F32 matrices, with a progress bar. */
-export function quantizeCommand(input: string, output: string, options: { tokenizer?: string; type: ExportType }): void {
+export function quantizeCommand(input: string, output: string, options: { tokenizer?: string; type: ExportType; json?: boolean }): void {
   const model = load(input, options.tokenizer);
   const contents = ggufFromModel(model, { type: options.type, name: basename(input) });
   const bar = new SingleBar(
@@ -21,6 +21,7 @@ export function quantizeCommand(input: string, output: string, options: { tokeni
   counts.delete('F32');
   const converted = contents.tensors.length - f32;
   const types = counts.size === 1 ? [...counts.keys()][0] : `${options.type.toUpperCase()} (${[...counts].map(([name, n]) => `${n} ${name}`).join(', ')})`;
-  process.stderr.write(`${output}: ${converted} of ${contents.tensors.length} tensors ${types}, the rest F32\n`);
+  if (options.json) process.stdout.write(`${JSON.stringify({ out: output, tensors: contents.tensors.length, converted, types: Object.fromEntries([...counts, ['F32', f32]]) })}\n`);
+  else process.stderr.write(`${output}: ${converted} of ${contents.tensors.length} tensors ${types}, the rest F32\n`);
 }
 

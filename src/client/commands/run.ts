@@ -7,6 +7,7 @@ import { load, write, type GenerationFlags } from './shared.js';
 export async function runCommand(modelPath: string, raw: GenerationFlags): Promise<void> {
   const model = load(modelPath, raw.tokenizer);
   const flags = parseRunFlags(raw, model.config.seqLen);
+  const pieces: Uint8Array[] = [];
   const result = await runTimed(
     model,
     {
@@ -17,10 +18,15 @@ export async function runCommand(modelPath: string, raw: GenerationFlags): Promi
       kernels: raw.kernels,
       threads: raw.threads,
     },
-    (piece) => write(process.stdout, printableBytes(piece)),
+    (piece) => (raw.json ? void pieces.push(printableBytes(piece)) : write(process.stdout, printableBytes(piece))),
   );
+  if (raw.json) {
+    const { summary, tokensPerSecond, fingerprint } = result;
+    const text = Buffer.concat(pieces).toString('utf8');
+    process.stdout.write(`${JSON.stringify({ text, tokens: summary.tokens, positions: summary.positions, seed: String(flags.seed), tokensPerSecond, fingerprint })}\n`);
+    return;
+  }
   await write(process.stdout, '\n');
   if (flags.seedFromClock) process.stderr.write(`seed: ${flags.seed} (from the clock, as run.c does for seed 0)\n`);
   process.stderr.write(`tok/s: ${result.tokensPerSecond.toFixed(2)}\nfingerprint: ${result.fingerprint}\n`);
 }
-

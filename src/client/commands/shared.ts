@@ -25,7 +25,7 @@ export async function write(stream: NodeJS.WriteStream, bytes: Uint8Array | stri
   if (!stream.write(bytes)) await new Promise((resolve) => stream.once('drain', resolve));
 }
 
-export type GenerationFlags = RunFlags & { kernels: KernelPath; threads: number };
+export type GenerationFlags = RunFlags & { kernels: KernelPath; threads: number; json?: boolean };
 
 function threadCount(value: string): number {
   const n = Number(value);
@@ -52,5 +52,6 @@ export function withGenerationOptions(command: Command): Command {
     .addOption(
       new Option('--kernels <path>', 'kernel build (default: the fastest built here)').choices([...KERNEL_PATHS]).default(defaultKernelPath()).argParser(kernelPath),
     )
-    .option('--threads <n>', 'threads for matrix products and attention (results are identical for any count)', threadCount, availableParallelism());
+    .option('--threads <n>', 'threads for matrix products and attention (results are identical for any count)', threadCount, availableParallelism())
+    .option('--json', 'print one JSON object (the text and the figures) instead');
 }
