@@ -695,7 +695,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
         let found: { node: string; url: string | null } | null = null;
         while (!relay.signal.aborted && !found) {
           found = await streamOf(client, task).catch(() => null);
-          if (!found) await new Promise((resolve) => setTimeout(resolve, 50));
+          if (!found) await new Promise((resolve) => setTimeout(resolve, 100));
         }
         if (!found?.url || relay.signal.aborted) return;
         relayedFrom = found.node;

@@ -276,20 +276,25 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const streams: TokenStreams | null = options.streamPort === undefined ? null : await startTokenStreams(options.streamHost ?? '127.0.0.1', options.streamPort, options.streamLimits);
   const streamUrl = streams ? (options.streamUrl ?? streams.url) : null;
   if (streamUrl) log(`${name}: token stream at ${streamUrl}/stream/<task>`);
-  const registered = (await dryData<{ address: string; models: string[]; capacity: number; streamUrl?: string }[]>('Nodes')).find((n) => n.address === address);
-  if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',') || (registered.streamUrl ?? null) !== streamUrl) {
-    const id = await ao.message(network.coordinator, {
-      tags: [
-        { name: 'Action', value: 'Register-Node' },
-        { name: 'DID', value: did },
-        { name: 'Models', value: wanted.join(',') },
-        { name: 'Capacity', value: String(capacity) },
-        // An empty Stream-Url clears one registered before.
-        ...(streamUrl || registered?.streamUrl ? [{ name: 'Stream-Url', value: streamUrl ?? '' }] : []),
-      ],
-    });
-    await ask(network.coordinator, id, 'Register-Node-Response');
-    log(`${name}: registered as ${did}`);
+  try {
+    const registered = (await dryData<{ address: string; models: string[]; capacity: number; streamUrl?: string }[]>('Nodes')).find((n) => n.address === address);
+    if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',') || (registered.streamUrl ?? null) !== streamUrl) {
+      const id = await ao.message(network.coordinator, {
+        tags: [
+          { name: 'Action', value: 'Register-Node' },
+          { name: 'DID', value: did },
+          { name: 'Models', value: wanted.join(',') },
+          { name: 'Capacity', value: String(capacity) },
+          // An empty Stream-Url clears one registered before.
+          ...(streamUrl || registered?.streamUrl ? [{ name: 'Stream-Url', value: streamUrl ?? '' }] : []),
+        ],
+      });
+      await ask(network.coordinator, id, 'Register-Node-Response');
+      log(`${name}: registered as ${did}`);
+    }
+  } catch (e) {
+    await streams?.close();
+    throw e;
   }
 
   // The challenge window, to end this node's unaudited results on time (wake.ts); unknown on a
