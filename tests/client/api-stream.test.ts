@@ -1,8 +1,8 @@
 // Streaming from the node that holds the lease (node/stream.ts, api.ts `stream`, docs/api.md
-// "Streaming"): one devnet with the API and one node whose behaviour is honest but holds its
+// "Streaming"): one devnet with the API and two nodes whose behaviour is honest but holds the
 // Submit-Result back until the client has its first streamed chunk (or 20 s), so that the test
-// sees by events, not timings, that tokens come before the result exists; then the same node
-// streams garbage, and the final chunk says so while its text is the honest one.
+// sees by events, not timings, that tokens come before the result exists; then the nodes stream
+// garbage (and submit honest results), and the final chunk says so while its text is the honest one.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -39,6 +39,8 @@ interface Streamed {
   chunks: number;
   verity: { streamed_text_matches?: boolean; text?: string; status?: string; receipt?: unknown };
   firstChunkMs: number;
+  /** When the node's run ended (before its Submit-Result). */
+  generatedMs: number;
   totalMs: number;
   /** Events in the order they happened: 'first-chunk', 'generated', 'submit'. */
   order: string[];
@@ -47,34 +49,41 @@ interface Streamed {
 test('tokens stream from the node while its result is not yet submitted; each stream equals its final result; a garbage stream is flagged', { timeout: 300_000 }, () =>
   withTempDir(async (dir) => {
     let order: string[] = [];
+    // The request's first chunk: resolved by the client, awaited by the node before its submit.
     let firstChunk: () => void = () => {};
+    let seen: Promise<void> = Promise.resolve();
     let garbage = false;
     let hold = false;
+    let t0 = 0;
+    let generatedMs = -1;
     // Honest, but holds the submit until the client has a chunk (the test's own events say when).
     const gated: Behaviour = {
       ...honest,
       name: 'gated',
       async claim(model, a, ctx) {
-        const seen = new Promise<void>((resolve) => (firstChunk = resolve));
         const vocab = model.tokenizer.vocab.length;
         const onToken = ctx.onToken && ((task: string, token: number, prev: number) => ctx.onToken!(task, garbage ? (token + 7) % vocab : token, prev));
         const claim = await honest.claim(model, a, { ...ctx, onToken });
         order.push('generated');
+        if (generatedMs < 0) generatedMs = performance.now() - t0;
         if (hold) await Promise.race([seen, new Promise((resolve) => setTimeout(resolve, 20_000))]);
         order.push('submit');
         return claim;
       },
     };
-    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 1, strategies: [{ strategy: gated }], api: { port: 0, timeoutMs: 120_000 }, log: () => {} });
+    // Two nodes: an audit (drawn at random) needs a validator besides the asserter.
+    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 2, strategies: [{ strategy: gated }, { strategy: gated }], api: { port: 0, timeoutMs: 120_000 }, log: () => {} });
     try {
-      assert.match(devnet.nodes[0].streamUrl ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
+      for (const node of devnet.nodes) assert.match(node.streamUrl ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
       const openai = new OpenAI({ baseURL: `${devnet.api!.url}/v1`, apiKey: 'local', maxRetries: 0, timeout: 150_000 });
       const model = devnet.info.model;
 
       const streamed = async (kind: 'completion' | 'chat', seed: number): Promise<Streamed> => {
         order = [];
+        seen = new Promise<void>((resolve) => (firstChunk = resolve));
         hold = true;
-        const t0 = performance.now();
+        t0 = performance.now();
+        generatedMs = -1;
         let firstChunkMs = -1;
         let text = '';
         let chunks = 0;
@@ -99,7 +108,7 @@ test('tokens stream from the node while its result is not yet submitted; each st
           } else verity = c.verity ?? {};
         }
         hold = false;
-        return { task, text, chunks, verity, firstChunkMs, totalMs: performance.now() - t0, order: [...order] };
+        return { task, text, chunks, verity, firstChunkMs, generatedMs, totalMs: performance.now() - t0, order: [...order] };
       };
       const finalText = async (kind: 'completion' | 'chat', seed: number): Promise<string> =>
         kind === 'completion'
@@ -108,7 +117,7 @@ test('tokens stream from the node while its result is not yet submitted; each st
 
       for (const [kind, seed] of [['completion', 1], ['chat', 2]] as const) {
         const s = await streamed(kind, seed);
-        console.log(`${kind} stream: first token after ${s.firstChunkMs.toFixed(0)} ms, final receipt after ${s.totalMs.toFixed(0)} ms (${s.chunks} text chunks)`);
+        console.log(`${kind} stream: first token after ${s.firstChunkMs.toFixed(0)} ms, the node's run ended after ${s.generatedMs.toFixed(0)} ms, final receipt after ${s.totalMs.toFixed(0)} ms (${s.chunks} text chunks)`);
         // The node's stream, not the coordinator's answer: the first chunk came while the result was held back.
         assert.ok(s.order.includes('first-chunk') && s.order.indexOf('first-chunk') < s.order.indexOf('submit'), `${kind}: ${s.order.join(' → ')}`);
         assert.ok(s.chunks > 1, `${kind}: the text came token by token (${s.chunks} chunks)`);
