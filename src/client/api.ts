@@ -408,6 +408,90 @@ export function finalChunk(kind: StreamKind, r: InferResult, request: Generation
   return { ...head, choices: [choice], usage: usageOf([r]), verity: { ...c.verity, ...extra, ...(c.text === streamed ? {} : { text: c.text }) } };
 }
 
+/**
+ * Of a text still growing, the part that can be sent now: up to the first stop sequence once one
+ * appeared, and otherwise all but an end that may yet become one (the start of a stop sequence).
+ */
+export function sendable(text: string, stops: string[]): { text: string; stopped: boolean } {
+  const cut = applyStop(text, stops);
+  if (cut.stopped) return cut;
+  let hold = 0;
+  for (const s of stops) for (let n = Math.min(s.length - 1, text.length); n > hold; n--) if (text.endsWith(s.slice(0, n))) hold = n;
+  return { text: text.slice(0, text.length - hold), stopped: false };
+}
+
+/** What the API takes from a node's token stream: it is a stranger's. */
+export interface RelayLimits {
+  /** Token events (the request's max_tokens, and a few for a flushed decoder). */
+  events: number;
+  /** Characters of text in all. */
+  chars: number;
+  /** Bytes of one SSE line. */
+  lineBytes: number;
+  /** How long to wait for the stream's headers. */
+  connectMs: number;
+}
+
+/**
+ * Reads a node's token stream (`GET <url>/stream/<task>`, node/stream.ts) and calls onText with
+ * each event's text, until its end event (resolves true), the stream breaking off or going past a
+ * limit (false), or `signal`. Never throws.
+ */
+export async function relayNodeStream(url: string, task: string, onText: (text: string) => void, signal: AbortSignal, limits: RelayLimits): Promise<boolean> {
+  const connect = new AbortController();
+  const timer = setTimeout(() => connect.abort(), limits.connectMs);
+  const abort = (): void => connect.abort();
+  signal.addEventListener('abort', abort, { once: true });
+  try {
+    const res = await fetch(`${url}/stream/${task}`, { signal: connect.signal, headers: { accept: 'text/event-stream' }, redirect: 'error' });
+    clearTimeout(timer);
+    if (!res.ok || !res.body || !/^text\/event-stream/.test(res.headers.get('content-type') ?? '')) {
+      await res.body?.cancel().catch(() => {});
+      return false;
+    }
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let event = '';
+    let events = 0;
+    let chars = 0;
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buffer.indexOf('\n')) !== -1) {
+        const line = buffer.slice(0, nl).replace(/\r$/, '');
+        buffer = buffer.slice(nl + 1);
+        if (line === '') {
+          event = '';
+          continue;
+        }
+        if (line.startsWith('event:')) event = line.slice(6).trim();
+        if (!line.startsWith('data:')) continue;
+        if (event === 'end') return true;
+        let data: unknown;
+        try {
+          data = JSON.parse(line.slice(5));
+        } catch {
+          return false;
+        }
+        const text = (data as { text?: unknown })?.text;
+        if (typeof text !== 'string') return false;
+        events++;
+        chars += text.length;
+        if (events > limits.events || chars > limits.chars) return false;
+        onText(text);
+      }
+      if (buffer.length > limits.lineBytes) return false;
+    }
+    return false;
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', abort);
+    connect.abort();
+  }
+}
+
 export const sseEvent = (data: unknown): string => `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
 
 export function modelsResponse(models: ApiModel[], coordinator: string) {
@@ -566,28 +650,110 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     return results;
   };
 
+  /** The node a task's lease is with (its asserter), and the token stream it announced; null until assigned. */
+  const streamOf = async (client: VerityClient, task: string): Promise<{ node: string; url: string | null } | null> => {
+    const view = await client.task(task);
+    const lease = view.participants.find((p) => p.role === 'asserter' && p.status === 'open');
+    if (!lease) return null;
+    const reply = expectReply(await aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }).dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Nodes' }], from: own.address }), 'Nodes-Response');
+    const node = (JSON.parse(reply.data) as { address: string; streamUrl?: unknown }[]).find((n) => n.address === lease.node);
+    const url = typeof node?.streamUrl === 'string' && /^https?:\/\//.test(node.streamUrl) ? node.streamUrl : null;
+    return { node: lease.node, url };
+  };
+
   /**
-   * A streamed answer: the SSE response starts when the coordinator reports the first answer (or
-   * a refusal comes first, which is answered as a plain JSON error), then ends with the final chunk
-   * and [DONE]. A failure after the start is an `error` event.
+   * A streamed answer (docs/api.md "Streaming"). Once the coordinator names the node that holds
+   * the lease, its token stream is relayed: each token a chunk as the node samples it. Without a
+   * stream (none announced, none reachable), the coordinator's first answer is the one text chunk.
+   * The final chunk carries the receipt, and says whether what was streamed is the final text
+   * (verity.streamed_text_matches; verity.text when not). The SSE response starts with the first
+   * text (a refusal before it is answered as a plain JSON error); a failure after it is an `error`
+   * event, then the stream ends.
    */
   const stream = async (reply: FastifyReply, kind: StreamKind, wallet: Wallet, prompt: string, model: ApiModel, request: GenerationRequest, extra: Record<string, unknown> = {}): Promise<FastifyReply> => {
+    const client = clientFor(wallet);
     let streamed: string | null = null;
-    const start = (r: InferResult): void => {
+    let head: InferResult | null = null;
+    const begin = (r: InferResult): void => {
       if (streamed !== null) return;
-      streamed = applyStop(r.text, request.stop).text;
+      streamed = '';
+      head = r;
       reply.hijack();
       // A client that goes away mid-stream must not become an unhandled 'error' event.
       reply.raw.on('error', () => {});
       reply.raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
-      reply.raw.write(sseEvent(textChunk(kind, r, model, streamed)));
     };
+    const write = (r: InferResult, text: string): void => {
+      begin(r);
+      if (text === '' && streamed !== '') return;
+      streamed += text;
+      if (!reply.raw.destroyed) reply.raw.write(sseEvent(textChunk(kind, head!, model, text)));
+    };
+    // The relay from the node: it writes only while the coordinator's answer has not been written.
+    const relay = new AbortController();
+    let relayedFrom: string | null = null;
+    let raw = '';
+    let sentLength = 0;
+    let relayStopped = false;
+    const relayTask = (task: string): Promise<void> =>
+      (async () => {
+        const placeholder: InferResult = { task, text: '', status: 'assigned', receipt: null, usage: { prompt_tokens: 0, completion_tokens: 0 }, corrected: false, createdAt: Date.now() };
+        let found: { node: string; url: string | null } | null = null;
+        while (!relay.signal.aborted && !found) {
+          found = await streamOf(client, task).catch(() => null);
+          if (!found) await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        if (!found?.url || relay.signal.aborted) return;
+        relayedFrom = found.node;
+        await relayNodeStream(
+          found.url,
+          task,
+          (text) => {
+            if (relay.signal.aborted || relayStopped) return;
+            raw += text;
+            const now = sendable(raw, request.stop);
+            if (now.text.length > sentLength) {
+              write(placeholder, now.text.slice(sentLength));
+              sentLength = now.text.length;
+            }
+            relayStopped = now.stopped;
+          },
+          relay.signal,
+          { events: request.maxTokens + 8, chars: request.maxTokens * 64 + 64, lineBytes: 64 * 1024, connectMs: 5_000 },
+        );
+      })().catch(() => {});
+    let relaying: Promise<void> = Promise.resolve();
     try {
-      const r = await clientFor(wallet).infer(prompt, { model: model.id, maxTokens: request.maxTokens, temperature: request.temperature, topP: request.topP, seed: request.seed ?? 0, timeoutMs, onAnswer: start });
+      const r = await client.infer(prompt, {
+        model: model.id,
+        maxTokens: request.maxTokens,
+        temperature: request.temperature,
+        topP: request.topP,
+        seed: request.seed ?? 0,
+        timeoutMs,
+        onAccepted: (task) => {
+          relaying = relayTask(task);
+        },
+        onAnswer: (answer) => {
+          // Nothing relayed yet: the coordinator's answer is the stream, as without a node stream.
+          if (streamed !== null) return;
+          relay.abort();
+          write(answer, applyStop(answer.text, request.stop).text);
+        },
+      });
+      relay.abort();
+      await relaying;
       if (r.status === 'failed') throw new ApiError(502, `task ${r.task} failed: the network had no valid result for it`, 'api_error', null, 'task_failed');
-      start(r);
-      if (!reply.raw.destroyed) reply.raw.end(sseEvent(finalChunk(kind, r, request, model, ctx(), streamed!, extra)) + sseEvent('[DONE]'));
+      const final = applyStop(r.text, request.stop).text;
+      // What was relayed, when the stream broke off before its end, is completed from the result.
+      if (streamed === null) write(r, final);
+      else if (streamed !== final && final.startsWith(streamed)) write(r, final.slice((streamed as string).length));
+      const fromNode = relayedFrom === null || r.receipt === null || r.receipt.node === relayedFrom;
+      const matches = streamed === final && fromNode;
+      const verity = { ...extra, streamed_text_matches: matches, ...(matches ? {} : { text: final }) };
+      if (!reply.raw.destroyed) reply.raw.end(sseEvent(finalChunk(kind, r, request, model, ctx(), matches ? streamed! : '\u0000', verity)) + sseEvent('[DONE]'));
     } catch (e) {
+      relay.abort();
       if (streamed === null) throw e;
       if (!reply.raw.destroyed) reply.raw.end(sseEvent(errorBody(toApiError(e))));
     }

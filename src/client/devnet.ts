@@ -10,6 +10,7 @@ import type { Extensions } from '../ao/runtime.js';
 import { startUnits, unitWallet, type RunningUnits } from '../ao/units.js';
 import { loadModel } from '../engine/index.js';
 import { startNode, type RunningNode, type StrategyOptions } from '../node/index.js';
+import type { Behaviour } from '../node/behaviour.js';
 import { publishProcessModule, verityExtensions } from '../processes/index.js';
 import { publishModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
@@ -54,6 +55,11 @@ export interface DevnetOptions {
   api?: { port?: number; host?: string; keys?: Map<string, Wallet>; limits?: Partial<ApiLimits>; timeoutMs?: number };
   /** The CU's host extensions, made from the units' store (default verityExtensions: the coordinator's and aos-llama's; `npm run sim` wraps it to time host.step). */
   extensions?: (store: Store) => Extensions;
+  /**
+   * Nodes serve the token stream of their leases (node/stream.ts) on 127.0.0.1, any free port,
+   * and announce it (Stream-Url); default: when the API is served, which relays it.
+   */
+  streams?: boolean;
 }
 
 /** What `verity devnet --json` prints and `--devnet <dir>` reads: where the network is. */
@@ -84,7 +90,8 @@ export interface Devnet {
 
 /** How one devnet node behaves (tests and `npm run sim` run cheating ones). */
 export interface NodeSpec {
-  strategy?: string;
+  /** A strategy's name, or (tests) a Behaviour of its own. */
+  strategy?: string | Behaviour;
   strategyOptions?: StrategyOptions;
   watchPpm?: number;
 }
@@ -220,6 +227,7 @@ export async function startDevnet(options: DevnetOptions): Promise<Devnet> {
       nodes.push(
         await startNode({
           dir: join(dir, `node-${i + 1}`), wallet, store: units.store, network, stake, capacity: options.capacity, pollMs: options.pollMs, heartbeatMs: options.heartbeatMs, log,
+          ...((options.streams ?? options.api !== undefined) ? { streamPort: 0, streamHost: '127.0.0.1' } : {}),
           ...options.strategies?.[i],
         }),
       );

@@ -40,6 +40,8 @@ export interface InferOptions {
    * for the final one: a dApp shows the text at once and the receipt when it comes.
    */
   onAnswer?: (answer: InferResult) => void;
+  /** Called with the task id once the coordinator accepted the request (before any answer). */
+  onAccepted?: (task: string) => void;
   /** How long to wait (default 5 minutes). */
   timeoutMs?: number;
 }
@@ -178,6 +180,7 @@ function connect(connection: Connection): VerityClient {
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
       const id = await ao.message(coordinator, { tags, data: prompt });
       expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
+      options.onAccepted?.(id);
       const timeoutMs = options.timeoutMs ?? 300_000;
       return new Promise<InferResult>((resolve, reject) => {
         let answered = false;

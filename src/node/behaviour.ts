@@ -42,6 +42,8 @@ export interface BehaviourContext {
   /** A private copy of a served model, loaded again from its verified file (for a behaviour that alters one). */
   copyOf(modelId: string): Model;
   log(line: string): void;
+  /** Each token sampled for a lease's task, and the token before it: the node's token stream (stream.ts), a preview no one checks. */
+  onToken?(task: string, token: number, prev: number): void;
 }
 
 export interface Behaviour {
@@ -103,7 +105,7 @@ export const honest: Behaviour = {
   name: 'honest',
   async claim(model, a, ctx) {
     // Cooperatively: the node works up to its capacity of leases at once on one copy of the model.
-    return claimOf(a.task, await completeCooperatively(model, a, ctx.engine, ctx.signal));
+    return claimOf(a.task, await completeCooperatively(model, a, ctx.engine, ctx.signal, ctx.onToken && ((token, prev) => ctx.onToken?.(a.task, token, prev))));
   },
   reveal: () => true,
   post: (_a, claim, points) => claimedValues(claim, points),

@@ -38,6 +38,7 @@ import { walletAddress, walletDid, walletSigner, type Wallet } from '../store/wa
 import { honest, resultCommitment, type Behaviour, type BehaviourContext, type Claim } from './behaviour.js';
 import { strategy as strategyNamed, type StrategyOptions } from './strategies.js';
 import { afterBeat, beatAt, emptyWake, observe, type SeenResult } from './wake.js';
+import { startTokenStreams, type StreamLimits, type TokenStreams } from './stream.js';
 import type { Assignment } from './work.js';
 import { VerityError } from '../errors.js';
 
@@ -78,6 +79,15 @@ export interface NodeOptions {
    */
   watchPpm?: number;
   log?: (line: string) => void;
+  /**
+   * Serve the token stream of the leases this node generates (stream.ts: `GET /stream/<task>`)
+   * on this port (0: any free one), on streamHost (default 127.0.0.1); absent: no stream.
+   */
+  streamPort?: number;
+  streamHost?: string;
+  /** The stream's address as announced to the coordinator (Stream-Url), default the server's own http://host:port. */
+  streamUrl?: string;
+  streamLimits?: Partial<StreamLimits>;
 }
 
 /** What the node has done since start (for tests and logs). */
@@ -102,6 +112,8 @@ export interface RunningNode {
   address: string;
   did: string;
   models: string[];
+  /** Where this node serves its token stream (the announced Stream-Url); null without one. */
+  streamUrl: string | null;
   /** The behaviour's name ('honest' unless a strategy was given). */
   strategy: string;
   /** Results the coordinator accepted since start. */
@@ -261,18 +273,29 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const { total } = await fundCoordinator(ao, { ...network, account: address, amount: options.stake - staked, purpose: 'Stake' });
     log(`${name}: staked ${total}`);
   }
-  const registered = (await dryData<{ address: string; models: string[]; capacity: number }[]>('Nodes')).find((n) => n.address === address);
-  if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',')) {
-    const id = await ao.message(network.coordinator, {
-      tags: [
-        { name: 'Action', value: 'Register-Node' },
-        { name: 'DID', value: did },
-        { name: 'Models', value: wanted.join(',') },
-        { name: 'Capacity', value: String(capacity) },
-      ],
-    });
-    await ask(network.coordinator, id, 'Register-Node-Response');
-    log(`${name}: registered as ${did}`);
+  // ---- the token stream (before registration: its address is announced there) ----
+  const streams: TokenStreams | null = options.streamPort === undefined ? null : await startTokenStreams(options.streamHost ?? '127.0.0.1', options.streamPort, options.streamLimits);
+  const streamUrl = streams ? (options.streamUrl ?? streams.url) : null;
+  if (streamUrl) log(`${name}: token stream at ${streamUrl}/stream/<task>`);
+  try {
+    const registered = (await dryData<{ address: string; models: string[]; capacity: number; streamUrl?: string }[]>('Nodes')).find((n) => n.address === address);
+    if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',') || (registered.streamUrl ?? null) !== streamUrl) {
+      const id = await ao.message(network.coordinator, {
+        tags: [
+          { name: 'Action', value: 'Register-Node' },
+          { name: 'DID', value: did },
+          { name: 'Models', value: wanted.join(',') },
+          { name: 'Capacity', value: String(capacity) },
+          // An empty Stream-Url clears one registered before.
+          ...(streamUrl || registered?.streamUrl ? [{ name: 'Stream-Url', value: streamUrl ?? '' }] : []),
+        ],
+      });
+      await ask(network.coordinator, id, 'Register-Node-Response');
+      log(`${name}: registered as ${did}`);
+    }
+  } catch (e) {
+    await streams?.close();
+    throw e;
   }
 
   // The challenge window, to end this node's unaudited results on time (wake.ts); unknown on a
@@ -341,6 +364,15 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       return loadModel(path);
     },
     log: (line) => log(`${name}: ${line}`),
+    onToken: streams
+      ? (task, token, prev) => {
+          try {
+            streams.token(task, token, prev);
+          } catch (e) {
+            log(`${name}: token stream of ${task}: ${(e as Error).message}`);
+          }
+        }
+      : undefined,
   };
 
   // ---- leases: run, claim, commit ----
@@ -373,7 +405,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     const model = models.get(a.model);
     if (!model) return log(`${name}: leased task ${a.task} for model ${a.model}, which this node does not serve`);
     q.start.run(a.task, a.leaseEnd, JSON.stringify(a), Date.now());
-    const claim = await behaviour.claim(model, a, ctx);
+    streams?.open(a.task, a.leaseEnd, model);
+    let claim: Claim | null;
+    try {
+      claim = await behaviour.claim(model, a, ctx);
+    } finally {
+      streams?.end(a.task);
+    }
     if (!claim) {
       q.set.run('abandoned', `${behaviour.name}: not submitted`, Date.now(), a.task);
       activity.abandoned += 1;
@@ -727,6 +765,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     address,
     did,
     models: wanted,
+    streamUrl,
     strategy: behaviour.name,
     completed: () => activity.committed,
     activity: () => ({ ...activity }),
@@ -741,6 +780,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       await Promise.allSettled([...working.values()]);
       // Confirmations and duties in flight end too (each is re-sent or confirmed after a restart).
       while (background.size > 0) await Promise.allSettled([...background]);
+      await streams?.close();
       db.close();
     },
   };

@@ -52,11 +52,18 @@ export function complete(model: Model, a: Assignment, engine: { kernels?: Kernel
 
 /**
  * complete() yielding to the event loop between positions, so that a node works several leases on
- * one loaded model at once (each gives the bits it gives alone); `signal` stops it between two.
+ * one loaded model at once (each gives the bits it gives alone); `signal` stops it between two;
+ * `onToken` sees each sampled token as it comes (the node's token stream).
  */
-export async function completeCooperatively(model: Model, a: Assignment, engine: { kernels?: KernelPath; threads?: number } = {}, signal?: AbortSignal): Promise<Completion> {
+export async function completeCooperatively(
+  model: Model,
+  a: Assignment,
+  engine: { kernels?: KernelPath; threads?: number } = {},
+  signal?: AbortSignal,
+  onToken?: (token: number, prev: number) => void,
+): Promise<Completion> {
   const job = jobOf(model, a);
-  return completion(model, job, await recordTraceCooperatively(model, job, engine, signal));
+  return completion(model, job, await recordTraceCooperatively(model, job, { ...engine, onToken }, signal));
 }
 
 function completion(model: Model, job: Job, trace: Trace): Completion {

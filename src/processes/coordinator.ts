@@ -37,6 +37,8 @@ interface NodeEntry {
   audited: number;
   disputesLost: number;
   lastSeen: number;
+  /** Where the node serves the token stream of its leases (Register-Node's Stream-Url): a preview no one checks. */
+  streamUrl?: string;
 }
 
 interface Dispute {
@@ -161,6 +163,8 @@ const MAX_AUDITS = 3;
 /** Disputes one task may hold: each challenge delays finality, so their number is bounded too. */
 const MAX_DISPUTES = 8;
 const REPUTATION = { start: 100, max: 200, min: 1, audited: 1, expired: 20, lost: 50 };
+/** The longest Stream-Url a node may register. */
+const STREAM_URL_MAX = 200;
 
 const tagOf = (msg: { Tags: Tag[] }, name: string): string | undefined => {
   for (const t of msg.Tags) if (t.name === name) return t.value;
@@ -558,15 +562,24 @@ const HANDLERS: Record<string, Handler> = {
     const capacityTag = tagOf(msg, 'Capacity') ?? '1';
     const capacity = /^[0-9]{1,2}$/.test(capacityTag) ? Number(capacityTag) : 0;
     if (capacity < 1 || capacity > 64) refuse(400, 'Capacity must be 1 to 64');
+    // Optional; an empty one clears it. Only its form is checked: what it serves is checked by no one.
+    const streamTag = tagOf(msg, 'Stream-Url');
+    if (streamTag !== undefined && streamTag !== '' && !(streamTag.length <= STREAM_URL_MAX && /^https?:\/\/[A-Za-z0-9.\-\[\]:]+(\/[\x21-\x7e]*)?$/.test(streamTag)))
+      refuse(400, `Stream-Url must be an http(s) URL of at most ${STREAM_URL_MAX} characters`);
+    const streamUrl = streamTag ? streamTag.replace(/\/+$/, '') : undefined;
     const known = nodeOf(state, address);
     if (known) {
       known.did = did;
       known.models = models;
       known.capacity = capacity;
       known.lastSeen = msg.Timestamp;
+      if (streamTag !== undefined) {
+        if (streamUrl) known.streamUrl = streamUrl;
+        else delete known.streamUrl;
+      }
     } else {
       if (state.nodes.length >= state.params.maxNodes) refuse(503, `the coordinator holds its limit of ${state.params.maxNodes} nodes`);
-      state.nodes.push({ address, did, models, capacity, reputation: REPUTATION.start, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: msg.Timestamp });
+      state.nodes.push({ address, did, models, capacity, reputation: REPUTATION.start, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: msg.Timestamp, ...(streamUrl ? { streamUrl } : {}) });
     }
     out.push(reply(msg, 'Register-Node-Response', [{ name: 'Node', value: address }]));
   },

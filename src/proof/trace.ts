@@ -207,6 +207,8 @@ export interface RecordOptions {
   keepOutputs?: boolean;
   /** Most prompt positions run as one batch (generate.ts); the trace does not depend on it. */
   promptBatch?: number;
+  /** Called with each sampled token as it is sampled, and the token before it (a node streams them: node/stream.ts). */
+  onToken?: (token: number, prev: number) => void;
 }
 
 /**
@@ -344,7 +346,10 @@ function* traceRun(model: Model, job: Job, options: RecordOptions): Generator<vo
       },
     });
     let r = run.next();
-    while (!r.done) {
+    let prev = job.promptTokens[0];
+    for (let k = 0; !r.done; k++) {
+      if (options.onToken && k >= job.promptTokens.length - 1) options.onToken(r.value.token, prev);
+      prev = r.value.token;
       yield;
       r = run.next();
     }

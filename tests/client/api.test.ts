@@ -94,7 +94,8 @@ const PROMPT = 'Once upon a time';
 
 test('a devnet serving the API: the openai client gets the SDK\'s text with a final receipt; every error class has its status and shape; the server survives them', { timeout: 300_000 }, () =>
   withTempDir(async (dir) => {
-    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 3, api: { port: 0, limits: { inFlight: 1 }, timeoutMs: 120_000 }, log: () => {} });
+    // Nodes without a token stream: streaming falls back to the coordinator's first answer (api-stream.test.ts has the node streams).
+    const devnet = await startDevnet({ dir: join(dir, 'net'), nodes: 3, streams: false, api: { port: 0, limits: { inFlight: 1 }, timeoutMs: 120_000 }, log: () => {} });
     const poor = await generateWallet('ed25519');
     const keyFile = join(dir, 'keys.json');
     writeFileSync(keyFile, JSON.stringify({ 'sk-test-user-key': join(dir, 'net', 'wallet.json'), 'sk-test-poor-key': poor.jwk }));
@@ -176,8 +177,8 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
       assert.ok(sv.choices.every((c) => c.status === 'final' && c.full_text === direct.text));
       assert.equal(stopped.usage!.completion_tokens, 2 * direct.usage.completion_tokens);
 
-      // Streamed: the first answer in one chunk as the coordinator reported it (pending), then the final chunk with the receipt.
-      const chunks: { choices: { text?: string; delta?: { content?: string }; finish_reason: string | null }[]; verity: { status: string; trace_root?: string } }[] = [];
+      // Streamed, no node stream: the first answer in one chunk as the coordinator reported it (pending), then the final chunk with the receipt.
+      const chunks: { choices: { text?: string; delta?: { content?: string }; finish_reason: string | null }[]; verity: { status: string; trace_root?: string; streamed_text_matches?: boolean } }[] = [];
       for await (const chunk of await openai.completions.create({ model, prompt: PROMPT, max_tokens: 40, temperature: 0, seed: 7, stream: true })) chunks.push(chunk as unknown as (typeof chunks)[number]);
       assert.equal(chunks.length, 2, JSON.stringify(chunks));
       assert.equal(chunks.map((c) => c.choices[0].text).join(''), direct.text);
@@ -186,6 +187,7 @@ test('a devnet serving the API: the openai client gets the SDK\'s text with a fi
       assert.equal(chunks[1].choices[0].finish_reason, completion.choices[0].finish_reason);
       assert.equal(chunks[1].verity.status, 'final');
       assert.equal(chunks[1].verity.trace_root, direct.receipt!.traceRoot);
+      assert.equal(chunks[1].verity.streamed_text_matches, true);
       const chatChunks: typeof chunks = [];
       for await (const chunk of await openai.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0, seed: 3, stream: true })) chatChunks.push(chunk as unknown as (typeof chunks)[number]);
       assert.equal(chatChunks.map((c) => c.choices[0].delta?.content ?? '').join(''), chat.choices[0].message.content);

@@ -215,6 +215,17 @@ test('Register-Node: the signer\'s own did:key, stake ≥ Min-Stake first, regis
   assert.equal(w.state().nodes.length, 1);
   assert.equal(w.state().nodes[0].capacity, 64);
 
+  // Stream-Url: an http(s) URL of at most 200 characters, shown in the node view; empty clears it; absent keeps it.
+  for (const url of ['ftp://x', 'javascript:alert(1)', 'http://', 'http://a b', `http://${'a'.repeat(200)}`, 'http://x/\u0000', 'x']) {
+    await refused(w, { from: a, tags: { ...base, 'Stream-Url': url } }, 400, `Stream-Url=${url}`);
+  }
+  await w.send({ from: a, tags: { ...base, 'Stream-Url': 'http://127.0.0.1:8080/' } });
+  assert.equal((await nodesList(w))[0].streamUrl, 'http://127.0.0.1:8080');
+  await w.send({ from: a, tags: base });
+  assert.equal((await nodesList(w))[0].streamUrl, 'http://127.0.0.1:8080');
+  await w.send({ from: a, tags: { ...base, 'Stream-Url': '' } });
+  assert.equal((await nodesList(w))[0].streamUrl, undefined);
+
   // Anyone else's Credit-Notice is refused, signed or pushed.
   for (const [from, owner] of [[ALICE, ALICE], [ALICE, MU], [OWNER, OWNER], [a, a]]) {
     await refused(w, { from, owner, tags: { Action: 'Credit-Notice', Sender: a, Quantity: '1000', 'X-Action': 'Stake', 'X-Reference': 'forged' } }, 403, `Credit-Notice from ${from}`);
