@@ -1,6 +1,7 @@
 // verity devnet | infer | task | node start: the inference network on the command line. A command
-// finds the network from --devnet <dir> (the devnet.json a running devnet writes), from --mu/--cu/
-// --coordinator flags, or from VERITY_* environment variables, in that order.
+// finds the network from --devnet <dir> (the devnet.json a running devnet writes) or --network <file>
+// (the network.json verity network init writes), from --mu/--cu/--coordinator flags, or from VERITY_*
+// environment variables (VERITY_NETWORK, VERITY_DEVNET, VERITY_MU, …); a flag overrides the file.
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { RefusedError } from '../../ao/client.js';
