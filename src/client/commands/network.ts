@@ -10,7 +10,7 @@ import { STRATEGIES, startNode } from '../../node/index.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import { readWallet, WalletError, type Wallet } from '../../store/wallet.js';
-import { readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
+import { DEVNET_FILE, readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
 import { Verity, type InferResult, type TaskView } from '../sdk.js';
 import { verifyReceipt } from '../verify.js';
 import { closeOnSignal } from './shared.js';
@@ -62,6 +62,10 @@ export function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: st
   if (flags.devnet && flags.network) throw new InvalidArgumentError('use --devnet or --network, not both');
   const file = flags.network ?? (flags.devnet ? undefined : env('NETWORK'));
   const dir = file !== undefined ? undefined : flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
+  // Nothing given and no devnet here: say every way to name a network.
+  if (file === undefined && !explicit && !flags.devnet && !env('DEVNET') && !existsSync(join(DEFAULT_HOME, DEVNET_FILE))) {
+    throw new RefusedError(404, `no network: give --network <file> (what verity network init wrote), --devnet <dir> (a running verity devnet), or --mu/--cu/--coordinator`);
+  }
   const devnet: Partial<DevnetInfo> & { dir?: string; scheduler?: string } =
     file !== undefined ? { ...readNetworkFile(file), dir: dirname(file) } : dir !== undefined && !explicit ? { ...readDevnetInfo(dir), dir } : {};
   return {
