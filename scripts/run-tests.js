@@ -1,12 +1,12 @@
 // npm test's runner: every compiled test file under dist/, in two passes. Most files run two at a
 // time (most of their time is waiting: on HTTP, child processes, leases and windows), then the few
 // whose deadlines are measured against the machine's pace run alone — the kill -9 fault run, the
-// network as separate processes — so that a busy neighbour cannot make them miss one.
+// network as separate processes, the across-machines walk-through — so that a busy neighbour cannot make them miss one.
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
-const ALONE = ['dist/tests/ao/faults.test.js', 'dist/tests/network/separate.test.js'];
+const ALONE = ['dist/tests/ao/faults.test.js', 'dist/tests/network/separate.test.js', 'dist/tests/network/across-machines.test.js'];
 
 function testFiles(dir) {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {

@@ -879,6 +879,8 @@ export async function startMessenger(mu: Messenger, options: { port: number; hos
   app.setNotFoundHandler((request, reply) => fail(reply, 404, `no route for ${request.method} ${request.url.slice(0, 100)}`));
 
   app.get('/', async (_request, reply) => reply.type('text/plain; charset=utf-8').send('ao messenger unit'));
+  // Its wallet's address: a process spawned to trust this MU names it in an Authority tag (verity network init).
+  app.get('/info', async () => ({ unit: 'mu', address: mu.address }));
 
   app.post<{ Querystring: Record<string, string | string[] | undefined> }>('/', async (request, reply) => {
     const query = request.query;

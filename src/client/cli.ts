@@ -17,7 +17,8 @@ type Commands = typeof import('./commands/run.js') &
   typeof import('./commands/process.js') &
   typeof import('./commands/sim.js') &
   typeof import('./commands/api.js') &
-  typeof import('./commands/verify.js');
+  typeof import('./commands/verify.js') &
+  typeof import('./commands/operate.js');
 
 const modules = {
   run: () => import('./commands/run.js'),
@@ -33,6 +34,7 @@ const modules = {
   sim: () => import('./commands/sim.js'),
   api: () => import('./commands/api.js'),
   verify: () => import('./commands/verify.js'),
+  operate: () => import('./commands/operate.js'),
 };
 
 /** An action that loads its module first. */
@@ -96,6 +98,63 @@ function processCommands(program: Command, networkOptions: (c: Command) => Comma
     .action(lazy('process', 'processDryrunCommand'));
 }
 
+/** verity network init | params, model register, token balance | transfer | mint, deposit (commands/operate.ts). */
+function operateCommands(program: Command, networkOptions: (c: Command) => Command, model: Command): void {
+  const network = program.command('network').description('set up a network on units that run elsewhere, and show or change its parameters (docs/across-machines.md)');
+  network
+    .command('init')
+    .description('publish the token and coordinator modules, spawn both on the given units, mint the owner\'s supply, and write a network file for the other commands')
+    .option('--mu <url>', 'Messenger Unit (or VERITY_MU)')
+    .option('--cu <url>', 'Compute Unit (or VERITY_CU)')
+    .option('--gateway <url>', 'the gateway the modules are published through (or VERITY_GATEWAY)')
+    .option('--su <url>', 'the Scheduler Unit to spawn on; its address is asked for (or VERITY_SU)')
+    .option('--scheduler <address>', 'the SU\'s address instead of asking --su (or VERITY_SCHEDULER)')
+    .option('--authority <address>', 'the MU\'s address the processes trust (default: what GET <mu>/info says)')
+    .option('--wallet <file>', 'the owner\'s wallet (default ./.verity/wallet.json; or VERITY_WALLET)')
+    .option('--out <file>', 'the network file to write (default ./network.json)')
+    .option('--param <Name=value>', 'a coordinator parameter (docs/network.md "Verification"); repeat it for more', collect)
+    .option('--supply <amount>', 'tokens to mint to the owner', '100000000')
+    .option('--force', 'replace an existing network file')
+    .option('--json', 'print one JSON object')
+    .addHelpText('after', '\nExample:\n  $ verity network init --mu http://10.0.0.4:4003 --cu http://10.0.0.3:4002 --gateway http://10.0.0.1:4000 --su http://10.0.0.2:4001 --wallet owner.json --out network.json --param Challenge-Window-Ms=3000\n')
+    .action(lazy('operate', 'networkInitCommand'));
+  networkOptions(network.command('params'))
+    .description('show the coordinator\'s parameters (and its owner, token, models, nodes); with --set, change them (the owner only)')
+    .option('--set <Name=value>', 'a parameter to set (repeat it for more)', collect)
+    .addHelpText('after', '\nExamples:\n  $ verity network params --network network.json\n  $ verity network params --network network.json --wallet owner.json --set Audit-Ppm=200000 --set Max-Tokens=256\n')
+    .action(lazy('operate', 'networkParamsCommand'));
+  networkOptions(model.command('register'))
+    .description('register a published model at the coordinator (the owner only), so that nodes serve it')
+    .argument('<model-id>', 'the model id verity model publish printed')
+    .option('--manifest <id>', 'its manifest item (default: the one the gateway lists for it)')
+    .option('--gateway <url>', 'the gateway to find the manifest at (default: the network\'s)')
+    .addHelpText('after', '\nExample:\n  $ verity model register <model-id> --network network.json --wallet owner.json\n')
+    .action(lazy('operate', 'modelRegisterCommand'));
+  const token = program.command('token').description('the network\'s token: balances, transfers and minting');
+  networkOptions(token.command('balance'))
+    .description('an account\'s token balance, and what it holds at the coordinator (deposit, earnings, stake)')
+    .argument('[address]', 'the account (default: the wallet\'s)')
+    .addHelpText('after', '\nExample:\n  $ verity token balance --network network.json --wallet user.json --json\n')
+    .action(lazy('operate', 'tokenBalanceCommand'));
+  networkOptions(token.command('transfer'))
+    .description('send tokens from the wallet to an address')
+    .argument('<to>', 'the recipient\'s address (verity wallet show prints it)')
+    .argument('<amount>', 'whole tokens')
+    .addHelpText('after', '\nExample:\n  $ verity token transfer <address> 100000 --network network.json --wallet owner.json\n')
+    .action(lazy('operate', 'tokenTransferCommand'));
+  networkOptions(token.command('mint'))
+    .description('create tokens for an address (the token\'s owner only)')
+    .argument('<to>', 'the recipient\'s address')
+    .argument('<amount>', 'whole tokens')
+    .addHelpText('after', '\nExample:\n  $ verity token mint <address> 1000000 --network network.json --wallet owner.json\n')
+    .action(lazy('operate', 'tokenMintCommand'));
+  networkOptions(program.command('deposit'))
+    .description('move tokens from the wallet to its deposit at the coordinator, which pays for inference')
+    .argument('<amount>', 'whole tokens')
+    .addHelpText('after', '\nExample:\n  $ verity deposit 100000 --network network.json --wallet user.json\n')
+    .action(lazy('operate', 'depositCommand'));
+}
+
 export function buildProgram(): Command {
   const program = new Command('verity')
     .description('Verity: trustless, bit-exact AI inference')
@@ -131,7 +190,7 @@ export function buildProgram(): Command {
   const storeOptions = (c: Command): Command =>
     c
       .option('--store <dir>', 'the embedded store (default ./.verity)')
-      .option('--gateway <url>', 'an Arweave gateway instead of the embedded store')
+      .option('--gateway <url>', 'a gateway instead of the embedded store: a Verity gateway (Ed25519 wallet) or an Arweave one (Arweave wallet)')
       .option('--wallet <file>', 'wallet file (default <store>/wallet.json)')
       .option('--json', 'print one JSON object');
   const wallet = program.command('wallet').description('create and show wallets (Arweave RSA or Ed25519)');
@@ -190,6 +249,7 @@ export function buildProgram(): Command {
   const networkOptions = (c: Command): Command =>
     c
       .option('--devnet <dir>', 'a running devnet\'s folder (default ./.verity; or VERITY_DEVNET)')
+      .option('--network <file>', 'a network file that verity network init wrote (or VERITY_NETWORK), read like a devnet\'s')
       .option('--mu <url>', 'Messenger Unit (or VERITY_MU)')
       .option('--cu <url>', 'Compute Unit (or VERITY_CU)')
       .option('--coordinator <id>', 'coordinator process (or VERITY_COORDINATOR)')
@@ -246,6 +306,7 @@ export function buildProgram(): Command {
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
     .action(lazy('verify', 'verifyCommand'));
   processCommands(program, networkOptions);
+  operateCommands(program, networkOptions, model);
   const node = program.command('node').description('run a worker node');
   networkOptions(node.command('start'))
     .description('register, stake, fetch the models and take tasks until stopped')

@@ -275,7 +275,7 @@ const hostError = (e: unknown, name: string): string => String((e as Error)?.mes
 
 type ParamKind = 'amount' | 'int';
 /** Tag name → the Params field and its kind: one table for spawn tags, Set-Params and Params. */
-const PARAM_TAGS: [string, keyof Params, ParamKind][] = [
+export const PARAM_TAGS: [string, keyof Params, ParamKind][] = [
   ['Price-Per-Token', 'price', 'amount'],
   ['Compute-Cost-Per-Token', 'computeCost', 'amount'],
   ['Audit-Ppm', 'auditPpm', 'int'],

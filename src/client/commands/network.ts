@@ -1,14 +1,16 @@
 // verity devnet | infer | task | node start: the inference network on the command line. A command
-// finds the network from --devnet <dir> (the devnet.json a running devnet writes), from --mu/--cu/
-// --coordinator flags, or from VERITY_* environment variables, in that order.
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+// finds the network from --devnet <dir> (the devnet.json a running devnet writes) or --network <file>
+// (the network.json verity network init writes), from --mu/--cu/--coordinator flags, or from VERITY_*
+// environment variables (VERITY_NETWORK, VERITY_DEVNET, VERITY_MU, …); a flag overrides the file.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { RefusedError } from '../../ao/client.js';
 import { InvalidArgumentError } from 'commander';
 import { STRATEGIES, startNode } from '../../node/index.js';
 import { openGatewayStore } from '../../store/gateway-store.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
 import { readWallet, WalletError, type Wallet } from '../../store/wallet.js';
-import { readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
+import { DEVNET_FILE, readDevnetInfo, startDevnet, type DevnetInfo } from '../devnet.js';
 import { Verity, type InferResult, type TaskView } from '../sdk.js';
 import { verifyReceipt } from '../verify.js';
 import { closeOnSignal } from './shared.js';
@@ -16,6 +18,8 @@ import { DEFAULT_HOME } from './store.js';
 
 export interface NetworkFlags {
   devnet?: string;
+  /** A network.json (verity network init), read like a devnet's devnet.json. */
+  network?: string;
   mu?: string;
   cu?: string;
   coordinator?: string;
@@ -27,12 +31,43 @@ export interface NetworkFlags {
 
 const env = (name: string): string | undefined => process.env[`VERITY_${name}`] || undefined;
 
-/** Where the network is: explicit flags first, then a devnet folder, then the environment. */
-export function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string } {
+/** What network.json holds (verity network init writes it): where the units and processes are. */
+export interface NetworkFile {
+  mu: string;
+  cu: string;
+  gateway: string;
+  su?: string;
+  token: string;
+  coordinator: string;
+  /** The SU's address, the processes' Scheduler. */
+  scheduler?: string;
+  /** The registered model, once there is one. */
+  model?: string;
+}
+
+/** Reads a network.json (or any file of DevnetInfo's shape). */
+export function readNetworkFile(path: string): NetworkFile {
+  if (!existsSync(path)) throw new RefusedError(404, `no network file at ${path}: write one with verity network init --out ${path}, or pass --devnet <dir>`);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as NetworkFile;
+  } catch (e) {
+    throw new InvalidArgumentError(`${path} is not a network file (JSON): ${(e as Error).message}`);
+  }
+}
+
+/** Where the network is: explicit flags first, then a devnet folder or network file, then the environment. */
+export function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: string; scheduler?: string } {
   const explicit = flags.mu ?? flags.cu ?? flags.coordinator;
   if (explicit && flags.devnet) throw new InvalidArgumentError('use --devnet or --mu/--cu/--coordinator, not both');
-  const dir = flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
-  const devnet: Partial<DevnetInfo> & { dir?: string } = dir !== undefined && !explicit ? { ...readDevnetInfo(dir), dir } : {};
+  if (flags.devnet && flags.network) throw new InvalidArgumentError('use --devnet or --network, not both');
+  const file = flags.network ?? (flags.devnet ? undefined : env('NETWORK'));
+  const dir = file !== undefined ? undefined : flags.devnet ?? env('DEVNET') ?? (explicit ? undefined : DEFAULT_HOME);
+  // Nothing given and no devnet here: say every way to name a network.
+  if (file === undefined && !explicit && !flags.devnet && !env('DEVNET') && !existsSync(join(DEFAULT_HOME, DEVNET_FILE))) {
+    throw new RefusedError(404, `no network: give --network <file> (what verity network init wrote), --devnet <dir> (a running verity devnet), or --mu/--cu/--coordinator`);
+  }
+  const devnet: Partial<DevnetInfo> & { dir?: string; scheduler?: string } =
+    file !== undefined ? { ...readNetworkFile(file), dir: dirname(file) } : dir !== undefined && !explicit ? { ...readDevnetInfo(dir), dir } : {};
   return {
     ...devnet,
     mu: flags.mu ?? env('MU') ?? devnet.mu,
@@ -44,7 +79,7 @@ export function networkOf(flags: NetworkFlags): Partial<DevnetInfo> & { dir?: st
 }
 
 export function need<T>(value: T | undefined, what: string): T {
-  if (value === undefined) throw new InvalidArgumentError(`no ${what}: give --devnet <dir>, --${what} or VERITY_${what.toUpperCase()}`);
+  if (value === undefined) throw new InvalidArgumentError(`no ${what}: give --network <file>, --devnet <dir>, --${what} or VERITY_${what.toUpperCase()}`);
   return value;
 }
 

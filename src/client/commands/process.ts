@@ -75,8 +75,8 @@ function bundle(file: string): Bundle {
 }
 
 /** The SU's address: --scheduler, VERITY_SCHEDULER, else what the SU (--su, VERITY_SU, the devnet's) says it is. */
-async function schedulerOf(flags: ProcessFlags, su: string | undefined): Promise<string> {
-  const given = flags.scheduler ?? env('SCHEDULER');
+export async function schedulerOf(flags: Pick<ProcessFlags, 'su' | 'scheduler'>, su: string | undefined, known?: string): Promise<string> {
+  const given = flags.scheduler ?? env('SCHEDULER') ?? known;
   if (given !== undefined) return given;
   const url = flags.su ?? env('SU') ?? su;
   if (url === undefined) throw new InvalidArgumentError('no scheduler: give --devnet <dir>, --su <url>, --scheduler <address> or VERITY_SCHEDULER');
@@ -174,7 +174,7 @@ export async function processSpawnCommand(flags: SpawnFlags): Promise<void> {
   const name = flags.name ?? basename(flags.lua).replace(/\.lua$/, '');
   const { source } = bundle(flags.lua);
   const { ao, wallet, net } = connect(flags);
-  const scheduler = await schedulerOf(flags, net.su);
+  const scheduler = await schedulerOf(flags, net.su, net.scheduler);
   const store = openGatewayStore(need(net.gateway, 'gateway'));
   const module = await publishModule(store, walletSigner(wallet), source, name, { format: 'lua', limits });
   const processTags = tags.some((t) => t.name === 'Name') ? tags : [{ name: 'Name', value: name }, ...tags];

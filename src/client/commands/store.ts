@@ -5,6 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import { InvalidArgumentError } from 'commander';
 import { openArweaveStore } from '../../store/arweave-store.js';
+import { openGatewayStore } from '../../store/gateway-store.js';
 import { startGateway } from '../../store/gateway.js';
 import { fetchModel, listModels, publishModel } from '../../store/models.js';
 import { openSqliteStore } from '../../store/sqlite-store.js';
@@ -40,7 +41,8 @@ export function openStore(flags: StoreFlags, needsWallet = false): Store {
       throw new InvalidArgumentError(`--gateway ${flags.gateway} is not a URL`);
     }
     const payer = needsWallet ? wallet(flags) : null;
-    if (payer && payer.type !== 'arweave') throw new WalletError('posting bundles to Arweave needs an Arweave (RSA) wallet');
+    // An Ed25519 wallet cannot pay for Arweave bundles: its items go to a Verity gateway (verity gateway) as they are.
+    if (payer && payer.type !== 'arweave') return openGatewayStore(url.origin);
     return openArweaveStore({ gateway: url.origin, wallet: payer ?? undefined, mine: url.hostname === '127.0.0.1' || url.hostname === 'localhost' });
   }
   return openSqliteStore(flags.store ?? DEFAULT_HOME);
