@@ -65,13 +65,12 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
         if d == 'method' then local s = ('ab'):rep(3000) return out(select(2, s:gsub('(a)(b)', '%2%1'))) end
         if d == 'plain' then local s = ('a'):rep(200000) return out(tostring(s:find(('a'):rep(10000) .. 'b', 1, true))) end`),
     );
+    // Tests assert no timings: the bound is that each ends at the limit with the same gas (an
+    // unmetered match would run past the test's timeout, as it did for 47 s before).
     for (const attack of ['exp', 'quad', 'gsub', 'gmatch', 'plain']) {
-      const started = performance.now();
       const outcome = await send(vm, attack);
-      const ms = performance.now() - started;
       assert.match(outcome.Error ?? '', /compute limit/, attack);
       assert.equal(outcome.GasUsed, 201, attack);
-      assert.ok(ms < 2_000, `${attack} ran ${Math.round(ms)} ms`);
     }
     assert.equal((await send(vm, 'method')).Output, 3000, 'a pattern over a long subject still works (metered)');
     assert.equal((await send(vm, 'n')).Output, 2);
@@ -104,15 +103,13 @@ describe('attacks on the Lua runtime', { timeout: 120_000 }, () => {
       { memory: 32 * 2 ** 20, compute: 200 },
     );
     for (const attack of ['rep', 'concat', 'caught', 'fill', 'oom']) {
-      const started = performance.now();
       const outcome = await send(vm, attack);
-      const ms = performance.now() - started;
       if (attack === 'fill') {
         assert.equal(outcome.Error, undefined);
         continue;
       }
       assert.match(outcome.Error ?? '', /compute limit/, attack);
-      assert.ok(ms < 3_000, `${attack} ran ${Math.round(ms)} ms`);
+      assert.ok(outcome.GasUsed > 200, `${attack}: charged past the limit`);
     }
     assert.equal((await send(vm, 'n')).Output, 2);
   });
