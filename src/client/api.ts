@@ -17,6 +17,7 @@ import type { Store } from '../store/store.js';
 import { parseWallet, readWallet, walletAddress, WalletError, type Wallet } from '../store/wallet.js';
 import { Verity, type InferResult, type Receipt, type VerityClient } from './sdk.js';
 import { VerityError } from '../errors.js';
+import { isExplorerPath, registerExplorer } from './explorer-api.js';
 
 // ---- errors ----
 
@@ -776,6 +777,8 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     void reply.status(404).send(errorBody(new ApiError(404, `no such endpoint: ${request.method} ${request.url.split('?')[0].slice(0, 100)}`, 'invalid_request_error', null, 'unknown_url')));
   });
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    // The explorer (page and read-only JSON) needs no key.
+    if (isExplorerPath(request.method, request.url)) return;
     wallets.set(request, authenticate(request.headers.authorization, lookup, options.wallet));
     if (request.method === 'POST') {
       if (inFlight >= limits.inFlight) throw new ApiError(429, `this server has ${limits.inFlight} requests in flight; try again shortly`, 'rate_limit_exceeded', null, 'rate_limit_exceeded');
@@ -820,6 +823,8 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     if (req.stream) return stream(reply, 'chat', wallets.get(request)!, prompt, model, answered, { chat_template: chat.template });
     return chatResponse(await run(wallets.get(request)!, prompt, model, req), answered, model, ctx(), chat.template);
   });
+
+  registerExplorer(app, { cu: options.cu, coordinator: options.coordinator, from: own.address, ao: aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }), store: options.store });
 
   const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 0 });
   const port = (app.server.address() as { port: number }).port;
