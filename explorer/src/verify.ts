@@ -5,15 +5,9 @@
 //   acc[0] = H("verity-trace/1", commitment), acc[i] = H(acc[i-1], leaf[i]), trace root = acc[N]
 // (little-endian integers; each leaf is the SHA-256 of its step's preimage, as the node stored it).
 
-export interface Receipt {
-  task: string;
-  model: string;
-  commitment: string;
-  traceRoot: string;
-  node: string;
-  result: string;
-  trace: string;
-}
+// The receipt as the coordinator writes it: one definition, the protocol's.
+export type { Receipt } from '../../src/processes/protocol.js';
+import type { Receipt } from '../../src/processes/protocol.js';
 
 export interface Job {
   modelId: string;
