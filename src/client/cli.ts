@@ -396,10 +396,28 @@ function addExamples(program: Command): void {
   walk(program, []);
 }
 
+/**
+ * Addresses and message ids are 43 base64url characters, and one in 64 begins with '-', which
+ * commander would take for an option (`verity token transfer -p30… 100` failed so). Such an
+ * argument is marked before parsing and unmarked in the command's arguments and option values
+ * before its action runs; no option of ours is 43 characters long.
+ */
+const ID_MARK = '\u2063';
+const DASH_ID = /^-[A-Za-z0-9_-]{42}$/;
+const unmark = (v: unknown): unknown => (typeof v === 'string' && v.startsWith(ID_MARK) ? v.slice(ID_MARK.length) : Array.isArray(v) ? v.map(unmark) : v);
+
+export function parseArgv(program: Command, argv: string[]): Promise<Command> {
+  program.hook('preAction', (_program, action) => {
+    action.processedArgs = action.processedArgs.map(unmark);
+    for (const [key, value] of Object.entries(action.opts())) if (unmark(value) !== value) action.setOptionValue(key, unmark(value));
+  });
+  return program.parseAsync(argv.map((a) => (DASH_ID.test(a) ? ID_MARK + a : a)));
+}
+
 export async function main(argv: string[]): Promise<void> {
   tuneRuntime();
   try {
-    await buildProgram().parseAsync(argv);
+    await parseArgv(buildProgram(), argv);
   } catch (e) {
     // What the user can act on is a VerityError (or a bad flag, commander's); anything else is a bug.
     const known = e instanceof InvalidArgumentError || e instanceof VerityError;

@@ -74,3 +74,18 @@ test('npx verity works in the checkout', async () => {
   );
   assert.equal(out, 'Once upon a time, there was a little girl\n');
 });
+
+test('an address or id that begins with "-" is an argument, not an unknown option (one in 64 does)', async () => {
+  const { Command } = await import('commander');
+  const { parseArgv } = await import('../../src/client/cli.js');
+  const id = '-p30-mYflA8EdSuc8XSFWtwNlEUBRieAjNBI9sxBIxs';
+  const seen: unknown[] = [];
+  const program = new Command().exitOverride();
+  program.command('transfer').argument('<to>').argument('<amount>').option('--from <who>').action((to, amount, opts) => void seen.push(to, amount, opts.from));
+  await parseArgv(program, ['node', 'verity', 'transfer', id, '100', '--from', id]);
+  assert.deepEqual(seen, [id, '100', id]);
+  // Through the real CLI: the error is about the network file, never "unknown option".
+  const r = await runCli(['token', 'transfer', id, '100', '--network', '/nonexistent/network.json']);
+  assert.notEqual(r.code, 0);
+  assert.doesNotMatch(r.stderr, /unknown option/);
+});
