@@ -155,13 +155,16 @@ export class RefusedError extends VerityError {
   }
 }
 
+/** A message's tags as name → value (a repeated name: its last value). */
+export const tagMap = (m: { Tags: { name: string; value: string }[] }): Record<string, string> => Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+
 /** The reply with `action` in a result or dry run, or a RefusedError with the Code/Message it carries instead. */
 export function expectReply(result: Pick<Result, 'Messages' | 'Error'>, action: string): { tags: Record<string, string>; data: string } {
   if (result.Error) throw new RefusedError(500, `the process failed: ${String(result.Error)}`);
   const ok = replyOf(result, action);
   if (ok) return ok;
   for (const m of result.Messages) {
-    const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+    const tags = tagMap(m);
     if (tags.Code) throw new RefusedError(Number(tags.Code), `${tags.Action}: ${tags.Message ?? 'refused'}`);
   }
   throw new RefusedError(500, `no ${action} in the answer`);
@@ -192,7 +195,7 @@ export function messagesTo(page: ResultsPage, target: string, action: string): {
   for (const { node } of page.edges) {
     for (const m of node.Messages) {
       if (m.Target !== target) continue;
-      const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+      const tags = tagMap(m);
       if (tags.Action === action) found.push({ tags, data: m.Data ?? '' });
     }
   }
@@ -202,7 +205,7 @@ export function messagesTo(page: ResultsPage, target: string, action: string): {
 /** The first outbox message of a result (or dry run) with this Action, as name → value. */
 export function replyOf(result: Pick<Result, 'Messages'>, action: string): { tags: Record<string, string>; data: string } | null {
   for (const m of result.Messages) {
-    const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value])) as Record<string, string>;
+    const tags = tagMap(m);
     if (tags.Action === action) return { tags, data: m.Data ?? '' };
   }
   return null;

@@ -651,15 +651,27 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     return results;
   };
 
-  /** The node a task's lease is with (its asserter), and the token stream it announced; null until assigned. */
-  const streamOf = async (client: VerityClient, task: string): Promise<{ node: string; url: string | null } | null> => {
-    const view = await client.task(task);
-    const lease = view.participants.find((p) => p.role === 'asserter' && p.status === 'open');
-    if (!lease) return null;
-    const reply = expectReply(await aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }).dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Nodes' }], from: own.address }), 'Nodes-Response');
-    const node = (JSON.parse(reply.data) as { address: string; streamUrl?: unknown }[]).find((n) => n.address === lease.node);
-    const url = typeof node?.streamUrl === 'string' && /^https?:\/\//.test(node.streamUrl) ? node.streamUrl : null;
-    return { node: lease.node, url };
+  // The token streams the nodes announced (Stream-Url on Register-Node), read for all requests at
+  // most once a second when a lease names a node not seen yet, and every 10 s otherwise.
+  let streamUrls = new Map<string, string>();
+  let streamUrlsAt = 0;
+  let readingStreamUrls: Promise<void> | null = null;
+  const streamUrlOf = async (node: string): Promise<string | null> => {
+    const age = Date.now() - streamUrlsAt;
+    if ((!streamUrls.has(node) && age >= 1_000) || age >= NETWORK_TTL_MS) {
+      readingStreamUrls ??= (async () => {
+        try {
+          const reply = expectReply(await aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }).dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Nodes' }], from: own.address }), 'Nodes-Response');
+          const nodes = JSON.parse(reply.data) as { address: string; streamUrl?: unknown }[];
+          streamUrls = new Map(nodes.flatMap((n) => (typeof n.streamUrl === 'string' && /^https?:\/\//.test(n.streamUrl) ? [[n.address, n.streamUrl] as const] : [])));
+        } finally {
+          streamUrlsAt = Date.now();
+          readingStreamUrls = null;
+        }
+      })();
+      await readingStreamUrls.catch(() => {});
+    }
+    return streamUrls.get(node) ?? null;
   };
 
   /**
@@ -690,40 +702,42 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
       streamed += text;
       if (!reply.raw.destroyed) reply.raw.write(sseEvent(textChunk(kind, head!, model, text)));
     };
-    // The relay from the node: it writes only while the coordinator's answer has not been written.
+    // The relay from the node that holds the lease, from the moment it is drawn (the SDK's
+    // onAssigned: no polling). It writes only while the coordinator's answer has not been written;
+    // a lease drawn again before any text came (the first ran out) moves it to the new node.
     const relay = new AbortController();
+    let task = '';
     let relayedFrom: string | null = null;
+    let current: AbortController | null = null;
     let raw = '';
     let sentLength = 0;
     let relayStopped = false;
-    const relayTask = (task: string): Promise<void> =>
-      (async () => {
-        const placeholder: InferResult = { task, text: '', status: 'assigned', receipt: null, usage: { prompt_tokens: 0, completion_tokens: 0 }, corrected: false, createdAt: Date.now() };
-        let found: { node: string; url: string | null } | null = null;
-        while (!relay.signal.aborted && !found) {
-          found = await streamOf(client, task).catch(() => null);
-          if (!found) await new Promise((resolve) => setTimeout(resolve, 100));
-        }
-        if (!found?.url || relay.signal.aborted) return;
-        relayedFrom = found.node;
-        await relayNodeStream(
-          found.url,
-          task,
-          (text) => {
-            if (relay.signal.aborted || relayStopped) return;
-            raw += text;
-            const now = sendable(raw, request.stop);
-            if (now.text.length > sentLength) {
-              write(placeholder, now.text.slice(sentLength));
-              sentLength = now.text.length;
-            }
-            relayStopped = now.stopped;
-          },
-          relay.signal,
-          { events: request.maxTokens + 8, chars: request.maxTokens * 64 + 64, lineBytes: 64 * 1024, connectMs: 5_000 },
-        );
-      })().catch(() => {});
     let relaying: Promise<void> = Promise.resolve();
+    const relayFrom = (node: string): void => {
+      if (streamed !== null || relay.signal.aborted || node === relayedFrom) return;
+      relayedFrom = node;
+      raw = '';
+      relayStopped = false;
+      current?.abort();
+      const mine = (current = new AbortController());
+      relay.signal.addEventListener('abort', () => mine.abort(), { once: true });
+      const placeholder: InferResult = { task, text: '', status: 'assigned', receipt: null, usage: { prompt_tokens: 0, completion_tokens: 0 }, corrected: false, createdAt: Date.now() };
+      const onText = (text: string): void => {
+        if (mine.signal.aborted || relayStopped) return;
+        raw += text;
+        const now = sendable(raw, request.stop);
+        if (now.text.length > sentLength) {
+          write(placeholder, now.text.slice(sentLength));
+          sentLength = now.text.length;
+        }
+        relayStopped = now.stopped;
+      };
+      const limits = { events: request.maxTokens + 8, chars: request.maxTokens * 64 + 64, lineBytes: 64 * 1024, connectMs: 5_000 };
+      relaying = (async () => {
+        const url = await streamUrlOf(node);
+        if (url && !mine.signal.aborted) await relayNodeStream(url, task, onText, mine.signal, limits);
+      })().catch(() => {});
+    };
     try {
       const r = await client.infer(prompt, {
         model: model.id,
@@ -732,9 +746,10 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
         topP: request.topP,
         seed: request.seed ?? 0,
         timeoutMs,
-        onAccepted: (task) => {
-          relaying = relayTask(task);
+        onAccepted: (id) => {
+          task = id;
         },
+        onAssigned: relayFrom,
         onAnswer: (answer) => {
           // Nothing relayed yet: the coordinator's answer is the stream, as without a node stream.
           if (streamed !== null) return;

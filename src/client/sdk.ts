@@ -5,7 +5,7 @@
 //
 // `infer` sends an `Infer` message, reads the coordinator's answer to it, then follows the
 // coordinator's results until its Infer-Response to this wallet arrives. The CLI uses exactly this.
-import { aoClient, expectReply, messagesTo, RefusedError, type AoClient, type ResultsPage } from '../ao/client.js';
+import { aoClient, expectReply, RefusedError, tagMap, type AoClient, type ResultsPage } from '../ao/client.js';
 import { fundCoordinator } from '../processes/calls.js';
 import type { Receipt, TaskView } from '../processes/protocol.js';
 import type { Wallet } from '../store/wallet.js';
@@ -42,6 +42,12 @@ export interface InferOptions {
   onAnswer?: (answer: InferResult) => void;
   /** Called with the task id once the coordinator accepted the request (before any answer). */
   onAccepted?: (task: string) => void;
+  /**
+   * Called with the node each time the task's lease is drawn before its first answer (a lease
+   * that ran out is drawn again): the node generating this answer, whose token stream is worth
+   * reading. Validators are drawn only once there is an answer, so they never show here.
+   */
+  onAssigned?: (node: string) => void;
   /** How long to wait (default 5 minutes). */
   timeoutMs?: number;
 }
@@ -76,6 +82,8 @@ async function scanAfter(ao: AoClient, coordinator: string, id: string, bound: {
 /** A request's Infer-Responses, as they come. */
 interface ResponseListener {
   response(message: { tags: Record<string, string>; data: string }): void;
+  /** A lease on the task was drawn for this node (Task-Assigned in the coordinator's results). */
+  assigned(node: string): void;
   failed(error: Error): void;
 }
 
@@ -94,7 +102,15 @@ function followResponses(ao: AoClient, coordinator: string, address: string): { 
   const listeners = new Map<string, ResponseListener>();
   let reading = false;
   const dispatch = (page: ResultsPage): void => {
-    for (const response of messagesTo(page, address, 'Infer-Response')) listeners.get(response.tags.Task)?.response(response);
+    for (const { node } of page.edges) {
+      for (const m of node.Messages) {
+        const tags = tagMap(m);
+        const listener = listeners.get(tags.Task);
+        if (!listener) continue;
+        if (tags.Action === 'Infer-Response' && m.Target === address) listener.response({ tags, data: m.Data ?? '' });
+        else if (tags.Action === 'Task-Assigned' && m.Target) listener.assigned(m.Target);
+      }
+    }
   };
   async function read(task: string): Promise<void> {
     reading = true;
@@ -179,11 +195,20 @@ function connect(connection: Connection): VerityClient {
       if (options.redundancy !== undefined) tags.push({ name: 'Redundancy', value: String(options.redundancy) });
       if (options.nodes?.length) tags.push({ name: 'Nodes', value: options.nodes.join(',') });
       const id = await ao.message(coordinator, { tags, data: prompt });
-      expectReply(await ao.result(coordinator, id), 'Infer-Accepted');
+      const accepted = await ao.result(coordinator, id);
+      expectReply(accepted, 'Infer-Accepted');
       options.onAccepted?.(id);
+      let answered = false;
+      const assigned = (node: string): void => {
+        if (!answered) options.onAssigned?.(node);
+      };
+      // A node free at once is drawn by the Infer itself, in the result just read (beside, maybe, a canary's lease).
+      for (const m of accepted.Messages) {
+        const t = tagMap(m);
+        if (m.Target && t.Action === 'Task-Assigned' && t.Task === id) assigned(m.Target);
+      }
       const timeoutMs = options.timeoutMs ?? 300_000;
       return new Promise<InferResult>((resolve, reject) => {
-        let answered = false;
         const timer = setTimeout(() => settle(() => reject(new RefusedError(504, `no Infer-Response for task ${id} within ${timeoutMs} ms`))), timeoutMs);
         const settle = (how: () => void): void => {
           clearTimeout(timer);
@@ -201,6 +226,7 @@ function connect(connection: Connection): VerityClient {
               options.onAnswer?.(result);
             }
           },
+          assigned,
           failed: (e) => settle(() => reject(e)),
         });
       });
@@ -217,7 +243,7 @@ function connect(connection: Connection): VerityClient {
       await scanAfter(ao, coordinator, id, ARCHIVE_SCAN, (page) => {
         for (const { node } of page.edges) {
           for (const m of node.Messages) {
-            const tags = Object.fromEntries(m.Tags.map((t) => [t.name, t.value]));
+            const tags = tagMap(m);
             if (!ended && tags.Action === 'Infer-Response' && tags.Task === id && (tags.Status === 'final' || tags.Status === 'failed')) ended = JSON.parse(m.Data ?? '') as TaskView;
           }
           if (ended) return true;

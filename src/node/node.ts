@@ -593,6 +593,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     if (working.size < capacity) return start(lease);
     if (queued.size >= QUEUED_MAX) return log(`${name}: ${QUEUED_MAX} leases wait already: task ${lease.task} is left to the next reconcile`);
     queued.set(lease.task, lease);
+    // Its token stream can be listened to from now on (the API relays it once the lease is drawn).
+    const model = models.get(lease.model);
+    if (model) streams?.expect(lease.task, lease.leaseEnd, model);
   };
   // Each task's duties in order (a duty seen twice is then performed once: the second finds its
   // row), different tasks' side by side.

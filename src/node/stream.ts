@@ -3,7 +3,9 @@
 // is sampled, then an `end` event. What it serves is a preview from this node, checked by no one:
 // the API compares it with the result the coordinator records. Bounded: one stream per lease,
 // a cap on listeners (per task and in all), events kept only while the lease is live (and a short
-// while after the run ends, for a listener that comes late), an idle timeout per listener.
+// while after the run ends, for a listener that comes late), an idle timeout per listener once the
+// run started. A lease waiting behind others is announced (`expect`) so that a listener can come
+// as soon as the lease is drawn and wait for its first token, however long the queue.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { TextDecoder } from 'node:util';
 import { printableBytes, type Model } from '../engine/index.js';
@@ -22,7 +24,7 @@ export interface StreamLimits {
   keepMs: number;
 }
 
-export const DEFAULT_STREAM_LIMITS: StreamLimits = { listenersPerTask: 4, listeners: 64, streams: 256, idleMs: 30_000, keepMs: 30_000 };
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { listenersPerTask: 4, listeners: 256, streams: 256, idleMs: 30_000, keepMs: 30_000 };
 
 export interface TokenEvent {
   index: number;
@@ -33,6 +35,8 @@ export interface TokenEvent {
 interface Entry {
   leaseEnd: number;
   events: TokenEvent[];
+  /** The run began (open); before, the lease waits in the node's queue. */
+  started: boolean;
   ended: boolean;
   listeners: Set<ServerResponse>;
   decoder: TextDecoder;
@@ -43,6 +47,8 @@ interface Entry {
 export interface TokenStreams {
   /** Where the server listens (http://host:port). */
   url: string;
+  /** A lease was taken but waits for its turn: listeners may come now; its events start with open. */
+  expect(task: string, leaseEnd: number, model: Model): void;
   /** A lease's run starts: its stream opens (again, if it ran before: the events start over). */
   open(task: string, leaseEnd: number, model: Model): void;
   /** A token sampled for the task after `prev` (the token before it); ignored unless its stream is open and running. */
@@ -66,6 +72,23 @@ export async function startTokenStreams(host: string, port: number, limits: Part
     entries.delete(task);
     for (const res of entry.listeners) res.end();
   };
+  /** The entry goes at the lease's end (a lease that ran out is no one's to stream). */
+  const keepUntil = (task: string, entry: Entry, until: number): void => {
+    clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => drop(task, entry), Math.max(0, Math.min(until - Date.now(), 2 ** 31 - 1)));
+    entry.timer.unref();
+  };
+  const add = (task: string, leaseEnd: number, model: Model, started: boolean): void => {
+    if (entries.size >= lim.streams) {
+      // The oldest ended stream makes room; with none ended, this run is not streamed.
+      const ended = [...entries].find(([, e]) => e.ended);
+      if (!ended) return;
+      drop(ended[0], ended[1]);
+    }
+    const entry: Entry = { leaseEnd, events: [], started, ended: false, listeners: new Set(), decoder: new TextDecoder('utf-8'), model };
+    keepUntil(task, entry, leaseEnd);
+    entries.set(task, entry);
+  };
   const send = (entry: Entry, chunk: string): void => {
     for (const res of entry.listeners) res.write(chunk);
   };
@@ -87,7 +110,8 @@ export async function startTokenStreams(host: string, port: number, limits: Part
     if (entry.ended) return res.end(sse('end', { tokens: entry.events.length }));
     entry.listeners.add(res);
     listeners++;
-    let idle = setTimeout(() => res.end(), lim.idleMs);
+    // Before the run starts, the wait is bounded by the lease (the entry goes at its end).
+    let idle = setTimeout(() => res.end(), entry.started ? lim.idleMs : Math.max(lim.idleMs, entry.leaseEnd - Date.now()));
     const written = res.write.bind(res);
     res.write = ((chunk: string) => {
       clearTimeout(idle);
@@ -110,24 +134,24 @@ export async function startTokenStreams(host: string, port: number, limits: Part
 
   return {
     url,
+    expect(task, leaseEnd, model) {
+      if (!entries.has(task)) add(task, leaseEnd, model, false);
+    },
     open(task, leaseEnd, model) {
       const old = entries.get(task);
-      if (old) drop(task, old);
-      if (entries.size >= lim.streams) {
-        // The oldest ended stream makes room; with none ended, this run is not streamed.
-        const ended = [...entries].find(([, e]) => e.ended);
-        if (!ended) return;
-        drop(ended[0], ended[1]);
+      if (old && !old.started && !old.ended) {
+        // Expected: the listeners that came early stay for the run.
+        old.started = true;
+        old.model = model;
+        keepUntil(task, old, (old.leaseEnd = leaseEnd));
+        return;
       }
-      const entry: Entry = { leaseEnd, events: [], ended: false, listeners: new Set(), decoder: new TextDecoder('utf-8'), model };
-      // Kept no longer than the lease (a lease that ran out is no one's to stream).
-      entry.timer = setTimeout(() => drop(task, entry), Math.max(0, Math.min(leaseEnd - Date.now(), 2 ** 31 - 1)));
-      entry.timer.unref();
-      entries.set(task, entry);
+      if (old) drop(task, old);
+      add(task, leaseEnd, model, true);
     },
     token(task, token, prev) {
       const entry = entries.get(task);
-      if (!entry || entry.ended) return;
+      if (!entry || !entry.started || entry.ended) return;
       const t = entry.model.tokenizer;
       if (!Number.isInteger(token) || token < 0 || token >= t.vocab.length) return;
       // As completionText decodes: BPE pieces joined before UTF-8 decoding (a streaming decoder
@@ -139,7 +163,7 @@ export async function startTokenStreams(host: string, port: number, limits: Part
     },
     end(task) {
       const entry = entries.get(task);
-      if (!entry || entry.ended) return;
+      if (!entry || !entry.started || entry.ended) return;
       const rest = entry.decoder.decode();
       if (rest !== '') {
         const event: TokenEvent = { index: entry.events.length, token: -1, text: rest };
@@ -149,9 +173,7 @@ export async function startTokenStreams(host: string, port: number, limits: Part
       entry.ended = true;
       const chunk = sse('end', { tokens: entry.events.length });
       for (const res of entry.listeners) res.end(chunk);
-      clearTimeout(entry.timer);
-      entry.timer = setTimeout(() => drop(task, entry), Math.max(0, Math.min(lim.keepMs, entry.leaseEnd - Date.now())));
-      entry.timer.unref();
+      keepUntil(task, entry, Math.min(Date.now() + lim.keepMs, entry.leaseEnd));
     },
     async close() {
       for (const [task, entry] of [...entries]) drop(task, entry);

@@ -11,7 +11,9 @@ import { relayNodeStream, sendable } from '../../src/client/api.js';
 import { startDevnet } from '../../src/client/devnet.js';
 import { honest, type Behaviour } from '../../src/node/behaviour.js';
 import { startTokenStreams } from '../../src/node/stream.js';
-import { withTempDir } from '../helpers.js';
+import { loadModel } from '../../src/engine/index.js';
+import { completionText, encode } from '../../src/engine/tokenizer.js';
+import { stories260K, tok512, withTempDir } from '../helpers.js';
 
 test('sendable holds back what may become a stop sequence', () => {
   assert.deepEqual(sendable('one two <|im', ['<|im_end|>']), { text: 'one two ', stopped: false });
@@ -28,6 +30,29 @@ test('a node stream that is not there, or refuses, is no stream', async () => {
     assert.equal(await relayNodeStream('http://127.0.0.1:1', 'A'.repeat(43), () => assert.fail('no text'), signal, limits), false);
     const bad = await fetch(`${streams.url}/stream/..%2F`);
     assert.equal(bad.status, 400);
+  } finally {
+    await streams.close();
+  }
+});
+
+test('a listener may come as soon as the lease is drawn: it waits while the lease is queued and gets every token once the run starts', async () => {
+  const streams = await startTokenStreams('127.0.0.1', 0);
+  try {
+    const model = loadModel(stories260K, { tokenizer: tok512 });
+    const task = 'B'.repeat(43);
+    const limits = { events: 10, chars: 100, lineBytes: 1024, connectMs: 2_000 };
+    streams.expect(task, Date.now() + 60_000, model);
+    streams.token(task, 5, 1); // not started: no event
+    let text = '';
+    const relayed = relayNodeStream(streams.url, task, (t) => (text += t), new AbortController().signal, limits);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    streams.open(task, Date.now() + 60_000, model);
+    const tokens = encode(model.tokenizer, 'Once upon a time', true);
+    for (let i = 1; i < tokens.length; i++) streams.token(task, tokens[i], tokens[i - 1]);
+    streams.end(task);
+    assert.equal(await relayed, true, 'the stream ended with its end event');
+    assert.equal(text, completionText(model.tokenizer, tokens[0], tokens.slice(1)));
+    assert.match(text, /upon a time/);
   } finally {
     await streams.close();
   }
