@@ -141,6 +141,8 @@ export interface GenerationRequest {
   n: number;
   /** Server-sent events: the first answer as soon as the coordinator reports it, then the receipt. */
   stream: boolean;
+  /** `verity.nodes`: the nodes the asserter is drawn from (the coordinator's Nodes tag; never the validators). */
+  nodes?: string[];
 }
 
 export interface CompletionRequest extends GenerationRequest {
@@ -206,7 +208,19 @@ function parseGeneration(o: Record<string, unknown>, limits: ApiLimits, net: Net
     if (stop.some((s) => s === '' || s.length > limits.stopChars)) throw invalid(`each stop sequence is a non-empty string of at most ${limits.stopChars} characters`, 'stop', 'invalid_value');
   }
   if (stream && n > 1) throw invalid('stream: true serves one choice (n = 1)', 'n', 'invalid_value');
-  return { model: o.model, maxTokens: maxTokens ?? Math.min(DEFAULT_MAX_TOKENS, net.maxTokens), temperature, topP, seed, stop, n, stream };
+  return { model: o.model, maxTokens: maxTokens ?? Math.min(DEFAULT_MAX_TOKENS, net.maxTokens), temperature, topP, seed, stop, n, stream, ...verityFields(o) };
+}
+
+/** The request's own `verity` object: `{ nodes?: [address, …] }` (at most 16). */
+function verityFields(o: Record<string, unknown>): { nodes?: string[] } {
+  if (!given(o, 'verity')) return {};
+  const v = o.verity;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('verity must be an object', 'verity', 'invalid_type');
+  const { nodes } = v as { nodes?: unknown };
+  if (nodes === undefined) return {};
+  if (!Array.isArray(nodes) || nodes.length === 0 || nodes.length > 16 || !nodes.every((a) => typeof a === 'string' && /^[A-Za-z0-9_-]{43}$/.test(a)))
+    throw invalid('verity.nodes is a list of 1 to 16 node addresses (43 base64url characters)', 'verity.nodes', 'invalid_value');
+  return { nodes: nodes as string[] };
 }
 
 const utf8Bytes = (s: string): number => Buffer.byteLength(s, 'utf8');
@@ -643,7 +657,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     const client = clientFor(wallet);
     const results = await Promise.all(
       Array.from({ length: request.n }, (_, i) =>
-        client.infer(prompt, { model: model.id, maxTokens: request.maxTokens, temperature: request.temperature, topP: request.topP, seed: (request.seed ?? 0) + i, timeoutMs }),
+        client.infer(prompt, { model: model.id, maxTokens: request.maxTokens, temperature: request.temperature, topP: request.topP, seed: (request.seed ?? 0) + i, nodes: request.nodes, timeoutMs }),
       ),
     );
     const failed = results.find((r) => r.status === 'failed');
@@ -745,6 +759,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
         temperature: request.temperature,
         topP: request.topP,
         seed: request.seed ?? 0,
+        nodes: request.nodes,
         timeoutMs,
         onAccepted: (id) => {
           task = id;
@@ -810,7 +825,9 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   app.get('/v1/verity/tasks/:id', async (request: FastifyRequest) => {
     const { id } = request.params as { id: string };
     if (!/^[A-Za-z0-9_-]{43}$/.test(id)) throw new ApiError(400, 'a task id is 43 base64url characters', 'invalid_request_error', 'id', 'invalid_value');
-    return clientFor(wallets.get(request)!).task(id);
+    const view = await clientFor(wallets.get(request)!).task(id);
+    // The answer's status as every verity object names it (pending, final, disputed, corrected).
+    return { ...view, verity_status: statusOf(view) };
   });
   app.post('/v1/completions', async (request: FastifyRequest, reply: FastifyReply) => {
     const net = await networkNow();

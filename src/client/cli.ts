@@ -296,7 +296,7 @@ export function buildProgram(): Command {
     .action(lazy('network', 'taskCommand'));
   networkOptions(program.command('verify'))
     .description('check a task without trusting anyone: re-run its job here and compare every step with the stored trace; match (exit 0), mismatch (exit 1, with the first differing step) or cannot check (exit 2)')
-    .argument('<task>', 'a task id (the Infer message id) or a receipt file (what verity infer --json prints)')
+    .argument('<task>', 'a task id (the Infer message id) or a receipt file (what verity infer --json prints, or an answer of the OpenAI-compatible API)')
     .option('--gateway <url>', 'the gateway the trace and the model are read from (default: the devnet\'s)')
     .option('--cache <dir>', 'where the fetched model goes (default <devnet>/verify)')
     .option('--challenge', 'on a mismatch, challenge the result through the coordinator (the wallet must be an active staked node) and play the dispute')

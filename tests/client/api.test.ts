@@ -47,6 +47,11 @@ test('the request mapping: defaults, limits and refusals, each before any work',
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', n: 5 }, DEFAULT_LIMITS, NET), 'invalid_value', 'n');
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', stop: ['a', 'b', 'c', 'd', 'e'] }, DEFAULT_LIMITS, NET), 'invalid_value', 'stop');
   status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', echo: true }, DEFAULT_LIMITS, NET), 'unsupported_parameter', 'echo');
+  const node = 'n'.repeat(43);
+  assert.deepEqual(parseCompletionRequest({ model: 'm', prompt: 'hi', verity: { nodes: [node] } }, DEFAULT_LIMITS, NET).nodes, [node]);
+  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', verity: { nodes: ['short'] } }, DEFAULT_LIMITS, NET), 'invalid_value', 'verity.nodes');
+  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', verity: { nodes: Array(17).fill(node) } }, DEFAULT_LIMITS, NET), 'invalid_value', 'verity.nodes');
+  status400(() => parseCompletionRequest({ model: 'm', prompt: 'hi', verity: 'x' }, DEFAULT_LIMITS, NET), 'invalid_type', 'verity');
   const chat = parseChatRequest({ model: 'm', messages: [{ role: 'developer', content: 'be brief' }, { role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] }], max_completion_tokens: 9 }, DEFAULT_LIMITS, NET);
   assert.deepEqual(chat.messages, [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'ab' }]);
   assert.equal(chat.maxTokens, 9);

@@ -30,19 +30,32 @@ interface Answer {
   receipt: Receipt | null;
 }
 
-/** A receipt file as `verity infer --json` prints it: { task, text, status, usage, receipt }. */
+/**
+ * A receipt file: what `verity infer --json` prints ({ task, text, status, usage, receipt }), or
+ * an answer of the OpenAI-compatible API (a completion or chat completion with its `verity`
+ * object; the text checked is the whole generated text, `full_text` when a stop sequence cut it).
+ */
 function readReceiptFile(path: string): Answer {
-  let doc: Partial<Answer>;
+  let doc: Record<string, unknown>;
   try {
-    doc = JSON.parse(readFileSync(path, 'utf8')) as Partial<Answer>;
+    doc = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
   } catch (e) {
     throw new InvalidArgumentError(`${path}: not a receipt JSON file (${(e as Error).message})`);
   }
-  const r = doc.receipt;
-  if (!doc || typeof doc.text !== 'string' || !r || typeof r !== 'object' || typeof r.trace !== 'string' || typeof r.traceRoot !== 'string' || typeof r.commitment !== 'string' || typeof r.model !== 'string') {
-    throw new InvalidArgumentError(`${path}: not a receipt file (want verity infer --json's { task, text, receipt: { model, commitment, traceRoot, trace, … } })`);
+  const answer = doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? (typeof doc.verity === 'object' ? fromApiAnswer(doc) : doc) : {};
+  const r = answer.receipt as Receipt | null | undefined;
+  if (typeof answer.text !== 'string' || !r || typeof r !== 'object' || typeof r.trace !== 'string' || typeof r.traceRoot !== 'string' || typeof r.commitment !== 'string' || typeof r.model !== 'string') {
+    throw new InvalidArgumentError(`${path}: not a receipt file (want verity infer --json's { task, text, receipt: { model, commitment, traceRoot, trace, … } }, or a final answer of the API)`);
   }
-  return { task: typeof doc.task === 'string' ? doc.task : r.task, text: doc.text, receipt: r };
+  return { task: typeof answer.task === 'string' ? answer.task : r.task, text: answer.text, receipt: r };
+}
+
+/** An API answer's task, text and receipt (its first choice). */
+function fromApiAnswer(doc: Record<string, unknown>): Record<string, unknown> {
+  const verity = doc.verity as Record<string, unknown> | null;
+  const choice = (Array.isArray(doc.choices) ? doc.choices[0] : null) as { text?: unknown; message?: { content?: unknown } } | null;
+  const text = verity?.full_text ?? choice?.text ?? choice?.message?.content;
+  return { task: verity?.task, text, receipt: verity?.receipt };
 }
 
 function lines(report: VerifyReport, challenge: ChallengeReport | undefined): string {
