@@ -5,7 +5,8 @@
 // request → response mapping is pure functions (parse*, *Response, toApiError), unit-tested apart
 // from the Fastify wiring (startApi).
 import { createHash } from 'node:crypto';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -44,6 +45,23 @@ export interface ErrorBody {
 }
 
 export const errorBody = (e: ApiError): ErrorBody => ({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
+
+/**
+ * What Node refuses before a request reaches the API — one too slow to arrive, headers too big,
+ * bytes that are not HTTP — answered in OpenAI's error shape too, and the connection closed.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, limits: ApiLimits): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const e =
+    error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? new ApiError(408, `the request did not arrive within ${limits.receiveMs} ms`, 'invalid_request_error', null, 'request_timeout')
+      : error.code === 'HPE_HEADER_OVERFLOW'
+        ? new ApiError(431, `the request's headers are over ${limits.headerBytes} bytes`, 'invalid_request_error', null, 'headers_too_large')
+        : new ApiError(400, 'malformed HTTP request', 'invalid_request_error', null, 'bad_request');
+  if (!socket.writable) return void socket.destroy();
+  const body = JSON.stringify(errorBody(e));
+  socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
 
 const invalid = (message: string, param: string | null = null, code: string | null = null): ApiError => new ApiError(400, message, 'invalid_request_error', param, code);
 
@@ -96,8 +114,10 @@ export function toApiError(e: unknown): ApiError {
 export interface ApiLimits {
   /** Bytes of a request body (413 past it). */
   bodyBytes: number;
-  /** Bytes of a request's headers (Node answers 431 past it). */
+  /** Bytes of a request's headers (431 past it). */
   headerBytes: number;
+  /** Milliseconds for a whole request (headers and body) to arrive (408 past it: a slow client holds nothing longer). */
+  receiveMs: number;
   /** Messages of a chat completion. */
   messages: number;
   /** Requests in flight at once, all keys together (429 past it). */
@@ -109,7 +129,7 @@ export interface ApiLimits {
   stopChars: number;
 }
 
-export const DEFAULT_LIMITS: ApiLimits = { bodyBytes: 1 << 20, headerBytes: 16 * 1024, messages: 256, inFlight: 32, n: 4, stops: 4, stopChars: 64 };
+export const DEFAULT_LIMITS: ApiLimits = { bodyBytes: 1 << 20, headerBytes: 16 * 1024, receiveMs: 10_000, messages: 256, inFlight: 32, n: 4, stops: 4, stopChars: 64 };
 
 /** What the coordinator allows (its Params), checked here before any work. */
 export interface NetworkLimits {
@@ -794,7 +814,10 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   const app = Fastify({
     logger: false,
     bodyLimit: limits.bodyBytes,
-    serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => createServer({ maxHeaderSize: limits.headerBytes }, handler),
+    serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) =>
+      // Timeouts are checked every 250 ms (Node's default is 30 s, past most of a slow client's hold).
+      createServer({ maxHeaderSize: limits.headerBytes, requestTimeout: limits.receiveMs, headersTimeout: limits.receiveMs, connectionsCheckingInterval: 250 }, handler),
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, limits),
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
   const wallets = new WeakMap<FastifyRequest, Wallet>();
   let inFlight = 0;

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 import { RefusedError } from '../../src/ao/client.js';
@@ -96,6 +97,56 @@ test('key files and authentication', async () => {
 });
 
 const PROMPT = 'Once upon a time';
+
+/** Writes `parts` to a raw connection, `gapMs` apart, and resolves with all the server sent back before it closed. */
+function rawExchange(port: number, parts: string[], gapMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let got = '';
+    socket.on('data', (d) => (got += d.toString()));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(got));
+    let i = 0;
+    const next = (): void => {
+      if (i < parts.length && !socket.destroyed) socket.write(parts[i++]);
+      if (i < parts.length) setTimeout(next, gapMs).unref();
+    };
+    socket.on('connect', next);
+  });
+}
+
+test('slow clients, oversized headers and bytes that are not HTTP get OpenAI-shaped errors and are let go; the server keeps serving', { timeout: 60_000 }, async () => {
+  // No units are needed: none of these reaches a handler.
+  const api = await startApi({ mu: 'http://127.0.0.1:1', cu: 'http://127.0.0.1:1', coordinator: 'c'.repeat(43), wallet: await generateWallet('ed25519'), keys: new Map([['sk-slow-test-key', await generateWallet('ed25519')]]), limits: { receiveMs: 800 } });
+  try {
+    const port = Number(new URL(api.url).port);
+    const shape = (reply: string, status: number, code: string): void => {
+      assert.match(reply, new RegExp(`^HTTP/1\\.1 ${status} `), reply);
+      const body = JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4)) as { error: { code: string; type: string; message: string } };
+      assert.equal(body.error.code, code);
+      assert.equal(body.error.type, 'invalid_request_error');
+    };
+    const t0 = performance.now();
+    // Headers a byte at a time, a body that never comes, a body that trickles in: each ends at the limit.
+    const head = 'POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-slow-test-key\r\ncontent-type: application/json\r\n';
+    const [slowHeaders, missingBody, tricklingBody] = await Promise.all([
+      rawExchange(port, head.split(''), 100),
+      rawExchange(port, [`${head}content-length: 100\r\n\r\n{"model"`], 0),
+      rawExchange(port, [`${head}content-length: 400\r\n\r\n`, ...Array(40).fill('          ')], 150),
+    ]);
+    const heldMs = performance.now() - t0;
+    for (const reply of [slowHeaders, missingBody, tricklingBody]) shape(reply, 408, 'request_timeout');
+    console.log(`three slow clients let go after ${heldMs.toFixed(0)} ms (receiveMs 800)`);
+    shape(await rawExchange(port, [`GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: ${'y'.repeat(20_000)}\r\n\r\n`], 0), 431, 'headers_too_large');
+    shape(await rawExchange(port, ['NOT HTTP AT ALL\r\n\r\n'], 0), 400, 'bad_request');
+    // Still serving: an unknown endpoint is its JSON 404, a missing key its 401.
+    const unknown = await fetch(`${api.url}/v1/engines`, { headers: { authorization: 'Bearer sk-slow-test-key' } });
+    assert.equal(unknown.status, 404);
+    assert.equal((await fetch(`${api.url}/v1/models`)).status, 401);
+  } finally {
+    await api.close();
+  }
+});
 
 test('a devnet serving the API: the openai client gets the SDK\'s text with a final receipt; every error class has its status and shape; the server survives them', { timeout: 300_000 }, () =>
   withTempDir(async (dir) => {
