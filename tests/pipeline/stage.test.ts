@@ -8,12 +8,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { writeRandomLlama2c, type ModelShape } from '../../bench/random-model.js';
 import {
-  EngineError, createSession, disposeSession, generate, ggufFromModel, layerStep, loadModel, modelIdentity, writeGguf,
+  EngineError, availableKernelPaths, canMapWeights, createSession, disposeSession, generate, ggufFromModel, layerStep, loadModel, modelIdentity, writeGguf,
   type LayerRange, type Model,
 } from '../../src/engine/index.js';
 import { describeJob, leafHash, recordTrace, type Job } from '../../src/proof/index.js';
 import { localHandle, moveLayers, runPipeline, runPipelineLocal, type PipelineResult } from '../../src/pipeline/driver.js';
-import { startStage, type StageRun } from '../../src/pipeline/stage.js';
+import { startStage, type StageOptions, type StageRun } from '../../src/pipeline/stage.js';
 import { assembleTrace, stageSteps, stageSubRoot, stageSubRoots } from '../../src/pipeline/trace.js';
 import { stories260K, stories260KGguf, tok512, withTempDir } from '../helpers.js';
 
@@ -39,9 +39,9 @@ function loadStages(s: Subject, ranges: LayerRange[], extra: (LayerRange | undef
   return ranges.map((r, i) => loadModel(s.path, { tokenizer: s.tokenizer, layers: extra[i] ?? r, embedding: i === 0, head: i === ranges.length - 1 }));
 }
 
-function start(models: Model[], ranges: LayerRange[], j: Job): StageRun[] {
+function start(models: Model[], ranges: LayerRange[], j: Job, options: StageOptions = {}): StageRun[] {
   const L = models[0].config.nLayers;
-  return ranges.map((r, i) => startStage(models[i], { layers: r, embeds: r.first === 0, samples: r.end === L }, j));
+  return ranges.map((r, i) => startStage(models[i], { layers: r, embeds: r.first === 0, samples: r.end === L }, j, options));
 }
 
 function assertSameTrace(got: PipelineResult, whole: Model, j: Job, promptBatch: number | undefined, what: string): void {
@@ -87,7 +87,6 @@ function withSubjects(body: (subjects: Subject[]) => void): void {
 
 test('every split, greedy and sampled, batched or not: the leaves, root and tokens of recordTrace', { timeout: 240_000 }, () =>
   withSubjects((subjects) => {
-    let stoppedAtBos = 0;
     for (const s of subjects) {
       const L = s.whole.config.nLayers;
       for (const ranges of L === 5 ? SPLITS5 : SPLITS6) {
@@ -101,12 +100,28 @@ test('every split, greedy and sampled, batched or not: the leaves, root and toke
             stages.forEach((st) => st.close());
             const what = `${s.name} ${ranges.map((r) => `[${r.first},${r.end})`).join('+')} t=${sampling.temperature} batch=${promptBatch}`;
             assertSameTrace(got, s.whole, j, promptBatch, what);
-            if (got.positions < steps) stoppedAtBos++;
             // The sub-roots are the stages' own leaves, recomputable from the full list.
             assert.deepEqual(stageSubRoots(j, L, got.leaves, got.layouts, got.positions), got.stages.map((x) => x.subRoot), what);
           }
         }
       }
+    }
+    // Other kernel builds and thread counts in the stages, and matrices mapped from the file: the same bits.
+    for (const kernels of availableKernelPaths()) {
+      const j = job(subjects[2].whole, SAMPLED, PROMPT, 40);
+      const ranges = SPLITS6[2];
+      const stages = start(loadStages(subjects[2], ranges), ranges, j, { kernels, threads: 2 });
+      assertSameTrace(runPipelineLocal(stages, j), subjects[2].whole, j, undefined, `kernels ${kernels}, 2 threads`);
+      stages.forEach((st) => st.close());
+    }
+    if (canMapWeights()) {
+      const q8 = subjects[3];
+      const ranges = SPLITS6[1];
+      const models = ranges.map((r, i) => loadModel(q8.path, { weights: 'mapped', layers: r, embedding: i === 0, head: i === ranges.length - 1 }));
+      const j = job(q8.whole, SAMPLED, PROMPT, 40);
+      const stages = start(models, ranges, j, { kernels: 'native' });
+      assertSameTrace(runPipelineLocal(stages, j), q8.whole, j, undefined, 'mapped Q8_0');
+      stages.forEach((st) => st.close());
     }
     // A BOS inside the prompt stops the run there; every later step is an end step.
     const s = subjects[0];
@@ -116,8 +131,14 @@ test('every split, greedy and sampled, batched or not: the leaves, root and toke
     const got = runPipelineLocal(stages, j);
     assert.equal(got.positions, 3);
     assertSameTrace(got, s.whole, j, undefined, 'BOS in the prompt');
-    // A sampled BOS stops generation too: some of the runs above end early.
-    assert.ok(stoppedAtBos > 0, 'at least one run stopped at a sampled BOS');
+    // A sampled BOS stops generation too (greedy stories260K samples it at position 229): end steps follow.
+    for (const ranges of [SPLITS5[1], SPLITS5[3]]) {
+      const j = job(s.whole, GREEDY, PROMPT, 260);
+      const stages = start(loadStages(s, ranges), ranges, j);
+      const got = runPipelineLocal(stages, j);
+      assert.equal(got.positions, 230);
+      assertSameTrace(got, s.whole, j, undefined, 'BOS sampled');
+    }
   }),
 );
 
