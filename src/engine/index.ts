@@ -2,7 +2,10 @@
 // re-executable steps, run.c-exact tokenizer and sampler, and the model's content id.
 export { EngineError, ModelFileError } from './errors.js';
 export { loadModel, detectFormat, type LoadOptions } from './load/index.js';
-export { Q8_BLOCK, Q8_BLOCK_BYTES, canonicalTensors, storedTensors, type DType, type Matrix, type Model, type ModelConfig, type ModelFormat, type TensorRef } from './model.js';
+export {
+  Q8_BLOCK, Q8_BLOCK_BYTES, canonicalTensors, holdsEmbedding, holdsHead, holdsLayer, storedTensors,
+  type DType, type LayerRange, type Matrix, type Model, type ModelConfig, type ModelFormat, type ModelPart, type TensorRef,
+} from './model.js';
 export { GGML_TYPE, ggufBytes, ggufFromModel, writeGguf, type ExportType, type GgufContents, type GgufExportOptions } from './load/gguf-write.js';
 export {
   QUANTIZE_TARGETS, dequantizeBlocks, dequantizeQ8_0, f16ToF32, f32ToF16, fallbackType, mixTensorType, quantizeBlocks, quantizeQ8_0,
@@ -25,7 +28,7 @@ export { PRE_TOKENIZERS, TOKEN_TYPE, createBpeTokenizer, type BpeTokenizer, type
 export { pickTopp, randomF32, rngNext, sampleToken, type SamplerBuffers, type SamplingParams } from './sampler.js';
 export {
   classify, closeThreads, createSession, threadPoolCount, disposeSession, embed, headStep, layerStep, runHeadStep, runLayerStep,
-  PROMPT_BATCH, promptBatch, promptBatchSize,
+  PROMPT_BATCH, keyRow, layerRangeBatch, promptBatch, promptBatchSize, valueRow,
   type HeadStepInput, type LayerStepInput, type LayerStepOutput, type Session, type SessionOptions,
 } from './steps.js';
 export { generate, type GenerateRequest, type GeneratedToken, type GenerationSummary, type StepObserver } from './generate.js';

@@ -169,6 +169,9 @@ export interface ModelIdentity {
  * the model's memory, not copies).
  */
 export function modelTreeLeaves(model: Model): Uint8Array[] {
+  // A partial model (a pipeline stage's share) lacks the other tensors' bytes: its id is the whole
+  // model's, which the caller has from the job or from loading the whole model once.
+  if (model.part) throw new EngineError('this model was loaded in part (LoadOptions.layers): it carries no model id; take the id from the whole model or the job');
   const leaves = [canonicalConfig(model), canonicalTokenizer(model.tokenizer)];
   for (const t of canonicalTensors(model.config, model.weights)) {
     for (let at = 0; at < t.bytes; at += CHUNK_BYTES) leaves.push(tensorBytes(model.arena, t, at, Math.min(CHUNK_BYTES, t.bytes - at)));

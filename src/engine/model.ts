@@ -66,6 +66,12 @@ export interface Weights {
 
 export const f32Matrix = (ptr: Ptr): Matrix => ({ dtype: 'f32', ptr, scales: 0 });
 
+/** A tensor not loaded (a partial model's other layers): address 0, which no tensor has. */
+export const absentMatrix = (): Matrix => f32Matrix(0);
+export const absentLayer = (): LayerWeights => ({
+  attnNorm: 0, wq: absentMatrix(), wk: absentMatrix(), wv: absentMatrix(), wo: absentMatrix(), ffnNorm: 0, w1: absentMatrix(), w2: absentMatrix(), w3: absentMatrix(),
+});
+
 /** Bytes of a rows×cols matrix stored as dtype. */
 export function matrixBytes(dtype: DType, rows: number, cols: number): number {
   return (rows * cols * DTYPES[dtype].blockBytes) / DTYPES[dtype].block;
@@ -85,6 +91,50 @@ export interface Model {
   ropeFrequencies: Ptr;
   /** The file's Jinja chat template (GGUF `tokenizer.chat_template`), if it has one; see chat.ts. */
   chatTemplate?: string;
+  /**
+   * The tensors this model holds when it was loaded in part (a pipeline stage's share, loadModel's
+   * `layers`); absent: all of them. The others are not in memory, and steps that need them throw.
+   */
+  part?: ModelPart;
+  /** Bytes the loaded weights take: the arena's use after loading, plus mapped tensors' bytes. */
+  heldBytes?: number;
+}
+
+/** Layers [first, end): a contiguous share of a model's layers. */
+export interface LayerRange {
+  first: number;
+  end: number;
+}
+
+/** The part of a model one pipeline stage holds: some layers, and the embedding and/or the head. */
+export interface ModelPart {
+  layers: LayerRange;
+  /** The token embedding, to embed (the first stage). */
+  embedding: boolean;
+  /** The final norm and the classifier (the token embedding when tied), to sample (the last stage). */
+  head: boolean;
+}
+
+export const holdsLayer = (m: Model, layer: number): boolean =>
+  Number.isInteger(layer) && layer >= 0 && layer < m.config.nLayers && (!m.part || (layer >= m.part.layers.first && layer < m.part.layers.end));
+export const holdsEmbedding = (m: Model): boolean => !m.part || m.part.embedding;
+export const holdsHead = (m: Model): boolean => !m.part || m.part.head;
+
+/** What a partial model holds, in words, for errors. */
+export function describePart(p: ModelPart): string {
+  const what = [p.layers.first < p.layers.end ? `layers ${p.layers.first}..${p.layers.end - 1}` : 'no layers'];
+  if (p.embedding) what.push('the embedding');
+  if (p.head) what.push('the head');
+  return what.join(', ');
+}
+
+/** Checks a requested part against the config; returns a problem or null. */
+export function partProblem(c: ModelConfig, p: ModelPart): string | null {
+  const { first, end } = p.layers;
+  if (!Number.isInteger(first) || !Number.isInteger(end) || first < 0 || end > c.nLayers || first >= end) {
+    return `layers [${first}, ${end}) are not a non-empty range of the model's ${c.nLayers} layers`;
+  }
+  return null;
 }
 
 export interface TensorRef {

@@ -9,7 +9,7 @@ import { sessionBackend, type SessionBackend } from './backend.js';
 import { EngineError } from './errors.js';
 import { paddedSize, type Ptr } from './memory.js';
 import { DTYPES, rowBytes } from './dtypes.js';
-import type { Matrix, Model } from './model.js';
+import { describePart, holdsEmbedding, holdsHead, holdsLayer, type LayerRange, type Matrix, type Model } from './model.js';
 import { defaultKernelPath, instantiateKernels, type KernelPath, type Kernels } from './numerics/index.js';
 import { sampleToken, type SamplingParams } from './sampler.js';
 import { dequantizeBlocks } from './quantize.js';
@@ -124,7 +124,8 @@ export function createSession(model: Model, options: SessionOptions = {}): Sessi
   };
   const floats = (n: number): number => bytes(4 * n);
   const widest = Math.max(c.dim, c.hiddenDim);
-  const cached = new Set(options.layers ?? Array.from({ length: c.nLayers }, (_, l) => l));
+  // By default every layer the model holds (a partial model holds some: load/index.ts LoadOptions.layers).
+  const cached = new Set(options.layers ?? Array.from({ length: c.nLayers }, (_, l) => l).filter((l) => holdsLayer(model, l)));
   const cache = (): number[] => Array.from({ length: c.nLayers }, (_, l) => (cached.has(l) ? floats(maxPositions * c.kvDim) : -1));
   const at = {
     x: floats(c.dim),
@@ -193,11 +194,20 @@ function checkLive(s: Session): void {
   if (s.disposed) throw new EngineError('this session was disposed');
 }
 
+// A partial model (a pipeline stage's share) has no memory behind the tensors it did not load:
+// running them would read address 0, so the steps that need them refuse.
+const notHeld = (m: Model, what: string): EngineError => new EngineError(`${what} is not loaded in this model (it holds ${m.part ? describePart(m.part) : 'everything'})`);
+
+function checkLayer(s: Session, layer: number): void {
+  if (!holdsLayer(s.model, layer)) throw notHeld(s.model, `layer ${layer}`);
+}
+
 /** x ← the token's embedding row (quantised types are dequantised exactly, spec §4a/§4c). */
 export function embed(s: Session, token: number): void {
   checkLive(s);
   const { vocabSize } = s.model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new EngineError(`token ${token} is outside the vocabulary of ${vocabSize}`);
+  if (!holdsEmbedding(s.model)) throw notHeld(s.model, 'the token embedding');
   s.backend.embed(s, token);
 }
 
@@ -268,6 +278,7 @@ function attend(s: Session, layer: number, pos: number, out: Ptr, q: Ptr): void 
 /** One transformer block for one position: updates x and writes this position's K/V rows. */
 export function layerStep(s: Session, layer: number, pos: number): void {
   checkLive(s);
+  checkLayer(s, layer);
   s.backend.layerStep(s, layer, pos);
 }
 
@@ -389,6 +400,7 @@ export function promptBatch(s: Session, tokens: number[], first: number, observe
   const { dim, nLayers } = s.model.config;
   const count = tokens.length;
   if (count < 1 || first < 0 || first + count > s.maxPositions) throw new EngineError(`prompt positions ${first}..${first + count - 1} are outside this session`);
+  for (let l = 0; l < nLayers; l++) checkLayer(s, l);
   const b = batchBuffers(s, count, observe !== undefined);
   const arena = s.model.arena;
   const row = (buffer: Ptr, width: number, v: number): Float32Array => arena.f32(buffer + 4 * v * width, width);
@@ -405,6 +417,41 @@ export function promptBatch(s: Session, tokens: number[], first: number, observe
   for (let v = 0; v < count; v++) {
     for (let l = 0; l < nLayers; l++) observe(first + v, l, row(b.snapshots, dim, l * count + v));
   }
+}
+
+/**
+ * A batch of positions first..first+count−1 through layers [layers.first, layers.end) only: a
+ * pipeline stage's share of promptBatch (src/pipeline/stage.ts). The batch enters with `tokens`
+ * embedded here, or with `x`, the count × dim residuals (position-major) the previous stage's
+ * layers left. Returns the residuals after the range's last layer (a copy) and leaves x as the last
+ * position's, as promptBatch does. `observe`, if given, sees each layer's count × dim residuals as
+ * soon as that layer ran (layer by layer, not in the canonical order; the K/V rows are in the cache).
+ */
+export function layerRangeBatch(
+  s: Session, first: number, input: { tokens: number[] } | { x: Float32Array }, layers: LayerRange,
+  observe?: (layer: number, x: Float32Array) => void,
+): Float32Array {
+  checkLive(s);
+  const { dim } = s.model.config;
+  const count = 'tokens' in input ? input.tokens.length : input.x.length / dim;
+  if (!Number.isInteger(count) || count < 1 || first < 0 || first + count > s.maxPositions) {
+    throw new EngineError(`positions ${first}..${first + count - 1} are outside this session (or x is not whole positions of ${dim})`);
+  }
+  for (let l = layers.first; l < layers.end; l++) checkLayer(s, l);
+  const b = batchBuffers(s, count, false);
+  const arena = s.model.arena;
+  if ('tokens' in input) {
+    input.tokens.forEach((token, v) => {
+      embed(s, token);
+      arena.f32(b.x + 4 * v * dim, dim).set(arena.f32(s.x, dim));
+    });
+  } else arena.f32(b.x, count * dim).set(input.x);
+  for (let l = layers.first; l < layers.end; l++) {
+    s.backend.layerBatch(s, l, first, count);
+    observe?.(l, s.backend.read(s, b.x, count * dim));
+  }
+  arena.f32(s.x, dim).set(arena.f32(b.x + 4 * (count - 1) * dim, dim));
+  return s.backend.read(s, b.x, count * dim).slice();
 }
 
 /** One layer for positions first..first+count−1 of the batch buffers (layerBatch on the CPU backends). */
@@ -458,6 +505,7 @@ export function cpuLayerBatch(s: Session, layer: number, first: number, count: n
 /** Final norm and classifier: fills the session's logits from x. */
 export function classify(s: Session): Float32Array {
   checkLive(s);
+  if (!holdsHead(s.model)) throw notHeld(s.model, 'the head (final norm and classifier)');
   s.backend.classify(s);
   return s.backend.read(s, s.logits, s.model.config.vocabSize);
 }

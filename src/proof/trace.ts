@@ -165,6 +165,14 @@ export const kvChainNext = (prev: Hex, kvHash: Hex): Hex => hex(sha256(unhex(pre
 export const traceStart = (commitment: Hex): Hex => hex(sha256(text(TRACE_VERSION), unhex(commitment)));
 export const accNext = (acc: Hex, leaf: Hex): Hex => hex(sha256(unhex(acc), unhex(leaf)));
 
+/**
+ * A pipeline stage's sub-root starts here (docs/proofs.md "Pipelined traces"), then chains the
+ * stage's own leaves with accNext: H("verity-stage/1" ‖ commitment ‖ u32 index ‖ u32 first ‖ u32 end).
+ */
+export const STAGE_VERSION = 'verity-stage/1';
+export const stageStart = (commitment: Hex, index: number, layers: { first: number; end: number }): Hex =>
+  hex(sha256(text(STAGE_VERSION), unhex(commitment), u32(index, layers.first, layers.end)));
+
 // ---------------------------------------------------------------------------------------------
 // Recording a trace while the engine generates.
 

@@ -6,13 +6,13 @@ import { ARCHITECTURES, isArchitecture, type Architecture } from '../architectur
 import { EngineError, ModelFileError } from '../errors.js';
 import { createArena } from '../memory.js';
 import { DTYPES, dtypeOfGgml, prepareScales, preparedPerBlock, rowsFit, type DType } from '../dtypes.js';
-import { configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
+import { absentLayer, absentMatrix, configProblem, deriveConfig, type LayerWeights, type Matrix, type ModelConfig } from '../model.js';
 import { instantiateKernels } from '../numerics/index.js';
 import { createTokenizer, type Tokenizer } from '../tokenizer.js';
 import { createBpeTokenizer } from '../tokenizer-bpe.js';
 import { readBytes, readExact, withFile, type OpenFile } from './file.js';
 import { canMapWeights, mapFile, type MappedFile, type WeightPlacement } from './mapped.js';
-import { MAX_WEIGHT_BYTES, wasmBudgetProblem, type LoadedWeights } from './types.js';
+import { MAX_WEIGHT_BYTES, requestedPart, wasmBudgetProblem, type LoadedWeights, type PartOptions } from './types.js';
 
 const MAGIC = 0x46554747; // "GGUF"
 const GGML_TYPE_NAMES: Record<number, string> = {
@@ -261,7 +261,7 @@ function ggufBpeTokenizer(m: Map<string, GgufValue>, tokens: Uint8Array[], fail:
   }
 }
 
-export interface GgufLoadOptions {
+export interface GgufLoadOptions extends PartOptions {
   /** Matrices copied into the arena, mapped from the file (native addon), or 'auto': mapped when they do not fit (default). */
   weights?: WeightPlacement;
   /** The arena bytes weights may take (default MAX_WEIGHT_BYTES); tests simulate a big model with a small one. */
@@ -339,6 +339,18 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
       if (ARCHITECTURES[arch].qkvBias) for (const [kind, n] of [['attn_q', dim], ['attn_k', kvDim], ['attn_v', kvDim]] as const) expected.set(`blk.${l}.${kind}.bias`, [n]);
     }
     for (const t of gguf.tensors) if (!expected.has(t.name)) fail(`unsupported tensor ${t.name}`);
+    // A part (a pipeline stage's share) loads only the tensors it uses; all are checked above and below.
+    const part = requestedPart(options, config, path);
+    const tied = !byName.has('output.weight');
+    const heldLayer = (l: number): boolean => !part || (l >= part.layers.first && l < part.layers.end);
+    const holds = (name: string): boolean => {
+      if (!part) return true;
+      const layer = /^blk\.(\d+)\./.exec(name);
+      if (layer) return heldLayer(Number(layer[1]));
+      if (name === 'token_embd.weight') return part.embedding || (part.head && tied); // a tied classifier is the embedding
+      if (name === 'output_norm.weight' || name === 'output.weight') return part.head;
+      return true; // rope_freqs.weight: every layer uses it
+    };
     /** Bytes in the file and in memory (F16 is widened to f32 at load; quantised types add f32 block scales). */
     const sizes = (t: GgufTensorInfo): { file: number; memory: number } => {
       const count = t.dims.reduce((a, b) => a * b, 1);
@@ -375,6 +387,7 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
       if (q && !rowsFit(q.dtype, shape[0])) fail(`bad tensor ${name}: ${q.ggmlName} rows of ${shape[0]} are not whole blocks of ${q.block}`);
       const { file: bytes, memory } = sizes(t);
       if (t.offset + bytes > file.size) fail(`truncated: tensor ${name} ends at byte ${t.offset + bytes}, the file has ${file.size}`);
+      if (!holds(name)) continue;
       totalBytes += memory;
       mappedBytes += mappedMemory(t, shape.length === 2);
     }
@@ -389,7 +402,7 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
     const arena = createArena(arenaBytes + 128 * expected.size);
     let mapping: MappedFile | null = null;
     if (mapped) {
-      const extents = [...expected].filter(([name, shape]) => mappable(byName.get(name)!, shape.length === 2)).map(([name]) => {
+      const extents = [...expected].filter(([name, shape]) => holds(name) && mappable(byName.get(name)!, shape.length === 2)).map(([name]) => {
         const t = byName.get(name)!;
         return { at: t.offset, bytes: sizes(t).file };
       });
@@ -429,8 +442,8 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
       return { dtype: 'f32', ptr, scales: 0 };
     };
     const vector = (name: string): number => load(name, false).ptr;
-    const tokenEmbedding = load('token_embd.weight');
-    const layers: LayerWeights[] = Array.from({ length: config.nLayers }, (_, l) => ({
+    const tokenEmbedding = holds('token_embd.weight') ? load('token_embd.weight') : absentMatrix();
+    const layers: LayerWeights[] = Array.from({ length: config.nLayers }, (_, l) => !heldLayer(l) ? absentLayer() : ({
       attnNorm: vector(`blk.${l}.attn_norm.weight`),
       wq: load(`blk.${l}.attn_q.weight`),
       wk: load(`blk.${l}.attn_k.weight`),
@@ -448,9 +461,13 @@ export function loadGguf(path: string, options: GgufLoadOptions = {}): LoadedWei
       const bad = factors.findIndex((f) => !(f > 0 && Number.isFinite(f)));
       if (bad >= 0) fail(`bad tensor rope_freqs.weight: factor ${factors[bad]} at ${bad} (RoPE factors must be positive and finite)`);
     }
-    const finalNorm = vector('output_norm.weight');
-    const classifier = byName.has('output.weight') ? load('output.weight') : tokenEmbedding;
+    const head = holds('output_norm.weight');
+    const finalNorm = head ? vector('output_norm.weight') : 0;
+    const classifier = !head ? absentMatrix() : tied ? tokenEmbedding : load('output.weight');
     const chatTemplate = text(m.get('tokenizer.chat_template'));
-    return { config, weights: { tokenEmbedding, layers, finalNorm, classifier, ...(ropeFactors ? { ropeFactors } : {}) }, arena, tokenizer, ...(chatTemplate === undefined ? {} : { chatTemplate }) };
+    return {
+      config, weights: { tokenEmbedding, layers, finalNorm, classifier, ...(ropeFactors ? { ropeFactors } : {}) }, arena, tokenizer,
+      ...(chatTemplate === undefined ? {} : { chatTemplate }), ...(part ? { part } : {}),
+    };
   });
 }

@@ -1,5 +1,6 @@
 import type { Arena } from '../memory.js';
-import type { ModelConfig, Weights } from '../model.js';
+import { EngineError } from '../errors.js';
+import { partProblem, type LayerRange, type ModelConfig, type ModelPart, type Weights } from '../model.js';
 import type { Tokenizer } from '../tokenizer.js';
 
 /** What a format loader produces: weights in an arena, and the tokenizer if the file embeds one. */
@@ -9,6 +10,8 @@ export interface LoadedWeights {
   arena: Arena;
   tokenizer: Tokenizer | null;
   chatTemplate?: string;
+  /** Set when only part of the model was loaded (LoadOptions.layers). */
+  part?: ModelPart;
 }
 
 /**
@@ -26,3 +29,24 @@ export function wasmBudgetProblem(arenaBytes: number, budget: number, mapped: bo
   if (mapped) return `too large: even with the matrices mapped from the file, ${gib(arenaBytes)} of vectors and block scales exceed the WebAssembly memory's ${gib(budget)} budget for weights`;
   return `too large for the WebAssembly engine: ${gib(arenaBytes)} of weights exceed its ${gib(budget)} budget (weights, KV cache and activations share one 4 GiB memory); with the native addon built (npm ci, a C compiler) the weights are mapped from the file instead`;
 }
+
+/** What loadModel's options say about loading part of a model (LoadOptions). */
+export interface PartOptions {
+  layers?: LayerRange;
+  embedding?: boolean;
+  head?: boolean;
+}
+
+/** The part `options` asks for, or null for the whole model. */
+export function requestedPart(options: PartOptions, config: ModelConfig, path: string): ModelPart | null {
+  if (options.layers === undefined) {
+    if (options.embedding !== undefined || options.head !== undefined) throw new EngineError(`${path}: embedding and head select a part of the model together with layers`);
+    return null;
+  }
+  const { first, end } = options.layers;
+  const part: ModelPart = { layers: { first, end }, embedding: options.embedding ?? first === 0, head: options.head ?? end === config.nLayers };
+  const problem = partProblem(config, part);
+  if (problem) throw new EngineError(`${path}: ${problem}`);
+  return part;
+}
+
