@@ -6,6 +6,7 @@
 #define _DEFAULT_SOURCE  // mmap, fstat under -std=c11
 #include <node_api.h>
 #include <openssl/sha.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,10 +24,18 @@
 #define MAX_MEMORIES 1024
 // Memory handles: a bound WebAssembly memory (activations, and weights loaded into it) or a window
 // of a file mapped read-only (weights, src/engine/load/mapped.ts). Kernels take byte offsets into
-// a handle's base. The table is process-wide, so worker threads use the main thread's handles.
+// a handle's base. The table is process-wide, so worker threads use the main thread's handles;
+// threads that each hold their own memories (a pipeline's stages, one per worker: pipeline/ring.ts)
+// bind at once, so the writers take `table_lock` (readers only need the released count).
 static uint8_t *bases[MAX_MEMORIES];
 static size_t limits[MAX_MEMORIES];  // bytes readable from the base (SIZE_MAX: a wasm memory, which grows in place)
 static int memories = 0;
+static atomic_flag table_lock = ATOMIC_FLAG_INIT;
+static void lock_table(void) {
+  while (atomic_flag_test_and_set_explicit(&table_lock, memory_order_acquire)) {
+  }
+}
+static void unlock_table(void) { atomic_flag_clear_explicit(&table_lock, memory_order_release); }
 static int use_avx512 = 0;      // avx512f: the f32 16-accumulator layout is one register
 static int use_avx512vnni = 0;  // + avx512bw + avx512vnni: int8 dot products
 static int use_avx2 = 0;        // Q4_0 and k-quant products (maddubs: u8 × i8 pairs)
@@ -945,7 +954,7 @@ static napi_value throw_error(napi_env env, const char *message) {
   return NULL;
 }
 
-/** bind(view) → handle: the memory that `view` (a Uint8Array at offset 0) spans. Main thread only. */
+/** bind(view) → handle: the memory that `view` (a Uint8Array at offset 0) spans. */
 /**
  * Asks the kernel to back the memory with transparent huge pages where it is set to "madvise":
  * the matrix products stream the whole model every token, and with 4 KiB pages each page is a TLB
@@ -977,14 +986,19 @@ static napi_value Bind(napi_env env, napi_callback_info info) {
     return throw_error(env, "bind expects a Uint8Array over the whole memory");
   }
   ask_huge_pages(data, length);
+  lock_table();
   int id = 0;
   while (id < memories && bases[id] != data) id++;
   if (id == memories) {
-    if (memories == MAX_MEMORIES) return throw_error(env, "too many memories bound");
+    if (memories == MAX_MEMORIES) {
+      unlock_table();
+      return throw_error(env, "too many memories bound");
+    }
     bases[memories] = (uint8_t *)data;
     limits[memories] = SIZE_MAX;
     __atomic_store_n(&memories, memories + 1, __ATOMIC_RELEASE);
   }
+  unlock_table();
   napi_value handle;
   napi_create_uint32(env, (uint32_t)id, &handle);
   return handle;
@@ -995,13 +1009,18 @@ static uint8_t *memory_base(uint32_t id) {
   return id < (uint32_t)__atomic_load_n(&memories, __ATOMIC_ACQUIRE) ? bases[id] : NULL;
 }
 
-/** A new handle for `base`; -1 when the table is full. Main thread only (as Bind). */
+/** A new handle for `base`; -1 when the table is full. */
 static int register_base(uint8_t *base, size_t limit) {
-  if (memories == MAX_MEMORIES) return -1;
-  bases[memories] = base;
-  limits[memories] = limit;
-  __atomic_store_n(&memories, memories + 1, __ATOMIC_RELEASE);
-  return memories - 1;
+  lock_table();
+  int id = -1;
+  if (memories < MAX_MEMORIES) {
+    id = memories;
+    bases[id] = base;
+    limits[id] = limit;
+    __atomic_store_n(&memories, id + 1, __ATOMIC_RELEASE);
+  }
+  unlock_table();
+  return id;
 }
 
 /**

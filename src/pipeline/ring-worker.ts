@@ -1,0 +1,256 @@
+// One stage of a ring (ring.ts) in its own thread, as one node of a pipeline would run it: it loads
+// only the layers it holds, takes the previous stage's signed messages from its inbox, runs its
+// layers, and signs what it sends on. The first stage embeds (the prompt, then each token the last
+// stage sends back round the ring); the last samples. Layer moves (the load balancer's) travel in
+// band with the residuals, so every stage applies a move at the same position whatever the timing.
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { loadModel } from '../engine/index.js';
+import { type Job } from '../proof/index.js';
+import { walletSigner, type Wallet } from '../store/wallet.js';
+import { ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
+import { simulatedLink, type LinkSpec } from './link.js';
+import { startStage, type LayerRange, type LayerHandover, type StageRun } from './stage.js';
+
+/** What the ring gives each worker. */
+export interface RingWorkerData {
+  index: number;
+  count: number;
+  modelPath: string;
+  tokenizer?: string;
+  /** Layers loaded (what it runs and the overlap it may take over), and what it runs at first. */
+  held: LayerRange;
+  runs: LayerRange;
+  wallet: Wallet;
+  lease: PipelineLease;
+  job: Job;
+  /** To the next stage (the last: to the first), and back to the previous one (handovers). */
+  next: MessagePort;
+  prev: MessagePort;
+  fromPrev: MessagePort;
+  fromNext: MessagePort;
+  link: LinkSpec;
+  backLink: LinkSpec;
+  threads: number;
+  promptBatch: number;
+  /** Simulated speed: this node takes `slowdown` × its compute time (it idles the rest). */
+  slowdown: number;
+  maxPayload: number;
+}
+
+/**
+ * A layer move: from position `atPos` on, the boundary after stage `boundary` is at layer `end`.
+ * The balancer sends it to the first stage without a position; the first stage gives it the
+ * position after the next one it runs, and every stage learns of it with that next position's
+ * residuals — one position ahead, as a stage that gives its first layers back needs.
+ */
+export interface LayerMove {
+  atPos: number;
+  boundary: number;
+  end: number;
+}
+
+/** What a residuals message carries besides the residuals: the moves announced so far. */
+interface Header {
+  moves: LayerMove[];
+}
+
+/** To the ring: one report per forward (the balancer's measure), then the stage's record. */
+export type RingReport =
+  | { kind: 'ready'; index: number; heldBytes: number; nLayers: number }
+  | { kind: 'forward'; index: number; pos: number; count: number; layers: LayerRange; computeMs: number; busyMs: number }
+  | { kind: 'token'; pos: number; token: number; at: number }
+  | { kind: 'done'; tokens: number[] }
+  | { kind: 'record'; index: number; leaves: { pos: number; layer: number; leaf: string }[]; heads: { pos: number; token: number; rngState: string; leaf: string }[] }
+  | { kind: 'error'; index: number; message: string };
+
+const data = workerData as RingWorkerData;
+const port = parentPort!;
+const report = (r: RingReport): void => port.postMessage(r);
+
+const encodeHeader = (h: Header, body: Uint8Array): Uint8Array => {
+  const json = new TextEncoder().encode(JSON.stringify(h));
+  const out = new Uint8Array(4 + json.length + body.length);
+  new DataView(out.buffer).setUint32(0, json.length, true);
+  out.set(json, 4);
+  out.set(body, 4 + json.length);
+  return out;
+};
+const decodeHeader = (payload: Uint8Array): { header: Header; body: Uint8Array } => {
+  const n = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(0, true);
+  if (n > 64 * 1024 || 4 + n > payload.byteLength) throw new Error('a message header over its bound');
+  const header = JSON.parse(new TextDecoder().decode(payload.subarray(4, 4 + n))) as Header;
+  if (!Array.isArray(header.moves) || header.moves.length > 64) throw new Error('a malformed message header');
+  return { header, body: payload.subarray(4 + n) };
+};
+
+/** Idles the thread for `ms` (a slower device), without letting other messages in meanwhile. */
+const idle = (ms: number): void => {
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+};
+
+async function main(): Promise<void> {
+  const { index, count, job, lease } = data;
+  const first = index === 0;
+  const last = index === count - 1;
+  const model = loadModel(data.modelPath, { tokenizer: data.tokenizer, layers: data.held, embedding: first, head: last });
+  const stage: StageRun = startStage(model, { layers: data.runs, embeds: first, samples: last }, job, { threads: data.threads });
+  const { dim } = model.config;
+  // As generate.ts: the prompt positions that run stop before any later BOS in the prompt.
+  const laterBos = job.promptTokens.indexOf(stage.bosId, 1);
+  const promptEnd = Math.min(job.steps, laterBos > 0 ? laterBos : job.promptTokens.length);
+  const inbox = new ChannelInbox(lease, index, data.maxPayload);
+  const outbox = new ChannelOutbox(lease, index, walletSigner(data.wallet));
+  const sendNext = simulatedLink(data.link, (m) => data.next.postMessage(m, [m.buffer as ArrayBuffer]));
+  const sendPrev = simulatedLink(data.backLink, (m) => data.prev.postMessage(m, [m.buffer as ArrayBuffer]));
+  const moves: LayerMove[] = [];
+  const pending: Omit<LayerMove, 'atPos'>[] = [];
+  const heads: { pos: number; token: number; rngState: string; leaf: string }[] = [];
+  const leaves: { pos: number; layer: number; leaf: string }[] = [];
+  const tokens: number[] = [];
+  let slowdown = data.slowdown;
+  // Handovers from the next stage (it gives up its first layers to this one), by position.
+  const handovers = new Map<number, LayerHandover>();
+  const handoverWaiters = new Map<number, (h: LayerHandover) => void>();
+
+  /** The moves that take effect at `pos` on this stage's two boundaries. */
+  const applyMoves = async (pos: number): Promise<Uint8Array | null> => {
+    let give: Uint8Array | null = null;
+    for (const m of moves.filter((x) => x.atPos === pos)) {
+      const mine = stage.layers;
+      if (m.boundary === index && m.end < mine.end) {
+        // This stage gives its last layers to the next: they go in band, before the residuals.
+        const h = stage.exportLayers({ first: m.end, end: mine.end });
+        give = serializeHandover(h);
+      } else if (m.boundary === index && m.end > mine.end) {
+        // The next stage gives its first layers to this one: wait for them.
+        const h = handovers.get(pos) ?? (await new Promise<LayerHandover>((resolve) => handoverWaiters.set(pos, resolve)));
+        handovers.delete(pos);
+        stage.importLayers(h);
+      }
+      // boundary index − 1: the previous stage's last layers come with the residuals (run), and
+      // this stage's first layers went back to it when it finished the position before (giveBack).
+    }
+    return give;
+  };
+
+  /** After running up to `next`: the first layers this stage gives the previous one from `next` on. */
+  const giveBack = async (next: number): Promise<void> => {
+    for (const m of moves.filter((x) => x.atPos === next && x.boundary === index - 1 && x.end > stage.layers.first)) {
+      const h = stage.exportLayers({ first: stage.layers.first, end: m.end });
+      sendPrev(await outbox.seal(index - 1, 'handover', next, 0, serializeHandover(h)));
+    }
+  };
+
+  const run = async (pos: number, n: number, input: { tokens: number[] } | { x: Float32Array }, given: Uint8Array | null): Promise<void> => {
+    if (given) stage.importLayers(deserializeHandover(given));
+    const give = await applyMoves(pos);
+    const t0 = performance.now();
+    const out = stage.forward(pos, n, input);
+    const computeMs = performance.now() - t0;
+    idle((slowdown - 1) * computeMs);
+    report({ kind: 'forward', index, pos, count: n, layers: { ...stage.layers }, computeMs, busyMs: performance.now() - t0 });
+    for (const l of out.leaves) leaves.push({ pos: l.pos, layer: l.layer, leaf: l.leaf });
+    const end = pos + n; // the next position to run
+    // The first stage dates the balancer's moves: they take effect one position after this one.
+    if (first && n === 1 && pos >= job.promptTokens.length) for (const mv of pending.splice(0)) moves.push({ ...mv, atPos: end });
+    if (!last) {
+      await giveBack(end);
+      const body = encodeHeader({ moves }, concat(give, f32Payload(out.x)));
+      sendNext(await outbox.seal(index + 1, 'activations', pos, n, body));
+      return;
+    }
+    const headPos = end - 1;
+    if (headPos < job.promptTokens.length - 1) {
+      // A prompt position: the next token is the prompt's (no head step); the run may end here.
+      if (end >= promptEnd) report({ kind: 'done', tokens });
+      return;
+    }
+    const h = stage.head(headPos);
+    await giveBack(end);
+    heads.push({ pos: headPos, token: h.token, rngState: h.rngState.toString(), leaf: h.leaf });
+    const done = h.token === stage.bosId || end >= job.steps;
+    if (h.token !== stage.bosId) tokens.push(h.token);
+    report({ kind: 'token', pos: headPos, token: h.token, at: performance.now() });
+    if (done) return report({ kind: 'done', tokens });
+    const payload = new Uint8Array(4);
+    new DataView(payload.buffer).setUint32(0, h.token, true);
+    sendNext(await outbox.seal(0, 'token', end, 1, encodeHeader({ moves }, payload)));
+  };
+
+  // Messages are taken one at a time, in arrival order (a stage runs one thing at once).
+  let chain: Promise<void> = Promise.resolve();
+  const take = (raw: Uint8Array): void => {
+    chain = chain
+      .then(async () => {
+        const m = await inbox.open(raw);
+        if (m.kind === 'handover') {
+          const h = deserializeHandover(m.payload);
+          const waiter = handoverWaiters.get(m.pos);
+          if (waiter) {
+            handoverWaiters.delete(m.pos);
+            waiter(h);
+          } else handovers.set(m.pos, h);
+          return;
+        }
+        const { header, body } = decodeHeader(m.payload);
+        for (const mv of header.moves) if (!moves.some((x) => x.atPos === mv.atPos && x.boundary === mv.boundary)) moves.push(mv);
+        if (m.kind === 'token') {
+          const token = new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(0, true);
+          return run(m.pos, 1, { tokens: [token] }, null);
+        }
+        const xBytes = 4 * m.count * dim;
+        const given = body.byteLength > xBytes ? body.subarray(0, body.byteLength - xBytes) : null;
+        return run(m.pos, m.count, { x: payloadF32(body.subarray(body.byteLength - xBytes), m.count * dim) }, given);
+      })
+      .catch((e: Error) => report({ kind: 'error', index, message: e.message }));
+  };
+  data.fromPrev.on('message', (raw: Uint8Array) => take(new Uint8Array(raw)));
+  data.fromNext.on('message', (raw: Uint8Array) => take(new Uint8Array(raw)));
+
+  port.on('message', (msg: { kind: 'start' } | { kind: 'move'; move: Omit<LayerMove, 'atPos'> } | { kind: 'slow'; slowdown: number } | { kind: 'collect' }) => {
+    if (msg.kind === 'move') pending.push(msg.move);
+    else if (msg.kind === 'slow') slowdown = msg.slowdown;
+    else if (msg.kind === 'collect') {
+      report({ kind: 'record', index, leaves, heads });
+      stage.close();
+      data.fromPrev.close();
+      data.fromNext.close();
+    } else if (msg.kind === 'start' && first) {
+      // The prompt, in batches (the positions before the first sampled token).
+      chain = chain.then(async () => {
+        const prompt = job.promptTokens;
+        for (let pos = 0; pos < promptEnd; ) {
+          const n = Math.max(1, Math.min(data.promptBatch, promptEnd - pos));
+          await run(pos, n, { tokens: prompt.slice(pos, pos + n) }, null);
+          pos += n;
+        }
+      });
+    }
+  });
+  report({ kind: 'ready', index, heldBytes: model.heldBytes ?? model.arena.usage().top, nLayers: model.config.nLayers });
+}
+
+const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
+  if (!a) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+};
+
+function serializeHandover(h: LayerHandover): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(h, (_k, v: unknown) => (v instanceof Float32Array ? { f32: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') } : v)));
+}
+
+function deserializeHandover(bytes: Uint8Array): LayerHandover {
+  return JSON.parse(new TextDecoder().decode(bytes), (_k, v: unknown) => {
+    const f = (v as { f32?: unknown } | null)?.f32;
+    if (typeof f !== 'string') return v;
+    const b = Buffer.from(f, 'base64');
+    const out = new Float32Array(b.byteLength / 4);
+    new Uint8Array(out.buffer).set(b);
+    return out;
+  }) as LayerHandover;
+}
+
+main().catch((e: Error) => report({ kind: 'error', index: data.index, message: e.message }));
