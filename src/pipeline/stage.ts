@@ -271,3 +271,49 @@ export function startStage(model: Model, role: StageRole, job: Job, options: Sta
     },
   };
 }
+
+/**
+ * A handover as bytes, for a channel that carries payloads (pipeline/channel.ts): u32 first, end,
+ * positions, kvDim, then per layer its 32-byte K/V chain, K rows, V rows (f32), little-endian.
+ */
+export function encodeHandover(h: LayerHandover): Uint8Array {
+  const count = h.layers.end - h.layers.first;
+  const kvFloats = count > 0 ? h.keys[0].length : 0;
+  const kvDim = h.positions > 0 ? kvFloats / h.positions : 0;
+  const out = new Uint8Array(16 + count * (32 + 8 * kvFloats));
+  const view = new DataView(out.buffer);
+  [h.layers.first, h.layers.end, h.positions, kvDim].forEach((v, i) => view.setUint32(4 * i, v, true));
+  let at = 16;
+  for (let i = 0; i < count; i++) {
+    out.set(Buffer.from(h.kvChains[i], 'hex'), at);
+    at += 32;
+    for (const rows of [h.keys[i], h.values[i]]) {
+      for (let k = 0; k < rows.length; k++, at += 4) view.setFloat32(at, rows[k], true);
+    }
+  }
+  return out;
+}
+
+/** The handover `encodeHandover` wrote, for a model of `kvDim`; malformed bytes are an EngineError. */
+export function decodeHandover(bytes: Uint8Array, kvDim: number): LayerHandover {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length < 16) throw new EngineError('handover: truncated');
+  const [first, end, positions, dim] = [0, 1, 2, 3].map((i) => view.getUint32(4 * i, true));
+  const count = end - first;
+  const kvFloats = positions * kvDim;
+  if (count < 1 || (positions > 0 && dim !== kvDim) || bytes.length !== 16 + count * (32 + 8 * kvFloats)) {
+    throw new EngineError(`handover: layers [${first}, ${end}) of ${positions} positions do not fit ${bytes.length} bytes for K/V rows of ${kvDim}`);
+  }
+  const h: LayerHandover = { layers: { first, end }, positions, keys: [], values: [], kvChains: [] };
+  let at = 16;
+  for (let i = 0; i < count; i++) {
+    h.kvChains.push(Buffer.from(bytes.subarray(at, at + 32)).toString('hex'));
+    at += 32;
+    for (const list of [h.keys, h.values]) {
+      const rows = new Float32Array(kvFloats);
+      for (let k = 0; k < kvFloats; k++, at += 4) rows[k] = view.getFloat32(at, true);
+      list.push(rows);
+    }
+  }
+  return h;
+}

@@ -13,7 +13,7 @@ import {
 } from '../../src/engine/index.js';
 import { describeJob, leafHash, recordTrace, type Job } from '../../src/proof/index.js';
 import { localHandle, moveLayers, runPipeline, runPipelineLocal, type PipelineResult } from '../../src/pipeline/driver.js';
-import { startStage, type StageOptions, type StageRun } from '../../src/pipeline/stage.js';
+import { decodeHandover, encodeHandover, startStage, type StageOptions, type StageRun } from '../../src/pipeline/stage.js';
 import { assembleTrace, stageSteps, stageSubRoot, stageSubRoots } from '../../src/pipeline/trace.js';
 import { stories260K, stories260KGguf, tok512, withTempDir } from '../helpers.js';
 
@@ -201,6 +201,8 @@ test('bad stage input is a clear EngineError, and the stage goes on', () => {
   refuses(() => a.exportLayers({ first: 0, end: 1 }), /keeps layer 0/);
   refuses(() => b.exportLayers({ first: 4, end: 5 }), /keeps the last layer/);
   refuses(() => b.importLayers({ layers: { first: 0, end: 1 }, positions: 0, keys: [], values: [], kvChains: [] }), /does not border/);
+  refuses(() => decodeHandover(new Uint8Array(20), whole.config.kvDim), /do not fit/);
+  refuses(() => decodeHandover(new Uint8Array(3), whole.config.kvDim), /truncated/);
   refuses(() => b.importLayers({ layers: { first: 1, end: 2 }, positions: 0, keys: [new Float32Array(0)], values: [new Float32Array(0)], kvChains: ['00'.repeat(32)] }), /not loaded in this stage's model/);
   // After all that, the run still gives recordTrace's root.
   const got = runPipelineLocal([a, b], j, { promptBatch: 4 });
@@ -228,7 +230,8 @@ test('layers moved between positions (preloaded overlap) leave the root unchange
       beforePosition(pos) {
         if (pos === 14) stages[1].importLayers(structuredClone(stages[0].exportLayers({ first: 1, end: 2 })));
         if (pos === 20) stages[0].importLayers(structuredClone(stages[1].exportLayers({ first: 1, end: 2 })));
-        if (pos === 26) stages[0].importLayers(stages[1].exportLayers({ first: 2, end: 3 }));
+        // As bytes, as a channel carries it.
+        if (pos === 26) stages[0].importLayers(decodeHandover(encodeHandover(stages[1].exportLayers({ first: 2, end: 3 })), whole.config.kvDim));
       },
     });
     assertSameTrace(got, whole, j, 8, `moves, t=${sampling.temperature}`);
