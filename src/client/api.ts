@@ -468,17 +468,39 @@ export interface RelayLimits {
 }
 
 /**
+ * Where the relay reads a task's stream from a node's announced Stream-Url: `<url>/stream/<task>`,
+ * and nothing else. The Stream-Url is a stranger's: one with a query, a fragment or credentials
+ * (which could make the path anything at the host, or the task id a query value) is no stream.
+ */
+export function streamEndpoint(url: string, task: string): string | null {
+  let base: URL;
+  try {
+    base = new URL(url);
+  } catch {
+    return null;
+  }
+  if ((base.protocol !== 'http:' && base.protocol !== 'https:') || base.username !== '' || base.password !== '' || base.search !== '' || base.hash !== '' || /[?#]/.test(url)) return null;
+  return `${base.origin}${base.pathname.replace(/\/+$/, '')}/stream/${encodeURIComponent(task)}`;
+}
+
+/**
  * Reads a node's token stream (`GET <url>/stream/<task>`, node/stream.ts) and calls onText with
  * each event's text, until its end event (resolves true), the stream breaking off or going past a
  * limit (false), or `signal`. Never throws.
  */
 export async function relayNodeStream(url: string, task: string, onText: (text: string) => void, signal: AbortSignal, limits: RelayLimits): Promise<boolean> {
+  const endpoint = streamEndpoint(url, task);
+  if (endpoint === null) return false;
+  // All the bytes it may send: every event at its longest (text JSON-escaped, the event's own
+  // fields), and one line over; comments, blank lines and other events count too.
+  const maxBytes = limits.chars * 6 + (limits.events + 2) * 256 + limits.lineBytes;
+  let bytes = 0;
   const connect = new AbortController();
   const timer = setTimeout(() => connect.abort(), limits.connectMs);
   const abort = (): void => connect.abort();
   signal.addEventListener('abort', abort, { once: true });
   try {
-    const res = await fetch(`${url}/stream/${task}`, { signal: connect.signal, headers: { accept: 'text/event-stream' }, redirect: 'error' });
+    const res = await fetch(endpoint, { signal: connect.signal, headers: { accept: 'text/event-stream' }, redirect: 'error' });
     clearTimeout(timer);
     if (!res.ok || !res.body || !/^text\/event-stream/.test(res.headers.get('content-type') ?? '')) {
       await res.body?.cancel().catch(() => {});
@@ -490,6 +512,8 @@ export async function relayNodeStream(url: string, task: string, onText: (text: 
     let events = 0;
     let chars = 0;
     for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      bytes += chunk.byteLength;
+      if (bytes > maxBytes) return false;
       buffer += decoder.decode(chunk, { stream: true });
       let nl: number;
       while ((nl = buffer.indexOf('\n')) !== -1) {

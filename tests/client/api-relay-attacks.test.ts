@@ -1,0 +1,70 @@
+// Attacks on the API's relay of a node's token stream (api.ts relayNodeStream): what a node that
+// registered a hostile Stream-Url can make the API do. Real HTTP on 127.0.0.1.
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { test } from 'node:test';
+import { relayNodeStream } from '../../src/client/api.js';
+
+async function hostile(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer(handler);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  return {
+    url,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+const TASK = 'T'.repeat(43);
+const LIMITS = { events: 10, chars: 100, lineBytes: 1024, connectMs: 2_000 };
+
+test('a node stream of comments and blank lines (no events) is cut off by the bytes it sent, not held until the request ends', { timeout: 30_000 }, async () => {
+  let sent = 0;
+  let open = true;
+  const node = await hostile((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    // 16 KiB of SSE comments at a time, for as long as the API reads: none is a token event.
+    const chunk = `${': keep-alive\n\n'.repeat(1170)}`;
+    const pump = (): void => {
+      while (open && !res.destroyed && res.write(chunk)) sent += chunk.length;
+      if (open && !res.destroyed) res.once('drain', pump);
+    };
+    req.socket.on('close', () => (open = false));
+    pump();
+  });
+  // The request's own end (the coordinator's final answer) comes only as a backstop, much later.
+  const backstop = new AbortController();
+  const timer = setTimeout(() => backstop.abort(), 5_000);
+  try {
+    const ended = await relayNodeStream(node.url, TASK, () => assert.fail('no text'), backstop.signal, LIMITS);
+    assert.equal(ended, false);
+    assert.equal(backstop.signal.aborted, false, `the relay read ${sent} bytes of nothing until the request ended`);
+  } finally {
+    clearTimeout(timer);
+    open = false;
+    await node.close();
+  }
+});
+
+test('a Stream-Url with a query or a fragment cannot point the relay at another path than /stream/<task>', { timeout: 30_000 }, async () => {
+  const seen: string[] = [];
+  const internal = await hostile((req, res) => {
+    seen.push(req.url ?? '');
+    res.writeHead(200, { 'content-type': 'text/event-stream' }).end('event: end\ndata: {}\n\n');
+  });
+  try {
+    for (const url of [`${internal.url}/admin/drop?all=1&x=`, `${internal.url}/admin/drop#`, `${internal.url}/a?`]) {
+      await relayNodeStream(url, TASK, () => {}, new AbortController().signal, LIMITS);
+    }
+    // A path prefix is the node's to choose (a reverse proxy); the request still ends in /stream/<task>.
+    assert.equal(await relayNodeStream(`${internal.url}/verity`, TASK, () => {}, new AbortController().signal, LIMITS), true);
+    for (const path of seen) assert.match(path, new RegExp(`^(/[^?#]*)?/stream/${TASK}$`), `the relay asked the internal service for ${path}`);
+    assert.ok(seen.includes(`/verity/stream/${TASK}`));
+  } finally {
+    await internal.close();
+  }
+});
