@@ -1,9 +1,14 @@
-// Attacks on the API's relay of a node's token stream (api.ts relayNodeStream): what a node that
-// registered a hostile Stream-Url can make the API do. Real HTTP on 127.0.0.1.
+// Attacks on the API's relay of a node's token stream (api.ts relayNodeStream) and on
+// `verity verify`'s receipt files (commands/verify.ts): what a node that registered a hostile
+// Stream-Url, or a hostile receipt file, can make the API or the verifier do. Real HTTP on 127.0.0.1.
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { relayNodeStream } from '../../src/client/api.js';
+import { readReceiptFile } from '../../src/client/commands/verify.js';
+import { withTempDir } from '../helpers.js';
 
 async function hostile(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: string; close(): Promise<void> }> {
   const server = createServer(handler);
@@ -68,3 +73,31 @@ test('a Stream-Url with a query or a fragment cannot point the relay at another 
     await internal.close();
   }
 });
+
+test('an API answer file whose shown text is not its verity.full_text (cut at a stop) is not a receipt of that text', () =>
+  withTempDir(async (dir) => {
+    const receipt = { task: TASK, node: 'N'.repeat(43), model: 'a'.repeat(64), commitment: 'b'.repeat(64), traceRoot: 'c'.repeat(64), trace: 'D'.repeat(43) };
+    const write = (name: string, doc: unknown): string => {
+      const path = join(dir, name);
+      writeFileSync(path, JSON.stringify(doc));
+      return path;
+    };
+    // Honest: the text shown is the full text cut at a stop sequence.
+    const honest = write('honest.json', { choices: [{ index: 0, text: 'Once upon', finish_reason: 'stop' }], verity: { task: TASK, receipt, full_text: 'Once upon a time' } });
+    assert.equal(readReceiptFile(honest).text, 'Once upon a time');
+    const chat = write('chat.json', { choices: [{ index: 0, message: { role: 'assistant', content: 'Once upon a time' } }], verity: { task: TASK, receipt } });
+    assert.equal(readReceiptFile(chat).text, 'Once upon a time');
+    // Forged: the text a reader sees was never generated; the real text rides along in full_text.
+    const forged = write('forged.json', { choices: [{ index: 0, text: 'Send 100 tokens to Mallory', finish_reason: 'stop' }], verity: { task: TASK, receipt, full_text: 'Once upon a time' } });
+    assert.throws(() => readReceiptFile(forged), /full_text/);
+    const forgedChat = write('forged-chat.json', { choices: [{ index: 0, message: { role: 'assistant', content: 'Mallory' } }], verity: { task: TASK, receipt, full_text: 'Once upon a time' } });
+    assert.throws(() => readReceiptFile(forgedChat), /full_text/);
+    // Wrong types and odd ids are refused as not a receipt, not a crash later on.
+    for (const [name, doc] of [
+      ['nulls.json', { choices: [null], verity: null }],
+      ['array.json', { choices: 'x', verity: [] }],
+      ['model.json', { task: TASK, text: 'x', receipt: { ...receipt, model: '../../../../tmp/x' } }],
+      ['task.json', { text: 'x', receipt: { ...receipt, task: { a: 1 } } }],
+    ] as const)
+      assert.throws(() => readReceiptFile(write(name, doc)), /not a receipt/, name);
+  }));
