@@ -61,6 +61,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, limits:
   if (!socket.writable) return void socket.destroy();
   const body = JSON.stringify(errorBody(e));
   socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  // end() only half-closes: a client that never closes its side would keep this socket (a file
+  // descriptor) for good, nothing timing it out any more. It gets a moment to read the answer.
+  setTimeout(() => socket.destroy(), Math.min(limits.receiveMs, 1_000)).unref();
 }
 
 const invalid = (message: string, param: string | null = null, code: string | null = null): ApiError => new ApiError(400, message, 'invalid_request_error', param, code);

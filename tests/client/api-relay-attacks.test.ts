@@ -101,3 +101,45 @@ test('an API answer file whose shown text is not its verity.full_text (cut at a 
     ] as const)
       assert.throws(() => readReceiptFile(write(name, doc)), /not a receipt/, name);
   }));
+
+test('a client answered 408 that never closes its end does not keep the server\'s socket (file descriptors) open', { timeout: 30_000, skip: process.platform !== 'linux' && 'counts /proc/self/fd' }, async () => {
+  const { Socket } = await import('node:net');
+  const { readdirSync } = await import('node:fs');
+  const { startApi } = await import('../../src/client/api.js');
+  const { generateWallet } = await import('../../src/store/wallet.js');
+  const api = await startApi({ mu: 'http://127.0.0.1:1', cu: 'http://127.0.0.1:1', coordinator: 'c'.repeat(43), wallet: await generateWallet('ed25519'), keys: new Map([['sk-halfopen-key', await generateWallet('ed25519')]]), limits: { receiveMs: 300 } });
+  const fds = (): number => readdirSync('/proc/self/fd').length;
+  const sockets: InstanceType<typeof Socket>[] = [];
+  try {
+    const port = Number(new URL(api.url).port);
+    const before = fds();
+    const N = 20;
+    // Each connects, sends nothing, reads its 408 and the server's end, and keeps its own end open.
+    await Promise.all(
+      Array.from({ length: N }, () =>
+        new Promise<void>((resolve) => {
+          const s = new Socket({ allowHalfOpen: true });
+          sockets.push(s);
+          let got = '';
+          s.on('error', () => {});
+          s.on('data', (d) => (got += d.toString()));
+          s.on('end', () => {
+            assert.match(got, /^HTTP\/1\.1 408 /);
+            resolve();
+          });
+          s.connect(port, '127.0.0.1');
+        }),
+      ),
+    );
+    // The server lets go of its side: only the N client sockets of this process stay open.
+    let now = fds();
+    for (let i = 0; i < 50 && now - before > N; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      now = fds();
+    }
+    assert.ok(now - before <= N, `${now - before - N} server sockets still open after their 408`);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await api.close();
+  }
+});
