@@ -61,6 +61,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, limits:
   if (!socket.writable) return void socket.destroy();
   const body = JSON.stringify(errorBody(e));
   socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  // end() only half-closes: a client that never closes its side would keep this socket (a file
+  // descriptor) for good, nothing timing it out any more. It gets a moment to read the answer.
+  setTimeout(() => socket.destroy(), Math.min(limits.receiveMs, 1_000)).unref();
 }
 
 const invalid = (message: string, param: string | null = null, code: string | null = null): ApiError => new ApiError(400, message, 'invalid_request_error', param, code);
@@ -468,17 +471,39 @@ export interface RelayLimits {
 }
 
 /**
+ * Where the relay reads a task's stream from a node's announced Stream-Url: `<url>/stream/<task>`,
+ * and nothing else. The Stream-Url is a stranger's: one with a query, a fragment or credentials
+ * (which could make the path anything at the host, or the task id a query value) is no stream.
+ */
+export function streamEndpoint(url: string, task: string): string | null {
+  let base: URL;
+  try {
+    base = new URL(url);
+  } catch {
+    return null;
+  }
+  if ((base.protocol !== 'http:' && base.protocol !== 'https:') || base.username !== '' || base.password !== '' || base.search !== '' || base.hash !== '' || /[?#]/.test(url)) return null;
+  return `${base.origin}${base.pathname.replace(/\/+$/, '')}/stream/${encodeURIComponent(task)}`;
+}
+
+/**
  * Reads a node's token stream (`GET <url>/stream/<task>`, node/stream.ts) and calls onText with
  * each event's text, until its end event (resolves true), the stream breaking off or going past a
  * limit (false), or `signal`. Never throws.
  */
 export async function relayNodeStream(url: string, task: string, onText: (text: string) => void, signal: AbortSignal, limits: RelayLimits): Promise<boolean> {
+  const endpoint = streamEndpoint(url, task);
+  if (endpoint === null) return false;
+  // All the bytes it may send: every event at its longest (text JSON-escaped, the event's own
+  // fields), and one line over; comments, blank lines and other events count too.
+  const maxBytes = limits.chars * 6 + (limits.events + 2) * 256 + limits.lineBytes;
+  let bytes = 0;
   const connect = new AbortController();
   const timer = setTimeout(() => connect.abort(), limits.connectMs);
   const abort = (): void => connect.abort();
   signal.addEventListener('abort', abort, { once: true });
   try {
-    const res = await fetch(`${url}/stream/${task}`, { signal: connect.signal, headers: { accept: 'text/event-stream' }, redirect: 'error' });
+    const res = await fetch(endpoint, { signal: connect.signal, headers: { accept: 'text/event-stream' }, redirect: 'error' });
     clearTimeout(timer);
     if (!res.ok || !res.body || !/^text\/event-stream/.test(res.headers.get('content-type') ?? '')) {
       await res.body?.cancel().catch(() => {});
@@ -490,6 +515,8 @@ export async function relayNodeStream(url: string, task: string, onText: (text: 
     let events = 0;
     let chars = 0;
     for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      bytes += chunk.byteLength;
+      if (bytes > maxBytes) return false;
       buffer += decoder.decode(chunk, { stream: true });
       let nl: number;
       while ((nl = buffer.indexOf('\n')) !== -1) {

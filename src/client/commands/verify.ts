@@ -23,6 +23,7 @@ export interface VerifyFlags extends NetworkFlags {
 export const VERIFY_EXIT = { match: 0, mismatch: 1, cannotCheck: 2 } as const;
 
 const TASK_ID = /^[A-Za-z0-9_-]{43}$/;
+const MODEL_ID = /^[0-9a-f]{64}$/;
 
 interface Answer {
   task: string;
@@ -35,7 +36,7 @@ interface Answer {
  * an answer of the OpenAI-compatible API (a completion or chat completion with its `verity`
  * object; the text checked is the whole generated text, `full_text` when a stop sequence cut it).
  */
-function readReceiptFile(path: string): Answer {
+export function readReceiptFile(path: string): Answer {
   let doc: Record<string, unknown>;
   try {
     doc = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
@@ -44,17 +45,23 @@ function readReceiptFile(path: string): Answer {
   }
   const answer = doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? (typeof doc.verity === 'object' ? fromApiAnswer(doc) : doc) : {};
   const r = answer.receipt as Receipt | null | undefined;
-  if (typeof answer.text !== 'string' || !r || typeof r !== 'object' || typeof r.trace !== 'string' || typeof r.traceRoot !== 'string' || typeof r.commitment !== 'string' || typeof r.model !== 'string') {
+  const task = typeof answer.task === 'string' ? answer.task : r?.task;
+  if (typeof answer.text !== 'string' || !r || typeof r !== 'object' || typeof task !== 'string' || typeof r.trace !== 'string' || typeof r.traceRoot !== 'string' || typeof r.commitment !== 'string' || typeof r.model !== 'string' || !MODEL_ID.test(r.model)) {
     throw new InvalidArgumentError(`${path}: not a receipt file (want verity infer --json's { task, text, receipt: { model, commitment, traceRoot, trace, … } }, or a final answer of the API)`);
   }
-  return { task: typeof answer.task === 'string' ? answer.task : r.task, text: answer.text, receipt: r };
+  return { task, text: answer.text, receipt: r };
 }
 
 /** An API answer's task, text and receipt (its first choice). */
 function fromApiAnswer(doc: Record<string, unknown>): Record<string, unknown> {
   const verity = doc.verity as Record<string, unknown> | null;
   const choice = (Array.isArray(doc.choices) ? doc.choices[0] : null) as { text?: unknown; message?: { content?: unknown } } | null;
-  const text = verity?.full_text ?? choice?.text ?? choice?.message?.content;
+  const shown = choice?.text ?? choice?.message?.content;
+  const text = verity?.full_text ?? shown;
+  // full_text is the text a stop sequence cut: what the answer shows is its beginning. Otherwise
+  // a match would be for a text no reader of the answer sees.
+  if (verity?.full_text !== undefined && (typeof shown !== 'string' || typeof text !== 'string' || !text.startsWith(shown)))
+    throw new InvalidArgumentError('the answer\'s text is not the beginning of its verity.full_text: the receipt is not for the text it shows');
   return { task: verity?.task, text, receipt: verity?.receipt };
 }
 
