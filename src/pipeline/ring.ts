@@ -1,16 +1,19 @@
-// A pipelined run with each stage in its own worker thread (ring-worker.ts): the stages pass the
-// residuals to each other directly, over MessagePorts carrying the channel's signed items
-// (channel.ts) through simulated links (link.ts); the last stage sends each sampled token back to
-// the first. This thread only starts the run, relays a load balancer's moves to the first stage,
-// and collects every stage's leaves at the end to assemble the trace. bench:pipeline runs it with
-// heterogeneous simulated nodes; a node of a real pipeline runs the same worker code.
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+// A pipelined run with each stage in its own process (ring-stage.ts), as on separate machines: the
+// stages pass the residuals to each other as the channel's signed items (channel.ts), through
+// simulated links (link.ts); the last stage sends each sampled token back to the first. This
+// process carries the bytes between them like an untrusted network (it cannot forge or reorder
+// what a stage accepts), relays a load balancer's moves to the first stage, and collects every
+// stage's leaves at the end to assemble the trace. bench:pipeline runs it with heterogeneous
+// simulated nodes. (Processes, not worker threads: Node 20 aborted now and then when ring workers
+// ended, "Check failed: node->IsInUse()" in its ES module teardown.)
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { jobCommitment, type Job } from '../proof/index.js';
 import type { Wallet } from '../store/wallet.js';
 import { walletAddress } from '../store/wallet.js';
 import type { PipelineLease } from './channel.js';
 import { DIRECT_LINK, type LinkSpec } from './link.js';
-import type { LayerMove, RingReport, RingWorkerData } from './ring-worker.js';
+import type { LayerMove, RingControl, RingOut, RingReport, RingStageData } from './ring-stage.js';
 import type { LayerRange } from './stage.js';
 import { assembleTrace, type AssembledTrace } from './trace.js';
 
@@ -65,12 +68,14 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
   const n = spec.stages.length;
   if (n < 1) throw new Error('a ring needs at least one stage');
   const lease: PipelineLease = { task: spec.task, commitment: jobCommitment(spec.job), leaseEnd: spec.leaseEnd, nodes: spec.stages.map((s) => walletAddress(s.wallet)) };
-  // forward[i]: stage i → stage i+1 (mod n); back[i]: stage i → stage i−1 (mod n).
-  const forward = Array.from({ length: n }, () => new MessageChannel());
-  const back = Array.from({ length: n }, () => new MessageChannel());
   const links = spec.links ?? [];
-  const workers = spec.stages.map((stage, index) => {
-    const data: RingWorkerData = {
+  const entry = fileURLToPath(new URL('./ring-stage.js', import.meta.url));
+  const workers: ChildProcess[] = spec.stages.map(() => fork(entry, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const post = (w: ChildProcess, m: RingControl): void => {
+    if (w.connected) w.send(m);
+  };
+  spec.stages.forEach((stage, index) => {
+    const data: RingStageData = {
       index,
       count: n,
       modelPath: spec.modelPath,
@@ -80,10 +85,6 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
       wallet: stage.wallet,
       lease,
       job: spec.job,
-      next: forward[index].port1,
-      fromPrev: forward[(index + n - 1) % n].port2,
-      prev: back[index].port1,
-      fromNext: back[(index + 1) % n].port2,
       link: links[index] ?? DIRECT_LINK,
       backLink: links[(index + n - 1) % n] ?? DIRECT_LINK,
       threads: stage.threads ?? 1,
@@ -91,8 +92,7 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
       slowdown: stage.slowdown ?? 1,
       maxPayload: 256 << 20,
     };
-    const ports: MessagePort[] = [data.next, data.fromPrev, data.prev, data.fromNext];
-    return new Worker(new URL('./ring-worker.js', import.meta.url), { workerData: data, transferList: ports });
+    post(workers[index], { kind: 'init', data });
   });
 
   const measures: StageMeasure[] = spec.stages.map((s, index) => ({ index, layers: s.runs, msPerLayer: 0 }));
@@ -111,16 +111,24 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
         clearTimeout(timer);
         reject(e);
       };
-      workers.forEach((w) => {
+      workers.forEach((w, from) => {
         w.on('error', fail);
-        w.on('message', (r: RingReport) => {
+        // 'close': after the last message from it was read.
+        w.on('close', (code) => {
+          if (records[from] === undefined) fail(new Error(`stage ${from}'s process ended (${code}) before its record`));
+        });
+        w.on('message', (r: RingOut) => {
           switch (r.kind) {
+            case 'wire':
+              // Carried as a network would: the receiving stage checks who signed it and its order.
+              if (Number.isInteger(r.to) && r.to >= 0 && r.to < n) post(workers[r.to], { kind: 'wire', from, raw: r.raw });
+              return;
             case 'ready':
               heldBytes[r.index] = r.heldBytes;
               nLayers = r.nLayers;
               if (++ready === n) {
                 t0 = performance.now();
-                workers[0].postMessage({ kind: 'start' });
+                post(workers[0], { kind: 'start' });
               }
               return;
             case 'forward':
@@ -128,16 +136,16 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
               return;
             case 'token': {
               tokenTimes.push(performance.now() - t0);
-              for (const d of spec.drift ?? []) if (d.afterTokens === tokenTimes.length) workers[d.stage].postMessage({ kind: 'slow', slowdown: d.slowdown });
+              for (const d of spec.drift ?? []) if (d.afterTokens === tokenTimes.length) post(workers[d.stage], { kind: 'slow', slowdown: d.slowdown });
               for (const move of spec.balance?.(tokenTimes.length, measures.map((m) => ({ ...m, layers: { ...m.layers } }))) ?? []) {
                 moves.push(move);
-                workers[0].postMessage({ kind: 'move', move });
+                post(workers[0], { kind: 'move', move });
               }
               return;
             }
             case 'done':
               tokens = r.tokens;
-              for (const x of workers) x.postMessage({ kind: 'collect' });
+              for (const x of workers) post(x, { kind: 'collect' });
               return;
             case 'record':
               records[r.index] = r;
@@ -158,6 +166,20 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
       });
     });
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
+    // Each stage's process ends by itself once it sent its record; one that does not (a failed
+    // run) is killed after a grace period.
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            if (w.exitCode !== null || w.signalCode !== null) return resolve();
+            const grace = setTimeout(() => w.kill('SIGKILL'), 5_000);
+            w.once('exit', () => {
+              clearTimeout(grace);
+              resolve();
+            });
+          }),
+      ),
+    );
   }
 }

@@ -1,4 +1,4 @@
-// A pipelined run with each stage in its own worker thread, passing signed residuals over simulated
+// A pipelined run with each stage in its own process, passing signed residuals over simulated
 // links (pipeline/ring.ts): the trace the stages make together is recordTrace's, bit for bit, with
 // and without layers moving between stages mid-run, forwards and backwards.
 import assert from 'node:assert/strict';
@@ -16,7 +16,7 @@ function jobOf(temperature: number, steps: number): Job {
   return describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, 'Once upon a time', true), steps, sampling: { temperature, topp: 0.9 }, seed: 42n });
 }
 
-test('three stages in worker threads: the trace root and tokens are the single-node run\'s; each stage holds only its share', { timeout: 120_000 }, async () => {
+test('three stages in their own processes: the trace root and tokens are the single-node run\'s; each stage holds only its share', { timeout: 120_000 }, async () => {
   const wallets = await Promise.all([0, 1, 2].map(() => generateWallet('ed25519')));
   for (const temperature of [0, 0.8]) {
     const job = jobOf(temperature, 80);

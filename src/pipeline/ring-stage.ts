@@ -1,9 +1,8 @@
-// One stage of a ring (ring.ts) in its own thread, as one node of a pipeline would run it: it loads
+// One stage of a ring (ring.ts) in its own process, as one node of a pipeline would run it: it loads
 // only the layers it holds, takes the previous stage's signed messages from its inbox, runs its
 // layers, and signs what it sends on. The first stage embeds (the prompt, then each token the last
 // stage sends back round the ring); the last samples. Layer moves (the load balancer's) travel in
 // band with the residuals, so every stage applies a move at the same position whatever the timing.
-import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { loadModel } from '../engine/index.js';
 import { type Job } from '../proof/index.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
@@ -11,8 +10,8 @@ import { ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease
 import { simulatedLink, type LinkSpec } from './link.js';
 import { startStage, type LayerRange, type LayerHandover, type StageRun } from './stage.js';
 
-/** What the ring gives each worker. */
-export interface RingWorkerData {
+/** What the ring gives each stage's process (its first message). */
+export interface RingStageData {
   index: number;
   count: number;
   modelPath: string;
@@ -23,11 +22,7 @@ export interface RingWorkerData {
   wallet: Wallet;
   lease: PipelineLease;
   job: Job;
-  /** To the next stage (the last: to the first), and back to the previous one (handovers). */
-  next: MessagePort;
-  prev: MessagePort;
-  fromPrev: MessagePort;
-  fromNext: MessagePort;
+  /** The links to the next stage (the last: to the first) and back to the previous one (handovers). */
   link: LinkSpec;
   backLink: LinkSpec;
   threads: number;
@@ -63,9 +58,18 @@ export type RingReport =
   | { kind: 'record'; index: number; leaves: { pos: number; layer: number; leaf: string }[]; heads: { pos: number; token: number; rngState: string; leaf: string }[] }
   | { kind: 'error'; index: number; message: string };
 
-const data = workerData as RingWorkerData;
-const port = parentPort!;
-const report = (r: RingReport): void => port.postMessage(r);
+/** Between the ring and a stage's process: control, reports, and the signed bytes the ring carries between stages. */
+export type RingControl =
+  | { kind: 'init'; data: RingStageData }
+  | { kind: 'start' }
+  | { kind: 'move'; move: Omit<LayerMove, 'atPos'> }
+  | { kind: 'slow'; slowdown: number }
+  | { kind: 'collect' }
+  | { kind: 'wire'; from: number; raw: Uint8Array };
+export type RingOut = RingReport | { kind: 'wire'; to: number; raw: Uint8Array };
+
+const send = (m: RingOut): void => void process.send!(m);
+const report = (r: RingReport): void => send(r);
 
 const encodeHeader = (h: Header, body: Uint8Array): Uint8Array => {
   const json = new TextEncoder().encode(JSON.stringify(h));
@@ -88,7 +92,7 @@ const idle = (ms: number): void => {
   if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 };
 
-async function main(): Promise<void> {
+async function main(data: RingStageData): Promise<void> {
   const { index, count, job, lease } = data;
   const first = index === 0;
   const last = index === count - 1;
@@ -100,8 +104,11 @@ async function main(): Promise<void> {
   const promptEnd = Math.min(job.steps, laterBos > 0 ? laterBos : job.promptTokens.length);
   const inbox = new ChannelInbox(lease, index, data.maxPayload);
   const outbox = new ChannelOutbox(lease, index, walletSigner(data.wallet));
-  const sendNext = simulatedLink(data.link, (m) => data.next.postMessage(m, [m.buffer as ArrayBuffer]));
-  const sendPrev = simulatedLink(data.backLink, (m) => data.prev.postMessage(m, [m.buffer as ArrayBuffer]));
+  // Posted as copies: a signed item's bytes may sit in Node's shared Buffer pool, whose
+  // ArrayBuffer must never be transferred (that corrupted the heap).
+  // The ring carries the bytes; the link's delay is the sender's (what the wire would add).
+  const sendNext = simulatedLink(data.link, (raw) => send({ kind: 'wire', to: (index + 1) % count, raw }));
+  const sendPrev = simulatedLink(data.backLink, (raw) => send({ kind: 'wire', to: (index + count - 1) % count, raw }));
   const moves: LayerMove[] = [];
   const pending: Omit<LayerMove, 'atPos'>[] = [];
   const heads: { pos: number; token: number; rngState: string; leaf: string }[] = [];
@@ -172,6 +179,11 @@ async function main(): Promise<void> {
     if (h.token !== stage.bosId) tokens.push(h.token);
     report({ kind: 'token', pos: headPos, token: h.token, at: performance.now() });
     if (done) return report({ kind: 'done', tokens });
+    if (first) {
+      // One stage alone: the token goes round to itself, with no channel to cross.
+      chain = chain.then(() => run(end, 1, { tokens: [h.token] }, null));
+      return;
+    }
     const payload = new Uint8Array(4);
     new DataView(payload.buffer).setUint32(0, h.token, true);
     sendNext(await outbox.seal(0, 'token', end, 1, encodeHeader({ moves }, payload)));
@@ -204,17 +216,14 @@ async function main(): Promise<void> {
       })
       .catch((e: Error) => report({ kind: 'error', index, message: e.message }));
   };
-  data.fromPrev.on('message', (raw: Uint8Array) => take(new Uint8Array(raw)));
-  data.fromNext.on('message', (raw: Uint8Array) => take(new Uint8Array(raw)));
-
-  port.on('message', (msg: { kind: 'start' } | { kind: 'move'; move: Omit<LayerMove, 'atPos'> } | { kind: 'slow'; slowdown: number } | { kind: 'collect' }) => {
-    if (msg.kind === 'move') pending.push(msg.move);
+  process.on('message', (msg: RingControl) => {
+    if (msg.kind === 'wire') take(new Uint8Array(msg.raw));
+    else if (msg.kind === 'move') pending.push(msg.move);
     else if (msg.kind === 'slow') slowdown = msg.slowdown;
     else if (msg.kind === 'collect') {
-      report({ kind: 'record', index, leaves, heads });
       stage.close();
-      data.fromPrev.close();
-      data.fromNext.close();
+      // Once the record is through, the channel closes and the process ends by itself.
+      process.send!({ kind: 'record', index, leaves, heads } satisfies RingReport, () => process.disconnect());
     } else if (msg.kind === 'start' && first) {
       // The prompt, in batches (the positions before the first sampled token).
       chain = chain.then(async () => {
@@ -253,4 +262,7 @@ function deserializeHandover(bytes: Uint8Array): LayerHandover {
   }) as LayerHandover;
 }
 
-main().catch((e: Error) => report({ kind: 'error', index: data.index, message: e.message }));
+process.once('message', (msg: RingControl) => {
+  if (msg.kind !== 'init') return;
+  main(msg.data).catch((e: Error) => report({ kind: 'error', index: msg.data.index, message: e.message }));
+});
