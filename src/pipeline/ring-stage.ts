@@ -172,7 +172,9 @@ async function main(data: RingStageData): Promise<void> {
       if (end >= promptEnd) report({ kind: 'done', tokens });
       return;
     }
+    const headStart = performance.now();
     const h = stage.head(headPos);
+    idle((slowdown - 1) * (performance.now() - headStart));
     await giveBack(end);
     heads.push({ pos: headPos, token: h.token, rngState: h.rngState.toString(), leaf: h.leaf });
     const done = h.token === stage.bosId || end >= job.steps;
