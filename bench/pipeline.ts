@@ -14,9 +14,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encode, loadModel, modelIdentity, type Model } from '../src/engine/index.js';
-import { evenSplitPlacement, optimalPlacement, overlapPlan, predictNsPerToken, rebalance, type Links, type ModelProfile, type NodeProfile, type Placement } from '../src/pipeline/placement.js';
-import { runRing, type RingResult, type RingSpec, type StageMeasure } from '../src/pipeline/ring.js';
-import type { LinkSpec } from '../src/pipeline/link.js';
+import {
+  evenSplitPlacement, optimalPlacement, overlapPlan, predictNsPerToken, rebalance, runRing,
+  type LinkSpec, type Links, type ModelProfile, type NodeProfile, type Placement, type RingResult, type RingSpec, type StageMeasure,
+} from '../src/pipeline/index.js';
 import { describeJob, recordTrace, type Job } from '../src/proof/index.js';
 import { generateWallet, type Wallet } from '../src/store/wallet.js';
 import { SHAPES, writeRandomLlama2c } from './random-model.js';
@@ -85,7 +86,6 @@ async function main(): Promise<void> {
     };
 
     // Calibration: this machine's ms per layer and per head step, from one stage holding everything.
-    const whole: Placement = { stages: [{ node: 'calibration', first: 0, end: model.config.nLayers }], predictedNsPerToken: 0, breakdown: { computeNs: 0, transferNs: 0, stages: [] }, fitsInMemory: true };
     let calib: StageMeasure[] = [];
     const c = await runRing({
       modelPath, tokenizer: tokenizerPath, job, task: 'C'.repeat(43), leaseEnd: 1, promptBatch: 16,
@@ -93,7 +93,6 @@ async function main(): Promise<void> {
       balance: (_k, m) => ((calib = m), []),
     });
     checkRoot(c, 'calibration');
-    void whole;
     const msPerToken1 = perToken(c.tokenTimes, 4);
     const msPerLayer = calib[0].msPerLayer;
     const msHead = Math.max(0, msPerToken1 - msPerLayer * model.config.nLayers);

@@ -8,7 +8,7 @@ import { type Job } from '../proof/index.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
 import { ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
 import { simulatedLink, type LinkSpec } from './link.js';
-import { startStage, type LayerRange, type LayerHandover, type StageRun } from './stage.js';
+import { decodeHandover, encodeHandover, startStage, type LayerHandover, type LayerRange, type StageRun } from './stage.js';
 
 /** What the ring gives each stage's process (its first message). */
 export interface RingStageData {
@@ -127,7 +127,7 @@ async function main(data: RingStageData): Promise<void> {
       if (m.boundary === index && m.end < mine.end) {
         // This stage gives its last layers to the next: they go in band, before the residuals.
         const h = stage.exportLayers({ first: m.end, end: mine.end });
-        give = serializeHandover(h);
+        give = encodeHandover(h);
       } else if (m.boundary === index && m.end > mine.end) {
         // The next stage gives its first layers to this one: wait for them.
         const h = handovers.get(pos) ?? (await new Promise<LayerHandover>((resolve) => handoverWaiters.set(pos, resolve)));
@@ -144,12 +144,12 @@ async function main(data: RingStageData): Promise<void> {
   const giveBack = async (next: number): Promise<void> => {
     for (const m of moves.filter((x) => x.atPos === next && x.boundary === index - 1 && x.end > stage.layers.first)) {
       const h = stage.exportLayers({ first: stage.layers.first, end: m.end });
-      sendPrev(await outbox.seal(index - 1, 'handover', next, 0, serializeHandover(h)));
+      sendPrev(await outbox.seal(index - 1, 'handover', next, 0, encodeHandover(h)));
     }
   };
 
   const run = async (pos: number, n: number, input: { tokens: number[] } | { x: Float32Array }, given: Uint8Array | null): Promise<void> => {
-    if (given) stage.importLayers(deserializeHandover(given));
+    if (given) stage.importLayers(decodeHandover(given, model.config.kvDim));
     const give = await applyMoves(pos);
     const t0 = performance.now();
     const out = stage.forward(pos, n, input);
@@ -198,7 +198,7 @@ async function main(data: RingStageData): Promise<void> {
       .then(async () => {
         const m = await inbox.open(raw);
         if (m.kind === 'handover') {
-          const h = deserializeHandover(m.payload);
+          const h = decodeHandover(m.payload, model.config.kvDim);
           const waiter = handoverWaiters.get(m.pos);
           if (waiter) {
             handoverWaiters.delete(m.pos);
@@ -248,21 +248,6 @@ const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
   out.set(b, a.length);
   return out;
 };
-
-function serializeHandover(h: LayerHandover): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(h, (_k, v: unknown) => (v instanceof Float32Array ? { f32: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') } : v)));
-}
-
-function deserializeHandover(bytes: Uint8Array): LayerHandover {
-  return JSON.parse(new TextDecoder().decode(bytes), (_k, v: unknown) => {
-    const f = (v as { f32?: unknown } | null)?.f32;
-    if (typeof f !== 'string') return v;
-    const b = Buffer.from(f, 'base64');
-    const out = new Float32Array(b.byteLength / 4);
-    new Uint8Array(out.buffer).set(b);
-    return out;
-  }) as LayerHandover;
-}
 
 process.once('message', (msg: RingControl) => {
   if (msg.kind !== 'init') return;
