@@ -1,0 +1,155 @@
+// A ring stage (pipeline/ring-stage.ts) under a malicious neighbour: messages that are validly signed
+// by a node of the lease, but of the wrong kind for that node, or carrying layers or moves the run
+// did not plan, are refused with an error report — never run, stored, or waited on.
+import assert from 'node:assert/strict';
+import { fork, type ChildProcess } from 'node:child_process';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { encode, loadModel, modelIdentity } from '../../src/engine/index.js';
+import { describeJob, jobCommitment, type Job } from '../../src/proof/index.js';
+import { ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
+import { DIRECT_LINK } from '../../src/pipeline/link.js';
+import type { RingControl, RingOut, RingStageData } from '../../src/pipeline/ring-stage.js';
+import { encodeHandover } from '../../src/pipeline/stage.js';
+import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { stories260K, tok512 } from '../helpers.js';
+
+const model = loadModel(stories260K, { tokenizer: tok512 });
+const { dim } = model.config;
+const job: Job = describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, 'Once upon a time', true), steps: 40, sampling: { temperature: 0, topp: 0.9 }, seed: 1n });
+const entry = fileURLToPath(new URL('../../src/pipeline/ring-stage.js', import.meta.url));
+
+const header = (moves: unknown[], body: Uint8Array): Uint8Array => {
+  const json = new TextEncoder().encode(JSON.stringify({ moves }));
+  const out = new Uint8Array(4 + json.length + body.length);
+  new DataView(out.buffer).setUint32(0, json.length, true);
+  out.set(json, 4);
+  out.set(body, 4 + json.length);
+  return out;
+};
+
+interface Harness {
+  outboxes: ChannelOutbox[];
+  /** Posts signed bytes to the stage under test, then waits for its first report of a run, a send or an error (or 3 s of silence). */
+  deliver: (raw: Uint8Array) => Promise<RingOut | 'silence'>;
+  close: () => void;
+}
+
+/** Stage `index` of three (held layers 1..3 for the middle one), in its own process, as the ring starts it. */
+async function harness(index: number, held: { first: number; end: number }, runs: { first: number; end: number }): Promise<Harness> {
+  const wallets: Wallet[] = await Promise.all([0, 1, 2].map(() => generateWallet('ed25519')));
+  const lease: PipelineLease = { task: 'T'.repeat(43), commitment: jobCommitment(job), leaseEnd: 1, nodes: wallets.map(walletAddress) };
+  const child: ChildProcess = fork(entry, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const queue: RingOut[] = [];
+  let wake: (() => void) | null = null;
+  child.on('message', (m: RingOut) => {
+    queue.push(m);
+    wake?.();
+  });
+  const data: RingStageData = {
+    index, count: 3, modelPath: stories260K, tokenizer: tok512, held, runs, wallet: wallets[index], lease, job,
+    link: DIRECT_LINK, backLink: DIRECT_LINK, threads: 1, promptBatch: 32, slowdown: 1, maxPayload: 1 << 20,
+  };
+  child.send({ kind: 'init', data } satisfies RingControl);
+  const nextOut = async (ms: number): Promise<RingOut | 'silence'> => {
+    const until = Date.now() + ms;
+    while (queue.length === 0) {
+      const left = until - Date.now();
+      if (left <= 0) return 'silence';
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, left);
+      });
+      wake = null;
+    }
+    return queue.shift()!;
+  };
+  const ready = await nextOut(30_000);
+  assert.ok(ready !== 'silence' && ready.kind === 'ready', `the stage starts: ${JSON.stringify(ready)}`);
+  return {
+    outboxes: wallets.map((w, i) => new ChannelOutbox(lease, i, walletSigner(w))),
+    deliver: async (raw) => {
+      child.send({ kind: 'wire', from: -1, raw } satisfies RingControl);
+      for (;;) {
+        const r = await nextOut(3_000);
+        if (r === 'silence' || r.kind === 'forward' || r.kind === 'wire' || r.kind === 'error' || r.kind === 'token') return r;
+      }
+    },
+    close: () => child.kill('SIGKILL'),
+  };
+}
+
+const x = (count: number): Uint8Array => f32Payload(new Float32Array(count * dim).fill(0.25));
+const isError = (r: RingOut | 'silence', pattern: RegExp): boolean => r !== 'silence' && r.kind === 'error' && pattern.test(r.message);
+
+test('residuals signed by a stage that is not the previous one are refused, not run', { timeout: 60_000 }, async () => {
+  const h = await harness(1, { first: 2, end: 4 }, { first: 2, end: 4 });
+  try {
+    // Stage 2 (the next one) signs residuals of position 0 for stage 1.
+    const r = await h.deliver(await h.outboxes[2].seal(1, 'activations', 0, 1, header([], x(1))));
+    assert.ok(isError(r, /stage 2/), `refused: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
+
+test('a token signed by a stage that does not sample is refused by the first stage', { timeout: 60_000 }, async () => {
+  const h = await harness(0, { first: 0, end: 2 }, { first: 0, end: 2 });
+  try {
+    // The prompt's own first token, at position 0: all that is wrong is who signed it.
+    const token = new Uint8Array(4);
+    new DataView(token.buffer).setUint32(0, job.promptTokens[0], true);
+    const r = await h.deliver(await h.outboxes[1].seal(0, 'token', 0, 1, header([], token)));
+    assert.ok(isError(r, /stage 1/), `refused: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
+
+test('layers handed over in band with no move that plans them are refused, not imported', { timeout: 60_000 }, async () => {
+  // Stage 1 holds layer 1 (the overlap) but runs 2..3; stage 0 pushes layer 1 on it unasked.
+  const h = await harness(1, { first: 1, end: 4 }, { first: 2, end: 4 });
+  try {
+    const given = encodeHandover({ layers: { first: 1, end: 2 }, positions: 0, keys: [new Float32Array(0)], values: [new Float32Array(0)], kvChains: ['00'.repeat(32)] });
+    const body = new Uint8Array(given.length + 4 * dim);
+    body.set(given);
+    body.set(x(1), given.length);
+    const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], body)));
+    assert.ok(isError(r, /handover|hand/i), `refused: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
+
+test('a handover message no move asks for is refused, not kept (no unbounded store)', { timeout: 60_000 }, async () => {
+  const h = await harness(1, { first: 2, end: 5 }, { first: 2, end: 4 });
+  try {
+    const bytes = encodeHandover({ layers: { first: 4, end: 5 }, positions: 0, keys: [new Float32Array(0)], values: [new Float32Array(0)], kvChains: ['00'.repeat(32)] });
+    const r = await h.deliver(await h.outboxes[2].seal(1, 'handover', 1000, 0, bytes));
+    assert.ok(isError(r, /handover/i), `refused: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
+
+test('moves out of range, malformed, or dated in the past are refused when they arrive (no wait for a handover that cannot come)', { timeout: 60_000 }, async () => {
+  for (const move of [{ atPos: 1, boundary: 1, end: 9 }, { atPos: 1, boundary: 7, end: 3 }, { atPos: '1', boundary: 1, end: 4 }, { atPos: 0, boundary: 1, end: 3 }, { atPos: 1.5, boundary: 0, end: 3 }]) {
+    const h = await harness(1, { first: 2, end: 4 }, { first: 2, end: 4 });
+    try {
+      const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([move], x(1))));
+      assert.ok(isError(r, /move/), `${JSON.stringify(move)} refused: ${JSON.stringify(r)}`);
+    } finally {
+      h.close();
+    }
+  }
+});
+
+test('the harness itself: honest residuals from the previous stage run and go on', { timeout: 60_000 }, async () => {
+  const h = await harness(1, { first: 2, end: 4 }, { first: 2, end: 4 });
+  try {
+    const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], x(1))));
+    assert.ok(r !== 'silence' && r.kind === 'forward', `ran: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
