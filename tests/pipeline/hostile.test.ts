@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { encode, loadModel, modelIdentity } from '../../src/engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../../src/proof/index.js';
-import { ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
+import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
+import { createItem } from '../../src/store/items.js';
 import { DIRECT_LINK } from '../../src/pipeline/link.js';
 import type { RingControl, RingOut, RingStageData } from '../../src/pipeline/ring-stage.js';
 import { encodeHandover } from '../../src/pipeline/stage.js';
@@ -152,4 +153,24 @@ test('the harness itself: honest residuals from the previous stage run and go on
   } finally {
     h.close();
   }
+});
+
+test('the channel refuses a message with a tag given twice (the receiver and a judge could read different kinds or leases)', async () => {
+  const wallets = await Promise.all([0, 1].map(() => generateWallet('ed25519')));
+  const lease: PipelineLease = { task: 'T'.repeat(43), commitment: jobCommitment(job), leaseEnd: 1, nodes: wallets.map(walletAddress) };
+  const base = [
+    { name: 'Protocol', value: CHANNEL_PROTOCOL }, { name: 'Task', value: lease.task }, { name: 'Commitment', value: lease.commitment },
+    { name: 'Lease-End', value: '1' }, { name: 'Kind', value: 'activations' }, { name: 'From-Stage', value: '0' }, { name: 'To-Stage', value: '1' },
+    { name: 'Seq', value: '0' }, { name: 'Pos', value: '0' }, { name: 'Count', value: '1' },
+  ];
+  const inbox = new ChannelInbox(lease, 1, 1 << 16);
+  for (const extra of [{ name: 'Kind', value: 'token' }, { name: 'Task', value: 'U'.repeat(43) }, { name: 'Commitment', value: '00'.repeat(32) }, { name: 'Protocol', value: 'x' }]) {
+    const raw = (await createItem(new Uint8Array(4), walletSigner(wallets[0]), { tags: [...base, extra] })).raw;
+    await assert.rejects(inbox.open(raw), (e: Error) => e instanceof ChannelError && /given twice/.test(e.message), extra.name);
+  }
+  // A message whose Pos is malformed does not use up its sequence number: the next, well-formed, message 0 opens.
+  const bad = (await createItem(new Uint8Array(4), walletSigner(wallets[0]), { tags: base.map((t) => (t.name === 'Pos' ? { name: 'Pos', value: '01' } : t)) })).raw;
+  await assert.rejects(inbox.open(bad), /Pos: not a whole number/);
+  const m = await inbox.open((await createItem(new Uint8Array(4), walletSigner(wallets[0]), { tags: base })).raw);
+  assert.equal(m.seq, 0);
 });
