@@ -5,13 +5,14 @@ import assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { encode, loadModel, modelIdentity } from '../../src/engine/index.js';
+import { EngineError, encode, loadModel, modelIdentity } from '../../src/engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../../src/proof/index.js';
 import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
 import { createItem } from '../../src/store/items.js';
 import { DIRECT_LINK } from '../../src/pipeline/link.js';
 import type { RingControl, RingOut, RingStageData } from '../../src/pipeline/ring-stage.js';
 import { encodeHandover } from '../../src/pipeline/stage.js';
+import { stageSteps } from '../../src/pipeline/trace.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
 import { stories260K, tok512 } from '../helpers.js';
 
@@ -173,4 +174,19 @@ test('the channel refuses a message with a tag given twice (the receiver and a j
   await assert.rejects(inbox.open(bad), /Pos: not a whole number/);
   const m = await inbox.open((await createItem(new Uint8Array(4), walletSigner(wallets[0]), { tags: base })).raw);
   assert.equal(m.seq, 0);
+});
+
+test('stage ownership: layouts that overlap, leave a gap, change the stage count or go back in position are refused, not read first-match', () => {
+  const L = model.config.nLayers;
+  const ok = [{ from: 0, ranges: [{ first: 0, end: 2 }, { first: 2, end: L }] }];
+  assert.equal(stageSteps(job, L, ok, 3).length, 2);
+  const bad: { what: string; layouts: { from: number; ranges: { first: number; end: number }[] }[] }[] = [
+    { what: 'overlap', layouts: [{ from: 0, ranges: [{ first: 0, end: 3 }, { first: 2, end: L }] }] },
+    { what: 'gap', layouts: [{ from: 0, ranges: [{ first: 0, end: 2 }, { first: 3, end: L }] }] },
+    { what: 'short', layouts: [{ from: 0, ranges: [{ first: 0, end: 2 }, { first: 2, end: L - 1 }] }] },
+    { what: 'empty range', layouts: [{ from: 0, ranges: [{ first: 0, end: 0 }, { first: 0, end: L }] }] },
+    { what: 'stage count', layouts: [ok[0], { from: 2, ranges: [{ first: 0, end: L }] }] },
+    { what: 'back in position', layouts: [ok[0], { from: 2, ranges: [{ first: 0, end: 1 }, { first: 1, end: L }] }, { from: 1, ranges: [{ first: 0, end: 3 }, { first: 3, end: L }] }] },
+  ];
+  for (const { what, layouts } of bad) assert.throws(() => stageSteps(job, L, layouts, 3), (e: unknown) => e instanceof EngineError && /layout/.test((e as Error).message), what);
 });
