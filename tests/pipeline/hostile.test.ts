@@ -11,7 +11,8 @@ import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload
 import { createItem } from '../../src/store/items.js';
 import { DIRECT_LINK } from '../../src/pipeline/link.js';
 import type { RingControl, RingOut, RingStageData } from '../../src/pipeline/ring-stage.js';
-import { encodeHandover } from '../../src/pipeline/stage.js';
+import { runPipelineLocal } from '../../src/pipeline/driver.js';
+import { decodeHandover, encodeHandover, startStage, type LayerHandover, type StageRun } from '../../src/pipeline/stage.js';
 import { stageSteps } from '../../src/pipeline/trace.js';
 import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
 import { stories260K, tok512 } from '../helpers.js';
@@ -189,4 +190,35 @@ test('stage ownership: layouts that overlap, leave a gap, change the stage count
     { what: 'back in position', layouts: [ok[0], { from: 2, ranges: [{ first: 0, end: 1 }, { first: 1, end: L }] }, { from: 1, ranges: [{ first: 0, end: 3 }, { first: 3, end: L }] }] },
   ];
   for (const { what, layouts } of bad) assert.throws(() => stageSteps(job, L, layouts, 3), (e: unknown) => e instanceof EngineError && /layout/.test((e as Error).message), what);
+});
+
+test('a handover whose K/V rows do not hash to its K/V chain is refused (the receiver would commit leaves it cannot justify)', () => {
+  class Stop extends Error {}
+  const stagesOf = (): StageRun[] => {
+    const stages = [startStage(model, { layers: { first: 0, end: 2 }, embeds: true, samples: false }, job), startStage(model, { layers: { first: 2, end: model.config.nLayers }, embeds: false, samples: true }, job)];
+    try {
+      runPipelineLocal(stages, job, { promptBatch: 1, beforePosition: (pos) => { if (pos === 6) throw new Stop(); } });
+    } catch (e) {
+      if (!(e instanceof Stop)) throw e;
+    }
+    return stages;
+  };
+  const tamper: [string, (h: LayerHandover) => void][] = [
+    ['chain', (h) => { h.kvChains[0] = '00'.repeat(32); }],
+    ['a key row', (h) => { h.keys[0][3] += 1; }],
+    ['a value row', (h) => { h.values[0][h.values[0].length - 1] = NaN; }],
+  ];
+  for (const [what, change] of tamper) {
+    const [a, b] = stagesOf();
+    const h = a.exportLayers({ first: 1, end: 2 });
+    change(h);
+    assert.throws(() => b.importLayers(h), (e: unknown) => e instanceof EngineError && /chain/.test((e as Error).message), what);
+    a.close();
+    b.close();
+  }
+  const [a, b] = stagesOf();
+  b.importLayers(decodeHandover(encodeHandover(a.exportLayers({ first: 1, end: 2 })), model.config.kvDim));
+  assert.deepEqual(b.layers, { first: 1, end: model.config.nLayers });
+  a.close();
+  b.close();
 });
