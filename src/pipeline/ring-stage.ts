@@ -102,7 +102,11 @@ async function main(data: RingStageData): Promise<void> {
   // As generate.ts: the prompt positions that run stop before any later BOS in the prompt.
   const laterBos = job.promptTokens.indexOf(stage.bosId, 1);
   const promptEnd = Math.min(job.steps, laterBos > 0 ? laterBos : job.promptTokens.length);
-  const inbox = new ChannelInbox(lease, index, data.maxPayload);
+  // The most a message of this run carries: a header, one handover of every layer at the job's
+  // last position, and the residuals of the whole prompt as one batch. The ring's bound is a ceiling.
+  const { kvDim, nLayers } = model.config;
+  const runPayload = 4 + 64 * 1024 + 16 + nLayers * (32 + 8 * job.steps * kvDim) + 4 * Math.max(1, job.promptTokens.length) * dim;
+  const inbox = new ChannelInbox(lease, index, Math.min(data.maxPayload, runPayload));
   const outbox = new ChannelOutbox(lease, index, walletSigner(data.wallet));
   // Posted as copies: a signed item's bytes may sit in Node's shared Buffer pool, whose
   // ArrayBuffer must never be transferred (that corrupted the heap).
@@ -201,7 +205,13 @@ async function main(data: RingStageData): Promise<void> {
 
   // Messages are taken one at a time, in arrival order (a stage runs one thing at once).
   let chain: Promise<void> = Promise.resolve();
+  // Messages waiting to be opened: an honest run has at most one per position and one per move
+  // (a sender flooding ahead is refused, not queued without bound).
+  let waiting = 0;
+  const maxWaiting = 2 * job.steps + 64;
   const take = (raw: Uint8Array): void => {
+    if (waiting >= maxWaiting) return report({ kind: 'error', index, message: `over ${maxWaiting} messages waiting: a message dropped` });
+    waiting++;
     chain = chain
       .then(async () => {
         const m = await inbox.open(raw);
@@ -245,7 +255,8 @@ async function main(data: RingStageData): Promise<void> {
         const given = body.byteLength > xBytes ? body.subarray(0, body.byteLength - xBytes) : null;
         return run(m.pos, m.count, { x: payloadF32(body.subarray(body.byteLength - xBytes), m.count * dim) }, given);
       })
-      .catch((e: Error) => report({ kind: 'error', index, message: e.message }));
+      .catch((e: Error) => report({ kind: 'error', index, message: e.message }))
+      .finally(() => waiting--);
   };
   process.on('message', (msg: RingControl) => {
     if (msg.kind === 'wire') take(new Uint8Array(msg.raw));

@@ -222,3 +222,13 @@ test('a handover whose K/V rows do not hash to its K/V chain is refused (the rec
   a.close();
   b.close();
 });
+
+test('a message larger than any of this run could be is refused before it is parsed (the ring\'s bound is only a ceiling)', { timeout: 60_000 }, async () => {
+  const h = await harness(1, { first: 2, end: 4 }, { first: 2, end: 4 });
+  try {
+    const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], new Uint8Array(600_000))));
+    assert.ok(isError(r, /bound of/), `refused: ${JSON.stringify(r)}`);
+  } finally {
+    h.close();
+  }
+});
