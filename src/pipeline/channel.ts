@@ -66,11 +66,16 @@ export async function sealMessage(lease: PipelineLease, signer: Signer, msg: Cha
   return (await createItem(msg.payload, signer, { tags })).raw;
 }
 
-/** A whole number as the channel writes it (no sign, no leading zeros, at most 2^53 − 1). */
-function count(tags: Tag[], name: string): number {
+/** A tag the channel writes once: given twice, a reader taking the first and one taking the last would disagree. */
+function one(tags: Tag[], name: string): string {
   const values = tags.filter((t) => t.name === name);
   if (values.length !== 1) throw new ChannelError(`${name}: ${values.length === 0 ? 'missing' : 'given twice'}`);
-  const v = values[0].value;
+  return values[0].value;
+}
+
+/** A whole number as the channel writes it (no sign, no leading zeros, at most 2^53 − 1). */
+function count(tags: Tag[], name: string): number {
+  const v = one(tags, name);
   if (!/^(0|[1-9][0-9]{0,15})$/.test(v) || !Number.isSafeInteger(Number(v))) throw new ChannelError(`${name}: not a whole number`);
   return Number(v);
 }
@@ -100,10 +105,11 @@ export class ChannelInbox {
     }
     const { tags } = item;
     if (tagValue(item, 'Protocol') !== CHANNEL_PROTOCOL) throw new ChannelError(`not a ${CHANNEL_PROTOCOL} message`);
-    if (tagValue(item, 'Task') !== this.lease.task || tagValue(item, 'Commitment') !== this.lease.commitment || count(tags, 'Lease-End') !== this.lease.leaseEnd) {
+    one(tags, 'Protocol');
+    if (one(tags, 'Task') !== this.lease.task || one(tags, 'Commitment') !== this.lease.commitment || count(tags, 'Lease-End') !== this.lease.leaseEnd) {
       throw new ChannelError('a message of another lease');
     }
-    const kind = tagValue(item, 'Kind') as ChannelKind;
+    const kind = one(tags, 'Kind') as ChannelKind;
     if (!KINDS.includes(kind)) throw new ChannelError(`unknown kind ${String(kind).slice(0, 40)}`);
     const from = count(tags, 'From-Stage');
     const to = count(tags, 'To-Stage');
@@ -115,8 +121,10 @@ export class ChannelInbox {
     const expected = this.next.get(from) ?? 0;
     if (seq !== expected) throw new ChannelError(`message ${seq} from stage ${from}, expected ${expected} (a replay or a reorder)`);
     if (item.data.byteLength > this.maxPayload) throw new ChannelError(`${item.data.byteLength} bytes of data, over the bound of ${this.maxPayload}`);
+    const pos = count(tags, 'Pos');
+    const n = count(tags, 'Count');
     this.next.set(from, seq + 1);
-    return { kind, from, to, seq, pos: count(tags, 'Pos'), count: count(tags, 'Count'), payload: item.data };
+    return { kind, from, to, seq, pos, count: n, payload: item.data };
   }
 }
 

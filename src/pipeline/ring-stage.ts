@@ -102,7 +102,11 @@ async function main(data: RingStageData): Promise<void> {
   // As generate.ts: the prompt positions that run stop before any later BOS in the prompt.
   const laterBos = job.promptTokens.indexOf(stage.bosId, 1);
   const promptEnd = Math.min(job.steps, laterBos > 0 ? laterBos : job.promptTokens.length);
-  const inbox = new ChannelInbox(lease, index, data.maxPayload);
+  // The most a message of this run carries: a header, one handover of every layer at the job's
+  // last position, and the residuals of the whole prompt as one batch. The ring's bound is a ceiling.
+  const { kvDim, nLayers } = model.config;
+  const runPayload = 4 + 64 * 1024 + 16 + nLayers * (32 + 8 * job.steps * kvDim) + 4 * Math.max(1, job.promptTokens.length) * dim;
+  const inbox = new ChannelInbox(lease, index, Math.min(data.maxPayload, runPayload));
   const outbox = new ChannelOutbox(lease, index, walletSigner(data.wallet));
   // Posted as copies: a signed item's bytes may sit in Node's shared Buffer pool, whose
   // ArrayBuffer must never be transferred (that corrupted the heap).
@@ -132,6 +136,7 @@ async function main(data: RingStageData): Promise<void> {
         // The next stage gives its first layers to this one: wait for them.
         const h = handovers.get(pos) ?? (await new Promise<LayerHandover>((resolve) => handoverWaiters.set(pos, resolve)));
         handovers.delete(pos);
+        if (h.layers.first !== mine.end || h.layers.end !== m.end) throw new Error(`a handover of layers [${h.layers.first}, ${h.layers.end}), the move at ${pos} hands over [${mine.end}, ${m.end})`);
         stage.importLayers(h);
       }
       // boundary index − 1: the previous stage's last layers come with the residuals (run), and
@@ -149,7 +154,14 @@ async function main(data: RingStageData): Promise<void> {
   };
 
   const run = async (pos: number, n: number, input: { tokens: number[] } | { x: Float32Array }, given: Uint8Array | null): Promise<void> => {
-    if (given) stage.importLayers(decodeHandover(given, model.config.kvDim));
+    // Layers come in band only as a move dated at this position plans them: [its end, this stage's first).
+    const incoming = moves.find((x) => x.atPos === pos && x.boundary === index - 1 && x.end < stage.layers.first);
+    if (given) {
+      if (!incoming) throw new Error(`layers handed over at position ${pos} that no move plans`);
+      const h = decodeHandover(given, model.config.kvDim);
+      if (h.layers.first !== incoming.end || h.layers.end !== stage.layers.first) throw new Error(`a handover of layers [${h.layers.first}, ${h.layers.end}), the move at ${pos} hands over [${incoming.end}, ${stage.layers.first})`);
+      stage.importLayers(h);
+    } else if (incoming) throw new Error(`the move at position ${pos} hands over layers that did not come`);
     const give = await applyMoves(pos);
     const t0 = performance.now();
     const out = stage.forward(pos, n, input);
@@ -193,11 +205,25 @@ async function main(data: RingStageData): Promise<void> {
 
   // Messages are taken one at a time, in arrival order (a stage runs one thing at once).
   let chain: Promise<void> = Promise.resolve();
+  // Messages waiting to be opened: an honest run has at most one per position and one per move
+  // (a sender flooding ahead is refused, not queued without bound).
+  let waiting = 0;
+  const maxWaiting = 2 * job.steps + 64;
   const take = (raw: Uint8Array): void => {
+    if (waiting >= maxWaiting) return report({ kind: 'error', index, message: `over ${maxWaiting} messages waiting: a message dropped` });
+    waiting++;
     chain = chain
       .then(async () => {
         const m = await inbox.open(raw);
+        // Who may send what: residuals come from the previous stage, handovers (its first layers
+        // given back) from the next, tokens from the last to the first. The lease alone lets any of its nodes sign.
+        const sender = m.kind === 'activations' ? index - 1 : m.kind === 'handover' ? index + 1 : first ? count - 1 : -1;
+        if (m.from !== sender) throw new Error(`a ${m.kind} message from stage ${m.from}: stage ${index} takes those from ${sender < 0 ? 'no stage' : `stage ${sender}`}`);
         if (m.kind === 'handover') {
+          // Only one a known move asks for, once: nothing is kept that the run did not plan.
+          if (!moves.some((x) => x.atPos === m.pos && x.boundary === index) || handovers.has(m.pos) || m.pos < stage.position) {
+            throw new Error(`a handover at position ${m.pos} that no move of this stage's asks for`);
+          }
           const h = decodeHandover(m.payload, model.config.kvDim);
           const waiter = handoverWaiters.get(m.pos);
           if (waiter) {
@@ -207,7 +233,20 @@ async function main(data: RingStageData): Promise<void> {
           return;
         }
         const { header, body } = decodeHeader(m.payload);
-        for (const mv of header.moves) if (!moves.some((x) => x.atPos === mv.atPos && x.boundary === mv.boundary)) moves.push(mv);
+        for (const mv of header.moves) {
+          const known = moves.find((x) => x.atPos === mv?.atPos && x.boundary === mv?.boundary);
+          if (known) {
+            if (known.end !== mv.end) throw new Error(`a move at ${known.atPos} of boundary ${known.boundary} to ${String(mv.end)}, known to ${known.end}`);
+            continue;
+          }
+          // A new move: the first stage dates them (it takes none from others); the rest learn each
+          // with the residuals of the position before it takes effect, for a boundary of the ring.
+          const ok = (v: unknown, lo: number, hi: number): boolean => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+          if (first || m.kind !== 'activations' || !ok(mv?.atPos, m.pos + m.count, job.steps) || !ok(mv?.boundary, 0, count - 2) || !ok(mv?.end, 1, model.config.nLayers - 1) || moves.length >= 64) {
+            throw new Error(`a move this stage cannot take: ${JSON.stringify(mv).slice(0, 200)}`);
+          }
+          moves.push({ atPos: mv.atPos, boundary: mv.boundary, end: mv.end });
+        }
         if (m.kind === 'token') {
           const token = new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(0, true);
           return run(m.pos, 1, { tokens: [token] }, null);
@@ -216,7 +255,8 @@ async function main(data: RingStageData): Promise<void> {
         const given = body.byteLength > xBytes ? body.subarray(0, body.byteLength - xBytes) : null;
         return run(m.pos, m.count, { x: payloadF32(body.subarray(body.byteLength - xBytes), m.count * dim) }, given);
       })
-      .catch((e: Error) => report({ kind: 'error', index, message: e.message }));
+      .catch((e: Error) => report({ kind: 'error', index, message: e.message }))
+      .finally(() => waiting--);
   };
   process.on('message', (msg: RingControl) => {
     if (msg.kind === 'wire') take(new Uint8Array(msg.raw));

@@ -118,6 +118,11 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
           if (records[from] === undefined) fail(new Error(`stage ${from}'s process ended (${code}) before its record`));
         });
         w.on('message', (r: RingOut) => {
+          // A stage's reports speak for that stage alone: its own index, and tokens and the end
+          // only from the last (the one that samples), so that no stage's report names another.
+          if (('index' in r && r.index !== from) || ((r.kind === 'token' || r.kind === 'done') && from !== n - 1)) {
+            return fail(new Error(`stage ${from} sent a ${String(r.kind).slice(0, 20)} report it may not send${'index' in r ? ` (as stage ${String(r.index).slice(0, 20)})` : ''}`));
+          }
           switch (r.kind) {
             case 'wire':
               // Carried as a network would: the receiving stage checks who signed it and its order.

@@ -256,6 +256,13 @@ export function startStage(model: Model, role: StageRole, job: Job, options: Sta
         throw new EngineError('importLayers: one 32-byte hex K/V chain per layer expected');
       }
       if (headPending()) throw new EngineError(`importLayers: position ${next - 1}'s head step has not run`);
+      // The chain must be the one the rows make (record's fold, position by position): a stage
+      // taking rows that are not its chain's would commit leaves that follow from neither.
+      for (let i = 0; i < count; i++) {
+        let chain = KV_CHAIN_START;
+        for (let p = 0; p < next; p++) chain = kvChainNext(chain, kvHashOf(h.keys[i].subarray(p * kvDim, (p + 1) * kvDim), h.values[i].subarray(p * kvDim, (p + 1) * kvDim)));
+        if (chain !== h.kvChains[i]) throw new EngineError(`importLayers: layer ${r.first + i}'s K/V rows do not make its K/V chain`);
+      }
       for (let i = 0; i < count; i++) {
         const l = r.first + i;
         arena.f32(keyRow(s, l, 0), n).set(h.keys[i]);
@@ -287,8 +294,10 @@ export function encodeHandover(h: LayerHandover): Uint8Array {
   for (let i = 0; i < count; i++) {
     out.set(Buffer.from(h.kvChains[i], 'hex'), at);
     at += 32;
+    // Byte copies (the engine's memory is little-endian): a NaN's bits are kept as they are.
     for (const rows of [h.keys[i], h.values[i]]) {
-      for (let k = 0; k < rows.length; k++, at += 4) view.setFloat32(at, rows[k], true);
+      out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength), at);
+      at += rows.byteLength;
     }
   }
   return out;
@@ -311,7 +320,8 @@ export function decodeHandover(bytes: Uint8Array, kvDim: number): LayerHandover 
     at += 32;
     for (const list of [h.keys, h.values]) {
       const rows = new Float32Array(kvFloats);
-      for (let k = 0; k < kvFloats; k++, at += 4) rows[k] = view.getFloat32(at, true);
+      new Uint8Array(rows.buffer).set(bytes.subarray(at, at + 4 * kvFloats));
+      at += 4 * kvFloats;
       list.push(rows);
     }
   }

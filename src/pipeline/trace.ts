@@ -71,6 +71,14 @@ export function stageSubRoot(commitment: Hex, stageIndex: number, layers: LayerR
 export function stageSteps(job: Job, nLayers: number, layouts: StageLayout[], positions: number): number[][] {
   if (layouts.length === 0 || layouts[0].from !== 0) throw new EngineError('the first layout starts at position 0');
   const stages = layouts[0].ranges.length;
+  // Each layout splits the layers into the same number of contiguous, non-empty ranges, in stage
+  // order, and each starts after the one before: otherwise a layer could fall to two stages or none.
+  layouts.forEach((l, i) => {
+    const r = l.ranges;
+    if (i > 0 && !(Number.isInteger(l.from) && l.from > layouts[i - 1].from)) throw new EngineError(`layout ${i} starts at ${l.from}, not after layout ${i - 1}'s ${layouts[i - 1].from}`);
+    const chained = Array.isArray(r) && r.length === stages && r.every((x, k) => Number.isInteger(x.first) && Number.isInteger(x.end) && x.first === (k === 0 ? 0 : r[k - 1].end) && x.end > x.first);
+    if (!chained || r[stages - 1].end !== nLayers) throw new EngineError(`layout ${i} does not split the ${nLayers} layers over the ${stages} stages in order`);
+  });
   const sched = schedule(job, nLayers);
   const out: number[][] = Array.from({ length: stages }, () => []);
   for (let s = 1; s <= sched.steps; s++) {
