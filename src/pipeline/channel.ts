@@ -45,7 +45,7 @@ export class ChannelError extends VerityError {
 }
 
 /** Room an item needs beyond its payload: signature, owner (RSA's are 512 bytes each), tags. */
-const ITEM_OVERHEAD = 2 * 512 + 4096 + 256;
+export const CHANNEL_ITEM_OVERHEAD = 2 * 512 + 4096 + 256;
 
 const u = (n: number): string => String(n);
 
@@ -96,7 +96,7 @@ export class ChannelInbox {
   }
 
   async open(raw: Uint8Array): Promise<ChannelMessage> {
-    if (raw.byteLength > this.maxPayload + ITEM_OVERHEAD) throw new ChannelError(`a message of ${raw.byteLength} bytes is over this channel's bound of ${this.maxPayload} bytes of data`);
+    if (raw.byteLength > this.maxPayload + CHANNEL_ITEM_OVERHEAD) throw new ChannelError(`a message of ${raw.byteLength} bytes is over this channel's bound of ${this.maxPayload} bytes of data`);
     let item;
     try {
       item = await verifyItem(raw);

@@ -6,8 +6,9 @@
 import { loadModel } from '../engine/index.js';
 import { type Job } from '../proof/index.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
-import { ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
+import { CHANNEL_ITEM_OVERHEAD, ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
 import { simulatedLink, type LinkSpec } from './link.js';
+import { startWireServer, wireSender } from './wire.js';
 import { decodeHandover, encodeHandover, startStage, type LayerHandover, type LayerRange, type StageRun } from './stage.js';
 
 /** What the ring gives each stage's process (its first message). */
@@ -51,7 +52,7 @@ interface Header {
 
 /** To the ring: one report per forward (the balancer's measure), then the stage's record. */
 export type RingReport =
-  | { kind: 'ready'; index: number; heldBytes: number; nLayers: number }
+  | { kind: 'ready'; index: number; heldBytes: number; nLayers: number; url: string }
   | { kind: 'forward'; index: number; pos: number; count: number; layers: LayerRange; computeMs: number; busyMs: number }
   | { kind: 'token'; pos: number; token: number; at: number }
   | { kind: 'done'; tokens: number[] }
@@ -65,8 +66,9 @@ export type RingControl =
   | { kind: 'move'; move: Omit<LayerMove, 'atPos'> }
   | { kind: 'slow'; slowdown: number }
   | { kind: 'collect' }
-  | { kind: 'wire'; from: number; raw: Uint8Array };
-export type RingOut = RingReport | { kind: 'wire'; to: number; raw: Uint8Array };
+  /** Where the neighbours take items: the next stage's and the previous one's POST /pipe. */
+  | { kind: 'peers'; next: string; prev: string };
+export type RingOut = RingReport;
 
 const send = (m: RingOut): void => void process.send!(m);
 const report = (r: RingReport): void => send(r);
@@ -108,11 +110,13 @@ async function main(data: RingStageData): Promise<void> {
   const runPayload = 4 + 64 * 1024 + 16 + nLayers * (32 + 8 * job.steps * kvDim) + 4 * Math.max(1, job.promptTokens.length) * dim;
   const inbox = new ChannelInbox(lease, index, Math.min(data.maxPayload, runPayload));
   const outbox = new ChannelOutbox(lease, index, walletSigner(data.wallet));
-  // Posted as copies: a signed item's bytes may sit in Node's shared Buffer pool, whose
-  // ArrayBuffer must never be transferred (that corrupted the heap).
-  // The ring carries the bytes; the link's delay is the sender's (what the wire would add).
-  const sendNext = simulatedLink(data.link, (raw) => send({ kind: 'wire', to: (index + 1) % count, raw }));
-  const sendPrev = simulatedLink(data.backLink, (raw) => send({ kind: 'wire', to: (index + count - 1) % count, raw }));
+  // Items go straight to the neighbours' wire servers (wire.ts), through the simulated link (the
+  // delay a real network would add), once the ring said where they are.
+  const failWire = (e: Error): void => report({ kind: 'error', index, message: `the wire: ${e.message}` });
+  let postNext: (raw: Uint8Array) => void = () => failWire(new Error('no peers yet'));
+  let postPrev: (raw: Uint8Array) => void = postNext;
+  const sendNext = simulatedLink(data.link, (raw) => postNext(raw));
+  const sendPrev = simulatedLink(data.backLink, (raw) => postPrev(raw));
   const moves: LayerMove[] = [];
   const pending: Omit<LayerMove, 'atPos'>[] = [];
   const heads: { pos: number; token: number; rngState: string; leaf: string }[] = [];
@@ -258,12 +262,16 @@ async function main(data: RingStageData): Promise<void> {
       .catch((e: Error) => report({ kind: 'error', index, message: e.message }))
       .finally(() => waiting--);
   };
+  const wire = await startWireServer('127.0.0.1', 0, Math.min(data.maxPayload, runPayload) + CHANNEL_ITEM_OVERHEAD, take);
   process.on('message', (msg: RingControl) => {
-    if (msg.kind === 'wire') take(new Uint8Array(msg.raw));
-    else if (msg.kind === 'move') pending.push(msg.move);
+    if (msg.kind === 'peers') {
+      postNext = wireSender(msg.next, failWire);
+      postPrev = wireSender(msg.prev, failWire);
+    } else if (msg.kind === 'move') pending.push(msg.move);
     else if (msg.kind === 'slow') slowdown = msg.slowdown;
     else if (msg.kind === 'collect') {
       stage.close();
+      void wire.close();
       // Once the record is through, the channel closes and the process ends by itself.
       process.send!({ kind: 'record', index, leaves, heads } satisfies RingReport, () => process.disconnect());
     } else if (msg.kind === 'start' && first) {
@@ -278,7 +286,7 @@ async function main(data: RingStageData): Promise<void> {
       });
     }
   });
-  report({ kind: 'ready', index, heldBytes: model.heldBytes ?? model.arena.usage().top, nLayers: model.config.nLayers });
+  report({ kind: 'ready', index, heldBytes: model.heldBytes ?? model.arena.usage().top, nLayers: model.config.nLayers, url: wire.url });
 }
 
 const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {

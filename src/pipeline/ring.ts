@@ -1,9 +1,9 @@
 // A pipelined run with each stage in its own process (ring-stage.ts), as on separate machines: the
-// stages pass the residuals to each other as the channel's signed items (channel.ts), through
-// simulated links (link.ts); the last stage sends each sampled token back to the first. This
-// process carries the bytes between them like an untrusted network (it cannot forge or reorder
-// what a stage accepts), relays a load balancer's moves to the first stage, and collects every
-// stage's leaves at the end to assemble the trace. bench:pipeline runs it with heterogeneous
+// stages post the residuals straight to each other over HTTP (wire.ts) as the channel's signed
+// items (channel.ts), through simulated links (link.ts); the last stage sends each sampled token
+// back to the first. This process only tells each stage where its neighbours are, relays a load
+// balancer's moves to the first stage, and collects every stage's leaves at the end to assemble
+// the trace. bench:pipeline runs it with heterogeneous
 // simulated nodes. (Processes, not worker threads: Node 20 aborted now and then when ring workers
 // ended, "Check failed: node->IsInUse()" in its ES module teardown.)
 import { fork, type ChildProcess } from 'node:child_process';
@@ -105,6 +105,7 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
     return await new Promise<RingResult>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the ring did not finish within ${spec.timeoutMs ?? 600_000} ms`)), spec.timeoutMs ?? 600_000);
       let ready = 0;
+      const urls: string[] = [];
       let nLayers = 0;
       let tokens: number[] = [];
       const fail = (e: Error): void => {
@@ -124,14 +125,13 @@ export async function runRing(spec: RingSpec): Promise<RingResult> {
             return fail(new Error(`stage ${from} sent a ${String(r.kind).slice(0, 20)} report it may not send${'index' in r ? ` (as stage ${String(r.index).slice(0, 20)})` : ''}`));
           }
           switch (r.kind) {
-            case 'wire':
-              // Carried as a network would: the receiving stage checks who signed it and its order.
-              if (Number.isInteger(r.to) && r.to >= 0 && r.to < n) post(workers[r.to], { kind: 'wire', from, raw: r.raw });
-              return;
             case 'ready':
               heldBytes[r.index] = r.heldBytes;
               nLayers = r.nLayers;
+              urls[r.index] = r.url;
               if (++ready === n) {
+                // Each stage learns where its neighbours take items; then the first one starts.
+                workers.forEach((x, i) => post(x, { kind: 'peers', next: urls[(i + 1) % n], prev: urls[(i + n - 1) % n] }));
                 t0 = performance.now();
                 post(workers[0], { kind: 'start' });
               }

@@ -10,7 +10,8 @@ import { describeJob, jobCommitment, type Job } from '../../src/proof/index.js';
 import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
 import { createItem } from '../../src/store/items.js';
 import { DIRECT_LINK } from '../../src/pipeline/link.js';
-import type { RingControl, RingOut, RingStageData } from '../../src/pipeline/ring-stage.js';
+import type { RingControl, RingReport, RingStageData } from '../../src/pipeline/ring-stage.js';
+import { startWireServer } from '../../src/pipeline/wire.js';
 import { runPipelineLocal } from '../../src/pipeline/driver.js';
 import { decodeHandover, encodeHandover, startStage, type LayerHandover, type StageRun } from '../../src/pipeline/stage.js';
 import { stageSteps } from '../../src/pipeline/trace.js';
@@ -31,11 +32,14 @@ const header = (moves: unknown[], body: Uint8Array): Uint8Array => {
   return out;
 };
 
+/** What the stage under test did: a report, or an item it posted to a neighbour. */
+type RingOut = RingReport | { kind: 'sent'; raw: Uint8Array } | { kind: 'refused'; status: number };
+
 interface Harness {
   outboxes: ChannelOutbox[];
   /** Posts signed bytes to the stage under test, then waits for its first report of a run, a send or an error (or 3 s of silence). */
   deliver: (raw: Uint8Array) => Promise<RingOut | 'silence'>;
-  close: () => void;
+  close: () => Promise<void>;
 }
 
 /** Stage `index` of three (held layers 1..3 for the middle one), in its own process, as the ring starts it. */
@@ -45,10 +49,13 @@ async function harness(index: number, held: { first: number; end: number }, runs
   const child: ChildProcess = fork(entry, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const queue: RingOut[] = [];
   let wake: (() => void) | null = null;
-  child.on('message', (m: RingOut) => {
+  const push = (m: RingOut): void => {
     queue.push(m);
     wake?.();
-  });
+  };
+  child.on('message', push);
+  // Both neighbours, as one wire server: what the stage posts to them shows up as 'sent'.
+  const peers = await startWireServer('127.0.0.1', 0, 1 << 24, (raw) => push({ kind: 'sent', raw }));
   const data: RingStageData = {
     index, count: 3, modelPath: stories260K, tokenizer: tok512, held, runs, wallet: wallets[index], lease, job,
     link: DIRECT_LINK, backLink: DIRECT_LINK, threads: 1, promptBatch: 32, slowdown: 1, maxPayload: 1 << 20,
@@ -69,16 +76,23 @@ async function harness(index: number, held: { first: number; end: number }, runs
   };
   const ready = await nextOut(30_000);
   assert.ok(ready !== 'silence' && ready.kind === 'ready', `the stage starts: ${JSON.stringify(ready)}`);
+  const url = ready.url;
+  child.send({ kind: 'peers', next: peers.url, prev: peers.url } satisfies RingControl);
   return {
     outboxes: wallets.map((w, i) => new ChannelOutbox(lease, i, walletSigner(w))),
     deliver: async (raw) => {
-      child.send({ kind: 'wire', from: -1, raw } satisfies RingControl);
+      // Straight to the stage's wire, as a neighbour posts.
+      const posted = await fetch(url, { method: 'POST', body: raw });
+      if (posted.status !== 200) return { kind: 'refused', status: posted.status };
       for (;;) {
         const r = await nextOut(3_000);
-        if (r === 'silence' || r.kind === 'forward' || r.kind === 'wire' || r.kind === 'error' || r.kind === 'token') return r;
+        if (r === 'silence' || r.kind === 'forward' || r.kind === 'sent' || r.kind === 'error' || r.kind === 'token') return r;
       }
     },
-    close: () => child.kill('SIGKILL'),
+    close: async () => {
+      child.kill('SIGKILL');
+      await peers.close();
+    },
   };
 }
 
@@ -92,7 +106,7 @@ test('residuals signed by a stage that is not the previous one are refused, not 
     const r = await h.deliver(await h.outboxes[2].seal(1, 'activations', 0, 1, header([], x(1))));
     assert.ok(isError(r, /stage 2/), `refused: ${JSON.stringify(r)}`);
   } finally {
-    h.close();
+    await h.close();
   }
 });
 
@@ -105,7 +119,7 @@ test('a token signed by a stage that does not sample is refused by the first sta
     const r = await h.deliver(await h.outboxes[1].seal(0, 'token', 0, 1, header([], token)));
     assert.ok(isError(r, /stage 1/), `refused: ${JSON.stringify(r)}`);
   } finally {
-    h.close();
+    await h.close();
   }
 });
 
@@ -120,7 +134,7 @@ test('layers handed over in band with no move that plans them are refused, not i
     const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], body)));
     assert.ok(isError(r, /handover|hand/i), `refused: ${JSON.stringify(r)}`);
   } finally {
-    h.close();
+    await h.close();
   }
 });
 
@@ -131,7 +145,7 @@ test('a handover message no move asks for is refused, not kept (no unbounded sto
     const r = await h.deliver(await h.outboxes[2].seal(1, 'handover', 1000, 0, bytes));
     assert.ok(isError(r, /handover/i), `refused: ${JSON.stringify(r)}`);
   } finally {
-    h.close();
+    await h.close();
   }
 });
 
@@ -142,7 +156,7 @@ test('moves out of range, malformed, or dated in the past are refused when they 
       const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([move], x(1))));
       assert.ok(isError(r, /move/), `${JSON.stringify(move)} refused: ${JSON.stringify(r)}`);
     } finally {
-      h.close();
+      await h.close();
     }
   }
 });
@@ -153,7 +167,7 @@ test('the harness itself: honest residuals from the previous stage run and go on
     const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], x(1))));
     assert.ok(r !== 'silence' && r.kind === 'forward', `ran: ${JSON.stringify(r)}`);
   } finally {
-    h.close();
+    await h.close();
   }
 });
 
@@ -223,12 +237,12 @@ test('a handover whose K/V rows do not hash to its K/V chain is refused (the rec
   b.close();
 });
 
-test('a message larger than any of this run could be is refused before it is parsed (the ring\'s bound is only a ceiling)', { timeout: 60_000 }, async () => {
+test('a message larger than any of this run could be is refused by its length before it is read (the ring\'s bound is only a ceiling)', { timeout: 60_000 }, async () => {
   const h = await harness(1, { first: 2, end: 4 }, { first: 2, end: 4 });
   try {
     const r = await h.deliver(await h.outboxes[0].seal(1, 'activations', 0, 1, header([], new Uint8Array(600_000))));
-    assert.ok(isError(r, /bound of/), `refused: ${JSON.stringify(r)}`);
+    assert.deepEqual(r, { kind: 'refused', status: 413 });
   } finally {
-    h.close();
+    await h.close();
   }
 });
