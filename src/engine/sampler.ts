@@ -44,6 +44,9 @@ export interface SamplerBuffers {
 export function pickTopp(k: Kernels, memory: WebAssembly.Memory, buf: SamplerBuffers, topp: number, coin: number): number {
   const cutoff = f32(f32(1 - topp) / (buf.vocab - 1));
   const count = k.toppKeys(buf.keys, buf.logits, buf.vocab, cutoff);
+  // No id reaches the cutoff (top-p below 1/vocab on a flat distribution, or NaN probabilities):
+  // run.c reads probindex[-1] there; the spec (numerics.md §7) takes the argmax, as greedy does.
+  if (count === 0) return k.argmax(buf.logits, buf.vocab);
   new Float64Array(memory.buffer, buf.keys, count).sort();
   return k.toppPick(buf.keys, count, buf.logits, topp, coin);
 }

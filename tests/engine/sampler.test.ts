@@ -60,3 +60,22 @@ test('argmax and top-p break ties toward the lowest id', () => {
     assert.equal(k.sampleMult(logitsPtr, 4, f32(0.9999)), 3);
   }
 });
+
+test('top-p with no id at the cutoff (a flat distribution under a tiny top-p, or NaN) picks the argmax, never a stale or out-of-range id', () => {
+  for (const path of availableKernelPaths()) {
+    const k = instantiateKernels(arena.memory, path);
+    // Leave a stale key behind first: an earlier pick over other probabilities.
+    arena.f32(logitsPtr, 4).set([0.1, 0.3, 0.3, 0.3]);
+    pickTopp(k, arena.memory, { ...buffers, vocab: 4 }, f32(0.5), 0);
+    // Flat over 512 ids, top-p 0.001 < 1/512: the cutoff (1 − p)/511 is above every probability.
+    const flat = arena.f32(logitsPtr, VOCAB);
+    flat.fill(f32(1 / VOCAB));
+    assert.equal(pickTopp(k, arena.memory, buffers, f32(0.001), f32(0.5)), 0, `${path}: ties go to the lowest id`);
+    flat[7] = f32(1 / VOCAB + 1e-9); // still under the cutoff, but the most probable
+    assert.equal(pickTopp(k, arena.memory, buffers, f32(0.001), f32(0.5)), 7, path);
+    flat.fill(Number.NaN);
+    const id = pickTopp(k, arena.memory, buffers, f32(0.9), f32(0.5));
+    assert.ok(id >= 0 && id < VOCAB, `${path}: ${id}`);
+    assert.equal(id, k.argmax(logitsPtr, VOCAB));
+  }
+});
