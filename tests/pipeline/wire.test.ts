@@ -5,6 +5,19 @@ import { connect } from 'node:net';
 import { test } from 'node:test';
 import { startWireServer, wireSender } from '../../src/pipeline/wire.js';
 
+/** Writes `text` on a raw connection (and ends its side when `end`); resolves with all the server sent before it closed. */
+function rawReply(port: number, text: string, end: boolean): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    let reply = '';
+    s.on('data', (d) => (reply += d.toString()));
+    s.on('close', () => resolve(reply));
+    s.on('error', () => resolve(reply));
+    s.write(text);
+    if (end) s.end();
+  });
+}
+
 test('the wire: in-order delivery, refusals by size and shape, a slow sender let go, a dead peer reported once', { timeout: 30_000 }, async () => {
   const got: Uint8Array[] = [];
   const server = await startWireServer('127.0.0.1', 0, 1024, (raw) => got.push(raw), 500);
@@ -23,26 +36,12 @@ test('the wire: in-order delivery, refusals by size and shape, a slow sender let
     assert.equal((await fetch(server.url)).status, 404, 'GET');
     // A Content-Length that lies (more bytes than declared): cut off, nothing taken.
     const before = got.length;
-    const lied = await new Promise<string>((resolve) => {
-      const s = connect(Number(new URL(server.url).port), '127.0.0.1');
-      let reply = '';
-      s.on('data', (d) => (reply += d.toString()));
-      s.on('close', () => resolve(reply));
-      s.on('error', () => resolve(reply));
-      s.write(`POST /pipe HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n${'y'.repeat(10)}`);
-      s.end();
-    });
+    const port = Number(new URL(server.url).port);
+    const lied = await rawReply(port, `POST /pipe HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n${'y'.repeat(10)}`, true);
     assert.match(lied, /^HTTP\/1\.1 200/, 'exactly the declared bytes are one item');
     assert.equal(got.length, before + 1);
     // A sender that declares 100 bytes and sends 3: let go at the receive limit, nothing taken.
-    const slow = await new Promise<string>((resolve) => {
-      const s = connect(Number(new URL(server.url).port), '127.0.0.1');
-      let reply = '';
-      s.on('data', (d) => (reply += d.toString()));
-      s.on('close', () => resolve(reply));
-      s.on('error', () => resolve(reply));
-      s.write('POST /pipe HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc');
-    });
+    const slow = await rawReply(port, 'POST /pipe HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc', false);
     assert.match(slow, /408|^$/, 'timed out');
     assert.equal(got.length, before + 1);
 
