@@ -313,6 +313,7 @@ export function buildProgram(): Command {
     .requiredOption('--stake <amount>', 'tokens to keep staked')
     .option('--models <ids>', 'comma-separated model ids (default: every model the coordinator lists)')
     .option('--capacity <n>', 'leases at once (it runs them one after another)', (v) => positive(v, 1, 64), 1)
+    .option('--memory <size>', 'the memory this node gives a model, e.g. 4GiB (declared to the coordinator, which leases it no bigger model; default: no limit declared)')
     .option('--dir <dir>', 'the node\'s database and model cache (default ./.verity/node)')
     .option('--gateway <url>', 'the gateway to fetch models from and store traces in (default: the devnet\'s)')
     .option('--store <dir>', 'an embedded store folder instead of a gateway')

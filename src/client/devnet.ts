@@ -94,6 +94,8 @@ export interface NodeSpec {
   strategy?: string | Behaviour;
   strategyOptions?: StrategyOptions;
   watchPpm?: number;
+  /** The memory it declares (Register-Node Memory): the coordinator leases it no bigger model. */
+  memory?: number;
 }
 
 export const DEVNET_FILE = 'devnet.json';

@@ -88,6 +88,8 @@ export interface NodeOptions {
   /** The stream's address as announced to the coordinator (Stream-Url), default the server's own http://host:port. */
   streamUrl?: string;
   streamLimits?: Partial<StreamLimits>;
+  /** The bytes this node gives a model (weights and K/V cache), declared at registration (Memory): the coordinator leases it no bigger model. */
+  memory?: number;
 }
 
 /** What the node has done since start (for tests and logs). */
@@ -249,6 +251,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   // (and expire) behind the first.
   const capacity = options.capacity ?? 1;
   if (!Number.isInteger(capacity) || capacity < 1 || capacity > 64) throw new NodeError('capacity must be a whole number from 1 to 64');
+  if (options.memory !== undefined && !(Number.isSafeInteger(options.memory) && options.memory >= 1)) throw new NodeError('memory must be a whole number of bytes');
 
   const ask = async (process: string, message: string, action: string): Promise<Record<string, string>> => expectReply(await ao.result(process, message), action).tags;
   const dry = async (action: string, tags: { name: string; value: string }[] = []) =>
@@ -278,8 +281,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const streamUrl = streams ? (options.streamUrl ?? streams.url) : null;
   if (streamUrl) log(`${name}: token stream at ${streamUrl}/stream/<task>`);
   try {
-    const registered = (await dryData<{ address: string; models: string[]; capacity: number; streamUrl?: string }[]>('Nodes')).find((n) => n.address === address);
-    if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',') || (registered.streamUrl ?? null) !== streamUrl) {
+    const registered = (await dryData<{ address: string; models: string[]; capacity: number; streamUrl?: string; memory?: number }[]>('Nodes')).find((n) => n.address === address);
+    const memory = options.memory ?? null;
+    if (!registered || registered.capacity !== capacity || registered.models.join(',') !== wanted.join(',') || (registered.streamUrl ?? null) !== streamUrl || (registered.memory ?? null) !== memory) {
       const id = await ao.message(network.coordinator, {
         tags: [
           { name: 'Action', value: 'Register-Node' },
@@ -288,6 +292,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
           { name: 'Capacity', value: String(capacity) },
           // An empty Stream-Url clears one registered before.
           ...(streamUrl || registered?.streamUrl ? [{ name: 'Stream-Url', value: streamUrl ?? '' }] : []),
+          // Likewise an empty Memory clears a declared one.
+          ...(memory !== null || registered?.memory !== undefined ? [{ name: 'Memory', value: memory === null ? '' : String(memory) }] : []),
         ],
       });
       await ask(network.coordinator, id, 'Register-Node-Response');

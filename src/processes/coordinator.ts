@@ -22,6 +22,8 @@ interface ModelEntry {
   name: string;
   contextLength: number;
   tokenizerHash: string;
+  /** What a node must hold to serve it (host.model: weights and a full-context K/V cache); absent in states from before. */
+  bytes?: number;
 }
 
 interface NodeEntry {
@@ -39,6 +41,8 @@ interface NodeEntry {
   lastSeen: number;
   /** Where the node serves the token stream of its leases (Register-Node's Stream-Url): a preview no one checks. */
   streamUrl?: string;
+  /** The bytes it can give to a model (Register-Node's Memory); absent: no limit declared. */
+  memory?: number;
 }
 
 interface Dispute {
@@ -521,13 +525,13 @@ const HANDLERS: Record<string, Handler> = {
     const manifest = tagOf(msg, 'Manifest') ?? '';
     if (!HEX64.test(id)) refuse(400, 'Model must be a model id (64 hex characters)');
     if (!ID.test(manifest)) refuse(400, 'Manifest must be the id of the model\'s manifest item');
-    let info: { name: string; contextLength: number; tokenizerHash: string };
+    let info: { name: string; contextLength: number; tokenizerHash: string; bytes: number };
     try {
       info = JSON.parse(host.model(JSON.stringify({ model: id, manifest }))) as typeof info;
     } catch (e) {
       return refuse(404, `model ${id} is not published with manifest ${manifest}: ${hostError(e, 'model')}`);
     }
-    const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash };
+    const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash, bytes: info.bytes };
     const at = state.models.findIndex((m) => m.id === id);
     if (at >= 0) state.models[at] = entry;
     else state.models.push(entry);
@@ -567,6 +571,11 @@ const HANDLERS: Record<string, Handler> = {
     if (streamTag !== undefined && streamTag !== '' && !(streamTag.length <= STREAM_URL_MAX && /^https?:\/\/[A-Za-z0-9.\-\[\]:]+(\/[\x21-\x7e]*)?$/.test(streamTag)))
       refuse(400, `Stream-Url must be an http(s) URL of at most ${STREAM_URL_MAX} characters`);
     const streamUrl = streamTag ? streamTag.replace(/\/+$/, '') : undefined;
+    // Optional: the bytes it can give to a model (weights and K/V cache). A model bigger than that
+    // is not leased to it; an empty one clears it (no limit).
+    const memoryTag = tagOf(msg, 'Memory');
+    if (memoryTag !== undefined && memoryTag !== '' && !(/^[1-9][0-9]{0,15}$/.test(memoryTag) && Number.isSafeInteger(Number(memoryTag)))) refuse(400, 'Memory must be a whole number of bytes');
+    const memory = memoryTag ? Number(memoryTag) : undefined;
     const known = nodeOf(state, address);
     if (known) {
       known.did = did;
@@ -577,9 +586,13 @@ const HANDLERS: Record<string, Handler> = {
         if (streamUrl) known.streamUrl = streamUrl;
         else delete known.streamUrl;
       }
+      if (memoryTag !== undefined) {
+        if (memory !== undefined) known.memory = memory;
+        else delete known.memory;
+      }
     } else {
       if (state.nodes.length >= state.params.maxNodes) refuse(503, `the coordinator holds its limit of ${state.params.maxNodes} nodes`);
-      state.nodes.push({ address, did, models, capacity, reputation: REPUTATION.start, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: msg.Timestamp, ...(streamUrl ? { streamUrl } : {}) });
+      state.nodes.push({ address, did, models, capacity, reputation: REPUTATION.start, open: 0, completed: 0, expired: 0, audited: 0, disputesLost: 0, lastSeen: msg.Timestamp, ...(streamUrl ? { streamUrl } : {}), ...(memory !== undefined ? { memory } : {}) });
     }
     out.push(reply(msg, 'Register-Node-Response', [{ name: 'Node', value: address }]));
   },
@@ -646,6 +659,10 @@ const HANDLERS: Record<string, Handler> = {
     if (deposit < escrow) refuse(402, `the request needs ${escrow} in deposit, ${msg.From} has ${deposit}: deposit with a token Transfer (X-Action=Deposit)`);
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
     const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
+    const holding = serving.filter((n) => holds(n, model));
+    if (serving.length >= redundancy && holding.length < redundancy) {
+      refuse(503, `fewer than ${redundancy} active nodes serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared); splitting a model over several nodes is not offered yet`);
+    }
     if (serving.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serve model ${model.id}`);
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
@@ -848,6 +865,8 @@ function parseOptions(json: string | undefined): Options {
 const escrowFor = (state: State, maxTokens: number, redundancy: number): bigint => big(state.params.price) * BigInt(maxTokens) * BigInt(redundancy + state.params.validators);
 
 const nodeOf = (state: State, address: string): NodeEntry | undefined => state.nodes.find((n) => n.address === address);
+/** Whether a node's declared memory holds the model (no declaration, or a model of unknown size: yes). */
+const holds = (n: NodeEntry, model: ModelEntry): boolean => n.memory === undefined || model.bytes === undefined || n.memory >= model.bytes;
 const freeStake = (state: State, address: string): bigint => big(own(state.stakes, address)) - big(own(state.locked, address));
 
 function isActive(state: State, node: NodeEntry): boolean {
@@ -876,6 +895,7 @@ const leaseRole = (task: Task): 'asserter' | 'validator' => (task.status === 'au
 
 function eligible(state: State, task: Task): NodeEntry[] {
   const role = leaseRole(task);
+  const model = state.models.find((m) => m.id === task.model);
   const lock = big(state.params.slash);
   return state.nodes.filter(
     (n) =>
@@ -883,6 +903,7 @@ function eligible(state: State, task: Task): NodeEntry[] {
       n.open < n.capacity &&
       freeStake(state, n.address) >= lock &&
       n.models.includes(task.model) &&
+      (model === undefined || holds(n, model)) &&
       // A requester may choose its asserters, never its validators.
       (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) &&
       !task.participants.some((p) => p.node === n.address),

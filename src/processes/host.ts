@@ -10,7 +10,7 @@
 import { HostError, HostUnavailable } from '../ao/runtime.js';
 import { createHash } from 'node:crypto';
 import {
-  completionText, encode, parseCanonicalConfig, parseCanonicalTokenizer, rangeProof, toHex, type CanonicalConfig, type Hash, type ModelConfig, type Tokenizer,
+  completionText, encode, parseCanonicalConfig, parseCanonicalTokenizer, rangeProof, rowBytes, toHex, type CanonicalConfig, type Hash, type ModelConfig, type Tokenizer,
 } from '../engine/index.js';
 import type { TraceDocument } from '../node/work.js';
 import {
@@ -29,6 +29,24 @@ export interface ModelInfo {
   contextLength: number;
   vocabSize: number;
   tokenizerHash: string;
+  /** What a node needs to hold to serve it: the weights as stored, and a K/V cache for the whole context. */
+  bytes: number;
+}
+
+/**
+ * A model's weights as its canonical form stores them (every tensor's bytes; a classifier tied to
+ * the embedding is its own tensor there, so it counts twice: an upper bound) plus a K/V cache of
+ * f32 for the whole context.
+ */
+export function servingBytes(c: CanonicalConfig): number {
+  let weights = 0;
+  for (const t of c.tensors) {
+    const cols = t.shape[t.shape.length - 1];
+    const rows = t.shape.length > 1 ? t.shape[0] : 1;
+    weights += rows * rowBytes(t.dtype, cols);
+  }
+  const { seqLen, kvDim, nLayers } = c.config;
+  return weights + 4 * 2 * seqLen * kvDim * nLayers;
 }
 
 export interface ModelRef {
@@ -691,7 +709,7 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
     model: priced('model', async (argument, meter) => {
       const ref = requestOf<ModelRef>('model', argument, 'model reference');
       const h = await header(ref, meter);
-      const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash };
+      const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash, bytes: servingBytes(h.config) };
       return JSON.stringify(info);
     }),
 

@@ -89,3 +89,12 @@ test('an address or id that begins with "-" is an argument, not an unknown optio
   assert.notEqual(r.code, 0);
   assert.doesNotMatch(r.stderr, /unknown option/);
 });
+
+test('verity node start --memory: bytes, or KiB/MiB/GiB/TiB; anything else is a usage error', async () => {
+  const { memoryFlag } = await import('../../src/client/commands/network.js');
+  assert.equal(memoryFlag(undefined), undefined);
+  assert.equal(memoryFlag('1048576'), 1048576);
+  assert.equal(memoryFlag('4GiB'), 4 * 2 ** 30);
+  assert.equal(memoryFlag('512 MiB'), 512 * 2 ** 20);
+  for (const bad of ['0', '-1', '1.5GiB', '4GB', 'lots', '99999999999999999', '9000000TiB']) assert.throws(() => memoryFlag(bad), /--memory must be/, bad);
+});

@@ -139,7 +139,7 @@ const sum = (record: Record<string, string>): bigint => Object.values(record).re
 
 // ---- 1. models ----
 
-test('Register-Model: owner only, a 64-hex id, published; Models lists {id, manifest, name, contextLength, tokenizerHash}', async () => {
+test('Register-Model: owner only, a 64-hex id, published; Models lists {id, manifest, name, contextLength, tokenizerHash, bytes}', async () => {
   const w = await World.open();
   await refused(w, { from: ALICE, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-1' } }, 403);
   // An MU pushing for another process is not the owner either.
@@ -153,7 +153,7 @@ test('Register-Model: owner only, a 64-hex id, published; Models lists {id, mani
   await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId.replace(/^./, (c) => (c === 'f' ? 'e' : 'f')), Manifest: fx.manifestId } }, 404, 'one hex digit off');
   await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: 'A'.repeat(43) } }, 404, 'an unknown manifest');
 
-  const entry = { id: fx.modelId, manifest: fx.manifestId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash };
+  const entry = { id: fx.modelId, manifest: fx.manifestId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash, bytes: 1_826_560 };
   assert.match(fx.tokenizerHash, /^[0-9a-f]{64}$/);
   const r = await w.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-3' } });
   assert.equal(r.Messages.length, 1);
@@ -583,6 +583,34 @@ test('a node whose stake falls below Min-Stake (here: the owner raises it) is ne
   await registerModel(bare);
   await deposit(bare, ALICE, '100');
   await refused(bare, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}' } }, 503, 'no node at all');
+});
+
+test('Memory: a node is leased no model bigger than the memory it declared (weights and a full K/V cache, as host.model counts them); none big enough → 503; an empty Memory clears it', async () => {
+  const { w, nodes } = await network({ nodes: 3, capacity: 64, deposits: { [ALICE]: '100000' } });
+  const [small, big, tiny] = nodes;
+  const [model] = JSON.parse(one(await w.send({ from: ALICE, tags: { Action: 'Models' } }), 'Models-Response').Data!) as { bytes: number }[];
+  // stories260K: 1,040,128 bytes of f32 weights (run.c's count), its tied classifier again (the
+  // canonical form lists it as its own tensor: 512 × 64 floats), and 5 layers × 512 positions × 2 × 32 floats of K/V.
+  assert.equal(model.bytes, 1_040_128 + 512 * 64 * 4 + 5 * 512 * 2 * 32 * 4);
+  const declare = (i: number, memory: string) => w.send({ from: fx.addrs[i], tags: { Action: 'Register-Node', DID: fx.dids[i], Models: fx.modelId, Capacity: '64', Memory: memory } });
+  await declare(0, String(model.bytes - 1));
+  await declare(1, String(model.bytes));
+  await declare(2, '1000');
+  const listed = await nodesList(w);
+  assert.deepEqual(listed.map((n) => [n.address, n.memory]), [[small, model.bytes - 1], [big, model.bytes], [tiny, 1000]]);
+  for (let i = 0; i < 8; i++) {
+    const r = await infer(w, ALICE, { max_tokens: 1 }, {}, { hashChain: id43(`memory ${i}`) });
+    assert.equal(one(r, 'Task-Assigned').Target, big, `draw ${i}: only the node that holds the model`);
+  }
+  await refused(w, { from: ALICE, data: 'Hi', tags: { Action: 'Infer', 'X-Options': '{"max_tokens":1}', Nodes: `${small},${tiny}`, 'X-Reference': 'small' } }, 503, 'only nodes too small', /can hold it/);
+  // Cleared: no limit declared, so it is leased again.
+  await declare(0, '');
+  assert.equal((await nodesList(w)).find((n) => n.address === small)!.memory, undefined);
+  const r = await infer(w, ALICE, { max_tokens: 1 }, { Nodes: small, 'X-Reference': 'cleared' });
+  assert.equal(one(r, 'Task-Assigned').Target, small);
+  for (const bad of ['0', '-5', '1.5', '1e9', '99999999999999999', ' 12']) {
+    await refused(w, { from: fx.addrs[2], tags: { Action: 'Register-Node', DID: fx.dids[2], Models: fx.modelId, Memory: bad } }, 400, `Memory ${bad}`, /Memory must be/);
+  }
 });
 
 test('Slash = Min-Stake: a node holds one lease at a time whatever its Capacity; an expired lease\'s Miss-Slash leaves it under Min-Stake, inactive until it stakes again', async () => {

@@ -239,6 +239,19 @@ export interface NodeFlags extends NetworkFlags {
   cheapLayer?: string;
   /** Re-run this share (ppm) of others' revealed results and challenge mismatches. */
   watch?: string;
+  /** The memory it gives a model, e.g. 4GiB (Register-Node's Memory). */
+  memory?: string;
+}
+
+const UNITS: Record<string, number> = { '': 1, B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30, TiB: 2 ** 40 };
+
+/** `--memory`: a whole number of bytes, or of KiB/MiB/GiB/TiB. */
+export function memoryFlag(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const m = /^([1-9][0-9]{0,15})\s*(B|KiB|MiB|GiB|TiB)?$/.exec(value.trim());
+  const bytes = m ? Number(m[1]) * UNITS[m[2] ?? ''] : NaN;
+  if (!Number.isSafeInteger(bytes)) throw new InvalidArgumentError('--memory must be a whole number of bytes, or of KiB, MiB, GiB or TiB (e.g. 4GiB)');
+  return bytes;
 }
 
 export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
@@ -259,6 +272,7 @@ export async function nodeStartCommand(flags: NodeFlags): Promise<void> {
     stake: BigInt(flags.stake),
     models: flags.models?.split(',').map((m) => m.trim()),
     capacity: flags.capacity,
+    memory: memoryFlag(flags.memory),
     strategy,
     strategyOptions: { colludeDir: flags.colludeDir, layer: integer('cheap-layer', flags.cheapLayer, 0, 1 << 16) },
     watchPpm: integer('watch', flags.watch, 0, 1_000_000),
