@@ -650,6 +650,8 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   const hashed = options.keys && new Map([...options.keys].map(([k, w]) => [keyHash(k), w]));
   const lookup = hashed && { get: (key: string) => hashed.get(keyHash(key)) };
   const own = clientFor(options.wallet);
+  // The server's own reads (Params, Nodes, the explorer's): one client for all of them.
+  const ownAo = aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet });
 
   interface Network {
     at: number;
@@ -672,8 +674,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     return reading;
   };
   const readParams = async (): Promise<NetworkLimits> => {
-    const ao = aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet });
-    const reply = expectReply(await ao.dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Params' }], from: own.address }), 'Params-Response');
+    const reply = expectReply(await ownAo.dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Params' }], from: own.address }), 'Params-Response');
     const p = JSON.parse(reply.data) as { maxTokens: number; maxPromptBytes: number };
     return { maxTokens: p.maxTokens, maxPromptBytes: p.maxPromptBytes };
   };
@@ -722,7 +723,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     if ((!streamUrls.has(node) && age >= 1_000) || age >= NETWORK_TTL_MS) {
       readingStreamUrls ??= (async () => {
         try {
-          const reply = expectReply(await aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }).dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Nodes' }], from: own.address }), 'Nodes-Response');
+          const reply = expectReply(await ownAo.dryRun(options.coordinator, { tags: [{ name: 'Action', value: 'Nodes' }], from: own.address }), 'Nodes-Response');
           const nodes = JSON.parse(reply.data) as { address: string; streamUrl?: unknown }[];
           streamUrls = new Map(nodes.flatMap((n) => (typeof n.streamUrl === 'string' && /^https?:\/\//.test(n.streamUrl) ? [[n.address, n.streamUrl] as const] : [])));
         } finally {
@@ -906,7 +907,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
     return chatResponse(await run(wallets.get(request)!, prompt, model, req), answered, model, ctx(), chat.template);
   });
 
-  registerExplorer(app, { cu: options.cu, coordinator: options.coordinator, from: own.address, ao: aoClient({ mu: options.mu, cu: options.cu, wallet: options.wallet }), store: options.store });
+  registerExplorer(app, { cu: options.cu, coordinator: options.coordinator, from: own.address, ao: ownAo, store: options.store });
 
   const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 0 });
   const port = (app.server.address() as { port: number }).port;
