@@ -106,6 +106,9 @@ export async function startTokenStreams(host: string, port: number, limits: Part
     if (entry.listeners.size >= lim.listenersPerTask || listeners >= lim.listeners) return plain(429, 'too many listeners');
     res.on('error', () => {});
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    // Sent now, not with the first event: a listener of a queued lease would otherwise see no
+    // headers until its run starts, and give up (the API's relay waits 5 s for them).
+    res.flushHeaders();
     for (const e of entry.events) res.write(sse(null, e));
     if (entry.ended) return res.end(sse('end', { tokens: entry.events.length }));
     entry.listeners.add(res);

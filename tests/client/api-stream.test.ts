@@ -58,6 +58,41 @@ test('a listener may come as soon as the lease is drawn: it waits while the leas
   }
 });
 
+test('node stream listeners are bounded: past the per-task and total caps a listener is 429; one waiting on a queued lease goes at the lease end', { timeout: 30_000 }, async () => {
+  const streams = await startTokenStreams('127.0.0.1', 0, { listenersPerTask: 2, listeners: 3 });
+  const open: AbortController[] = [];
+  const listen = async (task: string): Promise<number> => {
+    const abort = new AbortController();
+    open.push(abort);
+    const res = await fetch(`${streams.url}/stream/${task}`, { signal: abort.signal });
+    if (res.status !== 200) await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    const model = loadModel(stories260K, { tokenizer: tok512 });
+    const [a, b] = ['A'.repeat(43), 'B'.repeat(43)];
+    streams.expect(a, Date.now() + 60_000, model);
+    streams.expect(b, Date.now() + 60_000, model);
+    assert.deepEqual([await listen(a), await listen(a), await listen(a)], [200, 200, 429], 'two a task');
+    assert.deepEqual([await listen(b), await listen(b)], [200, 429], 'three in all');
+    // A queued lease that never runs: its listener is let go when the lease ends.
+    const c = 'C'.repeat(43);
+    const short = await startTokenStreams('127.0.0.1', 0);
+    try {
+      short.expect(c, Date.now() + 300, model);
+      const res = await fetch(`${short.url}/stream/${c}`);
+      assert.equal(res.status, 200, 'the headers come at once, before any token');
+      await res.text(); // ends when the entry goes at the lease end (the test's timeout bounds it)
+      assert.equal((await fetch(`${short.url}/stream/${c}`)).status, 404, 'gone with its lease');
+    } finally {
+      await short.close();
+    }
+  } finally {
+    for (const abort of open) abort.abort();
+    await streams.close();
+  }
+});
+
 interface Streamed {
   task: string;
   text: string;
