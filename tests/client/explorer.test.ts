@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { chromium } from 'playwright-core';
 import { startDevnet } from '../../src/client/devnet.js';
 import { isExplorerPath, scanFeed, staticFile } from '../../src/client/explorer-api.js';
 import { Verity, type TaskView, type VerityClient } from '../../src/client/sdk.js';
@@ -67,8 +67,20 @@ const revealed = (verity: VerityClient, task: string): Promise<TaskView> => unti
 
 test('the explorer in headless Chromium: a final task verifies in the browser, a resolved dispute round by round', { timeout: 400_000 }, () =>
   withTempDir(async (dir) => {
-    const install = spawnSync('sh', [join(projectRoot, 'scripts', 'install-chromium.sh')], { encoding: 'utf8', timeout: 300_000 });
-    assert.ok(install.status === 0 && existsSync(CHROMIUM), `headless Chromium is needed at ${CHROMIUM} and scripts/install-chromium.sh could not install it:\n${install.stderr}${install.stdout}`);
+    const install = spawnSync('sh', [join(projectRoot, 'scripts', 'install-chromium.sh')], { encoding: 'utf8', timeout: 300_000, maxBuffer: 64 * 1024 * 1024 });
+    const said = `${install.stdout ?? ''}${install.stderr ?? ''}${install.error ? `\n${install.error.message}` : ''}`;
+    // What the install did, in the test's output (an install that went wrong is then visible in CI's log).
+    process.stderr.write(said.split('\n').filter((l) => l.startsWith('install-chromium') || /^E:|error/i.test(l)).slice(-20).map((l) => `# ${l}\n`).join(''));
+    assert.ok(install.status === 0 && existsSync(CHROMIUM), `headless Chromium is needed at ${CHROMIUM} and scripts/install-chromium.sh could not install it (status ${install.status}, signal ${install.signal}):\n${said.slice(-4000)}`);
+    // Playwright reads the user's home directory when it loads (for Chrome's profile folders): a
+    // user with no home (a uid without a passwd entry, no HOME) makes the import throw, so such a
+    // user gets the temporary folder as HOME, and the import happens here, where a failure names this test.
+    try {
+      homedir();
+    } catch {
+      process.env.HOME = dir;
+    }
+    const { chromium } = await import('playwright-core');
     assert.ok(existsSync(join(built, 'index.html')), `the explorer is not built at ${built}: run npm run build (or npm run build:explorer)`);
 
     const net = join(dir, 'net');
