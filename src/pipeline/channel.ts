@@ -22,8 +22,9 @@ export interface PipelineLease {
   nodes: string[];
 }
 
-export type ChannelKind = 'activations' | 'token' | 'handover';
-const KINDS: readonly ChannelKind[] = ['activations', 'token', 'handover'];
+/** Residuals, a sampled token, layers handed over; on the network also the run's end and the stage records (net-stage.ts). */
+export type ChannelKind = 'activations' | 'token' | 'handover' | 'done' | 'record';
+const KINDS: readonly ChannelKind[] = ['activations', 'token', 'handover', 'done', 'record'];
 
 export interface ChannelMessage {
   kind: ChannelKind;

@@ -11,7 +11,7 @@ import {
   EngineError, createSession, disposeSession, embed, headStep, holdsEmbedding, holdsHead, holdsLayer, keyRow, layerRangeBatch, layerStep, valueRow,
   type KernelPath, type LayerRange, type Model, type Session,
 } from '../engine/index.js';
-import { KV_CHAIN_START, kvChainNext, kvHashOf, leafHash, samplingOf, xHashOf, type Hex, type Job } from '../proof/trace.js';
+import { KV_CHAIN_START, kvChainNext, kvHashOf, leafHash, samplingOf, xHashOf, type Hex, type Job, type LayerRecord } from '../proof/trace.js';
 
 export type { LayerRange } from '../engine/index.js';
 
@@ -26,6 +26,8 @@ export interface StageOptions {
   kernels?: KernelPath;
   /** Threads for matrix products and attention; the bits do not depend on it. */
   threads?: number;
+  /** Keep every layer step's output and K/V rows (`outputs`): a stage re-runs its layers so to open a step. */
+  keepOutputs?: boolean;
 }
 
 /** A layer step's leaf and its preimage's hashes (docs/proofs.md §2). */
@@ -88,6 +90,8 @@ export interface StageRun {
   exportLayers(range: LayerRange): LayerHandover;
   /** Takes over a neighbour's boundary layers; it must hold their weights (loaded with the overlap). */
   importLayers(h: LayerHandover): void;
+  /** With keepOutputs: each layer step's output x and K/V rows, by pos × nLayers + layer. */
+  readonly outputs: Map<number, LayerRecord>;
   close(): void;
 }
 
@@ -133,6 +137,7 @@ export function startStage(model: Model, role: StageRole, job: Job, options: Sta
   let next = 0; // the next position forward takes
   let headAt = -1; // the last position whose head step ran
   const chains: Hex[] = Array.from({ length: nLayers }, () => KV_CHAIN_START);
+  const outputs = new Map<number, LayerRecord>();
   let closed = false;
 
   const live = (): void => {
@@ -147,6 +152,7 @@ export function startStage(model: Model, role: StageRole, job: Job, options: Sta
     const xHash = xHashOf(x);
     const kvHash = kvHashOf(key, value);
     const kvChain = (chains[layer] = kvChainNext(chains[layer], kvHash));
+    if (options.keepOutputs) outputs.set(pos * nLayers + layer, { x: x.slice(), key: key.slice(), value: value.slice() });
     return { pos, layer, xHash, kvHash, kvChain, leaf: leafHash({ kind: 'layer', pos, layer, xHash, kvHash, kvChain }) };
   };
 
@@ -161,6 +167,7 @@ export function startStage(model: Model, role: StageRole, job: Job, options: Sta
     get position() {
       return next;
     },
+    outputs,
 
     forward(pos, count, input) {
       live();

@@ -1,0 +1,111 @@
+// A pipelined lease's stages as the network runs them (src/pipeline/net-stage.ts), wired to each
+// other in-process: the last stage's claim is the single-node trace (root, leaves, tokens, RNG
+// states); every stage's record is signed by its node and checks; a stage's opening of its own
+// step, from a re-run on what it was sent, checks against the agreed accumulator; a sender whose
+// residuals are not the ones its leaf commits to, a record that is not what the messages said, and
+// a stranger's item stop the run with the reason.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { loadModel, modelIdentity, encode, type LayerRange, type Model } from '../../src/engine/index.js';
+import { accAt, buildOpening, checkOpening, describeJob, jobCommitment, recordTrace, schedule, type Job } from '../../src/proof/index.js';
+import { ChannelError, sealMessage, type PipelineLease } from '../../src/pipeline/channel.js';
+import { framePayload, readStageRecord, stageOpening, startNetStage, type NetStage, type NetStageSpec, type StageRecord } from '../../src/pipeline/net-stage.js';
+import { generateWallet, walletAddress, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { stories260K, tok512 } from '../helpers.js';
+
+const RANGES: LayerRange[] = [{ first: 0, end: 2 }, { first: 2, end: 4 }, { first: 4, end: 5 }];
+
+interface Wired {
+  stages: NetStage[];
+  specs: NetStageSpec[];
+  lease: PipelineLease;
+}
+
+async function wire(job: Job, extra: (i: number) => Partial<NetStageSpec> = () => ({}), post?: (from: number, to: number, raw: Uint8Array, deliver: () => void) => void): Promise<Wired> {
+  const wallets: Wallet[] = await Promise.all(RANGES.map(() => generateWallet('ed25519')));
+  const lease: PipelineLease = { task: 'T'.repeat(43), commitment: jobCommitment(job), leaseEnd: 1_000, nodes: wallets.map(walletAddress) };
+  const stages: NetStage[] = [];
+  const specs: NetStageSpec[] = RANGES.map((r, i) => ({
+    model: loadModel(stories260K, { tokenizer: tok512, layers: r, embedding: i === 0, head: i === RANGES.length - 1 }),
+    job, lease, index: i, ranges: RANGES, signer: walletSigner(wallets[i]), promptBatch: 4,
+    post: (to, raw) => {
+      const deliver = (): void => stages[to].take(raw);
+      if (post) post(i, to, raw, deliver);
+      else setImmediate(deliver);
+    },
+    ...extra(i),
+  }));
+  // The first stage starts at once: the others must be there to take its first message.
+  for (let i = RANGES.length - 1; i >= 0; i--) stages[i] = startNetStage(specs[i]);
+  return { stages, specs, lease };
+}
+
+const jobFor = (model: Model, prompt: string, steps: number, temperature: number): Job =>
+  describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, prompt, true), steps, sampling: { temperature, topp: 0.9 }, seed: 7n });
+
+test('three network stages make the single-node trace; every record is signed and checks; a stage opens its own steps', { timeout: 60_000 }, async () => {
+  const whole = loadModel(stories260K, { tokenizer: tok512 });
+  for (const temperature of [0, 0.8]) {
+    const job = jobFor(whole, 'Once upon a time', 40, temperature);
+    const want = recordTrace(whole, job);
+    const { stages, specs, lease } = await wire(job);
+    const results = await Promise.all(stages.map((s) => s.done));
+    const claim = results[2].claim!;
+    assert.equal(claim.root, want.root, `T=${temperature}: root`);
+    assert.deepEqual(claim.leaves, want.leaves);
+    assert.deepEqual(claim.tokens, want.tokens.slice(job.promptTokens.length - 1).filter((t) => t !== 1));
+    assert.deepEqual(claim.rngs, want.preimages.flatMap((p) => (p.kind === 'head' ? [p.rng] : [])));
+    assert.equal(claim.records.length, 3);
+    const records: StageRecord[] = claim.records.map((item, i) => readStageRecord(item, lease, i, RANGES[i]));
+    results.forEach((r, i) => assert.equal(claim.records[i].id, r.record.id, `stage ${i}'s record is the one it signed`));
+    assert.deepEqual(records[0].tokens, [...job.promptTokens, ...claim.tokens].slice(0, claim.positions));
+
+    // Openings by the owner of the step, for a step of each stage (the first layer of the middle
+    // stage reads the residual it was sent).
+    const sched = schedule(job, whole.config.nLayers);
+    const stepOf = (pos: number, layer: number | 'head'): number => sched.index(layer === 'head' ? { kind: 'head', pos } : { kind: 'layer', pos, layer });
+    for (const [owner, step] of [[0, stepOf(9, 0)], [0, stepOf(9, 1)], [1, stepOf(9, 2)], [1, stepOf(12, 3)], [2, stepOf(12, 4)], [2, stepOf(12, 'head')]] as const) {
+      const o = stageOpening(specs[owner], stages[owner].replay(), claim.leaves, records, step);
+      assert.doesNotThrow(() => checkOpening(job, whole.config, accAt(want, step - 1), o), `stage ${owner}'s opening of step ${step}`);
+      const ref = recordTrace(whole, job, { keepOutputs: true });
+      const honest = buildOpening(ref, step, whole.config);
+      assert.deepEqual(o, honest, `stage ${owner}'s opening of step ${step} is the single-node one`);
+    }
+    assert.throws(() => stageOpening(specs[1], stages[1].replay(), claim.leaves, records, stepOf(9, 0)), ChannelError, 'a step of another stage');
+  }
+});
+
+test('an altered item and a stranger\'s item stop the run, with the reason; a consistent liar\'s trace differs first at its own last layer', { timeout: 60_000 }, async () => {
+  const whole = loadModel(stories260K, { tokenizer: tok512 });
+  const job = jobFor(whole, 'Once upon a time', 24, 0);
+  // The middle stage's item altered on the way: refused before its residuals are read.
+  {
+    const { stages } = await wire(job, () => ({}), (from, to, raw, deliver) => {
+      if (from === 1 && to === 2) {
+        const bad = new Uint8Array(raw);
+        bad[bad.length - 1] ^= 1; // breaks the signature: the item is refused before its residuals are read
+        stages[to].take(bad);
+        return;
+      }
+      setImmediate(deliver);
+    });
+    await assert.rejects(stages[2].done, /not a valid signed item/);
+  }
+  // A stranger's item, signed by a key the lease does not name for that stage.
+  {
+    const { stages, lease } = await wire(job, () => ({}), (_from, _to, _raw, deliver) => setTimeout(deliver, 5));
+    const stranger = await generateWallet('ed25519');
+    stages[1].take(await sealMessage(lease, walletSigner(stranger), { kind: 'activations', from: 0, to: 1, seq: 0, pos: 0, count: 1, payload: framePayload({ pre: [] }) }));
+    await assert.rejects(stages[1].done, /signed by/);
+  }
+  // A cheat that alters the residuals it sends and its own leaf (a consistent liar): the run goes
+  // through, and the trace differs from the honest one first at that stage's last layer.
+  {
+    const { stages } = await wire(job, (i) => (i === 1 ? { corrupt: { pos: 10 } } : {}));
+    const claim = (await stages[2].done).claim!;
+    const want = recordTrace(whole, job);
+    const first = claim.leaves.findIndex((l, i) => l !== want.leaves[i]) + 1;
+    const sched = schedule(job, whole.config.nLayers);
+    assert.deepEqual(sched.at(first), { kind: 'layer', pos: 10, layer: 3 });
+  }
+});
