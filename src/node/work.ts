@@ -6,16 +6,10 @@ import { describeRequest } from '../processes/host.js';
 import type { Tag } from '../store/items.js';
 import { VerityError } from '../errors.js';
 
+import type { Assignment } from '../processes/protocol.js';
+
 /** A lease as the coordinator's `Tasks` reply lists it (docs/network.md). */
-export interface Assignment {
-  task: string;
-  model: string;
-  prompt: string;
-  options: { max_tokens: number; temperature: number; top_p: number; seed: string };
-  commitment: string;
-  steps: number;
-  leaseEnd: number;
-}
+export type { Assignment };
 
 export interface Completion {
   job: Job;

@@ -20,7 +20,7 @@ import { buildOpening, type Opening } from '../proof/opening.js';
 import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { CHANNEL_ITEM_OVERHEAD, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
 import { startStage, type LayerRange, type StageRun } from './stage.js';
-import { assembleTrace } from './trace.js';
+import { assembleTrace, stageSteps } from './trace.js';
 
 /** A layer step's or head step's preimage (a leaf is leafHash of it). */
 export type StepPreimage = Extract<LeafPreimage, { kind: 'layer' | 'head' }>;
@@ -153,6 +153,47 @@ export function readStageRecord(item: Item, lease: PipelineLease, stage: number,
   }
   return r;
 }
+
+/** A stage record item's data is at most this many bytes for a job of `steps` schedule steps. */
+export const stageRecordBound = (steps: number): number => 300 * steps + 64 * 1024;
+
+/**
+ * Checks every stage's record against a trace (host.trace, for a pipelined participant's Reveal):
+ * each is signed by its stage's node and bound to the lease; its preimages are exactly the steps
+ * that stage ran, in schedule order, and hash to the trace's leaves there; the first stage's
+ * tokens are the prompt and the submitted tokens. So every leaf is vouched for by the stage that
+ * made it, and a dispute over a step can be played against its owner.
+ */
+export function checkStageRecords(job: Job, nLayers: number, leaves: Hex[], tokens: number[], lease: PipelineLease, ranges: LayerRange[], items: Item[]): void {
+  const sched = schedule(job, nLayers);
+  const endAt = leaves.findIndex((l, i) => l === leafHash({ kind: 'end', step: i + 1 }));
+  const positions = endAt < 0 ? job.steps : sched.at(endAt + 1).pos;
+  const owned = stageSteps(job, nLayers, [{ from: 0, ranges }], positions);
+  items.forEach((item, i) => {
+    if (item.data.byteLength > stageRecordBound(sched.steps)) throw new ChannelError(`stage ${i}'s record holds ${item.data.byteLength} bytes, more than a record of this job can need`);
+    const r = readStageRecord(item, lease, i, ranges[i]);
+    if (r.positions !== positions) throw new ChannelError(`stage ${i}'s record is of ${r.positions} positions, the trace ran ${positions}`);
+    const steps = owned[i];
+    if (r.preimages.length !== steps.length) throw new ChannelError(`stage ${i}'s record lists ${r.preimages.length} steps, it ran ${steps.length}`);
+    steps.forEach((step, k) => {
+      const p = r.preimages[k];
+      const ref = sched.at(step);
+      const named = p && p.kind === ref.kind && p.pos === ref.pos && (ref.kind === 'head' || (p.kind === 'layer' && p.layer === ref.layer));
+      if (!named || (p.kind === 'layer' && !isLayerPreimage(p)) || (p.kind === 'head' && !(Number.isInteger(p.token) && typeof p.rng === 'string'))) {
+        throw new ChannelError(`stage ${i}'s record: entry ${k} is not the preimage of step ${step}`);
+      }
+      if (leafHash(p) !== leaves[step - 1]) throw new ChannelError(`stage ${i}'s record: step ${step}'s preimage is not the trace's leaf`);
+    });
+  });
+  const want = [...job.promptTokens, ...tokens].slice(0, positions);
+  const got = stageTokens(items[0]);
+  if (got.length !== positions || got.some((t, p) => t !== want[p])) throw new ChannelError('the first stage\'s record does not list the prompt and the submitted tokens');
+}
+
+const stageTokens = (item: Item): unknown[] => {
+  const t = (JSON.parse(Buffer.from(item.data).toString('utf8')) as { tokens?: unknown }).tokens;
+  return Array.isArray(t) ? t : [];
+};
 
 /** Runs one stage of a pipelined lease; see the file's head. */
 export function startNetStage(spec: NetStageSpec): NetStage {

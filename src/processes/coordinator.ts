@@ -9,7 +9,10 @@ import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
 import type { Journal, OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
 import { economicViolation } from '../proof/economics.js';
 import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
-import { HOST_CAPS, resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type TaskStatus, type TaskView } from './protocol.js';
+import { PlacementError, optimalPlacement, type Placement } from '../pipeline/placement.js';
+import {
+  HOST_CAPS, resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type ServingProfile, type StageLease, type TaskStatus, type TaskView,
+} from './protocol.js';
 
 export { resultCommitment };
 
@@ -24,6 +27,8 @@ interface ModelEntry {
   tokenizerHash: string;
   /** What a node must hold to serve it (host.model: weights and a full-context K/V cache); absent in states from before. */
   bytes?: number;
+  /** The same per layer and end, to split it over a pipeline; absent in states from before. */
+  profile?: ServingProfile;
 }
 
 interface NodeEntry {
@@ -66,6 +71,8 @@ interface Task {
   options: Options;
   redundancy: number;
   nodes: string[] | null;
+  /** No node serving the model can hold it: each lease is a pipeline of stages (docs/pipeline.md). */
+  pipelined?: boolean;
   commitment: string;
   promptTokens: number;
   steps: number;
@@ -167,6 +174,8 @@ const MAX_AUDITS = 3;
 /** Disputes one task may hold: each challenge delays finality, so their number is bounded too. */
 const MAX_DISPUTES = 8;
 const REPUTATION = { start: 100, max: 200, min: 1, audited: 1, expired: 20, lost: 50 };
+/** The most stages a pipeline is drawn with (placement's exact solver is exponential in it). */
+const MAX_STAGES = 6;
 /** The longest Stream-Url a node may register. */
 const STREAM_URL_MAX = 200;
 
@@ -525,13 +534,13 @@ const HANDLERS: Record<string, Handler> = {
     const manifest = tagOf(msg, 'Manifest') ?? '';
     if (!HEX64.test(id)) refuse(400, 'Model must be a model id (64 hex characters)');
     if (!ID.test(manifest)) refuse(400, 'Manifest must be the id of the model\'s manifest item');
-    let info: { name: string; contextLength: number; tokenizerHash: string; bytes: number };
+    let info: { name: string; contextLength: number; tokenizerHash: string; bytes: number; profile?: ServingProfile };
     try {
       info = JSON.parse(host.model(JSON.stringify({ model: id, manifest }))) as typeof info;
     } catch (e) {
       return refuse(404, `model ${id} is not published with manifest ${manifest}: ${hostError(e, 'model')}`);
     }
-    const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash, bytes: info.bytes };
+    const entry: ModelEntry = { id, manifest, name: info.name, contextLength: info.contextLength, tokenizerHash: info.tokenizerHash, bytes: info.bytes, ...(info.profile ? { profile: info.profile } : {}) };
     const at = state.models.findIndex((m) => m.id === id);
     if (at >= 0) state.models[at] = entry;
     else state.models.push(entry);
@@ -660,10 +669,14 @@ const HANDLERS: Record<string, Handler> = {
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
     const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
     const holding = serving.filter((n) => holds(n, model));
-    if (serving.length >= redundancy && holding.length < redundancy) {
-      refuse(503, `fewer than ${redundancy} active nodes serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared); splitting a model over several nodes is not offered yet`);
-    }
     if (serving.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serve model ${model.id}`);
+    // No node can hold the model: its leases are pipelines, if the nodes that can take a stage
+    // could hold it together (the placement itself is drawn with each lease).
+    const pipelined = holding.length === 0;
+    if (pipelined) {
+      const memory = serving.filter(canStage).reduce((n, x) => n + x.memory!, 0);
+      if (!model.profile || memory < model.bytes!) refuse(503, `no active node serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared), and the ones that take pipeline stages hold ${memory} bytes together`);
+    } else if (holding.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared)`);
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
       job = JSON.parse(host.job(JSON.stringify({ model: model.id, manifest: model.manifest, prompt: msg.Data, maxTokens: options.max_tokens, temperature: options.temperature, topP: options.top_p, seed: options.seed }))) as typeof job;
@@ -672,6 +685,7 @@ const HANDLERS: Record<string, Handler> = {
     }
     state.deposits[msg.From] = (deposit - escrow).toString();
     const task = newTask(state, { id: msg.Id, requester: msg.From, reference, session, model: model.id, prompt: msg.Data, options, redundancy, nodes, job, escrow, now: msg.Timestamp });
+    if (pipelined) task.pipelined = true;
     state.references[key] = task.id;
     drawLeases(ctx, task);
     out.push(reply(msg, 'Infer-Accepted', [{ name: 'Task', value: task.id }, { name: 'Escrow', value: task.escrow }]));
@@ -693,9 +707,9 @@ const HANDLERS: Record<string, Handler> = {
     for (const id of state.open) {
       const task = state.tasks[id];
       task.participants.forEach((p, i) => {
-        if (p.node !== node) return;
-        if (p.status === 'open') leases.push(assignmentOf(task, p.end));
-        const duty = dutyOf(task, i, state.params.clockMs);
+        if (!holdersOf(p).includes(node)) return;
+        if (p.status === 'open') leases.push(leaseOf(task, p, node));
+        const duty = dutyOf(state, task, i, node);
         if (duty) duties.push(duty);
       });
     }
@@ -715,14 +729,19 @@ const HANDLERS: Record<string, Handler> = {
     const commitment = tagOf(msg, 'Result-Commitment') ?? '';
     if (!HEX64.test(commitment)) refuse(400, 'Result-Commitment must be 64 hex characters: sha256 of verity-result/1, the task, the node and its trace root');
     const { tokens, text } = tokensOf(state, task, msg);
-    const node = nodeOf(state, msg.From)!;
     p.status = 'committed';
     p.message = msg.Id;
     p.commitment = commitment;
     p.tokens = tokens;
     p.text = text;
-    node.open -= 1;
-    node.completed += 1;
+    for (const address of holdersOf(p)) {
+      const node = nodeOf(state, address);
+      if (node) {
+        node.open -= 1;
+        node.completed += 1;
+      }
+    }
+    for (const st of p.stages ?? []) st.status = 'done';
     out.push(reply(msg, 'Submit-Result-Response', [{ name: 'Task', value: task.id }]));
     // The requester sees the first answer at once; it becomes final (or is corrected) later.
     if (p.role === 'asserter' && !task.pendingSent) {
@@ -743,7 +762,15 @@ const HANDLERS: Record<string, Handler> = {
     if (!HEX64.test(root)) refuse(400, 'Trace-Root must be 64 hex characters');
     if (!ID.test(trace)) refuse(400, 'Trace must be the id of the stored trace item');
     if (resultCommitment(task.id, msg.From, root) !== p.commitment) refuse(400, 'Trace-Root does not open the Result-Commitment');
-    task.traceSteps = checkTrace(state, task, msg.From, root, trace, p.tokens!);
+    // A pipeline's reveal names every stage's signed record: each leaf is then its maker's.
+    let records: string[] = [];
+    if (p.stages) {
+      records = (tagOf(msg, 'Stage-Records') ?? '').split(',');
+      if (records.length !== p.stages.length || !records.every((r) => ID.test(r))) refuse(400, `Stage-Records must name the ${p.stages.length} stages' record items, in stage order`);
+    }
+    const stages = p.stages?.map((st, i) => ({ node: st.node, first: st.first, end: st.end, record: records[i] }));
+    task.traceSteps = checkTrace(state, task, msg.From, root, trace, p.tokens!, stages, p.end);
+    p.stages?.forEach((st, i) => (st.record = records[i]));
     p.status = 'revealed';
     p.traceRoot = root;
     p.trace = trace;
@@ -757,7 +784,7 @@ const HANDLERS: Record<string, Handler> = {
     if (task.status !== 'challengeable') refuse(409, `the task is ${task.status}: only a revealed, unaudited result in its window may be challenged`);
     const node = nodeOf(state, msg.From);
     if (!node || !isActive(state, node)) refuse(403, 'only an active staked node may challenge');
-    if (task.participants.some((x) => x.node === msg.From)) refuse(409, 'this node already takes part in the task');
+    if (task.participants.some((x) => holdersOf(x).includes(msg.From))) refuse(409, 'this node already takes part in the task');
     if (task.disputes.length >= MAX_DISPUTES) refuse(409, `the task has had its ${MAX_DISPUTES} disputes`);
     const bond = big(state.params.challengeBond);
     if (freeStake(state, msg.From) < bond) refuse(402, `a challenge locks Challenge-Bond (${bond}); ${msg.From} has ${freeStake(state, msg.From)} free stake`);
@@ -806,9 +833,12 @@ const HANDLERS: Record<string, Handler> = {
   'Dispute-Open': (ctx) => {
     const { state, msg, out } = ctx;
     const task = liveTask(state, msg);
-    const { dispute, party } = disputeParty(task, msg.From);
+    const { dispute, party } = disputeParty(task, msg.From, 'open');
     if (dispute.game.phase !== 'prove') refuse(409, `the dispute is in phase ${dispute.game.phase}: an opening comes when asked (Dispute-Prove)`);
     const { step, agreed } = disputedStep(dispute.game);
+    // A pipeline's step is opened by the stage that made it.
+    const opener = openerOf(state, task, task.participants[dispute[party]], step);
+    if (opener !== msg.From) refuse(403, `step ${step} is stage ${opener}'s to open`);
     if (tagOf(msg, 'Step') !== String(step)) refuse(400, `the disputed step is ${step}`);
     // host.step bounds the opening by the job too; this one needs no host call.
     if (msg.Data.length > HOST_CAPS.openingChars) refuse(413, `an opening is at most ${HOST_CAPS.openingChars} characters`);
@@ -865,6 +895,17 @@ function parseOptions(json: string | undefined): Options {
 const escrowFor = (state: State, maxTokens: number, redundancy: number): bigint => big(state.params.price) * BigInt(maxTokens) * BigInt(redundancy + state.params.validators);
 
 const nodeOf = (state: State, address: string): NodeEntry | undefined => state.nodes.find((n) => n.address === address);
+/** The nodes a participant's lease is held by: its stages' (a pipeline), or its own. */
+const holdersOf = (p: Participant): string[] => (p.stages ? p.stages.map((st) => st.node) : [p.node]);
+/** Can take a pipeline stage: it says how much it holds and where the other stages reach it. */
+const canStage = (n: NodeEntry): boolean => n.memory !== undefined && n.streamUrl !== undefined;
+/**
+ * Whether a node may not be drawn for the task again: it takes part in it, or was held
+ * responsible for a lease of it that ran out. A stage let go when its pipeline's lease ran out
+ * through another stage's silence may be drawn again.
+ */
+const excluded = (task: Task, address: string): boolean =>
+  task.participants.some((p) => (p.stages ? p.stages.some((st) => st.node === address && (p.status !== 'expired' || st.status === 'expired')) : p.node === address));
 /** Whether a node's declared memory holds the model (no declaration, or a model of unknown size: yes). */
 const holds = (n: NodeEntry, model: ModelEntry): boolean => n.memory === undefined || model.bytes === undefined || n.memory >= model.bytes;
 const freeStake = (state: State, address: string): bigint => big(own(state.stakes, address)) - big(own(state.locked, address));
@@ -906,8 +947,52 @@ function eligible(state: State, task: Task): NodeEntry[] {
       (model === undefined || holds(n, model)) &&
       // A requester may choose its asserters, never its validators.
       (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) &&
-      !task.participants.some((p) => p.node === n.address),
+      !excluded(task, n.address),
   );
+}
+
+/** Nodes that may take a stage of the task's next lease: as eligible, but by memory together. */
+function stageEligible(state: State, task: Task): NodeEntry[] {
+  const role = leaseRole(task);
+  const lock = big(state.params.slash);
+  return state.nodes.filter(
+    (n) =>
+      isActive(state, n) && canStage(n) && n.open < n.capacity && freeStake(state, n.address) >= lock && n.models.includes(task.model) &&
+      (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) && !excluded(task, n.address),
+  );
+}
+
+/** Links between stages as the coordinator prices them: it cannot measure any, so all are free. */
+const FREE_LINKS = { latencyNs: () => 0, bytesPerSecond: () => Infinity };
+
+/**
+ * A pipeline for the task's next lease: nodes drawn one by one (weighted as single leases are)
+ * until the drawn ones can hold the model between them, then split by optimalPlacement over them
+ * (exact; with every node as fast as every other, the fewest stages, ties by address). Null when
+ * the eligible nodes cannot (the lease is drawn again with a later message).
+ */
+function drawPipeline(ctx: Ctx, task: Task, model: ModelEntry): Placement | null {
+  const profile = model.profile;
+  if (!profile) return null;
+  const pool = stageEligible(ctx.state, task);
+  const drawn: NodeEntry[] = [];
+  while (pool.length > 0 && drawn.length < MAX_STAGES) {
+    const chosen = drawWeighted(ctx, pool);
+    pool.splice(pool.indexOf(chosen), 1);
+    drawn.push(chosen);
+    if (drawn.length < 2 || drawn.reduce((n, x) => n + x.memory!, 0) < model.bytes!) continue;
+    try {
+      const placement = optimalPlacement(
+        profile,
+        drawn.map((n) => ({ id: n.address, memoryBytes: n.memory!, nsPerLayer: 1000, nsHead: 1000 })),
+        FREE_LINKS,
+      );
+      if (placement.stages.length >= 2) return placement;
+    } catch (e) {
+      if (!(e instanceof PlacementError)) throw e;
+    }
+  }
+  return null;
 }
 
 /** Draws nodes for the task's pending leases, weighted by stake × reputation; each lease locks S. */
@@ -915,20 +1000,13 @@ function drawLeases(ctx: Ctx, task: Task): void {
   const { state, msg } = ctx;
   const role = leaseRole(task);
   while (task.pending > 0) {
+    if (task.pipelined) {
+      if (!drawStages(ctx, task)) break;
+      continue;
+    }
     const candidates = eligible(state, task);
     if (candidates.length === 0) break;
-    // + 1: with Min-Stake 0 an unstaked node may serve, and a zero total would divide by zero.
-    const weights = candidates.map((n) => (big(own(state.stakes, n.address)) + 1n) * BigInt(n.reputation));
-    const total = weights.reduce((a, b) => a + b, 0n);
-    let r = draw(msg, ctx.draws.next++) % total;
-    let chosen = candidates[candidates.length - 1];
-    for (let i = 0; i < candidates.length; i++) {
-      if (r < weights[i]) {
-        chosen = candidates[i];
-        break;
-      }
-      r -= weights[i];
-    }
+    const chosen = drawWeighted(ctx, candidates);
     const end = msg.Timestamp + state.params.leaseMs;
     lock(state, chosen.address, big(state.params.slash));
     task.participants.push({ node: chosen.address, role, start: msg.Timestamp, end, status: 'open', locked: state.params.slash });
@@ -946,6 +1024,52 @@ function drawLeases(ctx: Ctx, task: Task): void {
       Data: JSON.stringify(assignmentOf(task, end)),
     });
   }
+}
+
+/** One of the candidates, weighted by stake × reputation, from the message's Hash-Chain. */
+function drawWeighted(ctx: Ctx, candidates: NodeEntry[]): NodeEntry {
+  const { state, msg } = ctx;
+  // + 1: with Min-Stake 0 an unstaked node may serve, and a zero total would divide by zero.
+  const weights = candidates.map((n) => (big(own(state.stakes, n.address)) + 1n) * BigInt(n.reputation));
+  const total = weights.reduce((a, b) => a + b, 0n);
+  let r = draw(msg, ctx.draws.next++) % total;
+  for (let i = 0; i < candidates.length; i++) {
+    if (r < weights[i]) return candidates[i];
+    r -= weights[i];
+  }
+  return candidates[candidates.length - 1];
+}
+
+/** Draws a pipeline for one pending lease: every stage locks S and is told its layers and its peers. */
+function drawStages(ctx: Ctx, task: Task): boolean {
+  const { state, msg } = ctx;
+  const model = state.models.find((m) => m.id === task.model);
+  const placement = model && drawPipeline(ctx, task, model);
+  if (!placement) return false;
+  const end = msg.Timestamp + state.params.leaseMs;
+  const stages: StageLease[] = placement.stages.map((st) => ({
+    node: st.node, first: st.first, end: st.end, url: `${nodeOf(state, st.node)!.streamUrl}/pipe/${task.id}`, locked: state.params.slash, status: 'running',
+  }));
+  const p: Participant = { node: stages[stages.length - 1].node, role: leaseRole(task), start: msg.Timestamp, end, status: 'open', locked: '0', stages };
+  task.participants.push(p);
+  task.pending -= 1;
+  for (const st of stages) {
+    lock(state, st.node, big(st.locked));
+    nodeOf(state, st.node)!.open += 1;
+    ctx.out.push({
+      Target: st.node,
+      Tags: [
+        { name: 'Action', value: 'Task-Assigned' },
+        { name: 'Task', value: task.id },
+        { name: 'Model', value: task.model },
+        { name: 'Lease-End', value: String(end) },
+        { name: 'Job-Commitment', value: task.commitment },
+        { name: 'Stage', value: String(stages.indexOf(st)) },
+      ],
+      Data: JSON.stringify(leaseOf(task, p, st.node)),
+    });
+  }
+  return true;
 }
 
 /**
@@ -974,14 +1098,17 @@ function lock(state: State, address: string, amount: bigint): void {
   state.locked[address] = add(own(state.locked, address), amount);
 }
 
-/** Gives back what a participant still has locked. */
-function release(state: State, p: Participant): void {
+/** Who holds a lock: a participant, or one stage of a pipelined one. */
+type Holder = { node: string; locked: string };
+
+/** Gives back what a participant (or a stage) still has locked. */
+function release(state: State, p: Holder): void {
   state.locked[p.node] = (big(own(state.locked, p.node)) - big(p.locked)).toString();
   p.locked = '0';
 }
 
-/** Takes up to `amount` of a participant's lock into the task's pot. */
-function slash(ctx: Ctx, task: Task, p: Participant, amount: bigint, reason: string): void {
+/** Takes up to `amount` of a participant's (or a stage's) lock into the task's pot. */
+function slash(ctx: Ctx, task: Task, p: Holder, amount: bigint, reason: string): void {
   const { state } = ctx;
   const taken = minBig(amount, big(p.locked));
   state.stakes[p.node] = (big(own(state.stakes, p.node)) - taken).toString();
@@ -992,16 +1119,42 @@ function slash(ctx: Ctx, task: Task, p: Participant, amount: bigint, reason: str
   ctx.out.push(notice(p.node, 'Slash-Notice', [{ name: 'Task', value: task.id }, { name: 'Quantity', value: taken.toString() }, { name: 'Reason', value: reason }]));
 }
 
-/** A participant that lied (or kept silent): all its lock goes, its reputation falls. */
-function convict(ctx: Ctx, task: Task, p: Participant, reason: string): void {
-  slash(ctx, task, p, big(p.locked), reason);
+/**
+ * A participant that lied (or kept silent): all its lock goes, its reputation falls. In a pipeline
+ * only the stage at fault (`stage`: the one that made the disputed step; by default the last, which
+ * reveals and plays the rounds) is convicted; the others are let go and paid, from the pot, for
+ * the layers they served.
+ */
+function convict(ctx: Ctx, task: Task, p: Participant, reason: string, stage?: number): void {
   p.status = 'slashed';
-  const node = nodeOf(ctx.state, p.node);
+  if (!p.stages) return convictHolder(ctx, task, p, reason);
+  // The round bonds its last stage posted for it.
+  slash(ctx, task, p, big(p.locked), reason);
+  const culprit = p.stages[stage ?? p.stages.length - 1];
+  convictHolder(ctx, task, culprit, reason);
+  culprit.status = 'slashed';
+  const layers = p.stages[p.stages.length - 1].end;
+  let pot = big(task.pot);
+  for (const st of p.stages) {
+    if (st === culprit) continue;
+    const pay = minBig((big(ctx.state.params.price) * BigInt(p.tokens?.length ?? 0) * BigInt(st.end - st.first)) / BigInt(layers), pot);
+    pot -= pay;
+    ctx.state.earnings[st.node] = add(own(ctx.state.earnings, st.node), pay);
+    release(ctx.state, st);
+    st.status = 'released';
+    dropIfDone(ctx.state, st.node);
+  }
+  task.pot = pot.toString();
+}
+
+function convictHolder(ctx: Ctx, task: Task, h: Holder, reason: string): void {
+  slash(ctx, task, h, big(h.locked), reason);
+  const node = nodeOf(ctx.state, h.node);
   if (node) {
     node.disputesLost += 1;
     node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.lost);
   }
-  dropIfDone(ctx.state, p.node);
+  dropIfDone(ctx.state, h.node);
 }
 
 /** A node with nothing staked and nothing running leaves the node list (it may stake and register again). */
@@ -1100,6 +1253,10 @@ function expireLeases(ctx: Ctx, task: Task): void {
     p.status = 'expired';
     task.pending += 1;
     task.waitingSince = msg.Timestamp;
+    if (p.stages) {
+      expireStages(ctx, task, p);
+      continue;
+    }
     const node = nodeOf(state, p.node);
     if (node) {
       node.open -= 1;
@@ -1109,6 +1266,33 @@ function expireLeases(ctx: Ctx, task: Task): void {
     slash(ctx, task, p, big(state.params.missSlash), 'the lease expired without a result');
     release(state, p);
     dropIfDone(state, p.node);
+  }
+}
+
+/**
+ * A pipeline's lease ran out. The stages whose node said nothing in the lease's second half (no
+ * Heartbeat, no message) are held responsible: Miss-Slash, reputation, and they are not drawn for
+ * the task again; the others are let go unpunished and may be drawn again. When every stage was
+ * heard from, no one can be told apart, and all are held responsible (docs/pipeline.md).
+ */
+function expireStages(ctx: Ctx, task: Task, p: Participant): void {
+  const { state } = ctx;
+  const half = p.start + Math.floor((p.end - p.start) / 2);
+  const silent = p.stages!.filter((st) => (nodeOf(state, st.node)?.lastSeen ?? 0) <= half);
+  const blamed = silent.length > 0 ? silent : p.stages!;
+  for (const st of p.stages!) {
+    const node = nodeOf(state, st.node);
+    if (node) node.open -= 1;
+    if (blamed.includes(st)) {
+      st.status = 'expired';
+      if (node) {
+        node.expired += 1;
+        node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
+      }
+      slash(ctx, task, st, big(state.params.missSlash), 'the pipeline lease expired without a result, and this stage was not heard from');
+    } else st.status = 'released';
+    release(state, st);
+    dropIfDone(state, st.node);
   }
 }
 
@@ -1207,7 +1391,7 @@ function notifyDispute(ctx: Ctx, task: Task, d: Dispute): void {
       );
     } else {
       const deadline = game.openedAt + ctx.state.params.clockMs;
-      ctx.out.push(notice(node, 'Dispute-Prove', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(game.hi) }, { name: 'Deadline', value: String(deadline) }]));
+      ctx.out.push(notice(openerOf(ctx.state, task, task.participants[d[party]], game.hi), 'Dispute-Prove', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(game.hi) }, { name: 'Deadline', value: String(deadline) }]));
     }
   }
 }
@@ -1229,8 +1413,11 @@ function settleDispute(ctx: Ctx, task: Task, d: Dispute): void {
     const root = p.traceRoot!;
     if (!task.lostRoots.includes(root)) task.lostRoots.push(root);
     const reason = d.game.outcome!.reason === 'proof' ? `lost the dispute at step ${d.proof?.step}` : `lost the dispute (${d.game.outcome!.reason})`;
+    // The step the game narrowed to, if it got that far: a pipeline's fault is its owner's; else
+    // its last stage's, which played (or failed to play) the rounds.
+    const step = d.game.hi - d.game.lo === 1 ? d.game.hi : null;
     task.participants.forEach((q) => {
-      if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason);
+      if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason, step === null ? undefined : stageOwning(ctx.state, task, q, step));
     });
   }
   if (winner === 'challenger') {
@@ -1266,12 +1453,20 @@ function finalize(ctx: Ctx, task: Task): void {
       const fromPot = minBig(pay - fromEscrow, pot);
       escrow -= fromEscrow;
       pot -= fromPot;
-      state.earnings[p.node] = add(own(state.earnings, p.node), fromEscrow + fromPot);
-      const node = nodeOf(state, p.node);
-      if (node && audited) {
-        node.audited += 1;
-        node.reputation = Math.min(REPUTATION.max, node.reputation + REPUTATION.audited);
-      }
+      // A pipeline's pay is split by layers served; the last stage takes what division leaves.
+      const shares = p.stages ? p.stages.map((st) => ({ node: st.node, layers: BigInt(st.end - st.first) })) : [{ node: p.node, layers: 1n }];
+      const layers = shares.reduce((n, x) => n + x.layers, 0n);
+      let left = fromEscrow + fromPot;
+      shares.forEach((x, k) => {
+        const share = k === shares.length - 1 ? left : ((fromEscrow + fromPot) * x.layers) / layers;
+        left -= share;
+        state.earnings[x.node] = add(own(state.earnings, x.node), share);
+        const node = nodeOf(state, x.node);
+        if (node && audited) {
+          node.audited += 1;
+          node.reputation = Math.min(REPUTATION.max, node.reputation + REPUTATION.audited);
+        }
+      });
     }
   }
   closeParticipants(state, task);
@@ -1299,10 +1494,16 @@ function agreedWith(task: Task, root: string): boolean {
 function closeParticipants(state: State, task: Task): void {
   for (const p of task.participants) {
     if (p.status === 'open') {
-      const node = nodeOf(state, p.node);
-      if (node) node.open -= 1;
+      for (const address of holdersOf(p)) {
+        const node = nodeOf(state, address);
+        if (node) node.open -= 1;
+      }
     }
     release(state, p);
+    for (const st of p.stages ?? []) {
+      release(state, st);
+      if (st.status === 'running' || st.status === 'done') st.status = 'released';
+    }
     if (p.status === 'open' || p.status === 'committed') p.status = 'cancelled';
   }
 }
@@ -1323,7 +1524,7 @@ function end(ctx: Ctx, task: Task, status: 'final' | 'failed', why = ''): void {
   const { state } = ctx;
   task.status = status;
   task.endedAt = ctx.msg.Timestamp;
-  for (const p of task.participants) dropIfDone(state, p.node);
+  for (const p of task.participants) for (const address of holdersOf(p)) dropIfDone(state, address);
   ctx.out.push(inferResponse(task, status, why));
   delete state.tasks[task.id];
   state.open = state.open.filter((id) => id !== task.id);
@@ -1376,20 +1577,28 @@ function tokensOf(state: State, task: Task, msg: ProcessMessage): { tokens: numb
 }
 
 /** The stored trace must exist, be the node's, and back the root and the tokens (host.trace). Returns its step count. */
-function checkTrace(state: State, task: Task, node: string, root: string, trace: string, tokens: number[]): number {
+function checkTrace(
+  state: State, task: Task, node: string, root: string, trace: string, tokens: number[], stages?: { node: string; first: number; end: number; record: string }[], leaseEnd?: number,
+): number {
   const model = state.models.find((m) => m.id === task.model)!;
   try {
-    const out = JSON.parse(host.trace(JSON.stringify({ ...jobInput(model, task), task: task.id, node, commitment: task.commitment, root, trace, tokens }))) as { steps: number };
+    const pipeline = stages ? { stages, leaseEnd } : {};
+    const out = JSON.parse(host.trace(JSON.stringify({ ...jobInput(model, task), task: task.id, node, commitment: task.commitment, root, trace, tokens, ...pipeline }))) as { steps: number };
     return out.steps;
   } catch (e) {
     return refuse(400, `the trace does not check: ${hostError(e, 'trace')}`);
   }
 }
 
-function disputeParty(task: Task, from: string): { dispute: Dispute; party: Party } {
+/**
+ * The party `from` plays in the running dispute: its node posts the rounds; an opening may come
+ * from any of a pipeline's stages (the Dispute-Open handler checks it is the step's owner).
+ */
+function disputeParty(task: Task, from: string, move: 'post' | 'open' = 'post'): { dispute: Dispute; party: Party } {
   const dispute = task.disputes[task.disputes.length - 1];
   if (task.status !== 'disputed' || !dispute) return refuse(409, `the task is ${task.status}: no dispute is running`);
-  const party = task.participants[dispute.asserter].node === from ? 'asserter' : task.participants[dispute.challenger].node === from ? 'challenger' : null;
+  const plays = (i: number): boolean => (move === 'post' ? task.participants[i].node === from : holdersOf(task.participants[i]).includes(from));
+  const party = plays(dispute.asserter) ? 'asserter' : plays(dispute.challenger) ? 'challenger' : null;
   if (!party) return refuse(403, 'this node is not a party to the dispute');
   return { dispute, party };
 }
@@ -1401,20 +1610,47 @@ function assignmentOf(task: Task, leaseEnd: number): Assignment {
   return { task: task.id, model: task.model, prompt: task.prompt, options: task.options, commitment: task.commitment, steps: task.steps, leaseEnd };
 }
 
-function dutyOf(task: Task, i: number, clockMs: number): Duty | null {
+/** A lease as its node reads it: a stage's names its stage and the pipeline. */
+function leaseOf(task: Task, p: Participant, node: string): Assignment {
+  const a = assignmentOf(task, p.end);
+  if (!p.stages) return a;
+  return { ...a, pipeline: { stage: p.stages.findIndex((st) => st.node === node), stages: p.stages.map((st) => ({ node: st.node, first: st.first, end: st.end, url: st.url })) } };
+}
+
+/** What participant i owes now, as `node` (one of its holders) must do it: a pipeline's reveal and rounds are its last stage's, an opening its owner's. */
+function dutyOf(state: State, task: Task, i: number, node: string): Duty | null {
   const p = task.participants[i];
-  const assignment = assignmentOf(task, p.end);
-  if (task.status === 'revealing' && p.status === 'committed') return { task: task.id, kind: 'reveal', deadline: task.revealEnd!, assignment };
+  const assignment = leaseOf(task, p, node);
+  if (task.status === 'revealing' && p.status === 'committed') return node === p.node ? { task: task.id, kind: 'reveal', deadline: task.revealEnd!, assignment } : null;
   const d = task.disputes[task.disputes.length - 1];
   if (task.status !== 'disputed' || !d || (d.asserter !== i && d.challenger !== i)) return null;
   const party: Party = d.asserter === i ? 'asserter' : 'challenger';
   const { game } = d;
-  if (game.phase === 'bisect' && game.postedAt[party] === null) {
+  if (game.phase === 'bisect' && game.postedAt[party] === null && node === p.node) {
     return { task: task.id, kind: 'post', deadline: game.openedAt + game.clocks[party], points: splitPoints(game), round: game.log.length + 1, assignment };
   }
-  if (game.phase === 'prove') return { task: task.id, kind: 'open', deadline: game.openedAt + clockMs, step: game.hi, assignment };
+  if (game.phase === 'prove' && node === openerOf(state, task, p, game.hi)) return { task: task.id, kind: 'open', deadline: game.openedAt + state.params.clockMs, step: game.hi, assignment };
   return null;
 }
+
+/**
+ * Which stage of a pipelined participant made step s (1-based): the schedule (docs/proofs.md §2)
+ * runs every layer of a position, then its head step once the prompt is behind; a head step is the
+ * last stage's. Undefined for a participant that is not a pipeline.
+ */
+function stageOwning(state: State, task: Task, p: Participant, s: number): number | undefined {
+  if (!p.stages) return undefined;
+  const L = state.models.find((m) => m.id === task.model)?.profile?.nLayers ?? p.stages[p.stages.length - 1].end;
+  const headless = Math.min(task.steps, task.promptTokens);
+  const i = s - 1;
+  const k = i < headless * L ? i % L : (i - headless * L) % (L + 1);
+  if (k === L) return p.stages.length - 1;
+  const owner = p.stages.findIndex((st) => k >= st.first && k < st.end);
+  return owner < 0 ? p.stages.length - 1 : owner;
+}
+
+/** Who opens step s for a participant: the stage that made it, or the node itself. */
+const openerOf = (state: State, task: Task, p: Participant, s: number): string => (p.stages ? p.stages[stageOwning(state, task, p, s)!].node : p.node);
 
 function disputeView(task: Task, d: Dispute): DisputeView {
   const { game } = d;

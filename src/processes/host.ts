@@ -21,7 +21,9 @@ import { ModelStoreError, checkChunk, chunksFor, readManifest, type Manifest, ty
 import { ITEM_ID, tagValue, type Item } from '../store/items.js';
 import type { Store } from '../store/store.js';
 import { didAddress } from '../store/wallet.js';
-import { HOST_CAPS } from './protocol.js';
+import { HOST_CAPS, type ServingProfile } from './protocol.js';
+import { MAX_PLACEMENT_NODES } from '../pipeline/placement.js';
+import { checkStageRecords } from '../pipeline/net-stage.js';
 
 export interface ModelInfo {
   id: string;
@@ -31,7 +33,11 @@ export interface ModelInfo {
   tokenizerHash: string;
   /** What a node needs to hold to serve it: the weights as stored, and a K/V cache for the whole context. */
   bytes: number;
+  /** The same per part, for splitting it over a pipeline's stages (servingProfile). */
+  profile: ServingProfile;
 }
+
+
 
 /**
  * A model's weights as its canonical form stores them (every tensor's bytes; a classifier tied to
@@ -47,6 +53,25 @@ export function servingBytes(c: CanonicalConfig): number {
   }
   const { seqLen, kvDim, nLayers } = c.config;
   return weights + 4 * 2 * seqLen * kvDim * nLayers;
+}
+
+/** servingBytes part by part: by tensor name (GGUF's, as canonicalTensors lists them). */
+export function servingProfile(c: CanonicalConfig): ServingProfile {
+  const { seqLen, kvDim, nLayers, dim } = c.config;
+  const layerBytes: number[] = new Array(nLayers).fill(4 * 2 * seqLen * kvDim);
+  let embedBytes = 0;
+  let headBytes = 0;
+  for (const t of c.tensors) {
+    const cols = t.shape[t.shape.length - 1];
+    const rows = t.shape.length > 1 ? t.shape[0] : 1;
+    const bytes = rows * rowBytes(t.dtype, cols);
+    const layer = /^blk\.([0-9]+)\./.exec(t.name);
+    if (layer && Number(layer[1]) < nLayers) layerBytes[Number(layer[1])] += bytes;
+    else if (t.name === 'token_embd.weight') embedBytes += bytes;
+    else if (t.name === 'rope_freqs.weight') for (let l = 0; l < nLayers; l++) layerBytes[l] += bytes;
+    else headBytes += bytes;
+  }
+  return { nLayers, layerBytes, embedBytes, headBytes, residualBytes: 4 * dim };
 }
 
 export interface ModelRef {
@@ -114,6 +139,10 @@ export interface TraceInput extends JobInput {
   trace: string;
   /** The generated tokens (after the prompt, the BOS that ended generation not included), as Submit-Result gave them. */
   tokens: number[];
+  /** A pipelined participant: its stages and the record item each signed; `node` is the last stage's. */
+  stages?: { node: string; first: number; end: number; record: string }[];
+  /** The lease's end (a stage record is bound to it). */
+  leaseEnd?: number;
 }
 
 export interface TraceInfo {
@@ -709,7 +738,7 @@ export function coordinatorExtensions(store: Store, options: HostOptions = {}): 
     model: priced('model', async (argument, meter) => {
       const ref = requestOf<ModelRef>('model', argument, 'model reference');
       const h = await header(ref, meter);
-      const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash, bytes: servingBytes(h.config) };
+      const info: ModelInfo = { id: ref.model, name: h.name, contextLength: h.config.config.seqLen, vocabSize: h.config.config.vocabSize, tokenizerHash: h.tokenizerHash, bytes: servingBytes(h.config), profile: servingProfile(h.config) };
       return JSON.stringify(info);
     }),
 
@@ -820,6 +849,33 @@ function checkTraceInput(input: TraceInput, contextLength: number): void {
 }
 
 /** host.trace's checks, in the order docs/network.md lists them; every failure is a one-line Error. */
+/** A pipelined trace: every stage's record exists and vouches for its steps (net-stage.ts checkStageRecords). */
+async function checkStages(store: Store, job: Job, nLayers: number, leaves: string[], tokens: number[], input: TraceInput): Promise<void> {
+  const stages = input.stages!;
+  const chained = Array.isArray(stages) && stages.length >= 2 && stages.length <= MAX_PLACEMENT_NODES && stages.every((st, i) =>
+    typeof st?.node === 'string' && typeof st.record === 'string' && ITEM_ID.test(st.record) && Number.isInteger(st.first) && Number.isInteger(st.end) && st.first === (i === 0 ? 0 : stages[i - 1].end) && st.end > st.first);
+  if (!chained || stages[stages.length - 1].end !== nLayers || stages[stages.length - 1].node !== input.node || !Number.isInteger(input.leaseEnd)) {
+    throw new Error(`the stages must split the ${nLayers} layers in order, the last being the node's, each with a record id`);
+  }
+  const items: Item[] = [];
+  for (const st of stages) {
+    let item: Item | null;
+    try {
+      item = await store.get(st.record);
+    } catch (e) {
+      throw new HostUnavailable(`the store cannot give stage record ${st.record}: ${(e as Error).message}`);
+    }
+    if (!item) throw new Error(`stage record ${st.record} is not in the store`);
+    items.push(item);
+  }
+  const lease = { task: input.task, commitment: input.commitment, leaseEnd: input.leaseEnd!, nodes: stages.map((st) => st.node) };
+  try {
+    checkStageRecords(job, nLayers, leaves, tokens, lease, stages.map((st) => ({ first: st.first, end: st.end })), items);
+  } catch (e) {
+    throw new Error(oneLine((e as Error).message));
+  }
+}
+
 async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceInput): Promise<TraceInfo> {
   const commitment = jobCommitment(job);
   if (input.commitment !== commitment) throw new Error(`the job's commitment is ${commitment}, not ${String(input.commitment).slice(0, 64)}`);
@@ -889,5 +945,6 @@ async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceIn
   }
   if (used !== tokens.length) throw new Error(`trace item ${id} accounts for ${used} generated tokens, ${tokens.length} were submitted`);
   if (heads !== rngs.length) throw new Error(`trace item ${id} lists ${rngs.length} RNG states, ${heads} head steps ran`);
+  if (input.stages !== undefined) await checkStages(store, job, nLayers, leaves as string[], tokens, input);
   return { steps: N };
 }

@@ -121,6 +121,39 @@ export interface Participant {
   /** After the reveal. */
   traceRoot?: string;
   trace?: string;
+  /**
+   * A pipelined participant (docs/pipeline.md "Pipelines on the network"): the stages in order,
+   * each locking its own stake (the participant's `locked` is then 0). `node` is the last stage,
+   * which submits, reveals and plays the dissection; a step's opening is its owner stage's.
+   */
+  stages?: StageLease[];
+}
+
+/** What each part of a model needs, as pipeline placement counts it (host.model; src/pipeline/placement.ts's ModelProfile). */
+export interface ServingProfile {
+  nLayers: number;
+  /** Per layer: its weights (and the RoPE factors every layer reads) and its K/V cache for the whole context. */
+  layerBytes: number[];
+  /** The token embedding table (the first stage's). */
+  embedBytes: number;
+  /** The final norm and the classifier (the last stage's). */
+  headBytes: number;
+  /** The residual one stage sends the next (f32). */
+  residualBytes: number;
+}
+
+/** One stage of a pipelined lease: a node running layers [first, end) of the model. */
+export interface StageLease {
+  node: string;
+  first: number;
+  end: number;
+  /** Where it takes the other stages' items: its Stream-Url + /pipe/<task>. */
+  url: string;
+  locked: string;
+  /** running: the lease is out; done: the result is in; expired: held responsible for a lease that ran out; released: let go, not at fault; slashed: lost a dispute over a step it owns. */
+  status: 'running' | 'done' | 'expired' | 'released' | 'slashed';
+  /** The id of its signed stage record (named at the reveal). */
+  record?: string;
 }
 
 /** A round of a dispute as `verity task` prints it. */
@@ -191,6 +224,8 @@ export interface Assignment {
   commitment: string;
   steps: number;
   leaseEnd: number;
+  /** A stage lease: which stage this node runs, and every stage of the pipeline. */
+  pipeline?: { stage: number; stages: Pick<StageLease, 'node' | 'first' | 'end' | 'url'>[] };
 }
 
 /** What a node owes the coordinator on a task (the `Tasks` reply, beside its open leases). */

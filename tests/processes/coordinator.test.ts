@@ -139,7 +139,7 @@ const sum = (record: Record<string, string>): bigint => Object.values(record).re
 
 // ---- 1. models ----
 
-test('Register-Model: owner only, a 64-hex id, published; Models lists {id, manifest, name, contextLength, tokenizerHash, bytes}', async () => {
+test('Register-Model: owner only, a 64-hex id, published; Models lists {id, manifest, name, contextLength, tokenizerHash, bytes, profile}', async () => {
   const w = await World.open();
   await refused(w, { from: ALICE, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-1' } }, 403);
   // An MU pushing for another process is not the owner either.
@@ -153,7 +153,10 @@ test('Register-Model: owner only, a 64-hex id, published; Models lists {id, mani
   await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId.replace(/^./, (c) => (c === 'f' ? 'e' : 'f')), Manifest: fx.manifestId } }, 404, 'one hex digit off');
   await refused(w, { from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: 'A'.repeat(43) } }, 404, 'an unknown manifest');
 
-  const entry = { id: fx.modelId, manifest: fx.manifestId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash, bytes: 1_826_560 };
+  const entry = { id: fx.modelId, manifest: fx.manifestId, name: 'stories260K', contextLength: 512, tokenizerHash: fx.tokenizerHash, bytes: 1_826_560,
+    // Per part, for pipelines: the parts add up to bytes (5 layers of weights and K/V, the embedding, the final norm and classifier).
+    profile: { nLayers: 5, layerBytes: [312_832, 312_832, 312_832, 312_832, 312_832], embedBytes: 131_072, headBytes: 131_328, residualBytes: 256 } };
+  assert.equal(entry.profile.layerBytes.reduce((a, b) => a + b, 0) + entry.profile.embedBytes + entry.profile.headBytes, entry.bytes);
   assert.match(fx.tokenizerHash, /^[0-9a-f]{64}$/);
   const r = await w.send({ from: OWNER, tags: { Action: 'Register-Model', Model: fx.modelId, Manifest: fx.manifestId, 'X-Reference': 'm-3' } });
   assert.equal(r.Messages.length, 1);
