@@ -56,6 +56,8 @@ export interface Behaviour {
   post(a: Assignment, claim: Claim, points: number[], ctx: BehaviourContext): Hex[] | null;
   /** The opening of `step` to send; null: stay silent. */
   open(model: Model, a: Assignment, claim: Claim, step: number, ctx: BehaviourContext): Promise<Opening | null>;
+  /** A pipeline stage lease: how to run it (a cheat may alter what it sends on); honest by default. */
+  stage?(a: Assignment): { corrupt?: { pos: number } };
 }
 
 /** The Result-Commitment of Submit-Result: sha256 of `verity-result/1\n<task>\n<node>\n<root>` (hex). */

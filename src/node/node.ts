@@ -31,7 +31,9 @@ import { fundCoordinator } from '../processes/calls.js';
 import type { Duty, TaskView, TasksReply } from '../processes/protocol.js';
 import { encodeOpening } from '../proof/index.js';
 import { openCommitDatabase } from '../store/database.js';
-import { createItem } from '../store/items.js';
+import { createItem, verifyItem } from '../store/items.js';
+import { readStageRecord, stageOpening, startNetStage, type NetStage, type StageReplay } from '../pipeline/net-stage.js';
+import { wireSender } from '../pipeline/wire.js';
 import { fetchModel } from '../store/models.js';
 import type { Store } from '../store/store.js';
 import { walletAddress, walletDid, walletSigner, type Wallet } from '../store/wallet.js';
@@ -39,7 +41,7 @@ import { honest, resultCommitment, type Behaviour, type BehaviourContext, type C
 import { strategy as strategyNamed, type StrategyOptions } from './strategies.js';
 import { afterBeat, beatAt, emptyWake, observe, type SeenResult } from './wake.js';
 import { startTokenStreams, type StreamLimits, type TokenStreams } from './stream.js';
-import type { Assignment } from './work.js';
+import { stageJobOf, traceItem, type Assignment, type TraceDocument } from './work.js';
 import { VerityError } from '../errors.js';
 
 export interface Network {
@@ -259,7 +261,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const dryData = async <T>(action: string, tags: { name: string; value: string }[] = []): Promise<T> => JSON.parse((await dry(action, tags)).data) as T;
 
   // ---- models ----
-  const wanted = options.models ?? (await dryData<{ id: string }[]>('Models')).map((m) => m.id);
+  const listed = await dryData<{ id: string; bytes?: number }[]>('Models');
+  const wanted = options.models ?? listed.map((m) => m.id);
   if (wanted.length === 0) throw new NodeError('the coordinator lists no models and none were given');
   const models = new Map<string, Model>();
   const paths = new Map<string, string>();
@@ -267,7 +270,11 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     log(`${name}: fetching model ${id.slice(0, 12)}…`);
     const path = await fetchModel(store, id, join(options.dir, 'models'), (done, total) => log(`${name}: model ${id.slice(0, 12)} chunk ${done}/${total} verified`));
     paths.set(id, path);
-    models.set(id, loadModel(path));
+    // A model bigger than the memory this node declares is never loaded whole: it serves only
+    // pipeline stages of it, each loading its layers.
+    const bytes = listed.find((m) => m.id === id)?.bytes;
+    if (options.memory !== undefined && bytes !== undefined && bytes > options.memory) log(`${name}: model ${id.slice(0, 12)} (${bytes} bytes) is more than its ${options.memory}: pipeline stages only`);
+    else models.set(id, loadModel(path));
   }
 
   // ---- stake, then registration (the coordinator registers only a node staked ≥ Min-Stake) ----
@@ -402,12 +409,16 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     }
   }
 
-  async function work(a: Assignment): Promise<void> {
+  /** Whether to work a lease: one seen before is worked once; a new lease on a task whose earlier one ended without a result here (refused, released, abandoned) is a new duty. */
+  function fresh(a: Assignment): boolean {
     const known = q.get.get(a.task);
-    // A lease seen before is worked once; a new lease on a task whose earlier one ended without a
-    // result here (refused, released, abandoned) is a new duty.
     const ended = known && (known.status === 'rejected' || known.status === 'released' || known.status === 'abandoned');
-    if (known && known.status !== 'running' && !(ended && known.lease_end !== a.leaseEnd)) return;
+    return !(known && known.status !== 'running' && !(ended && known.lease_end !== a.leaseEnd));
+  }
+
+  async function work(a: Assignment): Promise<void> {
+    if (!fresh(a)) return;
+    if (a.pipeline) return workStage(a);
     const model = models.get(a.model);
     if (!model) return log(`${name}: leased task ${a.task} for model ${a.model}, which this node does not serve`);
     q.start.run(a.task, a.leaseEnd, JSON.stringify(a), Date.now());
@@ -423,6 +434,11 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       activity.abandoned += 1;
       return;
     }
+    await submit(a, claim);
+  }
+
+  /** Commits to a claim: the signed Submit-Result is kept with the claim before it leaves. */
+  async function submit(a: Assignment, claim: Claim): Promise<void> {
     const submit = await ao.sign(network.coordinator, {
       tags: [
         { name: 'Action', value: 'Submit-Result' },
@@ -440,6 +456,90 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     // The engine is free for the next lease now (the coordinator freed the slot with this commit);
     // the confirmation is read beside it.
     track(confirm({ task: a.task, submit_id: submit.id }));
+  }
+
+  // ---- pipeline stages (docs/pipeline.md "Pipelines on the network") ----
+  /** What a stage ran, kept for openings of its steps (in memory: a restart forgets it, and the stage cannot open then). */
+  const stageRuns = new Map<string, { spec: Parameters<typeof stageOpening>[0]; replay: StageReplay }>();
+  const STAGE_RUNS_MAX = 64;
+
+  /** Runs one stage of a pipelined lease; the last stage submits the pipeline's result. */
+  async function workStage(a: Assignment): Promise<void> {
+    const pl = a.pipeline!;
+    const path = paths.get(a.model);
+    const i = pl.stage;
+    if (!path) return log(`${name}: a stage lease of ${a.task} for model ${a.model}, which this node does not serve`);
+    if (!streams) return log(`${name}: a stage lease of ${a.task}, but this node serves no /pipe (it has no stream port)`);
+    if (!Number.isInteger(i) || i < 0 || i >= pl.stages.length || pl.stages[i].node !== address) return log(`${name}: a stage lease of ${a.task} that names another node`);
+    q.start.run(a.task, a.leaseEnd, JSON.stringify(a), Date.now());
+    const ranges = pl.stages.map((st) => ({ first: st.first, end: st.end }));
+    const last = i === ranges.length - 1;
+    const model = loadModel(path, { layers: ranges[i], embedding: i === 0, head: last });
+    const job = stageJobOf(model, a);
+    const lease = { task: a.task, commitment: a.commitment, leaseEnd: a.leaseEnd, nodes: pl.stages.map((st) => st.node) };
+    const spec = { model, job, index: i, ranges, threads: ctx.engine.threads };
+    let stage: NetStage | null = null;
+    const broken = (e: Error): void => {
+      log(`${name}: task ${a.task}: stage ${i}'s wire: ${e.message}`);
+      stage?.close();
+    };
+    const senders = pl.stages.map((st, k) => (k === i ? null : wireSender(st.url, broken, 30_000, { untilMs: a.leaseEnd, retryMs: 100 })));
+    stage = startNetStage({
+      ...spec, lease, signer, post: (to, raw) => senders[to]?.(raw), corrupt: behaviour.stage?.(a).corrupt,
+      onToken: last ? (token, prev) => ctx.onToken?.(a.task, token, prev) : undefined,
+    });
+    if (last) streams.open(a.task, a.leaseEnd, model);
+    streams.pipe(a.task, stage.maxItemBytes, stage.take);
+    const quit = (): void => stage!.close();
+    stop.signal.addEventListener('abort', quit);
+    const timer = setTimeout(quit, Math.max(0, a.leaseEnd - Date.now()));
+    // Said once in the lease's second half, done or not: should the pipeline's lease run out, the
+    // coordinator holds responsible only the stages it did not hear from then (a node gone offline).
+    const alive = setTimeout(() => {
+      if (!stopped) track(ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] }).then(() => undefined));
+    }, Math.max(0, Math.floor(0.6 * (a.leaseEnd - Date.now()))));
+    alive.unref();
+    stop.signal.addEventListener('abort', () => clearTimeout(alive), { once: true });
+    try {
+      const { claim } = await stage.done;
+      if (stageRuns.size >= STAGE_RUNS_MAX) stageRuns.delete(stageRuns.keys().next().value!);
+      stageRuns.set(a.task, { spec, replay: stage.replay() });
+      if (!claim) {
+        q.set.run('done', `stage ${i}: record sent`, Date.now(), a.task);
+        return;
+      }
+      const document = traceItem({ task: a.task, job, commitment: a.commitment, root: claim.root, tokens: [...job.promptTokens.slice(1), ...claim.tokens], leaves: claim.leaves, rngs: claim.rngs });
+      await submit(a, {
+        commitment: a.commitment, root: claim.root, tokens: claim.tokens, document,
+        recipe: { records: claim.records.map((r) => Buffer.from(r.raw).toString('base64')) },
+      });
+    } catch (e) {
+      q.set.run('abandoned', `stage ${i}: ${(e as Error).message}`, Date.now(), a.task);
+      if (!stopped) log(`${name}: task ${a.task}: stage ${i} stopped: ${(e as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+      stop.signal.removeEventListener('abort', quit);
+      streams.unpipe(a.task);
+      if (last) streams.end(a.task);
+    }
+  }
+
+  /** A stage's opening of a step it made: from a re-run on what it was sent, with the stored trace and every stage's record. */
+  async function stageOpenMessage(a: Assignment, step: number): Promise<MessageInput | null> {
+    const run = stageRuns.get(a.task);
+    const view = await ctx.view(a.task);
+    const p = view?.participants.find((x) => x.stages?.some((st) => st.node === address) && x.trace && x.stages.every((st) => st.record));
+    if (!run || !p) {
+      log(`${name}: cannot open step ${step} of ${a.task}: ${run ? 'the pipeline\'s trace is not revealed' : 'this stage\'s run is not kept here'}`);
+      return null;
+    }
+    const lease = { task: a.task, commitment: a.commitment, leaseEnd: p.end, nodes: p.stages!.map((st) => st.node) };
+    const items = await Promise.all([p.trace!, ...p.stages!.map((st) => st.record!)].map((id) => store.get(id)));
+    if (items.some((item) => !item)) return null;
+    const leaves = (JSON.parse(Buffer.from(items[0]!.data).toString('utf8')) as TraceDocument).leaves;
+    const records = items.slice(1).map((item, k) => readStageRecord(item!, lease, k, run.spec.ranges[k]));
+    const opening = stageOpening(run.spec, run.replay, leaves, records, step);
+    return { tags: [{ name: 'Action', value: 'Dispute-Open' }, { name: 'Task', value: a.task }, { name: 'Step', value: String(step) }], data: JSON.stringify(encodeOpening(opening)) };
   }
 
   // ---- duties: reveal, post, open ----
@@ -489,10 +589,14 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     }
     if (d.kind === 'reveal') {
       if (!behaviour.reveal(a, claim, ctx)) return null;
-      // The trace item goes to the store before the Reveal that names it.
+      // The trace item goes to the store before the Reveal that names it; a pipeline's stage
+      // records (each signed by its stage) too.
       const item = await createItem(claim.document.data, signer, { tags: claim.document.tags });
       await store.put(item.raw);
-      return { tags: [{ name: 'Action', value: 'Reveal' }, task, { name: 'Trace-Root', value: claim.root }, { name: 'Trace', value: item.id }] };
+      const records = ((claim.recipe as { records?: string[] } | undefined)?.records ?? []).map((r) => Buffer.from(r, 'base64'));
+      for (const raw of records) await store.put(raw);
+      const stageTag = records.length > 0 ? [{ name: 'Stage-Records', value: (await Promise.all(records.map((raw) => verifyItem(raw)))).map((r) => r.id).join(',') }] : [];
+      return { tags: [{ name: 'Action', value: 'Reveal' }, task, { name: 'Trace-Root', value: claim.root }, { name: 'Trace', value: item.id }, ...stageTag] };
     }
     if (d.kind === 'post') {
       if (!d.points) return null;
@@ -518,9 +622,15 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       if (row.status === 'sending' || row.status === 'sent') await confirmDuty(row);
       return;
     }
-    const known = await claimFor(d);
-    if (!known) return log(`${name}: a ${d.kind} duty for ${d.task}, a task this node holds no claim on`);
-    const message = await answer(d, known.a, known.claim);
+    const kept = q.get.get(d.task);
+    const lease = kept?.assignment ? (JSON.parse(kept.assignment) as Assignment) : d.assignment;
+    let message: MessageInput | null;
+    if (lease?.pipeline && d.kind === 'open' && d.step !== undefined) message = await stageOpenMessage(lease, d.step);
+    else {
+      const known = await claimFor(d);
+      if (!known) return log(`${name}: a ${d.kind} duty for ${d.task}, a task this node holds no claim on`);
+      message = await answer(d, known.a, known.claim);
+    }
     if (!message) {
       q.dutyAdd.run(d.task, d.kind, key, 'silent', null, null, `${behaviour.name}: no answer`, Date.now());
       activity.silent += 1;

@@ -17,7 +17,7 @@ import {
 } from './behaviour.js';
 import { jobOf, type Assignment, type Completion } from './work.js';
 
-export const STRATEGIES = ['honest', 'wrong-token', 'cheap-model', 'lazy', 'skip', 'offline-mid-task', 'lying-validator', 'colluding-pair'] as const;
+export const STRATEGIES = ['honest', 'wrong-token', 'cheap-model', 'lazy', 'skip', 'offline-mid-task', 'lying-validator', 'colluding-pair', 'wrong-stage'] as const;
 export type StrategyName = (typeof STRATEGIES)[number];
 
 export interface StrategyOptions {
@@ -308,6 +308,22 @@ function colludingPair(dir: string | undefined): Behaviour {
   };
 }
 
+/**
+ * Honest, but as a middle stage of a pipeline it alters the residuals it sends on after position 1
+ * (and its own leaf there, so that the stages after it take them): a consistent liar, whom the
+ * dispute's one-step proof at that leaf convicts.
+ */
+function wrongStage(): Behaviour {
+  return {
+    ...honest,
+    name: 'wrong-stage',
+    stage(a) {
+      const p = a.pipeline;
+      return p && p.stage > 0 && p.stage < p.stages.length - 1 ? { corrupt: { pos: 1 } } : {};
+    },
+  };
+}
+
 /** The behaviour a strategy name stands for. */
 export function strategy(name: string, options: StrategyOptions = {}): Behaviour {
   switch (name as StrategyName) {
@@ -327,6 +343,8 @@ export function strategy(name: string, options: StrategyOptions = {}): Behaviour
       return lyingValidator();
     case 'colluding-pair':
       return colludingPair(options.colludeDir);
+    case 'wrong-stage':
+      return wrongStage();
     default:
       throw new StrategyError(`unknown strategy '${name}' (use ${STRATEGIES.join(', ')})`);
   }

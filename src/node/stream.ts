@@ -10,6 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { TextDecoder } from 'node:util';
 import { printableBytes, type Model } from '../engine/index.js';
 import { decodePiece } from '../engine/tokenizer.js';
+import { answerPipe, takeBody } from '../pipeline/wire.js';
 
 export interface StreamLimits {
   /** Listeners of one task's stream. */
@@ -55,6 +56,13 @@ export interface TokenStreams {
   token(task: string, token: number, prev: number): void;
   /** The run ended (with a claim or not): listeners get the end event. */
   end(task: string): void;
+  /**
+   * A pipeline stage of the task runs here: `POST /pipe/<task>` bodies of at most `maxBytes` go to
+   * `take` (its inbox checks them) until unpipe. Until then a post gets 404, which the sender
+   * retries while its lease runs (wire.ts): a stage may start before its neighbour took its lease.
+   */
+  pipe(task: string, maxBytes: number, take: (raw: Uint8Array) => void): void;
+  unpipe(task: string): void;
   close(): Promise<void>;
 }
 
@@ -93,7 +101,15 @@ export async function startTokenStreams(host: string, port: number, limits: Part
     for (const res of entry.listeners) res.write(chunk);
   };
 
+  /** Pipeline stages running here, by task (bounded by the node's capacity: one per lease). */
+  const pipes = new Map<string, { maxBytes: number; take: (raw: Uint8Array) => void }>();
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const pipe = /^\/pipe\/([A-Za-z0-9_-]{43})$/.exec(req.url ?? '');
+    if (req.method === 'POST' && pipe) {
+      const stage = pipes.get(pipe[1]);
+      if (!stage) return answerPipe(res, 404, 'no pipeline stage of this task runs here');
+      return takeBody(req, res, stage.maxBytes, stage.take);
+    }
     const m = /^\/stream\/([^/?#]+)$/.exec((req.url ?? '').split('?')[0]);
     const plain = (status: number, message: string): void => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: message }));
@@ -178,7 +194,14 @@ export async function startTokenStreams(host: string, port: number, limits: Part
       for (const res of entry.listeners) res.end(chunk);
       keepUntil(task, entry, Math.min(Date.now() + lim.keepMs, entry.leaseEnd));
     },
+    pipe(task, maxBytes, take) {
+      pipes.set(task, { maxBytes, take });
+    },
+    unpipe(task) {
+      pipes.delete(task);
+    },
     async close() {
+      pipes.clear();
       for (const [task, entry] of [...entries]) drop(task, entry);
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,6 +1,7 @@
 // One task's work, with no I/O: the job the task describes, the engine run that records its trace,
 // the completion as text, and the trace as the data item anyone can check later.
-import { completionText, modelIdentity, type KernelPath, type Model } from '../engine/index.js';
+import { createHash } from 'node:crypto';
+import { canonicalTokenizer, completionText, modelIdentity, type KernelPath, type Model } from '../engine/index.js';
 import { jobCommitment, recordTrace, recordTraceCooperatively, type Job, type Trace } from '../proof/index.js';
 import { describeRequest } from '../processes/host.js';
 import type { Tag } from '../store/items.js';
@@ -31,6 +32,19 @@ export class TaskError extends VerityError {
 export function jobOf(model: Model, a: Assignment): Job {
   const identity = modelIdentity(model);
   if (identity.modelId !== a.model) throw new TaskError(`task ${a.task} is for model ${a.model}, not ${identity.modelId}`);
+  return jobFor(model, identity, a);
+}
+
+/**
+ * jobOf for a pipeline stage's partial model, which carries no model id: the id is the lease's
+ * (the node fetched the file by it and verified every chunk), the tokenizer's hash its own.
+ */
+export function stageJobOf(model: Model, a: Assignment): Job {
+  const tokenizerHash = createHash('sha256').update(canonicalTokenizer(model.tokenizer)).digest('hex');
+  return jobFor(model, { modelId: a.model, tokenizerHash }, a);
+}
+
+function jobFor(model: Model, identity: { modelId: string; tokenizerHash: string }, a: Assignment): Job {
   const job = describeRequest(
     { ...identity, tokenizer: model.tokenizer, seqLen: model.config.seqLen },
     { prompt: a.prompt, maxTokens: a.options.max_tokens, temperature: a.options.temperature, topP: a.options.top_p, seed: a.options.seed },
@@ -88,15 +102,19 @@ export interface TraceDocument {
 export function traceDocument(task: string, c: Completion): { data: string; tags: Tag[] } {
   const { trace } = c;
   const rngs = trace.preimages.flatMap((p) => (p.kind === 'head' ? [p.rng] : []));
-  const doc: TraceDocument = { task, job: c.job, commitment: trace.commitment, root: trace.root, tokens: trace.tokens, leaves: trace.leaves, rngs };
+  return traceItem({ task, job: c.job, commitment: trace.commitment, root: trace.root, tokens: trace.tokens, leaves: trace.leaves, rngs });
+}
+
+/** A trace document's data and tags, as a trace item carries them. */
+export function traceItem(doc: TraceDocument): { data: string; tags: Tag[] } {
   return {
     data: JSON.stringify(doc),
     tags: [
       { name: 'Data-Protocol', value: 'verity' },
       { name: 'Type', value: 'Trace' },
-      { name: 'Task', value: task },
-      { name: 'Job-Commitment', value: trace.commitment },
-      { name: 'Trace-Root', value: trace.root },
+      { name: 'Task', value: doc.task },
+      { name: 'Job-Commitment', value: doc.commitment },
+      { name: 'Trace-Root', value: doc.root },
       { name: 'Content-Type', value: 'application/json' },
     ],
   };

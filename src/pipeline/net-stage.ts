@@ -72,6 +72,8 @@ export interface PipelineClaim {
 export interface NetStage {
   /** An item from the wire (not yet checked). */
   take(raw: Uint8Array): void;
+  /** The largest item this stage takes (a body over it is refused before it is read). */
+  readonly maxItemBytes: number;
   /** Resolves with the record this stage signed (every stage), and the pipeline's claim (the last). */
   readonly done: Promise<{ record: Item; claim: PipelineClaim | null }>;
   /** What this stage was sent and ran: to re-run its layers for an opening. */
@@ -406,6 +408,7 @@ export function startNetStage(spec: NetStageSpec): NetStage {
   }
   return {
     take,
+    maxItemBytes: maxPayload + CHANNEL_ITEM_OVERHEAD,
     done,
     replay: () => ({ inputs, tokens: embedded.slice(), positions }),
     close: () => fail(new ChannelError('the stage was closed')),

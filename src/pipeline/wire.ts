@@ -19,29 +19,8 @@ export interface WireServer {
  */
 export async function startWireServer(host: string, port: number, maxBytes: number, take: (raw: Uint8Array) => void, receiveMs = 10_000): Promise<WireServer> {
   const server: Server = createServer({ requestTimeout: receiveMs, headersTimeout: receiveMs, connectionsCheckingInterval: 250 }, (req: IncomingMessage, res: ServerResponse) => {
-    const answer = (status: number, error?: string): void => {
-      res.writeHead(status, { 'content-type': 'application/json', connection: error ? 'close' : 'keep-alive' }).end(error ? JSON.stringify({ error }) : '{}');
-    };
-    if (req.method !== 'POST' || req.url !== '/pipe') return answer(404, 'POST /pipe');
-    const declared = Number(req.headers['content-length']);
-    if (!Number.isSafeInteger(declared) || declared < 0) return answer(411, 'a Content-Length is required');
-    if (declared > maxBytes) return answer(413, `a body of at most ${maxBytes} bytes`);
-    const body = new Uint8Array(declared);
-    let at = 0;
-    req.on('data', (chunk: Buffer) => {
-      if (at + chunk.byteLength > declared) {
-        req.destroy();
-        return;
-      }
-      body.set(chunk, at);
-      at += chunk.byteLength;
-    });
-    req.on('end', () => {
-      if (at !== declared) return answer(400, 'the body is shorter than its Content-Length');
-      take(body);
-      answer(200);
-    });
-    req.on('error', () => {});
+    if (req.method !== 'POST' || req.url !== '/pipe') return answerPipe(res, 404, 'POST /pipe');
+    takeBody(req, res, maxBytes, take);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -57,20 +36,59 @@ export async function startWireServer(host: string, port: number, maxBytes: numb
   };
 }
 
+/** A JSON answer to a pipe post; an error closes the connection. */
+export function answerPipe(res: ServerResponse, status: number, error?: string): void {
+  res.writeHead(status, { 'content-type': 'application/json', connection: error ? 'close' : 'keep-alive' }).end(error ? JSON.stringify({ error }) : '{}');
+}
+
+/**
+ * Reads a posted item of at most `maxBytes` (refused by its Content-Length before it is read, cut
+ * off if it lies) and hands it to `take`, then answers 200.
+ */
+export function takeBody(req: IncomingMessage, res: ServerResponse, maxBytes: number, take: (raw: Uint8Array) => void): void {
+  const declared = Number(req.headers['content-length']);
+  if (!Number.isSafeInteger(declared) || declared < 0) return answerPipe(res, 411, 'a Content-Length is required');
+  if (declared > maxBytes) return answerPipe(res, 413, `a body of at most ${maxBytes} bytes`);
+  const body = new Uint8Array(declared);
+  let at = 0;
+  req.on('data', (chunk: Buffer) => {
+    if (at + chunk.byteLength > declared) {
+      req.destroy();
+      return;
+    }
+    body.set(chunk, at);
+    at += chunk.byteLength;
+  });
+  req.on('end', () => {
+    if (at !== declared) return answerPipe(res, 400, 'the body is shorter than its Content-Length');
+    take(body);
+    answerPipe(res, 200);
+  });
+  req.on('error', () => {});
+}
+
 /**
  * Posts items to one peer, one at a time and in order (the next waits for the previous one's
  * answer). A refusal or an unreachable peer is reported to `failed` once; items after it are dropped.
  */
-export function wireSender(url: string, failed: (e: Error) => void, timeoutMs = 30_000): (raw: Uint8Array) => void {
+export function wireSender(url: string, failed: (e: Error) => void, timeoutMs = 30_000, notYet?: { untilMs: number; retryMs: number }): (raw: Uint8Array) => void {
   let queue: Promise<void> = Promise.resolve();
   let broken = false;
   return (raw) => {
     queue = queue.then(async () => {
       if (broken) return;
       try {
-        const res = await fetch(url, { method: 'POST', body: raw, headers: { 'content-type': 'application/octet-stream' }, signal: AbortSignal.timeout(timeoutMs), redirect: 'error' });
-        const text = await res.text();
-        if (!res.ok) throw new ChannelError(`${url} refused an item (${res.status}): ${text.slice(0, 200)}`);
+        for (;;) {
+          const res = await fetch(url, { method: 'POST', body: raw, headers: { 'content-type': 'application/octet-stream' }, signal: AbortSignal.timeout(timeoutMs), redirect: 'error' });
+          const text = await res.text();
+          // A peer that has not taken its stage yet answers 404: with `notYet`, asked again until then.
+          if (res.status === 404 && notYet && Date.now() + notYet.retryMs < notYet.untilMs) {
+            await new Promise((resolve) => setTimeout(resolve, notYet.retryMs));
+            continue;
+          }
+          if (!res.ok) throw new ChannelError(`${url} refused an item (${res.status}): ${text.slice(0, 200)}`);
+          break;
+        }
       } catch (e) {
         broken = true;
         failed(e instanceof Error ? e : new Error(String(e)));
