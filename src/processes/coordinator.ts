@@ -1128,9 +1128,11 @@ function slash(ctx: Ctx, task: Task, p: Holder, amount: bigint, reason: string):
 function convict(ctx: Ctx, task: Task, p: Participant, reason: string, stage?: number): void {
   p.status = 'slashed';
   if (!p.stages) return convictHolder(ctx, task, p, reason);
-  // The round bonds its last stage posted for it.
-  slash(ctx, task, p, big(p.locked), reason);
   const culprit = p.stages[stage ?? p.stages.length - 1];
+  // The round bonds the last stage posted for the pipeline are forfeit when it is the culprit, and
+  // given back when another stage is (its fault made the pipeline lose).
+  if (culprit === p.stages[p.stages.length - 1]) slash(ctx, task, p, big(p.locked), reason);
+  else release(ctx.state, p);
   convictHolder(ctx, task, culprit, reason);
   culprit.status = 'slashed';
   const layers = p.stages[p.stages.length - 1].end;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { startDevnet, type Devnet } from '../../src/client/devnet.js';
 import { Verity, type TaskView, type VerityClient } from '../../src/client/sdk.js';
-import { type Behaviour } from '../../src/node/behaviour.js';
+import { honest, type Behaviour } from '../../src/node/behaviour.js';
 import { runCli, withTempDir } from '../helpers.js';
 
 /**
@@ -79,6 +79,92 @@ test('a model no node can hold is served by a 3-stage pipeline; its trace root i
       const shares = p.stages!.map((st) => paid[st.node]);
       assert.equal(shares.reduce((x, y) => x + y, 0n), tokens, 'price × tokens in all');
       p.stages!.slice(0, 2).forEach((st, i) => assert.equal(shares[i], (tokens * BigInt(st.end - st.first)) / 5n, `stage ${i}'s share`));
+    } finally {
+      await devnet.close();
+    }
+  }),
+);
+
+test('a middle stage that lies loses the dispute over the step it made; the other stages are paid; the answer is corrected', { timeout: 300_000 }, () =>
+  withTempDir(async (dir) => {
+    const net = join(dir, 'net');
+    // The first three would lie as a middle stage, and the pipeline is drawn from them; the fourth
+    // challenges; after the dispute the corrected answer is audited by a pipeline of the other three.
+    const devnet = await devnetOf(net, ['wrong-stage', 'wrong-stage', 'wrong-stage', 'honest', 'honest', 'honest', 'honest'], { 'Challenge-Window-Ms': '60000' });
+    try {
+      const verity = Verity.connect({ ...devnet.info, wallet: devnet.user });
+      const three = devnet.nodes.slice(0, 3).map((n) => n.address);
+      const before = await Promise.all(devnet.nodes.map((n) => verity.balance(n.address)));
+      const pending = await verity.infer('Once upon a time', { ...OPTIONS, wait: 'pending', nodes: three });
+      const view = await until('the pipeline\'s reveal', async () => {
+        const v = await verity.task(pending.task);
+        return v.receipt ? v : null;
+      });
+      const p = pipelineOf(view)!;
+      const middle = p.stages![1].node;
+      const challenged = await runCli(['verify', pending.task, '--devnet', net, '--json', '--challenge', '--wallet', join(net, 'wallets', 'node-4.json'), '--wait-ms', '150000'], 200_000);
+      const report = JSON.parse(challenged.stdout.toString()) as { verdict: string; challenge: { winner: string } };
+      assert.equal(report.verdict, 'mismatch');
+      assert.equal(report.challenge.winner, 'challenger', challenged.stderr.toString());
+      const final = await until('the corrected answer', async () => {
+        const v = await verity.task(pending.task).catch(() => null);
+        return v && v.status === 'final' ? v : null;
+      });
+      assert.equal(final.corrected, true);
+      const d = final.disputes[0];
+      // The step the game narrowed to is the middle stage's last layer at position 1, opened by it.
+      assert.equal(d.proof?.by, middle, 'the middle stage opened its own step');
+      const pipeline = final.participants.find((x) => x.stages)!;
+      assert.deepEqual(pipeline.stages!.map((st) => st.status), ['released', 'slashed', 'released']);
+      const after = await Promise.all(devnet.nodes.map((n) => verity.balance(n.address)));
+      const at = (address: string): number => devnet.nodes.findIndex((n) => n.address === address);
+      const slash = 6000n;
+      assert.equal(before[at(middle)].stake - after[at(middle)].stake, slash, 'the middle stage loses its lock');
+      for (const st of [pipeline.stages![0], pipeline.stages![2]]) {
+        const i = at(st.node);
+        assert.equal(after[i].stake, before[i].stake, 'an honest stage keeps its stake');
+        assert.ok(after[i].earnings > before[i].earnings, `stage [${st.first}, ${st.end}) is paid for its layers`);
+      }
+    } finally {
+      await devnet.close();
+    }
+  }),
+);
+
+test('a stage that goes offline mid-job: its pipeline lease runs out, a new one is drawn without it, and the job completes with the same result', { timeout: 300_000 }, () =>
+  withTempDir(async (dir) => {
+    const net = join(dir, 'net');
+    // The first node handed the middle stage goes offline as it starts (the node closes: no
+    // stage, no heartbeat); the stages around it wait for it until the lease runs out.
+    let vanished: string | null = null;
+    let devnet: Devnet | null = null;
+    const vanishing: Behaviour = {
+      ...honest,
+      name: 'vanishing',
+      stage(a) {
+        if (vanished === null && a.pipeline?.stage === 1) {
+          vanished = a.pipeline.stages[1].node;
+          const node = devnet!.nodes.find((n) => n.address === vanished)!;
+          setImmediate(() => void node.close());
+        }
+        return {};
+      },
+    };
+    devnet = await devnetOf(net, [vanishing, vanishing, vanishing, vanishing]);
+    try {
+      const verity = Verity.connect({ ...devnet.info, wallet: devnet.user });
+      const answer = await verity.infer('Once upon a time', OPTIONS);
+      assert.equal(answer.status, 'final');
+      assert.ok(vanished, 'a middle stage went offline');
+      const view = await verity.task(answer.task);
+      const [expired, served] = [view.participants.find((x) => x.status === 'expired'), pipelineOf(view)];
+      assert.ok(expired?.stages && served?.stages, 'an expired pipeline, then a served one');
+      // Only the stage gone offline is held responsible; the others were let go (and one may serve again).
+      assert.deepEqual(expired.stages.map((st) => (st.node === vanished ? 'expired' : 'released')), expired.stages.map((st) => st.status));
+      assert.ok(!served.stages.some((st) => st.node === vanished), 'the new pipeline is drawn without the offline node');
+      // The same result as a pipeline that never lost a stage: the single-node run's (verified locally).
+      const single = await runCli(['verify', answer.task, '--devnet', net, '--json'], 120_000);
+      assert.equal((JSON.parse(single.stdout.toString()) as { verdict: string }).verdict, 'match', single.stderr.toString());
     } finally {
       await devnet.close();
     }
