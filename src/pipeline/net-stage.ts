@@ -74,6 +74,8 @@ export interface NetStage {
   take(raw: Uint8Array): void;
   /** The largest item this stage takes (a body over it is refused before it is read). */
   readonly maxItemBytes: number;
+  /** Items dropped: not signed by a node of the lease, or refused by the inbox (another lease, a replay, a reorder). */
+  readonly dropped: number;
   /** Resolves with the record this stage signed (every stage), and the pipeline's claim (the last). */
   readonly done: Promise<{ record: Item; claim: PipelineClaim | null }>;
   /** What this stage was sent and ran: to re-run its layers for an opening. */
@@ -334,17 +336,43 @@ export function startNetStage(spec: NetStageSpec): NetStage {
     resolveDone({ record: own, claim: { tokens: sampled.slice(), root: t.root, leaves: t.leaves, rngs: rngs.slice(), records: items, positions } });
   };
 
+  // Anyone may post to a stage (task ids are public): an item that is not a lease node's, signed,
+  // is dropped before it is queued, and one the inbox refuses (another lease, a replay, a reorder)
+  // is dropped too, so that a stranger can neither stop the stage nor crowd out its neighbours'.
+  // What a lease node signs and sends wrongly stops the stage (the lease then runs out: its fault).
   // Messages are taken one at a time, in arrival order; at most one per position and a few more wait.
   let chain: Promise<void> = Promise.resolve();
   let waiting = 0;
+  let dropped = 0;
   const maxWaiting = 2 * job.steps + 8;
+  const peers = new Set(lease.nodes.filter((_, k) => k !== index));
+  // Signatures are checked as items come, side by side; what passes is queued in arrival order
+  // (a neighbour posts one item at a time, so arrival order is its order).
+  let arrivals: Promise<void> = Promise.resolve();
+  let checking = 0;
   const take = (raw: Uint8Array): void => {
-    if (closed || waiting >= maxWaiting) return;
+    if (closed || checking >= 4 * maxWaiting || raw.byteLength > maxPayload + CHANNEL_ITEM_OVERHEAD) return void dropped++;
+    checking++;
+    const signed = verifyItem(raw).catch(() => null);
+    arrivals = arrivals.then(async () => {
+      const item = await signed;
+      checking--;
+      if (!item || !peers.has(item.address) || waiting >= maxWaiting) return void dropped++;
+      enqueue(raw);
+    });
+  };
+  const enqueue = (raw: Uint8Array): void => {
     waiting++;
     chain = chain
       .then(async () => {
         if (closed) return;
-        const m = await inbox.open(raw);
+        let m;
+        try {
+          m = await inbox.open(raw);
+        } catch {
+          dropped++;
+          return;
+        }
         const sender = m.kind === 'activations' || m.kind === 'record' ? index - 1 : first && (m.kind === 'token' || m.kind === 'done') ? count - 1 : -1;
         if (m.from !== sender) throw new ChannelError(`a ${m.kind} message from stage ${m.from}: stage ${index} takes those from ${sender < 0 ? 'no stage' : `stage ${sender}`}`);
         if (m.kind === 'activations') {
@@ -408,6 +436,9 @@ export function startNetStage(spec: NetStageSpec): NetStage {
   }
   return {
     take,
+    get dropped() {
+      return dropped;
+    },
     maxItemBytes: maxPayload + CHANNEL_ITEM_OVERHEAD,
     done,
     replay: () => ({ inputs, tokens: embedded.slice(), positions }),
