@@ -200,7 +200,9 @@ export class World {
     }
     // Every lock is a live participant's.
     const byNode = new Map<string, bigint>();
-    for (const t of Object.values(s.tasks)) for (const p of t.participants) byNode.set(p.node, (byNode.get(p.node) ?? 0n) + BigInt(p.locked));
+    const count = (h: { node: string; locked: string }): void => void byNode.set(h.node, (byNode.get(h.node) ?? 0n) + BigInt(h.locked));
+    // A pipelined participant's stages each lock their own (docs/pipeline.md).
+    for (const t of Object.values(s.tasks)) for (const p of t.participants) for (const h of [p, ...(p.stages ?? [])]) count(h);
     for (const [who, locked] of Object.entries(s.locked)) assert.equal(BigInt(locked), byNode.get(who) ?? 0n, `${who}: locks match the live participants ${label}`);
   }
 }
