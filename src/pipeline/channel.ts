@@ -155,3 +155,26 @@ export function payloadF32(payload: Uint8Array, expected: number): Float32Array 
   new Uint8Array(out.buffer).set(payload);
   return out;
 }
+
+/** A message's JSON header and binary body, as one payload: u32 header length, header, body. */
+export function framePayload(header: unknown, body: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + json.length + body.length);
+  new DataView(out.buffer).setUint32(0, json.length, true);
+  out.set(json, 4);
+  out.set(body, 4 + json.length);
+  return out;
+}
+
+export function unframePayload<T>(payload: Uint8Array, maxHeader: number): { header: T; body: Uint8Array } {
+  if (payload.byteLength < 4) throw new ChannelError('a message shorter than its header length');
+  const n = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(0, true);
+  if (n > maxHeader || 4 + n > payload.byteLength) throw new ChannelError(`a message header of ${n} bytes, over its bound of ${maxHeader}`);
+  let header: T;
+  try {
+    header = JSON.parse(new TextDecoder().decode(payload.subarray(4, 4 + n))) as T;
+  } catch {
+    throw new ChannelError('a message header that is not JSON');
+  }
+  return { header, body: payload.subarray(4 + n) };
+}

@@ -18,7 +18,7 @@ import type { Model } from '../engine/index.js';
 import { leafHash, schedule, xHashOf, type Hex, type Job, type LayerRecord, type LeafPreimage, type Trace } from '../proof/trace.js';
 import { buildOpening, type Opening } from '../proof/opening.js';
 import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
-import { CHANNEL_ITEM_OVERHEAD, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
+import { CHANNEL_ITEM_OVERHEAD, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, framePayload, payloadF32, unframePayload, type PipelineLease } from './channel.js';
 import { startStage, type LayerRange, type StageRun } from './stage.js';
 import { assembleTrace, stageSteps } from './trace.js';
 
@@ -106,29 +106,6 @@ export const stageRecordTags = (r: Pick<StageRecord, 'task' | 'commitment' | 'st
   { name: 'Positions', value: String(r.positions) },
   { name: 'Content-Type', value: 'application/json' },
 ];
-
-/** A message's JSON header and binary body, as one payload: u32 header length, header, body. */
-export function framePayload(header: unknown, body: Uint8Array = new Uint8Array(0)): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(4 + json.length + body.length);
-  new DataView(out.buffer).setUint32(0, json.length, true);
-  out.set(json, 4);
-  out.set(body, 4 + json.length);
-  return out;
-}
-
-export function unframePayload<T>(payload: Uint8Array, maxHeader: number): { header: T; body: Uint8Array } {
-  if (payload.byteLength < 4) throw new ChannelError('a message shorter than its header length');
-  const n = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(0, true);
-  if (n > maxHeader || 4 + n > payload.byteLength) throw new ChannelError(`a message header of ${n} bytes, over its bound of ${maxHeader}`);
-  let header: T;
-  try {
-    header = JSON.parse(new TextDecoder().decode(payload.subarray(4, 4 + n))) as T;
-  } catch {
-    throw new ChannelError('a message header that is not JSON');
-  }
-  return { header, body: payload.subarray(4 + n) };
-}
 
 const HEX64 = /^[0-9a-f]{64}$/;
 const isLayerPreimage = (p: unknown): p is Extract<LeafPreimage, { kind: 'layer' }> => {

@@ -6,7 +6,7 @@
 import { loadModel } from '../engine/index.js';
 import { type Job } from '../proof/index.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
-import { CHANNEL_ITEM_OVERHEAD, ChannelInbox, ChannelOutbox, f32Payload, payloadF32, type PipelineLease } from './channel.js';
+import { CHANNEL_ITEM_OVERHEAD, ChannelInbox, ChannelOutbox, f32Payload, framePayload, payloadF32, unframePayload, type PipelineLease } from './channel.js';
 import { simulatedLink, type LinkSpec } from './link.js';
 import { startWireServer, wireSender } from './wire.js';
 import { decodeHandover, encodeHandover, startStage, type LayerHandover, type LayerRange, type StageRun } from './stage.js';
@@ -73,20 +73,12 @@ export type RingOut = RingReport;
 const send = (m: RingOut): void => void process.send!(m);
 const report = (r: RingReport): void => send(r);
 
-const encodeHeader = (h: Header, body: Uint8Array): Uint8Array => {
-  const json = new TextEncoder().encode(JSON.stringify(h));
-  const out = new Uint8Array(4 + json.length + body.length);
-  new DataView(out.buffer).setUint32(0, json.length, true);
-  out.set(json, 4);
-  out.set(body, 4 + json.length);
-  return out;
-};
+/** A message's header (the moves announced so far) and body, as the channel carries them. */
+const encodeHeader = (h: Header, body: Uint8Array): Uint8Array => framePayload(h, body);
 const decodeHeader = (payload: Uint8Array): { header: Header; body: Uint8Array } => {
-  const n = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(0, true);
-  if (n > 64 * 1024 || 4 + n > payload.byteLength) throw new Error('a message header over its bound');
-  const header = JSON.parse(new TextDecoder().decode(payload.subarray(4, 4 + n))) as Header;
-  if (!Array.isArray(header.moves) || header.moves.length > 64) throw new Error('a malformed message header');
-  return { header, body: payload.subarray(4 + n) };
+  const framed = unframePayload<Header>(payload, 64 * 1024);
+  if (!Array.isArray(framed.header?.moves) || framed.header.moves.length > 64) throw new Error('a malformed message header');
+  return framed;
 };
 
 /** Idles the thread for `ms` (a slower device), without letting other messages in meanwhile. */
