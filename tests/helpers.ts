@@ -112,3 +112,14 @@ export function serveCli(args: string[], timeoutMs = 30_000): Promise<ServingCli
     });
   });
 }
+
+/** Reads until `read` gives something truthy (every 200 ms), or throws after `ms` naming `what`. */
+export async function eventually<T>(what: string, read: () => Promise<T | null | undefined>, ms = 120_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await read();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

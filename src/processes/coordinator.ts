@@ -1012,19 +1012,23 @@ function drawLeases(ctx: Ctx, task: Task): void {
     task.participants.push({ node: chosen.address, role, start: msg.Timestamp, end, status: 'open', locked: state.params.slash });
     task.pending -= 1;
     chosen.open += 1;
-    ctx.out.push({
-      Target: chosen.address,
-      Tags: [
-        { name: 'Action', value: 'Task-Assigned' },
-        { name: 'Task', value: task.id },
-        { name: 'Model', value: task.model },
-        { name: 'Lease-End', value: String(end) },
-        { name: 'Job-Commitment', value: task.commitment },
-      ],
-      Data: JSON.stringify(assignmentOf(task, end)),
-    });
+    ctx.out.push(taskAssigned(task, chosen.address, assignmentOf(task, end)));
   }
 }
+
+/** The lease as its node is told of it (a stage's with its Stage). */
+const taskAssigned = (task: Task, node: string, a: Assignment): OutboxMessage => ({
+  Target: node,
+  Tags: [
+    { name: 'Action', value: 'Task-Assigned' },
+    { name: 'Task', value: task.id },
+    { name: 'Model', value: task.model },
+    { name: 'Lease-End', value: String(a.leaseEnd) },
+    { name: 'Job-Commitment', value: task.commitment },
+    ...(a.pipeline ? [{ name: 'Stage', value: String(a.pipeline.stage) }] : []),
+  ],
+  Data: JSON.stringify(a),
+});
 
 /** One of the candidates, weighted by stake × reputation, from the message's Hash-Chain. */
 function drawWeighted(ctx: Ctx, candidates: NodeEntry[]): NodeEntry {
@@ -1056,18 +1060,7 @@ function drawStages(ctx: Ctx, task: Task): boolean {
   for (const st of stages) {
     lock(state, st.node, big(st.locked));
     nodeOf(state, st.node)!.open += 1;
-    ctx.out.push({
-      Target: st.node,
-      Tags: [
-        { name: 'Action', value: 'Task-Assigned' },
-        { name: 'Task', value: task.id },
-        { name: 'Model', value: task.model },
-        { name: 'Lease-End', value: String(end) },
-        { name: 'Job-Commitment', value: task.commitment },
-        { name: 'Stage', value: String(stages.indexOf(st)) },
-      ],
-      Data: JSON.stringify(leaseOf(task, p, st.node)),
-    });
+    ctx.out.push(taskAssigned(task, st.node, leaseOf(task, p, st.node)));
   }
   return true;
 }

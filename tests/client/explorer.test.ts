@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { startDevnet } from '../../src/client/devnet.js';
 import { isExplorerPath, scanFeed, staticFile } from '../../src/client/explorer-api.js';
 import { Verity, type TaskView, type VerityClient } from '../../src/client/sdk.js';
-import { projectRoot, runCli, withTempDir } from '../helpers.js';
+import { eventually, projectRoot, runCli, withTempDir } from '../helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const built = join(projectRoot, 'dist', 'explorer');
@@ -49,17 +49,8 @@ test('staticFile: files under the root only; isExplorerPath: the page and read-o
   assert.equal(isExplorerPath('GET', '/v1/models'), false);
 });
 
-async function until<T>(what: string, read: () => Promise<T | null | undefined>, ms = 120_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await read();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
-const revealed = (verity: VerityClient, task: string): Promise<TaskView> => until(`task ${task}'s receipt`, async () => {
+const revealed = (verity: VerityClient, task: string): Promise<TaskView> => eventually(`task ${task}'s receipt`, async () => {
   const v = await verity.task(task);
   if (v.status === 'failed') throw new Error(`task ${task} failed`);
   return v.receipt ? v : null;
@@ -121,7 +112,7 @@ test('the explorer in headless Chromium: a final task verifies in the browser, a
       const challenged = await runCli(['verify', lie.task, '--devnet', net, '--json', '--challenge', '--wallet', challengerWallet, '--wait-ms', '120000'], 180_000);
       const c = (JSON.parse(challenged.stdout.toString()) as { challenge: { opened: boolean; winner: string } }).challenge;
       assert.equal(c.winner, 'challenger', challenged.stderr);
-      const final = await until('the honest task to be final', async () => ((await verity.task(honest.task)).status === 'final' ? true : null));
+      const final = await eventually('the honest task to be final', async () => ((await verity.task(honest.task)).status === 'final' ? true : null));
       assert.ok(final);
 
       // The JSON the page reads.

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { startDevnet, type Devnet } from '../../src/client/devnet.js';
 import { Verity, type TaskView, type VerityClient } from '../../src/client/sdk.js';
 import { honest, type Behaviour } from '../../src/node/behaviour.js';
-import { runCli, withTempDir } from '../helpers.js';
+import { eventually, runCli, withTempDir } from '../helpers.js';
 
 /**
  * stories260K needs 1,826,560 bytes: five layers of 312,832 (weights and K/V), an embedding of
@@ -20,15 +20,6 @@ import { runCli, withTempDir } from '../helpers.js';
 const MEMORY = 800_000;
 const OPTIONS = { maxTokens: 24, temperature: 0, timeoutMs: 120_000 };
 
-async function until<T>(what: string, read: () => Promise<T | null | undefined>, ms = 120_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await read();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 const pipelineOf = (view: TaskView) => view.participants.find((p) => p.stages && p.status === 'revealed');
 
@@ -96,7 +87,7 @@ test('a middle stage that lies loses the dispute over the step it made; the othe
       const three = devnet.nodes.slice(0, 3).map((n) => n.address);
       const before = await Promise.all(devnet.nodes.map((n) => verity.balance(n.address)));
       const pending = await verity.infer('Once upon a time', { ...OPTIONS, wait: 'pending', nodes: three });
-      const view = await until('the pipeline\'s reveal', async () => {
+      const view = await eventually('the pipeline\'s reveal', async () => {
         const v = await verity.task(pending.task);
         return v.receipt ? v : null;
       });
@@ -106,7 +97,7 @@ test('a middle stage that lies loses the dispute over the step it made; the othe
       const report = JSON.parse(challenged.stdout.toString()) as { verdict: string; challenge: { winner: string } };
       assert.equal(report.verdict, 'mismatch');
       assert.equal(report.challenge.winner, 'challenger', challenged.stderr.toString());
-      const final = await until('the corrected answer', async () => {
+      const final = await eventually('the corrected answer', async () => {
         const v = await verity.task(pending.task).catch(() => null);
         return v && v.status === 'final' ? v : null;
       });
