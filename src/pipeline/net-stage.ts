@@ -211,12 +211,15 @@ export function startNetStage(spec: NetStageSpec): NetStage {
     rejectDone = reject;
   });
   done.catch(() => {});
-  const fail = (e: Error): void => {
+  /** The stage is over: its engine session goes, and `done` settles once. */
+  const over = (settle: () => void): void => {
     if (closed) return;
     closed = true;
     stage.close();
-    rejectDone(e);
+    settle();
   };
+  const fail = (e: Error): void => over(() => rejectDone(e));
+  const succeed = (record: Item, claim: PipelineClaim | null): void => over(() => resolveDone({ record, claim }));
 
   const seal = async (to: number, kind: 'activations' | 'token' | 'done' | 'record', pos: number, n: number, payload: Uint8Array): Promise<void> => {
     spec.post(to, await outbox.seal(to, kind, pos, n, payload));
@@ -296,21 +299,17 @@ export function startNetStage(spec: NetStageSpec): NetStage {
     items.push(own);
     if (!last) {
       const body = items.map((i) => i.raw);
-      closed = true;
-      stage.close();
-      resolveDone({ record: own, claim: null });
+      succeed(own, null);
       return seal(index + 1, 'record', 0, items.length, framePayload({ sizes: body.map((b) => b.byteLength) }, concat(body)));
     }
     // The first stage's tokens must be the ones sampled here: otherwise its leaves follow from others.
     const tokens = records[0].tokens ?? [];
-    const want = [...job.promptTokens.slice(0, Math.min(positions, job.promptTokens.length)), ...sampled].slice(0, positions);
+    const want = [...job.promptTokens, ...sampled].slice(0, positions);
     if (tokens.length !== positions || tokens.some((t, p) => t !== want[p])) throw new ChannelError('the first stage\'s record does not list the tokens this stage sampled');
     const layerLeaves = records.flatMap((r) => r.preimages).concat(mine).flatMap((p) => (p.kind === 'layer' && isLayerPreimage(p) ? [{ pos: p.pos, layer: p.layer, leaf: leafHash(p) }] : []));
     const headLeaves = mine.flatMap((p) => (p.kind === 'head' ? [{ pos: p.pos, leaf: leafHash(p) }] : []));
     const t = assembleTrace(job, nLayers, layerLeaves, headLeaves);
-    closed = true;
-    stage.close();
-    resolveDone({ record: own, claim: { tokens: sampled.slice(), root: t.root, leaves: t.leaves, rngs: rngs.slice(), records: items, positions } });
+    succeed(own, { tokens: sampled.slice(), root: t.root, leaves: t.leaves, rngs: rngs.slice(), records: items, positions });
   };
 
   // Anyone may post to a stage (task ids are public): an item that is not a lease node's, signed,
@@ -380,9 +379,7 @@ export function startNetStage(spec: NetStageSpec): NetStage {
           if (!Number.isInteger(ran) || (ran as number) < 1 || (ran as number) > job.steps || (ran as number) > stage.position) throw new ChannelError(`a done message for ${String(ran)} positions; this stage ran ${stage.position}`);
           positions = ran as number;
           const own = await signRecord();
-          closed = true;
-          stage.close();
-          resolveDone({ record: own, claim: null });
+          succeed(own, null);
           if (count > 1) await seal(1, 'record', 0, 1, framePayload({ sizes: [own.raw.byteLength] }, own.raw));
           return;
         }
