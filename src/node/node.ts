@@ -155,6 +155,13 @@ const SCHEMA = `
     note TEXT,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (task, kind, key)
+  );
+  CREATE TABLE IF NOT EXISTS stage_runs (
+    task TEXT PRIMARY KEY,
+    positions INTEGER NOT NULL,      -- positions the pipeline ran
+    tokens TEXT NOT NULL,            -- the first stage: the token embedded at each position (JSON)
+    inputs BLOB NOT NULL,            -- the other stages: the residuals received, position by position (f32)
+    updated_at INTEGER NOT NULL
   );`;
 
 /** Columns added to an older node database. */
@@ -459,9 +466,35 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
 
   // ---- pipeline stages (docs/pipeline.md "Pipelines on the network") ----
-  /** What a stage ran, kept for openings of its steps (in memory: a restart forgets it, and the stage cannot open then). */
-  const stageRuns = new Map<string, { spec: Parameters<typeof stageOpening>[0]; replay: StageReplay }>();
-  const STAGE_RUNS_MAX = 64;
+  /**
+   * What a stage was sent, kept in the node's database for openings of its steps (a restart keeps
+   * it): the residuals it ran on, or the first stage's tokens. The lease (in the tasks row) gives
+   * the rest, and the stage's layers are loaded again to re-run them.
+   */
+  const STAGE_RUNS_KEPT = 256;
+  const keepStageRun = (task: string, replay: StageReplay): void => {
+    const dim = replay.inputs.size > 0 ? replay.inputs.values().next().value!.length : 0;
+    const inputs = new Float32Array(replay.positions * dim);
+    for (const [pos, x] of replay.inputs) if (pos < replay.positions) inputs.set(x, pos * dim);
+    db.prepare('INSERT OR REPLACE INTO stage_runs (task, positions, tokens, inputs, updated_at) VALUES (?, ?, ?, ?, ?)').run(
+      task, replay.positions, JSON.stringify(replay.tokens.slice(0, replay.positions)), Buffer.from(inputs.buffer), Date.now(),
+    );
+    // Bounded: the newest STAGE_RUNS_KEPT (a dispute comes within a task's windows, long before).
+    db.prepare('DELETE FROM stage_runs WHERE task NOT IN (SELECT task FROM stage_runs ORDER BY updated_at DESC, task LIMIT ?)').run(STAGE_RUNS_KEPT);
+  };
+  const stageRunOf = (a: Assignment): { spec: Parameters<typeof stageOpening>[0]; replay: StageReplay } | null => {
+    const row = db.prepare('SELECT positions, tokens, inputs FROM stage_runs WHERE task = ?').get(a.task) as { positions: number; tokens: string; inputs: Buffer } | undefined;
+    const path = paths.get(a.model);
+    if (!row || !path || !a.pipeline) return null;
+    const ranges = a.pipeline.stages.map((st) => ({ first: st.first, end: st.end }));
+    const i = a.pipeline.stage;
+    const model = loadModel(path, { layers: ranges[i], embedding: i === 0, head: i === ranges.length - 1 });
+    const { dim } = model.config;
+    const floats = new Float32Array(row.inputs.buffer.slice(row.inputs.byteOffset, row.inputs.byteOffset + row.inputs.byteLength));
+    const inputs = new Map<number, Float32Array>();
+    if (i > 0) for (let pos = 0; pos < row.positions; pos++) inputs.set(pos, floats.subarray(pos * dim, (pos + 1) * dim));
+    return { spec: { model, job: stageJobOf(model, a), index: i, ranges, threads: ctx.engine.threads }, replay: { inputs, tokens: JSON.parse(row.tokens) as number[], positions: row.positions } };
+  };
 
   /** Runs one stage of a pipelined lease; the last stage submits the pipeline's result. */
   async function workStage(a: Assignment): Promise<void> {
@@ -502,8 +535,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     stop.signal.addEventListener('abort', () => clearTimeout(alive), { once: true });
     try {
       const { claim } = await stage.done;
-      if (stageRuns.size >= STAGE_RUNS_MAX) stageRuns.delete(stageRuns.keys().next().value!);
-      stageRuns.set(a.task, { spec, replay: stage.replay() });
+      keepStageRun(a.task, stage.replay());
       if (!claim) {
         q.set.run('done', `stage ${i}: record sent`, Date.now(), a.task);
         return;
@@ -526,7 +558,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
 
   /** A stage's opening of a step it made: from a re-run on what it was sent, with the stored trace and every stage's record. */
   async function stageOpenMessage(a: Assignment, step: number): Promise<MessageInput | null> {
-    const run = stageRuns.get(a.task);
+    const run = stageRunOf(a);
     const view = await ctx.view(a.task);
     const p = view?.participants.find((x) => x.stages?.some((st) => st.node === address) && x.trace && x.stages.every((st) => st.record));
     if (!run || !p) {
