@@ -61,7 +61,7 @@ export interface TokenStreams {
    * `take` (its inbox checks them) until unpipe. Until then a post gets 404, which the sender
    * retries while its lease runs (wire.ts): a stage may start before its neighbour took its lease.
    */
-  pipe(task: string, maxBytes: number, take: (raw: Uint8Array) => void): void;
+  pipe(task: string, maxBytes: number, take: (raw: Uint8Array) => boolean): void;
   unpipe(task: string): void;
   close(): Promise<void>;
 }
@@ -102,7 +102,7 @@ export async function startTokenStreams(host: string, port: number, limits: Part
   };
 
   /** Pipeline stages running here, by task (bounded by the node's capacity: one per lease). */
-  const pipes = new Map<string, { maxBytes: number; take: (raw: Uint8Array) => void }>();
+  const pipes = new Map<string, { maxBytes: number; take: (raw: Uint8Array) => boolean }>();
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const pipe = /^\/pipe\/([A-Za-z0-9_-]{43})$/.exec(req.url ?? '');
     if (req.method === 'POST' && pipe) {
@@ -144,6 +144,8 @@ export async function startTokenStreams(host: string, port: number, limits: Part
   });
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
+  // Listeners and pipeline posts together: past this, connections are refused.
+  server.maxConnections = 1024;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());

@@ -17,7 +17,7 @@ import type { Signer } from '@dha-team/arbundles';
 import type { Model } from '../engine/index.js';
 import { leafHash, schedule, xHashOf, type Hex, type Job, type LayerRecord, type LeafPreimage, type Trace } from '../proof/trace.js';
 import { buildOpening, type Opening } from '../proof/opening.js';
-import { createItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
+import { createItem, parseItem, tagValue, verifyItem, type Item, type Tag } from '../store/items.js';
 import { CHANNEL_ITEM_OVERHEAD, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, framePayload, payloadF32, unframePayload, type PipelineLease } from './channel.js';
 import { startStage, type LayerRange, type StageRun } from './stage.js';
 import { assembleTrace, stageSteps } from './trace.js';
@@ -70,8 +70,8 @@ export interface PipelineClaim {
 }
 
 export interface NetStage {
-  /** An item from the wire (not yet checked). */
-  take(raw: Uint8Array): void;
+  /** An item from the wire (not yet checked); false: no room now for its sender's items (ask again). */
+  take(raw: Uint8Array): boolean;
   /** The largest item this stage takes (a body over it is refused before it is read). */
   readonly maxItemBytes: number;
   /** Items dropped: not signed by a node of the lease, or refused by the inbox (another lease, a replay, a reorder). */
@@ -322,20 +322,33 @@ export function startNetStage(spec: NetStageSpec): NetStage {
   let dropped = 0;
   const maxWaiting = 2 * job.steps + 8;
   const peers = new Set(lease.nodes.filter((_, k) => k !== index));
-  // Signatures are checked as items come, side by side; what passes is queued in arrival order
-  // (a neighbour posts one item at a time, so arrival order is its order).
+  // Who signed an item is read before its signature is checked: a stranger's is dropped at once.
+  // A lease node's items are checked side by side and queued in arrival order (a neighbour posts
+  // one item at a time, so arrival order is its order); each neighbour has its own room, and when
+  // it is full the item is refused (take answers false: the wire says 503 and the sender retries),
+  // never dropped, so that no one can make a stage lose a neighbour's item.
   let arrivals: Promise<void> = Promise.resolve();
-  let checking = 0;
-  const take = (raw: Uint8Array): void => {
-    if (closed || checking >= 4 * maxWaiting || raw.byteLength > maxPayload + CHANNEL_ITEM_OVERHEAD) return void dropped++;
-    checking++;
+  const checking = new Map<string, number>();
+  const take = (raw: Uint8Array): boolean => {
+    if (closed || raw.byteLength > maxPayload + CHANNEL_ITEM_OVERHEAD) return void dropped++, true;
+    let signer: string;
+    try {
+      signer = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)).address;
+    } catch {
+      return void dropped++, true;
+    }
+    if (!peers.has(signer)) return void dropped++, true;
+    const busy = checking.get(signer) ?? 0;
+    if (busy >= maxWaiting || waiting >= maxWaiting * peers.size) return false;
+    checking.set(signer, busy + 1);
     const signed = verifyItem(raw).catch(() => null);
     arrivals = arrivals.then(async () => {
       const item = await signed;
-      checking--;
-      if (!item || !peers.has(item.address) || waiting >= maxWaiting) return void dropped++;
+      checking.set(signer, (checking.get(signer) ?? 1) - 1);
+      if (!item || item.address !== signer) return void dropped++;
       enqueue(raw);
     });
+    return true;
   };
   const enqueue = (raw: Uint8Array): void => {
     waiting++;
@@ -435,12 +448,15 @@ export function stageOpening(
   const layers = ranges[index];
   const ref = sched.at(step);
   const lastStage = index === ranges.length - 1;
-  const owned = ref.kind === 'head' ? lastStage : ref.layer >= layers.first && ref.layer < layers.end;
-  if (!owned || ref.pos >= replay.positions) throw new ChannelError(`step ${step} is not one this stage ran`);
+  // A step after generation stopped is an end step: its opening is the chain and the preimages
+  // alone (no stage ran it), and any stage can give it.
+  const ended = ref.pos >= replay.positions;
+  const owned = ended || (ref.kind === 'head' ? lastStage : ref.layer >= layers.first && ref.layer < layers.end);
+  if (!owned) throw new ChannelError(`step ${step} is not one this stage ran`);
   // Every position up to the step's, one at a time, keeping each layer's outputs.
   const run = startStage(model, { layers, embeds: index === 0, samples: lastStage }, job, { threads: spec.threads, keepOutputs: true });
   try {
-    for (let pos = 0; pos <= ref.pos; pos++) {
+    for (let pos = 0; pos <= (ended ? -1 : ref.pos); pos++) {
       const input = index === 0 ? { tokens: [replay.tokens[pos]] } : { x: replay.inputs.get(pos) ?? new Float32Array(0) };
       run.forward(pos, 1, input);
       if (lastStage && pos >= job.promptTokens.length - 1 && pos < ref.pos) run.head(pos);

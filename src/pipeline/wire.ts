@@ -17,7 +17,7 @@ export interface WireServer {
  * Serves `POST /pipe` on host:port (0: any free port); `take` gets each body (a signed item, not
  * yet checked). Bodies are at most `maxBytes`; a request must arrive within `receiveMs`.
  */
-export async function startWireServer(host: string, port: number, maxBytes: number, take: (raw: Uint8Array) => void, receiveMs = 10_000): Promise<WireServer> {
+export async function startWireServer(host: string, port: number, maxBytes: number, take: (raw: Uint8Array) => boolean | void, receiveMs = 10_000): Promise<WireServer> {
   const server: Server = createServer({ requestTimeout: receiveMs, headersTimeout: receiveMs, connectionsCheckingInterval: 250 }, (req: IncomingMessage, res: ServerResponse) => {
     if (req.method !== 'POST' || req.url !== '/pipe') return answerPipe(res, 404, 'POST /pipe');
     takeBody(req, res, maxBytes, take);
@@ -45,23 +45,24 @@ export function answerPipe(res: ServerResponse, status: number, error?: string):
  * Reads a posted item of at most `maxBytes` (refused by its Content-Length before it is read, cut
  * off if it lies) and hands it to `take`, then answers 200.
  */
-export function takeBody(req: IncomingMessage, res: ServerResponse, maxBytes: number, take: (raw: Uint8Array) => void): void {
+export function takeBody(req: IncomingMessage, res: ServerResponse, maxBytes: number, take: (raw: Uint8Array) => boolean | void): void {
   const declared = Number(req.headers['content-length']);
   if (!Number.isSafeInteger(declared) || declared < 0) return answerPipe(res, 411, 'a Content-Length is required');
   if (declared > maxBytes) return answerPipe(res, 413, `a body of at most ${maxBytes} bytes`);
-  const body = new Uint8Array(declared);
+  // Kept as it comes (a sender that declares much and sends little holds only what it sent).
+  const chunks: Buffer[] = [];
   let at = 0;
   req.on('data', (chunk: Buffer) => {
     if (at + chunk.byteLength > declared) {
       req.destroy();
       return;
     }
-    body.set(chunk, at);
+    chunks.push(chunk);
     at += chunk.byteLength;
   });
   req.on('end', () => {
     if (at !== declared) return answerPipe(res, 400, 'the body is shorter than its Content-Length');
-    take(body);
+    if (take(new Uint8Array(Buffer.concat(chunks, at))) === false) return answerPipe(res, 503, 'busy: post it again');
     answerPipe(res, 200);
   });
   req.on('error', () => {});
@@ -81,8 +82,9 @@ export function wireSender(url: string, failed: (e: Error) => void, timeoutMs = 
         for (;;) {
           const res = await fetch(url, { method: 'POST', body: raw, headers: { 'content-type': 'application/octet-stream' }, signal: AbortSignal.timeout(timeoutMs), redirect: 'error' });
           const text = await res.text();
-          // A peer that has not taken its stage yet answers 404: with `notYet`, asked again until then.
-          if (res.status === 404 && notYet && Date.now() + notYet.retryMs < notYet.untilMs) {
+          // A peer that has not taken its stage yet answers 404, a busy one 503: with `notYet`,
+          // asked again until then.
+          if ((res.status === 404 || res.status === 503) && notYet && Date.now() + notYet.retryMs < notYet.untilMs) {
             await new Promise((resolve) => setTimeout(resolve, notYet.retryMs));
             continue;
           }

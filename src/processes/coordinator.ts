@@ -9,6 +9,7 @@ import { bytesToHex, hexToBytes } from '@noble/hashes/utils';
 import type { Journal, OutboxMessage, ProcessEnv, ProcessMessage, Tag } from '../ao/runtime.js';
 import { economicViolation } from '../proof/economics.js';
 import { GameError, decide, disputedStep, openGame, post, splitPoints, tick, type GameState, type Party } from '../proof/game.js';
+import { schedule } from '../proof/schedule.js';
 import { PlacementError, optimalPlacement, type Placement } from '../pipeline/placement.js';
 import {
   HOST_CAPS, resultCommitment, type Assignment, type DisputeView, type Duty, type Options, type Params, type Participant, type ServingProfile, type StageLease, type TaskStatus, type TaskView,
@@ -820,6 +821,12 @@ const HANDLERS: Record<string, Handler> = {
       return refuse(400, 'Data must be a JSON list of accumulators');
     }
     const p = task.participants[dispute[party]];
+    // A pipeline's values are its stored trace's, whose leaves its stages' records vouch for: the
+    // last stage posts them, and may not post others (it would narrow the game onto a stage it frames).
+    if (p.stages) {
+      const { accs } = traceOfPipeline(state, task, p, splitPoints(dispute.game));
+      if (!Array.isArray(values) || JSON.stringify(values) !== JSON.stringify(accs)) refuse(400, 'a pipeline posts the accumulators of its stored trace at the round\'s points');
+    }
     const game = gameMove(() => post(dispute.game, party, values as string[], msg.Timestamp));
     const bond = big(state.params.roundBond);
     if (freeStake(state, p.node) < bond) refuse(402, `a round locks Round-Bond (${bond}); the node has ${freeStake(state, p.node)} free stake`);
@@ -837,7 +844,7 @@ const HANDLERS: Record<string, Handler> = {
     if (dispute.game.phase !== 'prove') refuse(409, `the dispute is in phase ${dispute.game.phase}: an opening comes when asked (Dispute-Prove)`);
     const { step, agreed } = disputedStep(dispute.game);
     // A pipeline's step is opened by the stage that made it.
-    const opener = openerOf(state, task, task.participants[dispute[party]], step);
+    const opener = openerOf(task, task.participants[dispute[party]], step);
     if (opener !== msg.From) refuse(403, `step ${step} is stage ${opener}'s to open`);
     if (tagOf(msg, 'Step') !== String(step)) refuse(400, `the disputed step is ${step}`);
     // host.step bounds the opening by the job too; this one needs no host call.
@@ -1386,7 +1393,7 @@ function notifyDispute(ctx: Ctx, task: Task, d: Dispute): void {
       );
     } else {
       const deadline = game.openedAt + ctx.state.params.clockMs;
-      ctx.out.push(notice(openerOf(ctx.state, task, task.participants[d[party]], game.hi), 'Dispute-Prove', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(game.hi) }, { name: 'Deadline', value: String(deadline) }]));
+      ctx.out.push(notice(openerOf(task, task.participants[d[party]], game.hi), 'Dispute-Prove', [{ name: 'Task', value: task.id }, { name: 'Step', value: String(game.hi) }, { name: 'Deadline', value: String(deadline) }]));
     }
   }
 }
@@ -1412,7 +1419,7 @@ function settleDispute(ctx: Ctx, task: Task, d: Dispute): void {
     // its last stage's, which played (or failed to play) the rounds.
     const step = d.game.hi - d.game.lo === 1 ? d.game.hi : null;
     task.participants.forEach((q) => {
-      if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason, step === null ? undefined : stageOwning(ctx.state, task, q, step));
+      if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason, step === null ? undefined : stageOwning(task, q, step));
     });
   }
   if (winner === 'challenger') {
@@ -1572,6 +1579,19 @@ function tokensOf(state: State, task: Task, msg: ProcessMessage): { tokens: numb
 }
 
 /** The stored trace must exist, be the node's, and back the root and the tokens (host.trace). Returns its step count. */
+/** A revealed pipeline's trace checked again, with its accumulators at `points`. */
+function traceOfPipeline(state: State, task: Task, p: Participant, points: number[]): { steps: number; accs: string[] } {
+  const model = state.models.find((m) => m.id === task.model)!;
+  const stages = p.stages!.map((st) => ({ node: st.node, first: st.first, end: st.end, record: st.record! }));
+  try {
+    return JSON.parse(host.trace(JSON.stringify({
+      ...jobInput(model, task), task: task.id, node: p.node, commitment: task.commitment, root: p.traceRoot!, trace: p.trace!, tokens: p.tokens!, stages, leaseEnd: p.end, points,
+    }))) as { steps: number; accs: string[] };
+  } catch (e) {
+    return refuse(400, `the pipeline's trace does not check: ${hostError(e, 'trace')}`);
+  }
+}
+
 function checkTrace(
   state: State, task: Task, node: string, root: string, trace: string, tokens: number[], stages?: { node: string; first: number; end: number; record: string }[], leaseEnd?: number,
 ): number {
@@ -1624,28 +1644,31 @@ function dutyOf(state: State, task: Task, i: number, node: string): Duty | null 
   if (game.phase === 'bisect' && game.postedAt[party] === null && node === p.node) {
     return { task: task.id, kind: 'post', deadline: game.openedAt + game.clocks[party], points: splitPoints(game), round: game.log.length + 1, assignment };
   }
-  if (game.phase === 'prove' && node === openerOf(state, task, p, game.hi)) return { task: task.id, kind: 'open', deadline: game.openedAt + state.params.clockMs, step: game.hi, assignment };
+  if (game.phase === 'prove' && node === openerOf(task, p, game.hi)) return { task: task.id, kind: 'open', deadline: game.openedAt + state.params.clockMs, step: game.hi, assignment };
   return null;
 }
 
 /**
- * Which stage of a pipelined participant made step s (1-based): the schedule (docs/proofs.md §2)
- * runs every layer of a position, then its head step once the prompt is behind; a head step is the
- * last stage's. Undefined for a participant that is not a pipeline.
+ * Which stage of a pipelined participant made step s (1-based), by the job's schedule (docs/proofs.md
+ * §2): a layer step the stage that runs that layer, a head step the last stage — and so is every
+ * step after generation stopped (an end step, which the last stage's sampled BOS or the submitted
+ * tokens' end decided). Undefined for a participant that is not a pipeline.
  */
-function stageOwning(state: State, task: Task, p: Participant, s: number): number | undefined {
+function stageOwning(task: Task, p: Participant, s: number): number | undefined {
   if (!p.stages) return undefined;
-  const L = state.models.find((m) => m.id === task.model)?.profile?.nLayers ?? p.stages[p.stages.length - 1].end;
-  const headless = Math.min(task.steps, task.promptTokens);
-  const i = s - 1;
-  const k = i < headless * L ? i % L : (i - headless * L) % (L + 1);
-  if (k === L) return p.stages.length - 1;
-  const owner = p.stages.findIndex((st) => k >= st.first && k < st.end);
-  return owner < 0 ? p.stages.length - 1 : owner;
+  const last = p.stages.length - 1;
+  const L = p.stages[last].end;
+  // The job's prompt is BOS and task.promptTokens tokens; the run stopped after this many positions.
+  const prompt = task.promptTokens + 1;
+  const ran = Math.min(task.steps, prompt + (p.tokens?.length ?? task.steps));
+  const ref = schedule({ promptTokens: { length: prompt }, steps: task.steps }, L).at(s);
+  if (ref.kind === 'head' || ref.pos >= ran) return last;
+  const owner = p.stages.findIndex((st) => ref.layer >= st.first && ref.layer < st.end);
+  return owner < 0 ? last : owner;
 }
 
 /** Who opens step s for a participant: the stage that made it, or the node itself. */
-const openerOf = (state: State, task: Task, p: Participant, s: number): string => (p.stages ? p.stages[stageOwning(state, task, p, s)!].node : p.node);
+const openerOf = (task: Task, p: Participant, s: number): string => (p.stages ? p.stages[stageOwning(task, p, s)!].node : p.node);
 
 function disputeView(task: Task, d: Dispute): DisputeView {
   const { game } = d;

@@ -14,7 +14,7 @@ import {
 } from '../engine/index.js';
 import type { TraceDocument } from '../node/work.js';
 import {
-  BOS, ProofError, accNext, createReferee, decodeOpening, describeJob, jobCommitment, leafHash, schedule, traceStart,
+  BOS, ProofError, accNext, accumulators, createReferee, decodeOpening, describeJob, jobCommitment, leafHash, schedule, traceStart,
   type Job, type LeafPreimage, type OpeningJson, type Referee, type WeightSource,
 } from '../proof/index.js';
 import { ModelStoreError, checkChunk, chunksFor, readManifest, type Manifest, type ModelHeader } from '../store/models.js';
@@ -143,11 +143,15 @@ export interface TraceInput extends JobInput {
   stages?: { node: string; first: number; end: number; record: string }[];
   /** The lease's end (a stage record is bound to it). */
   leaseEnd?: number;
+  /** Accumulator indices (0..N) to answer acc[p] for, from the checked trace; at most 64. */
+  points?: number[];
 }
 
 export interface TraceInfo {
   /** The schedule's step count N: the trace has N leaves and root acc[N]. */
   steps: number;
+  /** With `points`: the checked trace's accumulators acc[p] at each (a pipeline's dispute rounds are its stored trace's). */
+  accs?: string[];
 }
 
 /** host.step's input: the job, the agreed acc[step − 1], the disputed step, and the opening as JSON text. */
@@ -848,7 +852,6 @@ function checkTraceInput(input: TraceInput, contextLength: number): void {
   tokenListOf(input.tokens, contextLength);
 }
 
-/** host.trace's checks, in the order docs/network.md lists them; every failure is a one-line Error. */
 /** A pipelined trace: every stage's record exists and vouches for its steps (net-stage.ts checkStageRecords). */
 async function checkStages(store: Store, job: Job, nLayers: number, leaves: string[], tokens: number[], input: TraceInput): Promise<void> {
   const stages = input.stages!;
@@ -876,6 +879,7 @@ async function checkStages(store: Store, job: Job, nLayers: number, leaves: stri
   }
 }
 
+/** host.trace's checks, in the order docs/network.md lists them; every failure is a one-line Error. */
 async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceInput): Promise<TraceInfo> {
   const commitment = jobCommitment(job);
   if (input.commitment !== commitment) throw new Error(`the job's commitment is ${commitment}, not ${String(input.commitment).slice(0, 64)}`);
@@ -946,5 +950,9 @@ async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceIn
   if (used !== tokens.length) throw new Error(`trace item ${id} accounts for ${used} generated tokens, ${tokens.length} were submitted`);
   if (heads !== rngs.length) throw new Error(`trace item ${id} lists ${rngs.length} RNG states, ${heads} head steps ran`);
   if (input.stages !== undefined) await checkStages(store, job, nLayers, leaves as string[], tokens, input);
-  return { steps: N };
+  if (input.points === undefined) return { steps: N };
+  const points = input.points;
+  if (!Array.isArray(points) || points.length > 64 || !points.every((p) => Number.isInteger(p) && p >= 0 && p <= N)) throw new Error(`points must be at most 64 accumulator indices in 0..${N}`);
+  const accs = accumulators({ commitment, leaves: leaves as string[] });
+  return { steps: N, accs: points.map((p) => accs[p]) };
 }

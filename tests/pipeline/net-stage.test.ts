@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { loadModel, modelIdentity, encode, type LayerRange, type Model } from '../../src/engine/index.js';
-import { accAt, buildOpening, checkOpening, describeJob, jobCommitment, recordTrace, schedule, type Job } from '../../src/proof/index.js';
+import { accAt, buildOpening, checkOpening, createReferee, describeJob, jobCommitment, leafHash, modelWeightSource, recordTrace, schedule, type Job } from '../../src/proof/index.js';
 import { ChannelError, framePayload, sealMessage, unframePayload, type PipelineLease } from '../../src/pipeline/channel.js';
 import { readStageRecord, stageOpening, startNetStage, type NetStage, type NetStageSpec, type StageRecord } from '../../src/pipeline/net-stage.js';
 import { verifyItem } from '../../src/store/items.js';
@@ -31,7 +31,7 @@ async function wire(job: Job, extra: (i: number) => Partial<NetStageSpec> = () =
     model: loadModel(stories260K, { tokenizer: tok512, layers: r, embedding: i === 0, head: i === RANGES.length - 1 }),
     job, lease, index: i, ranges: RANGES, signer: walletSigner(wallets[i]), promptBatch: 4,
     post: (to, raw) => {
-      const deliver = (): void => stages[to].take(raw);
+      const deliver = (): void => void stages[to].take(raw);
       if (post) post(i, to, raw, deliver);
       else setImmediate(deliver);
     },
@@ -42,8 +42,8 @@ async function wire(job: Job, extra: (i: number) => Partial<NetStageSpec> = () =
   return { stages, specs, lease, wallets };
 }
 
-const jobFor = (model: Model, prompt: string, steps: number, temperature: number): Job =>
-  describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, prompt, true), steps, sampling: { temperature, topp: 0.9 }, seed: 7n });
+const jobFor = (model: Model, prompt: string, steps: number, temperature: number, seed = 7n): Job =>
+  describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, prompt, true), steps, sampling: { temperature, topp: 0.9 }, seed });
 
 test('three network stages make the single-node trace; every record is signed and checks; a stage opens its own steps', { timeout: 60_000 }, async () => {
   const whole = loadModel(stories260K, { tokenizer: tok512 });
@@ -77,6 +77,27 @@ test('three network stages make the single-node trace; every record is signed an
   }
 });
 
+test('a run that stops early (BOS): every stage can open the first end step, as the single node does', { timeout: 60_000 }, async () => {
+  const whole = loadModel(stories260K, { tokenizer: tok512 });
+  // Seed 1 samples BOS at position 230 of 300 (found by running it).
+  const job = jobFor(whole, 'Once upon a time', 300, 0.8, 1n);
+  const want = recordTrace(whole, job, { keepOutputs: true });
+  const { stages, specs, lease } = await wire(job);
+  const results = await Promise.all(stages.map((st) => st.done));
+  const claim = results[2].claim!;
+  assert.equal(claim.root, want.root);
+  assert.ok(claim.positions < job.steps, `the run stopped early (${claim.positions} of ${job.steps} positions)`);
+  const records = claim.records.map((item, i) => readStageRecord(item, lease, i, RANGES[i]));
+  const firstEnd = want.leaves.findIndex((l, i) => l === leafHash({ kind: 'end', step: i + 1 })) + 1;
+  const referee = createReferee(modelWeightSource(whole));
+  for (const owner of [0, 1, 2]) {
+    const o = stageOpening(specs[owner], stages[owner].replay(), claim.leaves, records, firstEnd);
+    assert.doesNotThrow(() => checkOpening(job, whole.config, accAt(want, firstEnd - 1), o), `stage ${owner}'s opening of end step ${firstEnd}`);
+    // The referee finds the end leaf from it: the single-node acc after the step.
+    assert.equal(referee.resolve(job, accAt(want, firstEnd - 1), o).acc, accAt(want, firstEnd));
+  }
+});
+
 test('altered and strangers\' items are dropped and the run goes on; residuals a lease node signs against its own leaf stop the stage; a consistent liar\'s trace differs first at its own last layer', { timeout: 60_000 }, async () => {
   const whole = loadModel(stories260K, { tokenizer: tok512 });
   const job = jobFor(whole, 'Once upon a time', 24, 0);
@@ -84,22 +105,21 @@ test('altered and strangers\' items are dropped and the run goes on; residuals a
   // item are dropped, and the run goes on with the real ones.
   {
     const stranger = await generateWallet('ed25519');
-    let lease: PipelineLease | null = null;
+    const junkLease: PipelineLease = { task: 'T'.repeat(43), commitment: jobCommitment(job), leaseEnd: 1_000, nodes: [] };
+    const flood = await Promise.all(Array.from({ length: 300 }, (_, k) => sealMessage(junkLease, walletSigner(stranger), { kind: 'activations', from: 1, to: 2, seq: k, pos: 0, count: 1, payload: framePayload({ pre: [] }) })));
     const { stages } = await wire(job, () => ({}), (from, to, raw, deliver) => {
       if (from === 1 && to === 2) {
         const bad = new Uint8Array(raw);
         bad[bad.length - 1] ^= 1;
         stages[to].take(bad);
-        void sealMessage(lease!, walletSigner(stranger), { kind: 'activations', from: 1, to: 2, seq: 0, pos: 0, count: 1, payload: framePayload({ pre: [] }) }).then((junk) => stages[to].take(junk));
+        // A flood of a stranger's items, ahead of the real one: dropped by their signer, unchecked.
+        for (const junk of flood) stages[to].take(junk);
       }
       setTimeout(deliver, 2);
-    }).then((w) => {
-      lease = w.lease;
-      return w;
     });
     const claim = (await stages[2].done).claim!;
     assert.equal(claim.root, recordTrace(whole, job).root);
-    assert.ok(stages[2].dropped > 0, 'the altered and the stranger\'s items were dropped');
+    assert.ok(stages[2].dropped > 300, 'the altered item and the stranger\'s flood were dropped');
   }
   // A lease node that signs residuals other than the ones its leaf commits to stops the stage it sent them to.
   {

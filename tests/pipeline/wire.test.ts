@@ -20,7 +20,7 @@ function rawReply(port: number, text: string, end: boolean): Promise<string> {
 
 test('the wire: in-order delivery, refusals by size and shape, a slow sender let go, a dead peer reported once', { timeout: 30_000 }, async () => {
   const got: Uint8Array[] = [];
-  const server = await startWireServer('127.0.0.1', 0, 1024, (raw) => got.push(raw), 500);
+  const server = await startWireServer('127.0.0.1', 0, 1024, (raw) => void got.push(raw), 500);
   try {
     const failures: Error[] = [];
     const send = wireSender(server.url, (e) => failures.push(e));
