@@ -2,16 +2,25 @@
 // QuickJS runtime and host extensions, with nodes that declare too little memory for stories260K
 // (1,826,560 bytes): the pipeline drawn (stages, layers, urls, locks), what is refused (an Infer the
 // stage nodes cannot hold together, a Submit-Result from a stage that is not the last, a Reveal
-// without the stage records), and an expired pipeline lease (the silent stage alone held
-// responsible, drawn again without it; all held responsible when none was silent). Money is
+// without the stage records), an expired pipeline lease (the silent stage alone held responsible,
+// drawn again without it; all held responsible when none was silent), and a dispute an honest
+// pipeline wins against a lying challenger, its last stage unable to post values that are not its
+// stored trace's (framing another stage) and its steps opened by their owners only. Money is
 // conserved throughout.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { OutboxMessage } from '../../src/ao/runtime.js';
-import type { Assignment, Participant, TaskView } from '../../src/processes/protocol.js';
-import { walletDid } from '../../src/store/wallet.js';
+import { loadModel, modelIdentity } from '../../src/engine/index.js';
+import { traceItem } from '../../src/node/work.js';
+import { readStageRecord, stageOpening, startNetStage, type NetStage } from '../../src/pipeline/net-stage.js';
+import { describeRequest } from '../../src/processes/host.js';
+import { resultCommitment, type Assignment, type Participant, type TaskView } from '../../src/processes/protocol.js';
+import { accumulators, encodeOpening } from '../../src/proof/index.js';
+import { createItem } from '../../src/store/items.js';
+import { walletDid, walletSigner, type Wallet } from '../../src/store/wallet.js';
+import { stories260K, tok512 } from '../helpers.js';
 import { tagOf, tagsOf } from './harness.js';
-import { ALICE, OWNER, PROMPT, TOKEN, World, actionOf, fx, useFixture } from './players.js';
+import { ALICE, OWNER, PROMPT, Player, TOKEN, World, actionOf, answer, fx, useFixture } from './players.js';
 
 const SPAWN = {
   Token: TOKEN, 'Min-Stake': '600', Slash: '600', 'Miss-Slash': '60', 'Challenge-Bond': '600', 'Round-Bond': '5', 'Audit-Ppm': '0', 'Compute-Cost-Per-Token': '0',
@@ -110,4 +119,82 @@ test('when every stage was heard from, an expired pipeline lease holds them all 
   const view = s.tasks[task] as unknown as { participants: Participant[] };
   assert.deepEqual(view.participants[0].stages!.map((st) => st.status), ['expired', 'expired', 'expired']);
   w.assertConserved('after a lease that expired with everyone heard from');
+});
+
+test('a dispute against an honest pipeline: a last stage\'s posts that are not its stored trace are refused, an opening from a stage that does not own the step is refused, the owner\'s opening wins; the lying challenger is slashed and the stages are paid by layers', { timeout: 120_000 }, async () => {
+  const w = await world(4, 800_000);
+  const r = await w.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': JSON.stringify({ max_tokens: 8 }) } });
+  const task = tagOf(r.Messages.at(-1)!, 'Task')!;
+  const a = JSON.parse(assigned(r.Messages)[0].Data!) as Assignment;
+  const stages = a.pipeline!.stages;
+  const walletOf = (address: string): Wallet => fx.wallets[fx.addrs.indexOf(address)];
+  const challengerAddress = fx.addrs.slice(0, 4).find((x) => !stages.some((st) => st.node === x))!;
+  const challenger = new Player(walletOf(challengerAddress), 'wrong-token');
+  // The three stages run for real, wired in-process.
+  const job = describeRequest({ ...modelIdentity(fx.model), tokenizer: fx.model.tokenizer, seqLen: fx.model.config.seqLen },
+    { prompt: a.prompt, maxTokens: a.options.max_tokens, temperature: a.options.temperature, topP: a.options.top_p, seed: a.options.seed });
+  const ranges = stages.map((st) => ({ first: st.first, end: st.end }));
+  const lease = { task, commitment: a.commitment, leaseEnd: a.leaseEnd, nodes: stages.map((st) => st.node) };
+  const specs = ranges.map((range, i) => ({ model: loadModel(stories260K, { tokenizer: tok512, layers: range, embedding: i === 0, head: i === ranges.length - 1 }), job, index: i, ranges }));
+  const net: NetStage[] = [];
+  for (let i = stages.length - 1; i >= 0; i--) net[i] = startNetStage({ ...specs[i], lease, signer: walletSigner(walletOf(stages[i].node)), post: (to, raw) => setImmediate(() => void net[to].take(raw)) });
+  const claim = (await net[2].done).claim!;
+  const last = stages[2].node;
+  const inbox: OutboxMessage[] = [...(await w.send({ from: last, tags: { Action: 'Submit-Result', Task: task, 'Job-Commitment': a.commitment, 'Result-Commitment': resultCommitment(task, last, claim.root), Tokens: String(claim.tokens.length) }, data: JSON.stringify({ tokens: claim.tokens }) })).Messages];
+  const doc = traceItem({ task, job, commitment: a.commitment, root: claim.root, tokens: [...job.promptTokens.slice(1), ...claim.tokens], leaves: claim.leaves, rngs: claim.rngs });
+  const item = await createItem(doc.data, walletSigner(walletOf(last)), { tags: doc.tags });
+  await fx.store.put(item.raw);
+  for (const rec of claim.records) await fx.store.put(rec.raw);
+  const records = claim.records.map((rec, i) => readStageRecord(rec, lease, i, ranges[i]));
+  const accs = accumulators({ commitment: a.commitment, leaves: claim.leaves });
+  const before = w.snapshot();
+  let challenged = false;
+  const refused: string[] = [];
+  for (let n = 0; n < 400; n++) {
+    const m = inbox.shift();
+    if (!m) {
+      const live = w.state().tasks[task];
+      if (!live) break;
+      if (live.status === 'challengeable' && !challenged) {
+        challenged = true;
+        challenger.run(a);
+        const run = challenger.runs.get(task)!;
+        inbox.push(...(await w.send({ from: challengerAddress, tags: { Action: 'Challenge', Task: task, 'Trace-Root': run.root, Trace: await challenger.traceItem(task), Tokens: String(run.tokens.length) }, data: JSON.stringify({ tokens: run.tokens }) })).Messages);
+      } else inbox.push(...(await w.send({ from: OWNER, tags: { Action: 'Heartbeat' }, timestamp: w.now + 500 })).Messages);
+      continue;
+    }
+    const tags = tagsOf(m);
+    if (m.Target === last && tags.Action === 'Reveal-Requested') {
+      inbox.push(...(await w.send({ from: last, tags: { Action: 'Reveal', Task: task, 'Trace-Root': claim.root, Trace: item.id, 'Stage-Records': claim.records.map((x) => x.id).join(',') } })).Messages);
+    } else if (m.Target === last && tags.Action === 'Dispute-Round') {
+      const { points } = JSON.parse(m.Data!) as { points: number[] };
+      // The framing attempt: honest values up to the first point, garbage after (the game would narrow onto stage 0).
+      const framed = await w.send({ from: last, tags: { Action: 'Dispute-Post', Task: task, Round: tags.Round }, data: JSON.stringify(points.map((p, k) => (k === 0 ? accs[p] : 'ee'.repeat(32)))) });
+      refused.push(`${tagOf(framed.Messages.at(-1)!, 'Code')} ${tagOf(framed.Messages.at(-1)!, 'Message')}`);
+      inbox.push(...(await w.send({ from: last, tags: { Action: 'Dispute-Post', Task: task, Round: tags.Round }, data: JSON.stringify(points.map((p) => accs[p])) })).Messages);
+    } else if (tags.Action === 'Dispute-Prove' && stages.some((st) => st.node === m.Target)) {
+      const step = Number(tags.Step);
+      const owner = stages.findIndex((st) => st.node === m.Target);
+      const opening = JSON.stringify(encodeOpening(stageOpening(specs[owner], net[owner].replay(), claim.leaves, records, step)));
+      const other = stages[(owner + 1) % stages.length].node;
+      const wrong = await w.send({ from: other, tags: { Action: 'Dispute-Open', Task: task, Step: String(step) }, data: opening });
+      refused.push(`${tagOf(wrong.Messages.at(-1)!, 'Code')} ${tagOf(wrong.Messages.at(-1)!, 'Message')}`);
+      inbox.push(...(await w.send({ from: m.Target, tags: { Action: 'Dispute-Open', Task: task, Step: String(step) }, data: opening })).Messages);
+    } else if (m.Target === challengerAddress) {
+      const s = await answer(w, challenger, m);
+      if (s) inbox.push(...s.Messages);
+    }
+  }
+  assert.ok(refused.some((x) => /^400 a pipeline posts the accumulators of its stored trace/.test(x)), refused.join(' | '));
+  assert.ok(refused.some((x) => /^403 step \d+ is stage \S+'s to open/.test(x)), refused.join(' | '));
+  const s = w.state();
+  // The pipeline won; its result (the candidate) is audited next, by a pipeline this test leaves undrawn (no node is free).
+  const view = await taskView(w, task);
+  assert.equal(view.disputes[0].outcome?.winner, last, 'the pipeline won the dispute');
+  assert.equal(view.receipt?.traceRoot, claim.root, 'its result stays the candidate');
+  const rounds = BigInt(view.disputes[0].rounds.length);
+  assert.equal(BigInt(s.stakes[challengerAddress]), BigInt(before.stakes[challengerAddress]) - 600n - 5n * rounds, 'the lying challenger loses its bond and its round bonds');
+  for (const st of stages) assert.equal(s.stakes[st.node], '3000', 'no stage loses stake');
+  w.assertConserved('after a pipeline defended its result');
+  for (const x of net) x.close();
 });
