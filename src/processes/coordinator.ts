@@ -96,6 +96,8 @@ interface Task {
   queue: number[];
   /** Roots that lost a dispute: whoever holds one is slashed. */
   lostRoots: string[];
+  /** For each lost root, the step its dispute narrowed to (null: it ended before): a pipeline holding it is convicted at that step's owner. */
+  lostSteps?: (number | null)[];
   audits: number;
   /** The Nonce of the message that completed the commits: the audit is drawn after it. */
   drawAfter: number | null;
@@ -398,6 +400,10 @@ export function handle(state: State | undefined, msg: ProcessMessage, env: Proce
       refuse(400, `unknown Action '${action.slice(0, 60)}'`);
     }
     const output = handler!(ctx) ?? action;
+    // Any message a node has taken says it is alive (an expired pipeline's blame reads it:
+    // expireStages); a refused one changes nothing, this included.
+    const sender = msg['Read-Only'] ? undefined : nodeOf(ctx.state, msg.From);
+    if (sender) sender.lastSeen = msg.Timestamp;
     // What the handler changed may move tasks on (a commit completes a phase, a lease frees a node).
     // A fault there, like one in the sweep, costs only this advance, never the message or the process.
     const handled = { mark: journal.mark(), state: ctx.state, out: ctx.out.length };
@@ -675,8 +681,12 @@ const HANDLERS: Record<string, Handler> = {
     // could hold it together (the placement itself is drawn with each lease).
     const pipelined = holding.length === 0;
     if (pipelined) {
-      const memory = serving.filter(canStage).reduce((n, x) => n + x.memory!, 0);
-      if (!model.profile || memory < model.bytes!) refuse(503, `no active node serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared), and the ones that take pipeline stages hold ${memory} bytes together`);
+      // Each of `redundancy` pipelines needs the model's bytes, in at most MAX_STAGES stages.
+      const memories = serving.filter(canStage).map((n) => n.memory!).sort((x, y) => y - x);
+      const memory = memories.reduce((n, x) => n + x, 0);
+      const largest = memories.slice(0, MAX_STAGES).reduce((n, x) => n + x, 0);
+      if (!model.profile || memory < redundancy * model.bytes!) refuse(503, `no active node serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared), and the ones that take pipeline stages hold ${memory} bytes together, for ${redundancy} pipelines`);
+      if (largest < model.bytes!) refuse(503, `model ${model.id} (${model.bytes} bytes) needs more than ${MAX_STAGES} pipeline stages on the nodes that serve it`);
     } else if (holding.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serving model ${model.id} can hold it (${model.bytes} bytes, by the Memory they declared)`);
     let job: { commitment: string; promptTokens: number; steps: number };
     try {
@@ -1088,6 +1098,9 @@ function maybeCanary(ctx: Ctx): void {
   const job = { commitment: known.commitment, promptTokens: known.promptTokens, steps: known.steps };
   const task = newTask(state, { id, requester: state.owner, reference: id, model: known.model, prompt: known.prompt, options: known.options, redundancy: 1, nodes: null, job, escrow, now: msg.Timestamp });
   task.canary = known.root;
+  // As Infer decides: a model no active serving node holds is served by pipelines.
+  const model = state.models.find((m) => m.id === known.model)!;
+  if (!state.nodes.some((n) => isActive(state, n) && n.models.includes(model.id) && holds(n, model))) task.pipelined = true;
   state.totals.canaries += 1;
   drawLeases(ctx, task);
 }
@@ -1273,9 +1286,11 @@ function expireLeases(ctx: Ctx, task: Task): void {
 
 /**
  * A pipeline's lease ran out. The stages whose node said nothing in the lease's second half (no
- * Heartbeat, no message) are held responsible: Miss-Slash, reputation, and they are not drawn for
- * the task again; the others are let go unpunished and may be drawn again. When every stage was
- * heard from, no one can be told apart, and all are held responsible (docs/pipeline.md).
+ * message at all) are held responsible: Miss-Slash, reputation, and they are not drawn for the
+ * task again; the others are let go unpunished and may be drawn again. When every stage was heard
+ * from, none can be told apart (a stage that stalls the others while it heartbeats, or a stranger
+ * that got between them): all lose reputation and are not drawn for the task again, and none is
+ * slashed (docs/pipeline.md).
  */
 function expireStages(ctx: Ctx, task: Task, p: Participant): void {
   const { state } = ctx;
@@ -1291,7 +1306,7 @@ function expireStages(ctx: Ctx, task: Task, p: Participant): void {
         node.expired += 1;
         node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
       }
-      slash(ctx, task, st, big(state.params.missSlash), 'the pipeline lease expired without a result, and this stage was not heard from');
+      if (silent.length > 0) slash(ctx, task, st, big(state.params.missSlash), 'the pipeline lease expired without a result, and this stage was not heard from');
     } else st.status = 'released';
     release(state, st);
     dropIfDone(state, st.node);
@@ -1346,7 +1361,8 @@ function compare(ctx: Ctx, task: Task): void {
     const p = task.participants[i];
     if (!revealed(i) || p.traceRoot === root) continue;
     if (task.lostRoots.includes(p.traceRoot!)) {
-      convict(ctx, task, p, 'its root already lost a dispute');
+      const step = task.lostSteps?.[task.lostRoots.indexOf(p.traceRoot!)] ?? null;
+      convict(ctx, task, p, 'its root already lost a dispute', step === null ? undefined : stageOwning(task, p, step));
       continue;
     }
     return openDispute(ctx, task, i);
@@ -1413,7 +1429,11 @@ function settleDispute(ctx: Ctx, task: Task, d: Dispute): void {
       continue;
     }
     const root = p.traceRoot!;
-    if (!task.lostRoots.includes(root)) task.lostRoots.push(root);
+    const narrowed = d.game.hi - d.game.lo === 1 ? d.game.hi : null;
+    if (!task.lostRoots.includes(root)) {
+      task.lostRoots.push(root);
+      (task.lostSteps ??= []).push(narrowed);
+    }
     const reason = d.game.outcome!.reason === 'proof' ? `lost the dispute at step ${d.proof?.step}` : `lost the dispute (${d.game.outcome!.reason})`;
     // The step the game narrowed to, if it got that far: a pipeline's fault is its owner's; else
     // its last stage's, which played (or failed to play) the rounds.

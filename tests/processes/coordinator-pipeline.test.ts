@@ -3,7 +3,7 @@
 // (1,826,560 bytes): the pipeline drawn (stages, layers, urls, locks), what is refused (an Infer the
 // stage nodes cannot hold together, a Submit-Result from a stage that is not the last, a Reveal
 // without the stage records), an expired pipeline lease (the silent stage alone held responsible,
-// drawn again without it; all held responsible when none was silent), and a dispute an honest
+// drawn again without it; all lose reputation, none stake, when none was silent), and a dispute an honest
 // pipeline wins against a lying challenger, its last stage unable to post values that are not its
 // stored trace's (framing another stage) and its steps opened by their owners only. Money is
 // conserved throughout.
@@ -26,7 +26,7 @@ const SPAWN = {
   Token: TOKEN, 'Min-Stake': '600', Slash: '600', 'Miss-Slash': '60', 'Challenge-Bond': '600', 'Round-Bond': '5', 'Audit-Ppm': '0', 'Compute-Cost-Per-Token': '0',
   'Max-Tokens': '64', 'Lease-Ms': '10000', 'Reveal-Ms': '5000', 'Clock-Ms': '5000', 'Challenge-Window-Ms': '3000', 'Unstake-Cooldown-Ms': '1000',
 };
-useFixture({ prefix: 'verity-coordinator-pipeline-', spawn: SPAWN });
+useFixture({ prefix: 'verity-coordinator-pipeline-', spawn: SPAWN, wallets: 8 });
 
 /** A coordinator with `n` stage-capable nodes declaring `memory` bytes each. */
 async function world(n: number, memory: number): Promise<World> {
@@ -75,13 +75,23 @@ test('a model no node holds is leased to a pipeline: stages in order over the fi
   w.assertConserved('after drawing a pipeline');
 });
 
-test('an Infer that even the stage nodes together cannot hold is refused (503) with the numbers', async () => {
+test('an Infer that the stage nodes cannot hold together, as many pipelines as its Redundancy of at most 6 stages each, is refused (503) with the numbers', async () => {
   const w = await world(3, 400_000);
   const r = await w.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': JSON.stringify({ max_tokens: 16 }) } });
   const last = r.Messages.at(-1)!;
   assert.equal(tagOf(last, 'Code'), '503');
   assert.match(tagOf(last, 'Message')!, /1826560 bytes.*hold 1200000 bytes together/);
   assert.deepEqual(w.state().tasks, {});
+  // Redundancy counts pipelines: four nodes of 800,000 bytes make one, not two.
+  const four = await world(4, 800_000);
+  const two = (await four.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', Redundancy: '2', 'X-Options': JSON.stringify({ max_tokens: 16 }) } })).Messages.at(-1)!;
+  assert.equal(tagOf(two, 'Code'), '503');
+  assert.match(tagOf(two, 'Message')!, /hold 3200000 bytes together, for 2 pipelines/);
+  // A pipeline is at most 6 stages: eight nodes of 300,000 bytes hold it together, but not in six.
+  const eight = await world(8, 300_000);
+  const many = (await eight.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': JSON.stringify({ max_tokens: 16 }) } })).Messages.at(-1)!;
+  assert.equal(tagOf(many, 'Code'), '503');
+  assert.match(tagOf(many, 'Message')!, /needs more than 6 pipeline stages/);
 });
 
 test('an expired pipeline lease: the stage not heard from in its second half alone is held responsible, and the new pipeline is drawn without it', async () => {
@@ -106,7 +116,7 @@ test('an expired pipeline lease: the stage not heard from in its second half alo
   w.assertConserved('after an expired pipeline lease');
 });
 
-test('when every stage was heard from, an expired pipeline lease holds them all responsible', async () => {
+test('when every stage was heard from, an expired pipeline lease holds them all responsible: reputation, not stake', async () => {
   const w = await world(3, 800_000);
   const r = await w.send({ from: ALICE, data: PROMPT, tags: { Action: 'Infer', 'X-Options': JSON.stringify({ max_tokens: 16 }), 'X-Reference': 'all-heard' } });
   const task = tagOf(r.Messages.at(-1)!, 'Task')!;
@@ -114,7 +124,12 @@ test('when every stage was heard from, an expired pipeline lease holds them all 
   for (const st of stages) await w.send({ from: st.node, tags: { Action: 'Heartbeat' }, timestamp: r.timestamp + 7_000 });
   await w.send({ from: OWNER, tags: { Action: 'Info' }, timestamp: r.timestamp + 10_001 });
   const s = w.state();
-  for (const st of stages) assert.equal(s.stakes[st.node], '2940', 'each loses Miss-Slash');
+  // None can be told apart (a stage that stalls the others while it heartbeats, or a stranger
+  // between them): all lose reputation, none is slashed.
+  for (const st of stages) {
+    assert.equal(s.stakes[st.node], '3000', 'no one is slashed');
+    assert.equal(s.nodes.find((n) => n.address === st.node)!.reputation, 80);
+  }
   // No node is left to draw a new pipeline from: the task waits (and fails at Max-Wait-Ms).
   const view = s.tasks[task] as unknown as { participants: Participant[] };
   assert.deepEqual(view.participants[0].stages!.map((st) => st.status), ['expired', 'expired', 'expired']);
