@@ -532,7 +532,6 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       if (!stopped) track(ao.message(network.coordinator, { tags: [{ name: 'Action', value: 'Heartbeat' }] }).then(() => undefined));
     }, Math.max(0, Math.floor(0.6 * (a.leaseEnd - Date.now()))));
     alive.unref();
-    stop.signal.addEventListener('abort', () => clearTimeout(alive), { once: true });
     try {
       const { claim } = await stage.done;
       keepStageRun(a.task, stage.replay());
