@@ -5,6 +5,7 @@
 // band with the residuals, so every stage applies a move at the same position whatever the timing.
 import { loadModel } from '../engine/index.js';
 import { type Job } from '../proof/index.js';
+import { parseItem } from '../store/items.js';
 import { walletSigner, type Wallet } from '../store/wallet.js';
 import { CHANNEL_ITEM_OVERHEAD, ChannelInbox, ChannelOutbox, f32Payload, framePayload, payloadF32, unframePayload, type PipelineLease } from './channel.js';
 import { simulatedLink, type LinkSpec } from './link.js';
@@ -199,16 +200,26 @@ async function main(data: RingStageData): Promise<void> {
     sendNext(await outbox.seal(0, 'token', end, 1, encodeHeader({ moves }, payload)));
   };
 
-  // Messages are taken one at a time, in arrival order (a stage runs one thing at once).
+  // The prompt's runs (and a lone stage's tokens) one after the other.
   let chain: Promise<void> = Promise.resolve();
+  // Each sender's messages are taken one at a time, in arrival order, beside other senders': a
+  // run that waits for the next stage's handover (applyMoves) must not hold that handover up
+  // behind itself, which one queue for all would (a deadlock when the handover came second).
+  const senders = new Map<string, Promise<void>>();
   // Messages waiting to be opened: an honest run has at most one per position and one per move
   // (a sender flooding ahead is refused, not queued without bound).
   let waiting = 0;
   const maxWaiting = 2 * job.steps + 64;
   const take = (raw: Uint8Array): void => {
     if (waiting >= maxWaiting) return report({ kind: 'error', index, message: `over ${maxWaiting} messages waiting: a message dropped` });
+    let signer = '';
+    try {
+      signer = parseItem(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)).address;
+    } catch {
+      // The inbox refuses it with its reason, on the queue of no sender.
+    }
     waiting++;
-    chain = chain
+    const queue = (senders.get(signer) ?? Promise.resolve())
       .then(async () => {
         const m = await inbox.open(raw);
         // Who may send what: residuals come from the previous stage, handovers (its first layers
@@ -253,6 +264,7 @@ async function main(data: RingStageData): Promise<void> {
       })
       .catch((e: Error) => report({ kind: 'error', index, message: e.message }))
       .finally(() => waiting--);
+    senders.set(signer, queue);
   };
   const wire = await startWireServer('127.0.0.1', 0, Math.min(data.maxPayload, runPayload) + CHANNEL_ITEM_OVERHEAD, take);
   process.on('message', (msg: RingControl) => {
