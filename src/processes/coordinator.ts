@@ -674,7 +674,7 @@ const HANDLERS: Record<string, Handler> = {
     const deposit = big(own(state.deposits, msg.From));
     if (deposit < escrow) refuse(402, `the request needs ${escrow} in deposit, ${msg.From} has ${deposit}: deposit with a token Transfer (X-Action=Deposit)`);
     // Busy nodes are fine (the task waits for a free one); no node serving the model is not.
-    const serving = state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
+    const serving = servingNodes(state, model, nodes);
     const holding = serving.filter((n) => holds(n, model));
     if (serving.length < redundancy) refuse(503, `fewer than ${redundancy} active nodes serve model ${model.id}`);
     // No node can hold the model: its leases are pipelines, if the nodes that can take a stage
@@ -779,8 +779,7 @@ const HANDLERS: Record<string, Handler> = {
       records = (tagOf(msg, 'Stage-Records') ?? '').split(',');
       if (records.length !== p.stages.length || !records.every((r) => ID.test(r))) refuse(400, `Stage-Records must name the ${p.stages.length} stages' record items, in stage order`);
     }
-    const stages = p.stages?.map((st, i) => ({ node: st.node, first: st.first, end: st.end, record: records[i] }));
-    task.traceSteps = checkTrace(state, task, msg.From, root, trace, p.tokens!, stages, p.end);
+    task.traceSteps = checkTrace(state, task, msg.From, root, trace, p.tokens!, p.stages && { stages: stageInputs(p, records), leaseEnd: p.end }).steps;
     p.stages?.forEach((st, i) => (st.record = records[i]));
     p.status = 'revealed';
     p.traceRoot = root;
@@ -834,7 +833,7 @@ const HANDLERS: Record<string, Handler> = {
     // A pipeline's values are its stored trace's, whose leaves its stages' records vouch for: the
     // last stage posts them, and may not post others (it would narrow the game onto a stage it frames).
     if (p.stages) {
-      const { accs } = traceOfPipeline(state, task, p, splitPoints(dispute.game));
+      const accs = traceOfPipeline(state, task, p, splitPoints(dispute.game));
       if (!Array.isArray(values) || JSON.stringify(values) !== JSON.stringify(accs)) refuse(400, 'a pipeline posts the accumulators of its stored trace at the round\'s points');
     }
     const game = gameMove(() => post(dispute.game, party, values as string[], msg.Timestamp));
@@ -923,6 +922,9 @@ const canStage = (n: NodeEntry): boolean => n.memory !== undefined && n.streamUr
  */
 const excluded = (task: Task, address: string): boolean =>
   task.participants.some((p) => (p.stages ? p.stages.some((st) => st.node === address && (p.status !== 'expired' || st.status === 'expired')) : p.node === address));
+/** The active nodes that serve the model (among `nodes`, when the requester names them). */
+const servingNodes = (state: State, model: ModelEntry, nodes: string[] | null): NodeEntry[] =>
+  state.nodes.filter((n) => isActive(state, n) && n.models.includes(model.id) && (nodes === null || nodes.includes(n.address)));
 /** Whether a node's declared memory holds the model (no declaration, or a model of unknown size: yes). */
 const holds = (n: NodeEntry, model: ModelEntry): boolean => n.memory === undefined || model.bytes === undefined || n.memory >= model.bytes;
 const freeStake = (state: State, address: string): bigint => big(own(state.stakes, address)) - big(own(state.locked, address));
@@ -951,7 +953,11 @@ function newTask(
 /** The role the current phase leases. */
 const leaseRole = (task: Task): 'asserter' | 'validator' => (task.status === 'auditing' ? 'validator' : 'asserter');
 
-function eligible(state: State, task: Task): NodeEntry[] {
+/**
+ * Nodes that may take the task's next lease: free, staked for the lock, serving the model, and
+ * holding it — or, for a stage of a pipeline (`stage`), able to take one (canStage).
+ */
+function eligible(state: State, task: Task, stage = false): NodeEntry[] {
   const role = leaseRole(task);
   const model = state.models.find((m) => m.id === task.model);
   const lock = big(state.params.slash);
@@ -961,21 +967,10 @@ function eligible(state: State, task: Task): NodeEntry[] {
       n.open < n.capacity &&
       freeStake(state, n.address) >= lock &&
       n.models.includes(task.model) &&
-      (model === undefined || holds(n, model)) &&
+      (stage ? canStage(n) : model === undefined || holds(n, model)) &&
       // A requester may choose its asserters, never its validators.
       (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) &&
       !excluded(task, n.address),
-  );
-}
-
-/** Nodes that may take a stage of the task's next lease: as eligible, but by memory together. */
-function stageEligible(state: State, task: Task): NodeEntry[] {
-  const role = leaseRole(task);
-  const lock = big(state.params.slash);
-  return state.nodes.filter(
-    (n) =>
-      isActive(state, n) && canStage(n) && n.open < n.capacity && freeStake(state, n.address) >= lock && n.models.includes(task.model) &&
-      (role === 'validator' || task.nodes === null || task.nodes.includes(n.address)) && !excluded(task, n.address),
   );
 }
 
@@ -991,7 +986,7 @@ const FREE_LINKS = { latencyNs: () => 0, bytesPerSecond: () => Infinity };
 function drawPipeline(ctx: Ctx, task: Task, model: ModelEntry): Placement | null {
   const profile = model.profile;
   if (!profile) return null;
-  const pool = stageEligible(ctx.state, task);
+  const pool = eligible(ctx.state, task, true);
   const drawn: NodeEntry[] = [];
   while (pool.length > 0 && drawn.length < MAX_STAGES) {
     const chosen = drawWeighted(ctx, pool);
@@ -1100,7 +1095,7 @@ function maybeCanary(ctx: Ctx): void {
   task.canary = known.root;
   // As Infer decides: a model no active serving node holds is served by pipelines.
   const model = state.models.find((m) => m.id === known.model)!;
-  if (!state.nodes.some((n) => isActive(state, n) && n.models.includes(model.id) && holds(n, model))) task.pipelined = true;
+  if (!servingNodes(state, model, null).some((n) => holds(n, model))) task.pipelined = true;
   state.totals.canaries += 1;
   drawLeases(ctx, task);
 }
@@ -1275,13 +1270,18 @@ function expireLeases(ctx: Ctx, task: Task): void {
     const node = nodeOf(state, p.node);
     if (node) {
       node.open -= 1;
-      node.expired += 1;
-      node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
+      expiredOn(node);
     }
     slash(ctx, task, p, big(state.params.missSlash), 'the lease expired without a result');
     release(state, p);
     dropIfDone(state, p.node);
   }
+}
+
+/** A lease ran out on the node: it is counted, and its reputation falls. */
+function expiredOn(node: NodeEntry): void {
+  node.expired += 1;
+  node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
 }
 
 /**
@@ -1302,10 +1302,7 @@ function expireStages(ctx: Ctx, task: Task, p: Participant): void {
     if (node) node.open -= 1;
     if (blamed.includes(st)) {
       st.status = 'expired';
-      if (node) {
-        node.expired += 1;
-        node.reputation = Math.max(REPUTATION.min, node.reputation - REPUTATION.expired);
-      }
+      if (node) expiredOn(node);
       if (silent.length > 0) slash(ctx, task, st, big(state.params.missSlash), 'the pipeline lease expired without a result, and this stage was not heard from');
     } else st.status = 'released';
     release(state, st);
@@ -1429,15 +1426,14 @@ function settleDispute(ctx: Ctx, task: Task, d: Dispute): void {
       continue;
     }
     const root = p.traceRoot!;
-    const narrowed = d.game.hi - d.game.lo === 1 ? d.game.hi : null;
-    if (!task.lostRoots.includes(root)) {
-      task.lostRoots.push(root);
-      (task.lostSteps ??= []).push(narrowed);
-    }
-    const reason = d.game.outcome!.reason === 'proof' ? `lost the dispute at step ${d.proof?.step}` : `lost the dispute (${d.game.outcome!.reason})`;
     // The step the game narrowed to, if it got that far: a pipeline's fault is its owner's; else
     // its last stage's, which played (or failed to play) the rounds.
     const step = d.game.hi - d.game.lo === 1 ? d.game.hi : null;
+    if (!task.lostRoots.includes(root)) {
+      task.lostRoots.push(root);
+      (task.lostSteps ??= []).push(step);
+    }
+    const reason = d.game.outcome!.reason === 'proof' ? `lost the dispute at step ${d.proof?.step}` : `lost the dispute (${d.game.outcome!.reason})`;
     task.participants.forEach((q) => {
       if (q.status === 'revealed' && q.traceRoot === root) convict(ctx, task, q, reason, step === null ? undefined : stageOwning(task, q, step));
     });
@@ -1598,32 +1594,30 @@ function tokensOf(state: State, task: Task, msg: ProcessMessage): { tokens: numb
   }
 }
 
-/** The stored trace must exist, be the node's, and back the root and the tokens (host.trace). Returns its step count. */
-/** A revealed pipeline's trace checked again, with its accumulators at `points`. */
-function traceOfPipeline(state: State, task: Task, p: Participant, points: number[]): { steps: number; accs: string[] } {
+/** A pipeline's stages as host.trace takes them, each with its record item (`records[i]`). */
+const stageInputs = (p: Participant, records: string[]): { node: string; first: number; end: number; record: string }[] =>
+  p.stages!.map((st, i) => ({ node: st.node, first: st.first, end: st.end, record: records[i] }));
+
+/**
+ * The stored trace must exist, be the node's, and back the root and the tokens (host.trace) — and
+ * for a pipeline, every stage's record must vouch for its steps. Returns its step count and, with
+ * `pipeline.points`, its accumulators there. A failure is refused, `what` naming the trace.
+ */
+function checkTrace(
+  state: State, task: Task, node: string, root: string, trace: string, tokens: number[],
+  pipeline?: { stages: { node: string; first: number; end: number; record: string }[]; leaseEnd: number; points?: number[] }, what = 'the trace',
+): { steps: number; accs?: string[] } {
   const model = state.models.find((m) => m.id === task.model)!;
-  const stages = p.stages!.map((st) => ({ node: st.node, first: st.first, end: st.end, record: st.record! }));
   try {
-    return JSON.parse(host.trace(JSON.stringify({
-      ...jobInput(model, task), task: task.id, node: p.node, commitment: task.commitment, root: p.traceRoot!, trace: p.trace!, tokens: p.tokens!, stages, leaseEnd: p.end, points,
-    }))) as { steps: number; accs: string[] };
+    return JSON.parse(host.trace(JSON.stringify({ ...jobInput(model, task), task: task.id, node, commitment: task.commitment, root, trace, tokens, ...pipeline }))) as { steps: number; accs?: string[] };
   } catch (e) {
-    return refuse(400, `the pipeline's trace does not check: ${hostError(e, 'trace')}`);
+    return refuse(400, `${what} does not check: ${hostError(e, 'trace')}`);
   }
 }
 
-function checkTrace(
-  state: State, task: Task, node: string, root: string, trace: string, tokens: number[], stages?: { node: string; first: number; end: number; record: string }[], leaseEnd?: number,
-): number {
-  const model = state.models.find((m) => m.id === task.model)!;
-  try {
-    const pipeline = stages ? { stages, leaseEnd } : {};
-    const out = JSON.parse(host.trace(JSON.stringify({ ...jobInput(model, task), task: task.id, node, commitment: task.commitment, root, trace, tokens, ...pipeline }))) as { steps: number };
-    return out.steps;
-  } catch (e) {
-    return refuse(400, `the trace does not check: ${hostError(e, 'trace')}`);
-  }
-}
+/** A revealed pipeline's trace checked again, with its accumulators at `points`. */
+const traceOfPipeline = (state: State, task: Task, p: Participant, points: number[]): string[] =>
+  checkTrace(state, task, p.node, p.traceRoot!, p.trace!, p.tokens!, { stages: stageInputs(p, p.stages!.map((st) => st.record!)), leaseEnd: p.end, points }, 'the pipeline\'s trace').accs!;
 
 /**
  * The party `from` plays in the running dispute: its node posts the rounds; an opening may come
