@@ -37,7 +37,8 @@ export interface ModelInfo {
   profile: ServingProfile;
 }
 
-
+/** A canonical tensor's bytes as stored. */
+const storedBytes = (t: CanonicalConfig['tensors'][number]): number => (t.shape.length > 1 ? t.shape[0] : 1) * rowBytes(t.dtype, t.shape[t.shape.length - 1]);
 
 /**
  * A model's weights as its canonical form stores them (every tensor's bytes; a classifier tied to
@@ -45,14 +46,8 @@ export interface ModelInfo {
  * f32 for the whole context.
  */
 export function servingBytes(c: CanonicalConfig): number {
-  let weights = 0;
-  for (const t of c.tensors) {
-    const cols = t.shape[t.shape.length - 1];
-    const rows = t.shape.length > 1 ? t.shape[0] : 1;
-    weights += rows * rowBytes(t.dtype, cols);
-  }
   const { seqLen, kvDim, nLayers } = c.config;
-  return weights + 4 * 2 * seqLen * kvDim * nLayers;
+  return c.tensors.reduce((n, t) => n + storedBytes(t), 0) + 4 * 2 * seqLen * kvDim * nLayers;
 }
 
 /** servingBytes part by part: by tensor name (GGUF's, as canonicalTensors lists them). */
@@ -62,9 +57,7 @@ export function servingProfile(c: CanonicalConfig): ServingProfile {
   let embedBytes = 0;
   let headBytes = 0;
   for (const t of c.tensors) {
-    const cols = t.shape[t.shape.length - 1];
-    const rows = t.shape.length > 1 ? t.shape[0] : 1;
-    const bytes = rows * rowBytes(t.dtype, cols);
+    const bytes = storedBytes(t);
     const layer = /^blk\.([0-9]+)\./.exec(t.name);
     if (layer && Number(layer[1]) < nLayers) layerBytes[Number(layer[1])] += bytes;
     else if (t.name === 'token_embd.weight') embedBytes += bytes;
@@ -488,12 +481,7 @@ async function headerLeaves(store: Store, modelId: string, manifestId: string): 
   }
   const leaves = new Map<number, Buffer>();
   for (const chunk of chunksFor(manifest, 0, 2)) {
-    let item: Item | null;
-    try {
-      item = await store.get(chunk.id);
-    } catch (e) {
-      throw new HostUnavailable(`the store cannot give chunk ${chunk.id}: ${(e as Error).message}`);
-    }
+    const item = await storeItem(store, chunk.id, 'chunk');
     checkChunk(manifest, chunk, item).forEach((leaf, k) => leaves.set(chunk.from + k, leaf));
   }
   const config = leaves.get(0);
@@ -598,12 +586,7 @@ function storeReferee(store: Store, manifest: Manifest): RefereeEntry {
     async fetch(from, to) {
       for (const chunk of chunksFor(manifest, from, to)) {
         if (chunk.sizes.every((_, k) => fetched.has(chunk.from + k))) continue;
-        let item: Item | null;
-        try {
-          item = await store.get(chunk.id);
-        } catch (e) {
-          throw new HostUnavailable(`the store cannot give chunk ${chunk.id}: ${(e as Error).message}`);
-        }
+        const item = await storeItem(store, chunk.id, 'chunk');
         // A missing or corrupt chunk of the pinned manifest is the same on every CU (ModelStoreError).
         checkChunk(manifest, chunk, item).forEach((leaf, k) => fetched.set(chunk.from + k, leaf));
       }
@@ -852,6 +835,18 @@ function checkTraceInput(input: TraceInput, contextLength: number): void {
   tokenListOf(input.tokens, contextLength);
 }
 
+/**
+ * An item from the store; null when the store does not hold it. A store that cannot answer is
+ * HostUnavailable (the CU tries the message again), never an answer the process would see.
+ */
+async function storeItem(store: Store, id: string, what: string): Promise<Item | null> {
+  try {
+    return await store.get(id);
+  } catch (e) {
+    throw new HostUnavailable(`the store cannot give ${what} ${id}: ${(e as Error).message}`);
+  }
+}
+
 /** A pipelined trace: every stage's record exists and vouches for its steps (net-stage.ts checkStageRecords). */
 async function checkStages(store: Store, job: Job, nLayers: number, leaves: string[], tokens: number[], input: TraceInput): Promise<void> {
   const stages = input.stages!;
@@ -862,12 +857,7 @@ async function checkStages(store: Store, job: Job, nLayers: number, leaves: stri
   }
   const items: Item[] = [];
   for (const st of stages) {
-    let item: Item | null;
-    try {
-      item = await store.get(st.record);
-    } catch (e) {
-      throw new HostUnavailable(`the store cannot give stage record ${st.record}: ${(e as Error).message}`);
-    }
+    const item = await storeItem(store, st.record, 'stage record');
     if (!item) throw new Error(`stage record ${st.record} is not in the store`);
     items.push(item);
   }
@@ -889,12 +879,7 @@ async function checkTrace(store: Store, h: ModelHeader, job: Job, input: TraceIn
     throw new Error(`the tokens must be a list of at most ${job.steps} token ids below ${vocabSize}`);
   }
   const id = input.trace;
-  let item: Item | null;
-  try {
-    item = await store.get(id);
-  } catch (e) {
-    throw new HostUnavailable(`the store cannot give trace item ${id}: ${(e as Error).message}`);
-  }
+  const item = await storeItem(store, id, 'trace item');
   if (!item) throw new Error(`trace item ${id} is not in the store`);
   if (item.address !== input.node) throw new Error(`trace item ${id} is signed by ${item.address}, not by the node ${input.node.slice(0, 64)}`);
   const wanted: [string, string][] = [['Type', 'Trace'], ['Task', input.task], ['Job-Commitment', commitment], ['Trace-Root', input.root]];

@@ -121,8 +121,10 @@ export function createReferee(source: WeightSource, kernels: KernelPath = defaul
         throw new ProofError('model', `the weights served belong to model ${source.modelId.slice(0, 16)}…, the job's model is ${job.modelId.slice(0, 16)}…`);
       }
       const fetchedBefore = fetchedBytes;
-      // The clock only measures the referee for its report (fetchMs, checkMs, executeMs): no verdict
-      // or committed value depends on it.
+      // performance.now() below is outside every committed computation: it only times the referee
+      // for its report (fetchMs, checkMs, executeMs). No verdict, leaf or accumulator depends on it,
+      // and host.step (src/processes/host.ts resolveStep) drops these fields before anything
+      // reaches a process, so CUs that time differently still agree.
       let fetchMs = 0;
       const fetching = <T>(work: () => T): T => {
         const t0 = performance.now();
