@@ -300,7 +300,7 @@ export function startNetStage(spec: NetStageSpec): NetStage {
     if (!last) {
       const body = items.map((i) => i.raw);
       succeed(own, null);
-      return seal(index + 1, 'record', 0, items.length, framePayload({ sizes: body.map((b) => b.byteLength) }, concat(body)));
+      return seal(index + 1, 'record', 0, items.length, framePayload({ sizes: body.map((b) => b.byteLength) }, Buffer.concat(body)));
     }
     // The first stage's tokens must be the ones sampled here: otherwise its leaves follow from others.
     const tokens = records[0].tokens ?? [];
@@ -475,14 +475,4 @@ export function stageOpening(
   } finally {
     run.close();
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }

@@ -171,7 +171,7 @@ async function main(data: RingStageData): Promise<void> {
     if (first && n === 1 && pos >= job.promptTokens.length) for (const mv of pending.splice(0)) moves.push({ ...mv, atPos: end });
     if (!last) {
       await giveBack(end);
-      const body = encodeHeader({ moves }, concat(give, f32Payload(out.x)));
+      const body = encodeHeader({ moves }, give ? Buffer.concat([give, f32Payload(out.x)]) : f32Payload(out.x));
       sendNext(await outbox.seal(index + 1, 'activations', pos, n, body));
       return;
     }
@@ -292,14 +292,6 @@ async function main(data: RingStageData): Promise<void> {
   });
   report({ kind: 'ready', index, heldBytes: model.heldBytes ?? model.arena.usage().top, nLayers: model.config.nLayers, url: wire.url });
 }
-
-const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
-  if (!a) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-};
 
 process.once('message', (msg: RingControl) => {
   if (msg.kind !== 'init') return;

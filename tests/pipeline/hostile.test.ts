@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { EngineError, encode, loadModel, modelIdentity } from '../../src/engine/index.js';
 import { describeJob, jobCommitment, type Job } from '../../src/proof/index.js';
-import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, type PipelineLease } from '../../src/pipeline/channel.js';
+import { CHANNEL_PROTOCOL, ChannelError, ChannelInbox, ChannelOutbox, f32Payload, framePayload, type PipelineLease } from '../../src/pipeline/channel.js';
 import { createItem } from '../../src/store/items.js';
 import { DIRECT_LINK } from '../../src/pipeline/link.js';
 import type { RingControl, RingReport, RingStageData } from '../../src/pipeline/ring-stage.js';
@@ -23,14 +23,8 @@ const { dim } = model.config;
 const job: Job = describeJob(modelIdentity(model), { prompt: encode(model.tokenizer, 'Once upon a time', true), steps: 40, sampling: { temperature: 0, topp: 0.9 }, seed: 1n });
 const entry = fileURLToPath(new URL('../../src/pipeline/ring-stage.js', import.meta.url));
 
-const header = (moves: unknown[], body: Uint8Array): Uint8Array => {
-  const json = new TextEncoder().encode(JSON.stringify({ moves }));
-  const out = new Uint8Array(4 + json.length + body.length);
-  new DataView(out.buffer).setUint32(0, json.length, true);
-  out.set(json, 4);
-  out.set(body, 4 + json.length);
-  return out;
-};
+/** A ring message's payload: its moves header, then the body (the channel's framing). */
+const header = (moves: unknown[], body: Uint8Array): Uint8Array => framePayload({ moves }, body);
 
 /** What the stage under test did: a report, or an item it posted to a neighbour. */
 type RingOut = RingReport | { kind: 'sent'; raw: Uint8Array } | { kind: 'refused'; status: number };
