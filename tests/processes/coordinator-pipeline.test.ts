@@ -180,6 +180,13 @@ test('a dispute against an honest pipeline: a last stage\'s posts that are not i
     }
     const tags = tagsOf(m);
     if (m.Target === last && tags.Action === 'Reveal-Requested') {
+      // A reveal without the stage records, or short of one, is refused and changes nothing.
+      for (const records of [undefined, claim.records.slice(0, 2).map((x) => x.id).join(',')]) {
+        const kept = w.snapshot();
+        const bad = await w.send({ from: last, tags: { Action: 'Reveal', Task: task, 'Trace-Root': claim.root, Trace: item.id, ...(records === undefined ? {} : { 'Stage-Records': records }) } });
+        refused.push(`${tagOf(bad.Messages.at(-1)!, 'Code')} ${tagOf(bad.Messages.at(-1)!, 'Message')}`);
+        assert.deepEqual(w.state().tasks[task].participants, kept.tasks[task].participants, 'a refused reveal changes no participant');
+      }
       inbox.push(...(await w.send({ from: last, tags: { Action: 'Reveal', Task: task, 'Trace-Root': claim.root, Trace: item.id, 'Stage-Records': claim.records.map((x) => x.id).join(',') } })).Messages);
     } else if (m.Target === last && tags.Action === 'Dispute-Round') {
       const { points } = JSON.parse(m.Data!) as { points: number[] };
@@ -200,6 +207,7 @@ test('a dispute against an honest pipeline: a last stage\'s posts that are not i
       if (s) inbox.push(...s.Messages);
     }
   }
+  assert.equal(refused.filter((x) => /^400 Stage-Records must name the 3 stages' record items, in stage order/.test(x)).length, 2, refused.join(' | '));
   assert.ok(refused.some((x) => /^400 a pipeline posts the accumulators of its stored trace/.test(x)), refused.join(' | '));
   assert.ok(refused.some((x) => /^403 step \d+ is stage \S+'s to open/.test(x)), refused.join(' | '));
   const s = w.state();
